@@ -1,0 +1,133 @@
+"""Array-module handle shared by CPU (NumPy) and GPU (CuPy).
+
+Every op, layer and rule receives arrays and asks ``get_array_module(*arrays)``
+for the module that owns them, so one code path serves both devices.  CuPy is
+imported inside a guard: a machine without it never touches it.
+
+Host <-> device copies happen only at the edges: ``to_device`` when a batch or
+an initial parameter enters the engine, ``asnumpy`` when a metric, a checkpoint
+or a golden vector leaves it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "BackendError",
+    "cupy_available",
+    "resolve_backend",
+    "get_array_module",
+    "asnumpy",
+    "to_device",
+    "default_rng",
+    "parse_dtype",
+]
+
+
+class BackendError(RuntimeError):
+    """Raised when a requested array backend cannot be used."""
+
+
+_CUPY = None
+_CUPY_ERROR: str | None = None
+
+
+def _try_cupy():
+    """Import cupy once; remember why it failed so the error can say so."""
+    global _CUPY, _CUPY_ERROR
+    if _CUPY is None and _CUPY_ERROR is None:
+        try:
+            import cupy  # noqa: F401  (guarded: optional dependency)
+
+            if cupy.cuda.runtime.getDeviceCount() < 1:
+                raise RuntimeError("no CUDA device visible")
+            _CUPY = cupy
+        except Exception as exc:  # ImportError, CUDARuntimeError, ...
+            _CUPY_ERROR = f"{type(exc).__name__}: {exc}"
+    return _CUPY
+
+
+def cupy_available() -> bool:
+    """True when cupy imports and at least one CUDA device is visible."""
+    return _try_cupy() is not None
+
+
+def resolve_backend(name: str = "auto"):
+    """Return the array module for ``name`` in {'auto', 'numpy', 'cupy'}.
+
+    'auto' picks cupy when a usable GPU is present, else numpy.
+    """
+    if name == "numpy":
+        return np
+    if name == "cupy":
+        cp = _try_cupy()
+        if cp is None:
+            raise BackendError(
+                "backend 'cupy' requested but cupy is not usable "
+                f"({_CUPY_ERROR}); install the gpu extra (pip install '.[gpu]') "
+                "on a machine with a CUDA GPU, or use --backend numpy"
+            )
+        return cp
+    if name == "auto":
+        cp = _try_cupy()
+        return cp if cp is not None else np
+    raise BackendError(f"unknown backend {name!r}; choose one of auto, numpy, cupy")
+
+
+def get_array_module(*arrays):
+    """The array module (numpy or cupy) owning ``arrays``; refuses a mix.
+
+    ``None`` entries and Python scalars are ignored.
+    """
+    found = None
+    for a in arrays:
+        if a is None or isinstance(a, (int, float, bool, np.generic)):
+            continue
+        mod = np if isinstance(a, np.ndarray) else _module_of_foreign(a)
+        if found is None:
+            found = mod
+        elif mod is not found:
+            raise BackendError(
+                f"arrays from different libraries mixed: {found.__name__} and {mod.__name__}"
+            )
+    return np if found is None else found
+
+
+def _module_of_foreign(a):
+    cp = _CUPY if _CUPY is not None else _try_cupy()
+    if cp is not None and isinstance(a, cp.ndarray):
+        return cp
+    raise BackendError(f"unsupported array type {type(a).__name__}")
+
+
+def asnumpy(a):
+    """Copy to host (no-op for NumPy arrays and scalars)."""
+    if isinstance(a, np.ndarray) or a is None:
+        return a
+    if isinstance(a, (int, float, bool, np.generic)):
+        return np.asarray(a)
+    return a.get()
+
+
+def to_device(a, xp):
+    """Place a host array on the device of ``xp`` (no copy for numpy)."""
+    if xp is np:
+        return np.asarray(a)
+    return xp.asarray(a)
+
+
+def default_rng(xp, seed):
+    """A seeded generator of the backend's own kind (``xp.random.default_rng``)."""
+    return xp.random.default_rng(seed)
+
+
+_DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+def parse_dtype(name) -> np.dtype:
+    """'float32' (training default) or 'float64' (checks); anything else is refused."""
+    if isinstance(name, np.dtype) or name in (np.float32, np.float64):
+        return np.dtype(name)
+    if name not in _DTYPES:
+        raise BackendError(f"unknown dtype {name!r}; choose float32 or float64")
+    return np.dtype(_DTYPES[name])
