@@ -1,0 +1,6 @@
+"""``python -m ssaref`` is ``python -m ssaref.train``."""
+import sys
+
+from .train import main
+
+sys.exit(main())

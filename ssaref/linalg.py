@@ -1,0 +1,286 @@
+"""Linear algebra for the SVD-space rules (SSA, SVD-BP): SVDs with deterministic signs, the randomized SVD
+of Halko, Martinsson & Tropp (2011), Stiefel-manifold projections and retractions, Hoyer sparsity and the
+spectral-energy rank.
+
+Every function is written once against the array module of its input (``xp`` = numpy or cupy), keeps the
+input dtype, and draws random numbers (the randomized SVD's test matrix) on the host from a NumPy generator
+so CPU and GPU runs of one seed see the same numbers.
+
+Conventions: a thin SVD is returned as ``(U (m, r), s (r,), V (n, r))`` with ``A = U diag(s) V^T``, i.e. ``V``
+(not ``V^T``) as in eq. (5); singular values in descending order; column signs fixed so that the entry of
+largest magnitude of every column of ``U`` is positive (``V`` flipped alongside, so the product is unchanged).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .backend import get_array_module
+
+__all__ = [
+    "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "sym",
+    "tangent_project", "complement_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
+    "energy_rank", "retained_energy",
+]
+
+RETRACTIONS = ("polar", "qr", "none")
+
+
+class LinalgError(ValueError):
+    """Bad argument to a linear-algebra routine (the message names the offending value)."""
+
+
+def _check_matrix(A, name="A"):
+    if getattr(A, "ndim", None) != 2:
+        raise LinalgError(f"{name} must be a 2-D array, got shape {getattr(A, 'shape', None)}")
+    if np.dtype(A.dtype).kind != "f":
+        raise LinalgError(f"{name} must have a floating dtype, got {A.dtype}")
+    if min(A.shape) < 1:
+        raise LinalgError(f"{name} must be non-empty, got shape {tuple(A.shape)}")
+
+
+def _check_rank(k, A):
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise LinalgError(f"rank k must be an integer, got {k!r}")
+    if not 1 <= int(k) <= min(A.shape):
+        raise LinalgError(f"rank k must be in [1, {min(A.shape)}] for a matrix of shape {tuple(A.shape)}, got {k}")
+    return int(k)
+
+
+def sign_fix(U, V):
+    """Flip column signs so that each column of ``U`` has its largest-magnitude entry positive.
+
+    Parameters
+    ----------
+    U : array (m, r)
+    V : array (n, r)
+        Flipped alongside ``U``, so ``U diag(s) V^T`` is unchanged.
+
+    Returns
+    -------
+    (U, V) : new arrays, same shapes and dtype.
+    """
+    xp = get_array_module(U, V)
+    idx = xp.argmax(xp.abs(U), axis=0)
+    signs = xp.sign(U[idx, xp.arange(U.shape[1])])
+    signs = xp.where(signs == 0, 1, signs).astype(U.dtype)
+    return U * signs, V * signs
+
+
+def svd(A, k=None):
+    """Thin SVD ``A = U diag(s) V^T`` with descending ``s`` and deterministic signs (see module doc).
+
+    Parameters
+    ----------
+    A : array (m, n)
+    k : int, optional
+        Keep the top ``k`` triplets (1 <= k <= min(m, n)); default all.
+
+    Returns
+    -------
+    U : array (m, k)
+    s : array (k,)
+    V : array (n, k)
+    """
+    _check_matrix(A)
+    xp = get_array_module(A)
+    k = min(A.shape) if k is None else _check_rank(k, A)
+    U, s, Vt = xp.linalg.svd(A, full_matrices=False)
+    U, V = sign_fix(U[:, :k], Vt[:k].T)
+    return xp.ascontiguousarray(U), s[:k].copy(), xp.ascontiguousarray(V)
+
+
+def _orthonormal_basis(Y):
+    xp = get_array_module(Y)
+    Q, _ = xp.linalg.qr(Y)
+    return Q
+
+
+def randomized_svd(A, k, *, oversample=10, n_iter=4, rng=None, seed=0):
+    """Truncated randomized SVD (Halko, Martinsson & Tropp 2011, Algorithms 4.4 + 5.1).
+
+    Range finder: ``Y = A Omega`` with a Gaussian test matrix ``Omega`` (n, l), ``l = k + oversample``,
+    followed by ``n_iter`` power (subspace) iterations ``Y <- A (A^T Q)`` with a QR re-orthonormalisation after
+    every product; ``Q = qr(Y)``.  Then the small dense SVD of ``Q^T A`` (l, n) gives ``A ~ (Q U_b) diag(s) V^T``.
+    When ``l >= min(m, n)`` the range finder would return the whole space, and the exact thin SVD is used.
+
+    Parameters
+    ----------
+    A : array (m, n)
+    k : int
+        Target rank, 1 <= k <= min(m, n).
+    oversample : int
+        Extra columns of the test matrix (>= 0).
+    n_iter : int
+        Power iterations (>= 0).
+    rng : numpy.random.Generator, optional
+        Host generator for ``Omega`` (default ``numpy.random.default_rng(seed)``).
+    seed : int
+        Seed used when ``rng`` is None.
+
+    Returns
+    -------
+    U : array (m, k), orthonormal columns
+    s : array (k,), descending
+    V : array (n, k), orthonormal columns
+        Signs fixed as in ``sign_fix``, so the result is reproducible for a given generator state.
+    """
+    _check_matrix(A)
+    k = _check_rank(k, A)
+    for name, v in (("oversample", oversample), ("n_iter", n_iter)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+            raise LinalgError(f"{name} must be an integer >= 0, got {v!r}")
+    xp = get_array_module(A)
+    m, n = A.shape
+    l = k + int(oversample)
+    if l >= min(m, n):
+        return svd(A, k)
+    rng = np.random.default_rng(seed) if rng is None else rng
+    omega = xp.asarray(rng.standard_normal((n, l)).astype(A.dtype))   # host draw: same on CPU and GPU
+    Q = _orthonormal_basis(A @ omega)                                  # (m, l)
+    for _ in range(int(n_iter)):                                       # power iterations, re-orthonormalised
+        Q = _orthonormal_basis(A.T @ Q)                                # (n, l)
+        Q = _orthonormal_basis(A @ Q)                                  # (m, l)
+    Ub, s, Vt = xp.linalg.svd(Q.T @ A, full_matrices=False)            # small dense SVD of (l, n)
+    U, V = sign_fix(Q @ Ub[:, :k], Vt[:k].T)
+    return xp.ascontiguousarray(U), s[:k].copy(), xp.ascontiguousarray(V)
+
+
+def orthogonality_error(X):
+    """``||X^T X - I||_F`` for ``X`` (m, r)."""
+    xp = get_array_module(X)
+    G = X.T @ X
+    G[xp.diag_indices(G.shape[0])] -= 1.0
+    return float(xp.linalg.norm(G))
+
+
+def sym(M):
+    """Symmetric part ``(M + M^T) / 2`` of a square array (r, r)."""
+    return 0.5 * (M + M.T)
+
+
+def tangent_project(X, G):
+    """Projection of ``G`` onto the tangent space of the Stiefel manifold at ``X`` (Euclidean metric).
+
+    ``P_X(G) = G - X sym(X^T G)`` (Absil, Mahony & Sepulchre 2008, eq. (3.35); Edelman et al. 1998).
+    ``X^T P_X(G)`` is skew-symmetric when ``X^T X = I``, so a step along it keeps ``X^T X = I`` to first order.
+
+    Parameters
+    ----------
+    X : array (m, r)
+    G : array (m, r)
+    """
+    return G - X @ sym(X.T @ G)
+
+
+def complement_project(X, G):
+    """``(I - X X^T) G`` for ``X``, ``G`` (m, r): the projection printed in eq. (12) and section 5.2.
+
+    It removes every component of ``G`` in span(X), including the skew part ``X Omega`` of the tangent space;
+    for square orthogonal ``X`` it is identically zero.  Computed without forming the (m, m) matrix.
+    """
+    return G - X @ (X.T @ G)
+
+
+def retract(X, method="polar", *, tol=None, max_iter=8):
+    """Map ``X`` (m, r), close to the Stiefel manifold, onto it.
+
+    Parameters
+    ----------
+    X : array (m, r), m >= r
+    method : str
+        ``"polar"``: the orthonormal factor of the polar decomposition, ``X (X^T X)^{-1/2}`` (the closest
+        matrix with orthonormal columns in Frobenius norm; treats all columns alike), by Newton-Schulz
+        iterations ``X <- X (3 I - X^T X) / 2`` (quadratic convergence) when ``||X^T X - I||_F < 0.5``, else
+        exactly through the eigendecomposition of ``X^T X``.
+        ``"qr"``: the Q factor of ``X = QR`` with ``diag(R) > 0``.
+        ``"none"``: ``X`` unchanged.
+    tol : float, optional
+        Newton-Schulz stops once ``||X^T X - I||_F <= tol`` (default ``50 * eps(dtype) * sqrt(r)``).
+    max_iter : int
+
+    Returns
+    -------
+    array (m, r), a new array (``X`` itself for "none").
+    """
+    if method not in RETRACTIONS:
+        raise LinalgError(f"unknown retraction {method!r}; choose one of {', '.join(RETRACTIONS)}")
+    if method == "none":
+        return X
+    _check_matrix(X, "X")
+    m, r = X.shape
+    if m < r:
+        raise LinalgError(f"cannot retract X of shape {tuple(X.shape)} onto the Stiefel manifold: needs m >= r")
+    xp = get_array_module(X)
+    if method == "qr":
+        Q, R = xp.linalg.qr(X)
+        d = xp.sign(xp.diagonal(R))
+        d = xp.where(d == 0, 1, d).astype(X.dtype)
+        return Q * d
+    tol = 50.0 * float(np.finfo(X.dtype).eps) * math.sqrt(r) if tol is None else float(tol)
+    eye = xp.eye(r, dtype=X.dtype)
+    Y = X
+    for _ in range(int(max_iter)):
+        G = Y.T @ Y
+        err = float(xp.linalg.norm(G - eye))
+        if err <= tol:
+            return Y if Y is not X else X.copy()
+        if err >= 0.5:  # far from the manifold: exact polar factor via eigh of the Gram matrix
+            w, Q = xp.linalg.eigh(G.astype(xp.float64) if X.dtype == np.float32 else G)
+            if float(w.min()) <= 0.0:
+                raise LinalgError(f"cannot retract: X of shape {tuple(X.shape)} is rank deficient")
+            inv_sqrt = (Q * (1.0 / xp.sqrt(w))) @ Q.T
+            Y = Y @ inv_sqrt.astype(X.dtype)
+            continue
+        Y = Y @ (1.5 * eye - 0.5 * G)  # Newton-Schulz step towards the polar factor
+    return Y
+
+
+def hoyer(s):
+    """Hoyer sparsity measure ``||s||_1 / ||s||_2`` of the singular values ``s`` (r,) (section 4.4)."""
+    xp = get_array_module(s)
+    n2 = float(xp.linalg.norm(s))
+    if n2 == 0.0:
+        raise LinalgError("Hoyer measure of an all-zero vector is undefined")
+    return float(xp.abs(s).sum()) / n2
+
+
+def hoyer_grad(s):
+    """Gradient of ``||s||_1 / ||s||_2`` w.r.t. ``s`` (r,): ``sign(s)/||s||_2 - ||s||_1 s / ||s||_2^3``."""
+    xp = get_array_module(s)
+    n2 = xp.sqrt((s * s).sum())
+    n1 = xp.abs(s).sum()
+    return xp.sign(s) / n2 - (n1 / n2 ** 3) * s
+
+
+def retained_energy(s, keep):
+    """Fraction ``sum_{j in keep} s_j^2 / sum_j s_j^2`` of the spectral energy kept by index set ``keep``."""
+    xp = get_array_module(s)
+    tot = float((s * s).sum())
+    return float((s[keep] ** 2).sum()) / tot if tot > 0 else 1.0
+
+
+def energy_rank(s, energy):
+    """Smallest ``r`` such that the ``r`` largest ``|s_j|`` hold at least ``energy`` of ``sum s_j^2``.
+
+    Parameters
+    ----------
+    s : array (r0,)
+    energy : float in (0, 1]
+    """
+    if not 0.0 < float(energy) <= 1.0:
+        raise LinalgError(f"energy threshold must be in (0, 1], got {energy!r}")
+    e = np.sort(np.asarray(_host(s), dtype=np.float64) ** 2)[::-1]
+    tot = e.sum()
+    if tot <= 0.0:
+        return 1
+    cum = np.cumsum(e) / tot
+    # tolerance so that energy=1.0 is reachable despite rounding in the cumulative sum
+    return int(min(len(e), np.searchsorted(cum, float(energy) - 1e-12) + 1))
+
+
+def _host(a):
+    from .backend import asnumpy
+    return asnumpy(a)

@@ -1,0 +1,113 @@
+"""Composite layers: ``Sequential`` (the model) and ``ResidualBlock``.
+
+Parameters of children are exposed under dotted names (``"3.W"``,
+``"main.0.W"``); the dicts hold the very arrays the children own, so an
+in-place optimiser step on ``model.params[k]`` updates the child.
+"""
+from __future__ import annotations
+
+from .layers import Layer, ReLU
+
+__all__ = ["Sequential", "ResidualBlock", "sub_dict"]
+
+
+def sub_dict(d, prefix):
+    """Entries of ``d`` whose key starts with ``prefix + '.'``, prefix stripped."""
+    if not d:
+        return None
+    p = prefix + "."
+    out = {k[len(p):]: v for k, v in d.items() if k.startswith(p)}
+    return out or None
+
+
+class Sequential(Layer):
+    """Layers applied in order.  ``forward`` returns ``(y, caches)``: one cache per layer."""
+
+    kind = "sequential"
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = list(layers)
+        self.children = {str(i): l for i, l in enumerate(self.layers)}
+        self._collect()
+
+    def _collect(self):
+        """(Re)build the flat views of the children's parameters and buffers."""
+        self.params = {f"{n}.{k}": v for n, c in self.children.items() for k, v in c.params.items()}
+        self.buffers = {f"{n}.{k}": v for n, c in self.children.items() for k, v in c.buffers.items()}
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def forward(self, x, train=True):
+        caches = []
+        for layer in self.layers:
+            x, c = layer.forward(x, train)
+            caches.append(c)
+        return x, caches
+
+    def backward(self, dy, caches, need_dx=True, feedback=None):
+        grads = {}
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy, g = self.layers[i].backward(
+                dy, caches[i], need_dx=need_dx or i > 0, feedback=sub_dict(feedback, str(i)))
+            grads.update({f"{i}.{k}": v for k, v in g.items()})
+        return dy, grads
+
+    def named_params(self):
+        """``[(key, array)]`` in forward order; the optimiser updates these arrays in place."""
+        self._collect()
+        return list(self.params.items())
+
+    def output_shape(self, in_shape):
+        for layer in self.layers:
+            in_shape = layer.output_shape(in_shape)
+        return in_shape
+
+    def __repr__(self):
+        body = "\n".join(f"  ({i}) {l!r}".replace("\n", "\n  ") for i, l in enumerate(self.layers))
+        return f"Sequential(\n{body}\n)"
+
+
+class ResidualBlock(Layer):
+    """``y = relu(main(x) + shortcut(x))``; an empty shortcut is the identity.
+
+    ``children``: ``main`` and ``shortcut`` (both ``Sequential``) and the final ``relu``.
+    """
+
+    kind = "residual"
+
+    def __init__(self, main, shortcut=None):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut if shortcut is not None else Sequential([])
+        self.relu = ReLU()
+        self.children = {"main": self.main, "shortcut": self.shortcut}
+        Sequential._collect(self)
+
+    def forward(self, x, train=True):
+        h, c_main = self.main.forward(x, train)
+        s, c_short = self.shortcut.forward(x, train)
+        if h.shape != s.shape:
+            raise ValueError(f"residual add: main branch {h.shape} != shortcut {s.shape}")
+        y, c_relu = self.relu.forward(h + s)
+        return y, (c_main, c_short, c_relu)
+
+    def backward(self, dy, cache, need_dx=True, feedback=None):
+        c_main, c_short, c_relu = cache
+        dz, _ = self.relu.backward(dy, c_relu)
+        # the residual add passes dz unchanged to both branches
+        dx_main, g_main = self.main.backward(dz, c_main, need_dx, sub_dict(feedback, "main"))
+        dx_short, g_short = self.shortcut.backward(dz, c_short, need_dx, sub_dict(feedback, "shortcut"))
+        grads = {f"main.{k}": v for k, v in g_main.items()}
+        grads.update({f"shortcut.{k}": v for k, v in g_short.items()})
+        return (dx_main + dx_short if need_dx else None), grads
+
+    def output_shape(self, in_shape):
+        return self.main.output_shape(in_shape)
+
+    def __repr__(self):
+        return f"ResidualBlock(main={self.main!r}, shortcut={self.shortcut!r})"

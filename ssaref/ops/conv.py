@@ -1,0 +1,123 @@
+"""2-D convolution (cross-correlation, as ``torch.nn.functional.conv2d``) by im2col + one GEMM.
+
+With ``col2 = im2col(x).reshape(K, M)`` (``K = C_in*kh*kw`` rows, ``M = Ho*Wo*N`` columns, see
+``im2col.py`` for the layout) and ``W2 = W.reshape(C_out, K)``::
+
+    forward          y2  = W2 @ col2 + b            (C_out, M)
+    backward input   dx  = col2im(W2.T @ dy2)       dy2 = dy as (C_out, M)
+    backward params  dW  = dy2 @ col2.T,  db = dy2.sum(1)
+
+The input gradient computes ``W2.T @ dy2`` one kernel offset (a block of ``C_in`` rows) at a
+time and adds each block into the image as soon as it is made (col2im fused with the GEMM), so no
+``(K, M)`` temporary is ever allocated.  ``y`` and ``dx`` are NCHW views of batch-innermost
+buffers (see ``im2col.py``).
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+from .im2col import as_pair, im2col, kernel_offsets
+
+__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params"]
+
+
+def conv2d_forward(x, W, b=None, stride=1, padding=0):
+    """``y = W * x + b`` (cross-correlation).
+
+    Parameters
+    ----------
+    x : array, shape (N, C_in, H, W)
+    W : array, shape (C_out, C_in, kh, kw)
+    b : array, shape (C_out,), or None
+    stride, padding : int or (int, int)
+        Stride (>= 1) and zero padding (>= 0) along (H, W).
+
+    Returns
+    -------
+    y : array, shape (N, C_out, Ho, Wo)
+        ``Ho = (H + 2*ph - kh) // sy + 1``, likewise ``Wo``.
+    cache : tuple
+        ``(col, x_shape, stride, padding, has_bias)``; ``col`` of shape (C_in, kh, kw, Ho, Wo, N).
+    """
+    if x.ndim != 4 or W.ndim != 4:
+        raise ValueError(f"conv2d expects x (N, C, H, W) and W (C_out, C_in, kh, kw), "
+                         f"got x {tuple(x.shape)} and W {tuple(W.shape)}")
+    C_out, C_in, kh, kw = W.shape
+    if x.shape[1] != C_in:
+        raise ValueError(f"conv2d: x has {x.shape[1]} channels but W of shape {tuple(W.shape)} "
+                         f"expects {C_in}")
+    if b is not None and tuple(b.shape) != (C_out,):
+        raise ValueError(f"conv2d: bias must have shape ({C_out},), got {tuple(b.shape)}")
+    if x.dtype != W.dtype or (b is not None and b.dtype != W.dtype):
+        raise ValueError(f"conv2d: dtypes differ (x {x.dtype}, W {W.dtype}"
+                         f"{'' if b is None else f', b {b.dtype}'}); cast explicitly")
+    sy, sx = as_pair(stride, "stride", 1)
+    ph, pw = as_pair(padding, "padding", 0)
+    col = im2col(x, kh, kw, sy, sx, ph, pw)                      # (C_in, kh, kw, Ho, Wo, N)
+    _, _, _, Ho, Wo, N = col.shape
+    y2 = W.reshape(C_out, -1) @ col.reshape(C_in * kh * kw, -1)  # y2 = W2 @ col2, (C_out, M)
+    if b is not None:
+        y2 += b[:, None]
+    y = y2.reshape(C_out, Ho, Wo, N).transpose(3, 0, 1, 2)
+    return y, (col, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+
+
+def _dy_matrix(dy, cache):
+    """``dy`` (N, C_out, Ho, Wo) as the (C_out, Ho*Wo*N) matrix matching ``col``'s columns."""
+    col, (N, _, _, _), _, _, _ = cache
+    _, _, _, Ho, Wo, _ = col.shape
+    if dy.ndim != 4 or (dy.shape[0], dy.shape[2], dy.shape[3]) != (N, Ho, Wo):
+        raise ValueError(f"conv2d backward: dy of shape {tuple(dy.shape)} does not match the "
+                         f"forward output (N, C_out, Ho, Wo) = ({N}, C_out, {Ho}, {Wo})")
+    return dy.transpose(1, 2, 3, 0).reshape(dy.shape[1], -1)   # a view when dy is batch-innermost
+
+
+def conv2d_backward_input(dy, W, cache):
+    """``dx = col2im(W2.T @ dy2)``.
+
+    Parameters
+    ----------
+    dy : array, shape (N, C_out, Ho, Wo)
+    W : array, shape (C_out, C_in, kh, kw)
+        The forward weights for BP, or the matrix that replaces them (feedback alignment).
+    cache : tuple
+        From :func:`conv2d_forward`.
+
+    Returns
+    -------
+    dx : array, shape (N, C_in, H, W)
+    """
+    col, (N, C_in, H, Wd), (sy, sx), (ph, pw), _ = cache
+    _, kh, kw, Ho, Wo, _ = col.shape
+    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
+    if W.ndim != 4 or tuple(W.shape) != (dy.shape[1], C_in, kh, kw):
+        raise ValueError(f"conv2d backward: W of shape {tuple(W.shape)} does not match "
+                         f"(C_out, C_in, kh, kw) = {(dy.shape[1], C_in, kh, kw)}")
+    xp = get_array_module(dy, W)
+    Wk = xp.ascontiguousarray(W.transpose(2, 3, 1, 0))          # (kh, kw, C_in, C_out)
+    dpad = xp.zeros((C_in, H + 2 * ph, Wd + 2 * pw, N), dtype=dy.dtype)
+    block = xp.empty((C_in, dy2.shape[1]), dtype=dy.dtype)      # rows (:, i, j) of W2.T @ dy2
+    for i, j, rows, cols in kernel_offsets(kh, kw, sy, sx, Ho, Wo):
+        xp.matmul(Wk[i, j], dy2, out=block)                     # dcol[:, i, j] = W[:, :, i, j].T @ dy2
+        dpad[:, rows, cols] += block.reshape(C_in, Ho, Wo, N)   # col2im, one offset
+    return dpad[:, ph:ph + H, pw:pw + Wd].transpose(3, 0, 1, 2)
+
+
+def conv2d_backward_params(dy, cache):
+    """``dW = dy2 @ col2.T`` and ``db = sum of dy over (N, Ho, Wo)``.
+
+    Parameters
+    ----------
+    dy : array, shape (N, C_out, Ho, Wo)
+    cache : tuple
+        From :func:`conv2d_forward`.
+
+    Returns
+    -------
+    dW : array, shape (C_out, C_in, kh, kw)
+    db : array, shape (C_out,), or None when the forward pass had no bias
+    """
+    col, _, _, _, has_bias = cache
+    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
+    dW = dy2 @ col.reshape(-1, dy2.shape[1]).T                   # (C_out, K)
+    db = dy2.sum(axis=1) if has_bias else None
+    return dW.reshape((dy.shape[1],) + col.shape[:3]), db

@@ -1,0 +1,129 @@
+"""Batch normalisation (``torch.nn.functional.batch_norm``), forward and backward, no hidden state.
+
+2-D input ``(B, F)`` is normalised over axis 0, 4-D input ``(N, C, H, W)`` over ``(N, H, W)``.
+Training normalises with the biased batch variance and returns the updated running statistics
+
+    new_mean = (1 - momentum) * running_mean + momentum * mean
+    new_var  = (1 - momentum) * running_var  + momentum * var * n / (n - 1)    (unbiased, as torch)
+
+as new arrays; evaluation normalises with the running statistics and returns them unchanged.
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+
+__all__ = ["batchnorm_forward", "batchnorm_backward_input", "batchnorm_backward_params"]
+
+
+def _axes(ndim):
+    """Reduction axes and the broadcast shape of per-channel vectors for an input of ``ndim``."""
+    return ((0,), (1, -1)) if ndim == 2 else ((0, 2, 3), (1, -1, 1, 1))
+
+
+def _check(x, vectors):
+    if x.ndim not in (2, 4):
+        raise ValueError(f"batchnorm expects x of shape (B, F) or (N, C, H, W), got {tuple(x.shape)}")
+    C = x.shape[1]
+    for name, v in vectors.items():
+        if tuple(v.shape) != (C,):
+            raise ValueError(f"batchnorm: {name} must have shape ({C},) for x {tuple(x.shape)}, "
+                             f"got {tuple(v.shape)}")
+        if v.dtype != x.dtype:
+            raise ValueError(f"batchnorm: {name} has dtype {v.dtype} but x has {x.dtype}; cast explicitly")
+
+
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momentum=0.1, eps=1e-5):
+    """``y = gamma * (x - mean) / sqrt(var + eps) + beta``.
+
+    Parameters
+    ----------
+    x : array, shape (B, F) or (N, C, H, W)
+    gamma, beta : array, shape (C,)
+        Scale and shift (``C = x.shape[1]``).
+    running_mean, running_var : array, shape (C,)
+        Running statistics; never modified.
+    train : bool
+        Batch statistics (True) or running statistics (False).
+    momentum : float
+        Weight of the batch statistics in the running update (PyTorch's convention).
+    eps : float
+
+    Returns
+    -------
+    y : array, shape of ``x``
+    cache : tuple
+        ``(xhat, gamma, inv_std, train)``; ``xhat`` has the shape of ``x``, ``inv_std`` (C,).
+    new_mean, new_var : array, shape (C,)
+        Updated running statistics (train) or the given ones (eval).
+    """
+    _check(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
+               "running_var": running_var})
+    xp = get_array_module(x, gamma, beta, running_mean, running_var)
+    axes, shape = _axes(x.ndim)
+    if train:
+        n = x.size // x.shape[1]
+        if n < 2:
+            raise ValueError(f"batchnorm: training needs more than one value per channel, "
+                             f"got x of shape {tuple(x.shape)}")
+        mean = x.mean(axis=axes)
+        xhat = x - mean.reshape(shape)
+        var = (xhat * xhat).mean(axis=axes)                   # biased: used to normalise
+        new_mean = (1.0 - momentum) * running_mean + momentum * mean
+        new_var = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+    else:
+        var, new_mean, new_var = running_var, running_mean, running_var
+        xhat = x - running_mean.reshape(shape)
+    inv_std = 1.0 / xp.sqrt(var + eps)
+    xhat *= inv_std.reshape(shape)
+    y = xhat * gamma.reshape(shape)
+    y += beta.reshape(shape)
+    return y, (xhat, gamma, inv_std, bool(train)), new_mean, new_var
+
+
+def batchnorm_backward_input(dy, cache):
+    """Input gradient.
+
+    train: ``dx = gamma * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat))`` (means per channel);
+    eval:  ``dx = gamma * inv_std * dy``.
+
+    Parameters
+    ----------
+    dy : array, shape of ``x``
+    cache : tuple
+        From :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    dx : array, shape of ``x``
+    """
+    xhat, gamma, inv_std, train = cache
+    if dy.shape != xhat.shape:
+        raise ValueError(f"batchnorm backward: dy of shape {tuple(dy.shape)}, expected {tuple(xhat.shape)}")
+    axes, shape = _axes(dy.ndim)
+    scale = (gamma * inv_std).reshape(shape)
+    if not train:
+        return dy * scale
+    centred = dy - dy.mean(axis=axes, keepdims=True)
+    centred -= xhat * (dy * xhat).mean(axis=axes, keepdims=True)
+    centred *= scale
+    return centred
+
+
+def batchnorm_backward_params(dy, cache):
+    """``dgamma = sum(dy * xhat)``, ``dbeta = sum(dy)`` over the normalised axes.
+
+    Parameters
+    ----------
+    dy : array, shape of ``x``
+    cache : tuple
+        From :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    dgamma, dbeta : array, shape (C,)
+    """
+    xhat = cache[0]
+    if dy.shape != xhat.shape:
+        raise ValueError(f"batchnorm backward: dy of shape {tuple(dy.shape)}, expected {tuple(xhat.shape)}")
+    axes, _ = _axes(dy.ndim)
+    return (dy * xhat).sum(axis=axes), dy.sum(axis=axes)

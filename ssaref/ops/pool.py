@@ -1,0 +1,225 @@
+"""Max-, average- and global average pooling (NCHW), forward and backward.
+
+Windows are the strided slices of ``im2col.py``, one per kernel offset, taken from a working
+view ``(A, H, W, B)`` of the input that follows its memory order: ``(C, H, W, N)`` for the
+batch-innermost outputs of conv and pool, ``(N*C, H, W, 1)`` for C-contiguous NCHW input.
+Outputs come back in the same memory order.  Semantics follow ``torch.nn.functional`` with
+``ceil_mode=False``:
+
+* ``padding`` is at most half the kernel (PyTorch's rule), so every window holds an input value;
+* max-pool pads with ``-inf``; when several elements of a window tie for the maximum, the whole
+  gradient goes to the *first* of them in row-major window order (scan ``(i, j)``, keep a value
+  only if strictly greater), which is what PyTorch's CPU kernel does;
+* avg-pool counts the zero padding in the divisor (``count_include_pad=True``): ``/ (kh*kw)``.
+
+Fast path: when ``kernel == stride`` the windows do not overlap, so the backward passes write
+each window once (no read-modify-write, and no zero fill when the windows tile the padded image).
+A reshape ``(A, Ho, kh, Wo, kw, B)`` gives the same windows, but numpy reduces over its strided
+axes element by element (2x to 60x slower here), so the forward passes use the offset loop always.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import namedtuple
+
+from ..backend import get_array_module
+from .im2col import as_pair, conv_output_size, kernel_offsets, pad_hw
+
+__all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
+           "global_avgpool_forward", "global_avgpool_backward"]
+
+_Geometry = namedtuple("_Geometry", "x_shape batch_last kh kw sy sx ph pw Ho Wo")
+
+
+def _geometry(x, kernel, stride, padding, op):
+    if x.ndim != 4:
+        raise ValueError(f"{op} expects x of shape (N, C, H, W), got {tuple(x.shape)}")
+    kh, kw = as_pair(kernel, "kernel", 1)
+    sy, sx = as_pair(kernel if stride is None else stride, "stride", 1)
+    ph, pw = as_pair(padding, "padding", 0)
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
+    Ho, Wo = conv_output_size(x.shape[2], kh, sy, ph), conv_output_size(x.shape[3], kw, sx, pw)
+    batch_last = x.strides[0] < min(x.strides[1:])            # memory (C, H, W, N)
+    return _Geometry(tuple(x.shape), batch_last, kh, kw, sy, sx, ph, pw, Ho, Wo)
+
+
+def _to_work(a, g):
+    """(N, C, h, w) -> the working view (A, h, w, B) chosen by the forward input's layout."""
+    return a.transpose(1, 2, 3, 0) if g.batch_last else a.reshape((-1,) + a.shape[2:] + (1,))
+
+
+def _from_work(w, g):
+    """(A, h, w, B) -> (N, C, h, w)."""
+    return w.transpose(3, 0, 1, 2) if g.batch_last else w.reshape(g.x_shape[:2] + w.shape[1:3])
+
+
+def _offsets(g):
+    return kernel_offsets(g.kh, g.kw, g.sy, g.sx, g.Ho, g.Wo)
+
+
+def _dy_work(dy, g, op):
+    N, C = g.x_shape[:2]
+    if tuple(dy.shape) != (N, C, g.Ho, g.Wo):
+        raise ValueError(f"{op} backward: dy of shape {tuple(dy.shape)}, expected {(N, C, g.Ho, g.Wo)}")
+    return _to_work(dy, g)
+
+
+def _scatter(window_grads, g, like):
+    """``dx`` (N, C, H, W) from one (A, Ho, Wo, B) gradient per kernel offset, summed into place."""
+    H, W = g.x_shape[2:]
+    A, _, _, B = like.shape
+    Hp, Wp = H + 2 * g.ph, W + 2 * g.pw
+    disjoint = (g.kh, g.kw) == (g.sy, g.sx)
+    tiled = disjoint and (Hp, Wp) == (g.Ho * g.kh, g.Wo * g.kw)
+    xp = get_array_module(like)
+    dpad = (xp.empty if tiled else xp.zeros)((A, Hp, Wp, B), dtype=like.dtype)
+    for (_, _, rows, cols), grad in zip(_offsets(g), window_grads):
+        if disjoint:
+            dpad[:, rows, cols] = grad                         # each input element in one window
+        else:
+            dpad[:, rows, cols] += grad
+    return _from_work(dpad[:, g.ph:g.ph + H, g.pw:g.pw + W], g)
+
+
+def maxpool2d_forward(x, kernel, stride=None, padding=0):
+    """Max over each window.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W)
+    kernel : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel``.
+    padding : int or (int, int)
+        Implicit ``-inf`` padding, at most half the kernel.
+
+    Returns
+    -------
+    y : array, shape (N, C, Ho, Wo)
+    cache : tuple
+        ``(argmax, geometry)``; ``argmax`` (working layout) is the winning kernel offset
+        ``i*kw + j`` of each window (first maximum in row-major order).
+    """
+    g = _geometry(x, kernel, stride, padding, "maxpool2d")
+    xp = get_array_module(x)
+    xpad = pad_hw(_to_work(x, g), g.ph, g.pw, float("-inf"))
+    offsets = _offsets(g)
+    _, _, rows, cols = next(offsets)
+    y = xpad[:, rows, cols].copy()                             # (A, Ho, Wo, B)
+    argmax = xp.zeros(y.shape, dtype=xp.int8 if g.kh * g.kw <= 127 else xp.int32)
+    step = xp.empty_like(argmax)
+    for k, (_, _, rows, cols) in enumerate(offsets, start=1):
+        window = xpad[:, rows, cols]
+        # the last k at which the running max grows strictly is the first argmax: max_k k*[win > y]
+        xp.multiply(window > y, argmax.dtype.type(k), out=step)
+        xp.maximum(argmax, step, out=argmax)
+        xp.maximum(y, window, out=y)
+    return _from_work(y, g), (argmax, g)
+
+
+def maxpool2d_backward(dy, cache):
+    """Route each window's gradient to its argmax: ``dx[argmax of window] += dy[window]``.
+
+    Parameters
+    ----------
+    dy : array, shape (N, C, Ho, Wo)
+    cache : tuple
+        From :func:`maxpool2d_forward`.
+
+    Returns
+    -------
+    dx : array, shape (N, C, H, W)
+    """
+    argmax, g = cache
+    dyw = _dy_work(dy, g, "maxpool2d")
+    kk = argmax.dtype.type
+    return _scatter((dyw * (argmax == kk(k)) for k in range(g.kh * g.kw)), g, dyw)
+
+
+def avgpool2d_forward(x, kernel, stride=None, padding=0):
+    """Mean over each window, zero padding included in the count (``count_include_pad=True``).
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W)
+    kernel : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel``.
+    padding : int or (int, int)
+        Zero padding, at most half the kernel.
+
+    Returns
+    -------
+    y : array, shape (N, C, Ho, Wo)
+    cache : tuple
+        ``(geometry,)``.
+    """
+    g = _geometry(x, kernel, stride, padding, "avgpool2d")
+    xpad = pad_hw(_to_work(x, g), g.ph, g.pw, 0.0)
+    offsets = _offsets(g)
+    _, _, rows, cols = next(offsets)
+    y = xpad[:, rows, cols].copy()                             # (A, Ho, Wo, B)
+    for _, _, rows, cols in offsets:
+        y += xpad[:, rows, cols]
+    y *= 1.0 / (g.kh * g.kw)
+    return _from_work(y, g), (g,)
+
+
+def avgpool2d_backward(dy, cache):
+    """Spread each window's gradient evenly: ``dx[window] += dy / (kh*kw)``.
+
+    Parameters
+    ----------
+    dy : array, shape (N, C, Ho, Wo)
+    cache : tuple
+        From :func:`avgpool2d_forward`.
+
+    Returns
+    -------
+    dx : array, shape (N, C, H, W)
+    """
+    (g,) = cache
+    share = _dy_work(dy, g, "avgpool2d") * (1.0 / (g.kh * g.kw))
+    return _scatter(itertools.repeat(share), g, share)
+
+
+def global_avgpool_forward(x):
+    """Mean over the spatial axes.
+
+    Parameters
+    ----------
+    x : array, shape (N, C, H, W)
+
+    Returns
+    -------
+    y : array, shape (N, C)
+    cache : tuple
+        ``(x_shape,)``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"global_avgpool expects x of shape (N, C, H, W), got {tuple(x.shape)}")
+    return x.mean(axis=(2, 3)), (tuple(x.shape),)
+
+
+def global_avgpool_backward(dy, cache):
+    """``dx[n, c, :, :] = dy[n, c] / (H*W)``.
+
+    Parameters
+    ----------
+    dy : array, shape (N, C)
+    cache : tuple
+        From :func:`global_avgpool_forward`.
+
+    Returns
+    -------
+    dx : array, shape (N, C, H, W)
+        Batch-innermost memory, like the conv outputs it flows back into.
+    """
+    (N, C, H, W), = cache
+    if tuple(dy.shape) != (N, C):
+        raise ValueError(f"global_avgpool backward: dy of shape {tuple(dy.shape)}, expected {(N, C)}")
+    xp = get_array_module(dy)
+    dx = xp.empty((C, H, W, N), dtype=dy.dtype)
+    dx[...] = (dy.T * (1.0 / (H * W)))[:, None, None, :]
+    return dx.transpose(3, 0, 1, 2)

@@ -1,0 +1,106 @@
+"""Dynamic rank reduction of SVD-space layers (paper section 4.4).
+
+The hybrid schedule:
+
+* **epoch-based phase**, epochs ``1 .. T1`` with ``T1 = max(1, ceil(reduce_frac * num_epochs))`` (paper: the
+  first 30% of the epochs): at the end of epoch ``t`` the rank is cut to
+  ``ceil(r0 * (1 - (1 - reduce_to) * t / T1))``, reaching ``ceil(reduce_to * r0)`` (paper: 0.7 r0) at ``T1``;
+  the Hoyer regulariser ``||s||_1 / ||s||_2`` is added to the singular values' loss during the epochs
+  ``t`` of this phase with ``(t - 1) % hoyer_every == 0`` (paper: "applied every 10 epochs");
+* **threshold phase**, epochs after ``T1``: at the end of every epoch the rank becomes the smallest one whose
+  top singular values hold ``energy`` (paper: 95%) of ``sum s_j^2``.
+
+``"epoch"`` runs the first phase only, ``"energy"`` the threshold rule from the first epoch (Hoyer as in the
+first phase throughout), ``"none"`` keeps full rank (Hoyer every ``hoyer_every`` epochs, as for ``"energy"``).
+Every rule obeys: the rank never increases, never drops below ``floor = max(1, ceil(min_rank_frac * r0))``
+(paper: "reducing the rank below 30% of r0 often destabilizes training"), and with ``parity`` it stays below
+``m n / (m + n)`` (the factored layer then has fewer numbers than the dense one), which takes precedence over
+the floor.  The retained singular triplets are those with the largest ``|s_j|``, kept in their current order.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import asnumpy
+from .linalg import energy_rank
+
+__all__ = ["RankSchedule", "SCHEDULES", "parity_rank", "keep_indices"]
+
+SCHEDULES = ("hybrid", "epoch", "energy", "none")
+
+
+def _ceil(x):
+    return int(math.ceil(x - 1e-9))  # 0.3 * 10 is 3.0000000000000004 in floating point
+
+
+def parity_rank(m, n):
+    """Largest integer ``r < m n / (m + n)`` (at least 1)."""
+    return max(1, _ceil(m * n / (m + n)) - 1)
+
+
+def keep_indices(s, r):
+    """Indices (ascending) of the ``r`` largest ``|s_j|`` of ``s`` (r0,) (ties: lower index first)."""
+    a = np.abs(np.asarray(asnumpy(s), dtype=np.float64))
+    order = np.argsort(-a, kind="stable")
+    return np.sort(order[:int(r)])
+
+
+@dataclass
+class RankSchedule:
+    """Section 4.4's rank schedule; every number a parameter with the paper's value as default."""
+
+    kind: str = "hybrid"
+    reduce_to: float = 0.7
+    reduce_frac: float = 0.3
+    energy: float = 0.95
+    min_rank_frac: float = 0.3
+    parity: bool = False
+    hoyer_every: int = 10
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"rank_schedule={self.kind!r} is not one of {', '.join(SCHEDULES)}")
+        for name in ("reduce_to", "reduce_frac", "energy", "min_rank_frac"):
+            v = float(getattr(self, name))
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+            setattr(self, name, v)
+        if int(self.hoyer_every) < 1:
+            raise ValueError(f"hoyer_every must be >= 1, got {self.hoyer_every!r}")
+        self.hoyer_every = int(self.hoyer_every)
+
+    def phase1_epochs(self, num_epochs):
+        """``T1``: number of epochs of the epoch-based phase."""
+        return max(1, _ceil(self.reduce_frac * int(num_epochs)))
+
+    def floor(self, r0, m, n):
+        f = max(1, _ceil(self.min_rank_frac * r0))
+        return min(f, parity_rank(m, n)) if self.parity else f
+
+    def hoyer_active(self, epoch, num_epochs):
+        """Whether the Hoyer term is on during ``epoch`` (1-based)."""
+        if (int(epoch) - 1) % self.hoyer_every:
+            return False
+        if self.kind in ("hybrid", "epoch"):
+            return int(epoch) <= self.phase1_epochs(num_epochs)
+        return True
+
+    def new_rank(self, s, r0, m, n, epoch, num_epochs):
+        """Rank to keep at the end of ``epoch`` (1-based) for singular values ``s`` (r,) of a layer (m, n).
+
+        Never above the current rank ``len(s)``, never below the floor (unless the current rank already is).
+        """
+        r = int(len(s))
+        target = r
+        T1 = self.phase1_epochs(num_epochs)
+        if self.kind in ("hybrid", "epoch") and epoch <= T1:
+            target = _ceil(r0 * (1.0 - (1.0 - self.reduce_to) * min(epoch, T1) / T1))
+        elif self.kind == "hybrid" or self.kind == "energy":
+            target = energy_rank(s, self.energy)
+        target = max(target, self.floor(r0, m, n))
+        if self.parity:
+            target = min(target, parity_rank(m, n))
+        return max(1, min(r, target))

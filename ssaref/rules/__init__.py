@@ -1,0 +1,31 @@
+"""Learning rules, one file each; ``build_rule(name, **options)`` selects one."""
+from __future__ import annotations
+
+from .base import Rule, StepResult
+from .bp import BP
+from .dfa import DFA
+from .drtp import DRTP
+from .fa import FA
+from .pepita import PEPITA
+from .sign import BRSF, FRSF, USF
+from .ssa import SSA
+from .svd_bp import SVDBP
+
+RULES = {"bp": BP, "fa": FA, "dfa": DFA, "usf": USF, "brsf": BRSF, "frsf": FRSF, "drtp": DRTP,
+         "pepita": PEPITA, "ssa": SSA, "svd-bp": SVDBP}
+
+
+def register(cls):
+    """Add a rule class to the registry under ``cls.name``."""
+    RULES[cls.name] = cls
+    return cls
+
+
+def build_rule(name, **options) -> Rule:
+    """Instantiate rule ``name``; unknown names get a ValueError listing the choices."""
+    if name not in RULES:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(RULES))}")
+    return RULES[name](**options)
+
+
+__all__ = ["Rule", "StepResult", "RULES", "build_rule", "register"]

@@ -1,0 +1,26 @@
+"""Backpropagation (paper section 2, eq. (2)).
+
+The error at the output, ``delta a_N = e`` (eq. (7)), travels down the chain:
+each layer turns the error at its output into the error at its input with the
+transpose of its own weights, ``delta a_i = (W_{i+1}^T delta a_{i+1}) o f_i'(a_i)``,
+and its weight update is ``delta W_i = delta a_i h_{i-1}^T``.
+"""
+from __future__ import annotations
+
+from .base import Rule
+
+__all__ = ["BP"]
+
+
+class BP(Rule):
+    name = "bp"
+
+    def updates(self, model, caches, e):
+        updates, signals = {}, {}
+        delta = e  # delta a_N
+        for k in range(len(model.layers) - 1, -1, -1):
+            signals[k] = delta
+            # eq. (2): dW_k = delta_k h_{k-1}^T ; delta_{k-1} = (W_k^T delta_k) o f'(a_{k-1})
+            delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > 0)
+            updates.update({f"{k}.{name}": g for name, g in grads.items()})
+        return updates, signals

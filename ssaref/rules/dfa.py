@@ -1,0 +1,91 @@
+"""Direct feedback alignment (Nøkland 2016), paper section 2, eq. (3).
+
+Each hidden layer receives the output error through its own fixed random matrix instead of the chain:
+``delta W_i = [(B_i delta a_N) o f_i'(a_i)] h_{i-1}^T`` (eq. (3)) with ``delta a_N = e`` (eq. (7)).
+
+On networks that are not plain MLPs ssaref applies eq. (3) per *segment* (see ``_feedback.segments``): a
+weight layer (Linear, Conv2d, or a whole ResidualBlock) and the BatchNorm/activation/pool/flatten layers up
+to the next weight layer.  ``B_i`` (d_i x d_N, d_i = size of the injection point's output, e.g. C*H*W)
+maps ``e`` to the injection point; the signal is then carried back to the weight layer through the
+segment's own layers, which for Linear-ReLU is exactly ``(B_i e) o f'(a_i)``, for a conv layer ends in the
+layer's own weight-gradient op, gives BN's gamma/beta their local gradient from the injected signal, and for a
+residual block is local BP inside the block (both branches) from the signal at the block's output.
+
+Options (defaults first):
+
+* ``dfa_init``: ``unit_col`` -- N(0, 1) then columns normalised to unit l2 norm (the paper's section 4.3);
+  ``gaussian`` -- N(0, 1); ``kaiming_uniform`` -- U(+-sqrt(6/d_i)) (Frenkel et al.'s DFA code).
+* ``dfa_inject``: ``segment`` -- at the segment's last layer (after pooling/flatten); ``before_pool`` -- at
+  the last layer before the segment's pooling/flatten layers (Frenkel et al.: after the activation).
+* ``dfa_output``: ``e`` -- the output layer is trained with ``e`` as in BP; ``frozen`` -- not trained.
+"""
+from __future__ import annotations
+
+import math
+
+from ._feedback import check_choice, draw, layer_output_shapes, place, segments
+from .base import Rule
+
+__all__ = ["DFA"]
+
+
+class DFA(Rule):
+    name = "dfa"
+    OPTIONS = {
+        "dfa_init": (str, "unit_col", "DFA's B_i: unit_col (N(0,1), unit-norm columns), gaussian or "
+                                      "kaiming_uniform"),
+        "dfa_inject": (str, "segment", "where B_i e enters a segment: segment (its output) or before_pool"),
+        "dfa_output": (str, "e", "output layer: e (trained with e as in BP) or frozen"),
+    }
+    _prefix = "dfa"
+
+    def _opt(self, name):
+        return self.options[f"{self._prefix}_{name}"]
+
+    def init_state(self, model, rng):
+        """Draw ``B_i`` (d_i, d_N) per hidden segment; state key ``"B/<lead layer index>"``."""
+        check_choice(self.name, f"{self._prefix}_init", self._opt("init"),
+                     ("unit_col", "gaussian", "kaiming_uniform"))
+        check_choice(self.name, f"{self._prefix}_inject", self._opt("inject"), ("segment", "before_pool"))
+        check_choice(self.name, f"{self._prefix}_output", self._opt("output"), ("e", "frozen"))
+        self.segments = segments(model, self.name, self._opt("inject"))
+        self._shapes = shapes = layer_output_shapes(model)
+        K = int(model.layers[-1].params["W"].shape[0])
+        self.state = {}
+        for seg in self.segments:
+            d = int(math.prod(shapes[seg.inject]))
+            self.state[f"B/{seg.lead}"] = place(model, draw(rng, (d, K), self._opt("init"), fan_in=d))
+
+    def _segments(self, model):
+        if getattr(self, "segments", None) is None:
+            self.segments = segments(model, self.name, self._opt("inject"))
+            self._shapes = layer_output_shapes(model)
+        return self.segments
+
+    def updates(self, model, caches, e):
+        return self.direct_updates(model, caches, e, e)  # eq. (3): B_i projects delta a_N = e
+
+    def direct_updates(self, model, caches, e, src):
+        """Output layer from ``e``; every hidden segment from ``B_i src`` injected at its injection point.
+
+        Parameters
+        ----------
+        e : array (B, K), ``dL/da_N`` (eq. (7)), trains the output layer.
+        src : array (B, K), what the hidden feedback projects (``e`` for DFA, the target for DRTP).
+        """
+        updates, signals = {}, {}
+        N = len(model.layers) - 1
+        if self._opt("output") == "e":  # output layer: delta W_N = e h_{N-1}^T, as BP
+            signals[N] = e
+            _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
+            updates.update({f"{N}.{k}": g for k, g in grads.items()})
+        for seg in self._segments(model):
+            B = self.state[f"B/{seg.lead}"]
+            delta = src @ B.T  # B_i delta a_N for every example: (B, d_i)
+            delta = delta.reshape((delta.shape[0],) + tuple(self._shapes[seg.inject]))
+            for k in range(seg.inject, seg.lead - 1, -1):
+                signals[k] = delta
+                # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
+                delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > seg.lead)
+                updates.update({f"{k}.{name}": g for name, g in grads.items()})
+        return updates, signals

@@ -1,0 +1,45 @@
+"""Feedback alignment (Lillicrap et al. 2016).
+
+BP's chain, eq. (2), with the transpose of each downstream weight replaced by a fixed random matrix:
+``delta a_i = (B_{i+1} delta a_{i+1}) o f_i'(a_i)`` and ``delta W_i = delta a_i h_{i-1}^T``.  ``B_{i+1}`` is
+stored in the shape of ``W_{i+1}`` (``dx = dy @ B`` for a Linear layer; for a Conv2d a fixed random kernel of
+W's shape used in the transposed convolution) and handed to the layer through its ``feedback`` hook, so
+the parameter gradients stay the true local ones.  The first weight layer sends no error further down and
+gets no B.  The output layer receives ``e`` itself, so its update equals BP's.
+"""
+from __future__ import annotations
+
+from ._feedback import chain_updates, check_choice, draw, fan_in_out, place, require_model, transport_keys
+from .base import Rule
+
+__all__ = ["FA"]
+
+
+class FA(Rule):
+    """Feedback alignment: fixed random B of each weight's shape, drawn once from the run's seed."""
+
+    name = "fa"
+    OPTIONS = {
+        "fa_init": (str, "torch_default",
+                    "distribution of FA's fixed B: torch_default (U(+-1/sqrt(fan_in)), like the forward "
+                    "weights), xavier_uniform or kaiming_uniform"),
+    }
+
+    def init_state(self, model, rng):
+        """Draw ``B`` for every weight that transports error (state key ``"B/<param key>"``)."""
+        dist = self.options["fa_init"]
+        check_choice(self.name, "fa_init", dist, ("torch_default", "xavier_uniform", "kaiming_uniform"))
+        require_model(model, self.name)
+        params = dict(model.named_params())
+        self.state = {}
+        for key, _, _ in transport_keys(model):
+            shape = params[key].shape
+            fi, fo = fan_in_out(shape)
+            self.state["B/" + key] = place(model, draw(rng, shape, dist, fi, fo))
+
+    def feedback(self, model):
+        """``{weight key: B}`` used in place of each weight when transporting the error."""
+        return {k[2:]: v for k, v in self.state.items() if k.startswith("B/")}
+
+    def updates(self, model, caches, e):
+        return chain_updates(model, caches, e, self.feedback(model))

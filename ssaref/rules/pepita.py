@@ -1,0 +1,85 @@
+"""PEPITA: present the error as an input perturbation (Dellaferrera & Kreiman 2022).
+
+Two forward passes and no backward pass:
+
+1. standard pass: ``h_0 = x``, ``h_l = f(W_l h_{l-1})``, output error ``e = softmax(a_N) - y*``;
+2. modulated pass on ``h_0^err = x + F e`` (F fixed, d_0 x K), giving ``h_l^err``.
+
+Updates (the paper's Algorithm 1; batch mean as in the authors' code, which divides by the batch size):
+
+* first layer ``delta W_1 = (h_1 - h_1^err) (h_0^err)^T`` -- it sees the *modulated* input;
+* hidden layers ``delta W_l = (h_l - h_l^err) (h_{l-1}^err)^T``;
+* output layer ``delta W_N = e (h_{N-1}^err)^T``;
+* biases (the authors' networks have none): ``delta b_l = h_l - h_l^err`` and ``delta b_N = e``.
+
+``h_l`` is the post-activation output of block l (what the next Linear layer reads).  F is drawn once:
+``F_ij ~ pepita_F_scale * U(-sqrt(6/d_0), sqrt(6/d_0))`` with ``d_0`` the input size (0.05 in the paper).
+The modulation uses the per-example error ``softmax - y*`` (not ssaref's batch-mean ``e``).  Dropout (10 % in
+the paper) is not part of ssaref's models.  Defined on MLP-like models only (Linear layers, elementwise
+activations, Flatten); anything else raises ValueError at ``init_state``.
+"""
+from __future__ import annotations
+
+import math
+
+from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
+from ._feedback import ACT_KINDS, draw, place, require_model
+from .base import Rule, StepResult
+
+__all__ = ["PEPITA"]
+
+
+class PEPITA(Rule):
+    name = "pepita"
+    OPTIONS = {
+        "pepita_F_scale": (float, 0.05, "PEPITA: F ~ scale * U(+-sqrt(6/d_in)), d_in the input size"),
+    }
+
+    def init_state(self, model, rng):
+        """Check the model is an MLP; draw ``F`` (d_0, K), state key ``"F"``."""
+        require_model(model, self.name)
+        for i, layer in enumerate(model.layers):
+            if layer.kind not in ("linear", "flatten") + ACT_KINDS:
+                raise ValueError(f"method 'pepita' is defined for MLPs only; model "
+                                 f"{getattr(model, 'name', type(model).__name__)!r} has layer {i} "
+                                 f"({type(layer).__name__})")
+        scale = float(self.options["pepita_F_scale"])
+        if not scale >= 0:
+            raise ValueError(f"method 'pepita': option pepita_F_scale={scale!r} must be >= 0")
+        d0 = int(math.prod(model.input_shape))
+        K = int(model.layers[-1].params["W"].shape[0])
+        self.state = {"F": place(model, scale * draw(rng, (d0, K), "kaiming_uniform", fan_in=d0))}
+
+    @staticmethod
+    def _forward(model, x):
+        """Every layer's output ``[h after layer 0, ..., logits]``."""
+        outs = []
+        for layer in model.layers:
+            x, _ = layer.forward(x, True)
+            outs.append(x)
+        return outs
+
+    def step(self, model, x, y):
+        layers = model.layers
+        N = len(layers) - 1
+        h = self._forward(model, x)  # pass 1
+        loss, lcache = softmax_cross_entropy(h[N], y)
+        e = softmax_cross_entropy_backward(lcache)  # (softmax - y*)/B, eq. (7)
+        Bsz = x.shape[0]
+        F = self.state["F"]
+        x_err = x + ((e * Bsz) @ F.T).reshape(x.shape)  # h_0^err = x + F e, per example
+        h_err = self._forward(model, x_err)  # pass 2
+        lin = [k for k in range(N + 1) if layers[k].kind == "linear"]
+        updates, signals = {}, {}
+        for j, k in enumerate(lin):
+            inp_err = h_err[k - 1] if k > 0 else x_err  # h_{l-1}^err (modulated input for the first layer)
+            if k == N:
+                d = e  # delta W_N = e (h_{N-1}^err)^T
+            else:
+                out = lin[j + 1] - 1  # block output h_l = input of the next Linear layer
+                d = (h[out] - h_err[out]) / Bsz  # delta W_l = (h_l - h_l^err)(h_{l-1}^err)^T, batch mean
+            signals[k] = d
+            updates[f"{k}.W"] = d.T @ inp_err
+            if "b" in layers[k].params:
+                updates[f"{k}.b"] = d.sum(axis=0)
+        return StepResult(float(loss), h[N], updates, signals)

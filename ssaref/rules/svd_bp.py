@@ -1,0 +1,41 @@
+"""SVD-BP (Yang et al. 2020, "Learning low-rank deep neural networks via singular vector orthogonality
+regularization and singular value sparsification"): backpropagation through the same SVD-space layers as SSA.
+
+The loss is ``L_CE + gamma * sum_i (||U_i^T U_i - I||^2 + ||V_i^T V_i - I||^2) + hoyer * sum_i ||s_i||_1/||s_i||_2``
+(the Hoyer term on the epochs the rank schedule says, as for SSA), its gradient is plain BP through the factored
+layers (their ``backward`` returns the true gradients w.r.t. ``U``, ``s``, ``V``, ``b``) plus the regularisers'
+gradients; no projection, no retraction.  The rank schedule, its options, the truncation of the optimiser state and
+the per-epoch metrics are those of SSA (``rules/ssa.py``: ``SVDRuleBase``).
+"""
+from __future__ import annotations
+
+from .ssa import RANK_OPTIONS, SVDRuleBase
+
+__all__ = ["SVDBP"]
+
+
+class SVDBP(SVDRuleBase):
+    name = "svd-bp"
+    OPTIONS = dict(RANK_OPTIONS)
+    retracts = False
+
+    def init_state(self, model, rng):
+        self._layers(model)
+        self.state = {}
+        self._init_meta(model)
+
+    def updates(self, model, caches, e):
+        updates, signals = {}, {}
+        delta = e  # delta a_N (eq. (7)); BP's chain (eq. (2)) through the factored layers
+        for k in range(len(model.layers) - 1, -1, -1):
+            signals[k] = delta
+            delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > 0)
+            updates.update({f"{k}.{name}": g for name, g in grads.items()})
+        for p, layer in self._layers(model):
+            oU, oV = self._ortho_grads(layer)          # 4 gamma U (U^T U - I), 4 gamma V (V^T V - I)
+            updates[f"{p}.U"] = updates[f"{p}.U"] + oU
+            updates[f"{p}.V"] = updates[f"{p}.V"] + oV
+            h = self._hoyer_term(layer.params["s"])    # hoyer * d(||s||_1/||s||_2)/ds
+            if h is not None:
+                updates[f"{p}.s"] = updates[f"{p}.s"] + h
+        return updates, signals

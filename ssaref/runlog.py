@@ -1,0 +1,378 @@
+"""The ssaref run file: one HDF5 file holding a run's config, its metrics and its latest checkpoint.
+
+Layout (``schema = "ssaref-run/1"``)::
+
+    /                 attrs: schema, ssaref_version, config (JSON of the full config),
+                             plus every scalar config entry as its own attribute (nested dicts flattened
+                             with '.', e.g. "optim.lr"; None values and the reserved names above skipped)
+    /metrics          one dataset per metric, stacked on axis 0: per-epoch scalars -> (E,),
+                      per-epoch arrays of shape S -> (E, *S)
+    /checkpoint       attrs: epoch, step and every other scalar/str entry (model, method, ...)
+        /params       one dataset per key (keys like "4.conv1.W")
+        /buffers      "
+        /optimizer    "  (keys like "m/0.W"; Python int/float/bool values come back as such)
+        /rule_state   "
+        /<other>      any other dict of arrays in the checkpoint, likewise
+        /rng          attr "state": JSON of a NumPy ``bit_generator.state`` (arrays inside, as MT19937's
+                      key, are encoded as {"__ndarray__": list, "dtype": str} and decoded back)
+
+Dataset names are the keys with '%' and '/' percent-encoded (and "." / ".." fully encoded), since '/' is
+HDF5's path separator; reading decodes them back.  Groups keep insertion order.
+
+A CuPy generator's state lives on the device and has no JSON form; a caller on the GPU keeps its random
+stream on the host (``numpy.random.Generator``, as ``ssaref.train`` does) or stores whatever JSON-expressible
+description (seed, draw count) it can re-create the stream from; ``write_run`` refuses anything else.
+
+``write_run`` is atomic: it writes a temporary file in the target folder, flushes and fsyncs it, and
+``os.replace``s it over ``path``; on any error the temporary file is removed and an existing ``path`` is left
+as it was.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import re
+import tempfile
+
+import h5py
+import numpy as np
+
+__all__ = ["RunFileError", "SCHEMA", "write_run", "read_run", "generator_from_state"]
+
+SCHEMA = "ssaref-run/1"
+_RESERVED = ("schema", "ssaref_version", "config")
+_PYTYPE = "pytype"  # dataset attr marking a Python scalar stored as a 0-d dataset
+
+
+class RunFileError(ValueError):
+    """A run file is missing, unreadable, not an ssaref run, or cannot be written from the given data."""
+
+
+def _version() -> str:
+    try:
+        from . import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover - namespace-package checkout
+        try:
+            from importlib.metadata import version
+
+            return version("ssaref")
+        except Exception:
+            return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------
+# key encoding
+# ----------------------------------------------------------------------------------------------------
+def _encode_key(key: str) -> str:
+    """Dataset name for ``key``: '%' -> '%25', '/' -> '%2F'; "." and ".." fully encoded."""
+    if not isinstance(key, str) or key == "":
+        raise RunFileError(f"keys must be non-empty strings, got {key!r}")
+    name = key.replace("%", "%25").replace("/", "%2F")
+    if name in (".", ".."):
+        name = name.replace(".", "%2E")
+    return name
+
+
+_ESCAPE = re.compile(r"%(25|2F|2E)")
+_DECODED = {"25": "%", "2F": "/", "2E": "."}
+
+
+def _decode_key(name: str) -> str:
+    return _ESCAPE.sub(lambda m: _DECODED[m.group(1)], name)
+
+
+# ----------------------------------------------------------------------------------------------------
+# JSON with arrays (config, rng state)
+# ----------------------------------------------------------------------------------------------------
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": obj.tolist(), "dtype": obj.dtype.str, "shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "__cuda_array_interface__"):
+        raise TypeError(f"device array {type(obj).__name__} (convert with ssaref.backend.asnumpy first)")
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _json_hook(d):
+    if "__ndarray__" in d and "dtype" in d:
+        return np.asarray(d["__ndarray__"], dtype=np.dtype(d["dtype"])).reshape(d.get("shape", -1))
+    return d
+
+
+def _dumps(obj, what, path):
+    try:
+        return json.dumps(obj, default=_json_default, sort_keys=False, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise RunFileError(f"{path}: cannot store {what} as JSON: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# writing
+# ----------------------------------------------------------------------------------------------------
+def _is_scalar(v) -> bool:
+    return isinstance(v, (str, bool, numbers.Number, np.generic)) and not isinstance(v, complex)
+
+
+def _flat_scalars(d, prefix=""):
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _flat_scalars(v, name + ".")
+        elif v is not None and _is_scalar(v):
+            yield name, v
+
+
+def _host_array(v, what, path):
+    if isinstance(v, np.ndarray):
+        arr = v
+    elif hasattr(v, "__cuda_array_interface__") and hasattr(v, "get"):
+        arr = v.get()  # a CuPy array slipped through: copy to host
+    elif _is_scalar(v) and not isinstance(v, str):
+        arr = np.asarray(v)
+    else:
+        raise RunFileError(f"{path}: {what} must be an array or a number, got {type(v).__name__}")
+    if arr.dtype.kind not in "biuf":
+        raise RunFileError(f"{path}: {what} has unsupported dtype {arr.dtype}")
+    return arr
+
+
+def _write_dataset(group, key, value, what, path):
+    """One dataset per key; a Python int/float/bool gets a ``pytype`` attr so it reads back as one."""
+    arr = _host_array(value, what, path)
+    ds = group.create_dataset(_encode_key(key), data=arr)
+    if isinstance(value, (bool, int, float)) and not isinstance(value, np.generic):
+        ds.attrs[_PYTYPE] = type(value).__name__
+    return ds
+
+
+def _stack_metric(name, values, path):
+    if isinstance(values, np.ndarray):
+        arr = values
+    else:
+        try:
+            values = list(values)
+        except TypeError:
+            raise RunFileError(f"{path}: metric {name!r} must be a list, got {type(values).__name__}") from None
+        if not values:
+            return np.zeros((0,), dtype=np.float64)
+        items = [_host_array(v, f"metric {name!r} entry {i}", path) for i, v in enumerate(values)]
+        shapes = {a.shape for a in items}
+        if len(shapes) != 1:
+            raise RunFileError(f"{path}: metric {name!r} mixes entry shapes {sorted(shapes)}")
+        arr = np.stack(items)
+    if arr.dtype.kind not in "biuf":
+        raise RunFileError(f"{path}: metric {name!r} has unsupported dtype {arr.dtype}")
+    return arr
+
+
+def _set_attr(obj, name, value, path):
+    if isinstance(value, np.generic):
+        value = value.item()
+    try:
+        obj.attrs[name] = value
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RunFileError(f"{path}: cannot store attribute {name!r} = {value!r}: {exc}") from None
+
+
+def _write_contents(f, path, config, metrics, checkpoint):
+    f.attrs["schema"] = SCHEMA
+    f.attrs["ssaref_version"] = _version()
+    f.attrs["config"] = _dumps(config, "config", path)
+    for name, v in _flat_scalars(config):
+        if name not in _RESERVED:
+            _set_attr(f, name, v, path)
+
+    g = f.create_group("metrics", track_order=True)
+    for name, values in metrics.items():
+        g.create_dataset(_encode_key(name), data=_stack_metric(name, values, path))
+
+    if checkpoint is None:
+        return
+    if not isinstance(checkpoint, dict):
+        raise RunFileError(f"{path}: checkpoint must be a dict or None, got {type(checkpoint).__name__}")
+    for req in ("epoch", "step"):
+        if req not in checkpoint:
+            raise RunFileError(f"{path}: checkpoint lacks {req!r}")
+    ck = f.create_group("checkpoint", track_order=True)
+    for key, value in checkpoint.items():
+        if not isinstance(key, str) or not key or "/" in key:
+            raise RunFileError(f"{path}: checkpoint entry names must be non-empty strings without '/', got {key!r}")
+        if key == "rng":
+            rg = ck.create_group("rng")
+            rg.attrs["state"] = _dumps(value, "checkpoint rng state", path)
+        elif isinstance(value, dict):
+            sub = ck.create_group(key, track_order=True)
+            for k, v in value.items():
+                if isinstance(v, dict):
+                    raise RunFileError(f"{path}: checkpoint {key}[{k!r}] is a nested dict; keys must be flat")
+                _write_dataset(sub, k, v, f"checkpoint {key}[{k!r}]", path)
+        elif _is_scalar(value):
+            _set_attr(ck, key, value, path)
+        else:
+            raise RunFileError(f"{path}: checkpoint entry {key!r} must be a scalar, a str or a dict of arrays, "
+                               f"got {type(value).__name__}")
+
+
+def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> None:
+    """Write (atomically replace) the run file ``path``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Target file; its folder must exist.
+    config : dict
+        Full run configuration (JSON-serialisable; NumPy scalars and arrays allowed).
+    metrics : dict[str, list]
+        Per-epoch values: a list of scalars (stored as (E,)) or of equal-shape arrays ``S`` (stored as (E, *S)).
+    checkpoint : dict or None
+        ``{"epoch": int, "step": int, "params": {key: array}, "buffers": {...}, "optimizer": {...},
+        "rule_state": {...}, "rng": bit_generator.state, other scalar/str entries}``; host NumPy arrays.
+
+    Raises
+    ------
+    RunFileError
+        Bad input (message names the offending entry) or a folder that does not exist.
+    """
+    path = os.fspath(path)
+    if not isinstance(config, dict):
+        raise RunFileError(f"{path}: config must be a dict, got {type(config).__name__}")
+    if not isinstance(metrics, dict):
+        raise RunFileError(f"{path}: metrics must be a dict, got {type(metrics).__name__}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise RunFileError(f"{path}: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            _write_contents(f, path, config, metrics, checkpoint)
+            f.flush()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename durable; not all platforms allow opening a folder
+        dfd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+# ----------------------------------------------------------------------------------------------------
+# reading
+# ----------------------------------------------------------------------------------------------------
+def _py(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    return v
+
+
+def _read_dataset(ds):
+    data = ds[()]
+    kind = ds.attrs.get(_PYTYPE)
+    if kind is not None:
+        kind = _py(kind)
+        return {"int": int, "float": float, "bool": bool}[kind](data)
+    return np.asarray(data) if not isinstance(data, np.ndarray) else data
+
+
+def read_run(path):
+    """Read a run file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    config : dict
+    metrics : dict[str, np.ndarray]
+        Each of shape (E,) or (E, *S).
+    checkpoint : dict or None
+        As given to ``write_run`` (arrays as NumPy arrays, attributes as Python scalars, ``rng`` as a dict).
+
+    Raises
+    ------
+    RunFileError
+        ``path`` is missing, not an HDF5 file, or not an ssaref run (schema absent or different).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise RunFileError(f"run file {path} does not exist")
+    if not os.path.isfile(path):
+        raise RunFileError(f"run file {path} is not a regular file")
+    try:
+        is_h5 = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise RunFileError(f"run file {path} cannot be read: {exc}") from None
+    if not is_h5:
+        raise RunFileError(f"run file {path} is not an HDF5 file")
+    try:
+        with h5py.File(path, "r") as f:
+            return _read_contents(f, path)
+    except RunFileError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise RunFileError(f"run file {path} is damaged or unreadable: {type(exc).__name__}: {exc}") from None
+
+
+def _read_contents(f, path):
+    schema = _py(f.attrs.get("schema"))
+    if schema is None:
+        raise RunFileError(f"run file {path} is not an ssaref run (HDF5 without a 'schema' attribute)")
+    if schema != SCHEMA:
+        raise RunFileError(f"run file {path} has schema {schema!r}, expected {SCHEMA!r}")
+    raw = _py(f.attrs.get("config", "{}"))
+    try:
+        config = json.loads(raw, object_hook=_json_hook)
+    except json.JSONDecodeError as exc:
+        raise RunFileError(f"run file {path} holds a config that is not valid JSON: {exc}") from None
+    metrics = {}
+    if "metrics" in f:
+        for name, ds in f["metrics"].items():
+            metrics[_decode_key(name)] = np.asarray(ds[()])
+    checkpoint = None
+    if "checkpoint" in f:
+        ck = f["checkpoint"]
+        checkpoint = {k: _py(v) for k, v in ck.attrs.items()}
+        for name, obj in ck.items():
+            if name == "rng":
+                checkpoint["rng"] = json.loads(_py(obj.attrs["state"]), object_hook=_json_hook)
+            else:
+                checkpoint[name] = {_decode_key(k): _read_dataset(ds) for k, ds in obj.items()}
+    return config, metrics, checkpoint
+
+
+def generator_from_state(state: dict) -> np.random.Generator:
+    """A ``numpy.random.Generator`` continuing exactly from ``state`` (a ``bit_generator.state`` dict)."""
+    try:
+        bg_cls = getattr(np.random, state["bit_generator"])
+        bg = bg_cls()
+        bg.state = state
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise RunFileError(f"not a NumPy bit generator state ({type(exc).__name__}: {exc})") from None
+    return np.random.Generator(bg)

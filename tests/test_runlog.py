@@ -1,0 +1,250 @@
+"""The HDF5 run file: round trip, atomic replacement, clear errors on foreign files."""
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from ssaref import runlog
+from ssaref.optim import Adam
+from ssaref.runlog import RunFileError, generator_from_state, read_run, write_run
+
+ODD_KEYS = ["0.W", "4.conv1.W", "m/0.W", "a/b/c", "%2F", "100%", ".", "..", "ünï"]
+
+
+def _config():
+    return {"method": "ssa", "model": "mlp", "lr": 0.01, "epochs": 3, "seed": 7, "nesterov": False,
+            "widths": [256, 128], "optim": {"name": "adam", "betas": [0.9, 0.999]}, "note": None}
+
+
+def _metrics():
+    rng = np.random.default_rng(0)
+    return {"epoch": [1, 2, 3], "test_acc": [0.5, 0.625, 0.75],
+            "rank": [rng.integers(1, 9, size=4) for _ in range(3)],
+            "align/angle": [rng.standard_normal(4) for _ in range(3)],
+            "grid": [rng.standard_normal((2, 3)) for _ in range(3)]}
+
+
+def _checkpoint():
+    rng = np.random.default_rng(1)
+    params = [("4.conv1.W", rng.standard_normal((2, 1, 3, 3)).astype(np.float32)),
+              ("0.W", rng.standard_normal((4, 3))), ("0.b", rng.standard_normal(4))]
+    opt = Adam(params, 0.01)
+    opt.step({k: np.ones_like(p) for k, p in params})
+    gen = np.random.default_rng(123)
+    gen.random(17)
+    return {"epoch": 2, "step": 40, "model": "mlp", "method": "ssa", "best": 0.75, "done": False,
+            "params": dict(params), "buffers": {"1.running_mean": np.zeros(4, np.float32)},
+            "optimizer": opt.state_dict(),
+            "rule_state": {k: rng.standard_normal(2) for k in ODD_KEYS},
+            "rng": gen.bit_generator.state}
+
+
+def _assert_same(a, b, where=""):
+    assert type(a) is type(b) or (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)), (where, a, b)
+    if isinstance(a, dict):
+        assert list(a) == list(b) or set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "run.h5"
+    cfg, met, ck = _config(), _metrics(), _checkpoint()
+    write_run(path, config=cfg, metrics=met, checkpoint=ck)
+    cfg2, met2, ck2 = read_run(path)
+    assert cfg2 == cfg
+    assert list(met2) == list(met)
+    assert met2["epoch"].shape == (3,) and met2["epoch"].dtype.kind == "i"
+    np.testing.assert_array_equal(met2["test_acc"], [0.5, 0.625, 0.75])
+    assert met2["rank"].shape == (3, 4) and met2["grid"].shape == (3, 2, 3)
+    for k in ("rank", "align/angle", "grid"):
+        np.testing.assert_array_equal(met2[k], np.stack(met[k]))
+    assert set(ck2) == set(ck)
+    for k in ck:
+        _assert_same(ck[k], ck2[k], k)
+    assert list(ck2["params"]) == ["4.conv1.W", "0.W", "0.b"]  # insertion order kept
+    assert ck2["params"]["4.conv1.W"].dtype == np.float32
+    assert type(ck2["optimizer"]["step"]) is int and ck2["optimizer"]["t/0.W"] == 1
+
+
+def test_layout_on_disk(tmp_path):
+    path = tmp_path / "run.h5"
+    write_run(path, config=_config(), metrics=_metrics(), checkpoint=_checkpoint())
+    with h5py.File(path, "r") as f:
+        assert f.attrs["schema"] == "ssaref-run/1"
+        assert f.attrs["ssaref_version"]
+        assert json.loads(f.attrs["config"])["widths"] == [256, 128]
+        assert f.attrs["lr"] == 0.01 and f.attrs["method"] == "ssa" and f.attrs["optim.name"] == "adam"
+        assert "note" not in f.attrs
+        assert f["metrics/test_acc"].shape == (3,)
+        assert f["metrics/align%2Fangle"].shape == (3, 4)
+        ck = f["checkpoint"]
+        assert ck.attrs["epoch"] == 2 and ck.attrs["step"] == 40 and ck.attrs["model"] == "mlp"
+        assert set(ck) == {"params", "buffers", "optimizer", "rule_state", "rng"}
+        assert "m%2F0.W" in ck["optimizer"] and "4.conv1.W" in ck["params"]
+        assert json.loads(ck["rng"].attrs["state"])["bit_generator"] == "PCG64"
+
+
+def test_no_checkpoint_and_empty_metrics(tmp_path):
+    path = tmp_path / "run.h5"
+    write_run(path, config={}, metrics={"loss": []}, checkpoint=None)
+    cfg, met, ck = read_run(path)
+    assert cfg == {} and ck is None and met["loss"].shape == (0,)
+
+
+@pytest.mark.parametrize("bitgen", ["PCG64", "MT19937", "Philox", "SFC64"])
+def test_rng_state_continues_identically(tmp_path, bitgen):
+    gen = np.random.Generator(getattr(np.random, bitgen)(99))
+    gen.standard_normal(5)
+    gen.random(3)  # leaves a buffered uint32 in some generators
+    ck = {"epoch": 1, "step": 1, "rng": gen.bit_generator.state}
+    write_run(tmp_path / "r.h5", config={}, metrics={}, checkpoint=ck)
+    expect = (gen.random(10), gen.integers(0, 1000, 10), gen.permutation(20))
+    _, _, ck2 = read_run(tmp_path / "r.h5")
+    restored = generator_from_state(ck2["rng"])
+    got = (restored.random(10), restored.integers(0, 1000, 10), restored.permutation(20))
+    for a, b in zip(expect, got):
+        np.testing.assert_array_equal(a, b)
+    other = np.random.default_rng(0)  # also through the usual assignment (same bit generator kind)
+    if bitgen == "PCG64":
+        other.bit_generator.state = ck2["rng"]
+        np.testing.assert_array_equal(other.random(10), expect[0])
+
+
+def test_optimizer_state_round_trip_continues(tmp_path):
+    rng = np.random.default_rng(4)
+    params = [("0.W", rng.standard_normal((3, 4))), ("2.W", rng.standard_normal((2, 3)))]
+    grads = [{k: rng.standard_normal(p.shape) for k, p in params} for _ in range(6)]
+    opt = Adam(params, 0.01, weight_decay=0.1)
+    for g in grads[:3]:
+        opt.step(g)
+    write_run(tmp_path / "r.h5", config={}, metrics={},
+              checkpoint={"epoch": 1, "step": 3, "params": dict(params), "optimizer": opt.state_dict()})
+    for g in grads[3:]:
+        opt.step(g)
+    _, _, ck = read_run(tmp_path / "r.h5")
+    params2 = [(k, v.copy()) for k, v in ck["params"].items()]
+    opt2 = Adam(params2, 0.01, weight_decay=0.1)
+    opt2.load_state_dict(ck["optimizer"])
+    for g in grads[3:]:
+        opt2.step(g)
+    for (_, a), (_, b) in zip(params, params2):
+        assert np.array_equal(a, b)
+
+
+def _fail_after(monkeypatch, n):
+    real = runlog._write_dataset
+    calls = {"n": 0}
+
+    def boom(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise RuntimeError("injected failure")
+        return real(*a, **k)
+
+    monkeypatch.setattr(runlog, "_write_dataset", boom)
+    return calls
+
+
+def test_atomic_replace_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "run.h5"
+    write_run(path, config=_config(), metrics={"loss": [1.0]}, checkpoint=_checkpoint())
+    before = path.read_bytes()
+    listing = sorted(os.listdir(tmp_path))
+    calls = _fail_after(monkeypatch, 3)
+    with pytest.raises(RuntimeError, match="injected"):
+        write_run(path, config=_config(), metrics=_metrics(), checkpoint=_checkpoint())
+    assert calls["n"] == 4  # it did fail midway, after writing datasets into the temporary file
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == listing
+    assert read_run(path)[1]["loss"].tolist() == [1.0]
+
+
+def test_atomic_failure_without_previous_file(tmp_path, monkeypatch):
+    _fail_after(monkeypatch, 1)
+    with pytest.raises(RuntimeError, match="injected"):
+        write_run(tmp_path / "new.h5", config={}, metrics={}, checkpoint=_checkpoint())
+    assert os.listdir(tmp_path) == []
+
+
+def test_failure_at_replace_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "run.h5"
+    write_run(path, config={"a": 1}, metrics={}, checkpoint=None)
+    before = path.read_bytes()
+
+    def bad_replace(src, dst):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(runlog.os, "replace", bad_replace)
+    with pytest.raises(OSError, match="disk on fire"):
+        write_run(path, config={"a": 2}, metrics={}, checkpoint=None)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["run.h5"]
+
+
+def test_bad_input_is_refused_and_old_file_kept(tmp_path):
+    path = tmp_path / "run.h5"
+    write_run(path, config={"a": 1}, metrics={}, checkpoint=None)
+    before = path.read_bytes()
+    with pytest.raises(RunFileError, match="metric 'acc' mixes entry shapes"):
+        write_run(path, config={}, metrics={"acc": [np.zeros(2), np.zeros(3)]}, checkpoint=None)
+    with pytest.raises(RunFileError, match="lacks 'step'"):
+        write_run(path, config={}, metrics={}, checkpoint={"epoch": 1})
+    with pytest.raises(RunFileError, match=r"params\['0.W'\].*list"):
+        write_run(path, config={}, metrics={}, checkpoint={"epoch": 1, "step": 0, "params": {"0.W": [1, 2]}})
+    with pytest.raises(RunFileError, match="config.*object"):
+        write_run(path, config={"x": object()}, metrics={}, checkpoint=None)
+    with pytest.raises(RunFileError, match="'extra'.*NoneType"):
+        write_run(path, config={}, metrics={}, checkpoint={"epoch": 1, "step": 0, "extra": None})
+    with pytest.raises(RunFileError, match="does not exist"):
+        write_run(tmp_path / "nope" / "run.h5", config={}, metrics={}, checkpoint=None)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["run.h5"]
+
+
+def test_read_missing_file(tmp_path):
+    path = tmp_path / "absent.h5"
+    with pytest.raises(RunFileError, match=f"{path}.*does not exist"):
+        read_run(path)
+
+
+def test_read_non_hdf5(tmp_path):
+    path = tmp_path / "text.h5"
+    path.write_text("hello, not hdf5\n")
+    with pytest.raises(RunFileError, match=f"{path} is not an HDF5 file") as info:
+        read_run(path)
+    assert "\n" not in str(info.value)
+
+
+def test_read_hdf5_without_schema(tmp_path):
+    path = tmp_path / "foreign.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.arange(3))
+    with pytest.raises(RunFileError, match=f"{path} is not an ssaref run"):
+        read_run(path)
+
+
+def test_read_other_schema(tmp_path):
+    path = tmp_path / "future.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["schema"] = "ssaref-run/99"
+    with pytest.raises(RunFileError, match=f"{path} has schema 'ssaref-run/99'"):
+        read_run(path)
+
+
+def test_read_directory(tmp_path):
+    with pytest.raises(RunFileError, match=str(tmp_path)):
+        read_run(tmp_path)
+
+
+def test_key_encoding_round_trip():
+    for k in ODD_KEYS + ["%25", "%2E", "a%2Fb/c"]:
+        name = runlog._encode_key(k)
+        assert "/" not in name and name not in (".", "..")
+        assert runlog._decode_key(name) == k

@@ -1,0 +1,152 @@
+"""`python -m ssaref.train` end to end on synthetic data, --resume equivalence, config files, bad inputs."""
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from ssaref import train as train_mod
+from ssaref.runlog import read_run
+
+SYN = ["--dataset", "synthetic", "--train-limit", "600", "--test-limit", "200", "--batch-size", "64",
+       "--no-progress", "--no-download"]
+
+
+def run_cli(args, capsys):
+    rc = train_mod.main(args)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_end_to_end_synthetic_writes_run_file(tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    rc, stdout, err = run_cli(SYN + ["--epochs", "3", "--out", str(out), "--lr", "3e-3"], capsys)
+    assert rc == 0, err
+    lines = stdout.strip().splitlines()
+    assert lines[-1].startswith("final test_acc=")
+    acc = float(lines[-1].split("=")[1])
+    assert sum(l.startswith("epoch ") for l in lines) == 3
+    config, metrics, ck = read_run(out)
+    assert config["model"] == "mlp" and config["method"] == "bp" and config["epochs"] == 3
+    assert metrics["test_acc"].shape == (3,)
+    assert metrics["test_acc"][-1] == pytest.approx(acc, abs=1e-4)
+    assert metrics["train_loss"][-1] < metrics["train_loss"][0]  # it learns
+    assert acc > 0.3  # 10 classes: chance is 0.1
+    assert ck["epoch"] == 3 and "0.W" not in ck["params"] and "1.W" in ck["params"]
+    with h5py.File(out) as f:
+        assert f.attrs["schema"] == "ssaref-run/1"
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_resume_matches_uninterrupted_run(tmp_path, capsys, optimizer):
+    common = SYN + ["--optimizer", optimizer, "--lr", "0.01", "--model", "mlp", "--hidden", "32,16"]
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    assert run_cli(common + ["--epochs", "3", "--out", str(full)], capsys)[0] == 0
+    assert run_cli(common + ["--epochs", "1", "--out", str(part)], capsys)[0] == 0
+    rc, out, err = run_cli(common + ["--epochs", "3", "--resume", str(part)], capsys)
+    assert rc == 0, err
+    _, m_full, ck_full = read_run(full)
+    _, m_part, ck_part = read_run(part)
+    for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        np.testing.assert_array_equal(m_full[k], m_part[k], err_msg=k)
+    for k, v in ck_full["params"].items():
+        np.testing.assert_array_equal(v, ck_part["params"][k], err_msg=k)
+    assert ck_part["epoch"] == 3
+
+
+def test_config_file_mirrors_flags(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('dataset = "synthetic"\ntrain-limit = 256\ntest_limit = 128\nepochs = 1\n'
+                   'hidden = [8]\nno_progress = true\nno-download = true\n')
+    rc, out, err = run_cli(["--config", str(cfg)], capsys)
+    assert rc == 0, err
+    assert out.strip().splitlines()[-1].startswith("final test_acc=")
+    cfg.write_text('epochz = 3\n')
+    with pytest.raises(SystemExit) as e:
+        run_cli(["--config", str(cfg)], capsys)
+    assert e.value.code == 2
+    assert "unknown key 'epochz'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "magic"], "unknown method 'magic'"),
+    (["--model", "transformer"], "unknown model 'transformer'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--backend", "tpu"], "unknown backend 'tpu'"),
+    (["--dtype", "float16"], "unknown dtype 'float16'"),
+    (["--optimizer", "lbfgs"], "lbfgs"),
+    (["--model", "vgg13"], "does not fit input shape"),
+])
+def test_bad_choices_give_one_line_error(args, message, capsys):
+    rc, out, err = run_cli(SYN + ["--epochs", "1"] + args, capsys)
+    assert rc == 2
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cupy_backend_without_cupy(capsys):
+    from ssaref.backend import cupy_available
+    if cupy_available():
+        pytest.skip("cupy is usable here; this checks the error when it is not")
+    rc, _, err = run_cli(SYN + ["--epochs", "1", "--backend", "cupy"], capsys)
+    assert rc == 2 and "backend 'cupy' requested but cupy is not usable" in err
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "-4"), ("--lr", "0"),
+                                        ("--lr", "nan-ish")])
+def test_non_positive_numbers_refused(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_mod.parse_args(SYN + [flag, value])
+    assert e.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_missing_dataset(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SSAREF_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run_cli(["--dataset", "cifar10", "--no-download", "--data-dir", str(tmp_path / "empty"),
+                          "--epochs", "1", "--no-progress"], capsys)
+    assert rc == 2 and "cifar10" in err and "Traceback" not in err
+
+
+def test_resume_refuses_foreign_files(tmp_path, capsys):
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not an hdf5 file at all")
+    rc, _, err = run_cli(SYN + ["--epochs", "2", "--resume", str(junk)], capsys)
+    assert rc == 2 and "junk.h5" in err
+    run = tmp_path / "mlp.h5"
+    assert run_cli(SYN + ["--epochs", "1", "--out", str(run)], capsys)[0] == 0
+    rc, _, err = run_cli(SYN + ["--epochs", "2", "--model", "lenet", "--resume", str(run)], capsys)
+    assert rc == 2 and "model 'mlp'" in err and "lenet" in err
+    rc, _, err = run_cli(SYN + ["--epochs", "2", "--hidden", "8,8", "--resume", str(run)], capsys)
+    assert rc == 2 and "shape" in err
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from ssaref.rules.bp import BP
+    real_step, calls = BP.step, {"n": 0}
+    steps_per_epoch = 600 // 64 + 1
+
+    def poisoned(self, model, x, y):
+        calls["n"] += 1
+        res = real_step(self, model, x, y)
+        if calls["n"] == steps_per_epoch + 3:  # third step of the second epoch
+            res.loss = float("nan")
+        return res
+
+    monkeypatch.setattr(BP, "step", poisoned)
+    out = tmp_path / "run.h5"
+    rc, stdout, err = run_cli(SYN + ["--epochs", "3", "--out", str(out)], capsys)
+    assert rc == 2
+    assert "loss is nan at epoch 2, step 3" in err and "end of epoch 1" in err
+    _, metrics, ck = read_run(out)
+    assert ck["epoch"] == 1 and metrics["test_acc"].shape == (1,)
+    assert all(np.isfinite(v).all() for v in ck["params"].values())
+
+
+def test_module_entry_point_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "ssaref.train"] + SYN + ["--epochs", "1", "--hidden", "8"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("final test_acc=")
