@@ -184,7 +184,7 @@ def complement_project(X, G):
     return G - X @ (X.T @ G)
 
 
-def retract(X, method="polar", *, tol=None, max_iter=8):
+def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False):
     """Map ``X`` (m, r), close to the Stiefel manifold, onto it.
 
     Parameters
@@ -193,49 +193,56 @@ def retract(X, method="polar", *, tol=None, max_iter=8):
     method : str
         ``"polar"``: the orthonormal factor of the polar decomposition, ``X (X^T X)^{-1/2}`` (the closest
         matrix with orthonormal columns in Frobenius norm; treats all columns alike), by Newton-Schulz
-        iterations ``X <- X (3 I - X^T X) / 2`` (quadratic convergence) when ``||X^T X - I||_F < 0.5``, else
-        exactly through the eigendecomposition of ``X^T X``.
+        iterations ``X <- X (3 I - X^T X) / 2`` when ``||X^T X - I||_F < 0.5`` (the error ``E = X^T X - I``
+        becomes ``-(3/4) E^2 - (1/4) E^3``, so iteration stops once ``||E||^2 <= tol``), else exactly through
+        the eigendecomposition of ``X^T X``.
         ``"qr"``: the Q factor of ``X = QR`` with ``diag(R) > 0``.
         ``"none"``: ``X`` unchanged.
     tol : float, optional
-        Newton-Schulz stops once ``||X^T X - I||_F <= tol`` (default ``50 * eps(dtype) * sqrt(r)``).
+        Target ``||X^T X - I||_F`` (default ``50 * eps(dtype) * sqrt(r)``).
     max_iter : int
+    return_error : bool
+        Also return ``||X^T X - I||_F`` of the input (computed on the way for "polar"; NaN for "none").
 
     Returns
     -------
-    array (m, r), a new array (``X`` itself for "none").
+    Y : array (m, r), a new array (``X`` itself for "none"); ``(Y, error)`` with ``return_error``.
     """
     if method not in RETRACTIONS:
         raise LinalgError(f"unknown retraction {method!r}; choose one of {', '.join(RETRACTIONS)}")
     if method == "none":
-        return X
+        return (X, float("nan")) if return_error else X
     _check_matrix(X, "X")
     m, r = X.shape
     if m < r:
         raise LinalgError(f"cannot retract X of shape {tuple(X.shape)} onto the Stiefel manifold: needs m >= r")
     xp = get_array_module(X)
     if method == "qr":
+        err0 = orthogonality_error(X) if return_error else None
         Q, R = xp.linalg.qr(X)
         d = xp.sign(xp.diagonal(R))
         d = xp.where(d == 0, 1, d).astype(X.dtype)
-        return Q * d
+        return (Q * d, err0) if return_error else Q * d
     tol = 50.0 * float(np.finfo(X.dtype).eps) * math.sqrt(r) if tol is None else float(tol)
     eye = xp.eye(r, dtype=X.dtype)
-    Y = X
+    Y, err0 = X, None
     for _ in range(int(max_iter)):
         G = Y.T @ Y
         err = float(xp.linalg.norm(G - eye))
+        err0 = err if err0 is None else err0
         if err <= tol:
-            return Y if Y is not X else X.copy()
+            break
         if err >= 0.5:  # far from the manifold: exact polar factor via eigh of the Gram matrix
             w, Q = xp.linalg.eigh(G.astype(xp.float64) if X.dtype == np.float32 else G)
             if float(w.min()) <= 0.0:
                 raise LinalgError(f"cannot retract: X of shape {tuple(X.shape)} is rank deficient")
-            inv_sqrt = (Q * (1.0 / xp.sqrt(w))) @ Q.T
-            Y = Y @ inv_sqrt.astype(X.dtype)
+            Y = Y @ ((Q * (1.0 / xp.sqrt(w))) @ Q.T).astype(X.dtype)
             continue
         Y = Y @ (1.5 * eye - 0.5 * G)  # Newton-Schulz step towards the polar factor
-    return Y
+        if err * err <= tol:
+            break
+    Y = X.copy() if Y is X else Y
+    return (Y, err0) if return_error else Y
 
 
 def hoyer(s):

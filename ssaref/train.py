@@ -85,9 +85,9 @@ def build_parser():
     a("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
     for opt, (typ, default, help_, owners) in _rule_options().items():
-        g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None,
+        g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
                        type=str if typ is bool else typ,
-                       help=f"{help_} (default {default}; methods: {', '.join(owners)})")
+                       help=f"{help_} (default {default}; methods: {', '.join(owners)})".replace("%", "%%"))
     return p
 
 
@@ -169,6 +169,11 @@ def _model_options(args):
     elif args.width_mult != 1.0:
         opts["width_mult"] = args.width_mult
     return opts
+
+
+def _metric_name(key):
+    """HDF5 dataset name for a metric: '/' (a group separator there) becomes '.'."""
+    return key.replace("/", ".")
 
 
 def evaluate(model, x, y, batch_size, xp, dtype):
@@ -294,7 +299,7 @@ def train(args, log=print):
         bar.close()
         train_loss, train_acc = loss_sum / n, correct / n
         for k, v in rule.on_epoch_end(model, optimizer, epoch + 1, args.epochs).items():
-            metrics.setdefault(k, []).append(v)
+            metrics.setdefault(_metric_name(k), []).append(v)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, args.eval_batch_size, xp, dtype)
         seconds = time.perf_counter() - t0
         for k, v in (("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc),
@@ -306,9 +311,9 @@ def train(args, log=print):
         if tracker is not None:
             line += " " + tracker.summary_line()
             for k, v in tracker.epoch_metrics().items():
-                metrics.setdefault(k, []).append(v)
+                metrics.setdefault(_metric_name(k), []).append(v)
             for k, rows in tracker.pop_events().items():
-                metrics.setdefault(k, []).extend(rows)
+                metrics.setdefault(_metric_name(k), []).extend(rows)
         log(line)
         if out:
             write_run(out, config=config, metrics=metrics,

@@ -488,7 +488,7 @@ def test_every_rule_lowers_the_training_loss_on_synthetic_data(rname):
     model = build_model("mlp", ds.input_shape, ds.num_classes, dtype=np.float32, seed=0, hidden=(64,))
     rule = rule_for(rname, model)
     # DRTP's hidden signal B_i y* does not shrink as the error does, so it needs a smaller step
-    lr = {"pepita": 0.05, "drtp": 0.01}.get(rname, 0.1)
+    lr = 0.003 if rname == "drtp" else 0.01
     opt = build_optimizer("sgd", model.named_params(), lr, momentum=0.9)
     rng = np.random.default_rng(0)
     epoch_loss = []
@@ -501,7 +501,7 @@ def test_every_rule_lowers_the_training_loss_on_synthetic_data(rname):
             opt.step(res.updates)
             tot += res.loss * len(idx)
         epoch_loss.append(tot / len(perm))
-    assert epoch_loss[-1] < epoch_loss[0] - 0.05, epoch_loss
+    assert epoch_loss[-1] < epoch_loss[0] - 0.1, epoch_loss
 
 
 @pytest.mark.parametrize("rname", ["fa", "dfa", "usf", "drtp"])
@@ -518,3 +518,30 @@ def test_rules_lower_the_loss_on_a_conv_net(rname):
         opt.step(res.updates)
         losses.append(res.loss)
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05, losses
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("rname", ALL)
+def test_rules_on_cupy_match_numpy(rname):
+    from ssaref import backend
+
+    if not backend.cupy_available():
+        pytest.skip("cupy with a CUDA device is not available")
+    cp = backend.resolve_backend("cupy")
+    mname = "mlp" if rname == "pepita" else "convbn"
+    m_np = make(mname)
+    m_cp = make(mname)  # the same values, moved to the device
+    for layer in m_cp.layers:
+        layer.params = {k: cp.asarray(v) for k, v in layer.params.items()}
+        layer.buffers = {k: cp.asarray(v) for k, v in layer.buffers.items()}
+    m_cp._collect()
+    x, y = batch(m_np)
+    r_np, r_cp = rule_for(rname, m_np), rule_for(rname, m_cp)
+    for k, v in r_np.state.items():
+        np.testing.assert_array_equal(backend.asnumpy(r_cp.state[k]), np.asarray(v))
+    u_np = r_np.step(m_np, x, y).updates
+    u_cp = r_cp.step(m_cp, cp.asarray(x), cp.asarray(y)).updates
+    assert set(u_np) == set(u_cp)
+    for k in u_np:
+        np.testing.assert_allclose(backend.asnumpy(u_cp[k]), u_np[k], rtol=1e-9, atol=1e-12, err_msg=k)

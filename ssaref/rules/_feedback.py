@@ -22,7 +22,7 @@ from ..backend import get_array_module
 __all__ = [
     "WEIGHT_KINDS", "POOL_KINDS", "ACT_KINDS", "draw", "place", "first_param_layer",
     "weight_names", "fan_in_out", "Segment", "segments", "layer_output_shapes", "require_model",
-    "check_choice",
+    "check_choice", "transport_keys", "chain_updates",
 ]
 
 WEIGHT_KINDS = ("linear", "conv2d", "residual")

@@ -216,10 +216,10 @@ class SVDRuleBase(Rule):
                 X = layer.params[name]
                 if X.shape[0] < X.shape[1]:
                     continue
-                err = orthogonality_error(X)
+                Y, err = retract(X, self._retraction, return_error=True)
                 key = f"{p}/drift_{name}"
                 self._acc[key] = max(self._acc.get(key, 0.0), err)
-                X[...] = retract(X, self._retraction)
+                X[...] = Y
 
     def _record(self, p, name, value):
         self._acc.setdefault(f"{p}/{name}", []).append(float(value))
