@@ -57,7 +57,7 @@ def build_parser():
     a = p.add_argument
     a("--config", help="TOML file whose keys mirror these flags")
     a("--backend", default="auto", help="auto (cupy when a GPU is usable), numpy or cupy")
-    a("--method", default="bp", help=f"learning rule: {', '.join(sorted(RULES))}")
+    a("--method", default="ssa", help=f"learning rule: {', '.join(sorted(RULES))}")
     a("--model", default="mlp", help=f"one of {', '.join(sorted(MODELS))}")
     a("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     a("--data-dir", default=None, help="dataset root searched first (then $SSAREF_DATA, ./data, /usr/share/datasets)")

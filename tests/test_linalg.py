@@ -6,7 +6,6 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from ssaref import linalg as L
-from ssaref.backend import cupy_available
 
 from _gradcheck import numerical_grad, rel_error
 

@@ -10,7 +10,6 @@ from ssaref.nn.layers import Conv2d, Linear
 from ssaref.nn.svd_layers import (SVDConv2d, SVDLinear, kernel_to_matrix, matrix_to_kernel,
                                   to_svd_layer)
 
-from _gradcheck import rel_error
 
 
 def _t(a):

@@ -9,7 +9,7 @@ import pytest
 from ssaref import train as train_mod
 from ssaref.runlog import read_run
 
-SYN = ["--dataset", "synthetic", "--train-limit", "600", "--test-limit", "200", "--batch-size", "64",
+SYN = ["--method", "bp", "--dataset", "synthetic", "--train-limit", "600", "--test-limit", "200", "--batch-size", "64",
        "--no-progress", "--no-download"]
 
 

@@ -20,7 +20,6 @@ works with the generic chain).  With ``G = dL/dW`` the gradient w.r.t. the recon
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 

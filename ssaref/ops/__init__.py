@@ -1,12 +1,14 @@
 """Pure array ops, forward and backward side by side, for numpy and cupy alike.
 
 See docs/internals.md ("ops") for the contract and ``im2col.py`` for the memory layout
-(NCHW views of batch-innermost buffers) that conv and pool outputs share.
+(NCHW views of batch-innermost buffers) that conv and pool outputs share.  The functions of
+``im2col.py`` are not re-exported here: ``ssaref.ops.im2col`` stays the module (a function of
+the same name would shadow it); call ``ssaref.ops.im2col.im2col``.
 """
 from .activations import (flatten_backward, flatten_forward, relu_backward, relu_forward,
                           sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward)
 from .conv import conv2d_backward_input, conv2d_backward_params, conv2d_forward
-from .im2col import col2im, conv_output_size, im2col
+from . import im2col
 from .linear import linear_backward_input, linear_backward_params, linear_forward
 from .losses import (log_softmax, one_hot, softmax, softmax_cross_entropy,
                      softmax_cross_entropy_backward)
@@ -16,7 +18,7 @@ from .pool import (avgpool2d_backward, avgpool2d_forward, global_avgpool_backwar
 
 __all__ = [
     "linear_forward", "linear_backward_input", "linear_backward_params",
-    "im2col", "col2im", "conv_output_size",
+    "im2col",
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_params",
     "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
     "global_avgpool_forward", "global_avgpool_backward",

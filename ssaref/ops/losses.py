@@ -48,8 +48,8 @@ def softmax(z):
 
 
 def _check_labels(y, B, K, xp):
-    """``y`` as an integer array of shape (B,) with values in [0, K); ValueError otherwise."""
-    y = y if hasattr(y, "dtype") else xp.asarray(y)
+    """``y`` as an integer ``xp`` array of shape (B,) with values in [0, K); ValueError otherwise."""
+    y = xp.asarray(y)
     if y.dtype.kind not in "iu":
         raise ValueError(f"labels must be integers, got dtype {y.dtype}")
     if tuple(y.shape) != (B,):

@@ -309,9 +309,9 @@ class SVDRuleBase(Rule):
                 if isinstance(v, list):
                     v = float(np.mean(v)) if v else float("nan")
                 rows[name].append(float("nan") if v is None else float(v))
-        out = {f"svd/{k}": np.asarray(v, dtype=np.float64) for k, v in rows.items()}
-        out["svd/total_params"] = float(sum(l.param_count() for _, l in self.layers))
-        out["svd/total_flops"] = float(sum(l.flops() for _, l in self.layers))
+        out = {f"svd_{k}": np.asarray(v, dtype=np.float64) for k, v in rows.items()}
+        out["svd_total_params"] = float(sum(l.param_count() for _, l in self.layers))
+        out["svd_total_flops"] = float(sum(l.flops() for _, l in self.layers))
         return out
 
     def _extra_metric_names(self):

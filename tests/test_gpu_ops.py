@@ -1,0 +1,145 @@
+"""Every op on cupy arrays against the same op on numpy arrays (float64, forward and backward).
+
+Marked ``gpu``: skipped (by conftest.py) where ``ssaref.backend.cupy_available()`` is False.
+cupy is reached only through ``ssaref.backend.resolve_backend``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ssaref.backend import asnumpy, resolve_backend
+from ssaref.ops import activations as act
+from ssaref.ops import conv, im2col, linear, losses, norm, pool
+
+pytestmark = pytest.mark.gpu
+TOL = dict(rtol=1e-10, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def cp():
+    return resolve_backend("cupy")
+
+
+def assert_same(gpu, host):
+    """Compare a (possibly nested) result computed on the GPU with its host twin."""
+    if isinstance(host, (tuple, list)):
+        assert len(gpu) == len(host)
+        for g, h in zip(gpu, host):
+            assert_same(g, h)
+    elif host is None:
+        assert gpu is None
+    elif isinstance(host, np.ndarray):
+        assert type(gpu).__module__.startswith("cupy"), type(gpu)
+        assert gpu.dtype == host.dtype
+        np.testing.assert_allclose(asnumpy(gpu), host, **TOL)
+    elif isinstance(host, float):
+        np.testing.assert_allclose(gpu, host, **TOL)
+
+
+def on(cp, *arrays):
+    return [None if a is None else cp.asarray(a) for a in arrays]
+
+
+def test_linear(cp, rng):
+    x, W, b, dy = (rng.standard_normal(s) for s in [(5, 4), (3, 4), (3,), (5, 3)])
+    xg, Wg, bg, dyg = on(cp, x, W, b, dy)
+    assert_same(linear.linear_forward(xg, Wg, bg), linear.linear_forward(x, W, b))
+    assert_same(linear.linear_backward_input(dyg, Wg), linear.linear_backward_input(dy, W))
+    assert_same(linear.linear_backward_params(dyg, xg), linear.linear_backward_params(dy, x))
+
+
+def test_im2col_col2im(cp, rng):
+    x = rng.standard_normal((2, 3, 7, 6))
+    col = im2col.im2col(x, 3, 2, 2, 1, 1, 0)
+    assert_same(im2col.im2col(cp.asarray(x), 3, 2, 2, 1, 1, 0), col)
+    assert_same(im2col.col2im(cp.asarray(col), 2, 1, 1, 0, 7, 6), im2col.col2im(col, 2, 1, 1, 0, 7, 6))
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (1, 1), (2, 1), ((2, 1), (0, 2))])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d(cp, rng, stride, padding, bias):
+    x, W, B = (rng.standard_normal(s) for s in [(3, 2, 8, 7), (4, 2, 3, 3), (4, 2, 3, 3)])
+    b = rng.standard_normal(4) if bias else None
+    y, cache = conv.conv2d_forward(x, W, b, stride, padding)
+    dy = rng.standard_normal(y.shape)
+    xg, Wg, bg, Bg, dyg = on(cp, x, W, b, B, dy)
+    yg, cache_g = conv.conv2d_forward(xg, Wg, bg, stride, padding)
+    assert_same(yg, y)
+    assert_same(conv.conv2d_backward_input(dyg, Wg, cache_g), conv.conv2d_backward_input(dy, W, cache))
+    assert_same(conv.conv2d_backward_input(dyg, Bg, cache_g), conv.conv2d_backward_input(dy, B, cache))
+    assert_same(conv.conv2d_backward_params(dyg, cache_g), conv.conv2d_backward_params(dy, cache))
+    # the batch-innermost output fed to a second conv, as in a network
+    W2 = rng.standard_normal((3, 4, 2, 2))
+    assert_same(conv.conv2d_forward(yg, cp.asarray(W2))[0], conv.conv2d_forward(y, W2)[0])
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("kernel, stride, padding", [(2, None, 0), (3, 2, 1), ((2, 3), 1, (1, 1))])
+@pytest.mark.parametrize("ties", [False, True])
+def test_pool(cp, rng, kind, kernel, stride, padding, ties):
+    fwd = getattr(pool, f"{kind}pool2d_forward")
+    bwd = getattr(pool, f"{kind}pool2d_backward")
+    x = rng.standard_normal((2, 3, 7, 8))
+    x = np.round(x) if ties else x
+    for xh in (x, conv.conv2d_forward(x, np.ones((3, 3, 1, 1)))[0]):   # NCHW and batch-innermost
+        y, cache = fwd(xh, kernel, stride, padding)
+        dy = rng.standard_normal(y.shape)
+        yg, cache_g = fwd(cp.asarray(xh), kernel, stride, padding)
+        assert_same(yg, y)
+        assert_same(bwd(cp.asarray(dy), cache_g), bwd(dy, cache))
+
+
+def test_global_avgpool(cp, rng):
+    x, dy = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 3))
+    y, cache = pool.global_avgpool_forward(x)
+    yg, cache_g = pool.global_avgpool_forward(cp.asarray(x))
+    assert_same(yg, y)
+    assert_same(pool.global_avgpool_backward(cp.asarray(dy), cache_g),
+                pool.global_avgpool_backward(dy, cache))
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid", "flatten"])
+def test_activations(cp, rng, name):
+    fwd, bwd = getattr(act, f"{name}_forward"), getattr(act, f"{name}_backward")
+    x = rng.standard_normal((3, 2, 4)) * 5
+    y, cache = fwd(x)
+    dy = rng.standard_normal(y.shape)
+    yg, cache_g = fwd(cp.asarray(x))
+    assert_same(yg, y)
+    assert_same(bwd(cp.asarray(dy), cache_g), bwd(dy, cache))
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 5)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm(cp, rng, shape, train):
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    g, b, m = (rng.standard_normal(3) for _ in range(3))
+    v = rng.uniform(0.5, 2.0, 3)
+    y, cache, nm, nv = norm.batchnorm_forward(x, g, b, m, v, train=train)
+    yg, cache_g, nmg, nvg = norm.batchnorm_forward(*on(cp, x, g, b, m, v), train=train)
+    assert_same((yg, nmg, nvg), (y, nm, nv))
+    dyg = cp.asarray(dy)
+    assert_same(norm.batchnorm_backward_input(dyg, cache_g), norm.batchnorm_backward_input(dy, cache))
+    assert_same(norm.batchnorm_backward_params(dyg, cache_g), norm.batchnorm_backward_params(dy, cache))
+
+
+def test_softmax_cross_entropy(cp, rng):
+    logits, y = rng.standard_normal((6, 4)) * 10, rng.integers(0, 4, size=6)
+    loss, cache = losses.softmax_cross_entropy(logits, y)
+    loss_g, cache_g = losses.softmax_cross_entropy(cp.asarray(logits), cp.asarray(y))
+    assert isinstance(loss_g, float)
+    assert_same(loss_g, loss)
+    assert_same(losses.softmax_cross_entropy_backward(cache_g), losses.softmax_cross_entropy_backward(cache))
+    assert_same(losses.one_hot(cp.asarray(y), 4, np.float64), losses.one_hot(y, 4, np.float64))
+    with pytest.raises(ValueError, match=r"label 4 out of range \[0, 4\)"):
+        losses.softmax_cross_entropy(cp.asarray(logits), cp.asarray(np.full(6, 4)))
+
+
+def test_float32_stays_float32_on_gpu(cp, rng):
+    x = cp.asarray(rng.standard_normal((2, 3, 6, 6)), dtype=cp.float32)
+    W = cp.asarray(rng.standard_normal((4, 3, 3, 3)), dtype=cp.float32)
+    y, cache = conv.conv2d_forward(x, W, None, 1, 1)
+    p, pc = pool.maxpool2d_forward(y, 2)
+    dx = conv.conv2d_backward_input(pool.maxpool2d_backward(cp.ones_like(p), pc), W, cache)
+    assert y.dtype == p.dtype == dx.dtype == cp.float32
