@@ -573,16 +573,12 @@ def test_augment_on_gpu():
 
 
 # ----------------------------------------------------------------------------------------------- real data
-SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+from _realdata import SYSTEM_FASHION, require_fashion_mnist  # noqa: E402
 
 
 @pytest.mark.realdata
 def test_real_fashion_mnist():
-    missing = [s for s in IDX_NAMES if not (SYSTEM_FASHION / f"{s}.gz").is_file() and not (SYSTEM_FASHION / s).is_file()]
-    if missing:
-        msg = f"real Fashion-MNIST absent: looked in {SYSTEM_FASHION} for {', '.join(missing)} (.gz or raw)"
-        print(msg)
-        pytest.skip(msg)
+    require_fashion_mnist()
     d = load_dataset("fashion-mnist", data_dir=SYSTEM_FASHION.parent, download=False)
     assert d.source == str(SYSTEM_FASHION)
     assert d.x_train.shape == (60000, 1, 28, 28) and d.x_test.shape == (10000, 1, 28, 28)

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
+from _realdata import SYSTEM_FASHION, require_fashion_mnist
 
 
 @pytest.mark.realdata
@@ -15,8 +15,7 @@ def test_dfa_mlp_fashion_mnist_two_epochs():
     from ssaref.rules import build_rule
     from ssaref.train import evaluate
 
-    if not SYSTEM_FASHION.is_dir():
-        pytest.skip(f"real Fashion-MNIST absent: looked in {SYSTEM_FASHION}")
+    require_fashion_mnist()
     ds = load_dataset("fashion-mnist", data_dir=SYSTEM_FASHION.parent, download=False)
     model = build_model("mlp", ds.input_shape, ds.num_classes, xp=np, dtype=np.float32, seed=0)
     rule = build_rule("dfa")
