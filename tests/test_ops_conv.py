@@ -251,3 +251,5 @@ def test_conv_bad_bias_dtype_and_backward_shapes(rng):
         conv2d_backward_params(np.zeros((2, 4, 4, 5)), cache)
     with pytest.raises(ValueError, match=r"W of shape \(4, 3, 2, 3\) does not match"):
         conv2d_backward_input(np.zeros(y.shape), np.zeros((4, 3, 2, 3)), cache)
+    with pytest.raises(ValueError, match="dtypes differ"):
+        conv2d_backward_input(np.zeros(y.shape, np.float32), W, cache)

@@ -81,3 +81,7 @@ def test_linear_bad_input():
         linear_backward_input(np.ones((4, 3)), W)
     with pytest.raises(ValueError, match=r"dy \(5, 2\) and x \(4, 3\) do not fit"):
         linear_backward_params(np.ones((5, 2)), x)
+    with pytest.raises(ValueError, match="dtypes differ"):
+        linear_backward_input(np.ones((4, 2), np.float32), W)
+    with pytest.raises(ValueError, match="dtypes differ"):
+        linear_backward_params(np.ones((4, 2), np.float32), x)

@@ -273,7 +273,7 @@ def cosine(a, b) -> float:
 
 def numerical_grad(f, x, eps=1e-6):
     """Central-difference gradient of the scalar function ``f`` at the float64 array ``x`` (any shape)."""
-    x = np.array(x, dtype=np.float64)
+    x = np.array(x, dtype=np.float64, order="C")   # a C-contiguous copy: ``flat`` below is a view of it
     g = np.empty_like(x)
     flat, gf = x.reshape(-1), g.reshape(-1)
     for i in range(flat.size):

@@ -111,34 +111,52 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
     for key in ("upd_U", "upd_s", "upd_V", "chg_U", "chg_s", "chg_V", "ortho_U", "ortho_V", "angle"):
         for p, _ in layers:
             rec[f"{key}/{p}"] = []
-    for x, y in synthetic_batches(seed, steps):
-        xb, yb = xp.asarray(x), xp.asarray(y)
-        res = rule.step(model, xb, yb)       # SSA retracts (default) before its forward pass
-        rec["loss"].append(float(res.loss))
-        host = {p: {n: np.array(asnumpy(l.params[n]), dtype=np.float64) for n in ("U", "s", "V")}
-                for p, l in layers}
-        dense = []
-        for p, l in layers:
-            h = host[p]
-            b = np.asarray(asnumpy(l.params["b"]), dtype=np.float64) if "b" in l.params else 0.0
-            dense.append(((h["U"] * h["s"]) @ h["V"].T, b))
-        G = _bp_dense_grads(dense, x, y)
-        for (p, l), g in zip(layers, G):
-            h = host[p]
-            d = {n: np.asarray(asnumpy(res.updates[f"{p}.{n}"]), dtype=np.float64) for n in ("U", "s", "V")}
-            for n in ("U", "s", "V"):
-                rec[f"upd_{n}/{p}"].append(float(np.linalg.norm(d[n])))
-            rec[f"ortho_U/{p}"].append(_ortho(h["U"]))
-            rec[f"ortho_V/{p}"].append(_ortho(h["V"]))
-            # first-order change of U diag(s) V^T along the rule's direction (the optimiser subtracts it)
-            dW = (d["U"] * h["s"]) @ h["V"].T + (h["U"] * d["s"]) @ h["V"].T + (h["U"] * h["s"]) @ d["V"].T
-            rec[f"angle/{p}"].append(_angle(dW, g))
-        opt.step(res.updates)
-        for p, l in layers:
-            for n in ("U", "s", "V"):
-                new = np.asarray(asnumpy(l.params[n]), dtype=np.float64)
-                rec[f"chg_{n}/{p}"].append(float(np.linalg.norm(new - host[p][n])))
-    return {k: (np.asarray(v) if k != "layers" else v) for k, v in rec.items()}
+    rec["diverged_at"] = -1
+    with np.errstate(all="ignore"):
+        for t, (x, y) in enumerate(synthetic_batches(seed, steps)):
+            if not _step(rule, model, opt, layers, rec, x, y, xp):
+                rec["diverged_at"] = t
+                break
+    n = len(rec["loss"])
+    for k, v in rec.items():
+        if isinstance(v, list) and k != "layers" and len(v) < steps:
+            v.extend([float("nan")] * (steps - len(v)))
+    rec["steps_completed"] = n
+    return {k: (np.asarray(v) if isinstance(v, list) and k != "layers" else v) for k, v in rec.items()}
+
+
+def _step(rule, model, opt, layers, rec, x, y, xp):
+    """One recorded step; False (nothing recorded) once the loss or a factor is no longer finite."""
+    xb, yb = xp.asarray(x), xp.asarray(y)
+    res = rule.step(model, xb, yb)       # SSA retracts (default) before its forward pass
+    if not math.isfinite(float(res.loss)) or not all(
+            np.all(np.isfinite(asnumpy(l.params[n]))) for _, l in layers for n in ("U", "s", "V")):
+        return False
+    rec["loss"].append(float(res.loss))
+    host = {p: {n: np.array(asnumpy(l.params[n]), dtype=np.float64) for n in ("U", "s", "V")}
+            for p, l in layers}
+    dense = []
+    for p, l in layers:
+        h = host[p]
+        b = np.asarray(asnumpy(l.params["b"]), dtype=np.float64) if "b" in l.params else 0.0
+        dense.append(((h["U"] * h["s"]) @ h["V"].T, b))
+    G = _bp_dense_grads(dense, x, y)
+    for (p, l), g in zip(layers, G):
+        h = host[p]
+        d = {n: np.asarray(asnumpy(res.updates[f"{p}.{n}"]), dtype=np.float64) for n in ("U", "s", "V")}
+        for n in ("U", "s", "V"):
+            rec[f"upd_{n}/{p}"].append(float(np.linalg.norm(d[n])))
+        rec[f"ortho_U/{p}"].append(_ortho(h["U"]))
+        rec[f"ortho_V/{p}"].append(_ortho(h["V"]))
+        # first-order change of U diag(s) V^T along the rule's direction (the optimiser subtracts it)
+        dW = (d["U"] * h["s"]) @ h["V"].T + (h["U"] * d["s"]) @ h["V"].T + (h["U"] * h["s"]) @ d["V"].T
+        rec[f"angle/{p}"].append(_angle(dW, g))
+    opt.step(res.updates)
+    for p, l in layers:
+        for n in ("U", "s", "V"):
+            new = np.asarray(asnumpy(l.params[n]), dtype=np.float64)
+            rec[f"chg_{n}/{p}"].append(float(np.linalg.norm(new - host[p][n])))
+    return True
 
 
 def run_rank_schedule(*, epochs=10, steps_per_epoch=10, seed=0, lr=1e-3, xp=np, **options):

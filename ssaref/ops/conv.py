@@ -93,6 +93,8 @@ def conv2d_backward_input(dy, W, cache):
     if W.ndim != 4 or tuple(W.shape) != (dy.shape[1], C_in, kh, kw):
         raise ValueError(f"conv2d backward: W of shape {tuple(W.shape)} does not match "
                          f"(C_out, C_in, kh, kw) = {(dy.shape[1], C_in, kh, kw)}")
+    if W.dtype != dy.dtype:
+        raise ValueError(f"conv2d backward: dtypes differ (dy {dy.dtype}, W {W.dtype}); cast explicitly")
     xp = get_array_module(dy, W)
     # W2.T with its rows ordered (i, j, c): one block of kw*C_in rows per kernel row i
     Wk = xp.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh, kw * C_in, -1)
@@ -122,6 +124,6 @@ def conv2d_backward_params(dy, cache):
     """
     col, _, _, _, has_bias = cache
     dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
-    dW_T = col.reshape(-1, dy2.shape[1]) @ dy2.T                 # (K, C_out): dW.T = col2 @ dy2.T
-    db = dy2.sum(axis=1) if has_bias else None                  # (measured faster than dy2 @ col2.T)
+    dW_T = col.reshape(-1, dy2.shape[1]) @ dy2.T                 # dW.T = col2 @ dy2.T, (K, C_out):
+    db = dy2.sum(axis=1) if has_bias else None                  # faster in OpenBLAS than dy2 @ col2.T
     return dW_T.T.reshape((dy.shape[1],) + col.shape[:3]), db   # reshape copies: C-contiguous

@@ -106,7 +106,10 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     xp = get_array_module(x)
-    xpad = pad_hw(x.transpose(1, 2, 3, 0), ph, pw)              # (C, Hp, Wp, N)
+    xc = x.transpose(1, 2, 3, 0)
+    if ph == pw == 0:             # one transposing copy (if any) instead of one per kernel offset
+        xc = xp.ascontiguousarray(xc)
+    xpad = pad_hw(xc, ph, pw)                                   # (C, Hp, Wp, N)
     col = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
     for i, j, rows, cols in kernel_offsets(kh, kw, sy, sx, Ho, Wo):
         col[:, i, j] = xpad[:, rows, cols]

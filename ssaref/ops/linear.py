@@ -47,6 +47,8 @@ def linear_backward_input(dy, W):
     if dy.ndim != 2 or W.ndim != 2 or dy.shape[1] != W.shape[0]:
         raise ValueError(f"linear backward: dy {tuple(dy.shape)} and W {tuple(W.shape)} do not fit; "
                          f"expected dy (B, m) and W (m, n)")
+    if dy.dtype != W.dtype:
+        raise ValueError(f"linear backward: dtypes differ (dy {dy.dtype}, W {W.dtype}); cast explicitly")
     return dy @ W
 
 
@@ -68,4 +70,6 @@ def linear_backward_params(dy, x, has_bias=True):
     if dy.ndim != 2 or x.ndim != 2 or dy.shape[0] != x.shape[0]:
         raise ValueError(f"linear backward: dy {tuple(dy.shape)} and x {tuple(x.shape)} do not fit; "
                          f"expected dy (B, m) and x (B, n)")
+    if dy.dtype != x.dtype:
+        raise ValueError(f"linear backward: dtypes differ (dy {dy.dtype}, x {x.dtype}); cast explicitly")
     return dy.T @ x, (dy.sum(axis=0) if has_bias else None)

@@ -13,13 +13,14 @@ Outputs come back in the same memory order.  Semantics follow ``torch.nn.functio
 * avg-pool counts the zero padding in the divisor (``count_include_pad=True``): ``/ (kh*kw)``.
 
 Fast path: when ``kernel == stride`` the windows do not overlap, so the backward passes write
-each window once (no read-modify-write, and no zero fill when the windows tile the padded image).
-A reshape ``(A, Ho, kh, Wo, kw, B)`` gives the same windows, but numpy reduces over its strided
-axes element by element (2x to 60x slower here), so the forward passes use the offset loop always.
+each window's gradient straight into ``dx`` (no temporary, no read-modify-write, and no zero fill
+when the windows tile the padded image).  The forward passes use the offset loop in every case:
+the windows of the reshape ``(A, Ho, kh, Wo, kw, B)`` are the same strided slices, and a numpy
+reduction over its window axes measured no faster on batch-innermost input and ~50x slower on
+C-contiguous NCHW input.
 """
 from __future__ import annotations
 
-import itertools
 from collections import namedtuple
 
 from ..backend import get_array_module
@@ -65,20 +66,24 @@ def _dy_work(dy, g, op):
     return _to_work(dy, g)
 
 
-def _scatter(window_grads, g, like):
-    """``dx`` (N, C, H, W) from one (A, Ho, Wo, B) gradient per kernel offset, summed into place."""
+def _scatter(g, dyw, window_grad):
+    """``dx`` (N, C, H, W) from the per-offset window gradients, summed into place.
+
+    ``window_grad(k, out=None)`` returns the (A, Ho, Wo, B) gradient of kernel offset ``k``,
+    written into ``out`` when given (disjoint windows: straight into ``dx``, no temporary).
+    """
     H, W = g.x_shape[2:]
-    A, _, _, B = like.shape
+    A, _, _, B = dyw.shape
     Hp, Wp = H + 2 * g.ph, W + 2 * g.pw
     disjoint = (g.kh, g.kw) == (g.sy, g.sx)
     tiled = disjoint and (Hp, Wp) == (g.Ho * g.kh, g.Wo * g.kw)
-    xp = get_array_module(like)
-    dpad = (xp.empty if tiled else xp.zeros)((A, Hp, Wp, B), dtype=like.dtype)
-    for (_, _, rows, cols), grad in zip(_offsets(g), window_grads):
+    xp = get_array_module(dyw)
+    dpad = (xp.empty if tiled else xp.zeros)((A, Hp, Wp, B), dtype=dyw.dtype)
+    for k, (_, _, rows, cols) in enumerate(_offsets(g)):
         if disjoint:
-            dpad[:, rows, cols] = grad                         # each input element in one window
+            window_grad(k, out=dpad[:, rows, cols])            # each input element in one window
         else:
-            dpad[:, rows, cols] += grad
+            dpad[:, rows, cols] += window_grad(k)
     return _from_work(dpad[:, g.ph:g.ph + H, g.pw:g.pw + W], g)
 
 
@@ -133,8 +138,8 @@ def maxpool2d_backward(dy, cache):
     """
     argmax, g = cache
     dyw = _dy_work(dy, g, "maxpool2d")
-    kk = argmax.dtype.type
-    return _scatter((dyw * (argmax == kk(k)) for k in range(g.kh * g.kw)), g, dyw)
+    xp, kk = get_array_module(dy), argmax.dtype.type
+    return _scatter(g, dyw, lambda k, out=None: xp.multiply(dyw, argmax == kk(k), out=out))
 
 
 def avgpool2d_forward(x, kernel, stride=None, padding=0):
@@ -180,8 +185,11 @@ def avgpool2d_backward(dy, cache):
     dx : array, shape (N, C, H, W)
     """
     (g,) = cache
-    share = _dy_work(dy, g, "avgpool2d") * (1.0 / (g.kh * g.kw))
-    return _scatter(itertools.repeat(share), g, share)
+    xp, dyw, scale = get_array_module(dy), _dy_work(dy, g, "avgpool2d"), 1.0 / (g.kh * g.kw)
+    if (g.kh, g.kw) == (g.sy, g.sx):                           # disjoint: scale into place
+        return _scatter(g, dyw, lambda k, out=None: xp.multiply(dyw, scale, out=out))
+    share = dyw * scale                                        # overlapping: scale once, add often
+    return _scatter(g, dyw, lambda k, out=None: share)
 
 
 def global_avgpool_forward(x):
