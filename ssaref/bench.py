@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .backend import asnumpy, resolve_backend
+from .backend import asnumpy, keep_large_allocations, resolve_backend
 from .nn import build_model
 from .optim import build_optimizer
 from .rules import build_rule
@@ -109,14 +109,18 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--backend", default="numpy")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's mmap threshold alone (ssaref.train raises it, see backend.keep_large_allocations)")
     args = p.parse_args(argv)
+    tuned = False if args.default_malloc else keep_large_allocations()
     try:
         import torch
     except ImportError:
         print("error: the benchmark compares against PyTorch; pip install torch==2.13.0", file=sys.stderr)
         return 2
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"backend {args.backend}, batch {args.batch_size}, float32, BP + Adam, median of {args.repeats}")
+          f"backend {args.backend}, batch {args.batch_size}, float32, BP + Adam, median of {args.repeats}, "
+          f"large-block reuse {'on' if tuned else 'off'}")
     print(f"{'model':<10} {'params':>10} {'ssaref ms':>10} {'torch ms':>10} {'ratio':>7}")
     rows = []
     for name in args.models.split(","):

@@ -6,9 +6,13 @@
 * ``matrix_alignment``: section 5.5's "matrix alignment angle" made well defined for each rule (see
   docs/decisions.md, D3): FA-type rules compare the feedback ``B`` with the weight it replaces; DFA/DRTP compare
   ``B_i`` (d_i x d_N) with the transposed product of the downstream weights ``(W_N ... W_{i+1})^T``;
-  PEPITA compares ``F`` (d_0 x K) with ``(W_N ... W_1)^T``.  Two variants per weight key: ``flat/<key>`` (the
-  flattened-cosine angle) and ``principal/<key>`` (mean principal angle between the two column spaces).
-* ``AlignmentTracker``: runs BP alongside the rule every ``every`` steps and summarises per epoch.
+  PEPITA compares ``F`` (d_0 x K) with ``(W_N ... W_1)^T``; SSA compares its ``B_i`` like DFA, with the
+  downstream weights rebuilt from their SVD factors (``W = U diag(s) V^T``).  Two variants per weight key:
+  ``flat/<key>`` (the flattened-cosine angle) and ``principal/<key>`` (mean principal angle between the two
+  column spaces); for SSA the key is the SVD layer's prefix.
+* ``AlignmentTracker``: runs BP alongside the rule every ``every`` steps and summarises per epoch.  Dense weight
+  layers are compared parameter by parameter; SVD-space layers by the change of ``W`` the rule's factor updates
+  induce, ``dU S V^T + U dS V^T + U S dV^T``, against BP's gradient of ``W`` (``rules.ssa.svd_update_angle``).
 """
 from __future__ import annotations
 
@@ -76,12 +80,36 @@ def _subspace_angle(F, M):
     return float(np.mean(principal_angles_deg(F, M)))
 
 
+def _svd_prefixes(model, prefix=""):
+    """Key prefixes of the SVD-space layers of ``model`` in forward order (``"1"``, ``"4.main.0"``)."""
+    from .nn.svd_layers import SVD_KINDS  # noqa: PLC0415
+
+    out = []
+    for name, child in getattr(model, "children", {}).items():
+        p = f"{prefix}{name}"
+        if getattr(child, "kind", None) in SVD_KINDS:
+            out.append(p)
+        else:
+            out += _svd_prefixes(child, p + ".")
+    return out
+
+
+def _dense_weight(layer):
+    """Host float64 weight matrix (m, n) of a Linear layer, or ``U diag(s) V^T`` of an SVDLinear (eq. (5))."""
+    p = layer.params
+    if layer.kind == "svd_linear":
+        U, s, V = (np.asarray(asnumpy(p[k]), dtype=np.float64) for k in ("U", "s", "V"))
+        return (U * s) @ V.T
+    return np.asarray(asnumpy(p["W"]), dtype=np.float64)
+
+
 def _downstream_product(model, start):
-    """``W_N ... W_j`` over the layers after ``start`` (K x d), or None if any is not Linear/elementwise."""
+    """``W_N ... W_j`` over the layers after ``start`` (K x d), or None if any is not Linear (dense or SVD)
+    or elementwise."""
     P = None
     for layer in model.layers[start + 1:]:
-        if layer.kind == "linear":
-            W = np.asarray(asnumpy(layer.params["W"]), dtype=np.float64)
+        if layer.kind in ("linear", "svd_linear"):
+            W = _dense_weight(layer)
             P = W if P is None else W @ P
         elif layer.kind not in ("relu", "tanh", "sigmoid", "flatten"):
             return None
@@ -96,7 +124,11 @@ def matrix_alignment(rule, model) -> dict:
     tall, nan when square (both spaces are the whole space).  Conv kernels are read as (C_out, C_in*kh*kw).
     DFA, DRTP: ``B_i`` against ``(W_N ... W_{i+1})^T`` under the segment's first weight key; nan where the
     path from the injection point to the logits holds anything but Linear layers and elementwise layers.
-    PEPITA: ``F`` against ``(W_N ... W_1)^T``.  BP (or any rule without feedback): ``{}``.
+    PEPITA: ``F`` against ``(W_N ... W_1)^T``.
+    SSA: ``B_i`` (d_i x d_N) against ``(W_N ... W_{i+1})^T`` as DFA, the downstream weights rebuilt from their
+    factors (``W = U diag(s) V^T``), keyed by the segment's first SVD layer prefix (``flat/1``, ``principal/1``);
+    nan where an SVD conv layer, pooling or BN lies downstream of the injection point; the output layer (which
+    receives ``e``, no ``B``) has no entry.  BP, SVD-BP (or any rule without feedback): ``{}``.
     """
     out = {}
     name = getattr(rule, "name", "")
@@ -127,6 +159,17 @@ def matrix_alignment(rule, model) -> dict:
                 continue
             out[f"flat/{key}"] = angle_deg(B, P.T)
             out[f"principal/{key}"] = _subspace_angle(B, P.T)
+    elif name == "ssa" and getattr(rule, "segs", None) and getattr(rule, "state", None):
+        prefixes = _svd_prefixes(model)
+        for lead, inj in rule.segs:
+            key = next(p for p in prefixes if p == str(lead) or p.startswith(f"{lead}."))
+            B = np.asarray(asnumpy(rule.state[f"B/{lead}"]), dtype=np.float64)   # B_i (d_i, d_N)
+            P = _downstream_product(model, inj)                                  # W_N ... W_{i+1} (d_N, d_i)
+            if P is None or P.shape[1] != B.shape[0]:
+                out[f"flat/{key}"] = out[f"principal/{key}"] = float("nan")
+                continue
+            out[f"flat/{key}"] = angle_deg(B, P.T)
+            out[f"principal/{key}"] = _subspace_angle(B, P.T)
     elif name == "pepita" and getattr(rule, "state", None):
         F = np.asarray(asnumpy(rule.state["F"]), dtype=np.float64)
         first = next(k for k, l in enumerate(model.layers) if l.kind == "linear")
@@ -151,6 +194,12 @@ class AlignmentTracker:
 
     Call ``maybe_record`` after ``rule.step`` and *before* the optimiser step, so BP sees the same parameters.
 
+    Columns (``layer_keys``, forward order): every dense weight key (``"1.W"``, ``"4.main.0.W"``) and every
+    SVD-space layer's prefix (``"1"``).  For an SVD layer the update angle is between the rule's induced change
+    of ``W`` (``dU S V^T + U dS V^T + U S dV^T``) and BP's gradient of ``W`` (``dense_grad``), the same function
+    as SSA's ``svd_angle`` metric; it is nan for SVD layers inside residual blocks (no per-layer BP signal is
+    kept there) and for layers whose factors got no update.
+
     Parameters
     ----------
     model : Sequential
@@ -164,7 +213,14 @@ class AlignmentTracker:
         self.every = every
         self.model = model
         self.rule = None
-        self.layer_keys = [k for k, _ in model.named_params() if k == "W" or k.endswith(".W")]
+        svd = set(_svd_prefixes(model))
+        self.layer_keys, self._svd = [], set()
+        for k, _ in model.named_params():
+            if k == "W" or k.endswith(".W"):
+                self.layer_keys.append(k)
+            elif "." in k and k.rsplit(".", 1)[0] in svd and k.rsplit(".", 1)[0] not in self._svd:
+                self._svd.add(k.rsplit(".", 1)[0])
+                self.layer_keys.append(k.rsplit(".", 1)[0])
         self._layer_index = [int(k.split(".")[0]) for k in self.layer_keys]
         self._grad, self._signal = [], []
         self._events = {"align_step/step": [], "align_step/grad_deg": [], "align_step/signal_deg": []}
@@ -177,9 +233,13 @@ class AlignmentTracker:
             return
         from .rules.bp import BP  # noqa: PLC0415  (rules depend on metrics' users, not the reverse)
 
+        from .rules.ssa import svd_update_angle  # noqa: PLC0415
+
         saved = {k: v.copy() for k, v in model.buffers.items()}
+        bp = BP()
         try:
-            bp = BP().step(model, x, y)
+            _, caches, _, e = bp.forward_loss(model, x, y)
+            bp_updates, bp_signals = bp.updates(model, caches, e)   # = BP().step, keeping the caches
         finally:
             for k, v in model.buffers.items():  # BP leaves no trace in the BN running statistics
                 v[...] = saved[k]
@@ -187,12 +247,19 @@ class AlignmentTracker:
         g = np.full(n, np.nan)
         s = np.full(n, np.nan)
         for j, (key, k) in enumerate(zip(self.layer_keys, self._layer_index)):
-            upd = result.updates.get(key)
-            if upd is not None and key in bp.updates:
-                g[j] = angle_deg(upd, bp.updates[key])
+            if key in self._svd:
+                fac = [result.updates.get(f"{key}.{f}") for f in ("U", "s", "V")]
+                if "." not in key and all(u is not None for u in fac):   # top-level SVD layer
+                    layer = model.layers[k]
+                    G = layer.dense_grad(bp_signals[k], caches[k])       # BP's dL/dW (m, n)
+                    g[j] = svd_update_angle(layer, *fac, G)
+            else:
+                upd = result.updates.get(key)
+                if upd is not None and key in bp_updates:
+                    g[j] = angle_deg(upd, bp_updates[key])
             sig = (result.signals or {}).get(k)
-            if sig is not None and k in bp.signals and sig.shape == bp.signals[k].shape:
-                s[j] = angle_deg(sig, bp.signals[k])
+            if sig is not None and k in bp_signals and sig.shape == bp_signals[k].shape:
+                s[j] = angle_deg(sig, bp_signals[k])
         self._grad.append(g)
         self._signal.append(s)
         self._events["align_step/step"].append(int(step))

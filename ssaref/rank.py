@@ -14,8 +14,11 @@ The hybrid schedule:
 first phase throughout), ``"none"`` keeps full rank (Hoyer every ``hoyer_every`` epochs, as for ``"energy"``).
 Every rule obeys: the rank never increases, never drops below ``floor = max(1, ceil(min_rank_frac * r0))``
 (paper: "reducing the rank below 30% of r0 often destabilizes training"), and with ``parity`` it stays below
-``m n / (m + n)`` (the factored layer then has fewer numbers than the dense one), which takes precedence over
-the floor.  The retained singular triplets are those with the largest ``|s_j|``, kept in their current order.
+the parity bound (the factored layer then has fewer numbers than the dense one), which takes precedence over
+the floor.  ``parity_count`` says what is counted: ``"factors"`` (the paper's printed rule ``r (m + n) < m n``,
+i.e. ``r < m n / (m + n)``) or ``"with_s"`` (``r (m + n + 1) < m n``: the singular values counted too, as the
+paper's own inference cost ``r (m + n + 1)`` does).  The retained singular triplets are those with the largest
+``|s_j|``, kept in their current order.
 """
 from __future__ import annotations
 
@@ -27,18 +30,36 @@ import numpy as np
 from .backend import asnumpy
 from .linalg import energy_rank
 
-__all__ = ["RankSchedule", "SCHEDULES", "parity_rank", "keep_indices"]
+__all__ = ["RankSchedule", "SCHEDULES", "PARITY_COUNTS", "parity_rank", "keep_indices"]
 
 SCHEDULES = ("hybrid", "epoch", "energy", "none")
+PARITY_COUNTS = ("factors", "with_s")
 
 
 def _ceil(x):
     return int(math.ceil(x - 1e-9))  # 0.3 * 10 is 3.0000000000000004 in floating point
 
 
-def parity_rank(m, n):
-    """Largest integer ``r < m n / (m + n)`` (at least 1)."""
-    return max(1, _ceil(m * n / (m + n)) - 1)
+def parity_rank(m, n, count="factors"):
+    """Largest integer rank whose factored layer holds fewer numbers than the dense ``m x n`` one (at least 1).
+
+    Parameters
+    ----------
+    m, n : int, the dense matrix's shape (for a conv layer the kernel matrix, m = N kw, n = C kh).
+    count : ``"factors"`` -- ``r (m + n) < m n`` (the paper's rule ``r < m n / (m + n)``, section 4.4) -- or
+        ``"with_s"`` -- ``r (m + n + 1) < m n`` (U, s and V all counted, the paper's ``r (m + n + 1)``).
+
+    Returns
+    -------
+    int, ``max(1, (m n - 1) // d)`` with ``d = m + n`` or ``m + n + 1`` (exact integer arithmetic).
+    """
+    if count not in PARITY_COUNTS:
+        raise ValueError(f"parity_count={count!r} is not one of {', '.join(PARITY_COUNTS)}")
+    m, n = int(m), int(n)
+    if m < 1 or n < 1:
+        raise ValueError(f"parity_rank: layer shape must be positive, got m={m}, n={n}")
+    d = m + n + (1 if count == "with_s" else 0)
+    return max(1, (m * n - 1) // d)  # largest integer r with r d < m n
 
 
 def keep_indices(s, r):
@@ -59,6 +80,7 @@ class RankSchedule:
     min_rank_frac: float = 0.3
     parity: bool = False
     hoyer_every: int = 10
+    parity_count: str = "factors"
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
@@ -68,6 +90,8 @@ class RankSchedule:
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
             setattr(self, name, v)
+        if self.parity_count not in PARITY_COUNTS:
+            raise ValueError(f"parity_count={self.parity_count!r} is not one of {', '.join(PARITY_COUNTS)}")
         if int(self.hoyer_every) < 1:
             raise ValueError(f"hoyer_every must be >= 1, got {self.hoyer_every!r}")
         self.hoyer_every = int(self.hoyer_every)
@@ -76,9 +100,13 @@ class RankSchedule:
         """``T1``: number of epochs of the epoch-based phase."""
         return max(1, _ceil(self.reduce_frac * int(num_epochs)))
 
+    def parity_cap(self, m, n):
+        """The largest rank ``parity`` allows for an (m, n) layer, or None when ``parity`` is off."""
+        return parity_rank(m, n, self.parity_count) if self.parity else None
+
     def floor(self, r0, m, n):
         f = max(1, _ceil(self.min_rank_frac * r0))
-        return min(f, parity_rank(m, n)) if self.parity else f
+        return min(f, self.parity_cap(m, n)) if self.parity else f
 
     def hoyer_active(self, epoch, num_epochs):
         """Whether the Hoyer term is on during ``epoch`` (1-based)."""
@@ -102,5 +130,10 @@ class RankSchedule:
             target = energy_rank(s, self.energy)
         target = max(target, self.floor(r0, m, n))
         if self.parity:
-            target = min(target, parity_rank(m, n))
+            target = min(target, self.parity_cap(m, n))
         return max(1, min(r, target))
+
+    def capped_rank(self, r, m, n):
+        """Rank of a layer the schedule does not reduce (the classifier unless ``reduce_last``): ``r``, or the
+        parity cap when ``parity`` is on and ``r`` exceeds it (parity binds every layer, section 4.4)."""
+        return min(int(r), self.parity_cap(m, n)) if self.parity else int(r)

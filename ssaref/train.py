@@ -13,7 +13,7 @@ import time
 import numpy as np
 
 from . import __version__
-from .backend import BackendError, asnumpy, parse_dtype, resolve_backend, to_device
+from .backend import BackendError, asnumpy, keep_large_allocations, parse_dtype, resolve_backend, to_device
 from .data import DATASETS, DatasetError, augment, load_dataset
 from .nn import MODELS, build_model
 from .ops.losses import softmax_cross_entropy
@@ -75,6 +75,8 @@ def build_parser():
     a("--test-limit", type=_positive(int), default=None, help="use the first N test examples")
     a("--dtype", default="float32", help="float32 (training) or float64")
     a("--hidden", type=_int_list, default=None, help="mlp hidden widths, e.g. 256,256")
+    a("--activation", default=None, choices=["relu", "tanh", "sigmoid"],
+      help="hidden non-linearity of mlp (default relu)")
     a("--width-mult", type=_positive(float), default=1.0, help="scale channel counts of conv models")
     a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
     a("--eval-batch-size", type=_positive(int), default=1000)
@@ -166,6 +168,10 @@ def _model_options(args):
     if args.model == "mlp":
         if args.hidden is not None:
             opts["hidden"] = tuple(args.hidden)
+        if args.activation is not None:
+            opts["activation"] = args.activation
+    elif args.activation is not None:
+        raise ValueError(f"--activation applies to mlp only, not {args.model!r}")
     elif args.width_mult != 1.0:
         opts["width_mult"] = args.width_mult
     return opts
@@ -262,6 +268,8 @@ def train(args, log=print):
     config = _config(args)
     if tracker is not None:
         config["align_layers"] = list(tracker.layer_keys)
+    if rule.metric_layers():
+        config["svd_layers"] = list(rule.metric_layers())
     log(f"ssaref {__version__}: method={args.method} model={args.model} dataset={args.dataset} "
         f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} test={len(ds.x_test)}")
 
@@ -325,6 +333,7 @@ def train(args, log=print):
 
 def main(argv=None):
     args = parse_args(argv)
+    keep_large_allocations()  # reuse big activation buffers across steps (glibc), see backend
     try:
         train(args)
     except (ValueError, BackendError, DatasetError, RunFileError, TrainingError, FloatingPointError,

@@ -245,3 +245,141 @@ def test_tracker_frac_gt90_counts_negated_updates_and_every_zero_is_off():
     assert off.pop_events()["align_step/step"] == [] and off.summary_line() == ""
     with pytest.raises(ValueError, match="-1"):
         AlignmentTracker(model, every=-1)
+
+
+# ------------------------------------------------------------------------------------ SSA / SVD layers
+def ssa_mlp(hidden=(7, 6), K=4, **opts):
+    """SSA on ``mlp(hidden, K)`` (same seed as the dense ``mlp``): model, rule."""
+    model = mlp(hidden=hidden, K=K)
+    r = build_rule("ssa", **opts)
+    model = r.prepare_model(model)
+    r.init_state(model, np.random.default_rng(1))
+    return model, r
+
+
+def _W(layer):
+    """U diag(s) V^T written out from the factors (independent of the engine's matrix())."""
+    U, s, V = (np.asarray(layer.params[k]) for k in ("U", "s", "V"))
+    return U @ np.diag(s) @ V.T
+
+
+def test_matrix_alignment_ssa_hand_built_and_consistent_with_dfa():
+    model, ssa = ssa_mlp()
+    ma = matrix_alignment(ssa, model)
+    # hidden SVD layers only (the output layer gets e, no B), keyed by the layer prefix
+    assert set(ma) == {"flat/1", "principal/1", "flat/3", "principal/3"}
+    W3, W5 = _W(model.layers[3]), _W(model.layers[5])
+    P1 = W5 @ W3                                             # (W_N W_{i+1}) for segment 1: (K, d_1)
+    assert ma["flat/1"] == pytest.approx(angle_deg(ssa.state["B/1"], P1.T), abs=1e-9)
+    ref = np.degrees(scipy.linalg.subspace_angles(np.asarray(ssa.state["B/1"]), P1.T)).mean()
+    assert ma["principal/1"] == pytest.approx(ref, abs=1e-6)
+    # hand-built: B_3 aligned with W_N^T (any positive scale) -> 0; anti-aligned -> flat 180, principal 0
+    ssa.state["B/3"] = 2.5 * W5.T
+    ma = matrix_alignment(ssa, model)
+    assert ma["flat/3"] == pytest.approx(0.0, abs=1e-5) and ma["principal/3"] == pytest.approx(0.0, abs=1e-5)
+    ssa.state["B/3"] = -W5.T
+    ma = matrix_alignment(ssa, model)
+    assert ma["flat/3"] == pytest.approx(180.0, abs=1e-5) and ma["principal/3"] == pytest.approx(0.0, abs=1e-5)
+    # a B orthogonal to W_N^T (columns in the orthogonal complement of col(W_N^T)) -> 90 and 90
+    wide, wr = ssa_mlp(hidden=(7, 9))
+    W5w = _W(wide.layers[5])                                  # (4, 9)
+    Q = np.linalg.qr(W5w.T, mode="complete")[0][:, 4:]       # (9, 5): complement of the 4-dim col(W_5^T)
+    wr.state["B/3"] = Q[:, :4] * np.array([1.0, 2.0, 0.5, 3.0])
+    ma = matrix_alignment(wr, wide)
+    assert ma["flat/3"] == pytest.approx(90.0, abs=1e-6) and ma["principal/3"] == pytest.approx(90.0, abs=1e-6)
+    # the same B on the dense model under DFA gives the same figure (SVD layers reproduce W at full rank)
+    dense = mlp()
+    dfa = rule("dfa", dense)
+    dfa.state["B/1"] = np.asarray(ssa.state["B/1"]).copy()
+    assert matrix_alignment(dfa, dense)["flat/1.W"] == pytest.approx(
+        matrix_alignment(ssa, model)["flat/1"], abs=1e-8)
+    # after a rank cut the product is rebuilt from the truncated factors
+    m2, r2 = ssa_mlp(rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0)
+    r2.on_epoch_end(m2, None, 1, 1)
+    assert m2.layers[3].rank == 3
+    P = _W(m2.layers[5]) @ _W(m2.layers[3])
+    assert matrix_alignment(r2, m2)["flat/1"] == pytest.approx(angle_deg(r2.state["B/1"], P.T), abs=1e-9)
+
+
+def test_matrix_alignment_ssa_nan_where_conv_downstream_and_principal_nan_when_K_fills_space():
+    cm = build_model("convnet", (1, 8, 8), 4, dtype=F64, seed=0, width_mult=0.125)
+    ssa = build_rule("ssa")
+    cm = ssa.prepare_model(cm)
+    ssa.init_state(cm, np.random.default_rng(1))
+    ma = matrix_alignment(ssa, cm)
+    assert set(ma) == {f"{v}/{p}" for v in ("flat", "principal") for p in ("0", "3", "7")}
+    assert math.isnan(ma["flat/0"]) and math.isnan(ma["principal/0"])   # an SVD conv and a pool downstream
+    assert np.isfinite(ma["flat/3"]) and np.isfinite(ma["flat/7"])       # only (SVD) fc layers downstream
+    B3 = np.asarray(ssa.state["B/3"])
+    P = _W(cm.layers[9]) @ _W(cm.layers[7])
+    assert B3.shape == (P.shape[1], 4) and ma["flat/3"] == pytest.approx(angle_deg(B3, P.T), abs=1e-9)
+    # K >= d_i: both K-dim column spaces are the whole space -> principal nan, flat still defined
+    model, r = ssa_mlp(hidden=(7, 3), K=4)
+    ma = matrix_alignment(r, model)
+    assert math.isnan(ma["principal/3"]) and np.isfinite(ma["flat/3"]) and np.isfinite(ma["principal/1"])
+    # SVD-BP and SSA before init_state: no feedback, no entries
+    sb = build_rule("svd-bp")
+    m3 = sb.prepare_model(mlp())
+    sb.init_state(m3, np.random.default_rng(1))
+    assert matrix_alignment(sb, m3) == {} and matrix_alignment(build_rule("ssa"), m3) == {}
+
+
+def test_tracker_svd_layers_compare_induced_dW_with_bp_gradient():
+    model, ssa = ssa_mlp(angle_every=1)
+    tr = AlignmentTracker(model, every=1)
+    assert tr.layer_keys == ["1", "3", "5"]
+    expect = []
+    for step in range(2):
+        x, y = data(model, seed=step)
+        res = ssa.step(model, x, y)
+        tr.maybe_record(step, model, ssa, x, y, res)
+        # independent: dense model with W = U diag(s) V^T, BP's gradient of W, dW from the factor updates
+        dense = mlp()
+        for k in (1, 3, 5):
+            dense.layers[k].params["W"][...] = _W(model.layers[k])
+            dense.layers[k].params["b"][...] = model.layers[k].params["b"]
+        bp = build_rule("bp").step(dense, x, y)
+        row = []
+        for k in (1, 3, 5):
+            U, s, V = (np.asarray(model.layers[k].params[n]) for n in ("U", "s", "V"))
+            dU, ds, dV = (res.updates[f"{k}.{n}"] for n in ("U", "s", "V"))
+            dW = dU @ np.diag(s) @ V.T + U @ np.diag(ds) @ V.T + U @ np.diag(s) @ dV.T
+            row.append(angle_deg(dW, bp.updates[f"{k}.W"]))
+        expect.append(row)
+        for key, p in model.named_params():   # plain SGD step so the second record sees new factors
+            p -= 0.05 * res.updates[key]
+    ev = tr.pop_events()
+    np.testing.assert_allclose(np.array(ev["align_step/grad_deg"]), expect, atol=1e-7)
+    assert np.all(np.isfinite(np.array(ev["align_step/signal_deg"])[:, 2]))
+    np.testing.assert_allclose(np.array(ev["align_step/signal_deg"])[:, 2], 0.0, atol=1e-5)  # output gets e
+    # the same function as SSA's own svd_angle metric
+    m = ssa.on_epoch_end(model, None, 1, 10)
+    np.testing.assert_allclose(np.mean(expect, axis=0), m["svd_angle"], atol=1e-7)
+    ms = tr.epoch_metrics()
+    ma = matrix_alignment(ssa, model)
+    np.testing.assert_allclose(ms["align/matrix_flat"], [ma["flat/1"], ma["flat/3"], np.nan])
+    np.testing.assert_allclose(ms["align/matrix_principal"], [ma["principal/1"], ma["principal/3"], np.nan])
+    assert tr.summary_line().startswith("align(deg) 1=")
+    # a negated update is the supplement of the angle
+    x, y = data(model, seed=9)
+    res = ssa.step(model, x, y)
+    neg = type(res)(res.loss, res.logits, {k: -v for k, v in res.updates.items()}, {})
+    tr.maybe_record(0, model, ssa, x, y, res)
+    tr.maybe_record(0, model, ssa, x, y, neg)
+    g = np.array(tr.pop_events()["align_step/grad_deg"])
+    np.testing.assert_allclose(g[0] + g[1], 180.0, atol=1e-7)
+
+
+def test_tracker_svd_layers_inside_residual_blocks_are_nan():
+    model = build_model("resnet20", (3, 8, 8), 4, dtype=F64, seed=0, width_mult=0.125)
+    ssa = build_rule("ssa", angle_every=0)
+    model = ssa.prepare_model(model)
+    ssa.init_state(model, np.random.default_rng(1))
+    tr = AlignmentTracker(model, every=1)
+    assert tr.layer_keys == ssa.metric_layers() and "3.main.0" in tr.layer_keys
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((3, 3, 8, 8)), rng.integers(0, 4, 3)
+    tr.maybe_record(0, model, ssa, x, y, ssa.step(model, x, y))
+    g = tr.epoch_metrics()["align/grad_mean"]
+    nested = np.array(["." in k for k in tr.layer_keys])
+    assert np.isnan(g[nested]).all() and np.isfinite(g[~nested]).all()

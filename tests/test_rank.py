@@ -15,11 +15,14 @@ from ssaref.rules import build_rule
 
 @given(m=st.integers(2, 60), n=st.integers(2, 60), E=st.integers(1, 30),
        kind=st.sampled_from(["hybrid", "epoch", "energy", "none"]), parity=st.booleans(),
+       count=st.sampled_from(["factors", "with_s"]),
        energy=st.floats(0.5, 1.0), reduce_to=st.floats(0.3, 1.0), min_frac=st.floats(0.05, 0.6),
        seed=st.integers(0, 10 ** 6))
-def test_schedule_properties(m, n, E, kind, parity, energy, reduce_to, min_frac, seed):
+def test_schedule_properties(m, n, E, kind, parity, count, energy, reduce_to, min_frac, seed):
     rng = np.random.default_rng(seed)
-    sch = RankSchedule(kind=kind, energy=energy, reduce_to=reduce_to, min_rank_frac=min_frac, parity=parity)
+    sch = RankSchedule(kind=kind, energy=energy, reduce_to=reduce_to, min_rank_frac=min_frac, parity=parity,
+                       parity_count=count)
+    extra = 1 if count == "with_s" else 0
     r0 = min(m, n)
     s = np.sort(rng.uniform(0, 1, r0) ** rng.uniform(1, 6))[::-1] + 1e-3
     floor = sch.floor(r0, m, n)
@@ -31,9 +34,9 @@ def test_schedule_properties(m, n, E, kind, parity, energy, reduce_to, min_frac,
         assert new <= r                                       # never increases
         assert new >= min(r, floor)                           # never below its floor
         if parity:
-            assert new < m * n / (m + n) or new == 1          # parameter parity
+            assert new * (m + n + extra) < m * n or new == 1  # parameter parity (r(m+n) or r(m+n+1) < mn)
         in_energy_phase = kind == "energy" or (kind == "hybrid" and epoch > T1)
-        if in_energy_phase and new < r and not (parity and new == parity_rank(m, n)):
+        if in_energy_phase and new < r and not (parity and new == parity_rank(m, n, count)):
             assert retained_energy(s, keep_indices(s, new)) >= energy - 1e-9   # keeps >= threshold
         if kind in ("hybrid", "epoch") and epoch == T1 and not parity:
             assert new <= max(math.ceil(reduce_to * r0 - 1e-9), floor)         # reached reduce_to * r0
@@ -56,7 +59,33 @@ def test_keep_indices_top_magnitude_in_order():
     np.testing.assert_array_equal(keep_indices(np.array([0.1, -3.0, 2.0, 0.5]), 2), [1, 2])
 
 
-@pytest.mark.parametrize("bad", [dict(kind="x"), dict(energy=0.0), dict(reduce_to=1.5), dict(hoyer_every=0)])
+@given(m=st.integers(1, 400), n=st.integers(1, 400), count=st.sampled_from(["factors", "with_s"]))
+def test_parity_rank_is_the_largest_rank_below_the_dense_count(m, n, count):
+    d = m + n + (1 if count == "with_s" else 0)     # numbers per rank: U and V columns (+ one s)
+    r = parity_rank(m, n, count)
+    assert r >= 1
+    assert r * d < m * n or r == 1                   # parity holds (rank 1 is the least a layer can keep)
+    assert (r + 1) * d >= m * n                      # and r is the largest such rank
+    assert parity_rank(m, n, "with_s") <= parity_rank(m, n, "factors") == parity_rank(m, n)
+    assert r == parity_rank(n, m, count)             # symmetric in the layer's shape
+
+
+def test_parity_counts_differ_where_s_tips_the_balance():
+    # 8 x 9: mn = 72; factors: 4 * 17 = 68 < 72 -> 4; with s: 4 * 18 = 72 is not < 72 -> 3
+    assert parity_rank(8, 9) == 4 and parity_rank(8, 9, "with_s") == 3
+    # the audit's smallest counterexample to the printed rule with s counted: m=2, n=3
+    assert parity_rank(2, 3) == 1 and 1 * (2 + 3 + 1) >= 2 * 3
+    # the paper's layers: 256 x 256 (127 both ways), classifier 10 x 256 (9 both ways), 576 x 288
+    assert parity_rank(256, 256) == 127 and parity_rank(256, 256, "with_s") == 127
+    assert parity_rank(10, 256) == 9 and parity_rank(576, 288) == 191 and parity_rank(576, 288, "with_s") == 191
+    with pytest.raises(ValueError, match="'sum'"):
+        parity_rank(4, 4, "sum")
+    with pytest.raises(ValueError, match="m=0"):
+        parity_rank(0, 4)
+
+
+@pytest.mark.parametrize("bad", [dict(kind="x"), dict(energy=0.0), dict(reduce_to=1.5), dict(hoyer_every=0),
+                                 dict(parity_count="both")])
 def test_schedule_bad_options(bad):
     with pytest.raises(ValueError):
         RankSchedule(**bad)
@@ -107,3 +136,55 @@ def test_adapt_to_checkpoint_truncates_fresh_model(rng):
     assert set(opt.state_dict()) == set(opt.state_dict_keys())
     with pytest.raises(ValueError, match="exceeds"):
         rule.adapt_to_checkpoint(model, opt, {**shapes, "1.s": (9,)})
+
+
+def _svd_mlp(method, hidden=(9,), K=8, **opts):
+    """8 classes on a (1, 4, 4) input: layers 1 (9 x 16) and 3, the classifier (8 x 9)."""
+    model = build_model("mlp", (1, 4, 4), K, xp=np, dtype=np.float64, seed=0, hidden=hidden)
+    rule = build_rule(method, **opts)
+    model = rule.prepare_model(model)
+    rule.init_state(model, np.random.default_rng(1))
+    return model, rule
+
+
+@pytest.mark.parametrize("method", ["ssa", "svd-bp"])
+@pytest.mark.parametrize("count", ["factors", "with_s"])
+@pytest.mark.parametrize("reduce_last", [False, True])
+def test_parity_caps_every_layer_including_the_classifier(method, count, reduce_last, rng):
+    model, rule = _svd_mlp(method, parity=True, parity_count=count, reduce_last=reduce_last,
+                           rank_schedule="none")
+    opt = build_optimizer("adam", model.named_params(), 1e-3)
+    x, y = rng.standard_normal((6, 1, 4, 4)), rng.integers(0, 8, 6)
+    opt.step(rule.step(model, x, y).updates)
+    assert model.layers[3].rank == 8                            # full rank until the first epoch end
+    m = rule.on_epoch_end(model, opt, 1, 3)
+    extra = 1 if count == "with_s" else 0
+    cls_cap = 4 if count == "factors" else 3                   # 8 x 9 classifier (see parity_rank above)
+    assert model.layers[3].rank == cls_cap and m["svd_rank"][1] == cls_cap
+    assert model.layers[1].rank == 5                            # 9 x 16: 144/25 and 144/26 both give 5
+    for p, layer in rule.layers:
+        (mm, nn), r = layer.dims, layer.rank
+        assert r * (mm + nn + extra) < mm * nn                  # every layer, the classifier included
+    opt.step(rule.step(model, x, y).updates)                    # training goes on at the capped shapes
+    rule.on_epoch_end(model, opt, 2, 3)
+    assert model.layers[3].rank == cls_cap                      # the cap is stable
+
+
+@pytest.mark.parametrize("method", ["ssa", "svd-bp"])
+def test_classifier_keeps_rank_without_parity_or_reduce_last(method):
+    model, rule = _svd_mlp(method, rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0)
+    rule.on_epoch_end(model, None, 1, 1)
+    assert model.layers[1].rank == 5 and model.layers[3].rank == 8      # schedule: 9 -> ceil(4.5); classifier kept
+    model, rule = _svd_mlp(method, rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0, reduce_last=True)
+    rule.on_epoch_end(model, None, 1, 1)
+    assert model.layers[3].rank == 4                                     # reduce_last: ceil(0.5 * 8)
+
+
+def test_parity_count_option_validation_and_help():
+    with pytest.raises(ValueError, match="'both'"):
+        build_rule("ssa", parity_count="both")
+    assert build_rule("svd-bp").options["parity_count"] == "factors"
+    from ssaref.train import build_parser
+    h = " ".join(build_parser().format_help().split())
+    assert "--parity-count" in h and "with_s" in h
+    assert "classifier included" in h and "except for the parity cap" in h   # parity / reduce_last interplay

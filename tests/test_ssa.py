@@ -392,3 +392,29 @@ def test_cli_ssa_lenet_and_options_from_toml(tmp_path, capsys):
     rc = train_mod.main(["--method", "ssa", "--dataset", "synthetic", "--ssa-variant", "bogus",
                          "--no-progress", "--no-download", "--epochs", "1", "--train-limit", "64"])
     assert rc == 2 and "ssa_variant='bogus'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["ssa", "svd-bp"])
+def test_metric_layers_name_the_columns_of_the_svd_metrics(method, rng):
+    model, rule = _prepared(method, angle_every=1) if method == "ssa" else _prepared(method)
+    assert rule.metric_layers() == ["1", "3", "5"]
+    x, y = rng.standard_normal((4, 1, 6, 6)), rng.integers(0, 4, 4)
+    rule.step(model, x, y)
+    m = rule.on_epoch_end(model, None, 1, 10)
+    per_layer = {k: v for k, v in m.items() if isinstance(v, np.ndarray)}
+    assert per_layer and all(v.shape == (3,) for v in per_layer.values())
+    # column j is layer metric_layers()[j]: the rank and parameter columns match the named layers
+    layers = dict(rule.layers)
+    for j, p in enumerate(rule.metric_layers()):
+        assert m["svd_rank"][j] == layers[p].rank == model.params[f"{p}.s"].shape[0]
+        assert m["svd_params"][j] == sum(model.params[f"{p}.{n}"].size for n in ("U", "s", "V", "b"))
+    # residual nets: nested prefixes in forward order; dense rules log no per-layer metrics
+    res = build_model("resnet20", (3, 8, 8), 4, xp=np, dtype=np.float64, seed=0, width_mult=0.125)
+    r2 = build_rule(method)
+    res = r2.prepare_model(res)
+    names = r2.metric_layers()
+    assert names[:3] == ["0", "3.main.0", "3.main.3"] and names[-1] == str(len(res.layers) - 1) and len(names) == len(set(names))
+    keys = [k.rsplit(".", 1)[0] for k, _ in res.named_params() if k.endswith(".s")]
+    assert names == keys
+    assert build_rule("dfa").metric_layers() == [] and build_rule("bp").metric_layers() == []
+    assert build_rule(method).metric_layers() == []          # before prepare_model

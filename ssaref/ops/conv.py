@@ -124,6 +124,12 @@ def conv2d_backward_params(dy, cache):
     """
     col, _, _, _, has_bias = cache
     dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
-    dW_T = col.reshape(-1, dy2.shape[1]) @ dy2.T                 # dW.T = col2 @ dy2.T, (K, C_out):
-    db = dy2.sum(axis=1) if has_bias else None                  # faster in OpenBLAS than dy2 @ col2.T
-    return dW_T.T.reshape((dy.shape[1],) + col.shape[:3]), db   # reshape copies: C-contiguous
+    col2 = col.reshape(-1, dy2.shape[1])                         # (K, M)
+    db = dy2.sum(axis=1) if has_bias else None
+    # dW = dy2 @ col2.T; OpenBLAS is fastest with the taller factor first (measured: K=864, C_out=192:
+    # 97 vs 304 ms; K=9, C_out=96: 4 vs 13 ms), so for K >= C_out compute the transpose col2 @ dy2.T
+    if col2.shape[0] >= dy2.shape[0]:
+        dW = (col2 @ dy2.T).T                                   # dW.T = col2 @ dy2.T, (K, C_out)
+    else:
+        dW = dy2 @ col2.T                                       # (C_out, K)
+    return dW.reshape((dy.shape[1],) + col.shape[:3]), db       # C-contiguous (reshape copies a transpose)

@@ -88,6 +88,12 @@ class Rule:
         """
         return {}
 
+    def metric_layers(self) -> list[str]:
+        """Names of the layers that index the columns of the per-layer (array) metrics ``on_epoch_end``
+        returns, in column order; ``[]`` when the rule logs none (the training loop stores it in the run file's
+        config).  SSA/SVD-BP: the key prefixes of the SVD layers in forward order."""
+        return []
+
     def forward_loss(self, model, x, y):
         """Forward pass, mean cross-entropy and ``e = dL/da_N = (softmax - onehot)/B`` (eq. (7))."""
         logits, caches = model.forward(x, train=True)

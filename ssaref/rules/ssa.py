@@ -64,7 +64,8 @@ from ..rank import RankSchedule, keep_indices
 from ._feedback import check_choice, draw, layer_output_shapes, place
 from .base import Rule, StepResult
 
-__all__ = ["SSA", "SVDRuleBase", "svd_layers_of", "convert_model", "RANK_OPTIONS"]
+__all__ = ["SSA", "SVDRuleBase", "svd_layers_of", "convert_model", "RANK_OPTIONS", "svd_weight_change",
+           "svd_update_angle"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,8 +132,14 @@ RANK_OPTIONS = {
     "reduce_frac": (float, 0.3, "fraction of the epochs spent in the epoch-based phase"),
     "energy": (float, 0.95, "threshold phase keeps the top singular values holding this share of sum s^2"),
     "min_rank_frac": (float, 0.3, "the rank never drops below this fraction of r0"),
-    "parity": (bool, False, "also cap the rank below mn/(m+n) (fewer numbers than the dense layer)"),
-    "reduce_last": (bool, False, "also reduce the rank of the output (classifier) layer"),
+    "parity": (bool, False, "at every epoch end cap the rank of every SVD layer, the classifier included "
+                            "(whatever reduce_last says), so the factored layer holds fewer numbers than the dense "
+                            "one (section 4.4; parity_count says what is counted); takes precedence over "
+                            "min_rank_frac"),
+    "parity_count": (str, "factors", "what parity counts: factors (r(m+n) < mn, the paper's printed rule "
+                                     "r < mn/(m+n)) or with_s (r(m+n+1) < mn, the singular values counted too)"),
+    "reduce_last": (bool, False, "also run the rank schedule on the output (classifier) layer; without it the "
+                                 "classifier keeps its rank, except for the parity cap when parity is on"),
 }
 
 
@@ -152,7 +159,7 @@ class SVDRuleBase(Rule):
         self.schedule = RankSchedule(kind=o["rank_schedule"], reduce_to=o["reduce_to"],
                                      reduce_frac=o["reduce_frac"], energy=o["energy"],
                                      min_rank_frac=o["min_rank_frac"], parity=o["parity"],
-                                     hoyer_every=o["hoyer_every"])
+                                     hoyer_every=o["hoyer_every"], parity_count=o["parity_count"])
         self._acc = {}
         self._steps = 0
 
@@ -164,6 +171,11 @@ class SVDRuleBase(Rule):
             raise ValueError(f"method {self.name!r}: model has no Linear or Conv2d layer to hold in SVD space")
         self.r0 = {p: l.full_rank for p, l in self.layers}
         return model
+
+    def metric_layers(self):
+        """Prefixes of the SVD layers in forward order (``"1"``, ``"4.main.0"``): they index the per-layer
+        ``svd_*`` metrics of ``on_epoch_end``; empty before ``prepare_model``/``init_state``."""
+        return [p for p, _ in (getattr(self, "layers", None) or [])]
 
     def _layers(self, model):
         if getattr(self, "layers", None) is None:
@@ -265,11 +277,12 @@ class SVDRuleBase(Rule):
     def _reduce_ranks(self, model, optimizer, epoch, num_epochs):
         energy = {}
         for p, layer in self.layers:
-            if self._is_last(model, p) and not self.options["reduce_last"]:
-                continue
             s = layer.params["s"]
             m, n = layer.dims
-            r_new = self.schedule.new_rank(asnumpy(s), self.r0[p], m, n, epoch, num_epochs)
+            if self._is_last(model, p) and not self.options["reduce_last"]:
+                r_new = self.schedule.capped_rank(layer.rank, m, n)   # parity binds the classifier too
+            else:
+                r_new = self.schedule.new_rank(asnumpy(s), self.r0[p], m, n, epoch, num_epochs)
             if r_new < layer.rank:
                 keep = keep_indices(s, r_new)
                 energy[p] = retained_energy(asnumpy(s).astype(np.float64), keep)
@@ -552,16 +565,45 @@ class SSA(SVDRuleBase):
                 continue
             k = int(p)
             G = layer.dense_grad(bp_sig[k], caches[k])
-            U, s, V = (layer.params[n] for n in ("U", "s", "V"))
-            dU, ds, dV = (updates[f"{p}.{n}"] for n in ("U", "s", "V"))
-            dW = (dU * s) @ V.T + (U * ds) @ V.T + (U * s) @ dV.T   # first-order change of U S V^T
-            self._record(p, "angle", _angle_deg(dW, G))
+            self._record(p, "angle", svd_update_angle(layer, *(updates[f"{p}.{n}"] for n in ("U", "s", "V")), G))
             if not self.paper:
                 Gt = layer.dense_grad(signals[k], caches[k])       # the DFA (task) gradient alone
                 self._record(p, "angle_task", _angle_deg(Gt, G))
 
     def _extra_metric_names(self):
         return ["angle", "angle_task"]
+
+
+def svd_weight_change(layer, dU, ds, dV):
+    """First-order change of ``W = U diag(s) V^T`` along the directions of the factors.
+
+    Parameters
+    ----------
+    layer : SVDLinear or SVDConv2d, holding ``U`` (m, r), ``s`` (r,), ``V`` (n, r).
+    dU : array (m, r); ds : array (r,); dV : array (n, r).
+
+    Returns
+    -------
+    array (m, n): ``dW = dU S V^T + U dS V^T + U S dV^T`` (for a conv layer, in kernel-matrix form ``K'``).
+    """
+    U, s, V = (layer.params[n] for n in ("U", "s", "V"))
+    return (dU * s) @ V.T + (U * ds) @ V.T + (U * s) @ dV.T
+
+
+def svd_update_angle(layer, dU, ds, dV, G):
+    """Eq. (4) angle (degrees) between the rule's induced change of ``W`` (``svd_weight_change``) and ``G``.
+
+    Parameters
+    ----------
+    layer : SVD layer; dU (m, r), ds (r,), dV (n, r): the rule's update directions of its factors.
+    G : array (m, n), BP's gradient w.r.t. the reconstructed ``W`` (``layer.dense_grad(delta_bp, cache)``).
+
+    Returns
+    -------
+    float in [0, 180]; NaN if either is zero.  The ``svd_angle`` metric and ``metrics.AlignmentTracker``
+    both call this, so the two report the same number for the same step.
+    """
+    return _angle_deg(svd_weight_change(layer, dU, ds, dV), G)
 
 
 def _angle_deg(a, b):
