@@ -641,7 +641,8 @@ def _eq13(ctx):
 @item("param-count", "4.4, 7.4", [], "SVD form has ~r(m+n) numbers, 'effectively doubling' at r = min(m, n); "
       "r < mn/(m+n) keeps SSA no larger than the dense layer",
       "parity=false: the rank rule is not enforced (param_count() = r(m+n+1) + bias is logged)",
-      "--parity true (caps r below mn/(m+n))")
+      "--parity true (caps r below mn/(m+n)); --parity-count with_s counts the singular values too "
+      "(r(m+n+1) < mn)")
 def _params(ctx):
     from ..rank import parity_rank
     ratios = {c["name"]: c["r"] * (c["m"] + c["n"]) / (c["m"] * c["n"]) for c in CONFIGS}
@@ -723,8 +724,8 @@ def _rank(ctx):
                    "every 10 epochs, and '30% of epochs'/'below 30% of r0' vs 'to 0.7 r0' mixes a 30% reduction with "
                    "a 30% floor.  In a short engine run (small MLP, 10 epochs) with the default schedule the rank of "
                    f"the reduced layers is at or above mn/(m+n) in {fv:.0%} of (epoch, layer) pairs, {fvp:.0%} with "
-                   "--parity true; the classifier is never reduced (reduce_last=false), so it keeps r0 = 10 > "
-                   "mn/(m+n) = 7.6 even with --parity true.",
+                   "--parity true (which caps every SVD layer, the classifier included: "
+                   f"engine_parity_classifier_rank_ge_bound = {int(runp['ranks'][-1, -1] >= runp['layers'][-1][1] * runp['layers'][-1][2] / (runp['layers'][-1][1] + runp['layers'][-1][2]))}).",
                    _ev(paper_configs_where_0p7r0_breaks_rule=len(viol), engine_rank_at_epoch30_of_100_r0_256=r30,
                        engine_hoyer_epochs_count_of_100=len(hoyer_epochs),
                        engine_run_frac_rank_ge_bound=fv, engine_run_frac_rank_ge_bound_parity=fvp,
@@ -1103,7 +1104,8 @@ def _angle_sign(ctx):
 # ---------------------------------------------------------------------------------------------------
 @item("matrix-angle", "5.5", [], "matrix alignment angle = the angle between the column spaces of W^T and B",
       "metrics.matrix_alignment: DFA/DRTP's B_i against (W_N ... W_{i+1})^T (docs/decisions.md D3); for SSA the "
-      "engine computes none (evidence engine_ssa_matrix_alignment_entries)", "none")
+      "same comparison with each W rebuilt from its factors, U diag(s) V^T (D4; evidence "
+      "engine_ssa_matrix_alignment_entries)", "none")
 def _matrix_angle(ctx):
     ok, tot, rows = _shape_rows("colspace_angle(W.T, B)", "feedback")
     from ..metrics import principal_angles_deg
