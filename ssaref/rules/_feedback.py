@@ -21,7 +21,7 @@ from ..backend import get_array_module
 
 __all__ = [
     "WEIGHT_KINDS", "POOL_KINDS", "ACT_KINDS", "draw", "place", "first_param_layer",
-    "weight_names", "fan_in_out", "Segment", "segments", "layer_output_shapes", "require_model",
+    "weight_names", "fan_in_out", "Segment", "segments", "layer_output_shapes", "require_model", "direct_updates",
     "check_choice", "transport_keys", "chain_updates",
 ]
 
@@ -197,4 +197,39 @@ def chain_updates(model, caches, e, feedback):
         # dW_k = delta_k h_{k-1}^T (true local gradient); delta_{k-1} = (B_k delta_k) o f'(a_{k-1})
         delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > first, feedback=fb)
         updates.update({p + name: g for name, g in grads.items()})
+    return updates, signals
+
+
+def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=True):
+    """DFA's pass (eq. (3)): the output layer from ``e``, every hidden segment from ``B_i src``.
+
+    Parameters
+    ----------
+    model : Sequential
+    caches : list, one forward cache per layer.
+    e : array (B, K), ``dL/da_N`` (eq. (7)); trains the output layer when ``train_output``.
+    src : array (B, K), what the feedback projects (``e`` for DFA and SSA, the one-hot target for DRTP).
+    segs : iterable of ``(lead, inject)``: a segment's first layer and the layer whose output receives the signal.
+    feedback : dict[int, array], ``lead -> B_i`` of shape (d_i, K), d_i = size of the injection point's output.
+    shapes : list of per-example output shapes of every layer (``layer_output_shapes``).
+
+    Returns
+    -------
+    (updates, signals) : local gradients of every parameter given the signal its segment received, and the
+        signal delivered to each layer's output.
+    """
+    updates, signals = {}, {}
+    N = len(model.layers) - 1
+    if train_output:  # output layer: delta W_N = e h_{N-1}^T, as BP
+        signals[N] = e
+        _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
+        updates.update({f"{N}.{k}": g for k, g in grads.items()})
+    for lead, inject in segs:
+        delta = src @ feedback[lead].T  # B_i delta a_N for every example: (B, d_i)
+        delta = delta.reshape((delta.shape[0],) + tuple(shapes[inject]))
+        for k in range(inject, lead - 1, -1):
+            signals[k] = delta
+            # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
+            delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > lead)
+            updates.update({f"{k}.{name}": g for name, g in grads.items()})
     return updates, signals

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from ._feedback import check_choice, draw, layer_output_shapes, place, segments
+from ._feedback import check_choice, direct_updates, draw, layer_output_shapes, place, segments
 from .base import Rule
 
 __all__ = ["DFA"]
@@ -73,19 +73,7 @@ class DFA(Rule):
         e : array (B, K), ``dL/da_N`` (eq. (7)), trains the output layer.
         src : array (B, K), what the hidden feedback projects (``e`` for DFA, the target for DRTP).
         """
-        updates, signals = {}, {}
-        N = len(model.layers) - 1
-        if self._opt("output") == "e":  # output layer: delta W_N = e h_{N-1}^T, as BP
-            signals[N] = e
-            _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
-            updates.update({f"{N}.{k}": g for k, g in grads.items()})
-        for seg in self._segments(model):
-            B = self.state[f"B/{seg.lead}"]
-            delta = src @ B.T  # B_i delta a_N for every example: (B, d_i)
-            delta = delta.reshape((delta.shape[0],) + tuple(self._shapes[seg.inject]))
-            for k in range(seg.inject, seg.lead - 1, -1):
-                signals[k] = delta
-                # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
-                delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > seg.lead)
-                updates.update({f"{k}.{name}": g for name, g in grads.items()})
-        return updates, signals
+        segs = [(seg.lead, seg.inject) for seg in self._segments(model)]
+        feedback = {lead: self.state[f"B/{lead}"] for lead, _ in segs}
+        return direct_updates(model, caches, e, src, segs, feedback, self._shapes,
+                              train_output=self._opt("output") == "e")

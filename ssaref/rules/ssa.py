@@ -61,7 +61,7 @@ from ..linalg import (complement_project, hoyer, hoyer_grad, orthogonality_error
                       retained_energy, tangent_project)
 from ..nn.svd_layers import SVD_KINDS, to_svd_layer
 from ..rank import RankSchedule, keep_indices
-from ._feedback import check_choice, draw, layer_output_shapes, place
+from ._feedback import check_choice, direct_updates, draw, layer_output_shapes, place
 from .base import Rule, StepResult
 
 __all__ = ["SSA", "SVDRuleBase", "svd_layers_of", "convert_model", "RANK_OPTIONS", "svd_weight_change",
@@ -479,19 +479,8 @@ class SSA(SVDRuleBase):
 
     def task_signals(self, model, caches, e):
         """DFA pass: ``(task grads of every parameter, signal at every top-level layer's output)``."""
-        updates, signals = {}, {}
-        N = len(model.layers) - 1
-        signals[N] = e                                   # eq. (7): the output layer gets e
-        _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
-        updates.update({f"{N}.{k}": g for k, g in grads.items()})
-        for lead, inj in self.segs:
-            delta = e @ self.state[f"B/{lead}"].T        # B_i delta a_N, (B, d_i)
-            delta = delta.reshape((delta.shape[0],) + tuple(self._shapes[inj]))
-            for k in range(inj, lead - 1, -1):           # carried back through the segment (eq. (3))
-                signals[k] = delta
-                delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > lead)
-                updates.update({f"{k}.{name}": g for name, g in grads.items()})
-        return updates, signals
+        feedback = {lead: self.state[f"B/{lead}"] for lead, _ in self.segs}
+        return direct_updates(model, caches, e, e, self.segs, feedback, self._shapes)  # eq. (3), (7)
 
     def layer_update(self, p, layer, task, dy=None, cache=None):
         """Update directions of one SVD layer.
