@@ -123,7 +123,8 @@ def matrix_alignment(rule, model) -> dict:
     principal angles between the row spaces (col(B^T), col(W^T)) when W is wide, the column spaces when it is
     tall, nan when square (both spaces are the whole space).  Conv kernels are read as (C_out, C_in*kh*kw).
     DFA, DRTP: ``B_i`` against ``(W_N ... W_{i+1})^T`` under the segment's first weight key; nan where the
-    path from the injection point to the logits holds anything but Linear layers and elementwise layers.
+    path from the injection point to the logits holds anything but Linear layers and elementwise layers
+    (always for segments injected inside a residual block, ``dfa_residual=layer``).
     PEPITA: ``F`` against ``(W_N ... W_1)^T``.
     SSA: ``B_i`` (d_i x d_N) against ``(W_N ... W_{i+1})^T`` as DFA, the downstream weights rebuilt from their
     factors (``W = U diag(s) V^T``), keyed by the segment's first SVD layer prefix (``flat/1``, ``principal/1``);
@@ -149,11 +150,14 @@ def matrix_alignment(rule, model) -> dict:
     elif name in ("dfa", "drtp") and getattr(rule, "state", None):
         segs = rule._segments(model)
         for seg in segs:
-            lead = model.layers[seg.lead]
-            wkey = next(k for k in lead.params if k == "W" or k.endswith(".W"))
-            key = f"{seg.lead}.{wkey}"
+            key = getattr(seg, "weight_key", None)
+            if key is None:
+                lead = model.layers[seg.lead]
+                wkey = next(k for k in lead.params if k == "W" or k.endswith(".W"))
+                key = f"{seg.lead}.{wkey}"
             B = np.asarray(asnumpy(rule.state[f"B/{seg.lead}"]), dtype=np.float64)
-            P = _downstream_product(model, seg.inject)
+            # injection inside a residual block (dfa_residual=layer): conv/BN downstream, undefined
+            P = _downstream_product(model, seg.inject) if isinstance(seg.inject, (int, np.integer)) else None
             if P is None or P.shape[1] != B.shape[0]:
                 out[f"flat/{key}"] = out[f"principal/{key}"] = float("nan")
                 continue

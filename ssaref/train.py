@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 import time
 
 import numpy as np
@@ -265,6 +266,8 @@ def train(args, log=print):
         metrics, start_epoch, step = _restore(args.resume, args, model, optimizer, rule, rng, xp)
         log(f"resumed {args.resume} at epoch {start_epoch}")
     out = args.out or args.resume
+    if out:  # fail before training, not after the first epoch, if the run file cannot be written there
+        Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
     config = _config(args)
     if tracker is not None:
         config["align_layers"] = list(tracker.layer_keys)

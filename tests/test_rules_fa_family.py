@@ -545,3 +545,270 @@ def test_rules_on_cupy_match_numpy(rname):
     assert set(u_np) == set(u_cp)
     for k in u_np:
         np.testing.assert_allclose(backend.asnumpy(u_cp[k]), u_np[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+# ------------------------------------------------------------------- DFA/DRTP: residual blocks per layer, BN
+# Independent oracle of dfa_residual=layer, written from the segment rule: inside every residual branch each
+# weight layer with the BN/activation layers after it up to the next weight layer is a segment that receives
+# B_i src at its end; the last weight layer of each branch (and what follows it in the branch) feeds the add,
+# receiving B_i src injected at the block output (after the top-level pool/flatten layers that follow the
+# block, or before them with before_pool), carried back through relu(main + shortcut).
+WEIGHT = ("linear", "conv2d")
+POOLS = ("maxpool2d", "avgpool2d", "global_avgpool", "flatten")
+
+
+def deepblock_model(seed=0, K=4):
+    """Conv-ReLU, a residual block with a 3-conv main branch and a 2-conv projection shortcut, max-pool."""
+    from ssaref.nn.containers import ResidualBlock
+
+    rng = np.random.default_rng(seed)
+    ctx = dict(xp=np, dtype=F64, rng=rng)
+    bn = lambda c: BatchNorm(c, xp=np, dtype=F64)  # noqa: E731
+    main = Sequential([Conv2d(3, 4, 3, stride=2, padding=1, bias=False, **ctx), bn(4), ReLU(),
+                       Conv2d(4, 4, 3, padding=1, bias=False, **ctx), bn(4), ReLU(),
+                       Conv2d(4, 4, 1, bias=False, **ctx), bn(4)])
+    short = Sequential([Conv2d(3, 4, 1, stride=2, bias=False, **ctx), bn(4), ReLU(), Conv2d(4, 4, 1, **ctx)])
+    m = Sequential([Conv2d(2, 3, 3, padding=1, **ctx), ReLU(), ResidualBlock(main, short), MaxPool2d(2),
+                    Flatten(), Linear(16, K, **ctx)])
+    m.name, m.input_shape, m.num_classes = "deepblock", (2, 8, 8), K
+    for layer in main.layers + short.layers:
+        if layer.kind == "batchnorm":
+            layer.params["gamma"][...] = rng.uniform(0.5, 1.5, 4)
+            layer.params["beta"][...] = rng.uniform(-0.2, 0.2, 4)
+    return m
+
+
+def torch_direct_layer(model, x, y, B, src="e", inject="segment", reduction="mean"):
+    """DFA / DRTP with residual blocks split per weight layer (oracle of ``dfa_residual=layer``)."""
+    net = TorchNet(model, x)
+    e, oh = net.error(y)
+    N = len(model.layers) - 1
+    out, _ = net.local(N, e, need_dx=False)
+    proj = e if src == "e" else (oh / oh.shape[0] if reduction == "mean" else oh)
+
+    def inj_end(kinds, lead, end):
+        if inject == "before_pool":
+            while end > lead and kinds[end] in POOLS:
+                end -= 1
+        return end
+
+    def signal(key, shape):
+        return (proj @ torch.as_tensor(np.asarray(B[f"B/{key}"])).T).reshape(shape)
+
+    def run(layers, prefix, h, lo, hi):
+        for i in range(lo, hi + 1):
+            h = _run(layers[i], h, net.P, f"{prefix}{i}.", True)
+        return h
+
+    def grads(h, prefixes, delta):
+        keys = [k for k in net.P if any(k.startswith(p) for p in prefixes)]
+        out.update(dict(zip(keys, torch.autograd.grad(h, [net.P[k] for k in keys], delta))))
+
+    top_kinds = [l.kind for l in model.layers]
+    for lead, end in torch_segments(model):
+        end = inj_end(top_kinds, lead, end)
+        if model.layers[lead].kind != "residual":
+            h = run(model.layers, "", net.xs[lead].detach(), lead, end)
+            grads(h, [f"{k}." for k in range(lead, end + 1)], signal(lead, h.shape))
+            continue
+        block = model.layers[lead]
+        tails, tail_prefixes = {}, []
+        for br in ("main", "shortcut"):
+            lay = getattr(block, br).layers
+            pre = f"{lead}.{br}."
+            ins, h = [], net.xs[lead].detach()  # every branch layer's input, computed in torch
+            for i, layer in enumerate(lay):
+                ins.append(h)
+                h = _run(layer, h, net.P, f"{pre}{i}.", True)
+            w = [i for i, l in enumerate(lay) if l.kind in WEIGHT]
+            for j in range(len(w) - 1):  # inner segments: W and its BN/ReLU, B_i src at the end
+                s, t = w[j], inj_end([l.kind for l in lay], w[j], w[j + 1] - 1)
+                hs = run(lay, pre, ins[s].detach(), s, t)
+                grads(hs, [f"{pre}{i}." for i in range(s, t + 1)], signal(f"{pre}{s}", hs.shape))
+            lo = w[-1] if w else 0
+            tails[br] = (lay, pre, lo)
+            tail_prefixes += [f"{pre}{i}." for i in range(lo, len(lay))]
+        # the add segment: z = main_tail + shortcut_tail (identity: the block input), relu, top-level tail
+        parts = []
+        for br in ("main", "shortcut"):
+            lay, pre, lo = tails[br]
+            if not lay:  # identity shortcut
+                parts.append(net.xs[lead].detach())
+                continue
+            parts.append(run(lay, pre, _branch_input(lay, pre, lo, net, lead), lo, len(lay) - 1))
+        h = F.relu(parts[0] + parts[1])
+        h = run(model.layers, "", h, lead + 1, end)
+        key = next(f"{tails[b][1]}{tails[b][2]}" for b in ("main", "shortcut") if tails[b][0])
+        grads(h, tail_prefixes, signal(key, h.shape))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _branch_input(lay, pre, lo, net, lead):
+    """The (detached) input of branch layer ``lo``: the branch run in torch from the block input."""
+    h = net.xs[lead].detach()
+    for i in range(lo):
+        h = _run(lay[i], h, net.P, f"{pre}{i}.", True)
+    return h.detach()
+
+
+@pytest.mark.parametrize("mname,inject", [("resnet", "segment"), ("resnet", "before_pool"),
+                                          ("deepblock", "segment"), ("deepblock", "before_pool")])
+@pytest.mark.parametrize("rname", ["dfa", "drtp"])
+def test_direct_rules_layer_mode_match_torch_oracle(rname, mname, inject):
+    model = make("resnet") if mname == "resnet" else deepblock_model()
+    x, y = batch(model)
+    rule = rule_for(rname, model, **{f"{rname}_residual": "layer", f"{rname}_inject": inject})
+    res = rule.step(model, x, y)
+    ref = torch_direct_layer(model, x, y, rule.state, src="e" if rname == "dfa" else "target", inject=inject)
+    compare(res.updates, ref)
+    # and the test can fail: block mode (local BP inside the block) gives other updates on the same weights
+    blk = rule_for(rname, model, **{f"{rname}_inject": inject}).step(model, x, y).updates
+    inner = next(k for k in ref if ".main.0.W" in k)
+    assert not np.allclose(blk[inner], ref[inner])
+
+
+def test_dfa_layer_mode_state_keys_shapes_and_segments():
+    model = make("resnet")
+    rule = rule_for("dfa", model, dfa_residual="layer")
+    shapes = {k: v.shape for k, v in rule.state.items()}
+    # stem conv; per block one B for main.0 (at its ReLU) and one for the residual add (at the block output,
+    # for the last block after global average pooling); no separate B for the projection shortcut
+    expect = {"B/0": (4 * 8 * 8, 4)}
+    for b, (c, hw) in zip(range(3, 12), [(4, 8)] * 3 + [(8, 4)] * 3 + [(16, 2)] * 3):
+        expect[f"B/{b}.main.0"] = (c * hw * hw, 4)
+        expect[f"B/{b}.main.3"] = (c * hw * hw, 4) if b < 11 else (16, 4)
+    assert shapes == expect
+    assert list(rule.state) == ["B/0"] + [f"B/{b}.main.{i}" for b in range(3, 12) for i in (0, 3)]  # forward
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(rule.state["B/6.main.0"]), axis=0), 1.0, rtol=1e-12)
+    # every parameter is trained, the stem and the classifier exactly as in block mode
+    x, y = batch(model)
+    upd = rule.step(model, x, y).updates
+    assert set(upd) == set(dict(model.named_params()))
+    ref = rule_for("dfa", model).step(model, x, y).updates
+    for k in ("0.W", "1.gamma", "13.W", "13.b"):
+        np.testing.assert_allclose(upd[k], ref[k], **TOL)
+    # deep block: the shortcut's inner conv leads its own segment, the add is keyed by main's last conv
+    m2 = deepblock_model()
+    r2 = rule_for("dfa", m2, dfa_residual="layer")
+    assert list(r2.state) == ["B/0", "B/2.main.0", "B/2.main.3", "B/2.shortcut.0", "B/2.main.6"]
+    assert r2.state["B/2.main.6"].shape == (16, 4) and r2.state["B/2.shortcut.0"].shape == (64, 4)
+    r3 = rule_for("dfa", m2, dfa_residual="layer", dfa_inject="before_pool")
+    assert r3.state["B/2.main.6"].shape == (64, 4) and r3.state["B/0"].shape == (3 * 64, 4)
+
+
+def test_dfa_layer_mode_add_segment_with_B_equal_downstream_is_bp():
+    """Identity: a projection block followed by global pooling and the classifier; B at the pooled block output
+    set to W_N^T (the exact, linear downstream map) gives BP's gradient to both branches' tails (and, in block
+    mode, to the whole block)."""
+    from ssaref.nn.layers import GlobalAvgPool
+    from ssaref.nn.models import _basic_block
+
+    rng = np.random.default_rng(0)
+    ctx = dict(xp=np, dtype=F64, rng=rng)
+    m = Sequential([Conv2d(2, 3, 3, padding=1, bias=False, **ctx), BatchNorm(3, xp=np, dtype=F64), ReLU(),
+                    _basic_block(3, 5, 2, ctx), GlobalAvgPool(), Linear(5, 4, **ctx)])
+    m.name, m.input_shape, m.num_classes = "projblock", (2, 6, 6), 4
+    x, y = batch(m, n=7)
+    bp = bp_updates(m, x, y)
+    WNt = np.asarray(m.layers[5].params["W"]).T.copy()
+    r = rule_for("dfa", m, dfa_residual="layer")
+    r.state["B/3.main.3"] = WNt
+    upd = r.step(m, x, y).updates
+    tail = ["3.main.3.W", "3.main.4.gamma", "3.main.4.beta", "3.shortcut.0.W", "3.shortcut.1.gamma",
+            "3.shortcut.1.beta"]
+    for k in tail:
+        np.testing.assert_allclose(upd[k], bp[k], err_msg=k, **TOL)
+    assert not np.allclose(upd["3.main.0.W"], bp["3.main.0.W"])  # its own random B: not BP
+    rb = rule_for("dfa", m)
+    rb.state["B/3"] = WNt
+    ub = rb.step(m, x, y).updates
+    for k in [k for k in bp if k.startswith("3.")]:
+        np.testing.assert_allclose(ub[k], bp[k], err_msg=k, **TOL)
+
+
+@pytest.mark.parametrize("mname,residual", [("convbn", "block"), ("resnet", "block"), ("resnet", "layer")])
+@pytest.mark.parametrize("rname", ["dfa", "drtp"])
+def test_frozen_bn_gets_no_update_and_signal_still_passes(rname, mname, residual):
+    """dfa_bn=frozen: gamma/beta absent from the updates; every other update equals the oracle's, which
+    carries the signal through BN's backward (torch autograd through F.batch_norm)."""
+    model = make(mname)
+    x, y = batch(model)
+    rule = rule_for(rname, model, **{f"{rname}_bn": "frozen", f"{rname}_residual": residual})
+    res = rule.step(model, x, y)
+    oracle = torch_direct if residual == "block" else torch_direct_layer
+    ref = oracle(model, x, y, rule.state, src="e" if rname == "dfa" else "target")
+    bn_keys = {k for k in ref if k.endswith((".gamma", ".beta"))}
+    assert bn_keys and not bn_keys & set(res.updates)
+    compare(res.updates, {k: v for k, v in ref.items() if k not in bn_keys})
+    # an optimiser step leaves gamma/beta where they were
+    params = dict(model.named_params())
+    before = {k: np.array(params[k]) for k in bn_keys}
+    build_optimizer("sgd", model.named_params(), 0.1, momentum=0.0).step(res.updates)
+    for k in bn_keys:
+        np.testing.assert_array_equal(np.asarray(params[k]), before[k])
+
+
+def test_layer_mode_checkpoint_roundtrip_and_metrics():
+    from ssaref.metrics import AlignmentTracker, matrix_alignment
+
+    model = make("resnet")
+    x, y = batch(model)
+    a = rule_for("dfa", model, seed=5, dfa_residual="layer")
+    b = rule_for("dfa", model, seed=5, dfa_residual="layer")
+    c = rule_for("dfa", model, seed=6, dfa_residual="layer")
+    for k in a.state:
+        np.testing.assert_array_equal(np.asarray(a.state[k]), np.asarray(b.state[k]))
+    c.load_state_dict(a.state_dict(), np)
+    ua = a.step(model, x, y)
+    compare(c.step(model, x, y).updates, {k: np.asarray(v) for k, v in ua.updates.items()})
+    # a fresh rule that never saw init_state resumes from the state alone
+    d = build_rule("dfa", dfa_residual="layer")
+    d.load_state_dict(a.state_dict(), np)
+    compare(d.step(model, x, y).updates, {k: np.asarray(v) for k, v in ua.updates.items()})
+    ma = matrix_alignment(a, model)
+    assert set(ma) == {f"{p}/{k}" for p in ("flat", "principal") for k in
+                       ["0.W"] + [f"{b}.main.{i}.W" for b in range(3, 12) for i in (0, 3)]}
+    # the last add segment injects at the pooled output, so B against W_N^T is defined; nested ones are not
+    assert np.isfinite(ma["flat/11.main.3.W"]) and math.isnan(ma["flat/11.main.0.W"])
+    tr = AlignmentTracker(model, every=1)
+    tr.maybe_record(0, model, a, x, y, ua)
+    summ = tr.epoch_metrics()
+    assert summ
+    assert "align" in tr.summary_line()
+
+
+def test_residual_and_bn_options_are_refused_when_unknown():
+    model = make("resnet")
+    for opt in ({"dfa_residual": "conv"}, {"dfa_bn": "none"}, {"drtp_residual": "x"}, {"drtp_bn": "fixed"}):
+        with pytest.raises(ValueError, match=next(iter(opt))):
+            rule_for(next(iter(opt)).split("_")[0], model, **opt)
+
+
+def test_layer_mode_refuses_params_before_a_branch_weight():
+    from ssaref.nn.containers import ResidualBlock
+
+    rng = np.random.default_rng(0)
+    ctx = dict(xp=np, dtype=F64, rng=rng)
+    main = Sequential([BatchNorm(3, xp=np, dtype=F64), ReLU(), Conv2d(3, 3, 3, padding=1, **ctx)])
+    m = Sequential([Conv2d(2, 3, 3, padding=1, **ctx), ResidualBlock(main), Flatten(), Linear(3 * 16, 2, **ctx)])
+    m.name, m.input_shape, m.num_classes = "preact", (2, 4, 4), 2
+    rule_for("dfa", m)  # block mode: local BP inside the block trains the BN
+    with pytest.raises(ValueError, match=r"layer 1\.main\.0"):
+        rule_for("dfa", m, dfa_residual="layer")
+
+
+def test_cli_dfa_layer_mode_on_resnet20_lowers_the_loss(tmp_path, capsys):
+    from ssaref import train as train_mod
+    from ssaref.runlog import read_run
+
+    out = tmp_path / "run.h5"
+    rc = train_mod.main(["--method", "dfa", "--model", "resnet20", "--width-mult", "0.25", "--dfa-residual",
+                         "layer", "--dfa-bn", "frozen", "--dataset", "synthetic", "--train-limit", "300",
+                         "--test-limit", "50", "--batch-size", "50", "--epochs", "2", "--lr", "0.05",
+                         "--no-progress", "--no-download", "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    config, metrics, ck = read_run(out)
+    assert config["rule_dfa_residual"] == "layer" and config["rule_dfa_bn"] == "frozen"
+    assert metrics["train_loss"][-1] < metrics["train_loss"][0], metrics["train_loss"]
+    assert {"B/0", "B/3.main.0", "B/3.main.3", "B/11.main.3"} <= set(ck["rule_state"])

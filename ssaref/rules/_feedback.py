@@ -10,6 +10,10 @@ Two things live here:
   one point of the segment (its output, or just before its pooling/flatten layers) and carries it back
   to the weight layer through the segment's own layers, which gives ``(B_i delta a_N) o f'(a_i)`` for an
   MLP (eq. (3)) and the local gradient of BN's gamma/beta from the injected signal.
+
+With ``residual="layer"`` a ``ResidualBlock`` is not one segment: every weight layer inside it leads its own
+segment (see ``segments``), addressed by a dotted path (``"4.main.0"``) and carried back along a *route*
+through the nested containers.  ``direct_updates`` is the one injection pass for both forms.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from ..backend import get_array_module
 __all__ = [
     "WEIGHT_KINDS", "POOL_KINDS", "ACT_KINDS", "draw", "place", "first_param_layer",
     "weight_names", "fan_in_out", "Segment", "segments", "layer_output_shapes", "require_model", "direct_updates",
-    "check_choice", "transport_keys", "chain_updates",
+    "check_choice", "transport_keys", "chain_updates", "param_keys_of_kind",
 ]
 
 WEIGHT_KINDS = ("linear", "conv2d", "residual")
@@ -118,42 +122,136 @@ def layer_output_shapes(model):
 class Segment:
     """A weight layer ``lead`` and the layers after it up to ``end`` (inclusive).
 
-    ``inject``: index of the layer at whose output a direct rule delivers its signal.
+    ``inject``: the layer at whose output a direct rule delivers its signal.
+
+    Top-level segments (the default) have integer ``lead``/``end``/``inject`` (layer indices of the model).
+    Segments inside a residual block (``residual="layer"``) are addressed by dotted paths: ``lead``
+    ``"4.main.0"`` is layer 0 of block 4's main branch.  Further attributes:
+
+    ``key``: ``str(lead)``, the state key suffix (``"B/<key>"``);
+    ``weight_key``: the flat parameter key of the lead's weight (``"1.W"``, ``"4.main.3.W"``);
+    ``shape``: per-example shape of the injection point's output, or None (then ``shapes[inject]``);
+    ``route``: ``(path, hi, lo, enter)``, how the signal is carried back (see ``direct_updates``).
     """
 
-    def __init__(self, lead, end, inject):
+    def __init__(self, lead, end, inject, *, shape=None, route=None, weight_key=None):
         self.lead, self.end, self.inject = lead, end, inject
+        self.key = str(lead)
+        self.shape = None if shape is None else tuple(int(d) for d in shape)
+        self.route = route if route is not None else ((), inject, lead, None)
+        self.weight_key = weight_key
 
     def __repr__(self):
-        return f"Segment(lead={self.lead}, end={self.end}, inject={self.inject})"
+        return f"Segment(lead={self.lead!r}, end={self.end!r}, inject={self.inject!r})"
 
 
-def segments(model, rule, inject="segment"):
+def _spans(kinds, inject, what, rule, params, where=""):
+    """``[(lead, end, inject)]`` over a list of layer kinds, the last segment ending at the list's end.
+
+    ``params[i]``: whether layer i has parameters; one before the first weight layer raises ValueError
+    naming ``what(i)``.
+    """
+    n = len(kinds)
+    leads = [i for i in range(n) if kinds[i] in WEIGHT_KINDS]
+    for i in range(n):
+        if params[i] and kinds[i] not in WEIGHT_KINDS and (not leads or i < leads[0]):
+            raise ValueError(f"method {rule!r}: {what(i)} has parameters but no weight layer before it, so no "
+                             f"segment can train it{where}")
+    out = []
+    for j, s in enumerate(leads):
+        end = (leads[j + 1] - 1) if j + 1 < len(leads) else n - 1
+        inj = end
+        if inject == "before_pool":
+            while inj > s and kinds[inj] in POOL_KINDS:
+                inj -= 1
+        out.append((s, end, inj))
+    return out
+
+
+def _branch_segments(model, b, shapes, rule, inject):
+    """Per-layer segments of residual block ``b`` (``residual="layer"``).
+
+    Inside each branch (``main``, ``shortcut``) every weight layer but the last leads a segment up to the next
+    weight layer (signal injected at its end, or before its pooling); the last weight layer of each branch
+    and what follows it to the branch's end feed the residual add and are routed from the block output:
+    returns ``(inner segments, [(branch, lo, hi)] of those tails)``.
+    """
+    block = model.layers[b]
+    in_shape = tuple(model.input_shape) if b == 0 else tuple(shapes[b - 1])
+    inner, tails = [], []
+    for br in ("main", "shortcut"):
+        seq = getattr(block, br)
+        lay = list(seq.layers)
+        if not lay:
+            continue  # identity shortcut: nothing to train
+        for i, l in enumerate(lay):
+            if l.kind == "residual":
+                raise ValueError(f"method {rule!r}: residual block {b} holds a nested residual block at "
+                                 f"{b}.{br}.{i}; {rule}_residual=layer does not support nesting")
+        kinds = [l.kind for l in lay]
+        params = [bool(l.params) for l in lay]
+        sub = [] if not any(k in WEIGHT_KINDS for k in kinds) else _spans(
+            kinds, inject, lambda i: f"layer {b}.{br}.{i} ({type(lay[i]).__name__})", rule, params)
+        sh, out_shapes = in_shape, []
+        for l in lay:
+            sh = tuple(l.output_shape(sh))
+            out_shapes.append(sh)
+        for s, end, inj in sub[:-1]:
+            name = next(k for k in lay[s].params if k == "W" or k.endswith(".W"))
+            inner.append(Segment(f"{b}.{br}.{s}", f"{b}.{br}.{end}", f"{b}.{br}.{inj}", shape=out_shapes[inj],
+                                 route=((b, br), inj, s, None), weight_key=f"{b}.{br}.{s}.{name}"))
+        lo = sub[-1][0] if sub else 0
+        if sub or any(params):  # a parameter-free branch without weights needs no route
+            tails.append((br, lo, len(lay) - 1))
+    return inner, tails
+
+
+def segments(model, rule, inject="segment", residual="block"):
     """Hidden segments of ``model`` (the output Linear is not one) for a direct rule.
 
     ``inject="segment"`` delivers the signal at the segment's last layer;
     ``inject="before_pool"`` at the last layer that is not a pooling or flatten layer (for a conv
     layer followed by ReLU and max-pool: the ReLU output, as in Frenkel et al.'s code).
 
-    Raises ValueError when a layer with parameters precedes every weight layer (it could not be trained).
+    ``residual="block"`` makes a ``ResidualBlock`` one segment (local BP inside it from the block output).
+    ``residual="layer"`` splits it as a plain net: in each branch every weight layer with the BN/activation
+    layers after it up to the next weight layer is a segment (lead ``"<b>.<branch>.<i>"``, signal injected
+    at its end); the last weight layer of each branch (with its BN) feeds the residual add, so those form one
+    segment keyed by the main branch's last weight layer (``"<b>.main.<i>"``), whose signal enters at the
+    block output (or after the pooling/flatten layers that follow the block, as a top-level segment) and is
+    carried back through the block's final ReLU and the add (the same ``dz`` to both branches).  The identity
+    shortcut has no parameters.  Segments are listed in forward order.
+
+    Raises ValueError when a layer with parameters precedes every weight layer (it could not be trained), in
+    the model or (``residual="layer"``) in a branch of a block.
     """
     require_model(model, rule)
+    check_choice(rule, "residual", residual, ("block", "layer"))
     layers = model.layers
     n = len(layers)
-    leads = [i for i in range(n - 1) if layers[i].kind in WEIGHT_KINDS]
-    for i in range(n - 1):
-        if layers[i].params and layers[i].kind not in WEIGHT_KINDS and (not leads or i < leads[0]):
-            raise ValueError(f"method {rule!r}: layer {i} ({type(layers[i]).__name__}) has parameters but "
-                             f"no weight layer before it, so no segment can train it (model "
-                             f"{getattr(model, 'name', type(model).__name__)!r})")
+    kinds = [l.kind for l in layers[:n - 1]]
+    params = [bool(l.params) for l in layers[:n - 1]]
+    top = _spans(kinds, inject, lambda i: f"layer {i} ({type(layers[i]).__name__})", rule, params,
+                 f" (model {getattr(model, 'name', type(model).__name__)!r})")
+    if residual == "block" or not any(layers[s].kind == "residual" for s, _, _ in top):
+        return [Segment(s, end, inj) for s, end, inj in top]
+    shapes = layer_output_shapes(model)
     segs = []
-    for j, s in enumerate(leads):
-        end = (leads[j + 1] - 1) if j + 1 < len(leads) else n - 2
-        inj = end
-        if inject == "before_pool":
-            while inj > s and layers[inj].kind in POOL_KINDS:
-                inj -= 1
-        segs.append(Segment(s, end, inj))
+    for s, end, inj in top:
+        if layers[s].kind != "residual":
+            segs.append(Segment(s, end, inj))
+            continue
+        inner, tails = _branch_segments(model, s, shapes, rule, inject)
+        segs += inner
+        if not tails:  # a block without parameters: nothing inside to route to
+            segs.append(Segment(s, end, inj))
+            continue
+        br, lo, _ = next((t for t in tails if t[0] == "main"), tails[0])
+        lead = f"{s}.{br}.{lo}"
+        wname = next((k for k in getattr(layers[s], br).layers[lo].params if k == "W" or k.endswith(".W")), None)
+        enter = tuple(((s, b), hi, l, None) for b, l, hi in tails)
+        segs.append(Segment(lead, end, inj, shape=shapes[inj], route=((), inj, s, enter),
+                            weight_key=f"{lead}.{wname}" if wname else None))
     return segs
 
 
@@ -200,7 +298,65 @@ def chain_updates(model, caches, e, feedback):
     return updates, signals
 
 
-def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=True):
+def param_keys_of_kind(model, kinds):
+    """Flat keys of the parameters of every layer (nested ones included) whose kind is in ``kinds``."""
+    out = []
+
+    def walk(layer, prefix):
+        if layer.kind in kinds:
+            out.extend(prefix + k for k in layer.params)
+            return
+        for name, child in (getattr(layer, "children", None) or {}).items():
+            walk(child, f"{prefix}{name}.")
+
+    walk(model, "")
+    return out
+
+
+# ResidualBlock.forward's cache is (c_main, c_short, c_relu) (nn/containers.py)
+_BRANCH_CACHE = {"main": 0, "shortcut": 1}
+
+
+def _container(model, caches, path):
+    """The Sequential at ``path`` (e.g. ``(4, "main")``; ``()`` is the model) and its list of caches."""
+    seq, cs = model, caches
+    for p in path:
+        if isinstance(p, str):  # a branch of the residual block reached so far
+            seq, cs = getattr(seq, p), cs[_BRANCH_CACHE[p]]
+        else:
+            seq, cs = seq.layers[p], cs[p]
+    return seq, cs
+
+
+def _carry(model, caches, delta, route, updates, signals, frozen):
+    """Carry ``delta`` (at the output of layer ``hi`` of the container at ``path``) back to layer ``lo``.
+
+    ``route = (path, hi, lo, enter)``.  Every layer from ``hi`` down to ``lo`` runs its own backward (the
+    weight layer ``lo`` without an input gradient: no error passes between segments).  When ``enter`` is not
+    None, layer ``lo`` is a ResidualBlock entered instead: the block's final ReLU, then the add hands the
+    same ``dz`` to every sub-route in ``enter`` (one per branch, each with its path inside the block).
+    Only top-level layers get an entry in ``signals``.
+    """
+    path, hi, lo, enter = route
+    seq, cs = _container(model, caches, path)
+    prefix = "".join(f"{p}." for p in path)
+    for k in range(hi, lo - 1, -1):
+        layer, cache = seq.layers[k], cs[k]
+        if not path:
+            signals[k] = delta
+        if k == lo and enter is not None:
+            # y = relu(main(x) + shortcut(x)): dz = dy o relu'(z), passed unchanged to both branches
+            dz, _ = layer.relu.backward(delta, cache[2])
+            for sub in enter:
+                _carry(model, caches, dz, sub, updates, signals, frozen)
+            return
+        # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
+        delta, grads = layer.backward(delta, cache, need_dx=k > lo)
+        updates.update({key: g for key, g in ((f"{prefix}{k}.{name}", g) for name, g in grads.items())
+                        if key not in frozen})
+
+
+def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=True, frozen=()):
     """DFA's pass (eq. (3)): the output layer from ``e``, every hidden segment from ``B_i src``.
 
     Parameters
@@ -209,27 +365,33 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
     caches : list, one forward cache per layer.
     e : array (B, K), ``dL/da_N`` (eq. (7)); trains the output layer when ``train_output``.
     src : array (B, K), what the feedback projects (``e`` for DFA and SSA, the one-hot target for DRTP).
-    segs : iterable of ``(lead, inject)``: a segment's first layer and the layer whose output receives the signal.
-    feedback : dict[int, array], ``lead -> B_i`` of shape (d_i, K), d_i = size of the injection point's output.
-    shapes : list of per-example output shapes of every layer (``layer_output_shapes``).
+    segs : iterable of ``(lead, inject)`` integer pairs (a top-level segment's first layer and the layer whose
+        output receives the signal) or of ``Segment`` objects (``segments``; nested ones carry a route).
+    feedback : dict, ``lead -> B_i`` of shape (d_i, K), d_i = size of the injection point's output.
+    shapes : list of per-example output shapes of every top-level layer (``layer_output_shapes``).
+    frozen : collection of flat parameter keys that get no update (their keys are absent from ``updates``);
+        the signal still passes through their layers' backward.
 
     Returns
     -------
     (updates, signals) : local gradients of every parameter given the signal its segment received, and the
-        signal delivered to each layer's output.
+        signal delivered to each top-level layer's output.
     """
     updates, signals = {}, {}
+    frozen = frozenset(frozen)
     N = len(model.layers) - 1
     if train_output:  # output layer: delta W_N = e h_{N-1}^T, as BP
         signals[N] = e
         _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
         updates.update({f"{N}.{k}": g for k, g in grads.items()})
-    for lead, inject in segs:
+    for seg in segs:
+        if isinstance(seg, Segment):
+            lead, route = seg.lead, seg.route
+            shape = seg.shape if seg.shape is not None else shapes[seg.inject]
+        else:
+            lead, inject = seg
+            route, shape = ((), inject, lead, None), shapes[inject]
         delta = src @ feedback[lead].T  # B_i delta a_N for every example: (B, d_i)
-        delta = delta.reshape((delta.shape[0],) + tuple(shapes[inject]))
-        for k in range(inject, lead - 1, -1):
-            signals[k] = delta
-            # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
-            delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > lead)
-            updates.update({f"{k}.{name}": g for name, g in grads.items()})
+        delta = delta.reshape((delta.shape[0],) + tuple(shape))
+        _carry(model, caches, delta, route, updates, signals, frozen)
     return updates, signals

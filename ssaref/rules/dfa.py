@@ -18,12 +18,23 @@ Options (defaults first):
 * ``dfa_inject``: ``segment`` -- at the segment's last layer (after pooling/flatten); ``before_pool`` -- at
   the last layer before the segment's pooling/flatten layers (Frenkel et al.: after the activation).
 * ``dfa_output``: ``e`` -- the output layer is trained with ``e`` as in BP; ``frozen`` -- not trained.
+* ``dfa_residual``: ``block`` -- a ResidualBlock is one segment, trained by local BP inside it from the
+  signal at its output; ``layer`` -- every weight layer inside a block gets its own ``B_i`` as in a plain conv
+  net: each weight layer of a branch with its BN/ReLU up to the next weight layer is a segment (``B_i e`` at
+  its end); the last weight layer of each branch (main and projection shortcut, with their BNs) feeds the
+  residual add and receives ``B_i e`` injected at the block output, carried back through the block's final
+  ReLU and the add (the same ``dz`` to both branches).  State keys ``B/<lead>`` with dotted leads
+  (``B/4.main.0``, ``B/4.main.3`` for the add).  No error passes between segments in either mode.
+* ``dfa_bn``: ``local`` -- BatchNorm gamma/beta get their local gradient from the signal carried through
+  their segment; ``frozen`` -- they get no update (absent from ``updates``); the signal still passes through
+  BN's backward to reach the weight layer.
 """
 from __future__ import annotations
 
 import math
 
-from ._feedback import check_choice, direct_updates, draw, layer_output_shapes, place, segments
+from ._feedback import (check_choice, direct_updates, draw, layer_output_shapes, param_keys_of_kind, place,
+                        segments)
 from .base import Rule
 
 __all__ = ["DFA"]
@@ -36,6 +47,9 @@ class DFA(Rule):
                                       "kaiming_uniform"),
         "dfa_inject": (str, "segment", "where B_i e enters a segment: segment (its output) or before_pool"),
         "dfa_output": (str, "e", "output layer: e (trained with e as in BP) or frozen"),
+        "dfa_residual": (str, "block", "residual blocks: block (one segment, local BP inside) or layer (a B_i "
+                                       "per weight layer inside the block)"),
+        "dfa_bn": (str, "local", "BatchNorm gamma/beta: local (gradient from the segment's signal) or frozen"),
     }
     _prefix = "dfa"
 
@@ -43,23 +57,28 @@ class DFA(Rule):
         return self.options[f"{self._prefix}_{name}"]
 
     def init_state(self, model, rng):
-        """Draw ``B_i`` (d_i, d_N) per hidden segment; state key ``"B/<lead layer index>"``."""
+        """Draw ``B_i`` (d_i, d_N) per hidden segment, in forward order; state key ``"B/<lead>"`` with lead the
+        segment's lead layer index (``"B/3"``) or, inside a residual block with ``residual=layer``, its dotted
+        path (``"B/4.main.0"``; the residual add's segment is keyed by the main branch's last weight layer)."""
         check_choice(self.name, f"{self._prefix}_init", self._opt("init"),
                      ("unit_col", "gaussian", "kaiming_uniform"))
         check_choice(self.name, f"{self._prefix}_inject", self._opt("inject"), ("segment", "before_pool"))
         check_choice(self.name, f"{self._prefix}_output", self._opt("output"), ("e", "frozen"))
-        self.segments = segments(model, self.name, self._opt("inject"))
-        self._shapes = shapes = layer_output_shapes(model)
+        check_choice(self.name, f"{self._prefix}_residual", self._opt("residual"), ("block", "layer"))
+        check_choice(self.name, f"{self._prefix}_bn", self._opt("bn"), ("local", "frozen"))
+        self.segments = None
+        self._segments(model)
         K = int(model.layers[-1].params["W"].shape[0])
         self.state = {}
         for seg in self.segments:
-            d = int(math.prod(shapes[seg.inject]))
-            self.state[f"B/{seg.lead}"] = place(model, draw(rng, (d, K), self._opt("init"), fan_in=d))
+            d = int(math.prod(seg.shape if seg.shape is not None else self._shapes[seg.inject]))
+            self.state[f"B/{seg.key}"] = place(model, draw(rng, (d, K), self._opt("init"), fan_in=d))
 
     def _segments(self, model):
         if getattr(self, "segments", None) is None:
-            self.segments = segments(model, self.name, self._opt("inject"))
+            self.segments = segments(model, self.name, self._opt("inject"), self._opt("residual"))
             self._shapes = layer_output_shapes(model)
+            self._frozen = param_keys_of_kind(model, ("batchnorm",)) if self._opt("bn") == "frozen" else ()
         return self.segments
 
     def updates(self, model, caches, e):
@@ -73,7 +92,7 @@ class DFA(Rule):
         e : array (B, K), ``dL/da_N`` (eq. (7)), trains the output layer.
         src : array (B, K), what the hidden feedback projects (``e`` for DFA, the target for DRTP).
         """
-        segs = [(seg.lead, seg.inject) for seg in self._segments(model)]
-        feedback = {lead: self.state[f"B/{lead}"] for lead, _ in segs}
+        segs = self._segments(model)
+        feedback = {seg.lead: self.state[f"B/{seg.key}"] for seg in segs}
         return direct_updates(model, caches, e, src, segs, feedback, self._shapes,
-                              train_output=self._opt("output") == "e")
+                              train_output=self._opt("output") == "e", frozen=self._frozen)

@@ -10,8 +10,9 @@ Sign: as in the authors' code (``grad_output_est = labels.mm(B)``), the projecte
 with ``e`` exactly as BP (their output block runs in "BP" mode).  Scale: ssaref's ``e`` is a batch mean
 (eq. (7), decisions D2), so by default the target is divided by the batch size too (``drtp_reduction=mean``);
 ``sum`` is the authors' literal per-example ``y*`` (a learning-rate factor of B on the hidden layers).
-B_i is ``kaiming_uniform`` (U(+-sqrt(6/d_i))) as in their code.  Segments, injection point and output-layer
-options are DFA's (see ``dfa.py``), under the ``drtp_`` prefix.
+B_i is ``kaiming_uniform`` (U(+-sqrt(6/d_i))) as in their code.  Segments, injection point, output-layer,
+residual-block and BatchNorm options are DFA's (see ``dfa.py``), under the ``drtp_`` prefix (``drtp_residual``
+= ``block`` | ``layer``, ``drtp_bn`` = ``local`` | ``frozen``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ class DRTP(DFA):
         "drtp_inject": (str, "segment", "where B_i y* enters a segment: segment (its output) or before_pool "
                                         "(after the activation, as the authors' code)"),
         "drtp_output": (str, "e", "output layer: e (trained with e as in BP) or frozen"),
+        "drtp_residual": DFA.OPTIONS["dfa_residual"],  # segments as DFA's (dfa.py)
+        "drtp_bn": DFA.OPTIONS["dfa_bn"],
         "drtp_reduction": (str, "mean", "target projected per example divided by the batch size (mean, as "
                                         "ssaref's e) or not (sum, the authors' code)"),
     }
