@@ -53,8 +53,15 @@ def _int_list(s):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump): ``error: <what> (see --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see python -m ssaref.train --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m ssaref.train", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m ssaref.train", description=__doc__.splitlines()[0])
     a = p.add_argument
     a("--config", help="TOML file whose keys mirror these flags")
     a("--backend", default="auto", help="auto (cupy when a GPU is usable), numpy or cupy")

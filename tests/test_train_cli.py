@@ -99,7 +99,8 @@ def test_non_positive_numbers_refused(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         train_mod.parse_args(SYN + [flag, value])
     assert e.value.code == 2
-    assert flag in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert flag in err and err.startswith("error:") and err.count("\n") == 1
 
 
 def test_missing_dataset(tmp_path, monkeypatch, capsys):
