@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .backend import asnumpy, keep_large_allocations, resolve_backend
+from .backend import BackendError, asnumpy, keep_large_allocations, resolve_backend
 from .nn import build_model
 from .optim import build_optimizer
 from .rules import build_rule
@@ -124,7 +124,11 @@ def main(argv=None):
     print(f"{'model':<10} {'params':>10} {'ssaref ms':>10} {'torch ms':>10} {'ratio':>7}")
     rows = []
     for name in args.models.split(","):
-        r = bench_model(name.strip(), batch=args.batch_size, repeats=args.repeats, backend=args.backend)
+        try:
+            r = bench_model(name.strip(), batch=args.batch_size, repeats=args.repeats, backend=args.backend)
+        except (ValueError, BackendError, NotImplementedError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         rows.append(r)
         print(f"{r['model']:<10} {r['params']:>10} {r['ssaref_ms']:>10.2f} {r['torch_ms']:>10.2f} "
               f"{r['ratio']:>7.2f}", flush=True)
