@@ -178,22 +178,9 @@ class AvgPool2d(_Pool):
     _bwd = staticmethod(pool.avgpool2d_backward)
 
 
-class GlobalAvgPool(Layer):
-    """(N, C, H, W) -> (N, C)."""
-
-    kind = "global_avgpool"
-
-    def forward(self, x, train=True):
-        return pool.global_avgpool_forward(x)
-
-    def backward(self, dy, cache, need_dx=True, feedback=None):
-        return (pool.global_avgpool_backward(dy, cache) if need_dx else None), {}
-
-    def output_shape(self, in_shape):
-        return (in_shape[0],)
-
-
 class _Elementwise(Layer):
+    """A parameter-free layer given by a forward/backward pair of ops."""
+
     _fwd = _bwd = None
 
     def forward(self, x, train=True):
@@ -201,6 +188,17 @@ class _Elementwise(Layer):
 
     def backward(self, dy, cache, need_dx=True, feedback=None):
         return (type(self)._bwd(dy, cache) if need_dx else None), {}
+
+
+class GlobalAvgPool(_Elementwise):
+    """(N, C, H, W) -> (N, C)."""
+
+    kind = "global_avgpool"
+    _fwd = staticmethod(pool.global_avgpool_forward)
+    _bwd = staticmethod(pool.global_avgpool_backward)
+
+    def output_shape(self, in_shape):
+        return (in_shape[0],)
 
 
 class ReLU(_Elementwise):
