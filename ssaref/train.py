@@ -128,6 +128,15 @@ def parse_args(argv=None):
     """Parse flags, with ``--config`` TOML values as defaults under the flags."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.resume:  # the run's own settings become the defaults; flags given now (and --config) still win
+        try:
+            run_config, _, _ = read_run(args.resume)
+        except RunFileError:
+            run_config = {}  # train() reports the unreadable file with its one-line error
+        known = {a.dest for a in parser._actions}
+        parser.set_defaults(**{k: v for k, v in run_config.items()
+                                if k in known and k not in ("out", "resume", "config", "help")})
+        args = parser.parse_args(argv)
     if args.config:
         try:
             with open(args.config, "rb") as f:

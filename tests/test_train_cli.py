@@ -55,6 +55,20 @@ def test_resume_matches_uninterrupted_run(tmp_path, capsys, optimizer):
     assert ck_part["epoch"] == 3
 
 
+def test_resume_takes_the_runs_own_settings(tmp_path, capsys):
+    """`--resume run.h5 --epochs N` alone continues the run with the settings it was started with."""
+    common = SYN + ["--optimizer", "sgd", "--lr", "0.02", "--hidden", "24,12", "--seed", "5"]
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    assert run_cli(common + ["--epochs", "2", "--out", str(full)], capsys)[0] == 0
+    assert run_cli(common + ["--epochs", "1", "--out", str(part)], capsys)[0] == 0
+    rc, out, err = run_cli(["--resume", str(part), "--epochs", "2", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "method=bp" in out and "dataset=synthetic" in out
+    (c_full, m_full, _), (c_part, m_part, _) = read_run(full), read_run(part)
+    np.testing.assert_array_equal(m_full["test_loss"], m_part["test_loss"])
+    assert c_part["hidden"] == [24, 12] and c_part["optimizer"] == "sgd" and c_part["epochs"] == 2
+
+
 def test_config_file_mirrors_flags(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
     cfg.write_text('dataset = "synthetic"\ntrain-limit = 256\ntest_limit = 128\nepochs = 1\n'
