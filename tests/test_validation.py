@@ -1,0 +1,302 @@
+"""Smoke tests of the validation scripts (validation/*.py) on fabricated CIFAR tarballs, plus the shared driver.
+
+Every script runs with ``--quick --seeds 0`` and still smaller limits passed after ``--``; the tests check the
+exit code, that ``results.md`` has one row per configuration with a finite measured number next to the paper's
+value, that ``paper − ssaref`` is the difference of the two, the figures, the seed mean ± std, resuming and the
+"not run" / "failed" rows.  No network: downloads are refused and ``--no-download`` is passed.
+"""
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import os
+import pickle
+import re
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssaref.data import download as dl
+from ssaref.runlog import read_run
+
+VALIDATION = Path(__file__).resolve().parents[1] / "validation"
+if str(VALIDATION) not in sys.path:
+    sys.path.insert(0, str(VALIDATION))
+
+sw = importlib.import_module("_sweep")
+
+# tiny runs: 16 training images (one step), 8 test images, conv nets at 1/16 width, MLP 3072-16-16-10
+TINY = ["--", "--train-limit", "16", "--test-limit", "8", "--width-mult", "0.0625", "--hidden", "16,16", "--no-download"]
+
+
+# ------------------------------------------------------------------------------------------ fabricated data
+def _cifar_pickle(data, labels: dict) -> bytes:
+    batch = {b"batch_label": b"fabricated", b"data": data, b"filenames": [b"f%d.png" % i for i in range(len(data))]}
+    batch.update({k.encode(): [int(v) for v in vals] for k, vals in labels.items()})
+    return pickle.dumps(batch, protocol=2)
+
+
+def _make_cifar_local(folder: Path, variant: str, per_batch: int, seed: int):
+    """The official "python version" tarball layout, written from the format description."""
+    rng = np.random.default_rng(seed)
+    if variant == "cifar10":
+        top, tarname, nc = "cifar-10-batches-py", "cifar-10-python.tar.gz", 10
+        members, keys = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], ("labels",)
+    else:
+        top, tarname, nc = "cifar-100-python", "cifar-100-python.tar.gz", 100
+        members, keys = ["train", "test"], ("fine_labels", "coarse_labels")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(folder / tarname, "w:gz") as tf:
+        for m in members:
+            data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+            labels = {k: rng.integers(0, nc if k != "coarse_labels" else 20, size=per_batch) for k in keys}
+            payload = _cifar_pickle(data, labels)
+            info = tarfile.TarInfo(f"{top}/{m}")
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+
+
+def _make_cifar(folder: Path, variant: str, per_batch: int, seed: int):
+    try:  # the data tests' helper, when importable
+        from test_data import make_cifar
+    except ImportError:
+        return _make_cifar_local(folder, variant, per_batch, seed)
+    make_cifar(folder, variant, per_batch=per_batch, seed=seed)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar")
+    _make_cifar(root / "cifar10", "cifar10", per_batch=4, seed=0)      # 20 train, 4 test images
+    _make_cifar(root / "cifar100", "cifar100", per_batch=20, seed=1)   # 20 train, 20 test images
+    return root
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch, tmp_path):
+    def refuse(url, dest):
+        raise RuntimeError(f"network access attempted in a test: {url}")
+    monkeypatch.setattr(dl, "_fetch", refuse)
+    monkeypatch.delenv("SSAREF_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def _script(name):
+    return importlib.import_module(name)
+
+
+def _run(name, data_dir, out, *flags, tiny=TINY):
+    rc = _script(name).main(["--quick", "--data-dir", str(data_dir), "--out-dir", str(out), *flags, *tiny])
+    assert rc == 0
+    text = (out / "results.md").read_text(encoding="utf-8")
+    return text
+
+
+# ------------------------------------------------------------------------------------------ reading results.md
+def _rows(text):
+    """Rows of the main results table as dicts keyed by its header."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| data set |"))
+    head = [c.strip() for c in lines[start].strip("|").split("|")]
+    out = []
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        out.append(dict(zip(head, [c.strip() for c in ln.strip("|").split("|")])))
+    return out
+
+
+def _num(cell):
+    m = re.fullmatch(r"(-?\d+\.\d+)(?: ± (\d+\.\d+))?", cell)
+    return (float(m.group(1)), float(m.group(2)) if m.group(2) else None) if m else None
+
+
+def _check_rows(text, configs, qty="accuracy"):
+    """One row per configuration; run rows carry a finite number; paper − ssaref = paper − measured."""
+    rows = _rows(text)
+    assert len(rows) == len(configs)
+    mcol, pcol = f"ssaref test {qty} (%)", f"paper test {qty} (%)"
+    for cfg, row in zip(configs, rows):
+        assert row["method"] == cfg.label and row["data set"] == cfg.dataset and row["model"] == cfg.model
+        if cfg.skip is not None:
+            assert row[mcol].startswith("not run"), row
+            continue
+        got = _num(row[mcol])
+        assert got is not None and math.isfinite(got[0]) and 0.0 <= got[0] <= 100.0, row
+        paper = _num(row[pcol])
+        if paper is not None:
+            assert abs(float(row["paper − ssaref"]) - (paper[0] - got[0])) <= 0.011, row
+        else:
+            assert row["paper − ssaref"] == "—"
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ the scripts
+def test_table1(data_dir, tmp_path):
+    mod = _script("table1_smallconv")
+    out = tmp_path / "t1"
+    text = _run("table1_smallconv", data_dir, out, "--seeds", "0")
+    args = sw.parse_args(sw.build_parser(mod.SCRIPT, "", dataset="cifar10,cifar100", epochs=1, seeds="0",
+                                         methods=mod.METHODS), ["--quick"])
+    rows = _check_rows(text, mod.configs(args))
+    assert {r["data set"] for r in rows} == {"cifar10", "cifar100"}
+    pep = [r for r in rows if r["method"] == "PEPITA"]
+    assert len(pep) == 2 and all("MLP-only" in r["ssaref test accuracy (%)"] for r in pep)
+    assert "87.57 ± 0.14" in text and "60.72 ± 0.15" in text
+    drtp100 = next(r for r in rows if r["method"] == "DRTP" and r["data set"] == "cifar100")
+    assert drtp100["paper test accuracy (%)"] == "NA"
+    # the measured number is the run file's final test accuracy
+    _, m, _ = read_run(out / "cifar10-smallconv-ssa-seed0.h5")
+    ssa = next(r for r in rows if r["method"] == "SSA" and r["data set"] == "cifar10")
+    assert _num(ssa["ssaref test accuracy (%)"])[0] == pytest.approx(100 * m["test_acc"][-1], abs=0.006)
+    assert "--quick smoke test" in text
+
+
+def test_table1_two_seeds_mean_std_and_no_retraining(data_dir, tmp_path):
+    out = tmp_path / "t1s"
+    _run("table1_smallconv", data_dir, out, "--seeds", "0", "--dataset", "cifar10", "--methods", "bp")
+    f0 = out / "cifar10-smallconv-bp-seed0.h5"
+    stamp = f0.stat().st_mtime_ns
+    text = _run("table1_smallconv", data_dir, out, "--seeds", "0,1", "--dataset", "cifar10", "--methods", "bp")
+    assert f0.stat().st_mtime_ns == stamp                 # complete run left alone
+    accs = [100 * read_run(out / f"cifar10-smallconv-bp-seed{s}.h5")[1]["test_acc"][-1] for s in (0, 1)]
+    rows = {r["method"]: r for r in _rows(text)}
+    mean, std = _num(rows["BP"]["ssaref test accuracy (%)"])
+    assert std is not None
+    assert mean == pytest.approx(np.mean(accs), abs=0.006) and std == pytest.approx(np.std(accs, ddof=1), abs=0.006)
+    assert rows["BP"]["seeds"] == "0,1"
+    assert rows["SSA"]["ssaref test accuracy (%)"] == "not run (excluded by --methods)"
+    assert not (out / "cifar10-smallconv-ssa-seed0.h5").exists()
+
+
+def test_table2(data_dir, tmp_path):
+    mod = _script("table2_deep")
+    text = _run("table2_deep", data_dir, tmp_path / "t2", "--seeds", "0")
+    args = sw.parse_args(sw.build_parser(mod.SCRIPT, "", dataset="cifar10", epochs=1, seeds="0",
+                                         methods=mod.METHODS), ["--quick"])
+    args.models = mod.MODELS
+    rows = _check_rows(text, mod.configs(args))
+    assert {r["model"] for r in rows} == {"vgg13", "resnet32"}
+    assert sum(r["method"] == "DFA" for r in rows) == 2
+    assert "93.75 ± 0.12" in text and "88.02 ± 0.18" in text
+
+
+def test_table4(data_dir, tmp_path):
+    mod = _script("table4_dfa_variants")
+    text = _run("table4_dfa_variants", data_dir, tmp_path / "t4", "--seeds", "0")
+    args = sw.parse_args(sw.build_parser(mod.SCRIPT, "", dataset="cifar10", epochs=1, seeds="0",
+                                         methods=mod.METHODS), ["--quick"])
+    args.models = mod.MODELS
+    rows = _check_rows(text, mod.configs(args), qty="error")
+    assert len(rows) == 18
+    lenet_bp = next(r for r in rows if r["model"] == "lenet" and r["method"] == "BP")
+    assert lenet_bp["paper test error (%)"] == "15.92"
+
+
+def test_fig2(data_dir, tmp_path):
+    out = tmp_path / "f2"
+    text = _run("fig2_gradient_alignment", data_dir, out, "--seeds", "0", "--align-every", "1")
+    mod = _script("fig2_gradient_alignment")
+    args = sw.parse_args(sw.build_parser(mod.SCRIPT, "", dataset="cifar10", epochs=1, seeds="0",
+                                         methods=mod.METHODS), ["--quick"])
+    args.align_every = 1
+    _check_rows(text, mod.configs(args))
+    assert (out / "fig2_gradient_alignment.png").stat().st_size > 1000
+    # the angle table: three layers, finite angles, matching the run files
+    angle_rows = [ln for ln in text.splitlines() if re.match(r"\| \d \(`", ln)]
+    assert len(angle_rows) == 3
+    _, m, _ = read_run(out / "cifar10-mlp-dfa-seed0.h5")
+    for j, ln in enumerate(angle_rows):
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        vals = [float(c) for c in cells[1:5]]
+        assert all(0.0 <= v <= 180.0 for v in vals)
+        assert vals[3] == pytest.approx(m["align.grad_mean"][-1][j], abs=0.051)   # DFA, last epoch
+    assert cells[-1] in ("yes", "no")
+
+
+def test_fig3(data_dir, tmp_path):
+    out = tmp_path / "f3"
+    text = _run("fig3_matrix_alignment", data_dir, out, "--seeds", "0")
+    mod = _script("fig3_matrix_alignment")
+    args = sw.parse_args(sw.build_parser(mod.SCRIPT, "", dataset="cifar10", epochs=1, seeds="0",
+                                         methods=mod.METHODS), ["--quick"])
+    args.model, args.align_every = "resnet32", 390
+    _check_rows(text, mod.configs(args))
+    assert (out / "fig3_matrix_alignment.png").stat().st_size > 1000
+    assert "undefined (nan)" in text
+    defined = [ln for ln in text.splitlines() if ln.endswith("| defined |")]
+    assert {ln.split("|")[1].strip().split()[0] for ln in defined} == {"SSA", "DFA"}
+    for ln in defined:
+        v = float(ln.split("|")[3])
+        assert 0.0 <= v <= 180.0
+
+
+def test_fig4_and_resume(data_dir, tmp_path):
+    out = tmp_path / "f4"
+    text = _run("fig4_error_curves", data_dir, out, "--seeds", "0")
+    mod = _script("fig4_error_curves")
+    args = sw.parse_args(sw.build_parser(mod.SCRIPT, "", dataset="cifar10", epochs=1, seeds="0",
+                                         methods=mod.METHODS), ["--quick"])
+    _check_rows(text, mod.configs(args), qty="error")
+    assert (out / "fig4_error_curves.png").stat().st_size > 1000
+    # a second call with more epochs resumes the run files rather than starting over
+    f = out / "cifar10-mlp-bp-seed0.h5"
+    first = read_run(f)[1]["test_acc"].copy()
+    text = _run("fig4_error_curves", data_dir, out, "--seeds", "0", "--epochs", "2", "--methods", "bp")
+    m = read_run(f)[1]
+    assert len(m["test_acc"]) == 2 and m["test_acc"][0] == first[0]
+    bp = next(r for r in _rows(text) if r["method"] == "BP")
+    assert bp["epochs"] == "2"
+
+
+# ------------------------------------------------------------------------------------------ the driver
+def test_mean_std_formatting():
+    assert sw.fmt_mean_std([1.0, 2.0]) == "1.50 ± 0.71"
+    assert sw.fmt_mean_std([87.5]) == "87.50"
+    assert sw.fmt_mean_std([]) == "not run"
+    assert sw.fmt_mean_std([float("nan"), 3.0, 5.0]) == "4.00 ± 1.41"
+    m, s, n = sw.mean_std([3.0, 5.0, 10.0])
+    assert (m, n) == (6.0, 3) and s == pytest.approx(np.std([3.0, 5.0, 10.0], ddof=1))
+
+
+def test_seed_parsing_and_defaults():
+    assert sw.parse_seeds("0,1,2") == [0, 1, 2]
+    assert sw.parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    for bad in ("", "a", "1,1", "3-1"):
+        with pytest.raises(Exception, match="--seeds"):
+            sw.parse_seeds(bad)
+    mod = _script("table1_smallconv")
+    p = sw.build_parser(mod.SCRIPT, "", dataset="cifar10,cifar100", epochs=100, seeds="0,1,2,3,4",
+                        methods=mod.METHODS)
+    full = sw.parse_args(p, [])
+    assert (full.epochs, full.seeds, full.out_dir) == (100, [0, 1, 2, 3, 4], "runs/table1_smallconv")
+    quick = sw.parse_args(p, ["--quick", "--", "--dtype", "float64"])
+    assert (quick.epochs, quick.seeds, quick.out_dir) == (1, [0], "runs/table1_smallconv_quick")
+    assert quick.extra == ["--dtype", "float64"]
+    cfg = sw.Config("x", "SSA", "ssa", "smallconv", "cifar10", flags=["--align-every", "5"])
+    argv = sw.train_flags(cfg, 3, quick)
+    assert argv[-2:] == ["--dtype", "float64"]               # pass-through flags come last (they win)
+    assert argv[argv.index("--width-mult") + 1] == "0.125" and argv[argv.index("--seed") + 1] == "3"
+    assert argv[argv.index("--lr") + 1] == "0.0005" and argv[argv.index("--batch-size") + 1] == "128"
+    with pytest.raises(SystemExit):
+        sw.parse_args(p, ["--methods", "bp,nope"])
+
+
+def test_failed_run_is_reported_not_invented(data_dir, tmp_path):
+    p = sw.build_parser("t", "", dataset="cifar10", epochs=1, seeds="0", methods=["bp"])
+    args = sw.parse_args(p, ["--quick", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY])
+    cfgs = [sw.Config("bad", "BP", "bp", "mlp", "cifar10", flags=["--ssa-variant", "paper"]),
+            sw.Config("skipped", "X", "bp", "mlp", "cifar10", skip="not run: no such rule")]
+    status = sw.run_sweep(cfgs, args, log=lambda *a: None)
+    assert status[("bad", 0)].rc != 0 and "takes no option" in status[("bad", 0)].error
+    results = sw.summarise(cfgs, args, status)
+    text, measured = sw.results_table(cfgs, results, args, paper={"bad": (1.0, 0.1), "skipped": 2.0})
+    rows = _rows(text)
+    assert rows[0]["ssaref test accuracy (%)"].startswith("failed: seed 0: error:")
+    assert rows[0]["paper − ssaref"] == "—" and rows[1]["ssaref test accuracy (%)"] == "not run: no such rule"
+    assert measured == {}
+    assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "o"))

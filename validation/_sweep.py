@@ -1,0 +1,511 @@
+"""Shared driver of the validation scripts (one script per table / figure of the paper).
+
+A script describes its experiment as a list of :class:`Config` (one row of the paper's table: a learning rule
+on a model and a data set, with the ``ssaref.train`` flags that select it) and hands it to :func:`run_sweep`,
+which trains every configuration for every seed through ``ssaref.train.main`` (in process), one run file each,
+``<out-dir>/<config name>-seed<seed>.h5``.  A run file that already holds the requested number of epochs is
+not trained again; one that holds fewer is resumed (``--resume``), so an interrupted sweep is simply started
+again.  :func:`summarise` reads the run files back (``ssaref.runlog.read_run``) and :func:`results_table` writes
+the measured numbers next to the paper's (mean ± std over seeds, column ``paper − ssaref``).  A configuration
+that is not run (not implemented in ssaref, or excluded with ``--methods``) is a row saying so, never a number.
+
+Common command line (:func:`build_parser`)::
+
+    --dataset D[,D]  --epochs N  --seeds 0,1,2  --backend {auto,numpy,cupy}  --data-dir DIR
+    --out-dir DIR (default runs/<script>, runs/<script>_quick with --quick)  --quick  --lr  --batch-size
+    --methods m1,m2  [-- extra ssaref.train flags passed to every run]
+
+``--quick`` is a smoke test: 1 epoch, ``--train-limit 256 --test-limit 128``, conv nets narrowed with
+``--width-mult``; flags after ``--`` come last, so they override the script's (e.g. ``-- --train-limit 32``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # ``python validation/x.py`` from a checkout without ``pip install -e .``
+    sys.path.insert(0, str(_ROOT))
+
+from ssaref import train as train_mod  # noqa: E402
+from ssaref.runlog import RunFileError, read_run  # noqa: E402
+
+__all__ = ["Config", "RunStatus", "SeedResult", "PAPER_LR", "QUICK_FLAGS", "QUICK_WIDTH", "build_parser",
+           "parse_args", "parse_seeds", "select_methods", "train_flags", "run_one", "run_sweep", "summarise",
+           "mean_std", "fmt_mean_std", "fmt_num", "results_table", "write_atomic", "save_figure",
+           "short_layer", "run_path", "settings_line", "pyplot", "write_results", "layer_series"]
+
+PAPER_LR = 5e-4          # section 6: Adam, learning rate between 1e-4 and 5e-4; we take the upper end
+PAPER_BATCH = 128        # section 6: batch 128 on CIFAR
+QUICK_FLAGS = ["--train-limit", "256", "--test-limit", "128"]
+QUICK_WIDTH = {"smallconv": 0.125, "vgg13": 0.125, "resnet20": 0.25, "resnet32": 0.25, "resnet56": 0.25,
+               "resnet18": 0.125, "lenet": 0.5, "convnet": 0.25}
+
+
+@dataclass
+class Config:
+    """One configuration of a sweep (one table row / one curve).
+
+    Attributes
+    ----------
+    name : str
+        File stem of its run files, unique within the sweep (``"cifar10-smallconv-bp"``).
+    label : str
+        Method label shown in tables and legends (``"SVD-BP"``).
+    method, model, dataset : str
+        ``ssaref.train`` choices; ``method`` is also the key ``--methods`` selects on.
+    flags : list of str
+        Further ``ssaref.train`` flags of this configuration (rule options, ``--align-every``).
+    skip : str or None
+        Why this configuration is not run (the row says so instead of a number).
+    """
+
+    name: str
+    label: str
+    method: str
+    model: str
+    dataset: str
+    flags: list = field(default_factory=list)
+    skip: str | None = None
+
+
+@dataclass
+class RunStatus:
+    """What :func:`run_one` did: exit code (0 also when nothing had to be trained) and the error line."""
+
+    path: Path
+    rc: int
+    error: str = ""
+
+
+@dataclass
+class SeedResult:
+    """One finished (or partly finished) run read back from its file."""
+
+    seed: int
+    config: dict
+    metrics: dict            # name -> array, truncated to the requested epochs
+    epochs_done: int
+    error: str = ""
+
+    @property
+    def final_acc(self) -> float:
+        """Test accuracy (%) after the last completed epoch."""
+        return 100.0 * float(self.metrics["test_acc"][-1])
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        s = self.metrics.get("seconds")
+        return float(np.mean(s)) if s is not None and len(s) else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ command line
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ``"0-4"`` -> ``[0, 1, 2, 3, 4]``."""
+    seeds = []
+    for part in str(text).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                if int(b) < int(a):
+                    raise ValueError
+                seeds.extend(range(int(a), int(b) + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--seeds: expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"--seeds: no seed in {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds: repeated seed in {text!r}")
+    return seeds
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def build_parser(script: str, description: str, *, dataset: str, epochs: int, seeds: str,
+                 methods: list[str], epilog: str | None = None) -> argparse.ArgumentParser:
+    """The flags every validation script shares.
+
+    Parameters
+    ----------
+    script : str
+        Script stem; the default output folder is ``runs/<script>`` (``runs/<script>_quick`` with ``--quick``).
+    dataset : str
+        Default ``--dataset`` (comma-separated where the paper's table has several).
+    epochs : int
+        Default ``--epochs`` (the paper's where stated, else the script's documented choice).
+    seeds : str
+        Default ``--seeds`` (the paper's number of runs where stated).
+    methods : list of str
+        Methods of the experiment; ``--methods`` selects a subset (the others become "not run" rows).
+    """
+    p = argparse.ArgumentParser(prog=f"python validation/{script}.py", description=description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(_script=script, _all_methods=list(methods))
+    p.add_argument("--dataset", default=dataset, help=f"data set(s), comma-separated (default {dataset})")
+    p.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs per run (default {epochs}; 1 with --quick)")
+    p.set_defaults(_default_epochs=epochs, _default_seeds=seeds)
+    p.add_argument("--seeds", default=None, help=f"seeds, e.g. 0,1,2,3,4 or 0-4 (default {seeds}; 0 with --quick)")
+    p.add_argument("--backend", default="auto", help="auto, numpy or cupy (ssaref.train --backend)")
+    p.add_argument("--data-dir", default=None, help="dataset root (then $SSAREF_DATA, ./data)")
+    p.add_argument("--out-dir", default=None, help=f"output folder (default runs/{script}, runs/{script}_quick with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 1 epoch, --train-limit 256 --test-limit 128, narrow conv nets")
+    p.add_argument("--lr", type=float, default=PAPER_LR, help=f"Adam learning rate (default {PAPER_LR}, section 6)")
+    p.add_argument("--batch-size", type=_positive_int, default=PAPER_BATCH, help=f"default {PAPER_BATCH} (section 6)")
+    p.add_argument("--methods", default=",".join(methods), help=f"subset of {','.join(methods)}")
+    p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    return p
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None):
+    """Parse ``argv``; everything after a lone ``--`` is kept as extra ``ssaref.train`` flags (``args.extra``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    args = parser.parse_args(argv)
+    args.extra = extra
+    try:
+        args.seeds = parse_seeds(args.seeds if args.seeds is not None else
+                                 ("0" if args.quick else args._default_seeds))
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if args.epochs is None:
+        args.epochs = 1 if args.quick else args._default_epochs
+    if args.out_dir is None:
+        args.out_dir = f"runs/{args._script}_quick" if args.quick else f"runs/{args._script}"
+    args.datasets = [d.strip() for d in args.dataset.split(",") if d.strip()]
+    if not args.datasets:
+        parser.error(f"--dataset: no data set in {args.dataset!r}")
+    args.selected = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.selected if m not in args._all_methods]
+    if unknown:
+        parser.error(f"--methods: unknown method {unknown[0]!r}; choose from {','.join(args._all_methods)}")
+    if args.lr <= 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
+    return args
+
+
+def select_methods(configs: list[Config], args) -> list[Config]:
+    """Mark configurations whose method is not in ``--methods`` as skipped (their rows say "not run")."""
+    for c in configs:
+        if c.skip is None and c.method not in args.selected:
+            c.skip = "not run (excluded by --methods)"
+    return configs
+
+
+def run_path(out_dir, cfg: Config, seed: int) -> Path:
+    return Path(out_dir) / f"{cfg.name}-seed{seed}.h5"
+
+
+def train_flags(cfg: Config, seed: int, args) -> list[str]:
+    """The ``ssaref.train`` argv of one run (without ``--out`` / ``--resume``)."""
+    argv = ["--method", cfg.method, "--model", cfg.model, "--dataset", cfg.dataset,
+            "--epochs", str(args.epochs), "--seed", str(seed), "--optimizer", "adam", "--lr", repr(args.lr),
+            "--batch-size", str(args.batch_size), "--backend", args.backend, "--no-progress"]
+    if args.data_dir:
+        argv += ["--data-dir", str(args.data_dir)]
+    if args.quick:
+        argv += list(QUICK_FLAGS)
+        if cfg.model in QUICK_WIDTH:
+            argv += ["--width-mult", str(QUICK_WIDTH[cfg.model])]
+    return argv + list(cfg.flags) + list(args.extra)
+
+
+class _Tee(io.TextIOBase):
+    """Writes to a stream and remembers the text (to report a run's ``error: ...`` line)."""
+
+    def __init__(self, stream):
+        self.stream, self.buf = stream, io.StringIO()
+
+    def write(self, s):
+        self.buf.write(s)
+        return self.stream.write(s)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def _epochs_in(path: Path) -> int:
+    try:
+        _, _, ck = read_run(path)
+    except RunFileError:
+        return -1
+    return int(ck["epoch"]) if ck is not None else 0
+
+
+def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
+    """Train (or resume, or leave alone) one configuration for one seed; never raises on a failed run."""
+    out = run_path(args.out_dir, cfg, seed)
+    argv = train_flags(cfg, seed, args) + ["--out", str(out)]
+    if out.exists():
+        done = _epochs_in(out)
+        if done >= args.epochs:
+            return RunStatus(out, 0)
+        if done > 0:
+            argv += ["--resume", str(out)]
+        else:  # unreadable or checkpoint-less file: start over (write_run replaces it atomically)
+            log(f"   {out} holds no usable checkpoint; training from scratch")
+    log(f"== {cfg.name} seed {seed}: python -m ssaref.train {' '.join(argv)}")
+    tee = _Tee(sys.stderr)
+    with contextlib.redirect_stderr(tee):
+        rc = train_mod.main(argv)
+    err = ""
+    if rc != 0:
+        lines = [ln for ln in tee.buf.getvalue().splitlines() if ln.strip()]
+        err = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
+        log(f"   {cfg.name} seed {seed} stopped with exit code {rc}: {err}")
+    return RunStatus(out, rc, err)
+
+
+def run_sweep(configs: list[Config], args, log=print) -> dict:
+    """Run every configuration that is not skipped, for every seed; ``{(name, seed): RunStatus}``."""
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    status = {}
+    for cfg in configs:
+        if cfg.skip is None:
+            for seed in args.seeds:
+                status[(cfg.name, seed)] = run_one(cfg, seed, args, log=log)
+    return status
+
+
+def summarise(configs: list[Config], args, status: dict | None = None) -> dict:
+    """Read the run files back: ``{name: [SeedResult, ...]}`` (seeds with no file are left out).
+
+    Metrics are truncated to ``args.epochs`` rows, so a longer run in the same folder reports the requested
+    epoch.  ``SeedResult.error`` holds the run's error line when it stopped early in this invocation.
+    """
+    status = status or {}
+    out = {}
+    for cfg in configs:
+        res = []
+        if cfg.skip is None:
+            for seed in args.seeds:
+                path = run_path(args.out_dir, cfg, seed)
+                st = status.get((cfg.name, seed))
+                try:
+                    config, metrics, _ = read_run(path) if path.exists() else (None, None, None)
+                except RunFileError:
+                    config = metrics = None
+                if not metrics or "test_acc" not in metrics or len(metrics["test_acc"]) == 0:
+                    if st is not None and st.rc != 0:
+                        res.append(SeedResult(seed, {}, {}, 0, st.error or f"exit code {st.rc}"))
+                    continue
+                m = {k: v[:args.epochs] for k, v in metrics.items()
+                     if not k.startswith("align_step")}  # per-record rows are not per-epoch
+                m.update({k: v for k, v in metrics.items() if k.startswith("align_step")})
+                res.append(SeedResult(seed, config, m, len(m["test_acc"]), st.error if st else ""))
+        out[cfg.name] = res
+    return out
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def mean_std(values) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (ddof=1; nan for one value) and count of the finite values."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size)
+
+
+def fmt_num(v, digits=2) -> str:
+    return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def fmt_mean_std(values, digits=2) -> str:
+    """``"87.57 ± 0.14"`` over two or more finite values, ``"87.57"`` for one, ``"not run"`` for none."""
+    m, s, n = mean_std(values)
+    if n == 0:
+        return "not run"
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _fmt_paper(p, digits=2) -> str:
+    if p is None:
+        return "—"
+    if isinstance(p, str):
+        return p
+    if isinstance(p, tuple):
+        return f"{p[0]:.{digits}f} ± {p[1]:.{digits}f}"
+    return f"{p:.{digits}f}"
+
+
+def _paper_mean(p):
+    if isinstance(p, tuple):
+        return float(p[0])
+    if isinstance(p, (int, float)):
+        return float(p)
+    return float("nan")
+
+
+def results_table(configs: list[Config], results: dict, args, *, paper: dict, quantity: str = "acc",
+                  group_cols=("dataset", "model")) -> tuple[str, dict]:
+    """Markdown table: measured (mean ± std over seeds) next to the paper's value and ``paper − ssaref``.
+
+    Parameters
+    ----------
+    paper : dict
+        ``cfg.name -> (mean, std)``, a float, a string (e.g. ``"NA"``) or absent (``"—"``).
+    quantity : ``"acc"`` (test accuracy %) or ``"err"`` (test error % = 100 - accuracy %)
+
+    Returns
+    -------
+    text : str
+    measured : dict
+        ``cfg.name -> (mean, std, n)`` of the measured quantity (only configurations with a finite value).
+    """
+    qname = "test accuracy (%)" if quantity == "acc" else "test error (%)"
+    cols = ["data set" if c == "dataset" else c for c in group_cols]
+    head = cols + ["method", "epochs", "seeds", f"ssaref {qname}", f"paper {qname}", "paper − ssaref",
+                   "s/epoch", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    measured = {}
+    for cfg in configs:
+        res = results.get(cfg.name, [])
+        ok = [r for r in res if r.epochs_done > 0]
+        vals = [r.final_acc if quantity == "acc" else 100.0 - r.final_acc for r in ok]
+        m, s, n = mean_std(vals)
+        p = paper.get(cfg.name)
+        notes = []
+        if cfg.skip is not None:
+            cell, ep, sd, sec = cfg.skip, "", "", ""
+        elif not ok:
+            errs = "; ".join(f"seed {r.seed}: {r.error}" for r in res if r.error)
+            cell, ep, sd, sec = ("failed: " + errs) if errs else "not run", "", "", ""
+        else:
+            cell = fmt_mean_std(vals)
+            done = sorted({r.epochs_done for r in ok})
+            ep = "/".join(map(str, done)) if done != [args.epochs] else str(args.epochs)
+            if done != [args.epochs]:
+                notes.append(f"incomplete: {ep} of {args.epochs} epochs")
+            sd = ",".join(str(r.seed) for r in ok)
+            missing = [sd_ for sd_ in args.seeds if sd_ not in {r.seed for r in ok}]
+            if missing:
+                notes.append("no result for seed " + ",".join(map(str, missing)))
+            for r in res:
+                if r.error:
+                    notes.append(f"seed {r.seed}: {r.error}")
+            sec = fmt_num(float(np.nanmean([r.seconds_per_epoch for r in ok])), 1)
+            if n:
+                measured[cfg.name] = (m, s, n)
+        diff = _paper_mean(p) - m if n and np.isfinite(_paper_mean(p)) else float("nan")
+        row = [str(getattr(cfg, g)) for g in group_cols] + [cfg.label, ep, sd, cell, _fmt_paper(p),
+                                                            fmt_num(diff) if np.isfinite(diff) else "—", sec,
+                                                            "; ".join(notes)]
+        lines.append("| " + " | ".join(x.replace("|", "/") for x in row) + " |")
+    return "\n".join(lines) + "\n", measured
+
+
+def settings_line(args) -> str:
+    """One line naming the settings every run of the sweep shared."""
+    s = (f"Adam, lr {args.lr:g}, batch {args.batch_size}, {args.epochs} epoch(s), seeds "
+         f"{','.join(map(str, args.seeds))}, backend {args.backend}")
+    if args.quick:
+        s += ", **--quick smoke test** (" + " ".join(QUICK_FLAGS) + ", narrow conv nets): not comparable to the paper"
+    if args.extra:
+        s += ", extra flags: `" + " ".join(args.extra) + "`"
+    return s
+
+
+def write_atomic(path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def save_figure(fig, path) -> Path:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot with the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def short_layer(key: str) -> str:
+    """Column name of a layer shared by dense and SVD models: ``"1.W"`` and ``"1"`` -> ``"1"``."""
+    return key[:-2] if key.endswith(".W") else key
+
+
+def write_results(args, title: str, sections: list[str]) -> Path:
+    """``<out-dir>/results.md``: title, the shared settings, then ``sections``; printed and written atomically."""
+    text = f"# {title}\n\n{settings_line(args)}\n\n" + "\n".join(s.rstrip() + "\n" for s in sections)
+    path = write_atomic(Path(args.out_dir) / "results.md", text)
+    print(text)
+    print(f"wrote {path}")
+    return path
+
+
+def layer_series(seed_results: list, metric: str, columns_attr: str = "align_layers"):
+    """Per-epoch, per-layer metric averaged over seeds.
+
+    Parameters
+    ----------
+    seed_results : list of SeedResult
+        Runs of one configuration.
+    metric : str
+        Run-file metric of shape (E, L), e.g. ``"align.grad_mean"``.
+
+    Returns
+    -------
+    layers : list of str
+        Column names (``config[columns_attr]``, ``.W`` stripped so dense and SVD models share names).
+    mean, std : ndarray (E, L)
+        nanmean / nanstd over the seeds (epochs cut to the shortest run); ``None`` when no run has the metric.
+    """
+    rows = [r for r in seed_results if metric in r.metrics and len(r.metrics[metric])]
+    if not rows:
+        return [], None, None
+    cols = [short_layer(str(c)) for c in rows[0].config.get(columns_attr, [])]
+    e = min(len(r.metrics[metric]) for r in rows)
+    stack = np.stack([np.asarray(r.metrics[metric][:e], dtype=np.float64) for r in rows])  # (S, E, L)
+    if not cols:
+        cols = [f"layer {j}" for j in range(stack.shape[2])]
+    with np.errstate(all="ignore"), _quiet():
+        return cols, np.nanmean(stack, axis=0), np.nanstd(stack, axis=0)
+
+
+@contextlib.contextmanager
+def _quiet():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-nan column is the intended nan
+        yield
