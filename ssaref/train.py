@@ -297,7 +297,7 @@ def train(args, log=print):
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
         perm = rng.permutation(n)
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
                    disable=True if args.no_progress else None, file=sys.stderr)
         for b in bar:
@@ -320,11 +320,11 @@ def train(args, log=print):
             optimizer.step(res.updates, lr=schedule(step))
             step += 1
             loss_sum += res.loss * len(idx)
-            correct += int((res.logits.argmax(axis=1) == yb).sum())
+            correct = correct + (res.logits.argmax(axis=1) == yb).sum()
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{res.loss:.4f}")
         bar.close()
-        train_loss, train_acc = loss_sum / n, correct / n
+        train_loss, train_acc = loss_sum / n, int(correct) / n
         for k, v in rule.on_epoch_end(model, optimizer, epoch + 1, args.epochs).items():
             metrics.setdefault(_metric_name(k), []).append(v)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, args.eval_batch_size, xp, dtype)
