@@ -46,6 +46,16 @@ def _positive(kind):
     return parse
 
 
+def _nonnegative_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
 def _int_list(s):
     try:
         return [int(v) for v in str(s).replace(",", " ").split()]
@@ -78,7 +88,7 @@ def build_parser():
     a("--nesterov", action="store_true")
     a("--weight-decay", type=float, default=0.0)
     a("--schedule", default="constant", help="constant, step or cosine")
-    a("--seed", type=int, default=0)
+    a("--seed", type=_nonnegative_int, default=0)
     a("--train-limit", type=_positive(int), default=None, help="use the first N training examples")
     a("--test-limit", type=_positive(int), default=None, help="use the first N test examples")
     a("--dtype", default="float32", help="float32 (training) or float64")
@@ -166,6 +176,9 @@ def parse_args(argv=None):
 
 
 def _check_choices(args):
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
+        raise ValueError(f"--data-dir {args.data_dir!r} is not an existing folder (create it, or leave the flag "
+                         f"out to search $SSAREF_DATA, ./data and /usr/share/datasets)")
     if args.method not in RULES:
         raise ValueError(f"unknown method {args.method!r}; choose one of {', '.join(sorted(RULES))}")
     if args.model not in MODELS:
@@ -357,7 +370,8 @@ def main(argv=None):
         train(args)
     except (ValueError, BackendError, DatasetError, RunFileError, TrainingError, FloatingPointError,
             OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

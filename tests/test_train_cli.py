@@ -120,9 +120,20 @@ def test_non_positive_numbers_refused(flag, value, capsys):
 def test_missing_dataset(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SSAREF_DATA", str(tmp_path / "nowhere"))
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
     rc, _, err = run_cli(["--dataset", "cifar10", "--no-download", "--data-dir", str(tmp_path / "empty"),
                           "--epochs", "1", "--no-progress"], capsys)
-    assert rc == 2 and "cifar10" in err and "Traceback" not in err
+    assert rc == 2 and "cifar10" in err and "Traceback" not in err and err.count("\n") == 1
+    rc, _, err = run_cli(SYN[:-1] + ["--data-dir", str(tmp_path / "typo"), "--epochs", "1"], capsys)
+    assert rc == 2 and "--data-dir" in err and "typo" in err
+
+
+def test_oversized_synthetic_and_negative_seed(capsys):
+    rc, _, err = run_cli(["--dataset", "synthetic", "--epochs", "1", "--train-limit", "100000000"], capsys)
+    assert rc == 2 and "train_limit=100000000" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        train_mod.parse_args(["--seed", "-1"])
+    assert "--seed" in capsys.readouterr().err
 
 
 def test_resume_refuses_foreign_files(tmp_path, capsys):

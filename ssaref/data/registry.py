@@ -75,6 +75,9 @@ class Dataset:
     source: str
 
 
+
+MAX_SYNTHETIC = 200_000  # examples per split: 200k x 784 float64 = 1.25 GB
+
 def _check_name(name) -> str:
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
@@ -268,6 +271,10 @@ def load_dataset(name, *, data_dir=None, train_limit=None, test_limit=None, down
         raise DatasetError(str(exc)) from exc
 
     if name == "synthetic":
+        for label, n in (("train_limit", train_limit), ("test_limit", test_limit)):
+            if n is not None and n > MAX_SYNTHETIC:
+                raise DatasetError(f"synthetic: {label}={n} is above the {MAX_SYNTHETIC} examples this "
+                                   f"generator makes per split (784 float64 pixels each)")
         x_train, y_train, x_test, y_test = make_synthetic(
             seed, train_limit or DEFAULT_TRAIN, test_limit or DEFAULT_TEST
         )
