@@ -75,8 +75,8 @@ class Dataset:
     source: str
 
 
-
 MAX_SYNTHETIC = 200_000  # examples per split: 200k x 784 float64 = 1.25 GB
+
 
 def _check_name(name) -> str:
     if name not in DATASETS:
