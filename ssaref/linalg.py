@@ -20,7 +20,7 @@ import numpy as np
 from .backend import get_array_module
 
 __all__ = [
-    "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "sym",
+    "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
     "tangent_project", "complement_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
     "energy_rank", "retained_energy",
 ]
@@ -148,12 +148,36 @@ def randomized_svd(A, k, *, oversample=10, n_iter=4, rng=None, seed=0):
     return xp.ascontiguousarray(U), s[:k].copy(), xp.ascontiguousarray(V)
 
 
-def orthogonality_error(X):
-    """``||X^T X - I||_F`` for ``X`` (m, r)."""
+def _orthogonality_error_device(X):
+    """``||X^T X - I||_F`` for ``X`` (m, r) as a 0-d array of ``X``'s module (no device->host transfer)."""
     xp = get_array_module(X)
     G = X.T @ X
     G[xp.diag_indices(G.shape[0])] -= 1.0
-    return float(xp.linalg.norm(G))
+    return xp.linalg.norm(G)
+
+
+def orthogonality_error(X):
+    """``||X^T X - I||_F`` for ``X`` (m, r)."""
+    return float(_orthogonality_error_device(X))
+
+
+def orthogonality_errors(Xs):
+    """``||X^T X - I||_F`` of several matrices with a single device->host transfer.
+
+    Parameters
+    ----------
+    Xs : sequence of arrays (m_i, r_i), all of one array module.
+
+    Returns
+    -------
+    list of float, one per matrix (empty for an empty sequence).
+    """
+    Xs = list(Xs)
+    if not Xs:
+        return []
+    xp = get_array_module(*Xs)
+    vals = xp.stack([_orthogonality_error_device(X).astype(xp.float64) for X in Xs])
+    return [float(v) for v in np.asarray(_host(vals))]
 
 
 def sym(M):
@@ -184,7 +208,7 @@ def complement_project(X, G):
     return G - X @ (X.T @ G)
 
 
-def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False):
+def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, check_every=1, error=None):
     """Map ``X`` (m, r), close to the Stiefel manifold, onto it.
 
     Parameters
@@ -194,7 +218,7 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False):
         ``"polar"``: the orthonormal factor of the polar decomposition, ``X (X^T X)^{-1/2}`` (the closest
         matrix with orthonormal columns in Frobenius norm; treats all columns alike), by Newton-Schulz
         iterations ``X <- X (3 I - X^T X) / 2`` when ``||X^T X - I||_F < 0.5`` (the error ``E = X^T X - I``
-        becomes ``-(3/4) E^2 - (1/4) E^3``, so iteration stops once ``||E||^2 <= tol``), else exactly through
+        becomes ``-(3/4) E^2 + (1/4) E^3``, so iteration stops once ``||E||^2 <= tol``), else exactly through
         the eigendecomposition of ``X^T X``.
         ``"qr"``: the Q factor of ``X = QR`` with ``diag(R) > 0``.
         ``"none"``: ``X`` unchanged.
@@ -203,6 +227,17 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False):
     max_iter : int
     return_error : bool
         Also return ``||X^T X - I||_F`` of the input (computed on the way for "polar"; NaN for "none").
+    check_every : int or None
+        "polar" only: how often the error ``||E||_F`` is read back from the array (a device->host
+        synchronisation on a GPU).  It is always measured before the first iteration (and after an exact eigh
+        step); ``1`` (default) measures it before every Newton-Schulz step; ``k`` every ``k``-th step; ``None``
+        never again.  Between measurements the error is predicted by the bound
+        ``||E'||_F <= (3/4) ||E||_F^2 + (1/4) ||E||_F^3`` (``||E^k||_F <= ||E||_F^k``), which never under-states
+        it, so the iteration never stops earlier than with measurements, only possibly one step later.  The
+        per-step retraction of SSA uses ``None``: one synchronisation per matrix (or none, with ``error``).
+    error : float, optional
+        The known ``||X^T X - I||_F`` of ``X`` (a host float, e.g. from ``orthogonality_errors``, which reads
+        many back at once); replaces the first measurement.
 
     Returns
     -------
@@ -216,9 +251,14 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False):
     m, r = X.shape
     if m < r:
         raise LinalgError(f"cannot retract X of shape {tuple(X.shape)} onto the Stiefel manifold: needs m >= r")
+    if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, numbers.Integral)
+                                    or check_every < 1):
+        raise LinalgError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
+    if error is not None and not float(error) >= 0.0:
+        raise LinalgError(f"error must be a number >= 0 (||X^T X - I||_F), got {error!r}")
     xp = get_array_module(X)
     if method == "qr":
-        err0 = orthogonality_error(X) if return_error else None
+        err0 = (orthogonality_error(X) if error is None else float(error)) if return_error else None
         Q, R = xp.linalg.qr(X)
         d = xp.sign(xp.diagonal(R))
         d = xp.where(d == 0, 1, d).astype(X.dtype)
@@ -226,9 +266,15 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False):
     tol = 50.0 * float(np.finfo(X.dtype).eps) * math.sqrt(r) if tol is None else float(tol)
     eye = xp.eye(r, dtype=X.dtype)
     Y, err0 = X, None
+    err = None if error is None else float(error)  # None: measure before the next step
+    since = 0                                        # Newton-Schulz steps since the last measurement
     for _ in range(int(max_iter)):
+        measure = err is None or (check_every is not None and since >= check_every)
+        if not measure and err <= tol:               # predicted converged: no Gram matrix needed
+            break
         G = Y.T @ Y
-        err = float(xp.linalg.norm(G - eye))
+        if measure:
+            err, since = float(xp.linalg.norm(G - eye)), 0
         err0 = err if err0 is None else err0
         if err <= tol:
             break
@@ -237,10 +283,12 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False):
             if float(w.min()) <= 0.0:
                 raise LinalgError(f"cannot retract: X of shape {tuple(X.shape)} is rank deficient")
             Y = Y @ ((Q * (1.0 / xp.sqrt(w))) @ Q.T).astype(X.dtype)
+            err = None  # measure after the exact step
             continue
         Y = Y @ (1.5 * eye - 0.5 * G)  # Newton-Schulz step towards the polar factor
         if err * err <= tol:
             break
+        err, since = 0.75 * err * err + 0.25 * err ** 3, since + 1  # bound on the new error
     Y = X.copy() if Y is X else Y
     return (Y, err0) if return_error else Y
 

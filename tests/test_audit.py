@@ -274,3 +274,19 @@ def test_dynamics_on_cupy_match_numpy(tmp_path):
     for k in ("default_adam_final_loss", "default_adam_loss_at_step_100", "default_adam_median_change_U"):
         assert math.isclose(a[k], b[k], rel_tol=1e-6), (k, a[k], b[k])
     assert b["default_adam_final_ortho_U"] < 1e-12
+
+
+def test_decisions_cross_reference_matches_the_audit(full_run):
+    """docs/decisions.md D4.8 quotes verdicts and key figures; they must be the audit's own."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "decisions.md").read_text()
+    section = text[text.index("### D4.8"):]
+    quoted = re.findall(r"- \*\*([\w-]+)\*\* \(([a-z ]+)\): (\w+) = ([-0-9.e+]+)", section)
+    assert len(quoted) >= 10, "D4.8 lost its per-item lines"
+    findings = {f["id"]: f for f in full_run[1]["findings"]}
+    for item_id, verdict, key, value in quoted:
+        f = findings[item_id]
+        assert f["verdict"] == verdict, (item_id, f["verdict"], verdict)
+        assert float(f["evidence"][key]) == pytest.approx(float(value), rel=1e-6, abs=1e-12), (item_id, key)

@@ -15,6 +15,11 @@ Common command line (:func:`build_parser`)::
     --out-dir DIR (default runs/<script>, runs/<script>_quick with --quick)  --quick  --lr  --batch-size
     --methods m1,m2  [-- extra ssaref.train flags passed to every run]
 
+Arguments are checked before any run starts (unknown data set, method or backend, ``--epochs`` < 1, bad
+seeds): one line ``error: ...`` on stderr and exit code 2.  :func:`exit_code` ends a script: it prints
+``N runs failed: name/seed, ...`` on stderr and returns 1 when any run of the sweep stopped with a non-zero
+exit code (``results.md`` is written first, with "failed" rows), else 0.
+
 ``--quick`` is a smoke test: 1 epoch, ``--train-limit 256 --test-limit 128``, conv nets narrowed with
 ``--width-mult``; flags after ``--`` come last, so they override the script's (e.g. ``-- --train-limit 32``).
 """
@@ -35,15 +40,18 @@ if str(_ROOT) not in sys.path:  # ``python validation/x.py`` from a checkout wit
     sys.path.insert(0, str(_ROOT))
 
 from ssaref import train as train_mod  # noqa: E402
+from ssaref.data import DATASETS  # noqa: E402
 from ssaref.runlog import RunFileError, read_run  # noqa: E402
 
 __all__ = ["Config", "RunStatus", "SeedResult", "PAPER_LR", "QUICK_FLAGS", "QUICK_WIDTH", "build_parser",
            "parse_args", "parse_seeds", "select_methods", "train_flags", "run_one", "run_sweep", "summarise",
            "mean_std", "fmt_mean_std", "fmt_num", "results_table", "write_atomic", "save_figure",
-           "short_layer", "run_path", "settings_line", "pyplot", "write_results", "layer_series"]
+           "short_layer", "run_path", "settings_line", "pyplot", "write_results", "layer_series", "ArgParser",
+           "check_datasets", "failed_runs", "exit_code", "BACKENDS"]
 
 PAPER_LR = 5e-4          # section 6: Adam, learning rate between 1e-4 and 5e-4; we take the upper end
 PAPER_BATCH = 128        # section 6: batch 128 on CIFAR
+BACKENDS = ("auto", "numpy", "cupy")
 QUICK_FLAGS = ["--train-limit", "256", "--test-limit", "128"]
 QUICK_WIDTH = {"smallconv": 0.125, "vgg13": 0.125, "resnet20": 0.25, "resnet32": 0.25, "resnet56": 0.25,
                "resnet18": 0.125, "lenet": 0.5, "convnet": 0.25}
@@ -140,6 +148,25 @@ def _positive_int(s):
     return v
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump), exit code 2: ``error: <what> (see <prog> --help)``."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def check_datasets(parser: argparse.ArgumentParser, text: str) -> list[str]:
+    """``"cifar10,cifar100"`` -> ``["cifar10", "cifar100"]``; an empty list or a name outside
+    ``ssaref.data.DATASETS`` is a parser error (exit 2) naming it."""
+    names = [d.strip() for d in str(text).split(",") if d.strip()]
+    if not names:
+        parser.error(f"--dataset: no data set in {text!r}")
+    unknown = [d for d in names if d not in DATASETS]
+    if unknown:
+        parser.error(f"--dataset: unknown data set {unknown[0]!r}; choose from {','.join(DATASETS)}")
+    return names
+
+
 def build_parser(script: str, description: str, *, dataset: str, epochs: int, seeds: str,
                  methods: list[str], epilog: str | None = None) -> argparse.ArgumentParser:
     """The flags every validation script shares.
@@ -157,14 +184,14 @@ def build_parser(script: str, description: str, *, dataset: str, epochs: int, se
     methods : list of str
         Methods of the experiment; ``--methods`` selects a subset (the others become "not run" rows).
     """
-    p = argparse.ArgumentParser(prog=f"python validation/{script}.py", description=description, epilog=epilog,
+    p = ArgParser(prog=f"python validation/{script}.py", description=description, epilog=epilog,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(_script=script, _all_methods=list(methods))
     p.add_argument("--dataset", default=dataset, help=f"data set(s), comma-separated (default {dataset})")
     p.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs per run (default {epochs}; 1 with --quick)")
     p.set_defaults(_default_epochs=epochs, _default_seeds=seeds)
     p.add_argument("--seeds", default=None, help=f"seeds, e.g. 0,1,2,3,4 or 0-4 (default {seeds}; 0 with --quick)")
-    p.add_argument("--backend", default="auto", help="auto, numpy or cupy (ssaref.train --backend)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto, numpy or cupy (ssaref.train --backend)")
     p.add_argument("--data-dir", default=None, help="dataset root (then $SSAREF_DATA, ./data)")
     p.add_argument("--out-dir", default=None, help=f"output folder (default runs/{script}, runs/{script}_quick with --quick)")
     p.add_argument("--quick", action="store_true",
@@ -194,14 +221,14 @@ def parse_args(parser: argparse.ArgumentParser, argv=None):
         args.epochs = 1 if args.quick else args._default_epochs
     if args.out_dir is None:
         args.out_dir = f"runs/{args._script}_quick" if args.quick else f"runs/{args._script}"
-    args.datasets = [d.strip() for d in args.dataset.split(",") if d.strip()]
-    if not args.datasets:
-        parser.error(f"--dataset: no data set in {args.dataset!r}")
+    args.datasets = check_datasets(parser, args.dataset)
     args.selected = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not args.selected:
+        parser.error(f"--methods: no method in {args.methods!r}")
     unknown = [m for m in args.selected if m not in args._all_methods]
     if unknown:
         parser.error(f"--methods: unknown method {unknown[0]!r}; choose from {','.join(args._all_methods)}")
-    if args.lr <= 0:
+    if not np.isfinite(args.lr) or args.lr <= 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     return args
 
@@ -287,6 +314,22 @@ def run_sweep(configs: list[Config], args, log=print) -> dict:
             for seed in args.seeds:
                 status[(cfg.name, seed)] = run_one(cfg, seed, args, log=log)
     return status
+
+
+def failed_runs(status: dict) -> list[tuple[str, int]]:
+    """``(name, seed)`` of every run in ``status`` (from :func:`run_sweep`) that exited with a non-zero code."""
+    return [key for key, st in status.items() if st.rc != 0]
+
+
+def exit_code(status: dict, stream=None) -> int:
+    """A script's exit code: 1 (after ``N runs failed: name/seed, ...`` on ``stream``, default stderr) when a
+    run failed, else 0.  Call it after ``results.md`` is written, so the failed rows are on disk either way."""
+    failed = failed_runs(status)
+    if not failed:
+        return 0
+    print(f"{len(failed)} runs failed: " + ", ".join(f"{name}/{seed}" for name, seed in failed),
+          file=stream if stream is not None else sys.stderr, flush=True)
+    return 1
 
 
 def summarise(configs: list[Config], args, status: dict | None = None) -> dict:

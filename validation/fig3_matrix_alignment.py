@@ -108,6 +108,10 @@ def main(argv=None):
     args = sw.parse_args(p, argv)
     if args.align_every <= 0:
         p.error(f"--align-every must be > 0, got {args.align_every}")
+    from ssaref.nn import MODELS as ALL_MODELS
+
+    if args.model not in ALL_MODELS:
+        p.error(f"--model: unknown model {args.model!r}; choose from {','.join(sorted(ALL_MODELS))}")
     cfgs = configs(args)
     status = sw.run_sweep(cfgs, args)
     results = sw.summarise(cfgs, args, status)
@@ -117,7 +121,7 @@ def main(argv=None):
         png = plot(cfgs, results, Path(args.out_dir) / f"{SCRIPT}.png")
         sections.append(f"\nFigure: `{png.name}` (defined layers only)")
     sw.write_results(args, "Figure 3: matrix alignment of SSA and DFA, ResNet-32", sections)
-    return 0
+    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def main(argv=None):
         png = plot(cfgs, curves, Path(args.out_dir) / f"{SCRIPT}.png")
         sections.append(f"\nFigure: `{png.name}`")
     sw.write_results(args, "Figure 4: test error per epoch, 3-layer MLP", sections)
-    return 0
+    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
 
 
 if __name__ == "__main__":

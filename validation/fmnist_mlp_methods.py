@@ -10,19 +10,25 @@ Writes one run file per method (``<out-dir>/<method>.h5``), ``results.md`` (test
 gradient-alignment angles of the first and last epoch, final ranks, parameter counts and last-epoch update
 norms of the SVD methods) and ``error_curves.png`` (test error per epoch, the paper's Figure 4 layout).
 Each run is resumed from its file if it exists, so an interrupted sweep can simply be started again.
+Flags after a lone ``--`` are passed to every ``ssaref.train`` run, last (``-- --train-limit 512``).
+
+Arguments are checked before any run starts (unknown data set or method, ``--epochs`` < 1, negative seed):
+one line ``error: ...`` and exit code 2.  A run that stops with a non-zero exit code gets a "failed" row in
+``results.md``; the script then prints ``N runs failed: name/seed, ...`` on stderr and exits 1.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import contextlib
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from ssaref import train as train_mod
-from ssaref.runlog import read_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _sweep as sw  # noqa: E402  (also puts the checkout on sys.path)
+
+from ssaref import train as train_mod  # noqa: E402
+from ssaref.runlog import RunFileError, read_run  # noqa: E402
 
 METHODS = {  # method -> (flags, label); learning rates: Adam, the paper's optimiser (section 6)
     "bp": ([], "BP"),
@@ -40,43 +46,72 @@ METHODS = {  # method -> (flags, label); learning rates: Adam, the paper's optim
 }
 
 
-def run_one(name, args):
+def train_argv(name, args):
+    """The ``ssaref.train`` argv of method ``name`` (without ``--out`` / ``--resume``); ``--`` flags last."""
     flags, _ = METHODS[name]
     method = name.split("-paper")[0].split("-relu")[0]
-    out = Path(args.out_dir) / f"{name}.h5"
     argv = ["--method", method, "--model", "mlp", "--dataset", args.dataset, "--epochs", str(args.epochs),
-            "--seed", str(args.seed), "--no-progress", "--out", str(out)] + flags
+            "--seed", str(args.seed), "--no-progress"] + flags
     if args.align_every and method in ("dfa", "ssa"):
         argv += ["--align-every", str(args.align_every)]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
+    return argv + list(args.extra)
+
+
+def run_one(name, args) -> sw.RunStatus:
+    """Train (or resume, or leave alone) method ``name``; never raises on a failed run."""
+    out = Path(args.out_dir) / f"{name}.h5"
+    argv = train_argv(name, args) + ["--out", str(out)]
     if out.exists():
-        _, metrics, ck = read_run(out)
-        if ck is not None and int(ck["epoch"]) >= args.epochs:
-            return out
-        argv += ["--resume", str(out)]
+        done = sw._epochs_in(out)
+        if done >= args.epochs:
+            return sw.RunStatus(out, 0)
+        if done > 0:
+            argv += ["--resume", str(out)]
+        else:  # unreadable or checkpoint-less file: start over (write_run replaces it atomically)
+            print(f"   {out} holds no usable checkpoint; training from scratch", flush=True)
     print(f"== {name}: python -m ssaref.train {' '.join(argv)}", flush=True)
-    rc = train_mod.main(argv)
+    tee = sw._Tee(sys.stderr)
+    with contextlib.redirect_stderr(tee):
+        rc = train_mod.main(argv)
+    err = ""
     if rc != 0:
-        print(f"   {name} stopped with exit code {rc}; its table row shows the last completed epoch", flush=True)
-    return out
+        lines = [ln for ln in tee.buf.getvalue().splitlines() if ln.strip()]
+        err = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
+        print(f"   {name} stopped with exit code {rc}: {err}", flush=True)
+    return sw.RunStatus(out, rc, err)
 
 
 def _fmt(v, f="{:.1f}"):
     return "nan" if v is None or not np.isfinite(v) else f.format(v)
 
 
-def summarise(names, args):
+def summarise(names, args, status=None):
+    """Write ``results.md`` (and the figure) from the run files; a run that failed in this invocation is a
+    "failed" row (or, when it stopped after some epochs, its last epoch with the error in the epochs cell)."""
+    status = status or {}
     rows, curves, extra = [], {}, []
     for name in names:
         path = Path(args.out_dir) / f"{name}.h5"
-        if not path.exists():
+        st = status.get((name, args.seed))
+        failed = st is not None and st.rc != 0
+        try:
+            config, m, ck = read_run(path) if path.exists() else (None, None, None)
+        except RunFileError:
+            config = m = None
+        if not m or "test_acc" not in m or len(m["test_acc"]) == 0:
+            if failed:
+                err = (st.error or f"exit code {st.rc}").replace("|", "/")
+                rows.append(f"| {METHODS[name][1]} | 0 | failed: {err} | — | — |")
             continue
-        config, m, ck = read_run(path)
         acc = m["test_acc"]
         curves[name] = 100 * (1 - acc)
         secs = float(np.mean(m["seconds"])) if "seconds" in m else float("nan")
-        rows.append(f"| {METHODS[name][1]} | {len(acc)} | {100 * acc[-1]:.2f} | {100 * acc.max():.2f} | "
+        ep = str(len(acc))
+        if failed:
+            ep += " (failed: " + (st.error or f"exit code {st.rc}").replace("|", "/") + ")"
+        rows.append(f"| {METHODS[name][1]} | {ep} | {100 * acc[-1]:.2f} | {100 * acc.max():.2f} | "
                     f"{secs:.1f} |")
         if "align.grad_mean" in m:
             cols = config.get("align_layers", [])
@@ -99,11 +134,12 @@ def summarise(names, args):
             extra.append("\n".join(lines))
     table = ("| method | epochs | final test acc (%) | best test acc (%) | s/epoch |\n"
              "| --- | --- | --- | --- | --- |\n" + "\n".join(rows))
-    text = (f"# {args.dataset}, mlp 784-256-256-10, seed {args.seed}\n\n{table}\n" + "\n".join(extra) + "\n")
-    out = Path(args.out_dir) / "results.md"
-    tmp = out.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, out)
+    settings = "train defaults (Adam, lr 1e-3, batch 128)"
+    if args.extra:
+        settings += ", extra flags: `" + " ".join(args.extra) + "`"
+    text = (f"# {args.dataset}, mlp 784-256-256-10, seed {args.seed}\n\n{settings}\n\n{table}\n" +
+            "\n".join(extra) + "\n")
+    sw.write_atomic(Path(args.out_dir) / "results.md", text)
     print(text)
     try:
         import matplotlib
@@ -115,31 +151,58 @@ def summarise(names, args):
         ax.set_xlabel("epoch"), ax.set_ylabel("test error (%)"), ax.legend(fontsize=7)
         ax.set_title(f"{args.dataset}, 3-layer MLP")
         png = Path(args.out_dir) / "error_curves.png"
-        fig.savefig(str(png) + ".tmp.png", dpi=120, bbox_inches="tight")
-        os.replace(str(png) + ".tmp.png", png)
+        sw.save_figure(fig, png)
     except Exception as exc:  # plotting is a convenience; the table is the result
         print(f"(no plot: {exc})")
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+def _nonnegative_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise sw.argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise sw.argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def parse_args(argv=None):
+    """Parse and check the command line (exit 2 with one ``error:`` line); ``args.extra`` = flags after ``--``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = sw.ArgParser(prog="python validation/fmnist_mlp_methods.py", description=__doc__.splitlines()[0])
+    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    p.add_argument("--epochs", type=sw._positive_int, default=10)
+    p.add_argument("--seed", type=_nonnegative_int, default=0)
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--align-every", type=int, default=50)
+    p.add_argument("--align-every", type=_nonnegative_int, default=50, help="0: no alignment tables")
     p.add_argument("--out-dir", default="runs/fmnist_mlp")
     args = p.parse_args(argv)
-    names = [n.strip() for n in args.methods.split(",")]
-    unknown = [n for n in names if n not in METHODS]
+    args.extra = extra
+    if len(sw.check_datasets(p, args.dataset)) != 1:
+        p.error(f"--dataset: one data set, got {args.dataset!r}")
+    args.dataset = args.dataset.strip()
+    args.names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    if not args.names:
+        p.error(f"--methods: no method in {args.methods!r}")
+    unknown = [n for n in args.names if n not in METHODS]
     if unknown:
-        p.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+        p.error(f"--methods: unknown method {unknown[0]!r}; choose from {','.join(METHODS)}")
+    if len(set(args.names)) != len(args.names):
+        p.error(f"--methods: repeated method in {args.methods!r}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    for name in names:
-        run_one(name, args)
-    summarise(names, args)
-    return 0
+    status = {(name, args.seed): run_one(name, args) for name in args.names}
+    summarise(args.names, args, status)
+    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
 
 
 if __name__ == "__main__":

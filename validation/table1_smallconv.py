@@ -57,7 +57,7 @@ def main(argv=None):
     notes = ("Paper: Table 1 (SmallConv, mean ± std over 5 runs).  ssaref: final-epoch test accuracy, mean ± "
              "sample std (ddof=1) over the seeds run; one seed shows no std.  `paper − ssaref` compares means.")
     sw.write_results(args, "Table 1: SmallConv on CIFAR-10 / CIFAR-100", [notes, table])
-    return 0
+    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
 
 
 if __name__ == "__main__":

@@ -69,7 +69,7 @@ def main(argv=None):
     notes = ("Paper: Table 2, CIFAR-10 column (mean ± std over 5 runs); the ImageNet columns are not reproduced.  "
              "ssaref: final-epoch test accuracy, mean ± sample std (ddof=1) over the seeds run.")
     sw.write_results(args, "Table 2: VGG-13 and ResNet-32 on CIFAR-10", [notes, table])
-    return 0
+    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
 
 
 if __name__ == "__main__":

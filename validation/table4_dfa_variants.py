@@ -62,7 +62,7 @@ def main(argv=None):
              "ssaref: final-epoch test error = 100 − test accuracy, mean ± sample std over the seeds run.  "
              "`paper − ssaref` < 0: ssaref's error is higher than the paper's.")
     sw.write_results(args, "Table 4: DFA and its variants vs SSA on CIFAR-10 (test error %)", [notes, table])
-    return 0
+    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
 
 
 if __name__ == "__main__":
