@@ -57,8 +57,8 @@ import math
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
-from ..linalg import (complement_project, hoyer, hoyer_grad, orthogonality_error, randomized_svd, retract,
-                      retained_energy, tangent_project)
+from ..linalg import (complement_project, hoyer, hoyer_grad, orthogonality_error, orthogonality_errors,
+                      randomized_svd, retract, retained_energy, tangent_project)
 from ..nn.svd_layers import SVD_KINDS, to_svd_layer
 from ..rank import RankSchedule, keep_indices
 from ._feedback import check_choice, direct_updates, draw, layer_output_shapes, place
@@ -161,7 +161,9 @@ class SVDRuleBase(Rule):
                                      min_rank_frac=o["min_rank_frac"], parity=o["parity"],
                                      hoyer_every=o["hoyer_every"], parity_count=o["parity_count"])
         self._acc = {}
+        self._upd = {}             # "<p>/upd_<name>" -> [sum of the update norms (0-d device array), count]
         self._steps = 0
+        self._epoch, self._num_epochs = 1, 0   # host copies of "meta/epoch", "meta/num_epochs"
 
     # -- model ------------------------------------------------------------------------------------
     def prepare_model(self, model):
@@ -187,19 +189,30 @@ class SVDRuleBase(Rule):
         return prefix == str(len(model.layers) - 1)
 
     def _init_meta(self, model):
-        """The epoch now running and the run length live in the state, so a resumed run knows them."""
+        """The epoch now running and the run length live in the state, so a resumed run knows them; the rule
+        reads its host copies ``_epoch``, ``_num_epochs`` (kept in step with the state here, in ``on_epoch_end``
+        and in ``load_state_dict``), never the arrays, which may sit on the device."""
         self.state["meta/epoch"] = place(model, np.ones(1))
         self.state["meta/num_epochs"] = place(model, np.zeros(1))
+        self._epoch, self._num_epochs = 1, 0
 
     @property
     def epoch(self):
-        """The epoch now running (1-based)."""
-        return int(float(self.state["meta/epoch"][0])) if "meta/epoch" in self.state else 1
+        """The epoch now running (1-based); a host int (no device->host transfer: read once per layer per step)."""
+        return self._epoch
 
     @property
     def num_epochs(self):
         """Run length, learnt at the first ``on_epoch_end`` (0 before: epoch 1 is in every schedule's phase 1)."""
-        return int(float(self.state["meta/num_epochs"][0])) if "meta/num_epochs" in self.state else 0
+        return self._num_epochs
+
+    def load_state_dict(self, d, xp):
+        """Restore the state arrays (``Rule.load_state_dict``) and refresh the host epoch counters from them."""
+        super().load_state_dict(d, xp)
+        self._epoch = int(np.asarray(asnumpy(self.state["meta/epoch"])).reshape(-1)[0]) \
+            if "meta/epoch" in self.state else 1
+        self._num_epochs = int(np.asarray(asnumpy(self.state["meta/num_epochs"])).reshape(-1)[0]) \
+            if "meta/num_epochs" in self.state else 0
 
     # -- per-step pieces ----------------------------------------------------------------------------
     def hoyer_on(self):
@@ -221,28 +234,35 @@ class SVDRuleBase(Rule):
         return self.options["hoyer"] * hoyer_grad(s) if self.hoyer_on() else None
 
     def _retract_all(self, model):
+        """Retract every tall ``U``, ``V`` onto the Stiefel manifold.  One device->host transfer in all: the
+        errors ``||X^T X - I||_F`` of all factors are read back together (``orthogonality_errors``) and passed to
+        ``retract``, which then predicts the Newton-Schulz convergence instead of measuring it
+        (``check_every=None``; the exact eigh fallback, far from the manifold, still measures)."""
         if not self.retracts:
             return
-        for p, layer in self._layers(model):
-            for name in ("U", "V"):
-                X = layer.params[name]
-                if X.shape[0] < X.shape[1]:
-                    continue
-                Y, err = retract(X, self._retraction, return_error=True)
-                key = f"{p}/drift_{name}"
-                self._acc[key] = max(self._acc.get(key, 0.0), err)
+        todo = [(p, name, layer.params[name]) for p, layer in self._layers(model) for name in ("U", "V")
+                if layer.params[name].shape[0] >= layer.params[name].shape[1]]
+        errs = orthogonality_errors([X for _, _, X in todo])
+        for (p, name, X), e in zip(todo, errs):
+            Y, err = retract(X, self._retraction, return_error=True, check_every=None, error=e)
+            key = f"{p}/drift_{name}"
+            self._acc[key] = max(self._acc.get(key, 0.0), err)
+            if Y is not X:
                 X[...] = Y
 
     def _record(self, p, name, value):
         self._acc.setdefault(f"{p}/{name}", []).append(float(value))
 
     def _record_updates(self, updates):
+        """Accumulate ``||update||_F`` per factor on the device (read back once, in ``_epoch_metrics``)."""
         for p, _ in self.layers:
             for name in ("U", "s", "V"):
                 u = updates.get(f"{p}.{name}")
                 if u is not None:
                     xp = get_array_module(u)
-                    self._record(p, f"upd_{name}", float(xp.linalg.norm(u)))
+                    acc = self._upd.setdefault(f"{p}/upd_{name}", [0.0, 0])
+                    acc[0] = acc[0] + xp.linalg.norm(u)
+                    acc[1] += 1
 
     def step(self, model, x, y):
         self._retract_all(model)  # after the previous optimiser step, before this forward pass
@@ -295,10 +315,12 @@ class SVDRuleBase(Rule):
             self._init_meta(model)
         self.state["meta/num_epochs"][...] = int(num_epochs)
         self._retract_all(model)
+        self._num_epochs = int(num_epochs)
         energy = self._reduce_ranks(model, optimizer, int(epoch), int(num_epochs))
         metrics = self._epoch_metrics(model, energy)
         self.state["meta/epoch"][...] = int(epoch) + 1
-        self._acc, self._steps = {}, 0
+        self._epoch = int(epoch) + 1
+        self._acc, self._upd, self._steps = {}, {}, 0
         return metrics
 
     def _epoch_metrics(self, model, energy):
@@ -308,6 +330,13 @@ class SVDRuleBase(Rule):
         if self.retracts:
             extra = extra + ["drift_U", "drift_V"]
         rows.update({k: [] for k in extra})
+        keys = list(self._upd)
+        if keys:   # the accumulated update norms: one device->host transfer
+            xp = get_array_module(self._upd[keys[0]][0])
+            sums = asnumpy(xp.stack([xp.asarray(self._upd[k][0], dtype=xp.float64) for k in keys]))
+            upd = {k: float(v) / self._upd[k][1] for k, v in zip(keys, np.asarray(sums).reshape(-1))}
+        else:
+            upd = {}
         for p, layer in self.layers:
             s = layer.params["s"]
             rows["rank"].append(layer.rank)
@@ -318,7 +347,7 @@ class SVDRuleBase(Rule):
             rows["hoyer"].append(hoyer(s) if float(get_array_module(s).abs(s).sum()) > 0 else float("nan"))
             rows["energy_kept"].append(energy.get(p, 1.0))
             for name in ["upd_U", "upd_s", "upd_V"] + extra:
-                v = self._acc.get(f"{p}/{name}")
+                v = upd.get(f"{p}/{name}", self._acc.get(f"{p}/{name}"))
                 if isinstance(v, list):
                     v = float(np.mean(v)) if v else float("nan")
                 rows[name].append(float("nan") if v is None else float(v))
