@@ -300,3 +300,95 @@ def test_failed_run_is_reported_not_invented(data_dir, tmp_path):
     assert rows[0]["paper − ssaref"] == "—" and rows[1]["ssaref test accuracy (%)"] == "not run: no such rule"
     assert measured == {}
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "o"))
+
+
+# ------------------------------------------------------------------------------------------ exit codes, argument checks
+FM_TINY = ["--", "--train-limit", "32", "--test-limit", "16", "--hidden", "16,16"]
+
+
+def _fm_rows(text):
+    """Rows of fmnist_mlp_methods' method table: label -> [epochs, final acc, best acc, s/epoch]."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| method | epochs |"))
+    rows = {}
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_fmnist_mlp_methods_synthetic(tmp_path):
+    mod = _script("fmnist_mlp_methods")
+    out = tmp_path / "fm"
+    rc = mod.main(["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,dfa,ssa", "--align-every", "1",
+                   "--out-dir", str(out), *FM_TINY])
+    assert rc == 0
+    text = (out / "results.md").read_text(encoding="utf-8")
+    rows = _fm_rows(text)
+    assert list(rows) == ["BP", "DFA", "SSA (default)"]
+    for name, label in (("bp", "BP"), ("dfa", "DFA"), ("ssa", "SSA (default)")):
+        _, m, ck = read_run(out / f"{name}.h5")
+        assert int(ck["epoch"]) == 1
+        ep, final, best, _ = rows[label]
+        assert ep == "1"
+        acc = float(final)
+        assert math.isfinite(acc) and 0.0 <= acc <= 100.0
+        assert acc == pytest.approx(100 * m["test_acc"][-1], abs=0.006) and float(best) >= acc - 0.006
+    # alignment tables for DFA and SSA only, SVD table for SSA only
+    assert "**DFA: eq. (4) angle" in text and "**SSA (default): eq. (4) angle" in text and "**BP: eq." not in text
+    assert "**SSA (default): last epoch, per SVD layer**" in text and "**BP: last epoch" not in text
+    assert "extra flags: `--train-limit 32" in text
+    assert (out / "error_curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["fmnist_mlp_methods", "fig4_error_curves", "table1_smallconv"])
+@pytest.mark.parametrize("bad", [["--dataset", "nope"], ["--epochs", "0"], ["--epochs", "-3"],
+                                 ["--methods", "bp,nope"], ["--methods", ","], ["SEED", "-1"], ["SEED", "1,x"]])
+def test_bad_arguments_exit_2_before_any_run(name, bad, tmp_path, capsys):
+    if bad[0] == "SEED":
+        if name == "fmnist_mlp_methods" and "," in bad[1]:
+            bad = ["--seed", "x"]
+        else:
+            bad = ["--seed" if name == "fmnist_mlp_methods" else "--seeds", bad[1]]
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as exc:
+        _script(name).main(["--out-dir", str(out), *bad, "--", "--train-limit", "8"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert bad[1].strip(",").split(",")[-1] in err or "no method" in err
+    assert not out.exists()                                  # no run started, no file written
+
+
+def test_failed_run_makes_script_exit_1(tmp_path, capsys):
+    mod = _script("fmnist_mlp_methods")
+    out = tmp_path / "fmf"
+    # --ssa-variant is an SSA option: the BP run rejects it (train exit code 2), the SSA run takes it
+    rc = mod.main(["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,ssa", "--align-every", "0",
+                   "--out-dir", str(out), *FM_TINY, "--ssa-variant", "paper"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "1 runs failed: bp/0" in err.splitlines()
+    rows = _fm_rows((out / "results.md").read_text(encoding="utf-8"))
+    assert rows["BP"][1].startswith("failed: error:") and "takes no option" in rows["BP"][1]
+    assert math.isfinite(float(rows["SSA (default)"][1]))
+    assert not (out / "bp.h5").exists() and (out / "ssa.h5").exists()
+    # every run failing: still a results.md, still exit 1, all runs named
+    rc = mod.main(["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,dfa", "--out-dir", str(tmp_path / "all"),
+                   "--", "--lr", "-1"])
+    assert rc == 1
+    assert "2 runs failed: bp/0, dfa/0" in capsys.readouterr().err.splitlines()
+    rows = _fm_rows((tmp_path / "all" / "results.md").read_text(encoding="utf-8"))
+    assert all(r[1].startswith("failed: error:") for r in rows.values()) and len(rows) == 2
+
+
+def test_sweep_script_exits_1_on_failed_run(data_dir, tmp_path, capsys):
+    out = tmp_path / "f4f"
+    rc = _script("fig4_error_curves").main(["--quick", "--data-dir", str(data_dir), "--out-dir", str(out),
+                                            "--methods", "bp", "--no-plot", *TINY, "--ssa-variant", "paper"])
+    assert rc == 1
+    assert "1 runs failed: cifar10-mlp-bp/0" in capsys.readouterr().err.splitlines()
+    bp = next(r for r in _rows((out / "results.md").read_text(encoding="utf-8")) if r["method"] == "BP")
+    assert bp["ssaref test error (%)"].startswith("failed: seed 0: error:")

@@ -8,6 +8,8 @@ evidence of the full run.
 """
 from __future__ import annotations
 
+import os
+
 import math
 import zlib
 from dataclasses import dataclass, field
@@ -86,8 +88,10 @@ class Context:
         fig = plt.figure(figsize=(7, 4))
         draw(fig)
         fig.tight_layout()
-        fig.savefig(self.out / name, dpi=90)
+        tmp = self.out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=90)  # written aside, then renamed: never a half-written figure
         plt.close(fig)
+        os.replace(tmp, self.out / name)
         return name
 
 

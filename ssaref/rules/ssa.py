@@ -261,7 +261,7 @@ class SVDRuleBase(Rule):
                 if u is not None:
                     xp = get_array_module(u)
                     acc = self._upd.setdefault(f"{p}/upd_{name}", [0.0, 0])
-                    acc[0] = acc[0] + xp.linalg.norm(u)
+                    acc[0] = acc[0] + xp.linalg.norm(u).astype(xp.float64)
                     acc[1] += 1
 
     def step(self, model, x, y):
