@@ -392,3 +392,29 @@ def test_sweep_script_exits_1_on_failed_run(data_dir, tmp_path, capsys):
     assert "1 runs failed: cifar10-mlp-bp/0" in capsys.readouterr().err.splitlines()
     bp = next(r for r in _rows((out / "results.md").read_text(encoding="utf-8")) if r["method"] == "BP")
     assert bp["ssaref test error (%)"].startswith("failed: seed 0: error:")
+
+
+def test_crash_inside_training_is_a_failed_run(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def boom(argv):
+        calls.append(argv)
+        raise TypeError("simulated crash")
+    monkeypatch.setattr(sw.train_mod, "main", boom)
+    p = sw.build_parser("t", "", dataset="synthetic", epochs=1, seeds="0", methods=["bp", "dfa"])
+    args = sw.parse_args(p, ["--seeds", "0,1", "--out-dir", str(tmp_path / "o")])
+    cfgs = [sw.Config(f"synthetic-mlp-{m}", m.upper(), m, "mlp", "synthetic") for m in ("bp", "dfa")]
+    status = sw.run_sweep(cfgs, args, log=lambda *a: None)
+    assert len(calls) == 4                                   # the sweep went on after the first crash
+    assert all(st.rc == 1 and st.error == "error: TypeError: simulated crash" for st in status.values())
+    assert sw.exit_code(status) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("4 runs failed: synthetic-mlp-bp/0, synthetic-mlp-bp/1, "
+                                                        "synthetic-mlp-dfa/0, synthetic-mlp-dfa/1")
+    assert sw.exit_code({}) == 0 and sw.exit_code({("a", 0): sw.RunStatus(Path("x"), 0)}) == 0
+    # ssaref.train's argparse exits (SystemExit 2) on a bad pass-through flag: a failed run with that code
+    def reject(argv):
+        print("error: argument --lr: must be > 0, got -1", file=sys.stderr)
+        raise SystemExit(2)
+    monkeypatch.setattr(sw.train_mod, "main", reject)
+    st = sw.run_one(cfgs[0], 0, args, log=lambda *a: None)
+    assert (st.rc, st.error) == (2, "error: argument --lr: must be > 0, got -1")

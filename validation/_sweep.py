@@ -30,6 +30,7 @@ import contextlib
 import io
 import os
 import sys
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -282,7 +283,8 @@ def _epochs_in(path: Path) -> int:
 
 
 def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
-    """Train (or resume, or leave alone) one configuration for one seed; never raises on a failed run."""
+    """Train (or resume, or leave alone) one configuration for one seed; never raises on a failed run (an
+    exception inside ``ssaref.train.main`` is reported as exit code 1 with its ``error: Type: message`` line)."""
     out = run_path(args.out_dir, cfg, seed)
     argv = train_flags(cfg, seed, args) + ["--out", str(out)]
     if out.exists():
@@ -296,7 +298,14 @@ def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
     log(f"== {cfg.name} seed {seed}: python -m ssaref.train {' '.join(argv)}")
     tee = _Tee(sys.stderr)
     with contextlib.redirect_stderr(tee):
-        rc = train_mod.main(argv)
+        try:
+            rc = train_mod.main(argv)
+        except SystemExit as exc:  # ssaref.train's argparse rejected a flag (one "error:" line already printed)
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception as exc:  # a crash inside training is a failed run: the sweep goes on, the row says so
+            traceback.print_exc()
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            rc = 1
     err = ""
     if rc != 0:
         lines = [ln for ln in tee.buf.getvalue().splitlines() if ln.strip()]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def train_argv(name, args):
 
 
 def run_one(name, args) -> sw.RunStatus:
-    """Train (or resume, or leave alone) method ``name``; never raises on a failed run."""
+    """Train (or resume, or leave alone) method ``name``; never raises on a failed or crashed run."""
     out = Path(args.out_dir) / f"{name}.h5"
     argv = train_argv(name, args) + ["--out", str(out)]
     if out.exists():
@@ -74,7 +75,14 @@ def run_one(name, args) -> sw.RunStatus:
     print(f"== {name}: python -m ssaref.train {' '.join(argv)}", flush=True)
     tee = sw._Tee(sys.stderr)
     with contextlib.redirect_stderr(tee):
-        rc = train_mod.main(argv)
+        try:
+            rc = train_mod.main(argv)
+        except SystemExit as exc:  # ssaref.train's argparse rejected a flag (one "error:" line already printed)
+            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        except Exception as exc:  # a crash inside training is a failed run: the sweep goes on, the row says so
+            traceback.print_exc()
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            rc = 1
     err = ""
     if rc != 0:
         lines = [ln for ln in tee.buf.getvalue().splitlines() if ln.strip()]
@@ -148,7 +156,9 @@ def summarise(names, args, status=None):
         fig, ax = plt.subplots(figsize=(6, 4))
         for name, err in curves.items():
             ax.plot(np.arange(1, len(err) + 1), err, label=METHODS[name][1])
-        ax.set_xlabel("epoch"), ax.set_ylabel("test error (%)"), ax.legend(fontsize=7)
+        ax.set_xlabel("epoch"), ax.set_ylabel("test error (%)")
+        if curves:
+            ax.legend(fontsize=7)
         ax.set_title(f"{args.dataset}, 3-layer MLP")
         png = Path(args.out_dir) / "error_curves.png"
         sw.save_figure(fig, png)
