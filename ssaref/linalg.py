@@ -265,8 +265,8 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
         return (Q * d, err0) if return_error else Q * d
     tol = 50.0 * float(np.finfo(X.dtype).eps) * math.sqrt(r) if tol is None else float(tol)
     eye = xp.eye(r, dtype=X.dtype)
-    Y, err0 = X, None
     err = None if error is None else float(error)  # None: measure before the next step
+    Y, err0 = X, err
     since = 0                                        # Newton-Schulz steps since the last measurement
     for _ in range(int(max_iter)):
         measure = err is None or (check_every is not None and since >= check_every)

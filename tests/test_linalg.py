@@ -164,3 +164,54 @@ def test_randomized_svd_gpu_matches_cpu(rng):
         np.testing.assert_allclose(cp.asnumpy(y), x, atol=1e-8)
     Y = L.retract(cp.asarray(A[:, :5] / np.linalg.norm(A[:, :5], axis=0)))
     assert L.orthogonality_error(Y) < 1e-12
+
+
+def test_orthogonality_errors_batch(rng):
+    Xs = [rng.standard_normal((6, 3)), np.linalg.qr(rng.standard_normal((5, 5)))[0], rng.standard_normal((4, 1))]
+    assert L.orthogonality_errors(Xs) == pytest.approx([L.orthogonality_error(X) for X in Xs], rel=1e-15)
+    assert L.orthogonality_errors([]) == []
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-6, 1e-3, 3e-2, 1.0])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("check_every,given", [(None, False), (None, True), (2, False), (1, True)])
+def test_retract_polar_with_fewer_error_checks(scale, dtype, check_every, given, rng):
+    """check_every / error: the same polar factor, to rounding, as the default that measures every step."""
+    Q = np.linalg.qr(rng.standard_normal((20, 7)))[0]
+    X = (Q + scale * rng.standard_normal(Q.shape)).astype(dtype)
+    e = L.orthogonality_error(X)
+    ref, err_ref = L.retract(X, return_error=True)
+    Y, err = L.retract(X, return_error=True, check_every=check_every, error=e if given else None)
+    assert Y.dtype == dtype and Y is not X
+    assert err == pytest.approx(err_ref, rel=1e-6)
+    tol = 50 * np.finfo(dtype).eps * np.sqrt(7)       # retract's default target
+    assert L.orthogonality_error(Y) <= tol
+    np.testing.assert_allclose(Y, ref, atol=tol)
+
+
+def test_retract_check_every_none_reads_the_error_once(rng, monkeypatch):
+    """Near the manifold, check_every=None measures ||X^T X - I|| once (none with ``error``); the default once per
+    Newton-Schulz step."""
+    calls = []
+    norm = np.linalg.norm
+    monkeypatch.setattr(np.linalg, "norm", lambda *a, **k: calls.append(1) or norm(*a, **k))
+    Q = np.linalg.qr(rng.standard_normal((30, 6)))[0]
+    X = Q + 1e-3 * rng.standard_normal(Q.shape)
+    e = float(norm(X.T @ X - np.eye(6)))
+    L.retract(X)
+    n_default = len(calls)
+    calls.clear(); L.retract(X, check_every=None)
+    assert n_default >= 2 and len(calls) == 1
+    calls.clear(); Y = L.retract(X, check_every=None, error=e)
+    assert len(calls) == 0
+    np.testing.assert_allclose(Y, L.retract(X), atol=1e-12)
+
+
+def test_retract_check_arguments(rng):
+    X = np.linalg.qr(rng.standard_normal((5, 3)))[0]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(L.LinalgError, match="check_every"):
+            L.retract(X, check_every=bad)
+    with pytest.raises(L.LinalgError, match="error"):
+        L.retract(X, error=-1.0)
+    assert L.retract(X, "qr", return_error=True, error=0.25)[1] == 0.25

@@ -418,3 +418,90 @@ def test_metric_layers_name_the_columns_of_the_svd_metrics(method, rng):
     assert names == keys
     assert build_rule("dfa").metric_layers() == [] and build_rule("bp").metric_layers() == []
     assert build_rule(method).metric_layers() == []          # before prepare_model
+
+
+# ---------------------------------------------------------------------------------------------------
+# the bias update carries alpha; host-side epoch counters; update norms accumulated on the device
+# ---------------------------------------------------------------------------------------------------
+@given(alpha=st.floats(0.2, 3.0), seed=st.integers(0, 10 ** 6))
+def test_default_bias_update_is_alpha_times_fd_gradient(alpha, seed):
+    """Default variant, layers WITH bias: updates["k.b"] = d/db alpha <signal_k, a_k(b)> by central differences,
+    ``signal_k`` being the task signal SSA delivers to layer k's output (eq. (6), (7))."""
+    assume(abs(alpha - 1.0) > 0.05)
+    model, rule = _prepared("ssa", seed=seed % 1000, alpha=alpha)
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((5, 1, 6, 6)), rng.integers(0, 4, 5)
+    res = rule.step(model, x, y)
+    h, inputs = x, {}
+    for k, layer in enumerate(model.layers):
+        inputs[k] = h
+        h, _ = layer.forward(h, train=True)
+    for p, layer in rule.layers:
+        k = int(p)
+        assert "b" in layer.params
+        b0, sig = layer.params["b"].copy(), res.signals[k]
+
+        def f(b, layer=layer, k=k, sig=sig):
+            layer.params["b"][...] = b
+            return alpha * float(np.sum(sig * layer.forward(inputs[k], train=True)[0]))
+
+        num = numerical_grad(f, b0.copy())
+        layer.params["b"][...] = b0
+        assert rel_error(res.updates[f"{p}.b"], num) < 1e-7, p
+
+
+class _NoHostRead(np.ndarray):
+    """An array that refuses to be indexed or read back: stands in for a device array the rule must not sync."""
+
+    def __getitem__(self, item):
+        raise AssertionError("state array read on the host during a step")
+
+    def __float__(self):
+        raise AssertionError("state array read on the host during a step")
+
+    __int__ = __float__
+
+
+@pytest.mark.parametrize("method", ["ssa", "svd-bp"])
+def test_epoch_counters_are_host_ints_and_survive_resume(method, rng):
+    model, rule = _prepared(method, hoyer=1e-3)
+    assert (rule.epoch, rule.num_epochs) == (1, 0)
+    x, y = rng.standard_normal((4, 1, 6, 6)), rng.integers(0, 4, 4)
+    rule.step(model, x, y)
+    rule.on_epoch_end(model, None, 1, 7)
+    assert (rule.epoch, rule.num_epochs) == (2, 7)
+    assert type(rule.epoch) is int and type(rule.num_epochs) is int
+    d = rule.state_dict()
+    assert d["meta/epoch"][0] == 2 and d["meta/num_epochs"][0] == 7
+    # a step (hoyer_on once per layer) never reads the meta arrays back
+    saved = {k: rule.state[k] for k in ("meta/epoch", "meta/num_epochs")}
+    for k, v in saved.items():
+        rule.state[k] = v.view(_NoHostRead)
+    rule.step(model, x, y)
+    rule.state.update(saved)
+    # resume: a fresh rule learns the counters from load_state_dict
+    model2, fresh = _prepared(method, hoyer=1e-3)
+    assert (fresh.epoch, fresh.num_epochs) == (1, 0)
+    fresh.load_state_dict(d, np)
+    assert (fresh.epoch, fresh.num_epochs) == (2, 7)
+    assert fresh.hoyer_on() == rule.hoyer_on()
+
+
+def test_update_norm_metrics_are_means_over_the_steps(rng):
+    model, rule = _prepared("ssa", retraction="none")
+    norms = {}
+    for _ in range(3):
+        x, y = rng.standard_normal((4, 1, 6, 6)), rng.integers(0, 4, 4)
+        res = rule.step(model, x, y)
+        for p, _ in rule.layers:
+            for n in ("U", "s", "V"):
+                norms.setdefault((p, n), []).append(np.linalg.norm(res.updates[f"{p}.{n}"]))
+        for key, prm in model.named_params():
+            prm -= 0.05 * res.updates[key]
+    m = rule.on_epoch_end(model, None, 1, 10)
+    for j, (p, _) in enumerate(rule.layers):
+        for n in ("U", "s", "V"):
+            assert m[f"svd_upd_{n}"][j] == pytest.approx(np.mean(norms[(p, n)]), rel=1e-12)
+    rule.step(model, x, y)                       # the accumulators restart each epoch
+    m2 = rule.on_epoch_end(model, None, 2, 10)
+    assert np.all(np.isfinite(m2["svd_upd_U"])) and rule._upd == {}

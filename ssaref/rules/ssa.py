@@ -548,6 +548,10 @@ class SSA(SVDRuleBase):
         return {"U": dU, "s": gs, "V": dV}
 
     def updates(self, model, caches, e):
+        """Update directions of every parameter: ``dU``, ``ds``, ``dV`` (``layer_update``) and ``alpha`` times the
+        task gradient of ``b``.  The optimiser applies eq. (10) with them, ``U <- U - eta dU``,
+        ``S <- S - eta dS``, ``V <- V - eta dV`` (SGD; momentum/Adam transform the direction first), and the
+        default variant retracts ``U``, ``V`` at the next ``step``."""
         if getattr(self, "segs", None) is None:
             raise RuntimeError("SSA.init_state must run before training")
         updates, signals = self.task_signals(model, caches, e)
@@ -567,7 +571,7 @@ class SSA(SVDRuleBase):
         every = self.options["angle_every"]
         if every and self._steps % every == 0:
             self._angles(model, caches, e, updates, signals, top)
-        return updates, signals
+        return updates, signals  # eq. (10): the optimiser steps U, S, V (and b) along these directions
 
     # -- eq. (4) angle between SSA's induced change of W and the BP gradient ----------------------------
     def _angles(self, model, caches, e, updates, signals, top):
