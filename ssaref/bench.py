@@ -8,7 +8,6 @@ out of the ratio.  Nothing here is asserted: speed is measured, not tested.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -17,6 +16,7 @@ import time
 
 import numpy as np
 
+from .cli import OneLineParser, positive
 from .backend import BackendError, asnumpy, keep_large_allocations, resolve_backend
 from .nn import build_model
 from .optim import build_optimizer
@@ -102,21 +102,11 @@ def bench_model(name, *, batch=128, repeats=20, warmup=3, backend="numpy", seed=
             "ssaref_ms": 1e3 * s, "torch_ms": 1e3 * t, "ratio": s / t}
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m ssaref.bench", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m ssaref.bench", description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--repeats", type=_positive_int, default=20)
+    p.add_argument("--batch-size", type=positive(int), default=128)
+    p.add_argument("--repeats", type=positive(int), default=20)
     p.add_argument("--backend", default="numpy")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--default-malloc", action="store_true",

@@ -312,7 +312,6 @@ def hoyer_grad(s):
 
 def retained_energy(s, keep):
     """Fraction ``sum_{j in keep} s_j^2 / sum_j s_j^2`` of the spectral energy kept by index set ``keep``."""
-    xp = get_array_module(s)
     tot = float((s * s).sum())
     return float((s[keep] ** 2).sum()) / tot if tot > 0 else 1.0
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from . import __version__
+from .cli import OneLineParser, int_list, nonnegative_int, positive
 from .backend import BackendError, asnumpy, keep_large_allocations, parse_dtype, resolve_backend, to_device
 from .data import DATASETS, DatasetError, augment, load_dataset
 from .nn import MODELS, build_model
@@ -34,44 +35,8 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...); the message says where."""
 
 
-def _positive(kind):
-    def parse(s):
-        try:
-            v = kind(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-        return v
-    return parse
-
-
-def _nonnegative_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
-
-
-def _int_list(s):
-    try:
-        return [int(v) for v in str(s).replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump): ``error: <what> (see --help)``."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see python -m ssaref.train --help)\n")
-
-
 def build_parser():
-    p = _Parser(prog="python -m ssaref.train", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m ssaref.train", description=__doc__.splitlines()[0])
     a = p.add_argument
     a("--config", help="TOML file whose keys mirror these flags")
     a("--backend", default="auto", help="auto (cupy when a GPU is usable), numpy or cupy")
@@ -80,24 +45,24 @@ def build_parser():
     a("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     a("--data-dir", default=None, help="dataset root searched first (then $SSAREF_DATA, ./data, /usr/share/datasets)")
     a("--no-download", action="store_true", help="never download a missing dataset")
-    a("--epochs", type=_positive(int), default=10)
-    a("--batch-size", type=_positive(int), default=128)
-    a("--lr", type=_positive(float), default=1e-3)
+    a("--epochs", type=positive(int), default=10)
+    a("--batch-size", type=positive(int), default=128)
+    a("--lr", type=positive(float), default=1e-3)
     a("--optimizer", default="adam", help="sgd, adam or adamw")
     a("--momentum", type=float, default=0.9, help="SGD momentum")
     a("--nesterov", action="store_true")
     a("--weight-decay", type=float, default=0.0)
     a("--schedule", default="constant", help="constant, step or cosine")
-    a("--seed", type=_nonnegative_int, default=0)
-    a("--train-limit", type=_positive(int), default=None, help="use the first N training examples")
-    a("--test-limit", type=_positive(int), default=None, help="use the first N test examples")
+    a("--seed", type=nonnegative_int, default=0)
+    a("--train-limit", type=positive(int), default=None, help="use the first N training examples")
+    a("--test-limit", type=positive(int), default=None, help="use the first N test examples")
     a("--dtype", default="float32", help="float32 (training) or float64")
-    a("--hidden", type=_int_list, default=None, help="mlp hidden widths, e.g. 256,256")
+    a("--hidden", type=int_list, default=None, help="mlp hidden widths, e.g. 256,256")
     a("--activation", default=None, choices=["relu", "tanh", "sigmoid"],
       help="hidden non-linearity of mlp (default relu)")
-    a("--width-mult", type=_positive(float), default=1.0, help="scale channel counts of conv models")
+    a("--width-mult", type=positive(float), default=1.0, help="scale channel counts of conv models")
     a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
-    a("--eval-batch-size", type=_positive(int), default=1000)
+    a("--eval-batch-size", type=positive(int), default=1000)
     a("--align-every", type=int, default=0,
       help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)")
     a("--out", default=None, help="HDF5 run file (config, per-epoch metrics, checkpoint)")

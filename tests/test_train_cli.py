@@ -64,7 +64,7 @@ def test_resume_takes_the_runs_own_settings(tmp_path, capsys):
     rc, out, err = run_cli(["--resume", str(part), "--epochs", "2", "--no-progress"], capsys)
     assert rc == 0, err
     assert "method=bp" in out and "dataset=synthetic" in out
-    (c_full, m_full, _), (c_part, m_part, _) = read_run(full), read_run(part)
+    (_, m_full, _), (c_part, m_part, _) = read_run(full), read_run(part)
     np.testing.assert_array_equal(m_full["test_loss"], m_part["test_loss"])
     assert c_part["hidden"] == [24, 12] and c_part["optimizer"] == "sgd" and c_part["epochs"] == 2
 

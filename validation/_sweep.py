@@ -41,6 +41,7 @@ if str(_ROOT) not in sys.path:  # ``python validation/x.py`` from a checkout wit
     sys.path.insert(0, str(_ROOT))
 
 from ssaref import train as train_mod  # noqa: E402
+from ssaref.cli import OneLineParser, positive  # noqa: E402
 from ssaref.data import DATASETS  # noqa: E402
 from ssaref.runlog import RunFileError, read_run  # noqa: E402
 
@@ -139,21 +140,22 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
+_positive_int = positive(int)
+ArgParser = OneLineParser  # one-line `error:` and exit 2, as ssaref.train
 
 
-class ArgParser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump), exit code 2: ``error: <what> (see <prog> --help)``."""
+def add_models_option(p, models):
+    """``--models`` (comma-separated subset of ``models``, default all)."""
+    p.add_argument("--models", default=",".join(models), help=f"subset of {','.join(models)}")
 
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+def pick_models(p, text, models) -> list[str]:
+    """Parse ``--models``; an unknown or empty selection is a one-line parser error."""
+    picked = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in picked if m not in models]
+    if bad or not picked:
+        p.error(f"--models: unknown model {bad[0] if bad else text!r}; choose from {','.join(models)}")
+    return picked
 
 
 def check_datasets(parser: argparse.ArgumentParser, text: str) -> list[str]:
@@ -283,19 +285,25 @@ def _epochs_in(path: Path) -> int:
 
 
 def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
-    """Train (or resume, or leave alone) one configuration for one seed; never raises on a failed run (an
-    exception inside ``ssaref.train.main`` is reported as exit code 1 with its ``error: Type: message`` line)."""
+    """Train (or resume, or leave alone) one configuration for one seed; see :func:`launch`."""
     out = run_path(args.out_dir, cfg, seed)
-    argv = train_flags(cfg, seed, args) + ["--out", str(out)]
+    return launch(out, train_flags(cfg, seed, args), args.epochs, f"{cfg.name} seed {seed}", log=log)
+
+
+def launch(out: Path, argv: list, epochs: int, label: str, log=print) -> RunStatus:
+    """Run ``ssaref.train`` with ``argv --out out``: left alone when ``out`` already holds ``epochs`` epochs,
+    resumed when it holds fewer.  Never raises on a failed run: an exception inside ``ssaref.train.main`` is
+    reported as exit code 1 with its ``error: Type: message`` line."""
+    argv = list(argv) + ["--out", str(out)]
     if out.exists():
         done = _epochs_in(out)
-        if done >= args.epochs:
+        if done >= epochs:
             return RunStatus(out, 0)
         if done > 0:
             argv += ["--resume", str(out)]
         else:  # unreadable or checkpoint-less file: start over (write_run replaces it atomically)
             log(f"   {out} holds no usable checkpoint; training from scratch")
-    log(f"== {cfg.name} seed {seed}: python -m ssaref.train {' '.join(argv)}")
+    log(f"== {label}: python -m ssaref.train {' '.join(argv)}")
     tee = _Tee(sys.stderr)
     with contextlib.redirect_stderr(tee):
         try:
@@ -310,7 +318,7 @@ def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
     if rc != 0:
         lines = [ln for ln in tee.buf.getvalue().splitlines() if ln.strip()]
         err = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
-        log(f"   {cfg.name} seed {seed} stopped with exit code {rc}: {err}")
+        log(f"   {label} stopped with exit code {rc}: {err}")
     return RunStatus(out, rc, err)
 
 

@@ -18,9 +18,7 @@ one line ``error: ...`` and exit code 2.  A run that stops with a non-zero exit 
 """
 from __future__ import annotations
 
-import contextlib
 import sys
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _sweep as sw  # noqa: E402  (also puts the checkout on sys.path)
 
-from ssaref import train as train_mod  # noqa: E402
 from ssaref.runlog import RunFileError, read_run  # noqa: E402
 
 METHODS = {  # method -> (flags, label); learning rates: Adam, the paper's optimiser (section 6)
@@ -62,33 +59,8 @@ def train_argv(name, args):
 
 def run_one(name, args) -> sw.RunStatus:
     """Train (or resume, or leave alone) method ``name``; never raises on a failed or crashed run."""
-    out = Path(args.out_dir) / f"{name}.h5"
-    argv = train_argv(name, args) + ["--out", str(out)]
-    if out.exists():
-        done = sw._epochs_in(out)
-        if done >= args.epochs:
-            return sw.RunStatus(out, 0)
-        if done > 0:
-            argv += ["--resume", str(out)]
-        else:  # unreadable or checkpoint-less file: start over (write_run replaces it atomically)
-            print(f"   {out} holds no usable checkpoint; training from scratch", flush=True)
-    print(f"== {name}: python -m ssaref.train {' '.join(argv)}", flush=True)
-    tee = sw._Tee(sys.stderr)
-    with contextlib.redirect_stderr(tee):
-        try:
-            rc = train_mod.main(argv)
-        except SystemExit as exc:  # ssaref.train's argparse rejected a flag (one "error:" line already printed)
-            rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except Exception as exc:  # a crash inside training is a failed run: the sweep goes on, the row says so
-            traceback.print_exc()
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            rc = 1
-    err = ""
-    if rc != 0:
-        lines = [ln for ln in tee.buf.getvalue().splitlines() if ln.strip()]
-        err = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
-        print(f"   {name} stopped with exit code {rc}: {err}", flush=True)
-    return sw.RunStatus(out, rc, err)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    return sw.launch(Path(args.out_dir) / f"{name}.h5", train_argv(name, args), args.epochs, name, log=log)
 
 
 def _fmt(v, f="{:.1f}"):

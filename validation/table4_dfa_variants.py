@@ -46,12 +46,9 @@ def configs(args):
 def main(argv=None):
     p = sw.build_parser(SCRIPT, __doc__, dataset="cifar10", epochs=EPOCHS, seeds=SEEDS,
                         methods=METHODS)
-    p.add_argument("--models", default=",".join(MODELS), help=f"subset of {','.join(MODELS)}")
+    sw.add_models_option(p, MODELS)
     args = sw.parse_args(p, argv)
-    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in args.models if m not in MODELS]
-    if bad or not args.models:
-        p.error(f"--models: unknown model {bad[0] if bad else args.models!r}; choose from {','.join(MODELS)}")
+    args.models = sw.pick_models(p, args.models, MODELS)
     cfgs = configs(args)
     status = sw.run_sweep(cfgs, args)
     results = sw.summarise(cfgs, args, status)

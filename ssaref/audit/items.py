@@ -375,7 +375,6 @@ def _eq6(ctx):
     rng = ctx.rng("eq6-local-loss")
     cos_U, cos_s = [], []
     for _ in range(60):
-        d = [5, 4, 3]
         W1 = rng.uniform(-1, 1, (4, 5)) / math.sqrt(5)
         W2 = rng.uniform(-1, 1, (3, 4)) / 2.0
         B1 = T.unit_col(rng, (4, 3))

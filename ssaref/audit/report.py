@@ -1,7 +1,6 @@
 """Findings (``findings.json``, schema ``ssaref-audit/1``), the markdown report and the terminal summary."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .containers import ResidualBlock, Sequential
-from .layers import (AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
+from .layers import (BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
                      Sigmoid, Tanh)
 
 __all__ = ["MODELS", "build_model"]

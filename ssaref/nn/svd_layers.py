@@ -245,7 +245,7 @@ class SVDConv2d(_SVDBase):
         return y, (c1, c2, z, x)
 
     def _kernel_grad_to_U(self, dK2):
-        r, (kh, kw) = self.rank, self.kernel
+        r, kw = self.rank, self.kernel[1]
         return dK2.reshape(self.c_out, r, kw).transpose(0, 2, 1).reshape(self.c_out * kw, r)
 
     def backward(self, dy, cache, need_dx=True, feedback=None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..backend import asnumpy, get_array_module
+from ..backend import asnumpy
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
 __all__ = ["Rule", "StepResult"]
