@@ -19,8 +19,7 @@ import numpy as np
 from .cli import OneLineParser, positive
 from .backend import BackendError, asnumpy, keep_large_allocations, resolve_backend
 from .nn import build_model
-from .optim import build_optimizer
-from .rules import build_rule
+from .run import build_run
 
 DEFAULT_MODELS = ("mlp", "lenet", "convnet", "smallconv")
 
@@ -73,14 +72,12 @@ def bench_model(name, *, batch=128, repeats=20, warmup=3, backend="numpy", seed=
     y_h = rng.integers(0, k, size=batch)
     x, y = xp.asarray(x_h), xp.asarray(y_h)
     tx, ty = torch.from_numpy(x_h), torch.from_numpy(y_h)
-    rule = build_rule("bp")
-    opt = build_optimizer("adam", model.named_params(), 1e-4)
+    run = build_run(model, "bp", np.random.default_rng(seed + 2), optimizer="adam", lr=1e-4)
     topt = torch.optim.Adam(tmodel.parameters(), lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def ssaref_step():
-        res = rule.step(model, x, y)
-        opt.step(res.updates)
+        run.train_step(x, y)
         if xp is not np:
             xp.cuda.Stream.null.synchronize()
 

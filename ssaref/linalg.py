@@ -22,7 +22,7 @@ from .backend import get_array_module
 __all__ = [
     "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
     "tangent_project", "complement_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
-    "energy_rank", "retained_energy",
+    "energy_rank", "retained_energy", "angle_deg",
 ]
 
 RETRACTIONS = ("polar", "qr", "none")
@@ -338,3 +338,35 @@ def energy_rank(s, energy):
 def _host(a):
     from .backend import asnumpy
     return asnumpy(a)
+
+
+def angle_deg(a, b) -> float:
+    """Eq. (4): the angle in degrees between two arrays seen as flat vectors, ``arccos(<a, b> / (|a| |b|))``.
+
+    The one implementation of eq. (4) in ssaref (alignment metrics, SSA's angle logging, the audit).  Evaluated as
+    ``2 atan2(|u_a - u_b|, |u_a + u_b|)`` with ``u = a/|a|``: the same angle without arccos's loss of precision near
+    0 and 180 degrees.  Any array module (numpy or cupy); computed in float64; one host read of the result.
+
+    Parameters
+    ----------
+    a, b : arrays with the same number of elements (any shapes).
+
+    Returns
+    -------
+    float in [0, 180]; nan when either has zero or non-finite norm.
+    """
+    a = a if hasattr(a, "dtype") else np.asarray(a)
+    b = b if hasattr(b, "dtype") else np.asarray(b)
+    xp = get_array_module(a, b)
+    a = xp.asarray(a, dtype=xp.float64).reshape(-1)
+    b = xp.asarray(b, dtype=xp.float64).reshape(-1)
+    if a.size != b.size:
+        raise LinalgError(f"angle_deg: arrays have {a.size} and {b.size} elements")
+    na, nb = xp.linalg.norm(a), xp.linalg.norm(b)
+    ua, ub = a / xp.where(na == 0, 1.0, na), b / xp.where(nb == 0, 1.0, nb)
+    # one device->host transfer for the norms and the two distances together
+    vals = _host(xp.stack([na, nb, xp.linalg.norm(ua - ub), xp.linalg.norm(ua + ub)]))
+    na_h, nb_h, dm, dp = (float(v) for v in vals)
+    if na_h == 0.0 or nb_h == 0.0 or not (math.isfinite(na_h) and math.isfinite(nb_h)):
+        return float("nan")
+    return math.degrees(2.0 * math.atan2(dm, dp))

@@ -1,10 +1,10 @@
 """Alignment between a learning rule and BP (paper section 5, eq. (4), Figures 2-3).
 
 * ``angle_deg``: the gradient-alignment angle of eq. (4), ``arccos(<a, b> / (|a|_F |b|_F))`` in degrees, on the
-  flattened arrays.
+  flattened arrays (``linalg.angle_deg``, the one implementation, re-exported here).
 * ``principal_angles_deg``: principal angles between two column spaces (QR, then SVD of ``Q_A^T Q_B``).
 * ``matrix_alignment``: section 5.5's "matrix alignment angle" made well defined for each rule (see
-  docs/decisions.md, D3): FA-type rules compare the feedback ``B`` with the weight it replaces; DFA/DRTP compare
+  docs/decisions.md, D3), from the pairs the rule declares (``Rule.alignment_pairs``): FA-type rules compare the feedback ``B`` with the weight it replaces; DFA/DRTP compare
   ``B_i`` (d_i x d_N) with the transposed product of the downstream weights ``(W_N ... W_{i+1})^T``;
   PEPITA compares ``F`` (d_0 x K) with ``(W_N ... W_1)^T``; SSA compares its ``B_i`` like DFA, with the
   downstream weights rebuilt from their SVD factors (``W = U diag(s) V^T``).  Two variants per weight key:
@@ -12,42 +12,19 @@
   column spaces); for SSA the key is the SVD layer's prefix.
 * ``AlignmentTracker``: runs BP alongside the rule every ``every`` steps and summarises per epoch.  Dense weight
   layers are compared parameter by parameter; SVD-space layers by the change of ``W`` the rule's factor updates
-  induce, ``dU S V^T + U dS V^T + U S dV^T``, against BP's gradient of ``W`` (``rules.ssa.svd_update_angle``).
+  induce, ``dU S V^T + U dS V^T + U S dV^T`` (``weight_change`` of the SVD layer), against BP's gradient of ``W``.
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 
 from .backend import asnumpy
+from .linalg import angle_deg
+from .nn.svd_layers import svd_layers_of
 
 __all__ = ["angle_deg", "principal_angles_deg", "matrix_alignment", "AlignmentTracker"]
-
-
-def angle_deg(a, b) -> float:
-    """Angle in degrees between two arrays seen as flat vectors (eq. (4)).
-
-    Parameters
-    ----------
-    a, b : array of any shape (the same number of elements), NumPy or CuPy.
-
-    Returns
-    -------
-    float in [0, 180]; nan when either has zero norm.
-    """
-    a = np.asarray(asnumpy(a), dtype=np.float64).ravel()
-    b = np.asarray(asnumpy(b), dtype=np.float64).ravel()
-    if a.size != b.size:
-        raise ValueError(f"angle_deg: arrays have {a.size} and {b.size} elements")
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0 or not (np.isfinite(na) and np.isfinite(nb)):
-        return float("nan")
-    ua, ub = a / na, b / nb
-    # eq. (4): arccos(<a, b> / (|a| |b|)), evaluated as 2 atan2(|ua - ub|, |ua + ub|), which is the same
-    # angle without arccos's loss of precision near 0 and 180 degrees
-    return math.degrees(2.0 * math.atan2(np.linalg.norm(ua - ub), np.linalg.norm(ua + ub)))
 
 
 def principal_angles_deg(A, B) -> np.ndarray:
@@ -80,20 +57,6 @@ def _subspace_angle(F, M):
     return float(np.mean(principal_angles_deg(F, M)))
 
 
-def _svd_prefixes(model, prefix=""):
-    """Key prefixes of the SVD-space layers of ``model`` in forward order (``"1"``, ``"4.main.0"``)."""
-    from .nn.svd_layers import SVD_KINDS  # noqa: PLC0415
-
-    out = []
-    for name, child in getattr(model, "children", {}).items():
-        p = f"{prefix}{name}"
-        if getattr(child, "kind", None) in SVD_KINDS:
-            out.append(p)
-        else:
-            out += _svd_prefixes(child, p + ".")
-    return out
-
-
 def _dense_weight(layer):
     """Host float64 weight matrix (m, n) of a Linear layer, or ``U diag(s) V^T`` of an SVDLinear (eq. (5))."""
     p = layer.params
@@ -117,27 +80,27 @@ def _downstream_product(model, start):
 
 
 def matrix_alignment(rule, model) -> dict:
-    """The rule's matrix alignment angle per weight key: ``{"flat/<key>": deg, "principal/<key>": deg}``.
+    """The rule's matrix alignment angle per compared matrix: ``{"flat/<key>": deg, "principal/<key>": deg}``.
 
-    FA, uSF, brSF, frSF: ``B`` (W's shape, used in place of W) against ``W``; flat angle on the arrays,
-    principal angles between the row spaces (col(B^T), col(W^T)) when W is wide, the column spaces when it is
-    tall, nan when square (both spaces are the whole space).  Conv kernels are read as (C_out, C_in*kh*kw).
-    DFA, DRTP: ``B_i`` against ``(W_N ... W_{i+1})^T`` under the segment's first weight key; nan where the
-    path from the injection point to the logits holds anything but Linear layers and elementwise layers
-    (always for segments injected inside a residual block, ``dfa_residual=layer``).
-    PEPITA: ``F`` against ``(W_N ... W_1)^T``.
-    SSA: ``B_i`` (d_i x d_N) against ``(W_N ... W_{i+1})^T`` as DFA, the downstream weights rebuilt from their
-    factors (``W = U diag(s) V^T``), keyed by the segment's first SVD layer prefix (``flat/1``, ``principal/1``);
-    nan where an SVD conv layer, pooling or BN lies downstream of the injection point; the output layer (which
-    receives ``e``, no ``B``) has no entry.  BP, SVD-BP (or any rule without feedback): ``{}``.
+    The rule says what it compares (``rule.alignment_pairs(model)``, rules/base.py); a rule with no feedback
+    (BP, SVD-BP) has no entries.  For each ``AlignmentPair``:
+
+    * ``against="weight"`` (FA, KP, uSF, brSF, frSF): ``B`` (W's shape, used in place of W) against ``W``; flat
+      angle on the arrays, principal angles between the row spaces (col(B^T), col(W^T)) when W is wide, the
+      column spaces when it is tall, nan when square (both spaces are the whole space).  Conv kernels are read
+      as (C_out, C_in*kh*kw).
+    * ``against="downstream"`` (DFA, DRTP, SSA, PEPITA): ``B_i`` (d_i x d_N) against ``(W_N ... W_{i+1})^T``, the
+      transposed product of the weights after the injection point (SVD layers rebuilt from their factors,
+      ``W = U diag(s) V^T``); nan where anything but Linear and elementwise layers lies downstream (always for
+      injection points inside a residual block).
     """
     out = {}
-    name = getattr(rule, "name", "")
-    if hasattr(rule, "feedback") and name in ("fa", "usf", "brsf", "frsf"):
-        params = dict(model.named_params())
-        for key, B in rule.feedback(model).items():
+    params = dict(model.named_params())
+    for pair in rule.alignment_pairs(model):
+        key = pair.key
+        B = np.asarray(asnumpy(pair.feedback), dtype=np.float64)
+        if pair.against == "weight":
             W = np.asarray(asnumpy(params[key]), dtype=np.float64)
-            B = np.asarray(asnumpy(B), dtype=np.float64)
             W2, B2 = W.reshape(W.shape[0], -1), B.reshape(B.shape[0], -1)
             m, n = W2.shape
             out[f"flat/{key}"] = angle_deg(B, W)
@@ -147,43 +110,15 @@ def matrix_alignment(rule, model) -> dict:
                 out[f"principal/{key}"] = float(np.mean(principal_angles_deg(B2, W2)))
             else:
                 out[f"principal/{key}"] = float("nan")
-    elif name in ("dfa", "drtp") and getattr(rule, "state", None):
-        segs = rule._segments(model)
-        for seg in segs:
-            key = getattr(seg, "weight_key", None)
-            if key is None:
-                lead = model.layers[seg.lead]
-                wkey = next(k for k in lead.params if k == "W" or k.endswith(".W"))
-                key = f"{seg.lead}.{wkey}"
-            B = np.asarray(asnumpy(rule.state[f"B/{seg.lead}"]), dtype=np.float64)
-            # injection inside a residual block (dfa_residual=layer): conv/BN downstream, undefined
-            P = _downstream_product(model, seg.inject) if isinstance(seg.inject, (int, np.integer)) else None
-            if P is None or P.shape[1] != B.shape[0]:
-                out[f"flat/{key}"] = out[f"principal/{key}"] = float("nan")
-                continue
-            out[f"flat/{key}"] = angle_deg(B, P.T)
-            out[f"principal/{key}"] = _subspace_angle(B, P.T)
-    elif name == "ssa" and getattr(rule, "segs", None) and getattr(rule, "state", None):
-        prefixes = _svd_prefixes(model)
-        for lead, inj in rule.segs:
-            key = next(p for p in prefixes if p == str(lead) or p.startswith(f"{lead}."))
-            B = np.asarray(asnumpy(rule.state[f"B/{lead}"]), dtype=np.float64)   # B_i (d_i, d_N)
-            P = _downstream_product(model, inj)                                  # W_N ... W_{i+1} (d_N, d_i)
-            if P is None or P.shape[1] != B.shape[0]:
-                out[f"flat/{key}"] = out[f"principal/{key}"] = float("nan")
-                continue
-            out[f"flat/{key}"] = angle_deg(B, P.T)
-            out[f"principal/{key}"] = _subspace_angle(B, P.T)
-    elif name == "pepita" and getattr(rule, "state", None):
-        F = np.asarray(asnumpy(rule.state["F"]), dtype=np.float64)
-        first = next(k for k, l in enumerate(model.layers) if l.kind == "linear")
-        P = _downstream_product(model, first - 1)
-        key = f"{first}.W"
-        if P is None or P.shape[1] != F.shape[0]:
+            continue
+        if pair.against != "downstream":
+            raise ValueError(f"alignment pair {key!r}: unknown comparison {pair.against!r}")
+        P = _downstream_product(model, pair.inject) if pair.inject is not None else None   # (d_N, d_i)
+        if P is None or P.shape[1] != B.shape[0]:
             out[f"flat/{key}"] = out[f"principal/{key}"] = float("nan")
-        else:
-            out[f"flat/{key}"] = angle_deg(F, P.T)
-            out[f"principal/{key}"] = _subspace_angle(F, P.T)
+            continue
+        out[f"flat/{key}"] = angle_deg(B, P.T)
+        out[f"principal/{key}"] = _subspace_angle(B, P.T)
     return out
 
 
@@ -217,7 +152,7 @@ class AlignmentTracker:
         self.every = every
         self.model = model
         self.rule = None
-        svd = set(_svd_prefixes(model))
+        svd = {p for p, _ in svd_layers_of(model)}
         self.layer_keys, self._svd = [], set()
         for k, _ in model.named_params():
             if k == "W" or k.endswith(".W"):
@@ -235,15 +170,13 @@ class AlignmentTracker:
         self.model, self.rule = model, rule
         if self.every <= 0 or step % self.every != 0:
             return
-        from .rules.bp import BP  # noqa: PLC0415  (rules depend on metrics' users, not the reverse)
-
-        from .rules.ssa import svd_update_angle  # noqa: PLC0415
+        from .rules.bp import BP  # noqa: PLC0415  (the reference rule)
 
         saved = {k: v.copy() for k, v in model.buffers.items()}
         bp = BP()
         try:
             _, caches, _, e = bp.forward_loss(model, x, y)
-            bp_updates, bp_signals = bp.updates(model, caches, e)   # = BP().step, keeping the caches
+            bp_updates, bp_signals = bp.updates(model, caches, e, None)   # = BP().step, keeping the caches
         finally:
             for k, v in model.buffers.items():  # BP leaves no trace in the BN running statistics
                 v[...] = saved[k]
@@ -256,7 +189,7 @@ class AlignmentTracker:
                 if "." not in key and all(u is not None for u in fac):   # top-level SVD layer
                     layer = model.layers[k]
                     G = layer.dense_grad(bp_signals[k], caches[k])       # BP's dL/dW (m, n)
-                    g[j] = svd_update_angle(layer, *fac, G)
+                    g[j] = angle_deg(layer.weight_change(*fac), G)     # eq. (4) on the induced dW
             else:
                 upd = result.updates.get(key)
                 if upd is not None and key in bp_updates:

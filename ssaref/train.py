@@ -19,8 +19,9 @@ from .backend import BackendError, asnumpy, keep_large_allocations, parse_dtype,
 from .data import DATASETS, DatasetError, augment, load_dataset
 from .nn import MODELS, build_model
 from .ops.losses import softmax_cross_entropy
-from .optim import build_optimizer, build_schedule
+from .optim import build_schedule
 from .rules import RULES, build_rule
+from .run import build_run
 from .runlog import RunFileError, read_run, write_run
 
 try:  # Python >= 3.11
@@ -237,12 +238,10 @@ def train(args, log=print):
     model = build_model(args.model, ds.input_shape, ds.num_classes, xp=xp, dtype=dtype, seed=args.seed,
                         **_model_options(args))
     rng = np.random.default_rng(args.seed + 1)  # data order and augmentation, host side
-    rule = build_rule(args.method, **_rule_kwargs(args))
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(args.seed + 2))
     opt_kw = ({"momentum": args.momentum, "nesterov": args.nesterov} if args.optimizer == "sgd" else {})
-    optimizer = build_optimizer(args.optimizer, model.named_params(), args.lr,
-                                weight_decay=args.weight_decay, **opt_kw)
+    run = build_run(model, build_rule(args.method, **_rule_kwargs(args)), np.random.default_rng(args.seed + 2),
+                    optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **opt_kw)
+    model, rule, optimizer = run.model, run.rule, run.optimizer
     n = len(ds.x_train)
     steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
     schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
@@ -295,7 +294,7 @@ def train(args, log=print):
                     kept = (f"; the last good checkpoint (end of epoch {epoch}) is kept in {out}" if epoch > 0
                             else f"; no checkpoint was written to {out}")
                 raise TrainingError(f"loss is {res.loss} at {where}{kept}")
-            optimizer.step(res.updates, lr=schedule(step))
+            run.apply(res, lr=schedule(step))   # optimiser step, then the rule's after_step
             step += 1
             loss_sum += res.loss * len(idx)
             correct = correct + (res.logits.argmax(axis=1) == yb).sum()

@@ -50,27 +50,12 @@ REQUIRED_PARAMS = {"linear": ("W",), "conv2d": ("W",), "svd_linear": ("U", "s", 
                    "svd_conv2d": ("U", "s", "V")}
 
 MODELS = ("mlp", "conv")
-# (rule, variant, rule options, plain-SGD steps taken on the same batch before the recorded step)
-# The ``sgd1`` variants start one SGD step (lr WARMUP_LR) away from the full-rank SVD, where U^T U != I, so
-# that the orthogonality term (eq. (9)), zero at an exact SVD, shows in the update.
+# Every registered rule gets a ``default`` case (its default options) on every golden model it supports (PEPITA
+# is defined for MLPs only, so it has no conv case), plus the variants its class lists in ``GOLDEN_VARIANTS``
+# (options, plain-SGD steps of lr WARMUP_LR taken on the same batch before the recorded step): e.g. SSA's and
+# SVD-BP's ``sgd1`` variants start one SGD step away from the full-rank SVD, where U^T U != I, so that the
+# orthogonality term (eq. (9)), zero at an exact SVD, shows in the update.
 WARMUP_LR = 0.5
-RULE_CASES = (
-    ("bp", "default", {}),
-    ("fa", "default", {}),
-    ("dfa", "default", {}),
-    ("usf", "default", {}),
-    ("brsf", "default", {}),
-    ("frsf", "default", {}),
-    ("drtp", "default", {}),
-    ("pepita", "default", {}),
-    ("svd-bp", "default", {}),
-    ("ssa", "default", {}),
-    ("ssa", "paper", {"ssa_variant": "paper"}),
-    ("svd-bp", "sgd1", {}, 1),
-    ("ssa", "paper-sgd1", {"ssa_variant": "paper"}, 1),
-)
-# PEPITA is defined for MLPs only (rules/pepita.py); its conv case does not exist.
-UNSUPPORTED = {("pepita", "conv")}
 
 __all__ = ["SCHEMA", "GoldenError", "build_model", "cases", "case_name", "compute_case", "write_case",
            "export", "read_file", "validate_file", "compare_case", "check", "main"]
@@ -118,16 +103,33 @@ def case_name(rule, model, variant):
     return f"{rule}__{model}__{variant}"
 
 
+def _rule_cases():
+    """``[(rule, variant, options, warm-up steps)]``: every registered rule's default, then its
+    ``GOLDEN_VARIANTS``."""
+    from .rules import RULES
+
+    return ([(r, "default", {}, 0) for r in RULES]
+            + [(r, v, dict(o), int(w)) for r, cls in RULES.items() for v, (o, w) in cls.GOLDEN_VARIANTS.items()])
+
+
+def supports(rule_name, model_name):
+    """Whether the rule can be set up on the golden model (PEPITA refuses conv nets with a ValueError)."""
+    from .rules import build_rule
+
+    try:
+        build_rule(rule_name).setup(build_model(model_name, np.random.default_rng(0)), np.random.default_rng(0))
+    except ValueError:
+        return False
+    return True
+
+
 def cases():
     """``[(rule, model, variant, options)]`` of every exported case, in export order."""
-    return [(c[0], m, c[1], dict(c[2])) for c in RULE_CASES for m in MODELS if (c[0], m) not in UNSUPPORTED]
+    return [(r, m, v, dict(o)) for r, v, o, _ in _rule_cases() for m in MODELS if supports(r, m)]
 
 
 def _warmup_steps(rule, variant):
-    for c in RULE_CASES:
-        if c[0] == rule and c[1] == variant:
-            return c[3] if len(c) > 3 else 0
-    return 0
+    return next((c[3] for c in _rule_cases() if c[0] == rule and c[1] == variant), 0)
 
 
 def _pair_list(v):
@@ -160,93 +162,9 @@ def _layer_attrs(layer):
     return a
 
 
-def _resolved_options(rule, model):
-    """Every option that affects the step, ``auto`` values resolved, plus the loss convention."""
-    o = dict(rule.options)
-    if rule.name == "ssa":
-        o["projection"] = rule._projection
-        o["project_ortho"] = bool(rule._project_ortho)
-        o["retraction"] = rule._retraction
-    if rule.name in ("ssa", "svd-bp"):
-        o["hoyer_active"] = bool(rule.hoyer_on())
-    if rule.name == "usf":
-        from .rules.sign import _init_std
-        from .rules._feedback import transport_keys
-        params = dict(model.named_params())
-        o["usf_scale"] = {key: (_init_std(params[key].shape, o["sf_init"]) if o["usf_scaled"] else 1.0)
-                          for key, _, _ in transport_keys(model)}
-    o["loss"] = "softmax_cross_entropy"
-    o["loss_reduction"] = "mean"
-    return o
-
-
 def _host(a):
     from .backend import asnumpy
     return np.ascontiguousarray(np.asarray(asnumpy(a), dtype=DTYPE))
-
-
-def _prefix_count(mask, what):
-    """Number of leading ones of a 0/1 mask; ValueError unless the mask is exactly a prefix of ones."""
-    m = np.asarray(mask, dtype=np.float64)
-    k = int(m.sum())
-    if not (np.all(m[:k] == 1.0) and np.all(m[k:] == 0.0)):
-        raise ValueError(f"{what}: alignment mask {m.tolist()} is not a prefix of ones")
-    return k
-
-
-def _feedback_arrays(rule, model, x_shape):
-    """``({layer index: {name: array}}, {layer index: {attr: value}}, {global name: array})`` of the rule's
-    feedback for this step (brSF: the magnitudes of the draw this step will use)."""
-    from .rules._feedback import draw, fan_in_out, transport_keys
-
-    per, attrs, glob = {}, {}, {}
-    st = rule.state
-    name = rule.name
-
-    def put(k, n, a):
-        per.setdefault(int(k), {})[n] = _host(a)
-
-    params = dict(model.named_params())
-    if name == "fa":
-        for key, k, wname in transport_keys(model):
-            put(k, "B", st["B/" + key])
-    elif name in ("usf", "brsf", "frsf"):
-        if name == "brsf":  # the draw the coming step uses: default_rng([seed, t]) (rules/sign.py)
-            t = int(np.asarray(st["brsf_draws"])[0])
-            g = np.random.default_rng([int(np.asarray(st["brsf_seed"])[0]), t])
-        for key, k, wname in transport_keys(model):
-            W = _host(params[key])
-            if name == "usf":
-                B = _host(rule.feedback(model)[key])  # B = s sign(W)
-            else:
-                if name == "brsf":
-                    fi, fo = fan_in_out(W.shape)
-                    R = np.abs(draw(g, W.shape, rule.options["sf_init"], fi, fo)).astype(DTYPE)
-                else:
-                    R = _host(st["R/" + key])
-                put(k, "R", R)
-                B = R * np.sign(W)  # B = |R| o sign(W)
-            put(k, "B", B)
-    elif name in ("dfa", "drtp"):
-        for seg in rule._segments(model):
-            put(seg.lead, "B", st[f"B/{seg.lead}"])
-            attrs.setdefault(seg.lead, {})["inject"] = int(seg.inject)
-    elif name == "pepita":
-        glob["F"] = _host(st["F"])
-    elif name == "ssa":
-        for lead, inj in rule.segs:
-            put(lead, "B", st[f"B/{lead}"])
-            attrs.setdefault(lead, {})["inject"] = int(inj)
-        for p, layer in rule.layers:
-            k = int(p)
-            kU = _prefix_count(_host(st[f"mU/{p}"]), f"layer {p} U")
-            kV = _prefix_count(_host(st[f"mV/{p}"]), f"layer {p} V")
-            if kU:
-                put(k, "B_U", _host(st[f"TU/{p}"])[:, :kU])
-                put(k, "B_S", _host(st[f"Ts/{p}"])[:kU])
-            if kV:
-                put(k, "B_V", _host(st[f"TV/{p}"])[:, :kV])
-    return per, attrs, glob
 
 
 def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED):
@@ -261,28 +179,27 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
     (``{group path: {name: value}}``).
     """
     from . import __version__
-    from .rules import build_rule
+    from .run import build_run
 
     options = dict(options or {})
     data_rng = np.random.default_rng([seed, 0])
     model = build_model(model_name, np.random.default_rng([seed, 1]))
     x = data_rng.standard_normal((BATCH,) + tuple(model.input_shape)).astype(DTYPE)
     y = data_rng.integers(0, NUM_CLASSES, size=BATCH).astype(np.int64)
-    rule = build_rule(rule_name, **options)
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng([seed, 2]))
+    # plain SGD (no momentum, no decay) for the warm-up steps: p <- p - lr * update, then the rule's after_step
+    run = build_run(model, rule_name, np.random.default_rng([seed, 2]), options=options, optimizer="sgd",
+                    lr=WARMUP_LR, momentum=0.0)
+    model, rule = run.model, run.rule
     warmup = _warmup_steps(rule_name, variant)
-    for _ in range(warmup):  # plain SGD on the same batch: p <- p - lr * update
-        upd = rule.step(model, x, y).updates
-        for key, p in model.named_params():
-            p -= WARMUP_LR * upd[key]
-    retract = getattr(rule, "_retract_all", None)
-    if retract is not None:  # the step retracts U, V first; record the parameters it will actually use
-        retract(model)
+    for _ in range(warmup):
+        run.train_step(x, y)
 
     ds, gattrs = {}, {}
     ds["input/x"], ds["input/y"] = x, y
-    per, fattrs, glob = _feedback_arrays(rule, model, x.shape)
+    fb = rule.feedback_export(model)
+    per = {k: {n: _host(a) for n, a in d.items()} for k, d in fb.layers.items()}
+    fattrs, glob = fb.layer_attrs, {n: _host(a) for n, a in fb.arrays.items()}
+    learn = {item.key: (item.layer, item.name) for item in rule.learnable(model)}
     before = {}
     for k, layer in enumerate(model.layers):
         gattrs[f"layers/{k}"] = dict(_layer_attrs(layer), **fattrs.get(k, {}))
@@ -309,11 +226,6 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
             raise RuntimeError(f"{rule_name}/{model_name}: the step changed parameter {k}.{n} before using it")
     if not np.allclose(_host(res.logits), outs[-1], rtol=1e-13, atol=1e-15):
         raise RuntimeError(f"{rule_name}/{model_name}: the step's logits differ from the recorded forward pass")
-    if rule_name == "brsf" and getattr(rule, "_last", None) is not None:
-        for key, B in rule._last.items():
-            k, n = key.split(".", 1)
-            if not np.array_equal(_host(B), per[int(k)]["B"]):
-                raise RuntimeError(f"brsf: recorded magnitudes do not reproduce the step's B for {key}")
 
     for k, o in enumerate(outs):
         ds[f"forward/{k}/out"] = o
@@ -321,8 +233,10 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
     ds["forward/loss"] = np.asarray(res.loss, dtype=DTYPE)
     for k in sorted(res.signals):
         ds[f"signal/{int(k)}"] = _host(res.signals[k])
-    for key in sorted(res.updates, key=lambda s: (int(s.split(".", 1)[0]), s)):
+    for key in sorted((k for k in res.updates if k not in learn), key=lambda s: (int(s.split(".", 1)[0]), s)):
         k, n = key.split(".", 1)
+        ds[f"update/{int(k)}/{n}"] = _host(res.updates[key])
+    for key, (k, n) in learn.items():   # rule-owned arrays the optimiser updates (KP's B): update/<layer>/<name>
         ds[f"update/{int(k)}/{n}"] = _host(res.updates[key])
     missing = [key for key, _ in model.named_params() if f"update/{key.replace('.', '/', 1)}" not in ds]
     if missing:
@@ -330,7 +244,8 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
 
     attrs = {"schema": SCHEMA, "rule": rule_name, "model": model_name, "variant": variant,
              "dtype": np.dtype(DTYPE).name, "seed": int(seed), "ssaref_version": __version__,
-             "options": json.dumps(dict(_resolved_options(rule, model),
+             "options": json.dumps(dict(rule.resolved_options(model), loss="softmax_cross_entropy",
+                                        loss_reduction="mean",
                                         **({"warmup_sgd_steps": warmup, "warmup_lr": WARMUP_LR} if warmup else {})),
                                    sort_keys=True)}
     return {"attrs": attrs, "datasets": ds, "group_attrs": gattrs}

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 SCHEMA = "ssaref-golden/1"
 DT = torch.float64
-SUPPORTED = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "drtp", "pepita", "svd-bp", "ssa")
+SUPPORTED = ("bp", "fa", "kp", "dfa", "usf", "brsf", "frsf", "drtp", "pepita", "svd-bp", "ssa")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def _sign_feedback(g, P, rule):
     fb = {}
     for k in weight_layers(g)[1:]:
         L, W = g["layers"][k], P[k]["W"].detach()
-        if rule == "fa":
+        if rule in ("fa", "kp"):
             fb[k] = L["arrays"]["B"]
         elif rule == "usf":
             shape = W.shape
@@ -232,6 +232,21 @@ def _sign_feedback(g, P, rule):
         else:
             fb[k] = L["arrays"]["R"] * torch.sign(W)
     return fb
+
+
+def _kp(g, P, x, e):
+    """Kolen-Pollack (Akrout et al. 2019): FA's chain with the current B; dB = dW (B kept in W's shape, so W's
+    update is the transpose of Akrout's B update), both plus lambda times the array (kp_decay)."""
+    N = len(g["layers"]) - 1
+    fb = _sign_feedback(g, P, "kp")
+    grads, signals = local_grads(g, P, 0, N, x, e, feedback=fb)
+    lam = g["options"]["kp_decay"]
+    for k in weight_layers(g):
+        gW = grads[(k, "W")]
+        if k in fb:
+            grads[(k, "B")] = gW + lam * fb[k]
+        grads[(k, "W")] = gW + lam * P[k]["W"].detach()
+    return grads, signals
 
 
 def _direct(g, P, outs, e, src, output_trained=True):
@@ -388,6 +403,8 @@ def compute(g, wrong=None):
     elif rule in ("fa", "usf", "brsf", "frsf"):
         N = len(g["layers"]) - 1
         grads, signals = local_grads(g, P, 0, N, x, e, feedback=_sign_feedback(g, P, rule))
+    elif rule == "kp":
+        grads, signals = _kp(g, P, x, e)
     elif rule == "dfa":
         src = e * x.shape[0] if wrong == "dfa_scale" else e
         grads, signals = _direct(g, P, outs, e, src, o["dfa_output"] == "e")
@@ -420,6 +437,6 @@ def write_candidate(golden_path, out_path, wrong=None):
         for k, s in signals.items():
             f[f"signal/{k}"] = s.detach().numpy()
         for (k, n), v in grads.items():
-            if n in PARAMS:
+            if n in PARAMS or n == "B":   # KP's learnt feedback has an update too
                 f[f"update/{k}/{n}"] = v.detach().numpy()
     return out_path

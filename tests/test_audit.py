@@ -283,10 +283,14 @@ def test_decisions_cross_reference_matches_the_audit(full_run):
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "decisions.md").read_text()
     section = text[text.index("### D4.8"):]
-    quoted = re.findall(r"- \*\*([\w-]+)\*\* \(([a-z ]+)\): (\w+) = ([-0-9.e+]+)", section)
+    quoted = re.findall(r"- \*\*([\w-]+)\*\* \(([a-z ]+)\): (\w+) (=|~) ([-0-9.e+]+)", section)
     assert len(quoted) >= 10, "D4.8 lost its per-item lines"
     findings = {f["id"]: f for f in full_run[1]["findings"]}
-    for item_id, verdict, key, value in quoted:
+    for item_id, verdict, key, how, value in quoted:
         f = findings[item_id]
         assert f["verdict"] == verdict, (item_id, f["verdict"], verdict)
-        assert float(f["evidence"][key]) == pytest.approx(float(value), rel=1e-6, abs=1e-12), (item_id, key)
+        got = float(f["evidence"][key])
+        if how == "=":
+            assert got == pytest.approx(float(value), rel=1e-6, abs=1e-12), (item_id, key)
+        else:   # a round-off-sensitive figure (a diverging run): its order of magnitude
+            assert float(value) / 3 <= got <= float(value) * 3, (item_id, key, got, value)

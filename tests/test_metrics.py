@@ -91,7 +91,7 @@ def mlp(hidden=(7, 6), K=4, dtype=F64):
 
 def rule(name, model, **opts):
     r = build_rule(name, **opts)
-    r.init_state(model, np.random.default_rng(1))
+    model = r.setup(model, np.random.default_rng(1))
     return r
 
 
@@ -252,8 +252,7 @@ def ssa_mlp(hidden=(7, 6), K=4, **opts):
     """SSA on ``mlp(hidden, K)`` (same seed as the dense ``mlp``): model, rule."""
     model = mlp(hidden=hidden, K=K)
     r = build_rule("ssa", **opts)
-    model = r.prepare_model(model)
-    r.init_state(model, np.random.default_rng(1))
+    model = r.setup(model, np.random.default_rng(1))
     return model, r
 
 
@@ -304,8 +303,7 @@ def test_matrix_alignment_ssa_hand_built_and_consistent_with_dfa():
 def test_matrix_alignment_ssa_nan_where_conv_downstream_and_principal_nan_when_K_fills_space():
     cm = build_model("convnet", (1, 8, 8), 4, dtype=F64, seed=0, width_mult=0.125)
     ssa = build_rule("ssa")
-    cm = ssa.prepare_model(cm)
-    ssa.init_state(cm, np.random.default_rng(1))
+    cm = ssa.setup(cm, np.random.default_rng(1))
     ma = matrix_alignment(ssa, cm)
     assert set(ma) == {f"{v}/{p}" for v in ("flat", "principal") for p in ("0", "3", "7")}
     assert math.isnan(ma["flat/0"]) and math.isnan(ma["principal/0"])   # an SVD conv and a pool downstream
@@ -319,8 +317,7 @@ def test_matrix_alignment_ssa_nan_where_conv_downstream_and_principal_nan_when_K
     assert math.isnan(ma["principal/3"]) and np.isfinite(ma["flat/3"]) and np.isfinite(ma["principal/1"])
     # SVD-BP and SSA before init_state: no feedback, no entries
     sb = build_rule("svd-bp")
-    m3 = sb.prepare_model(mlp())
-    sb.init_state(m3, np.random.default_rng(1))
+    m3 = sb.setup(mlp(), np.random.default_rng(1))
     assert matrix_alignment(sb, m3) == {} and matrix_alignment(build_rule("ssa"), m3) == {}
 
 
@@ -373,8 +370,7 @@ def test_tracker_svd_layers_compare_induced_dW_with_bp_gradient():
 def test_tracker_svd_layers_inside_residual_blocks_are_nan():
     model = build_model("resnet20", (3, 8, 8), 4, dtype=F64, seed=0, width_mult=0.125)
     ssa = build_rule("ssa", angle_every=0)
-    model = ssa.prepare_model(model)
-    ssa.init_state(model, np.random.default_rng(1))
+    model = ssa.setup(model, np.random.default_rng(1))
     tr = AlignmentTracker(model, every=1)
     assert tr.layer_keys == ssa.metric_layers() and "3.main.0" in tr.layer_keys
     rng = np.random.default_rng(0)

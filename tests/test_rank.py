@@ -95,8 +95,7 @@ def test_schedule_bad_options(bad):
 def test_truncation_moves_model_optimizer_and_targets_together(opt_name, rng):
     model = build_model("mlp", (1, 5, 5), 3, xp=np, dtype=np.float64, seed=0, hidden=(12,))
     rule = build_rule("ssa", align_target="weight", rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0)
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(1))
+    model = rule.setup(model, np.random.default_rng(1))
     kw = {"momentum": 0.9} if opt_name == "sgd" else {}
     opt = build_optimizer(opt_name, model.named_params(), 1e-2, **kw)
     x, y = rng.standard_normal((6, 1, 5, 5)), rng.integers(0, 3, 6)
@@ -126,8 +125,7 @@ def test_truncation_moves_model_optimizer_and_targets_together(opt_name, rng):
 def test_adapt_to_checkpoint_truncates_fresh_model(rng):
     model = build_model("mlp", (1, 4, 4), 3, xp=np, dtype=np.float32, seed=0, hidden=(10,))
     rule = build_rule("svd-bp")
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(1))
+    model = rule.setup(model, np.random.default_rng(1))
     opt = build_optimizer("adam", model.named_params(), 1e-3)
     shapes = {k: tuple(v.shape) for k, v in model.named_params()}
     shapes.update({"1.U": (10, 4), "1.s": (4,), "1.V": (16, 4)})
@@ -142,8 +140,7 @@ def _svd_mlp(method, hidden=(9,), K=8, **opts):
     """8 classes on a (1, 4, 4) input: layers 1 (9 x 16) and 3, the classifier (8 x 9)."""
     model = build_model("mlp", (1, 4, 4), K, xp=np, dtype=np.float64, seed=0, hidden=hidden)
     rule = build_rule(method, **opts)
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(1))
+    model = rule.setup(model, np.random.default_rng(1))
     return model, rule
 
 

@@ -61,7 +61,7 @@ def batch(model, n=6, seed=1):
 
 def rule_for(name, model, seed=3, **opts):
     r = build_rule(name, **opts)
-    r.init_state(model, np.random.default_rng(seed))
+    model = r.setup(model, np.random.default_rng(seed))
     return r
 
 
@@ -205,12 +205,11 @@ def test_fa_type_rules_match_torch_oracle(rname, mname):
     model = make(mname)
     x, y = batch(model)
     rule = rule_for(rname, model)
-    B_before = {k: np.array(v) for k, v in rule.feedback(model).items()}
+    B = {k: np.array(v) for k, v in rule.feedback(model).items()}  # the B the coming step uses
     res = rule.step(model, x, y)
-    B = {k: np.array(v) for k, v in rule.feedback(model).items()}  # the B this step used
-    if rname != "brsf":
-        for k in B:
-            np.testing.assert_array_equal(B[k], B_before[k])
+    B_after = {k: np.array(v) for k, v in rule.feedback(model).items()}
+    for k in B:   # fixed feedback stays; brSF moves on to its next draw
+        assert np.array_equal(B[k], B_after[k]) == (rname != "brsf"), k
     params = dict(model.named_params())
     first_w = next(k for k, _ in model.named_params() if k.endswith("W"))
     assert first_w not in B  # the first weight layer transports nothing

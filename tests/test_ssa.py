@@ -221,8 +221,7 @@ def _prepared(method, name="mlp", shape=(1, 6, 6), dtype=np.float64, seed=0, **o
     model_opts = {"hidden": (7, 5)} if name == "mlp" else {"width_mult": 1 / 16}
     model = build_model(name, shape, 4, xp=np, dtype=dtype, seed=seed, **model_opts)
     rule = build_rule(method, **opts)
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(seed + 2))
+    model = rule.setup(model, np.random.default_rng(seed + 2))
     return model, rule
 
 

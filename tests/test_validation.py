@@ -1,4 +1,4 @@
-"""Smoke tests of the validation scripts (validation/*.py) on fabricated CIFAR tarballs, plus the shared driver.
+"""Smoke tests of the validation scripts (package ``validation``) on fabricated CIFAR tarballs, plus the shared driver.
 
 Every script runs with ``--quick --seeds 0`` and still smaller limits passed after ``--``; the tests check the
 exit code, that ``results.md`` has one row per configuration with a finite measured number next to the paper's
@@ -7,12 +7,14 @@ value, that ``paper − ssaref`` is the difference of the two, the figures, the 
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import io
 import math
 import os
 import pickle
 import re
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -22,12 +24,11 @@ import pytest
 
 from ssaref.data import download as dl
 from ssaref.runlog import read_run
+from validation import _sweep as sw
 
 VALIDATION = Path(__file__).resolve().parents[1] / "validation"
-if str(VALIDATION) not in sys.path:
-    sys.path.insert(0, str(VALIDATION))
-
-sw = importlib.import_module("_sweep")
+SCRIPTS = ["table1_smallconv", "table2_deep", "table4_dfa_variants", "fig2_gradient_alignment",
+           "fig3_matrix_alignment", "fig4_error_curves", "fmnist_mlp_methods"]
 
 # tiny runs: 16 training images (one step), 8 test images, conv nets at 1/16 width, MLP 3072-16-16-10
 TINY = ["--", "--train-limit", "16", "--test-limit", "8", "--width-mult", "0.0625", "--hidden", "16,16", "--no-download"]
@@ -86,7 +87,7 @@ def no_network(monkeypatch, tmp_path):
 
 
 def _script(name):
-    return importlib.import_module(name)
+    return importlib.import_module(f"validation.{name}")
 
 
 def _run(name, data_dir, out, *flags, tiny=TINY):
@@ -418,3 +419,48 @@ def test_crash_inside_training_is_a_failed_run(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sw.train_mod, "main", reject)
     st = sw.run_one(cfgs[0], 0, args, log=lambda *a: None)
     assert (st.rc, st.error) == (2, "error: argument --lr: must be > 0, got -1")
+
+
+# ------------------------------------------------------------------------------------------ the package
+def _sys_path_edits(tree):
+    """``sys.path.<method>(...)`` calls and assignments to ``sys.path`` in a parsed module."""
+    hits = []
+    for node in ast.walk(tree):
+        target = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            target = node.func.value
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+        if (isinstance(target, ast.Attribute) and target.attr == "path" and isinstance(target.value, ast.Name)
+                and target.value.id == "sys"):
+            hits.append(node.lineno)
+    return hits
+
+
+def test_no_sys_path_hacks_in_validation():
+    """The scripts import the package (``from validation import _sweep``), never by patching sys.path."""
+    files = [f for f in sorted(VALIDATION.rglob("*")) if f.is_file() and f.suffix in (".py", ".sh", ".md")]
+    assert (VALIDATION / "__init__.py") in files
+    bad = []
+    for f in files:
+        text = f.read_text(encoding="utf-8")
+        if "sys.path.insert" in text or "sys.path.append" in text:
+            bad.append(f"{f.relative_to(VALIDATION)}: mentions sys.path.insert/append")
+        if f.suffix == ".py":
+            bad += [f"{f.relative_to(VALIDATION)}:{ln}: edits sys.path" for ln in _sys_path_edits(ast.parse(text))]
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_run_as_modules_from_any_directory(name, tmp_path):
+    """``python -m validation.<name>`` works outside the checkout (the package is installed with ssaref);
+    a bad argument is still exit 2 with one ``error:`` line naming that invocation, before any run."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-m", f"validation.{name}", "--epochs", "0", "--out-dir", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert f"python -m validation.{name} --help" in err
+    assert not out.exists()

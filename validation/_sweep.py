@@ -1,15 +1,21 @@
 """Shared driver of the validation scripts (one script per table / figure of the paper).
 
-A script describes its experiment as a list of :class:`Config` (one row of the paper's table: a learning rule
-on a model and a data set, with the ``ssaref.train`` flags that select it) and hands it to :func:`run_sweep`,
-which trains every configuration for every seed through ``ssaref.train.main`` (in process), one run file each,
+Every script is ``main(argv) = run_script(SPEC, argv)``: :func:`run_script` parses and checks the command line,
+runs the sweep, writes ``results.md`` (and the figure) and returns the exit code.  A table / figure script's
+``SPEC`` is a :class:`Sweep`, which declares only what is the script's own: its configurations, the paper's
+values, its extra options and checks, its sections and figure.  A script with a command line of its own
+(``fmnist_mlp_methods``) hands :func:`run_script` a :class:`Script` (parse, run, report) instead.
+
+A sweep is a list of :class:`Config` (one row of the paper's table: a learning rule on a model and a data
+set, with the ``ssaref.train`` flags that select it); :func:`run_sweep` trains every configuration for every
+seed through ``ssaref.train.main`` (in process), one run file each,
 ``<out-dir>/<config name>-seed<seed>.h5``.  A run file that already holds the requested number of epochs is
 not trained again; one that holds fewer is resumed (``--resume``), so an interrupted sweep is simply started
 again.  :func:`summarise` reads the run files back (``ssaref.runlog.read_run``) and :func:`results_table` writes
 the measured numbers next to the paper's (mean ± std over seeds, column ``paper − ssaref``).  A configuration
 that is not run (not implemented in ssaref, or excluded with ``--methods``) is a row saying so, never a number.
 
-Common command line (:func:`build_parser`)::
+Common command line (:func:`build_parser`; ``python -m validation.<script> ...``)::
 
     --dataset D[,D]  --epochs N  --seeds 0,1,2  --backend {auto,numpy,cupy}  --data-dir DIR
     --out-dir DIR (default runs/<script>, runs/<script>_quick with --quick)  --quick  --lr  --batch-size
@@ -33,23 +39,21 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # ``python validation/x.py`` from a checkout without ``pip install -e .``
-    sys.path.insert(0, str(_ROOT))
+from ssaref import train as train_mod
+from ssaref.cli import OneLineParser, positive
+from ssaref.data import DATASETS
+from ssaref.runlog import RunFileError, read_run
 
-from ssaref import train as train_mod  # noqa: E402
-from ssaref.cli import OneLineParser, positive  # noqa: E402
-from ssaref.data import DATASETS  # noqa: E402
-from ssaref.runlog import RunFileError, read_run  # noqa: E402
-
-__all__ = ["Config", "RunStatus", "SeedResult", "PAPER_LR", "QUICK_FLAGS", "QUICK_WIDTH", "build_parser",
-           "parse_args", "parse_seeds", "select_methods", "train_flags", "run_one", "run_sweep", "summarise",
-           "mean_std", "fmt_mean_std", "fmt_num", "results_table", "write_atomic", "save_figure",
+__all__ = ["Config", "RunStatus", "SeedResult", "Script", "Sweep", "run_script", "PAPER_LR", "QUICK_FLAGS",
+           "QUICK_WIDTH", "build_parser", "parse_args", "parse_seeds", "split_passthrough", "pick_methods",
+           "add_models_option", "pick_models", "grid", "select_methods", "train_flags", "run_one", "launch", "run_sweep",
+           "summarise", "mean_std", "fmt_mean_std", "fmt_num", "results_table", "write_atomic", "save_figure",
            "short_layer", "run_path", "settings_line", "pyplot", "write_results", "layer_series", "ArgParser",
-           "check_datasets", "failed_runs", "exit_code", "BACKENDS"]
+           "check_datasets", "failed_runs", "exit_code", "BACKENDS", "FIGURE_ONLY", "paper_values"]
 
 PAPER_LR = 5e-4          # section 6: Adam, learning rate between 1e-4 and 5e-4; we take the upper end
 PAPER_BATCH = 128        # section 6: batch 128 on CIFAR
@@ -187,8 +191,8 @@ def build_parser(script: str, description: str, *, dataset: str, epochs: int, se
     methods : list of str
         Methods of the experiment; ``--methods`` selects a subset (the others become "not run" rows).
     """
-    p = ArgParser(prog=f"python validation/{script}.py", description=description, epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgParser(prog=f"python -m validation.{script}", description=description, epilog=epilog,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(_script=script, _all_methods=list(methods))
     p.add_argument("--dataset", default=dataset, help=f"data set(s), comma-separated (default {dataset})")
     p.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs per run (default {epochs}; 1 with --quick)")
@@ -206,13 +210,33 @@ def build_parser(script: str, description: str, *, dataset: str, epochs: int, se
     return p
 
 
+def split_passthrough(argv=None) -> tuple[list[str], list[str]]:
+    """``(own, extra)``: ``argv`` (default ``sys.argv[1:]``) cut at the first lone ``--``; ``extra`` are the
+    ``ssaref.train`` flags passed to every run."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
+def pick_methods(parser: argparse.ArgumentParser, text: str, choices, *, unique: bool = False) -> list[str]:
+    """Parse ``--methods`` (comma-separated names out of ``choices``); an empty selection, an unknown name or,
+    with ``unique``, a repeated one is a one-line parser error (exit 2)."""
+    picked = [m.strip() for m in text.split(",") if m.strip()]
+    if not picked:
+        parser.error(f"--methods: no method in {text!r}")
+    unknown = [m for m in picked if m not in choices]
+    if unknown:
+        parser.error(f"--methods: unknown method {unknown[0]!r}; choose from {','.join(choices)}")
+    if unique and len(set(picked)) != len(picked):
+        parser.error(f"--methods: repeated method in {text!r}")
+    return picked
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None):
     """Parse ``argv``; everything after a lone ``--`` is kept as extra ``ssaref.train`` flags (``args.extra``)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+    argv, extra = split_passthrough(argv)
     args = parser.parse_args(argv)
     args.extra = extra
     try:
@@ -225,15 +249,20 @@ def parse_args(parser: argparse.ArgumentParser, argv=None):
     if args.out_dir is None:
         args.out_dir = f"runs/{args._script}_quick" if args.quick else f"runs/{args._script}"
     args.datasets = check_datasets(parser, args.dataset)
-    args.selected = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not args.selected:
-        parser.error(f"--methods: no method in {args.methods!r}")
-    unknown = [m for m in args.selected if m not in args._all_methods]
-    if unknown:
-        parser.error(f"--methods: unknown method {unknown[0]!r}; choose from {','.join(args._all_methods)}")
+    args.selected = pick_methods(parser, args.methods, args._all_methods)
     if not np.isfinite(args.lr) or args.lr <= 0:
         parser.error(f"--lr must be > 0, got {args.lr}")
     return args
+
+
+def grid(datasets, models, methods, labels: dict, *, skip: dict | None = None, flags=()) -> list[Config]:
+    """One :class:`Config` per data set x model x method (in that nesting), named
+    ``<dataset>-<model>-<method>``, labelled ``labels[method]``, skipped with ``skip[method]`` where given,
+    each with its own copy of ``flags``."""
+    skip = skip or {}
+    return [Config(name=f"{ds}-{model}-{m}", label=labels[m], method=m, model=model, dataset=ds,
+                   flags=list(flags), skip=skip.get(m))
+            for ds in datasets for model in models for m in methods]
 
 
 def select_methods(configs: list[Config], args) -> list[Config]:
@@ -569,3 +598,154 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of an all-nan column is the intended nan
         yield
+
+
+# ------------------------------------------------------------------------------------------ scripts
+FIGURE_ONLY = "— (figure only)"   # the paper value of a figure's rows: the paper prints no numbers
+
+
+def _figure_only(cfg: Config) -> str:
+    return FIGURE_ONLY
+
+
+def paper_values(table: dict, *, by: str = "model", only: str | None = None, elsewhere: str = "") -> Callable:
+    """The ``paper`` of a :class:`Sweep` from the paper's table as printed: ``table[cfg.<by>][cfg.method]``
+    (``None``, shown "—", where the table has no such cell); with ``only``, a configuration on another data
+    set gets ``elsewhere`` (the paper has no column for it)."""
+    def paper(cfg: Config):
+        if only is not None and cfg.dataset != only:
+            return elsewhere
+        return table.get(getattr(cfg, by), {}).get(cfg.method)
+    return paper
+
+
+@dataclass
+class Script:
+    """A validation script as its three steps; :func:`run_script` chains them and returns the exit code.
+
+    Attributes
+    ----------
+    parse : callable ``(argv) -> args``
+        The checked command line; a bad argument is one ``error: ...`` line and ``SystemExit(2)`` before
+        anything is started or written.
+    run : callable ``(args) -> status``
+        ``{(name, seed): RunStatus}`` of every run; never raises on a failed run.
+    report : callable ``(args, status) -> None``
+        Writes ``results.md`` (and the figure) from the run files, with "failed" rows for failed runs.
+    """
+
+    parse: Callable
+    run: Callable
+    report: Callable
+
+
+@dataclass
+class Sweep:
+    """A table / figure script: what is its own; the rest (command line of :func:`build_parser`, the sweep,
+    the results table, ``results.md``, the figure file, the exit code) is :func:`run_script`'s.
+
+    Attributes
+    ----------
+    script : str
+        Script stem (``"table1_smallconv"``): default output folder ``runs/<script>``, figure ``<script>.png``.
+    doc : str
+        ``--help`` text (the script's docstring).
+    title : str
+        Heading of ``results.md``.
+    notes : str
+        First section of ``results.md`` (what the paper reports and how it is compared).
+    methods : list of str
+        The methods ``--methods`` selects from.
+    configs : callable ``(args) -> list[Config]``
+        The configurations (``--methods`` is applied to them afterwards, :func:`select_methods`).
+    epochs, dataset, seeds
+        Defaults of ``--epochs``, ``--dataset``, ``--seeds``.
+    paper : callable ``(Config) -> value``
+        The paper's value of a row (see :func:`results_table`; :func:`paper_values` builds it from the
+        paper's table); default :data:`FIGURE_ONLY`.
+    quantity : ``"acc"`` or ``"err"``
+        What the results table shows.
+    models : list of str or None
+        With a list: a ``--models`` option (subset, default all), parsed into ``args.models``.
+    align_every, align_help
+        With an int: an ``--align-every`` option with that default (must be > 0).
+    options : callable ``(parser) -> None`` or None
+        Adds the script's further options.
+    check : callable ``(parser, args) -> None`` or None
+        Checks them (``parser.error`` on a bad one).
+    sections : callable ``(configs, results) -> list[str]`` or None
+        ``results.md`` sections after the results table (``results`` as :func:`summarise` returns it).
+    plot : callable ``(configs, results, path) -> Path`` or None
+        Draws the figure to ``path`` (skipped with ``--no-plot``); ``figure_note`` follows its name in
+        ``results.md``.
+    """
+
+    script: str
+    doc: str
+    title: str
+    notes: str
+    methods: list
+    configs: Callable
+    epochs: int
+    dataset: str = "cifar10"
+    seeds: str = "0"
+    paper: Callable = _figure_only
+    quantity: str = "acc"
+    models: list | None = None
+    align_every: int | None = None
+    align_help: str = ""
+    options: Callable | None = None
+    check: Callable | None = None
+    sections: Callable | None = None
+    plot: Callable | None = None
+    figure_note: str = ""
+
+    def parse(self, argv=None):
+        """The checked command line; ``args.configs`` holds the sweep's configurations."""
+        p = build_parser(self.script, self.doc, dataset=self.dataset, epochs=self.epochs, seeds=self.seeds,
+                         methods=self.methods)
+        if self.models is not None:
+            add_models_option(p, self.models)
+        if self.options is not None:
+            self.options(p)
+        if self.align_every is not None:
+            p.add_argument("--align-every", type=int, default=self.align_every, help=self.align_help)
+        args = parse_args(p, argv)
+        if self.models is not None:
+            args.models = pick_models(p, args.models, self.models)
+        if self.align_every is not None and args.align_every <= 0:
+            p.error(f"--align-every must be > 0, got {args.align_every}")
+        if self.check is not None:
+            self.check(p, args)
+        args.configs = select_methods(self.configs(args), args)
+        return args
+
+    def run(self, args) -> dict:
+        return run_sweep(args.configs, args)
+
+    def report(self, args, status: dict) -> None:
+        cfgs = args.configs
+        results = summarise(cfgs, args, status)
+        table, _ = results_table(cfgs, results, args, paper={c.name: self.paper(c) for c in cfgs},
+                                 quantity=self.quantity)
+        sections = [self.notes, table] + (list(self.sections(cfgs, results)) if self.sections else [])
+        if self.plot is not None and not args.no_plot:
+            png = self.plot(cfgs, results, Path(args.out_dir) / f"{self.script}.png")
+            sections.append(f"\nFigure: `{png.name}`{self.figure_note}")
+        write_results(args, self.title, sections)
+
+
+def run_script(spec, argv=None) -> int:
+    """The ``main`` of every validation script: parse and check ``argv`` (default ``sys.argv[1:]``; bad
+    arguments: exit 2 before any run), run, write ``results.md`` (and the figure), then :func:`exit_code`
+    (1 when a run failed, else 0).
+
+    Parameters
+    ----------
+    spec : Sweep or Script
+        Anything with ``parse(argv)``, ``run(args)`` and ``report(args, status)``.
+    """
+    args = spec.parse(argv)
+    status = spec.run(args)
+    spec.report(args, status)
+    return exit_code(status)   # after results.md, so the failed rows are on disk either way

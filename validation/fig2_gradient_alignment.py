@@ -9,20 +9,18 @@ achieves lower alignment angles across layers compared to DFA"; ``results.md`` s
 measured angles agree.  The paper gives no epoch count or alignment interval: 50 epochs and every 50 steps are
 our choice.  Settings of section 6: Adam, lr 5e-4, batch 128, crop + flip.
 
-    python validation/fig2_gradient_alignment.py
-    python validation/fig2_gradient_alignment.py --quick --data-dir DIR     # smoke test
+    python -m validation.fig2_gradient_alignment
+    python -m validation.fig2_gradient_alignment --quick --data-dir DIR     # smoke test
 
 Writes ``<out-dir>/cifar10-mlp-{ssa,dfa}-seed<s>.h5``, ``results.md`` and ``fig2_gradient_alignment.png``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sweep as sw  # noqa: E402
+from validation import _sweep as sw
 
 SCRIPT = "fig2_gradient_alignment"
 EPOCHS = 50             # not stated in the paper: our choice
@@ -32,9 +30,7 @@ PAPER_CLAIM = "SSA consistently achieves lower alignment angles across layers co
 
 
 def configs(args):
-    out = [sw.Config(name=f"{ds}-mlp-{m}", label=LABELS[m], method=m, model="mlp", dataset=ds,
-                     flags=["--align-every", str(args.align_every)]) for ds in args.datasets for m in METHODS]
-    return sw.select_methods(out, args)
+    return sw.grid(args.datasets, ["mlp"], METHODS, LABELS, flags=["--align-every", str(args.align_every)])
 
 
 def angle_section(cfgs, results):
@@ -97,23 +93,16 @@ def plot(cfgs, results, path):
     return sw.save_figure(fig, path)
 
 
+SPEC = sw.Sweep(
+    SCRIPT, __doc__, "Figure 2: gradient alignment of SSA and DFA with BP (3-layer MLP)",
+    notes=f"Paper: Figure 2, no numbers printed; claim: {PAPER_CLAIM}.",
+    methods=METHODS, configs=configs, epochs=EPOCHS,
+    align_every=50, align_help="record the angles every N steps (default 50)",
+    sections=lambda cfgs, results: [angle_section(cfgs, results)], plot=plot)
+
+
 def main(argv=None):
-    p = sw.build_parser(SCRIPT, __doc__, dataset="cifar10", epochs=EPOCHS, seeds="0",
-                        methods=METHODS)
-    p.add_argument("--align-every", type=int, default=50, help="record the angles every N steps (default 50)")
-    args = sw.parse_args(p, argv)
-    if args.align_every <= 0:
-        p.error(f"--align-every must be > 0, got {args.align_every}")
-    cfgs = configs(args)
-    status = sw.run_sweep(cfgs, args)
-    results = sw.summarise(cfgs, args, status)
-    table, _ = sw.results_table(cfgs, results, args, paper={c.name: "— (figure only)" for c in cfgs})
-    sections = [f"Paper: Figure 2, no numbers printed; claim: {PAPER_CLAIM}.", table, angle_section(cfgs, results)]
-    if not args.no_plot:
-        png = plot(cfgs, results, Path(args.out_dir) / f"{SCRIPT}.png")
-        sections.append(f"\nFigure: `{png.name}`")
-    sw.write_results(args, "Figure 2: gradient alignment of SSA and DFA with BP (3-layer MLP)", sections)
-    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
+    return sw.run_script(SPEC, argv)
 
 
 if __name__ == "__main__":

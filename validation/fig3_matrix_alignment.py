@@ -11,20 +11,18 @@ The training loop's alignment tracker (``--align-every``) is what computes it; t
 gradient angle about once per CIFAR-10 epoch, which keeps its BP passes cheap.  No epoch count in the paper:
 50 is our choice.  Settings of section 6: Adam, lr 5e-4, batch 128, crop + flip.
 
-    python validation/fig3_matrix_alignment.py
-    python validation/fig3_matrix_alignment.py --quick --data-dir DIR      # smoke test
+    python -m validation.fig3_matrix_alignment
+    python -m validation.fig3_matrix_alignment --quick --data-dir DIR      # smoke test
 
 Writes ``<out-dir>/cifar10-resnet32-{ssa,dfa}-seed<s>.h5``, ``results.md`` and ``fig3_matrix_alignment.png``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sweep as sw  # noqa: E402
+from validation import _sweep as sw
 
 SCRIPT = "fig3_matrix_alignment"
 EPOCHS = 50             # not stated in the paper: our choice
@@ -37,9 +35,7 @@ UNDEFINED = ("undefined (nan): a convolution, pooling or BN lies between the lay
 
 
 def configs(args):
-    out = [sw.Config(name=f"{ds}-{args.model}-{m}", label=LABELS[m], method=m, model=args.model, dataset=ds,
-                     flags=["--align-every", str(args.align_every)]) for ds in args.datasets for m in METHODS]
-    return sw.select_methods(out, args)
+    return sw.grid(args.datasets, [args.model], METHODS, LABELS, flags=["--align-every", str(args.align_every)])
 
 
 def _series(cfgs, results):
@@ -100,28 +96,28 @@ def plot(cfgs, results, path):
     return sw.save_figure(fig, path)
 
 
-def main(argv=None):
-    p = sw.build_parser(SCRIPT, __doc__, dataset="cifar10", epochs=EPOCHS, seeds="0",
-                        methods=METHODS)
+def add_model_option(p):
     p.add_argument("--model", default="resnet32", help="model (default resnet32, the paper's)")
-    p.add_argument("--align-every", type=int, default=390, help="alignment tracker interval in steps (default 390)")
-    args = sw.parse_args(p, argv)
-    if args.align_every <= 0:
-        p.error(f"--align-every must be > 0, got {args.align_every}")
+
+
+def check_model(p, args):
     from ssaref.nn import MODELS as ALL_MODELS
 
     if args.model not in ALL_MODELS:
         p.error(f"--model: unknown model {args.model!r}; choose from {','.join(sorted(ALL_MODELS))}")
-    cfgs = configs(args)
-    status = sw.run_sweep(cfgs, args)
-    results = sw.summarise(cfgs, args, status)
-    table, _ = sw.results_table(cfgs, results, args, paper={c.name: "— (figure only)" for c in cfgs})
-    sections = [f"Paper: Figure 3, no numbers printed; claim: {PAPER_CLAIM}.", table, matrix_section(cfgs, results)]
-    if not args.no_plot:
-        png = plot(cfgs, results, Path(args.out_dir) / f"{SCRIPT}.png")
-        sections.append(f"\nFigure: `{png.name}` (defined layers only)")
-    sw.write_results(args, "Figure 3: matrix alignment of SSA and DFA, ResNet-32", sections)
-    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
+
+
+SPEC = sw.Sweep(
+    SCRIPT, __doc__, "Figure 3: matrix alignment of SSA and DFA, ResNet-32",
+    notes=f"Paper: Figure 3, no numbers printed; claim: {PAPER_CLAIM}.",
+    methods=METHODS, configs=configs, epochs=EPOCHS, options=add_model_option, check=check_model,
+    align_every=390, align_help="alignment tracker interval in steps (default 390)",
+    sections=lambda cfgs, results: [matrix_section(cfgs, results)], plot=plot,
+    figure_note=" (defined layers only)")
+
+
+def main(argv=None):
+    return sw.run_script(SPEC, argv)
 
 
 if __name__ == "__main__":

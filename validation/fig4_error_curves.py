@@ -6,20 +6,18 @@ CIFAR-10).  Rules: docs/decisions.md D3 and D4.  The paper prints no numbers for
 epoch and the first epoch at which each method reaches the best error DFA attains.  No epoch count in the
 paper: 50 is our choice.  Settings of section 6: Adam, lr 5e-4, batch 128, crop + flip.
 
-    python validation/fig4_error_curves.py
-    python validation/fig4_error_curves.py --quick --data-dir DIR          # smoke test
+    python -m validation.fig4_error_curves
+    python -m validation.fig4_error_curves --quick --data-dir DIR          # smoke test
 
 Writes ``<out-dir>/cifar10-mlp-<method>-seed<s>.h5``, ``results.md`` and ``fig4_error_curves.png``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sweep as sw  # noqa: E402
+from validation import _sweep as sw
 
 SCRIPT = "fig4_error_curves"
 EPOCHS = 50             # not stated in the paper: our choice
@@ -29,9 +27,7 @@ PAPER_CLAIM = "SSA converges significantly faster than DFA and its variants (sec
 
 
 def configs(args):
-    out = [sw.Config(name=f"{ds}-mlp-{m}", label=LABELS[m], method=m, model="mlp", dataset=ds)
-           for ds in args.datasets for m in METHODS]
-    return sw.select_methods(out, args)
+    return sw.grid(args.datasets, ["mlp"], METHODS, LABELS)
 
 
 def error_curves(cfgs, results):
@@ -69,7 +65,8 @@ def curve_section(cfgs, curves):
     return "\n".join(lines)
 
 
-def plot(cfgs, curves, path):
+def plot(cfgs, results, path):
+    curves = error_curves(cfgs, results)
     plt = sw.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     multi = len({c.dataset for c in cfgs if c.name in curves}) > 1
@@ -88,22 +85,15 @@ def plot(cfgs, curves, path):
     return sw.save_figure(fig, path)
 
 
+SPEC = sw.Sweep(
+    SCRIPT, __doc__, "Figure 4: test error per epoch, 3-layer MLP",
+    notes=f"Paper: Figure 4, no numbers printed; claim: {PAPER_CLAIM}.",
+    methods=METHODS, configs=configs, epochs=EPOCHS, quantity="err",
+    sections=lambda cfgs, results: [curve_section(cfgs, error_curves(cfgs, results))], plot=plot)
+
+
 def main(argv=None):
-    p = sw.build_parser(SCRIPT, __doc__, dataset="cifar10", epochs=EPOCHS, seeds="0",
-                        methods=METHODS)
-    args = sw.parse_args(p, argv)
-    cfgs = configs(args)
-    status = sw.run_sweep(cfgs, args)
-    results = sw.summarise(cfgs, args, status)
-    table, _ = sw.results_table(cfgs, results, args, paper={c.name: "— (figure only)" for c in cfgs},
-                                quantity="err")
-    curves = error_curves(cfgs, results)
-    sections = [f"Paper: Figure 4, no numbers printed; claim: {PAPER_CLAIM}.", table, curve_section(cfgs, curves)]
-    if not args.no_plot:
-        png = plot(cfgs, curves, Path(args.out_dir) / f"{SCRIPT}.png")
-        sections.append(f"\nFigure: `{png.name}`")
-    sw.write_results(args, "Figure 4: test error per epoch, 3-layer MLP", sections)
-    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
+    return sw.run_script(SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 The analogue of the paper's Figure 4 / Table 4 comparison on a dataset that ships with Debian
 (CIFAR-10 works the same way with ``--dataset cifar10`` on a machine that has it).
 
-    python validation/fmnist_mlp_methods.py --epochs 10 --out-dir runs/fmnist_mlp
-    python validation/fmnist_mlp_methods.py --methods bp,dfa --epochs 2      # a subset
+    python -m validation.fmnist_mlp_methods --epochs 10 --out-dir runs/fmnist_mlp
+    python -m validation.fmnist_mlp_methods --methods bp,dfa --epochs 2      # a subset
 
 Writes one run file per method (``<out-dir>/<method>.h5``), ``results.md`` (test accuracy per method, the DFA
 gradient-alignment angles of the first and last epoch, final ranks, parameter counts and last-epoch update
@@ -23,10 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sweep as sw  # noqa: E402  (also puts the checkout on sys.path)
-
-from ssaref.runlog import RunFileError, read_run  # noqa: E402
+from ssaref.runlog import RunFileError, read_run
+from validation import _sweep as sw
 
 METHODS = {  # method -> (flags, label); learning rates: Adam, the paper's optimiser (section 6)
     "bp": ([], "BP"),
@@ -122,9 +120,7 @@ def summarise(names, args, status=None):
     sw.write_atomic(Path(args.out_dir) / "results.md", text)
     print(text)
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = sw.pyplot()
         fig, ax = plt.subplots(figsize=(6, 4))
         for i, (name, err) in enumerate(curves.items()):  # tab20: 12 methods, no repeated colour
             ax.plot(np.arange(1, len(err) + 1), err, label=METHODS[name][1], color=plt.cm.tab20(i % 20),
@@ -152,12 +148,8 @@ def _nonnegative_int(text):
 
 def parse_args(argv=None):
     """Parse and check the command line (exit 2 with one ``error:`` line); ``args.extra`` = flags after ``--``."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
-    p = sw.ArgParser(prog="python validation/fmnist_mlp_methods.py", description=__doc__.splitlines()[0])
+    argv, extra = sw.split_passthrough(argv)
+    p = sw.ArgParser(prog="python -m validation.fmnist_mlp_methods", description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--epochs", type=sw._positive_int, default=10)
     p.add_argument("--seed", type=_nonnegative_int, default=0)
@@ -170,23 +162,21 @@ def parse_args(argv=None):
     if len(sw.check_datasets(p, args.dataset)) != 1:
         p.error(f"--dataset: one data set, got {args.dataset!r}")
     args.dataset = args.dataset.strip()
-    args.names = [n.strip() for n in args.methods.split(",") if n.strip()]
-    if not args.names:
-        p.error(f"--methods: no method in {args.methods!r}")
-    unknown = [n for n in args.names if n not in METHODS]
-    if unknown:
-        p.error(f"--methods: unknown method {unknown[0]!r}; choose from {','.join(METHODS)}")
-    if len(set(args.names)) != len(args.names):
-        p.error(f"--methods: repeated method in {args.methods!r}")
+    args.names = sw.pick_methods(p, args.methods, METHODS, unique=True)
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run_all(args) -> dict:
+    """Every selected method, one after the other: ``{(name, seed): RunStatus}``."""
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    status = {(name, args.seed): run_one(name, args) for name in args.names}
-    summarise(args.names, args, status)
-    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
+    return {(name, args.seed): run_one(name, args) for name in args.names}
+
+
+SPEC = sw.Script(parse=parse_args, run=run_all, report=lambda args, status: summarise(args.names, args, status))
+
+
+def main(argv=None):
+    return sw.run_script(SPEC, argv)
 
 
 if __name__ == "__main__":

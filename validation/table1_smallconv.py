@@ -6,19 +6,17 @@ lr in 1e-4..5e-4 (5e-4 here), batch 128, random crop + horizontal flip (ssaref.t
 The paper gives no epoch count: 100 epochs is this script's choice.  PEPITA is MLP-only in ssaref
 (docs/decisions.md D3), so its rows say so instead of a number.
 
-    python validation/table1_smallconv.py                                   # full scale: 2 x 5 x 5 runs
-    python validation/table1_smallconv.py --backend cupy --seeds 0          # one seed on a GPU
-    python validation/table1_smallconv.py --quick --data-dir DIR            # smoke test
+    python -m validation.table1_smallconv                                   # full scale: 2 x 5 x 5 runs
+    python -m validation.table1_smallconv --backend cupy --seeds 0          # one seed on a GPU
+    python -m validation.table1_smallconv --quick --data-dir DIR            # smoke test
 
 Writes ``<out-dir>/<dataset>-smallconv-<method>-seed<s>.h5`` per run and ``<out-dir>/results.md``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sweep as sw  # noqa: E402
+from validation import _sweep as sw
 
 SCRIPT = "table1_smallconv"
 EPOCHS = 100            # not stated in the paper: our choice
@@ -37,27 +35,19 @@ PEPITA_SKIP = "not run: PEPITA is MLP-only in ssaref (docs/decisions.md D3)"
 
 
 def configs(args):
-    out = []
-    for ds in args.datasets:
-        for m in METHODS:
-            out.append(sw.Config(name=f"{ds}-smallconv-{m}", label=LABELS[m], method=m, model="smallconv",
-                                 dataset=ds, skip=PEPITA_SKIP if m == "pepita" else None))
-    return sw.select_methods(out, args)
+    return sw.grid(args.datasets, ["smallconv"], METHODS, LABELS, skip={"pepita": PEPITA_SKIP})
+
+
+SPEC = sw.Sweep(
+    SCRIPT, __doc__, "Table 1: SmallConv on CIFAR-10 / CIFAR-100",
+    notes=("Paper: Table 1 (SmallConv, mean ± std over 5 runs).  ssaref: final-epoch test accuracy, mean ± "
+           "sample std (ddof=1) over the seeds run; one seed shows no std.  `paper − ssaref` compares means."),
+    methods=METHODS, configs=configs, epochs=EPOCHS, dataset="cifar10,cifar100", seeds=SEEDS,
+    paper=sw.paper_values(PAPER_TABLE1, by="dataset"), quantity="acc")
 
 
 def main(argv=None):
-    p = sw.build_parser(SCRIPT, __doc__, dataset="cifar10,cifar100", epochs=EPOCHS,
-                        seeds=SEEDS, methods=METHODS)
-    args = sw.parse_args(p, argv)
-    cfgs = configs(args)
-    status = sw.run_sweep(cfgs, args)
-    results = sw.summarise(cfgs, args, status)
-    paper = {c.name: PAPER_TABLE1.get(c.dataset, {}).get(c.method) for c in cfgs}
-    table, _ = sw.results_table(cfgs, results, args, paper=paper, quantity="acc")
-    notes = ("Paper: Table 1 (SmallConv, mean ± std over 5 runs).  ssaref: final-epoch test accuracy, mean ± "
-             "sample std (ddof=1) over the seeds run; one seed shows no std.  `paper − ssaref` compares means.")
-    sw.write_results(args, "Table 1: SmallConv on CIFAR-10 / CIFAR-100", [notes, table])
-    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
+    return sw.run_script(SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,17 @@ AugLocal are not implemented in ssaref (rows say so).  ImageNet columns are not 
 Models: docs/decisions.md D1 (VGG-13 with BN and one linear classifier; ResNet-32 with 1x1-conv shortcuts).
 Settings of section 6: Adam, lr 5e-4, batch 128, crop + flip.  No epoch count in the paper: 100 is our choice.
 
-    python validation/table2_deep.py                                        # full scale: 2 x 4 x 5 runs
-    python validation/table2_deep.py --backend cupy --seeds 0 --models vgg13
-    python validation/table2_deep.py --quick --data-dir DIR                 # smoke test
+    python -m validation.table2_deep                                        # full scale: 2 x 4 x 5 runs
+    python -m validation.table2_deep --backend cupy --seeds 0 --models vgg13
+    python -m validation.table2_deep --quick --data-dir DIR                 # smoke test
 
 Writes ``<out-dir>/cifar10-<model>-<method>-seed<s>.h5`` per run and ``<out-dir>/results.md``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sweep as sw  # noqa: E402
+from validation import _sweep as sw
 
 SCRIPT = "table2_deep"
 EPOCHS = 100            # not stated in the paper: our choice
@@ -39,34 +37,22 @@ PAPER_TABLE2_CIFAR10 = {
 NOT_IMPLEMENTED = "not run: not implemented in ssaref"
 
 
-def configs(args):
-    out = []
-    for ds in args.datasets:
-        for model in args.models:
-            for m in METHODS:
-                out.append(sw.Config(name=f"{ds}-{model}-{m}", label=LABELS[m], method=m, model=model, dataset=ds))
-            for m in ("predsim", "auglocal"):   # paper rows without an ssaref rule
-                out.append(sw.Config(name=f"{ds}-{model}-{m}", label=LABELS[m], method=m, model=model, dataset=ds,
-                                     skip=NOT_IMPLEMENTED))
-    return sw.select_methods(out, args)
+def configs(args):  # PredSim and AugLocal: paper rows without an ssaref rule
+    return sw.grid(args.datasets, args.models, METHODS + ["predsim", "auglocal"], LABELS,
+                   skip={"predsim": NOT_IMPLEMENTED, "auglocal": NOT_IMPLEMENTED})
+
+
+SPEC = sw.Sweep(
+    SCRIPT, __doc__, "Table 2: VGG-13 and ResNet-32 on CIFAR-10",
+    notes=("Paper: Table 2, CIFAR-10 column (mean ± std over 5 runs); the ImageNet columns are not reproduced.  "
+           "ssaref: final-epoch test accuracy, mean ± sample std (ddof=1) over the seeds run."),
+    methods=METHODS, configs=configs, epochs=EPOCHS, seeds=SEEDS, models=MODELS, quantity="acc",
+    paper=sw.paper_values(PAPER_TABLE2_CIFAR10, only="cifar10",
+                          elsewhere="not in the paper (CIFAR-10 and ImageNet only)"))
 
 
 def main(argv=None):
-    p = sw.build_parser(SCRIPT, __doc__, dataset="cifar10", epochs=EPOCHS, seeds=SEEDS,
-                        methods=METHODS)
-    sw.add_models_option(p, MODELS)
-    args = sw.parse_args(p, argv)
-    args.models = sw.pick_models(p, args.models, MODELS)
-    cfgs = configs(args)
-    status = sw.run_sweep(cfgs, args)
-    results = sw.summarise(cfgs, args, status)
-    paper = {c.name: (PAPER_TABLE2_CIFAR10.get(c.model, {}).get(c.method) if c.dataset == "cifar10"
-                      else "not in the paper (CIFAR-10 and ImageNet only)") for c in cfgs}
-    table, _ = sw.results_table(cfgs, results, args, paper=paper, quantity="acc")
-    notes = ("Paper: Table 2, CIFAR-10 column (mean ± std over 5 runs); the ImageNet columns are not reproduced.  "
-             "ssaref: final-epoch test accuracy, mean ± sample std (ddof=1) over the seeds run.")
-    sw.write_results(args, "Table 2: VGG-13 and ResNet-32 on CIFAR-10", [notes, table])
-    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
+    return sw.run_script(SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -5,19 +5,17 @@ reproduced (no ImageNet reader).  Rules: docs/decisions.md D3 (FA family, sign-c
 biotorch; DFA on residual nets with one segment per block, `--dfa-residual block`) and D4 (SSA).
 Settings of section 6: Adam, lr 5e-4, batch 128, crop + flip.  No epoch count in the paper: 100 is our choice.
 
-    python validation/table4_dfa_variants.py                              # full scale: 3 x 6 runs, seed 0
-    python validation/table4_dfa_variants.py --backend cupy --models lenet,resnet20
-    python validation/table4_dfa_variants.py --quick --data-dir DIR       # smoke test
+    python -m validation.table4_dfa_variants                              # full scale: 3 x 6 runs, seed 0
+    python -m validation.table4_dfa_variants --backend cupy --models lenet,resnet20
+    python -m validation.table4_dfa_variants --quick --data-dir DIR       # smoke test
 
 Writes ``<out-dir>/cifar10-<model>-<method>-seed<s>.h5`` per run and ``<out-dir>/results.md``.
 """
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _sweep as sw  # noqa: E402
+from validation import _sweep as sw
 
 SCRIPT = "table4_dfa_variants"
 EPOCHS = 100            # not stated in the paper: our choice
@@ -35,31 +33,20 @@ PAPER_TABLE4_CIFAR10 = {
 
 
 def configs(args):
-    out = []
-    for ds in args.datasets:
-        for model in args.models:
-            for m in METHODS:
-                out.append(sw.Config(name=f"{ds}-{model}-{m}", label=LABELS[m], method=m, model=model, dataset=ds))
-    return sw.select_methods(out, args)
+    return sw.grid(args.datasets, args.models, METHODS, LABELS)
+
+
+SPEC = sw.Sweep(
+    SCRIPT, __doc__, "Table 4: DFA and its variants vs SSA on CIFAR-10 (test error %)",
+    notes=("Paper: Table 4 (CIFAR-10 test error %, single numbers; ResNet-18 ImageNet column not reproduced).  "
+           "ssaref: final-epoch test error = 100 − test accuracy, mean ± sample std over the seeds run.  "
+           "`paper − ssaref` < 0: ssaref's error is higher than the paper's."),
+    methods=METHODS, configs=configs, epochs=EPOCHS, seeds=SEEDS, models=MODELS, quantity="err",
+    paper=sw.paper_values(PAPER_TABLE4_CIFAR10, only="cifar10", elsewhere="not in the paper (CIFAR-10 only)"))
 
 
 def main(argv=None):
-    p = sw.build_parser(SCRIPT, __doc__, dataset="cifar10", epochs=EPOCHS, seeds=SEEDS,
-                        methods=METHODS)
-    sw.add_models_option(p, MODELS)
-    args = sw.parse_args(p, argv)
-    args.models = sw.pick_models(p, args.models, MODELS)
-    cfgs = configs(args)
-    status = sw.run_sweep(cfgs, args)
-    results = sw.summarise(cfgs, args, status)
-    paper = {c.name: (PAPER_TABLE4_CIFAR10.get(c.model, {}).get(c.method) if c.dataset == "cifar10"
-                      else "not in the paper (CIFAR-10 only)") for c in cfgs}
-    table, _ = sw.results_table(cfgs, results, args, paper=paper, quantity="err")
-    notes = ("Paper: Table 4 (CIFAR-10 test error %, single numbers; ResNet-18 ImageNet column not reproduced).  "
-             "ssaref: final-epoch test error = 100 − test accuracy, mean ± sample std over the seeds run.  "
-             "`paper − ssaref` < 0: ssaref's error is higher than the paper's.")
-    sw.write_results(args, "Table 4: DFA and its variants vs SSA on CIFAR-10 (test error %)", [notes, table])
-    return sw.exit_code(status)   # 1 when a run failed (results.md above still has its row)
+    return sw.run_script(SPEC, argv)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import math
 import numpy as np
 
 from ..backend import asnumpy
+from ..linalg import angle_deg
 
 __all__ = ["MLP_HIDDEN", "IN_SHAPE", "synthetic_batches", "run_ssa", "run_rank_schedule"]
 
@@ -59,14 +60,6 @@ def _bp_dense_grads(layers, x, y):
     return grads
 
 
-def _angle(a, b):
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0 or nb == 0:
-        return float("nan")
-    c = float((a * b).sum() / (na * nb))
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
-
-
 def _ortho(X):
     return float(np.linalg.norm(X.T @ X - np.eye(X.shape[1])))
 
@@ -89,14 +82,13 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
     "angle/p" (arrays of length ``steps``).
     """
     from ..nn import build_model
-    from ..optim import build_optimizer
-    from ..rules import build_rule
-    from ..rules.ssa import svd_layers_of
+    from ..nn.svd_layers import svd_layers_of
+    from ..run import build_run
 
     model = build_model("mlp", IN_SHAPE, K, xp=xp, dtype=np.float64, seed=seed, hidden=MLP_HIDDEN)
-    rule = build_rule("ssa", ssa_variant=variant, rank_schedule="none", hoyer=0.0, angle_every=0, **options)
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(seed + 2))
+    run = build_run(model, "ssa", np.random.default_rng(seed + 2), optimizer=None,
+                    options=dict(ssa_variant=variant, rank_schedule="none", hoyer=0.0, angle_every=0, **options))
+    model, rule = run.model, run.rule
     layers = svd_layers_of(model)
     if rank_frac is not None:
         last = str(len(model.layers) - 1)
@@ -106,7 +98,9 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
             r = max(1, int(math.ceil(rank_frac * layer.rank - 1e-9)))
             rule.truncate_layer(model, None, p, layer, np.arange(r))
         layers = svd_layers_of(model)
-    opt = build_optimizer(optimizer, model.named_params(), lr)
+    from ..optim import build_optimizer
+
+    run.optimizer = build_optimizer(optimizer, run.params(), lr)   # after the rank cut: the truncated factors
     rec = {"layers": [(p, *l.dims, l.rank) for p, l in layers], "loss": []}
     for key in ("upd_U", "upd_s", "upd_V", "chg_U", "chg_s", "chg_V", "ortho_U", "ortho_V", "angle"):
         for p, _ in layers:
@@ -114,7 +108,7 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
     rec["diverged_at"] = -1
     with np.errstate(all="ignore"):
         for t, (x, y) in enumerate(synthetic_batches(seed, steps)):
-            if not _step(rule, model, opt, layers, rec, x, y, xp):
+            if not _step(run, layers, rec, x, y, xp):
                 rec["diverged_at"] = t
                 break
     n = len(rec["loss"])
@@ -125,10 +119,10 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
     return {k: (np.asarray(v) if isinstance(v, list) and k != "layers" else v) for k, v in rec.items()}
 
 
-def _step(rule, model, opt, layers, rec, x, y, xp):
+def _step(run, layers, rec, x, y, xp):
     """One recorded step; False (nothing recorded) once the loss or a factor is no longer finite."""
     xb, yb = xp.asarray(x), xp.asarray(y)
-    res = rule.step(model, xb, yb)       # SSA retracts (default) before its forward pass
+    res = run.step(xb, yb)
     if not math.isfinite(float(res.loss)) or not all(
             np.all(np.isfinite(asnumpy(l.params[n]))) for _, l in layers for n in ("U", "s", "V")):
         return False
@@ -150,12 +144,13 @@ def _step(rule, model, opt, layers, rec, x, y, xp):
         rec[f"ortho_V/{p}"].append(_ortho(h["V"]))
         # first-order change of U diag(s) V^T along the rule's direction (the optimiser subtracts it)
         dW = (d["U"] * h["s"]) @ h["V"].T + (h["U"] * d["s"]) @ h["V"].T + (h["U"] * h["s"]) @ d["V"].T
-        rec[f"angle/{p}"].append(_angle(dW, g))
-    opt.step(res.updates)
-    for p, l in layers:
+        rec[f"angle/{p}"].append(angle_deg(dW, g))   # eq. (4)
+    run.optimizer.step(res.updates)
+    for p, l in layers:   # the optimiser's change, before the rule's after_step (SSA's retraction)
         for n in ("U", "s", "V"):
             new = np.asarray(asnumpy(l.params[n]), dtype=np.float64)
             rec[f"chg_{n}/{p}"].append(float(np.linalg.norm(new - host[p][n])))
+    run.rule.after_step(run.model, run.optimizer)
     return True
 
 
@@ -163,22 +158,19 @@ def run_rank_schedule(*, epochs=10, steps_per_epoch=10, seed=0, lr=1e-3, xp=np, 
     """Train the small MLP with SSA (default variant, hybrid schedule unless ``options`` say otherwise) for
     ``epochs`` short epochs; return the rank of every layer after each epoch and the layers' dims."""
     from ..nn import build_model
-    from ..optim import build_optimizer
-    from ..rules import build_rule
-    from ..rules.ssa import svd_layers_of
+    from ..nn.svd_layers import svd_layers_of
+    from ..run import build_run
 
     model = build_model("mlp", IN_SHAPE, K, xp=xp, dtype=np.float64, seed=seed, hidden=MLP_HIDDEN)
-    rule = build_rule("ssa", angle_every=0, **options)
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(seed + 2))
-    opt = build_optimizer("adam", model.named_params(), lr)
+    run = build_run(model, "ssa", np.random.default_rng(seed + 2), options=dict(angle_every=0, **options),
+                    optimizer="adam", lr=lr)
+    model, rule, opt = run.model, run.rule, run.optimizer
     batches = synthetic_batches(seed, epochs * steps_per_epoch)
     layers0 = svd_layers_of(model)
     out = {"layers": [(p, *l.dims, l.rank) for p, l in layers0], "ranks": []}
     for ep in range(epochs):
         for x, y in batches[ep * steps_per_epoch:(ep + 1) * steps_per_epoch]:
-            res = rule.step(model, xp.asarray(x), xp.asarray(y))
-            opt.step(res.updates)
+            run.train_step(xp.asarray(x), xp.asarray(y))
         rule.on_epoch_end(model, opt, ep + 1, epochs)
         out["ranks"].append([l.rank for _, l in svd_layers_of(model)])
     out["ranks"] = np.asarray(out["ranks"])

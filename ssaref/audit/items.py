@@ -1118,13 +1118,11 @@ def _matrix_angle(ctx):
     triv = float(np.max(principal_angles_deg(W.T, Bm)))
     from ..metrics import matrix_alignment
     from ..nn import build_model
-    from ..rules import build_rule
+    from ..run import build_run
     from .dynamics import IN_SHAPE, MLP_HIDDEN
     model = build_model("mlp", IN_SHAPE, 10, dtype=np.float64, seed=ctx.seed, hidden=MLP_HIDDEN)
-    rule = build_rule("ssa", angle_every=0)
-    model = rule.prepare_model(model)
-    rule.init_state(model, np.random.default_rng(ctx.seed + 2))
-    n_eng = len(matrix_alignment(rule, model))
+    run = build_run(model, "ssa", np.random.default_rng(ctx.seed + 2), options={"angle_every": 0}, optimizer=None)
+    n_eng = len(matrix_alignment(run.rule, run.model))
     return Outcome(SHAPE,
                    "col(W_i^T) lies in R^{d_{i-1}}, col(B_i) in R^{d_i}: the angle is undefined unless d_{i-1} = d_i. "
                    "Where it is defined (the square hidden layer) W^T has full rank, its column space is the whole "

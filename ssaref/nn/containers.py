@@ -49,11 +49,22 @@ class Sequential(Layer):
             caches.append(c)
         return x, caches
 
-    def backward(self, dy, caches, need_dx=True, feedback=None):
+    def backward(self, dy, caches, need_dx=True, feedback=None, *, stop=0, signals=None):
+        """BP's chain, eq. (2): ``delta a_{i-1} = (W_i^T delta a_i) o f'(a_{i-1})`` layer by layer, top down.
+
+        The one chain of the engine (BP, SVD-BP, FA-type rules through ``rules.base.chain_updates``, and every
+        nested container).  ``feedback``: flat weight key -> matrix used in place of that weight when the error
+        is carried to the layer's input (FA-type rules; the parameter gradients stay the true local ones).
+        ``stop``: the lowest layer run; the error is carried below it only when ``need_dx``.  ``signals``: if a
+        dict, receives the error at the output of every layer run (``signals[i] = delta a_i``).
+        Returns ``(dx or None, grads)`` with grads keyed ``"<i>.<name>"``.
+        """
         grads = {}
-        for i in range(len(self.layers) - 1, -1, -1):
+        for i in range(len(self.layers) - 1, stop - 1, -1):
+            if signals is not None:
+                signals[i] = dy
             dy, g = self.layers[i].backward(
-                dy, caches[i], need_dx=need_dx or i > 0, feedback=sub_dict(feedback, str(i)))
+                dy, caches[i], need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i)))
             grads.update({f"{i}.{k}": v for k, v in g.items()})
         return dy, grads
 

@@ -265,10 +265,3 @@ class BatchNorm(Layer):
 
     def geometry(self):
         return {"momentum": self.momentum, "eps": self.eps}
-
-
-def check_finite(x, what):
-    """Raise FloatingPointError if ``x`` holds NaN or inf."""
-    xp = get_array_module(x)
-    if not bool(xp.isfinite(x).all()):
-        raise FloatingPointError(f"{what} is not finite")

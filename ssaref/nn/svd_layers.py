@@ -27,7 +27,8 @@ from ..backend import asnumpy, get_array_module
 from ..linalg import svd as _svd
 from .layers import Layer, _pair
 
-__all__ = ["SVDLinear", "SVDConv2d", "SVD_KINDS", "kernel_to_matrix", "matrix_to_kernel", "to_svd_layer"]
+__all__ = ["SVDLinear", "SVDConv2d", "SVD_KINDS", "kernel_to_matrix", "matrix_to_kernel", "to_svd_layer",
+           "convert_model", "svd_layers_of", "recollect"]
 
 SVD_KINDS = ("svd_linear", "svd_conv2d")
 
@@ -82,6 +83,12 @@ class _SVDBase(Layer):
         """The reconstructed matrix ``U diag(s) V^T`` (m, n) (metrics and tests only)."""
         p = self.params
         return (p["U"] * p["s"]) @ p["V"].T
+
+    def weight_change(self, dU, ds, dV):
+        """First-order change of ``W = U diag(s) V^T`` along directions ``dU`` (m, r), ``ds`` (r,), ``dV`` (n, r):
+        ``dW = dU S V^T + U dS V^T + U S dV^T`` (m, n) (for a conv layer in kernel-matrix form ``K'``)."""
+        U, s, V = (self.params[n] for n in ("U", "s", "V"))
+        return (dU * s) @ V.T + (U * ds) @ V.T + (U * s) @ dV.T
 
     def truncate(self, keep):
         """Keep the singular triplets ``keep`` (index array, ascending); returns the new (U, s, V) arrays.
@@ -313,3 +320,51 @@ def to_svd_layer(layer):
     if getattr(layer, "kind", None) == "conv2d" and "W" in layer.params:
         return SVDConv2d.from_dense(layer)
     return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# model surgery: dense layers -> SVD-space layers
+# ---------------------------------------------------------------------------------------------------
+def recollect(layer):
+    """Rebuild the flat param/buffer views of every composite layer, bottom-up (after replacing arrays)."""
+    children = getattr(layer, "children", None)
+    if children:
+        for c in children.values():
+            recollect(c)
+        layer.params = {f"{n}.{k}": v for n, c in children.items() for k, v in c.params.items()}
+        layer.buffers = {f"{n}.{k}": v for n, c in children.items() for k, v in c.buffers.items()}
+
+
+def _convert(layer):
+    children = getattr(layer, "children", None)
+    if not children:
+        return
+    for name, child in list(children.items()):
+        new = to_svd_layer(child)
+        if new is None:
+            _convert(child)
+            continue
+        children[name] = new
+        if hasattr(layer, "layers"):  # Sequential: keep ``layers`` and ``children`` in step
+            layer.layers[int(name)] = new
+        elif hasattr(layer, name):    # ResidualBlock-style attribute children
+            setattr(layer, name, new)
+
+
+def convert_model(model):
+    """Replace every ``Linear`` / ``Conv2d`` of ``model`` (recursively) by its full-rank SVD layer, in place."""
+    _convert(model)
+    recollect(model)
+    return model
+
+
+def svd_layers_of(model, prefix=""):
+    """``[(key prefix, layer)]`` of every SVD-space layer in forward order (``"3"``, ``"4.main.0"``)."""
+    out = []
+    for name, child in getattr(model, "children", {}).items():
+        p = f"{prefix}{name}"
+        if getattr(child, "kind", None) in SVD_KINDS:
+            out.append((p, child))
+        else:
+            out += svd_layers_of(child, p + ".")
+    return out

@@ -1,4 +1,6 @@
-"""Learning rules, one file each; ``build_rule(name, **options)`` selects one."""
+"""Learning rules, one file each (the interface: ``base.py``); ``build_rule(name, **options)`` selects one.
+
+Adding a rule: its file, one entry in ``RULES`` below, its oracle test."""
 from __future__ import annotations
 
 from .base import Rule, StepResult
@@ -6,19 +8,14 @@ from .bp import BP
 from .dfa import DFA
 from .drtp import DRTP
 from .fa import FA
+from .kp import KP
 from .pepita import PEPITA
 from .sign import BRSF, FRSF, USF
 from .ssa import SSA
 from .svd_bp import SVDBP
 
-RULES = {"bp": BP, "fa": FA, "dfa": DFA, "usf": USF, "brsf": BRSF, "frsf": FRSF, "drtp": DRTP,
+RULES = {"bp": BP, "fa": FA, "kp": KP, "dfa": DFA, "usf": USF, "brsf": BRSF, "frsf": FRSF, "drtp": DRTP,
          "pepita": PEPITA, "ssa": SSA, "svd-bp": SVDBP}
-
-
-def register(cls):
-    """Add a rule class to the registry under ``cls.name``."""
-    RULES[cls.name] = cls
-    return cls
 
 
 def build_rule(name, **options) -> Rule:
@@ -28,4 +25,4 @@ def build_rule(name, **options) -> Rule:
     return RULES[name](**options)
 
 
-__all__ = ["Rule", "StepResult", "RULES", "build_rule", "register"]
+__all__ = ["Rule", "StepResult", "RULES", "build_rule"]

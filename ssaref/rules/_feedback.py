@@ -1,4 +1,4 @@
-"""Shared machinery of the feedback-alignment family (FA, DFA, sign-concordant FA, DRTP, PEPITA).
+"""Shared machinery of the feedback-alignment family (FA, KP, DFA, sign-concordant FA, DRTP, PEPITA, SSA).
 
 Two things live here:
 
@@ -22,14 +22,15 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
+from .base import first_param_layer
 
 __all__ = [
     "WEIGHT_KINDS", "POOL_KINDS", "ACT_KINDS", "draw", "place", "first_param_layer",
     "weight_names", "fan_in_out", "Segment", "segments", "layer_output_shapes", "require_model", "direct_updates",
-    "check_choice", "transport_keys", "chain_updates", "param_keys_of_kind",
+    "check_choice", "transport_keys", "param_keys_of_kind", "num_classes", "segment_dim",
 ]
 
-WEIGHT_KINDS = ("linear", "conv2d", "residual")
+WEIGHT_KINDS = ("linear", "conv2d", "residual", "svd_linear", "svd_conv2d")
 POOL_KINDS = ("maxpool2d", "avgpool2d", "global_avgpool", "flatten")
 ACT_KINDS = ("relu", "tanh", "sigmoid")
 
@@ -41,11 +42,22 @@ def check_choice(rule, opt, value, choices):
 
 
 def require_model(model, rule):
-    """The model must be an ssaref ``Sequential`` ending in a ``Linear`` classifier."""
+    """The model must be an ssaref ``Sequential`` ending in a ``Linear`` (or ``SVDLinear``) classifier."""
     layers = getattr(model, "layers", None)
-    if not layers or getattr(layers[-1], "kind", None) != "linear":
+    if not layers or getattr(layers[-1], "kind", None) not in ("linear", "svd_linear"):
         raise ValueError(f"method {rule!r} needs a Sequential model whose last layer is Linear, "
                          f"got {type(model).__name__}")
+
+
+def num_classes(model):
+    """``d_N``: the number of outputs of the classifier (a Linear or SVDLinear last layer)."""
+    last = model.layers[-1]
+    return int(last.dims[0]) if last.kind == "svd_linear" else int(last.params["W"].shape[0])
+
+
+def segment_dim(seg, shapes):
+    """``d_i``: the size of a segment's injection point (per example), the rows of its ``B_i``."""
+    return int(math.prod(seg.shape if seg.shape is not None else shapes[seg.inject]))
 
 
 def place(model, host_array):
@@ -97,14 +109,6 @@ def draw(rng, shape, dist, fan_in=None, fan_out=None):
 def weight_names(layer):
     """Names of the weight matrices/kernels of a layer that transport error ("W", "main.0.W", ...)."""
     return [k for k in layer.params if k == "W" or k.endswith(".W")]
-
-
-def first_param_layer(model):
-    """Index of the first top-level layer holding parameters (the error need not go below it)."""
-    for i, layer in enumerate(model.layers):
-        if layer.params:
-            return i
-    return len(model.layers)
 
 
 def layer_output_shapes(model):
@@ -270,34 +274,6 @@ def transport_keys(model):
     return out
 
 
-def chain_updates(model, caches, e, feedback):
-    """BP's chain (eq. (2)) with each transported weight replaced by ``feedback[key]`` (FA-type rules).
-
-    Parameters
-    ----------
-    model : Sequential
-    caches : list, one forward cache per layer.
-    e : array (B, K), ``dL/da_N`` (eq. (7)).
-    feedback : dict[str, array], flat weight key -> matrix of that weight's shape used in its place.
-
-    Returns
-    -------
-    (updates, signals) : the local gradients of every parameter given the error each layer received, and the
-        error delivered to each layer's output.
-    """
-    updates, signals = {}, {}
-    first = first_param_layer(model)
-    delta = e  # delta a_N
-    for k in range(len(model.layers) - 1, first - 1, -1):
-        signals[k] = delta
-        p = f"{k}."
-        fb = {key[len(p):]: B for key, B in feedback.items() if key.startswith(p)} or None
-        # dW_k = delta_k h_{k-1}^T (true local gradient); delta_{k-1} = (B_k delta_k) o f'(a_{k-1})
-        delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > first, feedback=fb)
-        updates.update({p + name: g for name, g in grads.items()})
-    return updates, signals
-
-
 def param_keys_of_kind(model, kinds):
     """Flat keys of the parameters of every layer (nested ones included) whose kind is in ``kinds``."""
     out = []
@@ -365,8 +341,7 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
     caches : list, one forward cache per layer.
     e : array (B, K), ``dL/da_N`` (eq. (7)); trains the output layer when ``train_output``.
     src : array (B, K), what the feedback projects (``e`` for DFA and SSA, the one-hot target for DRTP).
-    segs : iterable of ``(lead, inject)`` integer pairs (a top-level segment's first layer and the layer whose
-        output receives the signal) or of ``Segment`` objects (``segments``; nested ones carry a route).
+    segs : list of ``Segment`` (``segments``; nested ones carry a route).
     feedback : dict, ``lead -> B_i`` of shape (d_i, K), d_i = size of the injection point's output.
     shapes : list of per-example output shapes of every top-level layer (``layer_output_shapes``).
     frozen : collection of flat parameter keys that get no update (their keys are absent from ``updates``);
@@ -385,13 +360,8 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
         _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
         updates.update({f"{N}.{k}": g for k, g in grads.items()})
     for seg in segs:
-        if isinstance(seg, Segment):
-            lead, route = seg.lead, seg.route
-            shape = seg.shape if seg.shape is not None else shapes[seg.inject]
-        else:
-            lead, inject = seg
-            route, shape = ((), inject, lead, None), shapes[inject]
-        delta = src @ feedback[lead].T  # B_i delta a_N for every example: (B, d_i)
+        shape = seg.shape if seg.shape is not None else shapes[seg.inject]
+        delta = src @ feedback[seg.lead].T  # B_i delta a_N for every example: (B, d_i)
         delta = delta.reshape((delta.shape[0],) + tuple(shape))
-        _carry(model, caches, delta, route, updates, signals, frozen)
+        _carry(model, caches, delta, seg.route, updates, signals, frozen)
     return updates, signals

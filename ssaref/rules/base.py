@@ -1,18 +1,66 @@
-"""The learning-rule interface.
+"""The learning-rule interface: everything the rest of the engine knows about a rule.
 
-A rule receives the model, the forward caches and the output error
-``e = dL/da_N`` (eq. (7)) and returns one update direction per parameter: the
-quantity plain SGD subtracts times the learning rate.  Rules differ only where
-the paper says they differ; ``diff rules/bp.py rules/dfa.py`` shows where.
+A rule turns one batch into one update direction per parameter (what plain SGD subtracts times the learning
+rate).  The engine (``ssaref.run.build_run``, which train, bench, vectors, the audit and the tests all use)
+drives every rule through the same calls, in this order::
+
+    model = rule.setup(model, rng)          # once: model conversion (prepare_model), feedback drawn (init_state)
+    optimizer over model.named_params() + rule.learnable(model)
+    for each batch (x, y):
+        result = rule.step(model, x, y)     # forward(), loss and e = dL/da_N (eq. (7)), then
+                                            #   updates(model, caches, e, Batch(x, y))
+        optimizer.step(result.updates, lr)
+        rule.after_step(model, optimizer)   # what runs after the optimiser step (SSA: orthogonality handling)
+    rule.on_epoch_end(model, optimizer, epoch, num_epochs)   # rank schedule and per-epoch metrics
+
+**Where a rule's feedback enters.**  Always in ``updates``, the one method every rule implements:
+
+* BP (eq. (2)): ``chain_updates(model, caches, e)`` below -- the error travels down the chain, each layer
+  transposing its own weight (``Sequential.backward``, the one chain of the engine).
+* FA, uSF, brSF, frSF, KP: the same chain with ``feedback={weight key: B}``: each layer carries the error to
+  its input with ``B`` in place of its weight (``chain_updates(model, caches, e, feedback)``).
+* DFA, DRTP, SSA (eq. (3)): ``_feedback.direct_updates``: the output layer gets ``e``; every hidden segment gets
+  ``B_i e`` (DRTP: ``B_i y*`` from ``batch.y``) injected at the segment's output and carried back through the
+  segment's own layers.
+* PEPITA: ``forward`` also keeps every layer's output; ``updates`` runs the second, modulated forward pass on
+  ``batch.x + F e``.
+
+**What runs after the optimiser step.**  ``after_step(model, optimizer)``: nothing by default; SSA retracts
+``U``, ``V`` onto the Stiefel manifold there (``ssa_variant=default``), so every forward pass, evaluation and
+checkpoint sees orthonormal factors.  ``on_epoch_end`` runs after the epoch's last ``after_step``.
+
+**What a rule exposes for measurement and export** (``metrics``, ``vectors`` and the audit use only these,
+never a rule's name or private attributes):
+
+* ``alignment_pairs(model)``: ``AlignmentPair`` per compared matrix (matrix alignment of section 5.5);
+* ``feedback_export(model)``: the feedback arrays of the coming step, per layer (golden vectors; brSF's
+  per-step draw included);
+* ``resolved_options(model)``: every option that affects a step, ``auto`` values resolved;
+* ``GOLDEN_VARIANTS``: golden-vector cases beyond the default options;
+* ``learnable(model)``: rule-owned arrays the optimiser updates like parameters (KP's B); ``updates`` returns a
+  direction for each of their keys;
+* ``metric_layers()``: names indexing the per-layer metric columns ``on_epoch_end`` returns;
+* ``state`` / ``state_dict`` / ``load_state_dict`` / ``adapt_to_checkpoint``: drawn arrays and resume.
+
+A new rule is one file here, one line in ``rules/__init__.py``'s registry and its oracle test.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
-from ..backend import asnumpy
+from ..backend import asnumpy, get_array_module
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
-__all__ = ["Rule", "StepResult"]
+__all__ = ["Rule", "StepResult", "Batch", "AlignmentPair", "FeedbackExport", "Learnable", "chain_updates",
+           "first_param_layer"]
+
+
+class Batch(NamedTuple):
+    """The batch a step trains on: inputs ``x`` (B, ...) and integer labels ``y`` (B,), on the model's device."""
+
+    x: Any
+    y: Any
 
 
 @dataclass
@@ -21,14 +69,60 @@ class StepResult:
 
     loss : float, the mean softmax cross-entropy of the batch before the update.
     logits : array (B, K).
-    updates : dict[key, array], one direction per parameter, keys as ``model.named_params()``.
+    updates : dict[key, array], one direction per parameter (keys as ``model.named_params()``) and per
+        ``learnable`` array of the rule (its key).
     signals : dict[int, array], the error signal the rule delivered to layer k's output (may be empty).
     """
 
     loss: float
-    logits: object
+    logits: Any
     updates: dict
     signals: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlignmentPair:
+    """One matrix a rule uses in place of part of BP, and what section 5.5's matrix alignment compares it with.
+
+    key : str, the metric column: a weight key (``"3.W"``) or an SVD layer's prefix (``"3"``).
+    feedback : array, the rule's matrix.
+    against : ``"weight"`` -- the weight ``key`` itself (FA-type rules: B in W's shape replaces W);
+        ``"downstream"`` -- ``(W_N ... W_{j+1})^T``, the transposed product of the weights after the output of
+        top-level layer ``inject`` (direct rules: ``B_i`` maps ``e`` to that point).
+    inject : int or None, for ``"downstream"``; None where the point lies inside a block (undefined: nan).
+    """
+
+    key: str
+    feedback: Any
+    against: str = "weight"
+    inject: int | None = None
+
+
+@dataclass
+class FeedbackExport:
+    """The feedback a rule's coming step uses, for golden vectors.
+
+    layers : {top-level layer index: {name: array}}, names among ``B``, ``R``, ``B_U``, ``B_S``, ``B_V``.
+    layer_attrs : {layer index: {attribute: int}} (``inject``: where a direct rule's ``B_i e`` enters).
+    arrays : {name: array} not tied to one layer (PEPITA's ``F``).
+    """
+
+    layers: dict = field(default_factory=dict)
+    layer_attrs: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+
+    def put(self, k, name, a):
+        self.layers.setdefault(int(k), {})[name] = a
+
+
+class Learnable(NamedTuple):
+    """A rule-owned array the optimiser updates (``key``: its optimiser/update key, also its ``state`` key);
+    ``layer``, ``name``: where golden vectors file it (``update/<layer>/<name>``)."""
+
+    key: str
+    array: Any
+    layer: int
+    name: str
 
 
 def _coerce(typ, v):
@@ -45,15 +139,43 @@ def _coerce(typ, v):
     return typ(v)
 
 
-class Rule:
-    """Base class.  Subclasses implement ``updates`` (or override ``step``).
+def first_param_layer(model) -> int:
+    """Index of the first top-level layer holding parameters (the error need not go below it)."""
+    for i, layer in enumerate(model.layers):
+        if layer.params:
+            return i
+    return len(model.layers)
 
-    ``OPTIONS`` declares the rule's hyper-parameters as ``name -> (type, default, help)``;
-    the training CLI turns each into a flag ``--name`` (underscores as dashes) and a TOML key.
+
+def chain_updates(model, caches, e, feedback=None):
+    """BP's chain (eq. (2)) from ``delta a_N = e`` down to the first layer with parameters.
+
+    ``feedback`` (FA-type rules): flat weight key -> matrix of that weight's shape used in its place when the
+    error is carried to the layer's input: ``delta a_{i-1} = (B_i delta a_i) o f'(a_{i-1})``; the parameter
+    gradients stay the true local ones, ``delta W_i = delta a_i h_{i-1}^T``.
+
+    Returns ``(updates, signals)``: every parameter's gradient given the error its layer received, and the error
+    delivered to each top-level layer's output.
+    """
+    signals: dict = {}
+    _, updates = model.backward(e, caches, need_dx=False, feedback=feedback or None,
+                                stop=first_param_layer(model), signals=signals)
+    return updates, signals
+
+
+class Rule:
+    """Base class; see the module docstring for the calls and their order.
+
+    Subclasses set ``name``, declare ``OPTIONS`` (``name -> (type, default, help)``; the training CLI turns each
+    into a flag ``--name`` and a TOML key) and implement ``updates``; they may override the other hooks.
+    ``step`` is not overridden: it is the same for every rule.
     """
 
     name = "base"
     OPTIONS: dict = {}
+    # golden-vector cases beyond "default" (ssaref.vectors exports every registered rule's default):
+    # variant name -> (rule options, plain-SGD warm-up steps on the batch before the recorded step)
+    GOLDEN_VARIANTS: dict = {}
 
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)
@@ -70,16 +192,51 @@ class Rule:
                                  f"{getattr(typ, '__name__', typ)}") from None
         self.state: dict = {}  # drawn arrays (feedback matrices); saved in checkpoints
 
+    # -- set-up ------------------------------------------------------------------------------------
+    def setup(self, model, rng):
+        """The one set-up call: convert the model (``prepare_model``) and draw the rule's fixed arrays from the
+        run's generator ``rng`` (``init_state``).  Returns the model to train (SSA/SVD-BP: a converted one)."""
+        model = self.prepare_model(model)
+        self.init_state(model, rng)
+        return model
+
     def prepare_model(self, model):
-        """Return the model this rule trains (SSA/SVD-BP swap dense layers for SVD-space ones)."""
+        """Hook of ``setup``: the model this rule trains (SSA/SVD-BP swap dense layers for SVD-space ones)."""
         return model
 
     def init_state(self, model, rng) -> None:
-        """Draw whatever the rule fixes at initialisation (nothing for BP)."""
+        """Hook of ``setup``: draw whatever the rule fixes at initialisation (nothing for BP)."""
 
-    def adapt_to_checkpoint(self, model, optimizer, shapes) -> None:
-        """Before a resume: reshape the model (e.g. truncate ranks) to the checkpoint's parameter
-        ``shapes`` (key -> tuple).  Nothing by default: shapes must then match exactly."""
+    def learnable(self, model) -> list[Learnable]:
+        """Rule-owned arrays the optimiser updates like parameters (none by default; KP's ``B``)."""
+        return []
+
+    # -- one step ------------------------------------------------------------------------------------
+    def forward(self, model, x):
+        """Training-mode forward pass: ``(logits, caches)``, one cache per top-level layer.  A rule that needs
+        more of the forward pass (PEPITA: every layer's output) keeps it in its caches."""
+        return model.forward(x, train=True)
+
+    def forward_loss(self, model, x, y):
+        """``forward``, the mean cross-entropy and ``e = dL/da_N = (softmax - onehot)/B`` (eq. (7))."""
+        logits, caches = self.forward(model, x)
+        loss, lcache = softmax_cross_entropy(logits, y)
+        e = softmax_cross_entropy_backward(lcache)  # eq. (7)
+        return logits, caches, float(loss), e
+
+    def step(self, model, x, y) -> StepResult:
+        """One step's update directions (the parameters are not changed; the optimiser applies them)."""
+        logits, caches, loss, e = self.forward_loss(model, x, y)
+        updates, signals = self.updates(model, caches, e, Batch(x, y))
+        return StepResult(loss, logits, updates, signals)
+
+    def updates(self, model, caches, e, batch):
+        """Return ``(updates, signals)`` (see ``StepResult``) from the forward ``caches``, the output error
+        ``e`` (eq. (7)) and the ``batch`` (``batch.y``: the labels, for rules that use the target)."""
+        raise NotImplementedError
+
+    def after_step(self, model, optimizer) -> None:
+        """Called right after every optimiser step (``optimizer`` may be None for a hand-applied update)."""
 
     def on_epoch_end(self, model, optimizer, epoch, num_epochs) -> dict:
         """Called after each epoch (``epoch`` counts from 1): rank changes and the like.
@@ -88,33 +245,36 @@ class Rule:
         """
         return {}
 
+    # -- measurement and export -------------------------------------------------------------------------
     def metric_layers(self) -> list[str]:
         """Names of the layers that index the columns of the per-layer (array) metrics ``on_epoch_end``
         returns, in column order; ``[]`` when the rule logs none (the training loop stores it in the run file's
         config).  SSA/SVD-BP: the key prefixes of the SVD layers in forward order."""
         return []
 
-    def forward_loss(self, model, x, y):
-        """Forward pass, mean cross-entropy and ``e = dL/da_N = (softmax - onehot)/B`` (eq. (7))."""
-        logits, caches = model.forward(x, train=True)
-        loss, lcache = softmax_cross_entropy(logits, y)
-        e = softmax_cross_entropy_backward(lcache)  # eq. (7)
-        return logits, caches, float(loss), e
+    def alignment_pairs(self, model) -> list[AlignmentPair]:
+        """The matrices the rule uses in place of BP's, with what each is compared with (none by default)."""
+        return []
 
-    def step(self, model, x, y) -> StepResult:
-        logits, caches, loss, e = self.forward_loss(model, x, y)
-        updates, signals = self.updates(model, caches, e)
-        return StepResult(loss, logits, updates, signals)
+    def feedback_export(self, model) -> FeedbackExport:
+        """The feedback arrays the coming step uses (for golden vectors); none by default."""
+        return FeedbackExport()
 
-    def updates(self, model, caches, e):
-        """Return ``(updates, signals)``; see ``StepResult``."""
-        raise NotImplementedError
+    def resolved_options(self, model) -> dict:
+        """Every option that affects a step, ``auto`` values resolved (golden vectors record it)."""
+        return dict(self.options)
 
     # -- checkpointing of drawn state -------------------------------------------------------
+    def adapt_to_checkpoint(self, model, optimizer, shapes) -> None:
+        """Before a resume: reshape the model (e.g. truncate ranks) to the checkpoint's parameter
+        ``shapes`` (key -> tuple).  Nothing by default: shapes must then match exactly."""
+
     def state_dict(self) -> dict:
         return {k: asnumpy(v) for k, v in self.state.items()}
 
     def load_state_dict(self, d, xp) -> None:
+        """Restore the state arrays; an array of the same shape is overwritten in place, so an optimiser that
+        holds a ``learnable`` array keeps updating the restored one."""
         missing = set(self.state) - set(d)
         if missing:
             raise ValueError(f"rule {self.name!r}: checkpoint lacks feedback arrays {sorted(missing)}")
@@ -122,5 +282,8 @@ class Rule:
             if k in self.state and tuple(self.state[k].shape) != tuple(v.shape):
                 raise ValueError(f"rule {self.name!r}: feedback {k!r} has shape {tuple(v.shape)} in the "
                                  f"checkpoint, expected {tuple(self.state[k].shape)}")
-            dtype = self.state[k].dtype if k in self.state else v.dtype
-            self.state[k] = xp.asarray(v, dtype=dtype)
+            if k in self.state and get_array_module(self.state[k]) is xp:
+                self.state[k][...] = xp.asarray(v, dtype=self.state[k].dtype)
+            else:
+                dtype = self.state[k].dtype if k in self.state else v.dtype
+                self.state[k] = xp.asarray(v, dtype=dtype)

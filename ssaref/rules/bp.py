@@ -7,7 +7,7 @@ and its weight update is ``delta W_i = delta a_i h_{i-1}^T``.
 """
 from __future__ import annotations
 
-from .base import Rule
+from .base import Rule, chain_updates
 
 __all__ = ["BP"]
 
@@ -15,13 +15,6 @@ __all__ = ["BP"]
 class BP(Rule):
     name = "bp"
 
-    def updates(self, model, caches, e):
-        updates, signals = {}, {}
-        first = next((k for k, l in enumerate(model.layers) if l.params), 0)  # no error is needed below it
-        delta = e  # delta a_N
-        for k in range(len(model.layers) - 1, first - 1, -1):
-            signals[k] = delta
-            # eq. (2): dW_k = delta_k h_{k-1}^T ; delta_{k-1} = (W_k^T delta_k) o f'(a_{k-1})
-            delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > first)
-            updates.update({f"{k}.{name}": g for name, g in grads.items()})
-        return updates, signals
+    def updates(self, model, caches, e, batch):
+        # eq. (2): dW_k = delta_k h_{k-1}^T ; delta_{k-1} = (W_k^T delta_k) o f'(a_{k-1}), from delta a_N = e
+        return chain_updates(model, caches, e)

@@ -31,11 +31,9 @@ Options (defaults first):
 """
 from __future__ import annotations
 
-import math
-
-from ._feedback import (check_choice, direct_updates, draw, layer_output_shapes, param_keys_of_kind, place,
-                        segments)
-from .base import Rule
+from ._feedback import (check_choice, direct_updates, draw, layer_output_shapes, num_classes, param_keys_of_kind,
+                        place, segment_dim, segments)
+from .base import AlignmentPair, FeedbackExport, Rule
 
 __all__ = ["DFA"]
 
@@ -51,48 +49,74 @@ class DFA(Rule):
                                        "per weight layer inside the block)"),
         "dfa_bn": (str, "local", "BatchNorm gamma/beta: local (gradient from the segment's signal) or frozen"),
     }
-    _prefix = "dfa"
+    prefix = "dfa"  # option-name prefix (DRTP shares this class under "drtp")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        p = self.prefix
+        check_choice(self.name, f"{p}_init", self._opt("init"), ("unit_col", "gaussian", "kaiming_uniform"))
+        check_choice(self.name, f"{p}_inject", self._opt("inject"), ("segment", "before_pool"))
+        check_choice(self.name, f"{p}_output", self._opt("output"), ("e", "frozen"))
+        check_choice(self.name, f"{p}_residual", self._opt("residual"), ("block", "layer"))
+        check_choice(self.name, f"{p}_bn", self._opt("bn"), ("local", "frozen"))
+        self.segments = None   # the model's hidden segments, found at init_state (or at the first step of a
+        self.shapes = None     # rule restored from a checkpoint) with the per-example output shapes
+        self.frozen = ()       # BatchNorm parameter keys that get no update (dfa_bn=frozen)
 
     def _opt(self, name):
-        return self.options[f"{self._prefix}_{name}"]
+        return self.options[f"{self.prefix}_{name}"]
 
     def init_state(self, model, rng):
         """Draw ``B_i`` (d_i, d_N) per hidden segment, in forward order; state key ``"B/<lead>"`` with lead the
         segment's lead layer index (``"B/3"``) or, inside a residual block with ``residual=layer``, its dotted
         path (``"B/4.main.0"``; the residual add's segment is keyed by the main branch's last weight layer)."""
-        check_choice(self.name, f"{self._prefix}_init", self._opt("init"),
-                     ("unit_col", "gaussian", "kaiming_uniform"))
-        check_choice(self.name, f"{self._prefix}_inject", self._opt("inject"), ("segment", "before_pool"))
-        check_choice(self.name, f"{self._prefix}_output", self._opt("output"), ("e", "frozen"))
-        check_choice(self.name, f"{self._prefix}_residual", self._opt("residual"), ("block", "layer"))
-        check_choice(self.name, f"{self._prefix}_bn", self._opt("bn"), ("local", "frozen"))
         self.segments = None
-        self._segments(model)
-        K = int(model.layers[-1].params["W"].shape[0])
+        segs = self._segments(model)
+        K = num_classes(model)
         self.state = {}
-        for seg in self.segments:
-            d = int(math.prod(seg.shape if seg.shape is not None else self._shapes[seg.inject]))
+        for seg in segs:
+            d = segment_dim(seg, self.shapes)
             self.state[f"B/{seg.key}"] = place(model, draw(rng, (d, K), self._opt("init"), fan_in=d))
 
     def _segments(self, model):
-        if getattr(self, "segments", None) is None:
+        if self.segments is None:
             self.segments = segments(model, self.name, self._opt("inject"), self._opt("residual"))
-            self._shapes = layer_output_shapes(model)
-            self._frozen = param_keys_of_kind(model, ("batchnorm",)) if self._opt("bn") == "frozen" else ()
+            self.shapes = layer_output_shapes(model)
+            self.frozen = tuple(param_keys_of_kind(model, ("batchnorm",))) if self._opt("bn") == "frozen" else ()
         return self.segments
 
-    def updates(self, model, caches, e):
-        return self.direct_updates(model, caches, e, e)  # eq. (3): B_i projects delta a_N = e
+    def projected(self, e, batch):
+        """What ``B_i`` projects: ``delta a_N = e`` for DFA (eq. (3))."""
+        return e
 
-    def direct_updates(self, model, caches, e, src):
-        """Output layer from ``e``; every hidden segment from ``B_i src`` injected at its injection point.
-
-        Parameters
-        ----------
-        e : array (B, K), ``dL/da_N`` (eq. (7)), trains the output layer.
-        src : array (B, K), what the hidden feedback projects (``e`` for DFA, the target for DRTP).
-        """
+    def updates(self, model, caches, e, batch):
+        """Output layer from ``e``; every hidden segment from ``B_i src`` injected at its injection point, with
+        ``src = projected(e, batch)`` (``e`` for DFA, the target for DRTP)."""
         segs = self._segments(model)
         feedback = {seg.lead: self.state[f"B/{seg.key}"] for seg in segs}
-        return direct_updates(model, caches, e, src, segs, feedback, self._shapes,
-                              train_output=self._opt("output") == "e", frozen=self._frozen)
+        return direct_updates(model, caches, e, self.projected(e, batch), segs, feedback, self.shapes,
+                              train_output=self._opt("output") == "e", frozen=self.frozen)
+
+    def alignment_pairs(self, model):
+        if not self.state:
+            return []
+        out = []
+        for seg in self._segments(model):
+            key = seg.weight_key
+            if key is None:
+                lead = model.layers[seg.lead]
+                key = f"{seg.lead}." + next(k for k in lead.params if k == "W" or k.endswith(".W"))
+            # injection inside a residual block (dfa_residual=layer): conv/BN downstream, undefined
+            inject = seg.inject if isinstance(seg.inject, int) else None
+            out.append(AlignmentPair(key, self.state[f"B/{seg.key}"], "downstream", inject))
+        return out
+
+    def feedback_export(self, model):
+        out = FeedbackExport()
+        for seg in self._segments(model):
+            if not isinstance(seg.lead, int):
+                raise ValueError(f"golden vectors describe top-level segments only, not {seg.lead!r} "
+                                 f"({self.prefix}_residual=layer)")
+            out.put(seg.lead, "B", self.state[f"B/{seg.key}"])
+            out.layer_attrs.setdefault(seg.lead, {})["inject"] = int(seg.inject)
+        return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from ..ops.losses import one_hot
 from ._feedback import check_choice
-from .base import StepResult
 from .dfa import DFA
 
 __all__ = ["DRTP"]
@@ -37,19 +36,15 @@ class DRTP(DFA):
         "drtp_reduction": (str, "mean", "target projected per example divided by the batch size (mean, as "
                                         "ssaref's e) or not (sum, the authors' code)"),
     }
-    _prefix = "drtp"
+    prefix = "drtp"
 
-    def init_state(self, model, rng):
+    def __init__(self, **options):
+        super().__init__(**options)
         check_choice(self.name, "drtp_reduction", self.options["drtp_reduction"], ("mean", "sum"))
-        super().init_state(model, rng)
 
-    def step(self, model, x, y):
-        logits, caches, loss, e = self.forward_loss(model, x, y)
-        target = one_hot(y, e.shape[1], e.dtype)  # y*, (B, K)
+    def projected(self, e, batch):
+        """The one-hot target ``y*`` (B, K) of ``batch.y`` (divided by B for ``drtp_reduction=mean``)."""
+        target = one_hot(batch.y, e.shape[1], e.dtype)
         if self.options["drtp_reduction"] == "mean":
             target = target / e.shape[0]
-        updates, signals = self.direct_updates(model, caches, e, target)  # hidden: B_i y*
-        return StepResult(loss, logits, updates, signals)
-
-    def updates(self, model, caches, e):
-        raise TypeError("DRTP needs the targets: call step(model, x, y)")
+        return target

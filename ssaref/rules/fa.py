@@ -9,8 +9,8 @@ gets no B.  The output layer receives ``e`` itself, so its update equals BP's.
 """
 from __future__ import annotations
 
-from ._feedback import chain_updates, check_choice, draw, fan_in_out, place, require_model, transport_keys
-from .base import Rule
+from ._feedback import check_choice, draw, fan_in_out, place, require_model, transport_keys
+from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
 
 __all__ = ["FA"]
 
@@ -41,5 +41,14 @@ class FA(Rule):
         """``{weight key: B}`` used in place of each weight when transporting the error."""
         return {k[2:]: v for k, v in self.state.items() if k.startswith("B/")}
 
-    def updates(self, model, caches, e):
-        return chain_updates(model, caches, e, self.feedback(model))
+    def updates(self, model, caches, e, batch):
+        return chain_updates(model, caches, e, self.feedback(model))  # B_k in place of W_k in eq. (2)
+
+    def alignment_pairs(self, model):
+        return [AlignmentPair(key, B, "weight") for key, B in self.feedback(model).items()]
+
+    def feedback_export(self, model):
+        out = FeedbackExport()
+        for key, k, _ in transport_keys(model):
+            out.put(k, "B", self.state["B/" + key])
+        return out

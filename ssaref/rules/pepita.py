@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import math
 
-from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
-from ._feedback import ACT_KINDS, draw, place, require_model
-from .base import Rule, StepResult
+from ._feedback import ACT_KINDS, draw, num_classes, place, require_model
+from .base import AlignmentPair, FeedbackExport, Rule
 
 __all__ = ["PEPITA"]
 
@@ -35,6 +34,12 @@ class PEPITA(Rule):
         "pepita_F_scale": (float, 0.05, "PEPITA: F ~ scale * U(+-sqrt(6/d_in)), d_in the input size"),
     }
 
+    def __init__(self, **options):
+        super().__init__(**options)
+        scale = float(self.options["pepita_F_scale"])
+        if not scale >= 0:
+            raise ValueError(f"method 'pepita': option pepita_F_scale={scale!r} must be >= 0")
+
     def init_state(self, model, rng):
         """Check the model is an MLP; draw ``F`` (d_0, K), state key ``"F"``."""
         require_model(model, self.name)
@@ -44,31 +49,27 @@ class PEPITA(Rule):
                                  f"{getattr(model, 'name', type(model).__name__)!r} has layer {i} "
                                  f"({type(layer).__name__})")
         scale = float(self.options["pepita_F_scale"])
-        if not scale >= 0:
-            raise ValueError(f"method 'pepita': option pepita_F_scale={scale!r} must be >= 0")
         d0 = int(math.prod(model.input_shape))
-        K = int(model.layers[-1].params["W"].shape[0])
+        K = num_classes(model)
         self.state = {"F": place(model, scale * draw(rng, (d0, K), "kaiming_uniform", fan_in=d0))}
 
-    @staticmethod
-    def _forward(model, x):
-        """Every layer's output ``[h after layer 0, ..., logits]``."""
+    def forward(self, model, x):
+        """``(logits, [h after layer 0, ..., logits])``: PEPITA keeps every layer's output, not the caches."""
         outs = []
         for layer in model.layers:
             x, _ = layer.forward(x, True)
             outs.append(x)
-        return outs
+        return x, outs
 
-    def step(self, model, x, y):
+    def updates(self, model, caches, e, batch):
         layers = model.layers
         N = len(layers) - 1
-        h = self._forward(model, x)  # pass 1
-        loss, lcache = softmax_cross_entropy(h[N], y)
-        e = softmax_cross_entropy_backward(lcache)  # (softmax - y*)/B, eq. (7)
+        h = caches  # pass 1, from forward
+        x = batch.x
         Bsz = x.shape[0]
         F = self.state["F"]
         x_err = x + ((e * Bsz) @ F.T).reshape(x.shape)  # h_0^err = x + F e, per example
-        h_err = self._forward(model, x_err)  # pass 2
+        _, h_err = self.forward(model, x_err)  # pass 2
         lin = [k for k in range(N + 1) if layers[k].kind == "linear"]
         updates, signals = {}, {}
         for j, k in enumerate(lin):
@@ -82,4 +83,14 @@ class PEPITA(Rule):
             updates[f"{k}.W"] = d.T @ inp_err
             if "b" in layers[k].params:
                 updates[f"{k}.b"] = d.sum(axis=0)
-        return StepResult(float(loss), h[N], updates, signals)
+        return updates, signals
+
+    def alignment_pairs(self, model):
+        """``F`` (d_0 x K) against ``(W_N ... W_1)^T``: what maps the output error back to the input."""
+        if not self.state:
+            return []
+        first = next(k for k, l in enumerate(model.layers) if l.kind == "linear")
+        return [AlignmentPair(f"{first}.W", self.state["F"], "downstream", first - 1)]
+
+    def feedback_export(self, model):
+        return FeedbackExport(arrays={"F": self.state["F"]})

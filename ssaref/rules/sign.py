@@ -22,10 +22,10 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from ._feedback import chain_updates, check_choice, draw, fan_in_out, place, require_model, transport_keys
-from .base import Rule
+from ._feedback import check_choice, draw, fan_in_out, place, require_model, transport_keys
+from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
 
-__all__ = ["USF", "BRSF", "FRSF"]
+__all__ = ["USF", "BRSF", "FRSF", "init_std"]
 
 _INITS = ("torch_default", "xavier_uniform")
 _SF_INIT = (str, "torch_default",
@@ -33,7 +33,7 @@ _SF_INIT = (str, "torch_default",
             "xavier_uniform (biotorch's 'kaiming' and 'xavier' options)")
 
 
-def _init_std(shape, dist):
+def init_std(shape, dist):
     """Standard deviation of the initialisation ``dist`` for a weight of ``shape`` (biotorch's scale)."""
     fi, fo = fan_in_out(shape)
     return 1.0 / math.sqrt(3.0 * fi) if dist == "torch_default" else math.sqrt(2.0 / (fi + fo))
@@ -42,16 +42,32 @@ def _init_std(shape, dist):
 class _SignConcordant(Rule):
     """Shared walk: BP's chain with ``B(W)`` in place of every transported weight."""
 
-    def _check(self, model):
+    def __init__(self, **options):
+        super().__init__(**options)
         check_choice(self.name, "sf_init", self.options["sf_init"], _INITS)
-        require_model(model, self.name)
 
-    def feedback(self, model, advance=False):
-        """``{weight key: B}`` for the current weights (``advance``: brSF moves to its next draw)."""
+    def feedback(self, model):
+        """``{weight key: B}`` the coming step uses, for the current weights."""
         raise NotImplementedError
 
-    def updates(self, model, caches, e):
-        return chain_updates(model, caches, e, self.feedback(model, advance=True))
+    def magnitudes(self, model):
+        """``{weight key: |R|}`` of the coming step (brSF, frSF), or None (uSF)."""
+        return None
+
+    def updates(self, model, caches, e, batch):
+        return chain_updates(model, caches, e, self.feedback(model))  # B in place of W in eq. (2)
+
+    def alignment_pairs(self, model):
+        return [AlignmentPair(key, B, "weight") for key, B in self.feedback(model).items()]
+
+    def feedback_export(self, model):
+        out = FeedbackExport()
+        R, B = self.magnitudes(model), self.feedback(model)
+        for key, k, _ in transport_keys(model):
+            if R is not None:
+                out.put(k, "R", R[key])
+            out.put(k, "B", B[key])
+        return out
 
 
 class USF(_SignConcordant):
@@ -62,18 +78,25 @@ class USF(_SignConcordant):
     }
 
     def init_state(self, model, rng):
-        self._check(model)
+        require_model(model, self.name)
         self.state = {}  # nothing drawn: B is a function of W
 
-    def feedback(self, model, advance=False):
+    def scale(self, shape):
+        """``s`` of ``B = s sign(W)``: the init std (``usf_scaled``) or 1."""
+        return init_std(shape, self.options["sf_init"]) if self.options["usf_scaled"] else 1.0
+
+    def feedback(self, model):
         params = dict(model.named_params())
         out = {}
         for key, _, _ in transport_keys(model):
             W = params[key]
-            xp = get_array_module(W)
-            s = _init_std(W.shape, self.options["sf_init"]) if self.options["usf_scaled"] else 1.0
-            out[key] = xp.sign(W) * s
+            out[key] = get_array_module(W).sign(W) * self.scale(W.shape)   # B = s sign(W)
         return out
+
+    def resolved_options(self, model):
+        params = dict(model.named_params())
+        return dict(self.options, usf_scale={key: self.scale(params[key].shape)
+                                             for key, _, _ in transport_keys(model)})
 
 
 class BRSF(_SignConcordant):
@@ -81,26 +104,31 @@ class BRSF(_SignConcordant):
     OPTIONS = {"sf_init": _SF_INIT}
 
     def init_state(self, model, rng):
-        self._check(model)
+        require_model(model, self.name)
         self.state = {"brsf_seed": np.asarray([int(rng.integers(0, 2**62))], dtype=np.int64),
                       "brsf_draws": np.asarray([0], dtype=np.int64)}
-        self._last = None
 
-    def feedback(self, model, advance=False):
-        if not advance and getattr(self, "_last", None) is not None:
-            return self._last  # the B of the most recent step
+    def magnitudes(self, model):
+        """``|R_t|`` of draw ``t`` = the number of steps taken: ``default_rng([seed, t])``, one array per weight
+        in ``transport_keys`` order."""
         t = int(self.state["brsf_draws"][0])
         rng = np.random.default_rng([int(self.state["brsf_seed"][0]), t])
         params = dict(model.named_params())
         out = {}
         for key, _, _ in transport_keys(model):
-            W = params[key]
-            fi, fo = fan_in_out(W.shape)
-            R = place(model, np.abs(draw(rng, W.shape, self.options["sf_init"], fi, fo)))
-            out[key] = R * get_array_module(W).sign(W)  # B = |R_t| o sign(W)
-        if advance:
-            self.state["brsf_draws"] = self.state["brsf_draws"] + 1
-            self._last = out
+            shape = params[key].shape
+            fi, fo = fan_in_out(shape)
+            out[key] = place(model, np.abs(draw(rng, shape, self.options["sf_init"], fi, fo)))
+        return out
+
+    def feedback(self, model):
+        params = dict(model.named_params())
+        return {key: R * get_array_module(R).sign(params[key])  # B = |R_t| o sign(W)
+                for key, R in self.magnitudes(model).items()}
+
+    def updates(self, model, caches, e, batch):
+        out = super().updates(model, caches, e, batch)   # with draw t
+        self.state["brsf_draws"] = self.state["brsf_draws"] + 1   # the next step redraws
         return out
 
 
@@ -110,7 +138,7 @@ class FRSF(_SignConcordant):
 
     def init_state(self, model, rng):
         """Draw the fixed magnitudes ``|R|`` (state key ``"R/<param key>"``)."""
-        self._check(model)
+        require_model(model, self.name)
         params = dict(model.named_params())
         self.state = {}
         for key, _, _ in transport_keys(model):
@@ -118,7 +146,10 @@ class FRSF(_SignConcordant):
             fi, fo = fan_in_out(shape)
             self.state["R/" + key] = place(model, np.abs(draw(rng, shape, self.options["sf_init"], fi, fo)))
 
-    def feedback(self, model, advance=False):
+    def magnitudes(self, model):
+        return {k[2:]: R for k, R in self.state.items() if k.startswith("R/")}
+
+    def feedback(self, model):
         params = dict(model.named_params())
-        return {k[2:]: R * get_array_module(R).sign(params[k[2:]])  # B = |R| o sign(W)
-                for k, R in self.state.items() if k.startswith("R/")}
+        return {key: R * get_array_module(R).sign(params[key])  # B = |R| o sign(W)
+                for key, R in self.magnitudes(model).items()}

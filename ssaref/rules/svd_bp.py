@@ -5,11 +5,12 @@ The loss is ``L_CE + gamma * sum_i (||U_i^T U_i - I||^2 + ||V_i^T V_i - I||^2) +
 (the Hoyer term on the epochs the rank schedule says, as for SSA), its gradient is plain BP through the factored
 layers (their ``backward`` returns the true gradients w.r.t. ``U``, ``s``, ``V``, ``b``) plus the regularisers'
 gradients; no projection, no retraction.  The rank schedule, its options, the truncation of the optimiser state and
-the per-epoch metrics are those of SSA (``rules/ssa.py``: ``SVDRuleBase``).
+the per-epoch metrics are those of SSA (``rules/svd_base.py``: ``SVDRuleBase``).
 """
 from __future__ import annotations
 
-from .ssa import RANK_OPTIONS, SVDRuleBase
+from .base import chain_updates
+from .svd_base import RANK_OPTIONS, SVDRuleBase
 
 __all__ = ["SVDBP"]
 
@@ -17,20 +18,15 @@ __all__ = ["SVDBP"]
 class SVDBP(SVDRuleBase):
     name = "svd-bp"
     OPTIONS = dict(RANK_OPTIONS)
-    retracts = False
+    GOLDEN_VARIANTS = {"sgd1": ({}, 1)}   # one SGD step off the exact SVD: the orthogonality term shows
 
     def init_state(self, model, rng):
         self._layers(model)
         self.state = {}
         self._init_meta(model)
 
-    def updates(self, model, caches, e):
-        updates, signals = {}, {}
-        delta = e  # delta a_N (eq. (7)); BP's chain (eq. (2)) through the factored layers
-        for k in range(len(model.layers) - 1, -1, -1):
-            signals[k] = delta
-            delta, grads = model.layers[k].backward(delta, caches[k], need_dx=k > 0)
-            updates.update({f"{k}.{name}": g for name, g in grads.items()})
+    def svd_updates(self, model, caches, e, batch):
+        updates, signals = chain_updates(model, caches, e)   # BP's chain (eq. (2)) through the factored layers
         for p, layer in self._layers(model):
             oU, oV = self._ortho_grads(layer)          # 4 gamma U (U^T U - I), 4 gamma V (V^T V - I)
             updates[f"{p}.U"] = updates[f"{p}.U"] + oU
