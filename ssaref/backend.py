@@ -8,6 +8,7 @@ Host <-> device copies happen only at the edges: ``to_device`` when a batch or
 an initial parameter enters the engine, ``asnumpy`` when a metric, a checkpoint
 or a golden vector leaves it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,9 +88,7 @@ def get_array_module(*arrays):
         if found is None:
             found = mod
         elif mod is not found:
-            raise BackendError(
-                f"arrays from different libraries mixed: {found.__name__} and {mod.__name__}"
-            )
+            raise BackendError(f"arrays from different libraries mixed: {found.__name__} and {mod.__name__}")
     return np if found is None else found
 
 
@@ -152,6 +151,6 @@ def keep_large_allocations() -> bool:
     except (OSError, AttributeError):
         return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1          # 1 GiB: the largest value glibc accepts on 64-bit
+    ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1  # 1 GiB: the largest value glibc accepts on 64-bit
     ok = (mallopt(M_TRIM_THRESHOLD, 1 << 31) == 1) and ok
     return bool(ok)

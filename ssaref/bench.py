@@ -107,7 +107,8 @@ def main(argv=None):
     p.add_argument("--backend", default="numpy")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc's mmap threshold alone (ssaref.train raises it, see backend.keep_large_allocations)")
+                   help="leave glibc's mmap threshold alone (ssaref.train raises it, see "
+                        "backend.keep_large_allocations)")
     args = p.parse_args(argv)
     tuned = False if args.default_malloc else keep_large_allocations()
     try:

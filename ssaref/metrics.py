@@ -4,7 +4,8 @@
   flattened arrays (``linalg.angle_deg``, the one implementation, re-exported here).
 * ``principal_angles_deg``: principal angles between two column spaces (QR, then SVD of ``Q_A^T Q_B``).
 * ``matrix_alignment``: section 5.5's "matrix alignment angle" made well defined for each rule (see
-  docs/decisions.md, D3), from the pairs the rule declares (``Rule.alignment_pairs``): FA-type rules compare the feedback ``B`` with the weight it replaces; DFA/DRTP compare
+  docs/decisions.md, D3), from the pairs the rule declares (``Rule.alignment_pairs``): FA-type rules compare the
+  feedback ``B`` with the weight it replaces; DFA/DRTP compare
   ``B_i`` (d_i x d_N) with the transposed product of the downstream weights ``(W_N ... W_{i+1})^T``;
   PEPITA compares ``F`` (d_0 x K) with ``(W_N ... W_1)^T``; SSA compares its ``B_i`` like DFA, with the
   downstream weights rebuilt from their SVD factors (``W = U diag(s) V^T``).  Two variants per weight key:

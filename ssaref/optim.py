@@ -20,7 +20,10 @@ Checkpoints use ``state_dict()``: a flat dict of host NumPy arrays and Python in
 
 Hyperparameters are not part of the state (a resumed run may change them on purpose).
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import math
 import numbers
@@ -30,8 +33,7 @@ import numpy as np
 
 from .backend import asnumpy, get_array_module
 
-__all__ = ["Optimizer", "SGD", "Adam", "build_optimizer", "build_schedule", "Schedule",
-           "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["Optimizer", "SGD", "Adam", "build_optimizer", "build_schedule", "Schedule", "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine")
@@ -109,7 +111,7 @@ class Optimizer:
         items = list(params.items()) if hasattr(params, "items") else list(params)
         if not items:
             raise ValueError("params is empty: nothing to optimise")
-        self._params: dict[str, object] = {}
+        self._params: dict[str, Any] = {}
         for item in items:
             try:
                 key, arr = item
@@ -124,10 +126,8 @@ class Optimizer:
         self.xp = get_array_module(*self._params.values())  # refuses a NumPy/CuPy mix
         self.step_count = 0
         self._t = {k: 0 for k in self._params}
-        self._state = {name: {k: self.xp.zeros_like(p) for k, p in self._params.items()}
-                       for name in self._state_names}
-        self._scratch = {k: [self.xp.empty_like(p) for _ in range(self._n_scratch())]
-                         for k, p in self._params.items()}
+        self._state = {name: {k: self.xp.zeros_like(p) for k, p in self._params.items()} for name in self._state_names}
+        self._scratch = {k: [self.xp.empty_like(p) for _ in range(self._n_scratch())] for k, p in self._params.items()}
 
     # -- parameters ------------------------------------------------------------------------------
     @staticmethod
@@ -161,8 +161,10 @@ class Optimizer:
         old = self._params[self._known(key)]
         self._check_param(key, new_array)
         if get_array_module(new_array) is not self.xp:
-            raise ValueError(f"replacement for {key!r} is a {type(new_array).__name__}, "
-                             f"the optimiser works on {self.xp.__name__} arrays")
+            raise ValueError(
+                f"replacement for {key!r} is a {type(new_array).__name__}, "
+                f"the optimiser works on {self.xp.__name__} arrays"
+            )
         if new_array.dtype != old.dtype:
             raise ValueError(f"replacement for {key!r} has dtype {new_array.dtype}, expected {old.dtype}")
         self._params[key] = new_array
@@ -216,15 +218,18 @@ class Optimizer:
                 raise ValueError(f"update for unknown parameter key {key!r}; known keys: {self.keys}")
             p = self._params[key]
             if getattr(g, "shape", None) != p.shape:
-                raise ValueError(f"update for {key!r} has shape {getattr(g, 'shape', None)}, "
-                                 f"parameter has shape {p.shape}")
+                raise ValueError(
+                    f"update for {key!r} has shape {getattr(g, 'shape', None)}, parameter has shape {p.shape}"
+                )
             if g.dtype != p.dtype:
                 raise ValueError(f"update for {key!r} has dtype {g.dtype}, parameter has dtype {p.dtype}")
             get_array_module(p, g)  # refuses a NumPy/CuPy mix
             for name in self._state_names:
                 if self._state[name][key].shape != p.shape:
-                    raise ValueError(f"state {name}/{key} has shape {self._state[name][key].shape} but the "
-                                     f"parameter has shape {p.shape}; call resize() and replace_param() together")
+                    raise ValueError(
+                        f"state {name}/{key} has shape {self._state[name][key].shape} but the "
+                        f"parameter has shape {p.shape}; call resize() and replace_param() together"
+                    )
             todo.append((key, p, g))
         for key, p, g in todo:
             self._t[key] += 1
@@ -257,8 +262,9 @@ class Optimizer:
         missing = sorted(expected - set(d))
         unexpected = sorted(set(d) - expected)
         if missing or unexpected:
-            raise ValueError(f"{type(self).__name__} state dict does not match: missing keys {missing}, "
-                             f"unexpected keys {unexpected}")
+            raise ValueError(
+                f"{type(self).__name__} state dict does not match: missing keys {missing}, unexpected keys {unexpected}"
+            )
         step = _as_int("state 'step'", d["step"], minimum=0)
         ts = {k: _as_int(f"state 't/{k}'", d[f"t/{k}"], minimum=0) for k in self._params}
         arrays = {}
@@ -278,8 +284,9 @@ class Optimizer:
 
     def state_dict_keys(self) -> list[str]:
         """The keys ``state_dict()`` produces (and ``load_state_dict`` requires)."""
-        return (["step"] + [f"t/{k}" for k in self._params]
-                + [f"{n}/{k}" for n in self._state_names for k in self._params])
+        return (
+            ["step"] + [f"t/{k}" for k in self._params] + [f"{n}/{k}" for n in self._state_names for k in self._params]
+        )
 
     def __repr__(self):
         return f"{type(self).__name__}(lr={self.lr}, params={len(self._params)})"
@@ -320,8 +327,10 @@ class SGD(Optimizer):
             raise ValueError(f"nesterov must be a bool, got {nesterov!r}")
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum <= 0.0 or self.dampening != 0.0):
-            raise ValueError(f"nesterov momentum requires momentum > 0 and dampening == 0, "
-                             f"got momentum={momentum!r}, dampening={dampening!r}")
+            raise ValueError(
+                f"nesterov momentum requires momentum > 0 and dampening == 0, "
+                f"got momentum={momentum!r}, dampening={dampening!r}"
+            )
         self._state_names = ("buf",) if self.momentum != 0.0 else ()
         super().__init__(params, lr)
 
@@ -329,14 +338,14 @@ class SGD(Optimizer):
         xp = self.xp
         (s,) = self._scratch_for(key, p)
         if self.weight_decay != 0.0:
-            xp.multiply(p, self.weight_decay, out=s)    # d = g + wd * p
+            xp.multiply(p, self.weight_decay, out=s)  # d = g + wd * p
             xp.add(s, g, out=s)
         else:
-            xp.copyto(s, g)                              # d = g
+            xp.copyto(s, g)  # d = g
         if self.momentum != 0.0:
             buf = self._state["buf"][key]
             if self._t[key] == 1:
-                xp.copyto(buf, s)                        # buf = d (first update)
+                xp.copyto(buf, s)  # buf = d (first update)
             else:
                 xp.multiply(buf, self.momentum, out=buf)  # buf = momentum * buf + (1 - dampening) * d
                 if self.nesterov or self.dampening == 0.0:
@@ -351,14 +360,16 @@ class SGD(Optimizer):
                 xp.multiply(buf, lr * self.momentum, out=s)
                 xp.subtract(p, s, out=p)
                 return
-            xp.multiply(buf, lr, out=s)                  # d = buf
+            xp.multiply(buf, lr, out=s)  # d = buf
         else:
             xp.multiply(s, lr, out=s)
-        xp.subtract(p, s, out=p)                         # p = p - lr * d
+        xp.subtract(p, s, out=p)  # p = p - lr * d
 
     def __repr__(self):
-        return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
-                f"weight_decay={self.weight_decay}, dampening={self.dampening}, params={len(self._params)})")
+        return (
+            f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
+            f"weight_decay={self.weight_decay}, dampening={self.dampening}, params={len(self._params)})"
+        )
 
 
 class Adam(Optimizer):
@@ -416,7 +427,7 @@ class Adam(Optimizer):
             if self.decoupled:
                 xp.multiply(p, 1.0 - lr * self.weight_decay, out=p)  # AdamW: p *= 1 - lr * wd
             else:
-                gw = scratch[1]                                         # Adam: g = g + wd * p
+                gw = scratch[1]  # Adam: g = g + wd * p
                 xp.multiply(p, self.weight_decay, out=gw)
                 xp.add(gw, g, out=gw)
                 g = gw
@@ -430,8 +441,8 @@ class Adam(Optimizer):
         xp.multiply(s, 1.0 - b2, out=s)
         xp.add(v, s, out=v)
         t = self._t[key]
-        bias_correction1 = 1.0 - b1 ** t
-        bias_correction2_sqrt = math.sqrt(1.0 - b2 ** t)
+        bias_correction1 = 1.0 - b1**t
+        bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
         step_size = lr / bias_correction1
         # denom = sqrt(v) / sqrt(1 - beta2^t) + eps ;  p = p - step_size * m / denom
         xp.sqrt(v, out=s)
@@ -443,8 +454,10 @@ class Adam(Optimizer):
 
     def __repr__(self):
         name = "AdamW" if self.decoupled else "Adam"
-        return (f"{name}(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}, "
-                f"params={len(self._params)})")
+        return (
+            f"{name}(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay}, "
+            f"params={len(self._params)})"
+        )
 
 
 def build_optimizer(name: str, params, lr, **kw) -> Optimizer:
@@ -461,6 +474,9 @@ def build_optimizer(name: str, params, lr, **kw) -> Optimizer:
         Hyperparameters of ``SGD`` or ``Adam``; an unknown keyword raises ``ValueError`` naming it.
     """
     key = name.lower() if isinstance(name, str) else name
+    cls: type[Optimizer]
+    allowed: tuple[str, ...]
+    extra: dict[str, Any]
     if key == "sgd":
         cls, allowed, extra = SGD, ("momentum", "nesterov", "weight_decay", "dampening"), {}
     elif key == "adam":
@@ -520,13 +536,24 @@ class Schedule:
         return float(lr)
 
     def __repr__(self):
-        return (f"Schedule({self.name!r}, base_lr={self.base_lr}, epochs={self.epochs}, "
-                f"steps_per_epoch={self.steps_per_epoch}, milestones={self.milestones}, gamma={self.gamma}, "
-                f"min_lr={self.min_lr}, warmup_steps={self.warmup_steps})")
+        return (
+            f"Schedule({self.name!r}, base_lr={self.base_lr}, epochs={self.epochs}, "
+            f"steps_per_epoch={self.steps_per_epoch}, milestones={self.milestones}, gamma={self.gamma}, "
+            f"min_lr={self.min_lr}, warmup_steps={self.warmup_steps})"
+        )
 
 
-def build_schedule(name: str, base_lr: float, *, epochs: int, steps_per_epoch: int, milestones=None,
-                   gamma=0.1, min_lr=0.0, warmup_epochs=0) -> Callable[[int], float]:
+def build_schedule(
+    name: str,
+    base_lr: float,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    milestones=None,
+    gamma=0.1,
+    min_lr=0.0,
+    warmup_epochs=0,
+) -> Callable[[int], float]:
     """Learning-rate schedule by name: "constant", "step" or "cosine" (see ``Schedule``).
 
     Parameters

@@ -9,9 +9,11 @@ and one training step is ``Run.train_step`` (or ``rule.step`` then ``Run.apply``
 result in between, as the training loop does): the rule's directions, the optimiser step, the rule's
 ``after_step``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .optim import Optimizer, build_optimizer
 from .rules import Rule, StepResult, build_rule
@@ -23,7 +25,7 @@ __all__ = ["Run", "build_run"]
 class Run:
     """A model, its rule and (optionally) the optimiser over the model's parameters and the rule's learnables."""
 
-    model: object
+    model: Any
     rule: Rule
     optimizer: Optimizer | None
 
@@ -49,8 +51,9 @@ class Run:
         return list(self.model.named_params()) + [(item.key, item.array) for item in self.rule.learnable(self.model)]
 
 
-def build_run(model, rule, rng, *, options=None, optimizer: str | None = "adam", lr: float = 1e-3,
-              **optimizer_kw) -> Run:
+def build_run(
+    model, rule, rng, *, options=None, optimizer: str | None = "adam", lr: float = 1e-3, **optimizer_kw
+) -> Run:
     """Set up ``rule`` on ``model`` and build the optimiser.
 
     Parameters

@@ -412,7 +412,8 @@ def test_metric_layers_name_the_columns_of_the_svd_metrics(method, rng):
     r2 = build_rule(method)
     res = r2.prepare_model(res)
     names = r2.metric_layers()
-    assert names[:3] == ["0", "3.main.0", "3.main.3"] and names[-1] == str(len(res.layers) - 1) and len(names) == len(set(names))
+    assert names[:3] == ["0", "3.main.0", "3.main.3"] and names[-1] == str(len(res.layers) - 1)
+    assert len(names) == len(set(names))
     keys = [k.rsplit(".", 1)[0] for k, _ in res.named_params() if k.endswith(".s")]
     assert names == keys
     assert build_rule("dfa").metric_layers() == [] and build_rule("bp").metric_layers() == []

@@ -31,7 +31,8 @@ SCRIPTS = ["table1_smallconv", "table2_deep", "table4_dfa_variants", "fig2_gradi
            "fig3_matrix_alignment", "fig4_error_curves", "fmnist_mlp_methods"]
 
 # tiny runs: 16 training images (one step), 8 test images, conv nets at 1/16 width, MLP 3072-16-16-10
-TINY = ["--", "--train-limit", "16", "--test-limit", "8", "--width-mult", "0.0625", "--hidden", "16,16", "--no-download"]
+TINY = ["--", "--train-limit", "16", "--test-limit", "8", "--width-mult", "0.0625", "--hidden", "16,16",
+        "--no-download"]
 
 
 # ------------------------------------------------------------------------------------------ fabricated data

@@ -39,7 +39,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -50,7 +50,8 @@ from ssaref.runlog import RunFileError, read_run
 
 __all__ = ["Config", "RunStatus", "SeedResult", "Script", "Sweep", "run_script", "PAPER_LR", "QUICK_FLAGS",
            "QUICK_WIDTH", "build_parser", "parse_args", "parse_seeds", "split_passthrough", "pick_methods",
-           "add_models_option", "pick_models", "grid", "select_methods", "train_flags", "run_one", "launch", "run_sweep",
+           "add_models_option", "pick_models", "grid", "select_methods", "train_flags", "run_one", "launch",
+           "run_sweep",
            "summarise", "mean_std", "fmt_mean_std", "fmt_num", "results_table", "write_atomic", "save_figure",
            "short_layer", "run_path", "settings_line", "pyplot", "write_results", "layer_series", "ArgParser",
            "check_datasets", "failed_runs", "exit_code", "BACKENDS", "FIGURE_ONLY", "paper_values"]
@@ -195,12 +196,14 @@ def build_parser(script: str, description: str, *, dataset: str, epochs: int, se
                   formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(_script=script, _all_methods=list(methods))
     p.add_argument("--dataset", default=dataset, help=f"data set(s), comma-separated (default {dataset})")
-    p.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs per run (default {epochs}; 1 with --quick)")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"epochs per run (default {epochs}; 1 with --quick)")
     p.set_defaults(_default_epochs=epochs, _default_seeds=seeds)
     p.add_argument("--seeds", default=None, help=f"seeds, e.g. 0,1,2,3,4 or 0-4 (default {seeds}; 0 with --quick)")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="auto, numpy or cupy (ssaref.train --backend)")
     p.add_argument("--data-dir", default=None, help="dataset root (then $SSAREF_DATA, ./data)")
-    p.add_argument("--out-dir", default=None, help=f"output folder (default runs/{script}, runs/{script}_quick with --quick)")
+    p.add_argument("--out-dir", default=None,
+                   help=f"output folder (default runs/{script}, runs/{script}_quick with --quick)")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 1 epoch, --train-limit 256 --test-limit 128, narrow conv nets")
     p.add_argument("--lr", type=float, default=PAPER_LR, help=f"Adam learning rate (default {PAPER_LR}, section 6)")

@@ -48,8 +48,10 @@ def curve_section(cfgs, curves):
         return "\nNo error curve measured (no run finished).\n"
     n_ep = max(len(m) for m, _ in curves.values())
     shown = sorted(set([0, n_ep - 1] + [k - 1 for k in (5, 10, 20, 30, 40) if k <= n_ep]))
-    head = "| data set | method | " + " | ".join(f"epoch {k + 1}" for k in shown) + " | best | epoch reaching DFA's best |"
-    lines = ["\n**Test error (%) per epoch (mean over seeds where several)**\n", head, "|" + " --- |" * (4 + len(shown))]
+    head = ("| data set | method | " + " | ".join(f"epoch {k + 1}" for k in shown)
+            + " | best | epoch reaching DFA's best |")
+    lines = ["\n**Test error (%) per epoch (mean over seeds where several)**\n", head,
+             "|" + " --- |" * (4 + len(shown))]
     for c in cfgs:
         if c.name not in curves:
             continue
@@ -61,7 +63,8 @@ def curve_section(cfgs, curves):
             hit = np.flatnonzero(mean <= target)
             reach = str(int(hit[0]) + 1) if hit.size else "not reached"
         cells = [sw.fmt_num(mean[k]) if k < len(mean) else "" for k in shown]
-        lines.append(f"| {c.dataset} | {c.label} | " + " | ".join(cells) + f" | {sw.fmt_num(float(mean.min()))} | {reach} |")
+        lines.append(f"| {c.dataset} | {c.label} | " + " | ".join(cells)
+                     + f" | {sw.fmt_num(float(mean.min()))} | {reach} |")
     return "\n".join(lines)
 
 

@@ -40,6 +40,7 @@ METHODS = {  # method -> (flags, label); learning rates: Adam, the paper's optim
     "ssa": ([], "SSA (default)"),
     "ssa-paper": (["--ssa-variant", "paper"], "SSA (paper-literal)"),
 }
+ALIGN_LOGGED = {"dfa", "ssa"}  # the sweep entries whose runs log eq. (4) angles with --align-every
 
 
 def train_argv(name, args):
@@ -48,7 +49,7 @@ def train_argv(name, args):
     method = name.split("-paper")[0].split("-relu")[0]
     argv = ["--method", method, "--model", "mlp", "--dataset", args.dataset, "--epochs", str(args.epochs),
             "--seed", str(args.seed), "--no-progress"] + flags
-    if args.align_every and method in ("dfa", "ssa"):
+    if args.align_every and name in ALIGN_LOGGED:
         argv += ["--align-every", str(args.align_every)]
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]

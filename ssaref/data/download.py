@@ -106,7 +106,8 @@ def download_file(urls, dest, md5: str) -> Path:
                 continue
             if got != md5:
                 size = tmp.stat().st_size
-                problems.append(f"{url}: checksum mismatch for {dest.name}, md5 expected {md5}, got {got} ({size} bytes)")
+                problems.append(f"{url}: checksum mismatch for {dest.name}, md5 expected {md5}, got {got} "
+                                f"({size} bytes)")
                 continue
             os.replace(tmp, dest)
             return dest

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module
 from ..ops import activations as act
 from ..ops import conv as conv_ops
 from ..ops import linear as lin

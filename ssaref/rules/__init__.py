@@ -1,6 +1,7 @@
 """Learning rules, one file each (the interface: ``base.py``); ``build_rule(name, **options)`` selects one.
 
 Adding a rule: its file, one entry in ``RULES`` below, its oracle test."""
+
 from __future__ import annotations
 
 from .base import Rule, StepResult
@@ -14,8 +15,19 @@ from .sign import BRSF, FRSF, USF
 from .ssa import SSA
 from .svd_bp import SVDBP
 
-RULES = {"bp": BP, "fa": FA, "kp": KP, "dfa": DFA, "usf": USF, "brsf": BRSF, "frsf": FRSF, "drtp": DRTP,
-         "pepita": PEPITA, "ssa": SSA, "svd-bp": SVDBP}
+RULES = {
+    "bp": BP,
+    "fa": FA,
+    "kp": KP,
+    "dfa": DFA,
+    "usf": USF,
+    "brsf": BRSF,
+    "frsf": FRSF,
+    "drtp": DRTP,
+    "pepita": PEPITA,
+    "ssa": SSA,
+    "svd-bp": SVDBP,
+}
 
 
 def build_rule(name, **options) -> Rule:

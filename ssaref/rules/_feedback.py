@@ -15,6 +15,7 @@ With ``residual="layer"`` a ``ResidualBlock`` is not one segment: every weight l
 segment (see ``segments``), addressed by a dotted path (``"4.main.0"``) and carried back along a *route*
 through the nested containers.  ``direct_updates`` is the one injection pass for both forms.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,24 @@ from ..backend import get_array_module
 from .base import first_param_layer
 
 __all__ = [
-    "WEIGHT_KINDS", "POOL_KINDS", "ACT_KINDS", "draw", "place", "first_param_layer",
-    "weight_names", "fan_in_out", "Segment", "segments", "layer_output_shapes", "require_model", "direct_updates",
-    "check_choice", "transport_keys", "param_keys_of_kind", "num_classes", "segment_dim",
+    "WEIGHT_KINDS",
+    "POOL_KINDS",
+    "ACT_KINDS",
+    "draw",
+    "place",
+    "first_param_layer",
+    "weight_names",
+    "fan_in_out",
+    "Segment",
+    "segments",
+    "layer_output_shapes",
+    "require_model",
+    "direct_updates",
+    "check_choice",
+    "transport_keys",
+    "param_keys_of_kind",
+    "num_classes",
+    "segment_dim",
 ]
 
 WEIGHT_KINDS = ("linear", "conv2d", "residual", "svd_linear", "svd_conv2d")
@@ -45,8 +61,9 @@ def require_model(model, rule):
     """The model must be an ssaref ``Sequential`` ending in a ``Linear`` (or ``SVDLinear``) classifier."""
     layers = getattr(model, "layers", None)
     if not layers or getattr(layers[-1], "kind", None) not in ("linear", "svd_linear"):
-        raise ValueError(f"method {rule!r} needs a Sequential model whose last layer is Linear, "
-                         f"got {type(model).__name__}")
+        raise ValueError(
+            f"method {rule!r} needs a Sequential model whose last layer is Linear, got {type(model).__name__}"
+        )
 
 
 def num_classes(model):
@@ -159,8 +176,10 @@ def _spans(kinds, inject, what, rule, params, where=""):
     leads = [i for i in range(n) if kinds[i] in WEIGHT_KINDS]
     for i in range(n):
         if params[i] and kinds[i] not in WEIGHT_KINDS and (not leads or i < leads[0]):
-            raise ValueError(f"method {rule!r}: {what(i)} has parameters but no weight layer before it, so no "
-                             f"segment can train it{where}")
+            raise ValueError(
+                f"method {rule!r}: {what(i)} has parameters but no weight layer before it, so no "
+                f"segment can train it{where}"
+            )
     out = []
     for j, s in enumerate(leads):
         end = (leads[j + 1] - 1) if j + 1 < len(leads) else n - 1
@@ -190,20 +209,33 @@ def _branch_segments(model, b, shapes, rule, inject):
             continue  # identity shortcut: nothing to train
         for i, l in enumerate(lay):
             if l.kind == "residual":
-                raise ValueError(f"method {rule!r}: residual block {b} holds a nested residual block at "
-                                 f"{b}.{br}.{i}; {rule}_residual=layer does not support nesting")
+                raise ValueError(
+                    f"method {rule!r}: residual block {b} holds a nested residual block at "
+                    f"{b}.{br}.{i}; {rule}_residual=layer does not support nesting"
+                )
         kinds = [l.kind for l in lay]
         params = [bool(l.params) for l in lay]
-        sub = [] if not any(k in WEIGHT_KINDS for k in kinds) else _spans(
-            kinds, inject, lambda i: f"layer {b}.{br}.{i} ({type(lay[i]).__name__})", rule, params)
+        sub = (
+            []
+            if not any(k in WEIGHT_KINDS for k in kinds)
+            else _spans(kinds, inject, lambda i: f"layer {b}.{br}.{i} ({type(lay[i]).__name__})", rule, params)
+        )
         sh, out_shapes = in_shape, []
         for l in lay:
             sh = tuple(l.output_shape(sh))
             out_shapes.append(sh)
         for s, end, inj in sub[:-1]:
             name = next(k for k in lay[s].params if k == "W" or k.endswith(".W"))
-            inner.append(Segment(f"{b}.{br}.{s}", f"{b}.{br}.{end}", f"{b}.{br}.{inj}", shape=out_shapes[inj],
-                                 route=((b, br), inj, s, None), weight_key=f"{b}.{br}.{s}.{name}"))
+            inner.append(
+                Segment(
+                    f"{b}.{br}.{s}",
+                    f"{b}.{br}.{end}",
+                    f"{b}.{br}.{inj}",
+                    shape=out_shapes[inj],
+                    route=((b, br), inj, s, None),
+                    weight_key=f"{b}.{br}.{s}.{name}",
+                )
+            )
         lo = sub[-1][0] if sub else 0
         if sub or any(params):  # a parameter-free branch without weights needs no route
             tails.append((br, lo, len(lay) - 1))
@@ -233,10 +265,16 @@ def segments(model, rule, inject="segment", residual="block"):
     check_choice(rule, "residual", residual, ("block", "layer"))
     layers = model.layers
     n = len(layers)
-    kinds = [l.kind for l in layers[:n - 1]]
-    params = [bool(l.params) for l in layers[:n - 1]]
-    top = _spans(kinds, inject, lambda i: f"layer {i} ({type(layers[i]).__name__})", rule, params,
-                 f" (model {getattr(model, 'name', type(model).__name__)!r})")
+    kinds = [l.kind for l in layers[: n - 1]]
+    params = [bool(l.params) for l in layers[: n - 1]]
+    top = _spans(
+        kinds,
+        inject,
+        lambda i: f"layer {i} ({type(layers[i]).__name__})",
+        rule,
+        params,
+        f" (model {getattr(model, 'name', type(model).__name__)!r})",
+    )
     if residual == "block" or not any(layers[s].kind == "residual" for s, _, _ in top):
         return [Segment(s, end, inj) for s, end, inj in top]
     shapes = layer_output_shapes(model)
@@ -254,8 +292,16 @@ def segments(model, rule, inject="segment", residual="block"):
         lead = f"{s}.{br}.{lo}"
         wname = next((k for k in getattr(layers[s], br).layers[lo].params if k == "W" or k.endswith(".W")), None)
         enter = tuple(((s, b), hi, l, None) for b, l, hi in tails)
-        segs.append(Segment(lead, end, inj, shape=shapes[inj], route=((), inj, s, enter),
-                            weight_key=f"{lead}.{wname}" if wname else None))
+        segs.append(
+            Segment(
+                lead,
+                end,
+                inj,
+                shape=shapes[inj],
+                route=((), inj, s, enter),
+                weight_key=f"{lead}.{wname}" if wname else None,
+            )
+        )
     return segs
 
 
@@ -276,7 +322,7 @@ def transport_keys(model):
 
 def param_keys_of_kind(model, kinds):
     """Flat keys of the parameters of every layer (nested ones included) whose kind is in ``kinds``."""
-    out = []
+    out: list[str] = []
 
     def walk(layer, prefix):
         if layer.kind in kinds:
@@ -328,8 +374,9 @@ def _carry(model, caches, delta, route, updates, signals, frozen):
             return
         # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
         delta, grads = layer.backward(delta, cache, need_dx=k > lo)
-        updates.update({key: g for key, g in ((f"{prefix}{k}.{name}", g) for name, g in grads.items())
-                        if key not in frozen})
+        updates.update(
+            {key: g for key, g in ((f"{prefix}{k}.{name}", g) for name, g in grads.items()) if key not in frozen}
+        )
 
 
 def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=True, frozen=()):

@@ -44,6 +44,7 @@ never a rule's name or private attributes):
 
 A new rule is one file here, one line in ``rules/__init__.py``'s registry and its oracle test.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -52,8 +53,16 @@ from typing import Any, NamedTuple
 from ..backend import asnumpy, get_array_module
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
-__all__ = ["Rule", "StepResult", "Batch", "AlignmentPair", "FeedbackExport", "Learnable", "chain_updates",
-           "first_param_layer"]
+__all__ = [
+    "Rule",
+    "StepResult",
+    "Batch",
+    "AlignmentPair",
+    "FeedbackExport",
+    "Learnable",
+    "chain_updates",
+    "first_param_layer",
+]
 
 
 class Batch(NamedTuple):
@@ -158,8 +167,9 @@ def chain_updates(model, caches, e, feedback=None):
     delivered to each top-level layer's output.
     """
     signals: dict = {}
-    _, updates = model.backward(e, caches, need_dx=False, feedback=feedback or None,
-                                stop=first_param_layer(model), signals=signals)
+    _, updates = model.backward(
+        e, caches, need_dx=False, feedback=feedback or None, stop=first_param_layer(model), signals=signals
+    )
     return updates, signals
 
 
@@ -180,16 +190,19 @@ class Rule:
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)
         if unknown:
-            raise ValueError(f"method {self.name!r} takes no option(s) {sorted(unknown)}; "
-                             f"its options are {sorted(self.OPTIONS) or 'none'}")
+            raise ValueError(
+                f"method {self.name!r} takes no option(s) {sorted(unknown)}; "
+                f"its options are {sorted(self.OPTIONS) or 'none'}"
+            )
         self.options = {k: spec[1] for k, spec in self.OPTIONS.items()}
         for k, v in options.items():
             typ = self.OPTIONS[k][0]
             try:
                 self.options[k] = _coerce(typ, v)
             except (TypeError, ValueError):
-                raise ValueError(f"method {self.name!r}: option {k}={v!r} is not a valid "
-                                 f"{getattr(typ, '__name__', typ)}") from None
+                raise ValueError(
+                    f"method {self.name!r}: option {k}={v!r} is not a valid {getattr(typ, '__name__', typ)}"
+                ) from None
         self.state: dict = {}  # drawn arrays (feedback matrices); saved in checkpoints
 
     # -- set-up ------------------------------------------------------------------------------------
@@ -280,8 +293,10 @@ class Rule:
             raise ValueError(f"rule {self.name!r}: checkpoint lacks feedback arrays {sorted(missing)}")
         for k, v in d.items():
             if k in self.state and tuple(self.state[k].shape) != tuple(v.shape):
-                raise ValueError(f"rule {self.name!r}: feedback {k!r} has shape {tuple(v.shape)} in the "
-                                 f"checkpoint, expected {tuple(self.state[k].shape)}")
+                raise ValueError(
+                    f"rule {self.name!r}: feedback {k!r} has shape {tuple(v.shape)} in the "
+                    f"checkpoint, expected {tuple(self.state[k].shape)}"
+                )
             if k in self.state and get_array_module(self.state[k]) is xp:
                 self.state[k][...] = xp.asarray(v, dtype=self.state[k].dtype)
             else:

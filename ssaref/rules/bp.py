@@ -5,6 +5,7 @@ each layer turns the error at its output into the error at its input with the
 transpose of its own weights, ``delta a_i = (W_{i+1}^T delta a_{i+1}) o f_i'(a_i)``,
 and its weight update is ``delta W_i = delta a_i h_{i-1}^T``.
 """
+
 from __future__ import annotations
 
 from .base import Rule, chain_updates

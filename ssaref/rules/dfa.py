@@ -29,10 +29,20 @@ Options (defaults first):
   their segment; ``frozen`` -- they get no update (absent from ``updates``); the signal still passes through
   BN's backward to reach the weight layer.
 """
+
 from __future__ import annotations
 
-from ._feedback import (check_choice, direct_updates, draw, layer_output_shapes, num_classes, param_keys_of_kind,
-                        place, segment_dim, segments)
+from ._feedback import (
+    check_choice,
+    direct_updates,
+    draw,
+    layer_output_shapes,
+    num_classes,
+    param_keys_of_kind,
+    place,
+    segment_dim,
+    segments,
+)
 from .base import AlignmentPair, FeedbackExport, Rule
 
 __all__ = ["DFA"]
@@ -41,12 +51,14 @@ __all__ = ["DFA"]
 class DFA(Rule):
     name = "dfa"
     OPTIONS = {
-        "dfa_init": (str, "unit_col", "DFA's B_i: unit_col (N(0,1), unit-norm columns), gaussian or "
-                                      "kaiming_uniform"),
+        "dfa_init": (str, "unit_col", "DFA's B_i: unit_col (N(0,1), unit-norm columns), gaussian or kaiming_uniform"),
         "dfa_inject": (str, "segment", "where B_i e enters a segment: segment (its output) or before_pool"),
         "dfa_output": (str, "e", "output layer: e (trained with e as in BP) or frozen"),
-        "dfa_residual": (str, "block", "residual blocks: block (one segment, local BP inside) or layer (a B_i "
-                                       "per weight layer inside the block)"),
+        "dfa_residual": (
+            str,
+            "block",
+            "residual blocks: block (one segment, local BP inside) or layer (a B_i per weight layer inside the block)",
+        ),
         "dfa_bn": (str, "local", "BatchNorm gamma/beta: local (gradient from the segment's signal) or frozen"),
     }
     prefix = "dfa"  # option-name prefix (DRTP shares this class under "drtp")
@@ -59,9 +71,9 @@ class DFA(Rule):
         check_choice(self.name, f"{p}_output", self._opt("output"), ("e", "frozen"))
         check_choice(self.name, f"{p}_residual", self._opt("residual"), ("block", "layer"))
         check_choice(self.name, f"{p}_bn", self._opt("bn"), ("local", "frozen"))
-        self.segments = None   # the model's hidden segments, found at init_state (or at the first step of a
-        self.shapes = None     # rule restored from a checkpoint) with the per-example output shapes
-        self.frozen = ()       # BatchNorm parameter keys that get no update (dfa_bn=frozen)
+        self.segments = None  # the model's hidden segments, found at init_state (or at the first step of a
+        self.shapes = None  # rule restored from a checkpoint) with the per-example output shapes
+        self.frozen = ()  # BatchNorm parameter keys that get no update (dfa_bn=frozen)
 
     def _opt(self, name):
         return self.options[f"{self.prefix}_{name}"]
@@ -94,8 +106,17 @@ class DFA(Rule):
         ``src = projected(e, batch)`` (``e`` for DFA, the target for DRTP)."""
         segs = self._segments(model)
         feedback = {seg.lead: self.state[f"B/{seg.key}"] for seg in segs}
-        return direct_updates(model, caches, e, self.projected(e, batch), segs, feedback, self.shapes,
-                              train_output=self._opt("output") == "e", frozen=self.frozen)
+        return direct_updates(
+            model,
+            caches,
+            e,
+            self.projected(e, batch),
+            segs,
+            feedback,
+            self.shapes,
+            train_output=self._opt("output") == "e",
+            frozen=self.frozen,
+        )
 
     def alignment_pairs(self, model):
         if not self.state:
@@ -115,8 +136,9 @@ class DFA(Rule):
         out = FeedbackExport()
         for seg in self._segments(model):
             if not isinstance(seg.lead, int):
-                raise ValueError(f"golden vectors describe top-level segments only, not {seg.lead!r} "
-                                 f"({self.prefix}_residual=layer)")
+                raise ValueError(
+                    f"golden vectors describe top-level segments only, not {seg.lead!r} ({self.prefix}_residual=layer)"
+                )
             out.put(seg.lead, "B", self.state[f"B/{seg.key}"])
             out.layer_attrs.setdefault(seg.lead, {})["inject"] = int(seg.inject)
         return out

@@ -14,6 +14,7 @@ B_i is ``kaiming_uniform`` (U(+-sqrt(6/d_i))) as in their code.  Segments, injec
 residual-block and BatchNorm options are DFA's (see ``dfa.py``), under the ``drtp_`` prefix (``drtp_residual``
 = ``block`` | ``layer``, ``drtp_bn`` = ``local`` | ``frozen``).
 """
+
 from __future__ import annotations
 
 from ..ops.losses import one_hot
@@ -26,15 +27,26 @@ __all__ = ["DRTP"]
 class DRTP(DFA):
     name = "drtp"
     OPTIONS = {
-        "drtp_init": (str, "kaiming_uniform", "DRTP's B_i: kaiming_uniform (U(+-sqrt(6/d_i)), the authors' "
-                                              "code), unit_col or gaussian"),
-        "drtp_inject": (str, "segment", "where B_i y* enters a segment: segment (its output) or before_pool "
-                                        "(after the activation, as the authors' code)"),
+        "drtp_init": (
+            str,
+            "kaiming_uniform",
+            "DRTP's B_i: kaiming_uniform (U(+-sqrt(6/d_i)), the authors' code), unit_col or gaussian",
+        ),
+        "drtp_inject": (
+            str,
+            "segment",
+            "where B_i y* enters a segment: segment (its output) or before_pool "
+            "(after the activation, as the authors' code)",
+        ),
         "drtp_output": (str, "e", "output layer: e (trained with e as in BP) or frozen"),
         "drtp_residual": DFA.OPTIONS["dfa_residual"],  # segments as DFA's (dfa.py)
         "drtp_bn": DFA.OPTIONS["dfa_bn"],
-        "drtp_reduction": (str, "mean", "target projected per example divided by the batch size (mean, as "
-                                        "ssaref's e) or not (sum, the authors' code)"),
+        "drtp_reduction": (
+            str,
+            "mean",
+            "target projected per example divided by the batch size (mean, as "
+            "ssaref's e) or not (sum, the authors' code)",
+        ),
     }
     prefix = "drtp"
 

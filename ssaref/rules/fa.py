@@ -7,6 +7,7 @@ W's shape used in the transposed convolution) and handed to the layer through it
 the parameter gradients stay the true local ones.  The first weight layer sends no error further down and
 gets no B.  The output layer receives ``e`` itself, so its update equals BP's.
 """
+
 from __future__ import annotations
 
 from ._feedback import check_choice, draw, fan_in_out, place, require_model, transport_keys
@@ -20,9 +21,12 @@ class FA(Rule):
 
     name = "fa"
     OPTIONS = {
-        "fa_init": (str, "torch_default",
-                    "distribution of FA's fixed B: torch_default (U(+-1/sqrt(fan_in)), like the forward "
-                    "weights), xavier_uniform or kaiming_uniform"),
+        "fa_init": (
+            str,
+            "torch_default",
+            "distribution of FA's fixed B: torch_default (U(+-1/sqrt(fan_in)), like the forward "
+            "weights), xavier_uniform or kaiming_uniform",
+        ),
     }
 
     def init_state(self, model, rng):

@@ -22,6 +22,7 @@ optimiser (both receive identical directions), so KP then behaves as FA; see doc
 
 The first weight layer transports no error and has no ``B``; the output layer receives ``e`` itself (as BP).
 """
+
 from __future__ import annotations
 
 import math
@@ -36,18 +37,26 @@ class KP(Rule):
     """Kolen-Pollack: FA whose ``B`` gets ``W``'s update (and decay), so ``B -> W^T``."""
 
     name = "kp"
-    GOLDEN_VARIANTS = {"decay": ({"kp_decay": 0.1}, 0)}   # pins lambda on W and on B
+    GOLDEN_VARIANTS = {"decay": ({"kp_decay": 0.1}, 0)}  # pins lambda on W and on B
     OPTIONS = {
-        "kp_init": (str, "torch_default", "distribution of KP's initial B: torch_default (U(+-1/sqrt(fan_in))), "
-                                          "xavier_uniform or kaiming_uniform"),
-        "kp_decay": (float, 0.0, "KP: weight decay lambda added to the directions of W and of B (Akrout et al.); "
-                                 "the optimiser's --weight-decay applies to both as well"),
+        "kp_init": (
+            str,
+            "torch_default",
+            "distribution of KP's initial B: torch_default (U(+-1/sqrt(fan_in))), xavier_uniform or kaiming_uniform",
+        ),
+        "kp_decay": (
+            float,
+            0.0,
+            "KP: weight decay lambda added to the directions of W and of B (Akrout et al.); "
+            "the optimiser's --weight-decay applies to both as well",
+        ),
     }
 
     def __init__(self, **options):
         super().__init__(**options)
-        check_choice(self.name, "kp_init", self.options["kp_init"],
-                     ("torch_default", "xavier_uniform", "kaiming_uniform"))
+        check_choice(
+            self.name, "kp_init", self.options["kp_init"], ("torch_default", "xavier_uniform", "kaiming_uniform")
+        )
         lam = self.options["kp_decay"]
         if not (lam >= 0.0 and math.isfinite(lam)):
             raise ValueError(f"method 'kp': option kp_decay={lam!r} must be a finite number >= 0")
@@ -71,17 +80,17 @@ class KP(Rule):
 
     def updates(self, model, caches, e, batch):
         B = self.feedback(model)
-        updates, signals = chain_updates(model, caches, e, B)   # FA's chain: B_k in place of W_k in eq. (2)
+        updates, signals = chain_updates(model, caches, e, B)  # FA's chain: B_k in place of W_k in eq. (2)
         lam = self.options["kp_decay"]
         params = dict(model.named_params())
         for key, W in params.items():
             if not (key == "W" or key.endswith(".W")):
                 continue
-            g = updates[key]                                     # delta_l h_{l-1}^T, the true local gradient
+            g = updates[key]  # delta_l h_{l-1}^T, the true local gradient
             if key in B:
-                updates["B/" + key] = g + lam * B[key] if lam else g   # delta B = W's update + lambda B
+                updates["B/" + key] = g + lam * B[key] if lam else g  # delta B = W's update + lambda B
             if lam:
-                updates[key] = g + lam * W                       # delta W = delta_l h_{l-1}^T + lambda W
+                updates[key] = g + lam * W  # delta W = delta_l h_{l-1}^T + lambda W
         return updates, signals
 
     def alignment_pairs(self, model):

@@ -18,6 +18,7 @@ The modulation uses the per-example error ``softmax - y*`` (not ssaref's batch-m
 the paper) is not part of ssaref's models.  Defined on MLP-like models only (Linear layers, elementwise
 activations, Flatten); anything else raises ValueError at ``init_state``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,9 +46,11 @@ class PEPITA(Rule):
         require_model(model, self.name)
         for i, layer in enumerate(model.layers):
             if layer.kind not in ("linear", "flatten") + ACT_KINDS:
-                raise ValueError(f"method 'pepita' is defined for MLPs only; model "
-                                 f"{getattr(model, 'name', type(model).__name__)!r} has layer {i} "
-                                 f"({type(layer).__name__})")
+                raise ValueError(
+                    f"method 'pepita' is defined for MLPs only; model "
+                    f"{getattr(model, 'name', type(model).__name__)!r} has layer {i} "
+                    f"({type(layer).__name__})"
+                )
         scale = float(self.options["pepita_F_scale"])
         d0 = int(math.prod(model.input_shape))
         K = num_classes(model)

@@ -15,6 +15,7 @@ In the paper's notation ``B_i = sign(W_i^T)``; ssaref stores B in W's own shape 
 come from ``default_rng([seed, t])`` with ``seed`` drawn once and ``t`` the step count, both kept in the
 state, so a resumed run redraws exactly the same R_t.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,9 +29,12 @@ from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
 __all__ = ["USF", "BRSF", "FRSF", "init_std"]
 
 _INITS = ("torch_default", "xavier_uniform")
-_SF_INIT = (str, "torch_default",
-            "distribution of the sign-concordant magnitudes |R| and scale of uSF: torch_default or "
-            "xavier_uniform (biotorch's 'kaiming' and 'xavier' options)")
+_SF_INIT = (
+    str,
+    "torch_default",
+    "distribution of the sign-concordant magnitudes |R| and scale of uSF: torch_default or "
+    "xavier_uniform (biotorch's 'kaiming' and 'xavier' options)",
+)
 
 
 def init_std(shape, dist):
@@ -90,13 +94,12 @@ class USF(_SignConcordant):
         out = {}
         for key, _, _ in transport_keys(model):
             W = params[key]
-            out[key] = get_array_module(W).sign(W) * self.scale(W.shape)   # B = s sign(W)
+            out[key] = get_array_module(W).sign(W) * self.scale(W.shape)  # B = s sign(W)
         return out
 
     def resolved_options(self, model):
         params = dict(model.named_params())
-        return dict(self.options, usf_scale={key: self.scale(params[key].shape)
-                                             for key, _, _ in transport_keys(model)})
+        return dict(self.options, usf_scale={key: self.scale(params[key].shape) for key, _, _ in transport_keys(model)})
 
 
 class BRSF(_SignConcordant):
@@ -105,8 +108,10 @@ class BRSF(_SignConcordant):
 
     def init_state(self, model, rng):
         require_model(model, self.name)
-        self.state = {"brsf_seed": np.asarray([int(rng.integers(0, 2**62))], dtype=np.int64),
-                      "brsf_draws": np.asarray([0], dtype=np.int64)}
+        self.state = {
+            "brsf_seed": np.asarray([int(rng.integers(0, 2**62))], dtype=np.int64),
+            "brsf_draws": np.asarray([0], dtype=np.int64),
+        }
 
     def magnitudes(self, model):
         """``|R_t|`` of draw ``t`` = the number of steps taken: ``default_rng([seed, t])``, one array per weight
@@ -123,12 +128,14 @@ class BRSF(_SignConcordant):
 
     def feedback(self, model):
         params = dict(model.named_params())
-        return {key: R * get_array_module(R).sign(params[key])  # B = |R_t| o sign(W)
-                for key, R in self.magnitudes(model).items()}
+        return {
+            key: R * get_array_module(R).sign(params[key])  # B = |R_t| o sign(W)
+            for key, R in self.magnitudes(model).items()
+        }
 
     def updates(self, model, caches, e, batch):
-        out = super().updates(model, caches, e, batch)   # with draw t
-        self.state["brsf_draws"] = self.state["brsf_draws"] + 1   # the next step redraws
+        out = super().updates(model, caches, e, batch)  # with draw t
+        self.state["brsf_draws"] = self.state["brsf_draws"] + 1  # the next step redraws
         return out
 
 
@@ -151,5 +158,7 @@ class FRSF(_SignConcordant):
 
     def feedback(self, model):
         params = dict(model.named_params())
-        return {key: R * get_array_module(R).sign(params[key])  # B = |R| o sign(W)
-                for key, R in self.magnitudes(model).items()}
+        return {
+            key: R * get_array_module(R).sign(params[key])  # B = |R| o sign(W)
+            for key, R in self.magnitudes(model).items()
+        }

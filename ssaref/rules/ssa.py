@@ -50,6 +50,7 @@ factors are ``B_U`` (d_i x k), ``B_s`` (k), ``B_V`` (d_N x k) with ``k = min(d_i
 
 The output layer's ``B_N`` (d_N x d_N) is drawn only as an alignment target; its task signal is ``e``.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,17 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..linalg import angle_deg, complement_project, randomized_svd, tangent_project
-from ._feedback import (check_choice, direct_updates, draw, layer_output_shapes, num_classes, place, segment_dim,
-                        segments)
+from ._feedback import (
+    Segment,
+    check_choice,
+    direct_updates,
+    draw,
+    layer_output_shapes,
+    num_classes,
+    place,
+    segment_dim,
+    segments,
+)
 from .base import AlignmentPair, FeedbackExport, chain_updates
 from .svd_base import RANK_OPTIONS, SVDRuleBase
 
@@ -81,18 +91,39 @@ class SSA(SVDRuleBase):
         "alpha": (float, 1.0, "weight of the task (DFA cross-entropy) term of the local loss, eq. (6)"),
         "beta": (float, 1e-3, "weight of the alignment loss, eq. (8)"),
         **RANK_OPTIONS,
-        "ssa_variant": (str, "default", "default (sound gradients, tangent projection, retraction) or paper "
-                                        "(eqs. (11)-(13) as printed)"),
-        "projection": (str, "auto", "U/V projection: tangent (X - U sym(U^T X)), paper (as printed), complement "
-                                    "((I - XX^T) X for U and V), none; auto: tangent (default), paper (paper)"),
-        "project_ortho": (str, "auto", "project the orthogonality gradient too: true, false; auto: false "
-                                       "(default), true (paper)"),
-        "retraction": (str, "auto", "after the optimiser step map U, V back to the Stiefel manifold: polar, qr, "
-                                    "none; auto: polar (default), none (paper)"),
-        "align_target": (str, "auto", "alignment targets: feedback (factors of B_i where shapes fit), weight "
-                                      "(layer-shaped feedback), auto (feedback for Linear, weight for conv)"),
-        "angle_every": (int, 50, "every N steps log the eq. (4) angle between SSA's change of W and BP's "
-                                 "gradient (0: off)"),
+        "ssa_variant": (
+            str,
+            "default",
+            "default (sound gradients, tangent projection, retraction) or paper (eqs. (11)-(13) as printed)",
+        ),
+        "projection": (
+            str,
+            "auto",
+            "U/V projection: tangent (X - U sym(U^T X)), paper (as printed), complement "
+            "((I - XX^T) X for U and V), none; auto: tangent (default), paper (paper)",
+        ),
+        "project_ortho": (
+            str,
+            "auto",
+            "project the orthogonality gradient too: true, false; auto: false (default), true (paper)",
+        ),
+        "retraction": (
+            str,
+            "auto",
+            "after the optimiser step map U, V back to the Stiefel manifold: polar, qr, "
+            "none; auto: polar (default), none (paper)",
+        ),
+        "align_target": (
+            str,
+            "auto",
+            "alignment targets: feedback (factors of B_i where shapes fit), weight "
+            "(layer-shaped feedback), auto (feedback for Linear, weight for conv)",
+        ),
+        "angle_every": (
+            int,
+            50,
+            "every N steps log the eq. (4) angle between SSA's change of W and BP's gradient (0: off)",
+        ),
         "rsvd_oversample": (int, 10, "randomized SVD oversampling (section 4.3)"),
         "rsvd_iters": (int, 4, "randomized SVD power iterations"),
     }
@@ -116,15 +147,15 @@ class SSA(SVDRuleBase):
         po = str(o["project_ortho"]).lower()
         self.project_ortho = (po == "true") if po != "auto" else paper
         self.retraction = o["retraction"] if o["retraction"] != "auto" else ("none" if paper else "polar")
-        self.segments = None   # hidden segments (``_feedback.segments``), found at init_state
-        self.shapes = None     # per-example output shape of every top-level layer
+        self.segments: list[Segment] = []  # hidden segments (``_feedback.segments``), found at init_state
+        self.shapes = None  # per-example output shape of every top-level layer
 
     # -- feedback and targets ----------------------------------------------------------------------
     def init_state(self, model, rng):
         """Draw ``B_i`` (d_i, d_N), unit-norm columns (section 4.3), per hidden segment ("B/<lead>"), and the
         alignment targets "TU/<p>" (m, r), "Ts/<p>" (r,), "TV/<p>" (n, r) with masks "mU/<p>", "mV/<p>" (r,)."""
         layers = self._layers(model)
-        self.segments = segments(model, self.name)   # one segment per hidden top-level weight layer (or block)
+        self.segments = segments(model, self.name)  # one segment per hidden top-level weight layer (or block)
         self.shapes = layer_output_shapes(model)
         K = num_classes(model)
         self.state = {}
@@ -137,8 +168,10 @@ class SSA(SVDRuleBase):
         last = str(len(model.layers) - 1)
         dims[last] = K
         if self.paper and any("." in p for p, _ in layers):
-            raise ValueError(f"method {self.name!r}: ssa_variant=paper needs per-layer error signals, so it "
-                             f"supports models without residual blocks only")
+            raise ValueError(
+                f"method {self.name!r}: ssa_variant=paper needs per-layer error signals, so it "
+                f"supports models without residual blocks only"
+            )
         o = self.options
         for p, layer in layers:
             m, n = layer.dims
@@ -147,18 +180,25 @@ class SSA(SVDRuleBase):
             d = dims.get(p)
             if mode == "auto":
                 mode = "feedback" if d == m else "weight"
-            TU = np.zeros((m, r)); Ts = np.zeros(r); TV = np.zeros((n, r))
-            mU = np.zeros(r); mV = np.zeros(r)
+            TU = np.zeros((m, r))
+            Ts = np.zeros(r)
+            TV = np.zeros((n, r))
+            mU = np.zeros(r)
+            mV = np.zeros(r)
             if mode == "feedback" and d == m:
                 Bh = asnumpy(self.state[f"B/{p}"]) if p != last else draw(rng, (K, K), "unit_col")
                 k = min(r, Bh.shape[1])
-                bu, bs, _ = randomized_svd(np.asarray(Bh, dtype=np.float64), k, rng=rng,
-                                           oversample=o["rsvd_oversample"], n_iter=o["rsvd_iters"])
-                TU[:, :k], Ts[:k], mU[:k] = bu, bs, 1.0   # V: B_V has d_N rows, V has n -- no target
+                bu, bs, _ = randomized_svd(
+                    np.asarray(Bh, dtype=np.float64),
+                    k,
+                    rng=rng,
+                    oversample=o["rsvd_oversample"],
+                    n_iter=o["rsvd_iters"],
+                )
+                TU[:, :k], Ts[:k], mU[:k] = bu, bs, 1.0  # V: B_V has d_N rows, V has n -- no target
             elif mode == "weight":
                 Bw = draw(rng, (m, n), "unit_col")
-                bu, bs, bv = randomized_svd(Bw, r, rng=rng, oversample=o["rsvd_oversample"],
-                                            n_iter=o["rsvd_iters"])
+                bu, bs, bv = randomized_svd(Bw, r, rng=rng, oversample=o["rsvd_oversample"], n_iter=o["rsvd_iters"])
                 TU[:], Ts[:], TV[:], mU[:], mV[:] = bu, bs, bv, 1.0, 1.0
             for key, arr in (("TU", TU), ("Ts", Ts), ("TV", TV), ("mU", mU), ("mV", mV)):
                 self.state[f"{key}/{p}"] = place(model, arr)
@@ -176,12 +216,12 @@ class SSA(SVDRuleBase):
         if proj == "tangent":
             return tangent_project(X, G)
         if proj == "complement" or (proj == "paper" and which == "U"):
-            return complement_project(X, G)             # (I - X X^T) G, eq. (12) / section 5.2
-        if proj == "paper":                              # V as printed in eq. (13): (I_r - V^T V) on V^T
+            return complement_project(X, G)  # (I - X X^T) G, eq. (12) / section 5.2
+        if proj == "paper":  # V as printed in eq. (13): (I_r - V^T V) on V^T
             xp = get_array_module(X)
             M = -(X.T @ X)
             M[xp.diag_indices(M.shape[0])] += 1.0
-            return G @ M                                 # dV = [(I_r - V^T V) dV^T]^T = dV (I_r - V^T V)
+            return G @ M  # dV = [(I_r - V^T V) dV^T]^T = dV (I_r - V^T V)
         return G
 
     def task_signals(self, model, caches, e):
@@ -203,26 +243,26 @@ class SSA(SVDRuleBase):
         o, st = self.options, self.state
         a, b = o["alpha"], o["beta"]
         mU, mV = st[f"mU/{p}"], st[f"mV/{p}"]
-        alU = (2.0 * b) * ((U - st[f"TU/{p}"]) * mU)     # d/dU  beta ||U - B_U||^2 (eq. (8))
+        alU = (2.0 * b) * ((U - st[f"TU/{p}"]) * mU)  # d/dU  beta ||U - B_U||^2 (eq. (8))
         als = (2.0 * b) * ((s - st[f"Ts/{p}"]) * mU)
         alV = (2.0 * b) * ((V - st[f"TV/{p}"]) * mV)
-        oU, oV = self._ortho_grads(layer)                # d/dU gamma ||U^T U - I||^2 = 4 gamma U (U^T U - I)
+        oU, oV = self._ortho_grads(layer)  # d/dU gamma ||U^T U - I||^2 = 4 gamma U (U^T U - I)
         if self.paper:
             GV, GtU = layer.dense_products(dy, cache)
-            gs = (U * GV).sum(axis=0) + als              # eq. (11): diag(U^T G V) + 2 beta (S - B_S)
-            gU = GV / s + alU                            # eq. (12): G V S^-1 + 2 beta (U - B_U)
-            gV = GtU / s + alV                           # eq. (13), transposed: G^T U S^-1 + 2 beta (V - B_V)
+            gs = (U * GV).sum(axis=0) + als  # eq. (11): diag(U^T G V) + 2 beta (S - B_S)
+            gU = GV / s + alU  # eq. (12): G V S^-1 + 2 beta (U - B_U)
+            gV = GtU / s + alV  # eq. (13), transposed: G^T U S^-1 + 2 beta (V - B_V)
         else:
-            gs = a * task["s"] + als                     # alpha diag(U^T G V) + 2 beta (s - B_s)
-            gU = a * task["U"] + alU                     # alpha G V S + 2 beta (U - B_U)
-            gV = a * task["V"] + alV                     # alpha G^T U S + 2 beta (V - B_V)
+            gs = a * task["s"] + als  # alpha diag(U^T G V) + 2 beta (s - B_s)
+            gU = a * task["U"] + alU  # alpha G V S + 2 beta (U - B_U)
+            gV = a * task["V"] + alV  # alpha G^T U S + 2 beta (V - B_V)
         if self.project_ortho:
             dU, dV = self._project(U, gU + oU, "U"), self._project(V, gV + oV, "V")
         else:
             dU, dV = self._project(U, gU, "U") + oU, self._project(V, gV, "V") + oV
         h = self._hoyer_term(s)
         if h is not None:
-            gs = gs + h                                  # hoyer * d(||s||_1/||s||_2)/ds (section 4.4)
+            gs = gs + h  # hoyer * d(||s||_1/||s||_2)/ds (section 4.4)
         return {"U": dU, "s": gs, "V": dV}
 
     def svd_updates(self, model, caches, e, batch):
@@ -230,7 +270,7 @@ class SSA(SVDRuleBase):
         task gradient of ``b``.  The optimiser applies eq. (10) with them, ``U <- U - eta dU``,
         ``S <- S - eta dS``, ``V <- V - eta dV`` (SGD; momentum/Adam transform the direction first), and the
         default variant retracts ``U``, ``V`` in ``after_step``."""
-        if self.segments is None:
+        if self.shapes is None:
             raise RuntimeError("SSA.setup must run before training")
         updates, signals = self.task_signals(model, caches, e)
         a = self.options["alpha"]
@@ -253,30 +293,33 @@ class SSA(SVDRuleBase):
 
     # -- eq. (4) angle between SSA's induced change of W and the BP gradient ----------------------------
     def _angles(self, model, caches, e, updates, signals, top):
-        _, bp_sig = chain_updates(model, caches, e)                  # BP's signals on the same forward pass
+        _, bp_sig = chain_updates(model, caches, e)  # BP's signals on the same forward pass
         for p, layer in self.layers:
             if p not in top:
                 continue
             k = int(p)
             G = layer.dense_grad(bp_sig[k], caches[k])
             dW = layer.weight_change(*(updates[f"{p}.{n}"] for n in ("U", "s", "V")))
-            self._record(p, "angle", angle_deg(dW, G))              # eq. (4)
+            self._record(p, "angle", angle_deg(dW, G))  # eq. (4)
             if not self.paper:
-                Gt = layer.dense_grad(signals[k], caches[k])       # the DFA (task) gradient alone
+                Gt = layer.dense_grad(signals[k], caches[k])  # the DFA (task) gradient alone
                 self._record(p, "angle_task", angle_deg(Gt, G))
 
     def _extra_metric_names(self):
         return ["angle", "angle_task"]
 
-
     # -- measurement and export --------------------------------------------------------------------------
     def resolved_options(self, model):
-        return dict(super().resolved_options(model), projection=self.projection,
-                    project_ortho=bool(self.project_ortho), retraction=self.retraction)
+        return dict(
+            super().resolved_options(model),
+            projection=self.projection,
+            project_ortho=bool(self.project_ortho),
+            retraction=self.retraction,
+        )
 
     def alignment_pairs(self, model):
         """``B_i`` (d_i x d_N) against ``(W_N ... W_{i+1})^T`` as DFA, keyed by the segment's first SVD layer."""
-        if not self.state or self.segments is None:
+        if not self.state or not self.segments:
             return []
         prefixes = [p for p, _ in self.layers]
         out = []

@@ -5,9 +5,11 @@ per-epoch ``svd_*`` metrics, and resume across rank cuts.
 A subclass implements ``svd_updates(model, caches, e, batch)``; ``updates`` wraps it to accumulate the update norms.
 ``after_step`` retracts ``U``, ``V`` onto the Stiefel manifold when the subclass sets ``retraction`` (SSA's default).
 """
+
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -34,14 +36,26 @@ RANK_OPTIONS = {
     "reduce_frac": (float, 0.3, "fraction of the epochs spent in the epoch-based phase"),
     "energy": (float, 0.95, "threshold phase keeps the top singular values holding this share of sum s^2"),
     "min_rank_frac": (float, 0.3, "the rank never drops below this fraction of r0"),
-    "parity": (bool, False, "at every epoch end cap the rank of every SVD layer, the classifier included "
-                            "(whatever reduce_last says), so the factored layer holds fewer numbers than the dense "
-                            "one (section 4.4; parity_count says what is counted); takes precedence over "
-                            "min_rank_frac"),
-    "parity_count": (str, "factors", "what parity counts: factors (r(m+n) < mn, the paper's printed rule "
-                                     "r < mn/(m+n)) or with_s (r(m+n+1) < mn, the singular values counted too)"),
-    "reduce_last": (bool, False, "also run the rank schedule on the output (classifier) layer; without it the "
-                                 "classifier keeps its rank, except for the parity cap when parity is on"),
+    "parity": (
+        bool,
+        False,
+        "at every epoch end cap the rank of every SVD layer, the classifier included "
+        "(whatever reduce_last says), so the factored layer holds fewer numbers than the dense "
+        "one (section 4.4; parity_count says what is counted); takes precedence over "
+        "min_rank_frac",
+    ),
+    "parity_count": (
+        str,
+        "factors",
+        "what parity counts: factors (r(m+n) < mn, the paper's printed rule "
+        "r < mn/(m+n)) or with_s (r(m+n+1) < mn, the singular values counted too)",
+    ),
+    "reduce_last": (
+        bool,
+        False,
+        "also run the rank schedule on the output (classifier) layer; without it the "
+        "classifier keeps its rank, except for the parity cap when parity is on",
+    ),
 }
 
 
@@ -57,17 +71,23 @@ class SVDRuleBase(Rule):
         for k in ("gamma", "hoyer"):
             if not (o[k] >= 0.0 and math.isfinite(o[k])):
                 raise ValueError(f"method {self.name!r}: option {k}={o[k]!r} must be a finite number >= 0")
-        self.schedule = RankSchedule(kind=o["rank_schedule"], reduce_to=o["reduce_to"],
-                                     reduce_frac=o["reduce_frac"], energy=o["energy"],
-                                     min_rank_frac=o["min_rank_frac"], parity=o["parity"],
-                                     hoyer_every=o["hoyer_every"], parity_count=o["parity_count"])
-        self.retraction = "none"   # after_step maps U, V back to the Stiefel manifold unless "none" (SSA sets it)
-        self.layers = None         # [(prefix, SVD layer)] in forward order, set by prepare_model
-        self.r0 = {}               # prefix -> full rank at conversion
+        self.schedule = RankSchedule(
+            kind=o["rank_schedule"],
+            reduce_to=o["reduce_to"],
+            reduce_frac=o["reduce_frac"],
+            energy=o["energy"],
+            min_rank_frac=o["min_rank_frac"],
+            parity=o["parity"],
+            hoyer_every=o["hoyer_every"],
+            parity_count=o["parity_count"],
+        )
+        self.retraction = "none"  # after_step maps U, V back to the Stiefel manifold unless "none" (SSA sets it)
+        self.layers: list[tuple[str, Any]] = []  # [(prefix, SVD layer)] in forward order, set by prepare_model
+        self.r0 = {}  # prefix -> full rank at conversion
         self._acc = {}
-        self._upd = {}             # "<p>/upd_<name>" -> [sum of the update norms (0-d device array), count]
+        self._upd = {}  # "<p>/upd_<name>" -> [sum of the update norms (0-d device array), count]
         self._steps = 0
-        self._epoch, self._num_epochs = 1, 0   # host copies of "meta/epoch", "meta/num_epochs"
+        self._epoch, self._num_epochs = 1, 0  # host copies of "meta/epoch", "meta/num_epochs"
 
     @property
     def retracts(self):
@@ -86,10 +106,10 @@ class SVDRuleBase(Rule):
     def metric_layers(self):
         """Prefixes of the SVD layers in forward order (``"1"``, ``"4.main.0"``): they index the per-layer
         ``svd_*`` metrics of ``on_epoch_end``; empty before ``prepare_model``/``init_state``."""
-        return [p for p, _ in (self.layers or [])]
+        return [p for p, _ in self.layers]
 
     def _layers(self, model):
-        if self.layers is None:
+        if not self.layers:
             self.layers = svd_layers_of(model)
             self.r0 = {p: l.full_rank for p, l in self.layers}
         return self.layers
@@ -118,14 +138,18 @@ class SVDRuleBase(Rule):
     def load_state_dict(self, d, xp):
         """Restore the state arrays (``Rule.load_state_dict``) and refresh the host epoch counters from them."""
         super().load_state_dict(d, xp)
-        self._epoch = int(np.asarray(asnumpy(self.state["meta/epoch"])).reshape(-1)[0]) \
-            if "meta/epoch" in self.state else 1
-        self._num_epochs = int(np.asarray(asnumpy(self.state["meta/num_epochs"])).reshape(-1)[0]) \
-            if "meta/num_epochs" in self.state else 0
+        self._epoch = (
+            int(np.asarray(asnumpy(self.state["meta/epoch"])).reshape(-1)[0]) if "meta/epoch" in self.state else 1
+        )
+        self._num_epochs = (
+            int(np.asarray(asnumpy(self.state["meta/num_epochs"])).reshape(-1)[0])
+            if "meta/num_epochs" in self.state
+            else 0
+        )
 
     # -- per-step pieces ----------------------------------------------------------------------------
     def hoyer_on(self):
-        return self.options["hoyer"] > 0.0 and self.schedule.hoyer_active(self.epoch, self.num_epochs or 10 ** 9)
+        return self.options["hoyer"] > 0.0 and self.schedule.hoyer_active(self.epoch, self.num_epochs or 10**9)
 
     def _ortho_grads(self, layer):
         """``4 gamma U (U^T U - I)``, ``4 gamma V (V^T V - I)`` (gradients of eq. (9) times gamma)."""
@@ -149,8 +173,12 @@ class SVDRuleBase(Rule):
         (``check_every=None``; the exact eigh fallback, far from the manifold, still measures)."""
         if not self.retracts:
             return
-        todo = [(p, name, layer.params[name]) for p, layer in self._layers(model) for name in ("U", "V")
-                if layer.params[name].shape[0] >= layer.params[name].shape[1]]
+        todo = [
+            (p, name, layer.params[name])
+            for p, layer in self._layers(model)
+            for name in ("U", "V")
+            if layer.params[name].shape[0] >= layer.params[name].shape[1]
+        ]
         errs = orthogonality_errors([X for _, _, X in todo])
         for (p, name, X), e in zip(todo, errs):
             Y, err = retract(X, self.retraction, return_error=True, check_every=None, error=e)
@@ -220,7 +248,7 @@ class SVDRuleBase(Rule):
             s = layer.params["s"]
             m, n = layer.dims
             if self._is_last(model, p) and not self.options["reduce_last"]:
-                r_new = self.schedule.capped_rank(layer.rank, m, n)   # parity binds the classifier too
+                r_new = self.schedule.capped_rank(layer.rank, m, n)  # parity binds the classifier too
             else:
                 r_new = self.schedule.new_rank(asnumpy(s), self.r0[p], m, n, epoch, num_epochs)
             if r_new < layer.rank:
@@ -244,14 +272,27 @@ class SVDRuleBase(Rule):
         return metrics
 
     def _epoch_metrics(self, model, energy):
-        rows = {k: [] for k in ("rank", "params", "flops", "ortho_U", "ortho_V", "upd_U", "upd_s", "upd_V",
-                                 "hoyer", "energy_kept")}
+        rows: dict[str, list[Any]] = {
+            k: []
+            for k in (
+                "rank",
+                "params",
+                "flops",
+                "ortho_U",
+                "ortho_V",
+                "upd_U",
+                "upd_s",
+                "upd_V",
+                "hoyer",
+                "energy_kept",
+            )
+        }
         extra = self._extra_metric_names()
         if self.retracts:
             extra = extra + ["drift_U", "drift_V"]
         rows.update({k: [] for k in extra})
         keys = list(self._upd)
-        if keys:   # the accumulated update norms: one device->host transfer
+        if keys:  # the accumulated update norms: one device->host transfer
             xp = get_array_module(self._upd[keys[0]][0])
             sums = asnumpy(xp.stack([xp.asarray(self._upd[k][0], dtype=xp.float64) for k in keys]))
             upd = {k: float(v) / self._upd[k][1] for k, v in zip(keys, np.asarray(sums).reshape(-1))}
@@ -271,7 +312,7 @@ class SVDRuleBase(Rule):
                 if isinstance(v, list):
                     v = float(np.mean(v)) if v else float("nan")
                 rows[name].append(float("nan") if v is None else float(v))
-        out = {f"svd_{k}": np.asarray(v, dtype=np.float64) for k, v in rows.items()}
+        out: dict[str, Any] = {f"svd_{k}": np.asarray(v, dtype=np.float64) for k, v in rows.items()}
         out["svd_total_params"] = float(sum(l.param_count() for _, l in self.layers))
         out["svd_total_flops"] = float(sum(l.flops() for _, l in self.layers))
         return out
@@ -285,12 +326,13 @@ class SVDRuleBase(Rule):
         for p, layer in self._layers(model):
             key = f"{p}.s"
             if key not in shapes:
-                raise ValueError(f"method {self.name!r}: checkpoint has no parameter {key!r}; was it written "
-                                 f"by an SVD-space rule?")
+                raise ValueError(
+                    f"method {self.name!r}: checkpoint has no parameter {key!r}; was it written by an SVD-space rule?"
+                )
             r = int(shapes[key][0])
             if r > layer.rank:
-                raise ValueError(f"method {self.name!r}: checkpoint rank {r} of layer {p} exceeds the model's "
-                                 f"rank {layer.rank}")
+                raise ValueError(
+                    f"method {self.name!r}: checkpoint rank {r} of layer {p} exceeds the model's rank {layer.rank}"
+                )
             if r < layer.rank:  # the values are overwritten by the checkpoint; only the shapes matter here
                 self.truncate_layer(model, optimizer, p, layer, np.arange(r))
-

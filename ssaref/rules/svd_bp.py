@@ -7,6 +7,7 @@ layers (their ``backward`` returns the true gradients w.r.t. ``U``, ``s``, ``V``
 gradients; no projection, no retraction.  The rank schedule, its options, the truncation of the optimiser state and
 the per-epoch metrics are those of SSA (``rules/svd_base.py``: ``SVDRuleBase``).
 """
+
 from __future__ import annotations
 
 from .base import chain_updates
@@ -18,7 +19,7 @@ __all__ = ["SVDBP"]
 class SVDBP(SVDRuleBase):
     name = "svd-bp"
     OPTIONS = dict(RANK_OPTIONS)
-    GOLDEN_VARIANTS = {"sgd1": ({}, 1)}   # one SGD step off the exact SVD: the orthogonality term shows
+    GOLDEN_VARIANTS = {"sgd1": ({}, 1)}  # one SGD step off the exact SVD: the orthogonality term shows
 
     def init_state(self, model, rng):
         self._layers(model)
@@ -26,12 +27,12 @@ class SVDBP(SVDRuleBase):
         self._init_meta(model)
 
     def svd_updates(self, model, caches, e, batch):
-        updates, signals = chain_updates(model, caches, e)   # BP's chain (eq. (2)) through the factored layers
+        updates, signals = chain_updates(model, caches, e)  # BP's chain (eq. (2)) through the factored layers
         for p, layer in self._layers(model):
-            oU, oV = self._ortho_grads(layer)          # 4 gamma U (U^T U - I), 4 gamma V (V^T V - I)
+            oU, oV = self._ortho_grads(layer)  # 4 gamma U (U^T U - I), 4 gamma V (V^T V - I)
             updates[f"{p}.U"] = updates[f"{p}.U"] + oU
             updates[f"{p}.V"] = updates[f"{p}.V"] + oV
-            h = self._hoyer_term(layer.params["s"])    # hoyer * d(||s||_1/||s||_2)/ds
+            h = self._hoyer_term(layer.params["s"])  # hoyer * d(||s||_1/||s||_2)/ds
             if h is not None:
                 updates[f"{p}.s"] = updates[f"{p}.s"] + h
         return updates, signals
