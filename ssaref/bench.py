@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .cli import OneLineParser, positive
+from .cli import OneLineParser, check_output_path, positive, run_main
 from .backend import BackendError, asnumpy, keep_large_allocations, resolve_backend
 from .nn import build_model
 from .run import build_run
@@ -99,17 +99,28 @@ def bench_model(name, *, batch=128, repeats=20, warmup=3, backend="numpy", seed=
             "ssaref_ms": 1e3 * s, "torch_ms": 1e3 * t, "ratio": s / t}
 
 
-def main(argv=None):
+def _main(argv):
     p = OneLineParser(prog="python -m ssaref.bench", description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS))
     p.add_argument("--batch-size", type=positive(int), default=128)
     p.add_argument("--repeats", type=positive(int), default=20)
     p.add_argument("--backend", default="numpy")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's mmap threshold alone (ssaref.train raises it, see "
                         "backend.keep_large_allocations)")
     args = p.parse_args(argv)
+    if args.json:   # before the benchmark runs, not after
+        check_output_path(args.json, flag="--json", overwrite=args.overwrite)
+    resolve_backend(args.backend)
+    from .nn import MODELS
+
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown or not names:
+        raise ValueError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(sorted(MODELS))}")
     tuned = False if args.default_malloc else keep_large_allocations()
     try:
         import torch
@@ -121,9 +132,9 @@ def main(argv=None):
           f"large-block reuse {'on' if tuned else 'off'}")
     print(f"{'model':<10} {'params':>10} {'ssaref ms':>10} {'torch ms':>10} {'ratio':>7}")
     rows = []
-    for name in args.models.split(","):
+    for name in names:
         try:
-            r = bench_model(name.strip(), batch=args.batch_size, repeats=args.repeats, backend=args.backend)
+            r = bench_model(name, batch=args.batch_size, repeats=args.repeats, backend=args.backend)
         except (ValueError, BackendError, NotImplementedError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -136,6 +147,11 @@ def main(argv=None):
             json.dump(rows, f, indent=1)
         os.replace(tmp, args.json)
     return 0
+
+
+def main(argv=None):
+    """``python -m ssaref.bench``: 0 done, 2 bad input (one ``error:`` line), 1 a bug."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
-__all__ = ["OneLineParser", "positive", "nonnegative_int", "int_list"]
+__all__ = ["OneLineParser", "positive", "nonnegative_int", "int_list", "run_main", "Diverged", "one_line",
+           "EXIT_OK", "EXIT_BUG", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "check_output_path"]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -20,8 +23,8 @@ def positive(kind):
             v = kind(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
+        if not v > 0 or (kind is float and v == float("inf")):
+            raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
         return v
     return parse
 
@@ -43,3 +46,92 @@ def int_list(s):
         return [int(v) for v in str(s).replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# the one error path of every entry point
+# ----------------------------------------------------------------------------------------------------
+EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite value; the message says where and which checkpoint is intact (exit 3)."""
+
+
+def one_line(exc) -> str:
+    """An exception's message folded onto one line (``;`` between its lines)."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        text = f"out of memory: {text}" if "memory" not in text.lower() and "allocate" not in text.lower() else text
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def expected_errors() -> tuple:
+    """Failures that are the user's input or the machine, not a bug: reported as one ``error:`` line, exit 2.
+
+    ``ValueError`` covers every checked bad value or file (``RunFileError``, ``DatasetError``, ``LinalgError``,
+    TOML and UTF-8 decoding errors subclass it); ``OSError`` missing, unreadable or unwritable files and a full
+    disk; ``MemoryError`` an allocation the machine cannot make; ``BackendError`` an unusable array backend."""
+    from .backend import BackendError  # noqa: PLC0415
+
+    return (ValueError, OSError, MemoryError, BackendError)
+
+
+_BUGS = (KeyError, IndexError, AttributeError, TypeError, AssertionError, NameError, UnboundLocalError)
+
+
+def run_main(body, argv=None, *, stderr=None) -> int:
+    """Run ``body(argv) -> int`` with the engine's one error path.
+
+    * an expected failure (bad value or file, I/O error, out of memory; see ``expected_errors``) prints
+      ``error: <what and which file>`` on one line and returns 2;
+    * ``Diverged`` (a non-finite loss, parameter or state) prints ``error: ...`` and returns 3;
+    * Ctrl-C returns 130; ``SystemExit`` (argparse's exit 2 with its one line) passes through;
+    * anything else is a bug: its traceback is printed, then one line asking for a report, and 1 is returned.
+    """
+    import sys  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        return body(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=err)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001  (classified below)
+        if isinstance(exc, Diverged):
+            print(f"error: {one_line(exc)}", file=err)
+            return EXIT_DIVERGED
+        if isinstance(exc, expected_errors()) and not isinstance(exc, _BUGS):
+            print(f"error: {one_line(exc)}", file=err)
+            return EXIT_USAGE
+        from . import __version__  # noqa: PLC0415
+
+        traceback.print_exc(file=err)
+        print(f"error: this is a bug in ssaref {__version__}, please report it with the traceback above", file=err)
+        return EXIT_BUG
+
+
+def check_output_path(path, *, flag="--out", overwrite=False, allowed_existing=(), kind="file"):
+    """Refuse an output path before any work is done: an existing one (unless ``overwrite`` or it is one of
+    ``allowed_existing``, e.g. the run being resumed), a folder where a file is wanted (or the reverse), or a
+    parent folder that is missing after creation or not writable.  Returns the path as a ``Path``."""
+    p = Path(path)
+    same = any(os.path.abspath(p) == os.path.abspath(a) for a in allowed_existing if a)
+    if kind == "file":
+        if p.is_dir():
+            raise ValueError(f"{flag} {path} is a folder, not a file")
+        if p.exists() and not (overwrite or same):
+            raise ValueError(f"{flag} {path} exists; pass --overwrite to replace it")
+        parent = p.resolve().parent
+    else:
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{flag} {path} exists and is not a folder")
+        parent = p.resolve() if p.exists() else p.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"{flag} {path}: cannot create folder {parent}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OSError(f"{flag} {path}: folder {parent} is not writable")
+    return p

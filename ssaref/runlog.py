@@ -38,7 +38,8 @@ import tempfile
 import h5py
 import numpy as np
 
-__all__ = ["RunFileError", "SCHEMA", "write_run", "read_run", "generator_from_state"]
+__all__ = ["RunFileError", "SCHEMA", "write_run", "read_run", "generator_from_state", "RunLock",
+           "remove_stale_temporaries"]
 
 SCHEMA = "ssaref-run/1"
 _RESERVED = ("schema", "ssaref_version", "config")
@@ -376,3 +377,79 @@ def generator_from_state(state: dict) -> np.random.Generator:
     except (KeyError, TypeError, AttributeError, ValueError) as exc:
         raise RunFileError(f"not a NumPy bit generator state ({type(exc).__name__}: {exc})") from None
     return np.random.Generator(bg)
+
+
+# ----------------------------------------------------------------------------------------------------
+# one writer per run file
+# ----------------------------------------------------------------------------------------------------
+class RunLock:
+    """An exclusive, non-blocking lock on run file ``path``, held by one process for a whole run.
+
+    The lock is ``fcntl.flock`` on ``<path>.lock`` (which holds the owner's PID); the kernel releases it when the
+    process ends, however it ends, so a killed run never blocks the next one.  A second writer gets a
+    ``RunFileError`` naming the owner's PID at once.  Use as a context manager.
+    """
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.lock_path = self.path + ".lock"
+        self._fd = None
+
+    def acquire(self):
+        import fcntl  # noqa: PLC0415  (POSIX)
+
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunFileError(f"run file {self.path}: cannot create lock file {self.lock_path}: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            finally:
+                os.close(fd)
+            raise RunFileError(f"run file {self.path} is being written by another run (process {owner}, lock "
+                               f"{self.lock_path}); wait for it or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.lock_path)
+        except OSError:
+            pass
+        os.close(self._fd)  # closing releases the flock
+        self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def remove_stale_temporaries(path) -> list:
+    """Remove the temporary files ``write_run`` leaves beside ``path`` when a process is killed mid-write
+    (``.<name>.<random>.tmp``); call it only while holding the run's ``RunLock``.  Returns the removed paths."""
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(r"^\." + re.escape(name) + r"\.[A-Za-z0-9_]+\.tmp$")
+    removed = []
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return removed
+    for entry in entries:
+        if pattern.match(entry):
+            try:
+                os.unlink(os.path.join(folder, entry))
+                removed.append(os.path.join(folder, entry))
+            except OSError:
+                pass
+    return removed

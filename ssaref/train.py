@@ -7,6 +7,8 @@ The last line printed is ``final test_acc=<float>``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 import time
@@ -14,26 +16,29 @@ import time
 import numpy as np
 
 from . import __version__
-from .cli import OneLineParser, int_list, nonnegative_int, positive
-from .backend import BackendError, asnumpy, keep_large_allocations, parse_dtype, resolve_backend, to_device
-from .data import DATASETS, DatasetError, augment, load_dataset
+from .cli import (Diverged, OneLineParser, check_output_path, int_list, nonnegative_int, one_line, positive,
+                  run_main)
+from .backend import asnumpy, get_array_module, keep_large_allocations, parse_dtype, resolve_backend, to_device
+from .data import DATASETS, augment, load_dataset
 from .nn import MODELS, build_model
 from .ops.losses import softmax_cross_entropy
 from .optim import build_schedule
 from .rules import RULES, build_rule
 from .run import build_run
-from .runlog import RunFileError, read_run, write_run
+from .runlog import RunFileError, RunLock, read_run, remove_stale_temporaries, write_run
 
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["main", "build_parser", "train", "TrainingError"]
+__all__ = ["main", "build_parser", "parse_args", "run_config", "train", "TrainingError", "EXIT_CODES"]
 
+TrainingError = Diverged  # training cannot go on (a non-finite loss, parameter or state); exit 3
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, ...); the message says where."""
+EXIT_CODES = {0: "finished", 1: "a bug (traceback printed)", 2: "bad input or an I/O error (one error line)",
+              3: "diverged: a non-finite loss, parameter or state (the message names the epoch, the step and the "
+                 "checkpoint left intact)", 130: "interrupted"}
 
 
 def build_parser():
@@ -66,7 +71,11 @@ def build_parser():
     a("--eval-batch-size", type=positive(int), default=1000)
     a("--align-every", type=int, default=0,
       help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)")
+    a("--val-split", type=_fraction, default=0.0,
+      help="hold out this fraction of the training set (stratified by class, seeded) as a validation split, "
+           "evaluated every epoch (val_loss, val_acc); 0: none")
     a("--out", default=None, help="HDF5 run file (config, per-epoch metrics, checkpoint)")
+    a("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
     a("--resume", default=None, help="continue the run stored in this file")
     a("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
@@ -75,6 +84,17 @@ def build_parser():
                        type=str if typ is bool else typ,
                        help=f"{help_} (default {default}; methods: {', '.join(owners)})".replace("%", "%%"))
     return p
+
+
+def _fraction(s):
+    """Argument type: a float in [0, 1)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
+    return v
 
 
 def _rule_options():
@@ -100,45 +120,67 @@ def _rule_kwargs(args):
     return given
 
 
+def _config_defaults(parser, path):
+    """The ``--config`` TOML file as parser defaults, every value checked like the flag it mirrors."""
+    try:
+        with open(path, "rb") as f:
+            cfg = tomllib.load(f)
+    except FileNotFoundError:
+        parser.error(f"config file {path!r} not found")
+    except IsADirectoryError:
+        parser.error(f"config file {path!r} is a folder, not a TOML file")
+    except UnicodeDecodeError as exc:
+        parser.error(f"config file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+    except tomllib.TOMLDecodeError as exc:
+        parser.error(f"config file {path!r} is not valid TOML: {exc}")
+    except OSError as exc:
+        parser.error(f"config file {path!r} cannot be read: {exc.strerror or exc}")
+    actions = {a.dest: a for a in parser._actions}
+    defaults = {}
+    for k, v in cfg.items():
+        dest = k.replace("-", "_")
+        if dest not in actions and "rule_" + dest in actions:
+            dest = "rule_" + dest
+        if dest not in actions or dest in ("config", "help"):
+            parser.error(f"config file {path!r}: unknown key {k!r}")
+        action = actions[dest]
+        flag = action.option_strings[0] if action.option_strings else dest
+        if action.nargs == 0:  # store_true flags take a TOML boolean
+            if not isinstance(v, bool):
+                parser.error(f"config file {path!r}: {k} must be true or false, got {v!r}")
+        elif action.type is int_list and isinstance(v, list):
+            if not all(isinstance(e, int) and not isinstance(e, bool) for e in v):
+                parser.error(f"config file {path!r}: {k} must be a list of integers, got {v!r}")
+        elif isinstance(v, (list, dict)) or (isinstance(v, bool) and action.type not in (str, None)):
+            parser.error(f"config file {path!r}: {k} must be a single value like {flag} takes, got {v!r}")
+        elif action.type is not None:
+            try:
+                v = action.type(str(v).lower() if isinstance(v, bool) else str(v))
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+                parser.error(f"config file {path!r}: {k} = {v!r}: {exc}")
+        elif not isinstance(v, str):
+            parser.error(f"config file {path!r}: {k} must be a string, got {v!r}")
+        defaults[dest] = v
+    return defaults
+
+
 def parse_args(argv=None):
-    """Parse flags, with ``--config`` TOML values as defaults under the flags."""
+    """Parse flags.  Precedence: flags given now > ``--config`` TOML keys > the resumed run's own settings >
+    built-in defaults.  ``resume`` may come from the flag or the TOML file alike."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.resume:  # the run's own settings become the defaults; flags given now (and --config) still win
+    config = _config_defaults(parser, args.config) if args.config else {}
+    resume = args.resume or config.get("resume")
+    if resume:  # the run's own settings become the defaults
         try:
-            run_config, _, _ = read_run(args.resume)
+            run_config, _, _ = read_run(resume)
         except RunFileError:
             run_config = {}  # train() reports the unreadable file with its one-line error
         known = {a.dest for a in parser._actions}
         parser.set_defaults(**{k: v for k, v in run_config.items()
-                                if k in known and k not in ("out", "resume", "config", "help")})
-        args = parser.parse_args(argv)
-    if args.config:
-        try:
-            with open(args.config, "rb") as f:
-                cfg = tomllib.load(f)
-        except FileNotFoundError:
-            parser.error(f"config file {args.config!r} not found")
-        except tomllib.TOMLDecodeError as exc:
-            parser.error(f"config file {args.config!r} is not valid TOML: {exc}")
-        known = {a.dest for a in parser._actions}
-        defaults = {}
-        for k, v in cfg.items():
-            dest = k.replace("-", "_")
-            if dest not in known and "rule_" + dest in known:
-                dest = "rule_" + dest
-            if dest not in known or dest in ("config", "help"):
-                parser.error(f"config file {args.config!r}: unknown key {k!r}")
-            action = next(a for a in parser._actions if a.dest == dest)
-            if action.type is not None and not isinstance(v, (list, bool)):
-                try:
-                    v = action.type(str(v))
-                except argparse.ArgumentTypeError as exc:
-                    parser.error(f"config file {args.config!r}: {k} {exc}")
-            defaults[dest] = v
-        parser.set_defaults(**defaults)
-        args = parser.parse_args(argv)
-    return args
+                                if k in known and k not in ("out", "resume", "config", "help", "overwrite")})
+    parser.set_defaults(**config)
+    return parser.parse_args(argv)
 
 
 def _check_choices(args):
@@ -153,8 +195,10 @@ def _check_choices(args):
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
 
 
-def _config(args):
-    cfg = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress")}
+def run_config(args):
+    """The run's effective configuration as stored in the run file's ``config`` (every setting that shapes the
+    run; not where it is written, nor ``--config``/``--resume``/``--overwrite``/``--no-progress``)."""
+    cfg = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress", "overwrite")}
     cfg["ssaref_version"] = __version__
     return cfg
 
@@ -206,6 +250,10 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
     config, metrics, ck = read_run(path)
     if ck is None:
         raise RunFileError(f"{path}: run file holds no checkpoint to resume from")
+    for key in ("epoch", "step", "params", "buffers", "optimizer", "rule_state", "rng", "model", "method",
+                "dataset"):
+        if key not in ck:
+            raise RunFileError(f"{path}: checkpoint lacks {key!r}; the file is damaged or not from ssaref.train")
     for key in ("model", "method", "dataset"):
         if str(ck.get(key)) != str(getattr(args, key)):
             raise RunFileError(f"{path}: run belongs to {key} {ck.get(key)!r}, not {getattr(args, key)!r}")
@@ -220,21 +268,108 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
             raise RunFileError(f"{path}: parameter {k} has shape {tuple(saved[k].shape)} in the checkpoint, "
                                f"model {args.model!r} expects {tuple(v.shape)}")
         v[...] = xp.asarray(saved[k], dtype=v.dtype)
+    missing = sorted(set(model.buffers) - set(ck["buffers"]))
+    if missing:
+        raise RunFileError(f"{path}: checkpoint lacks buffers {missing}")
     for k, v in model.buffers.items():
         v[...] = xp.asarray(ck["buffers"][k], dtype=v.dtype)
-    optimizer.load_state_dict(ck["optimizer"])
-    rule.load_state_dict(ck.get("rule_state", {}), xp)
-    rng.bit_generator.state = ck["rng"]
-    return {k: list(v) for k, v in metrics.items()}, int(ck["epoch"]), int(ck["step"])
+    try:
+        optimizer.load_state_dict(ck["optimizer"])
+        rule.load_state_dict(ck["rule_state"], xp)
+        rng.bit_generator.state = ck["rng"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise RunFileError(f"{path}: checkpoint cannot be restored: {one_line(exc)}") from None
+    try:
+        epoch, step = int(ck["epoch"]), int(ck["step"])
+    except (TypeError, ValueError):
+        raise RunFileError(f"{path}: checkpoint epoch/step {ck['epoch']!r}/{ck['step']!r} are not integers") from None
+    return {k: list(v) for k, v in metrics.items()}, epoch, step
+
+
+def _split_validation(ds, frac, seed):
+    """Hold out ``frac`` of the training set as a validation split, stratified by class and seeded: in every
+    class, a seeded permutation's first ``round(frac * n_c)`` examples.  Returns ``(x_val, y_val)`` and shrinks
+    ``ds.x_train``/``ds.y_train`` to the rest (order kept).  Normalisation statistics stay those of the whole
+    training split (per-channel mean and std only)."""
+    rng = np.random.default_rng([int(seed), 0x5A11])
+    y = ds.y_train
+    val = np.zeros(len(y), dtype=bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = int(round(frac * len(idx)))
+        val[rng.permutation(idx)[:k]] = True
+    if not val.any() or val.all():
+        raise ValueError(f"--val-split {frac} leaves {int(val.sum())} of {len(y)} training examples for validation")
+    x_val, y_val = ds.x_train[val], y[val]
+    ds.x_train, ds.y_train = ds.x_train[~val], y[~val]
+    return x_val, y_val
+
+
+def _first_nonfinite(groups):
+    """``"group/key"`` of the first array in ``groups`` ({group: {key: array}}) holding NaN or inf, else None.
+    Device arrays are reduced on the device and read back together (one transfer)."""
+    names, flags = [], []
+    for g, arrays in groups.items():
+        for k, a in arrays.items():
+            if isinstance(a, (int, float)) or getattr(a, "dtype", np.dtype("i8")).kind != "f":
+                continue
+            xp = get_array_module(a)
+            names.append(f"{g}/{k}")
+            flags.append(xp.isfinite(a).all())
+    if not flags:
+        return None
+    xp = get_array_module(*flags)
+    ok = np.asarray(asnumpy(xp.stack(flags)))
+    bad = np.flatnonzero(~ok)
+    return names[int(bad[0])] if bad.size else None
+
+
+class _Keeper:
+    """What is on disk if the run stops now: names the intact checkpoint in every divergence message."""
+
+    def __init__(self, out, resume, resume_epoch, existed):
+        self.out, self.resume, self.resume_epoch, self.existed = out, resume, resume_epoch, existed
+        self.saved_epoch = None  # last epoch this process wrote to ``out``
+
+    def note(self):
+        if not self.out:
+            return " (no --out: nothing was saved)"
+        if self.saved_epoch is not None:
+            return f"; the last good checkpoint (end of epoch {self.saved_epoch}) is kept in {self.out}"
+        if self.resume and os.path.abspath(self.resume) == os.path.abspath(self.out):
+            return f"; the checkpoint resumed from (end of epoch {self.resume_epoch}) is unchanged in {self.out}"
+        if self.resume:
+            return (f"; no checkpoint was written to {self.out}; {self.resume} (end of epoch {self.resume_epoch}) is "
+                    f"unchanged")
+        if self.existed:
+            return f"; no checkpoint was written: {self.out} still holds the file that was there before"
+        return f"; no checkpoint was written to {self.out}"
 
 
 def train(args, log=print):
-    """Run the training described by ``args`` (an ``argparse.Namespace``); return the metrics dict."""
+    """Run the training described by ``args`` (an ``argparse.Namespace``); return the metrics dict.
+
+    Raises ``Diverged`` (exit 3) when a loss, parameter, optimiser or rule state or the test loss stops being finite;
+    a checkpoint is written only when all of them are finite.  Bad input raises ValueError/OSError (exit 2)
+    before any training step.
+    """
     _check_choices(args)
+    out = args.out or args.resume
+    if out:  # before any work: refuse to destroy another run, fail now rather than after an epoch
+        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))
+    with contextlib.ExitStack() as stack:
+        if out:
+            stack.enter_context(RunLock(out))   # one writer per run file
+            remove_stale_temporaries(out)       # left by a writer killed mid-write
+        return _train(args, log, out)
+
+
+def _train(args, log, out):
     xp = resolve_backend(args.backend)
     dtype = parse_dtype(args.dtype)
     ds = load_dataset(args.dataset, data_dir=args.data_dir, train_limit=args.train_limit,
                       test_limit=args.test_limit, download=not args.no_download, seed=args.seed)
+    val = _split_validation(ds, args.val_split, args.seed) if args.val_split > 0 else None
     model = build_model(args.model, ds.input_shape, ds.num_classes, xp=xp, dtype=dtype, seed=args.seed,
                         **_model_options(args))
     rng = np.random.default_rng(args.seed + 1)  # data order and augmentation, host side
@@ -258,18 +393,31 @@ def train(args, log=print):
     if args.resume:
         metrics, start_epoch, step = _restore(args.resume, args, model, optimizer, rule, rng, xp)
         log(f"resumed {args.resume} at epoch {start_epoch}")
-    out = args.out or args.resume
-    if out:  # fail before training, not after the first epoch, if the run file cannot be written there
-        Path(out).resolve().parent.mkdir(parents=True, exist_ok=True)
-    config = _config(args)
+    keeper = _Keeper(out, args.resume, start_epoch, bool(out) and Path(out).exists())
+    config = run_config(args)
     if tracker is not None:
         config["align_layers"] = list(tracker.layer_keys)
     if rule.metric_layers():
         config["svd_layers"] = list(rule.metric_layers())
     log(f"ssaref {__version__}: method={args.method} model={args.model} dataset={args.dataset} "
-        f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} test={len(ds.x_test)}")
+        f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} "
+        + (f"val={len(val[1])} " if val is not None else "") + f"test={len(ds.x_test)}")
 
     from tqdm import tqdm
+
+    def diverged(what, epoch, b):
+        where = f"epoch {epoch + 1}, step {b + 1} (global step {step + 1})" if b is not None else f"epoch {epoch + 1}"
+        return Diverged(f"{what} at {where}{keeper.note()}")
+
+    def guarded(fn, what, epoch, b):
+        """Run a rule hook; an error it raises on non-finite parameters is divergence, named with its place."""
+        try:
+            return fn()
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            bad = _first_nonfinite({"param": dict(model.named_params())})
+            if bad is None:
+                raise
+            raise diverged(f"{what} failed ({one_line(exc)}) with non-finite {bad}", epoch, b) from None
 
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
@@ -277,6 +425,7 @@ def train(args, log=print):
         loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
                    disable=True if args.no_progress else None, file=sys.stderr)
+        b = 0
         for b in bar:
             idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
             xb = ds.x_train[idx]
@@ -284,34 +433,43 @@ def train(args, log=print):
                 xb = augment(xb, rng)
             xb = to_device(xb.astype(dtype, copy=False), xp)
             yb = to_device(ds.y_train[idx], xp)
-            res = rule.step(model, xb, yb)
+            res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)
             if tracker is not None:
                 tracker.maybe_record(step, model, rule, xb, yb, res)
             if not np.isfinite(res.loss):
-                where = f"epoch {epoch + 1}, step {b + 1} (global step {step + 1})"
-                kept = ""
-                if out:
-                    kept = (f"; the last good checkpoint (end of epoch {epoch}) is kept in {out}" if epoch > 0
-                            else f"; no checkpoint was written to {out}")
-                raise TrainingError(f"loss is {res.loss} at {where}{kept}")
-            run.apply(res, lr=schedule(step))   # optimiser step, then the rule's after_step
+                raise diverged(f"loss is {res.loss}", epoch, b)
+            # optimiser step, then the rule's after_step (SSA: retraction)
+            guarded(lambda: run.apply(res, lr=schedule(step)), "the optimiser step or the rule's after_step",
+                    epoch, b)
             step += 1
             loss_sum += res.loss * len(idx)
             correct = correct + (res.logits.argmax(axis=1) == yb).sum()
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{res.loss:.4f}")
         bar.close()
+        bad = _first_nonfinite({"parameter": dict(model.named_params())})   # the epoch's last update included
+        if bad is not None:
+            raise diverged(f"{bad} is not finite after the epoch's last update", epoch, b)
         train_loss, train_acc = loss_sum / n, int(correct) / n
-        for k, v in rule.on_epoch_end(model, optimizer, epoch + 1, args.epochs).items():
+        epoch_metrics = guarded(lambda: rule.on_epoch_end(model, optimizer, epoch + 1, args.epochs),
+                                "the rule's end of epoch (rank schedule)", epoch, None)
+        for k, v in epoch_metrics.items():
             metrics.setdefault(_metric_name(k), []).append(v)
         test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, args.eval_batch_size, xp, dtype)
+        if not np.isfinite(test_loss):
+            raise diverged(f"test loss is {test_loss}", epoch, None)
         seconds = time.perf_counter() - t0
-        for k, v in (("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc),
-                     ("test_loss", test_loss), ("test_acc", test_acc), ("seconds", seconds),
-                     ("lr", schedule(max(step - 1, 0)))):
+        scalars = [("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc)]
+        line = (f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} ")
+        if val is not None:
+            val_loss, val_acc = evaluate(model, val[0], val[1], args.eval_batch_size, xp, dtype)
+            scalars += [("val_loss", val_loss), ("val_acc", val_acc)]
+            line += f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} "
+        scalars += [("test_loss", test_loss), ("test_acc", test_acc), ("seconds", seconds),
+                    ("lr", schedule(max(step - 1, 0)))]
+        for k, v in scalars:
             metrics.setdefault(k, []).append(v)
-        line = (f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} "
-                f"test_loss={test_loss:.4f} test_acc={test_acc:.4f} time={seconds:.1f}s")
+        line += f"test_loss={test_loss:.4f} test_acc={test_acc:.4f} time={seconds:.1f}s"
         if tracker is not None:
             line += " " + tracker.summary_line()
             for k, v in tracker.epoch_metrics().items():
@@ -320,27 +478,27 @@ def train(args, log=print):
                 metrics.setdefault(_metric_name(k), []).extend(rows)
         log(line)
         if out:
-            write_run(out, config=config, metrics=metrics,
-                      checkpoint=_checkpoint(model, optimizer, rule, rng, epoch + 1, step, args))
+            ck = _checkpoint(model, optimizer, rule, rng, epoch + 1, step, args)
+            bad = _first_nonfinite({g: ck[g] for g in ("params", "buffers", "optimizer", "rule_state")})
+            if bad is not None:
+                raise diverged(f"checkpoint entry {bad} is not finite (nothing written)", epoch, None)
+            write_run(out, config=config, metrics=metrics, checkpoint=ck)
+            keeper.saved_epoch = epoch + 1
     final = metrics["test_acc"][-1] if metrics.get("test_acc") else float("nan")
     log(f"final test_acc={final:.4f}")
     return metrics
 
 
-def main(argv=None):
+def _main(argv):
     args = parse_args(argv)
     keep_large_allocations()  # reuse big activation buffers across steps (glibc), see backend
-    try:
-        train(args)
-    except (ValueError, BackendError, DatasetError, RunFileError, TrainingError, FloatingPointError,
-            OSError) as exc:
-        print("error: " + "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()),
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    train(args)
     return 0
+
+
+def main(argv=None):
+    """``python -m ssaref.train``; exit codes in ``EXIT_CODES`` (0 done, 2 bad input, 3 diverged, 1 a bug)."""
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

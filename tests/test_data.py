@@ -326,16 +326,27 @@ def test_lookup_order(isolated, monkeypatch):
 
     check("arg", roots["arg"])
     check("env", None)
-    check("env", isolated / "nowhere")  # a data_dir without the set falls through
+    # an explicit data_dir is authoritative: without the set there, nothing else is tried
+    assert find_dataset_dir("fashion-mnist", isolated / "nowhere") is None
+    with pytest.raises(DatasetError, match="nowhere") as err:
+        load_dataset("fashion-mnist", data_dir=isolated / "nowhere", download=False)
+    assert str(roots["env"]) not in str(err.value) and "\n" in str(err.value)
     monkeypatch.delenv("SSAREF_DATA")
     check("cwd", None)
     for f in (roots["cwd"] / "fashion-mnist").iterdir():
         f.unlink()
     check("system", None)
     # an incomplete copy earlier in the order is skipped, not half-read
+    roots["env2"] = isolated / "env2"
+    make_mnist_like(roots["env2"] / "fashion-mnist", n_train=3)
+    (roots["env2"] / "fashion-mnist" / "train-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("SSAREF_DATA", str(roots["env2"]))
+    check("system", None)
+    # ... but an incomplete explicit data_dir is an error naming the missing file
     make_mnist_like(roots["arg"] / "fashion-mnist", n_train=3)
     (roots["arg"] / "fashion-mnist" / "train-labels-idx1-ubyte.gz").unlink()
-    check("system", roots["arg"])
+    with pytest.raises(DatasetError, match="train-labels-idx1-ubyte"):
+        load_dataset("fashion-mnist", data_dir=roots["arg"], download=False)
 
 
 def test_not_found_lists_every_place(isolated, monkeypatch):
@@ -343,13 +354,16 @@ def test_not_found_lists_every_place(isolated, monkeypatch):
     monkeypatch.setenv("SSAREF_DATA", str(env))
     make_mnist_like(isolated / "arg" / "mnist")
     (isolated / "arg" / "mnist" / "t10k-images-idx3-ubyte.gz").unlink()
-    with pytest.raises(DatasetError) as err:
+    with pytest.raises(DatasetError) as err:   # an explicit data_dir is the only place looked
         load_dataset("mnist", data_dir=isolated / "arg", download=False)
     msg = str(err.value)
-    for place in (isolated / "arg" / "mnist", env / "mnist", isolated / "cwd" / "data" / "mnist",
-                  isolated / "system" / "mnist"):
-        assert str(place) in msg
+    assert str(isolated / "arg" / "mnist") in msg and str(env / "mnist") not in msg
     assert "t10k-images-idx3-ubyte" in msg  # says what the incomplete copy lacks
+    with pytest.raises(DatasetError) as err:   # without one, every place of the look-up order is listed
+        load_dataset("mnist", download=False)
+    msg = str(err.value)
+    for place in (env / "mnist", isolated / "cwd" / "data" / "mnist", isolated / "system" / "mnist"):
+        assert str(place) in msg
     monkeypatch.delenv("SSAREF_DATA")
     with pytest.raises(DatasetError, match=r"\$SSAREF_DATA: \(not set\)"):
         load_dataset("cifar10", download=False)

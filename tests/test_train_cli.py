@@ -164,7 +164,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeyp
     monkeypatch.setattr(BP, "step", poisoned)
     out = tmp_path / "run.h5"
     rc, stdout, err = run_cli(SYN + ["--epochs", "3", "--out", str(out)], capsys)
-    assert rc == 2
+    assert rc == 3   # diverged (EXIT_CODES)
     assert "loss is nan at epoch 2, step 3" in err and "end of epoch 1" in err
     _, metrics, ck = read_run(out)
     assert ck["epoch"] == 1 and metrics["test_acc"].shape == (1,)

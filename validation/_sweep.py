@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import io
 import os
 import sys
@@ -322,19 +323,47 @@ def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
     return launch(out, train_flags(cfg, seed, args), args.epochs, f"{cfg.name} seed {seed}", log=log)
 
 
+# settings that may differ between a cached run file and the run asked for (the epoch count is handled apart)
+_NOT_SETTINGS = {"epochs", "out", "ssaref_version", "align_layers", "svd_layers"}
+
+
+def settings_mismatch(path: Path, argv: list) -> str | None:
+    """``None`` when the run file ``path`` was made with the full effective configuration ``argv`` asks for (all
+    ``ssaref.train`` settings but the epoch count), else a one-line description of the first differences.  An
+    unreadable file or argv is a mismatch."""
+    try:
+        have = read_run(path)[0]
+        want = json.loads(json.dumps(train_mod.run_config(train_mod.parse_args(list(argv)))))
+    except (RunFileError, ValueError, TypeError, SystemExit) as exc:
+        return f"cannot compare settings ({exc})"
+    keys = sorted((set(have) | set(want)) - _NOT_SETTINGS)
+    diffs = [f"{k}: {have.get(k)!r} in the file, {want.get(k)!r} asked" for k in keys if have.get(k) != want.get(k)]
+    return "; ".join(diffs[:3]) + (f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else "") if diffs else None
+
+
 def launch(out: Path, argv: list, epochs: int, label: str, log=print) -> RunStatus:
-    """Run ``ssaref.train`` with ``argv --out out``: left alone when ``out`` already holds ``epochs`` epochs,
-    resumed when it holds fewer.  Never raises on a failed run: an exception inside ``ssaref.train.main`` is
-    reported as exit code 1 with its ``error: Type: message`` line."""
-    argv = list(argv) + ["--out", str(out)]
+    """Run ``ssaref.train`` with ``argv --out out``: left alone when ``out`` already holds ``epochs`` epochs made
+    with the same settings, resumed when it holds fewer; a cached file made with other settings is never reused
+    nor replaced (the run fails with a message naming the differences).  Never raises on a failed run: an
+    exception inside ``ssaref.train.main`` is reported as exit code 1 with its ``error: Type: message`` line."""
+    argv = list(argv)
     if out.exists():
         done = _epochs_in(out)
+        differ = settings_mismatch(out, argv) if done > 0 else None
+        if differ:
+            err = (f"error: {out} holds a run made with other settings ({differ}); delete it or choose another "
+                   f"--out-dir")
+            log(f"   {label}: {err}")
+            return RunStatus(out, 2, err)
+    argv += ["--out", str(out)]
+    if out.exists():
         if done >= epochs:
             return RunStatus(out, 0)
         if done > 0:
             argv += ["--resume", str(out)]
-        else:  # unreadable or checkpoint-less file: start over (write_run replaces it atomically)
+        else:  # unreadable or checkpoint-less file of this sweep: start over (write_run replaces it atomically)
             log(f"   {out} holds no usable checkpoint; training from scratch")
+            argv += ["--overwrite"]
     log(f"== {label}: python -m ssaref.train {' '.join(argv)}")
     tee = _Tee(sys.stderr)
     with contextlib.redirect_stderr(tee):

@@ -7,6 +7,7 @@ An IDX file is ``magic (4 bytes) | dims (ndim big-endian uint32) | data``.  The 
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def read_idx(path, *, expect_magic: int | None = None) -> np.ndarray:
         )
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = IDX_TYPES[code]
-    expected = header + int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize   # exact integers: absurd header dims cannot overflow
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "oversized"
         raise DatasetError(

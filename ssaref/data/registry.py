@@ -2,13 +2,14 @@
 
 Look-up order for a named data set (first folder that holds a complete copy wins)::
 
-    <data_dir>/<name>/            the ``data_dir`` argument
+    <data_dir>/<name>/            the ``data_dir`` argument: when given, the *only* place looked (no fallback)
     $SSAREF_DATA/<name>/          the environment variable
     ./data/<name>/                relative to the current directory (the default download cache, git-ignored)
     /usr/share/datasets/<name>/   system copies (Debian's dataset-fashion-mnist installs fashion-mnist there)
 
 If none holds it and ``download=True``, the files are downloaded (md5-checked) into ``<root>/<name>/`` of the
-first writable root among ``data_dir``, ``$SSAREF_DATA``, ``./data``.
+first writable root among ``$SSAREF_DATA``, ``./data`` (into ``<data_dir>/<name>/`` when ``data_dir`` is given).
+A partial download (``*.part``) left by a killed process is removed before the next download starts.
 """
 from __future__ import annotations
 
@@ -85,8 +86,11 @@ def _check_name(name) -> str:
 
 
 def search_locations(name: str, data_dir=None) -> list[tuple[str, Path | None]]:
-    """The look-up order as ``(label, folder or None when the root is not set)``."""
+    """The look-up order as ``(label, folder or None when the root is not set)``; an explicit ``data_dir`` is
+    authoritative: it is then the only entry."""
     _check_name(name)
+    if data_dir is not None:
+        return [("data_dir argument", Path(data_dir) / name)]
     env = os.environ.get(ENV_VAR)
     return [
         ("data_dir argument", None if data_dir is None else Path(data_dir) / name),
@@ -139,7 +143,7 @@ def _describe_search(name: str, data_dir) -> str:
 
 def _download_target(name: str, data_dir) -> Path:
     env = os.environ.get(ENV_VAR)
-    roots = [r for r in (data_dir, env or None, Path.cwd() / "data") if r is not None]
+    roots = [data_dir] if data_dir is not None else [r for r in (env or None, Path.cwd() / "data") if r is not None]
     problems = []
     for root in roots:
         folder = Path(root) / name
@@ -156,6 +160,9 @@ def _download_target(name: str, data_dir) -> Path:
 
 def _download(name: str, folder: Path) -> None:
     """Fetch into ``folder`` every file of ``name`` not already there (md5-checked)."""
+    for fname in _dl.CHECKSUMS[name]:   # a download killed mid-way (download.download_file's naming)
+        for stale in folder.glob(f".{fname}.*.part"):
+            stale.unlink(missing_ok=True)
     for fname, md5 in _dl.CHECKSUMS[name].items():
         if name in _CIFAR:
             if find_cifar_source(folder, _CIFAR[name]) is not None:
