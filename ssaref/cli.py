@@ -62,7 +62,7 @@ def one_line(exc) -> str:
     """An exception's message folded onto one line (``;`` between its lines)."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, MemoryError):
-        text = f"out of memory: {text}" if "memory" not in text.lower() and "allocate" not in text.lower() else text
+        text = f"out of memory: {text}"
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
@@ -112,10 +112,11 @@ def run_main(body, argv=None, *, stderr=None) -> int:
         return EXIT_BUG
 
 
-def check_output_path(path, *, flag="--out", overwrite=False, allowed_existing=(), kind="file"):
+def check_output_path(path, *, flag="--out", overwrite=False, allowed_existing=(), kind="file", create=True):
     """Refuse an output path before any work is done: an existing one (unless ``overwrite`` or it is one of
     ``allowed_existing``, e.g. the run being resumed), a folder where a file is wanted (or the reverse), or a
-    parent folder that is missing after creation or not writable.  Returns the path as a ``Path``."""
+    parent folder that cannot be created or written.  ``create=False`` only checks (the nearest existing
+    ancestor must be a writable folder) and creates nothing.  Returns the path as a ``Path``."""
     p = Path(path)
     same = any(os.path.abspath(p) == os.path.abspath(a) for a in allowed_existing if a)
     if kind == "file":
@@ -128,6 +129,15 @@ def check_output_path(path, *, flag="--out", overwrite=False, allowed_existing=(
         if p.exists() and not p.is_dir():
             raise ValueError(f"{flag} {path} exists and is not a folder")
         parent = p.resolve() if p.exists() else p.resolve().parent
+    if not create:
+        anc = parent
+        while not anc.exists() and anc != anc.parent:
+            anc = anc.parent
+        if not anc.is_dir():
+            raise OSError(f"{flag} {path}: {anc} is not a folder")
+        if not os.access(anc, os.W_OK | os.X_OK):
+            raise OSError(f"{flag} {path}: folder {anc} is not writable")
+        return p
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

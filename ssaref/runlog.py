@@ -29,10 +29,12 @@ as it was.
 """
 from __future__ import annotations
 
+import errno
 import json
 import numbers
 import os
 import re
+import shutil
 import tempfile
 
 import h5py
@@ -220,6 +222,27 @@ def _write_contents(f, path, config, metrics, checkpoint):
                                f"got {type(value).__name__}")
 
 
+def _estimated_bytes(metrics, checkpoint) -> int:
+    """A generous estimate of the run file's size: every array's bytes plus HDF5's per-object overhead."""
+    total, count = 0, 0
+
+    def add(v):
+        nonlocal total, count
+        count += 1
+        if isinstance(v, (str, dict)):
+            total += 64 * (1 + len(v))
+        else:
+            total += int(getattr(v, "nbytes", None) or np.asarray(v).nbytes)
+
+    for values in metrics.values():
+        for v in (values if isinstance(values, (list, tuple)) else [values]):
+            add(v)
+    for value in (checkpoint or {}).values():
+        for v in (value.values() if isinstance(value, dict) else [value]):
+            add(v)
+    return total + 2048 * count + 65536
+
+
 def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> None:
     """Write (atomically replace) the run file ``path``.
 
@@ -248,6 +271,11 @@ def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise RunFileError(f"{path}: folder {folder} does not exist")
+    need = _estimated_bytes(metrics, checkpoint)
+    free = shutil.disk_usage(folder).free
+    if free < need:   # a full disk fails here, cleanly, not inside the HDF5 library
+        raise OSError(errno.ENOSPC, f"{path}: no space left on the device of {folder} for the run file "
+                                    f"(needs about {need} bytes, {free} free)")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     os.close(fd)
     try:

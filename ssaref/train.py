@@ -356,15 +356,12 @@ def train(args, log=print):
     _check_choices(args)
     out = args.out or args.resume
     if out:  # before any work: refuse to destroy another run, fail now rather than after an epoch
-        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))
+        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,), create=False)
     with contextlib.ExitStack() as stack:
-        if out:
-            stack.enter_context(RunLock(out))   # one writer per run file
-            remove_stale_temporaries(out)       # left by a writer killed mid-write
-        return _train(args, log, out)
+        return _train(args, log, out, stack)
 
 
-def _train(args, log, out):
+def _train(args, log, out, stack):
     xp = resolve_backend(args.backend)
     dtype = parse_dtype(args.dtype)
     ds = load_dataset(args.dataset, data_dir=args.data_dir, train_limit=args.train_limit,
@@ -393,6 +390,10 @@ def _train(args, log, out):
     if args.resume:
         metrics, start_epoch, step = _restore(args.resume, args, model, optimizer, rule, rng, xp)
         log(f"resumed {args.resume} at epoch {start_epoch}")
+    if out:  # everything is set up: take the run file (its folder created now, so bad input leaves nothing)
+        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))
+        stack.enter_context(RunLock(out))   # one writer per run file
+        remove_stale_temporaries(out)       # left by a writer killed mid-write
     keeper = _Keeper(out, args.resume, start_epoch, bool(out) and Path(out).exists())
     config = run_config(args)
     if tracker is not None:

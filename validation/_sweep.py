@@ -45,7 +45,7 @@ from typing import Callable
 import numpy as np
 
 from ssaref import train as train_mod
-from ssaref.cli import OneLineParser, positive
+from ssaref.cli import OneLineParser, positive, run_main
 from ssaref.data import DATASETS
 from ssaref.runlog import RunFileError, read_run
 
@@ -777,7 +777,10 @@ def run_script(spec, argv=None) -> int:
     spec : Sweep or Script
         Anything with ``parse(argv)``, ``run(args)`` and ``report(args, status)``.
     """
-    args = spec.parse(argv)
-    status = spec.run(args)
-    spec.report(args, status)
-    return exit_code(status)   # after results.md, so the failed rows are on disk either way
+    def body(argv):
+        args = spec.parse(argv)
+        status = spec.run(args)
+        spec.report(args, status)
+        return exit_code(status)   # after results.md, so the failed rows are on disk either way
+
+    return run_main(body, argv)   # ssaref's one error path: "error: ..." and 2, or a bug report and 1
