@@ -176,3 +176,51 @@ def test_module_entry_point_runs(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1].startswith("final test_acc=")
+
+
+def test_resume_from_toml_equals_resume_flag(tmp_path, capsys):
+    common = SYN + ["--optimizer", "sgd", "--lr", "0.02", "--hidden", "16"]
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert run_cli(common + ["--epochs", "1", "--out", str(a)], capsys)[0] == 0
+    assert run_cli(common + ["--epochs", "1", "--out", str(b)], capsys)[0] == 0
+    assert run_cli(["--resume", str(a), "--epochs", "2", "--no-progress"], capsys)[0] == 0
+    cfg = tmp_path / "r.toml"
+    cfg.write_text(f'resume = "{b}"\nepochs = 2\nno-progress = true\n')
+    rc, _, err = run_cli(["--config", str(cfg)], capsys)
+    assert rc == 0, err
+    _, _, ck_a = read_run(a)
+    _, _, ck_b = read_run(b)
+    assert ck_a["epoch"] == ck_b["epoch"] == 2
+    for k, v in ck_a["params"].items():
+        np.testing.assert_array_equal(v, ck_b["params"][k])
+
+
+def test_val_split_is_stratified_seeded_and_logged(tmp_path, capsys):
+    out = tmp_path / "v.h5"
+    rc, stdout, err = run_cli(SYN + ["--epochs", "2", "--val-split", "0.25", "--out", str(out)], capsys)
+    assert rc == 0, err
+    assert "train=451 val=149 test=200" in stdout and "val_acc=" in stdout   # round(0.25 n_c) per class
+    config, m, _ = read_run(out)
+    assert config["val_split"] == 0.25 and m["val_acc"].shape == (2,) and m["val_loss"].shape == (2,)
+    from ssaref.data import load_dataset
+    from ssaref.train import _split_validation
+
+    ds = load_dataset("synthetic", train_limit=600, test_limit=200, seed=0)
+    counts = np.bincount(ds.y_train, minlength=10)
+    xv, yv = _split_validation(ds, 0.25, seed=0)
+    assert len(yv) + len(ds.y_train) == 600
+    np.testing.assert_array_equal(np.bincount(yv, minlength=10), np.round(0.25 * counts).astype(int))
+    ds2 = load_dataset("synthetic", train_limit=600, test_limit=200, seed=0)
+    np.testing.assert_array_equal(_split_validation(ds2, 0.25, seed=0)[1], yv)   # seeded: the same split
+
+
+def test_out_is_never_replaced_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    assert run_cli(SYN + ["--epochs", "1", "--out", str(out)], capsys)[0] == 0
+    before = out.read_bytes()
+    rc, _, err = run_cli(SYN + ["--epochs", "1", "--out", str(out), "--seed", "3"], capsys)
+    assert rc == 2 and "--overwrite" in err and out.read_bytes() == before
+    assert run_cli(SYN + ["--epochs", "2", "--resume", str(out)], capsys)[0] == 0   # the same run goes on
+    assert read_run(out)[2]["epoch"] == 2
+    assert run_cli(SYN + ["--epochs", "1", "--out", str(out), "--seed", "3", "--overwrite"], capsys)[0] == 0
+    assert read_run(out)[0]["seed"] == 3
