@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .items import VERDICTS
+from .items import THRESHOLDS, VERDICTS
 
 __all__ = ["SCHEMA", "PAPER", "build_findings", "validate_findings", "render_markdown", "summary_table",
            "write_atomic", "format_number"]
@@ -45,6 +45,9 @@ def build_findings(results):
     """
     out = []
     for it, o in results:
+        if it.judge is not None and it.judge(o.evidence) != o.verdict:
+            raise ValueError(f"audit item {it.id!r}: verdict {o.verdict!r} is not the one its evidence gives "
+                             f"({it.judge(o.evidence)!r})")
         ev, bad = {}, []
         for k, v in o.evidence.items():
             if v is None or (not isinstance(v, int) and not math.isfinite(float(v))):
@@ -58,7 +61,8 @@ def build_findings(results):
         if bad:
             f["nonfinite_evidence"] = bad
         out.append(f)
-    return {"schema": SCHEMA, "paper": PAPER, "findings": out}
+    return {"schema": SCHEMA, "paper": PAPER, "thresholds": {k: v for k, (v, _) in THRESHOLDS.items()},
+            "findings": out}
 
 
 def validate_findings(doc):
@@ -70,6 +74,10 @@ def validate_findings(doc):
         errs.append(f"schema must be {SCHEMA!r}, got {doc.get('schema')!r}")
     if not isinstance(doc.get("paper"), str) or not doc.get("paper"):
         errs.append("paper must be a non-empty string")
+    th = doc.get("thresholds", {})
+    if not isinstance(th, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                                       for v in th.values()):
+        errs.append("thresholds must map names to finite numbers")
     fs = doc.get("findings")
     if not isinstance(fs, list) or not fs:
         errs.append("findings must be a non-empty list")
@@ -157,7 +165,9 @@ def render_markdown(doc, details, seed):
          "Verdicts: **holds**; **shape error** (an operation in the formula is undefined on the paper's own "
          "shapes); **wrong gradient** (not the gradient of the loss it claims to differentiate); **unjustified "
          "claim** (counterexamples or the stated reason is false); **ambiguous** (several readings, the paper does "
-         "not say which).", "",
+         "not say which).  Every verdict is derived from the item's evidence below with these thresholds "
+         "(`ssaref/audit/items.py`):", "",
+         *[f"- `{k}` = {v:g}: {what}" for k, (v, what) in THRESHOLDS.items()], "",
          *_config_table(), "## Summary", "", "| item | section | eqs | verdict | key figure |",
          "| --- | --- | --- | --- | --- |"]
     for f in fs:
