@@ -71,10 +71,12 @@ def expected_errors() -> tuple:
 
     ``ValueError`` covers every checked bad value or file (``RunFileError``, ``DatasetError``, ``LinalgError``,
     TOML and UTF-8 decoding errors subclass it); ``OSError`` missing, unreadable or unwritable files and a full
-    disk; ``MemoryError`` an allocation the machine cannot make; ``BackendError`` an unusable array backend."""
+    disk; ``MemoryError`` an allocation the machine cannot make; ``BackendError`` an unusable array backend;
+    ``DistributedError`` a collective that failed or timed out."""
     from .backend import BackendError  # noqa: PLC0415
+    from .distributed import DistributedError  # noqa: PLC0415
 
-    return (ValueError, OSError, MemoryError, BackendError)
+    return (ValueError, OSError, MemoryError, BackendError, DistributedError)
 
 
 _BUGS = (KeyError, IndexError, AttributeError, TypeError, AssertionError, NameError, UnboundLocalError)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .cli import (Diverged, OneLineParser, check_output_path, int_list, nonnegative_int, one_line, positive,
                   run_main)
 from .backend import asnumpy, get_array_module, keep_large_allocations, parse_dtype, resolve_backend, to_device
@@ -78,6 +78,13 @@ def build_parser():
     a("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
     a("--resume", default=None, help="continue the run stored in this file")
     a("--no-progress", action="store_true", help="no progress bar")
+    a("--distributed", default="none", choices=["none", "mpi"],
+      help="data-parallel over MPI ranks (mpiexec -n N / srun): each rank takes a shard of every global batch of "
+           "--batch-size, one allreduce per step; rank 0 prints and writes (docs/scaling.md)")
+    a("--mpi-timeout", type=positive(float), default=600.0,
+      help="seconds a collective may wait for the other ranks before the job is aborted")
+    a("--check-replicas", type=nonnegative_int, default=0,
+      help="every K epochs check that all ranks hold identical parameters and rule state (0: never)")
     g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
     for opt, (typ, default, help_, owners) in _rule_options().items():
         g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
@@ -222,8 +229,15 @@ def _metric_name(key):
     return key.replace("/", ".")
 
 
-def evaluate(model, x, y, batch_size, xp, dtype):
-    """Mean cross-entropy and accuracy of ``model`` on host arrays ``x`` (N, C, H, W), ``y`` (N,)."""
+def evaluate(model, x, y, batch_size, xp, dtype, comm=None):
+    """Mean cross-entropy and accuracy of ``model`` on host arrays ``x`` (N, C, H, W), ``y`` (N,); with a
+    communicator of several ranks each evaluates a contiguous part and the sums are allreduced."""
+    if comm is not None and comm.size > 1:
+        part = distributed.shard(np.arange(len(x)), comm.rank, comm.size)
+        lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
+        loss, acc = evaluate(model, x[lo:hi], y[lo:hi], batch_size, xp, dtype) if hi > lo else (0.0, 0.0)
+        tot = comm.allreduce_sum(np.asarray([loss * (hi - lo), acc * (hi - lo)], dtype=np.float64), "evaluation")
+        return float(tot[0]) / len(x), float(tot[1]) / len(x)
     total_loss, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
         xb = to_device(x[i:i + batch_size].astype(dtype, copy=False), xp)
@@ -357,12 +371,35 @@ def train(args, log=print):
     out = args.out or args.resume
     if out:  # before any work: refuse to destroy another run, fail now rather than after an epoch
         check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,), create=False)
-    with contextlib.ExitStack() as stack:
-        return _train(args, log, out, stack)
-
-
-def _train(args, log, out, stack):
     xp = resolve_backend(args.backend)
+    comm = distributed.init(args.distributed, args.mpi_timeout, xp)
+    if not comm.is_root:
+        log = _quiet  # only rank 0 prints
+    with contextlib.ExitStack() as stack:
+        return _train(args, log, out, stack, xp, comm)
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _train(args, log, out, stack, xp, comm):
+    try:
+        setup = _setup(args, log, out, stack, xp, comm)
+        err = None
+    except Exception as exc:   # the ranks agree on set-up errors, so none waits for a rank that gave up
+        err = exc
+    if comm.size > 1:
+        errs = comm.allgather(None if err is None else f"rank {comm.rank}: {one_line(err)}", "the set-up check")
+        failed = [e for e in errs if e is not None]
+        if failed and err is None:
+            raise ValueError(failed[0])
+    if err is not None:
+        raise err
+    return _loop(args, log, out, xp, comm, *setup)
+
+
+def _setup(args, log, out, stack, xp, comm):
     dtype = parse_dtype(args.dtype)
     ds = load_dataset(args.dataset, data_dir=args.data_dir, train_limit=args.train_limit,
                       test_limit=args.test_limit, download=not args.no_download, seed=args.seed)
@@ -375,6 +412,8 @@ def _train(args, log, out, stack):
                     optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **opt_kw)
     model, rule, optimizer = run.model, run.rule, run.optimizer
     n = len(ds.x_train)
+    if comm.size > 1:
+        distributed.check_shards(n, args.batch_size, comm.size)
     steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
     schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
     use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
@@ -390,8 +429,8 @@ def _train(args, log, out, stack):
     if args.resume:
         metrics, start_epoch, step = _restore(args.resume, args, model, optimizer, rule, rng, xp)
         log(f"resumed {args.resume} at epoch {start_epoch}")
-    if out:  # everything is set up: take the run file (its folder created now, so bad input leaves nothing)
-        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))
+    if out and comm.is_root:  # everything is set up: take the run file (its folder created now: bad input leaves
+        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))   # nothing behind)
         stack.enter_context(RunLock(out))   # one writer per run file
         remove_stale_temporaries(out)       # left by a writer killed mid-write
     keeper = _Keeper(out, args.resume, start_epoch, bool(out) and Path(out).exists())
@@ -402,9 +441,18 @@ def _train(args, log, out, stack):
         config["svd_layers"] = list(rule.metric_layers())
     log(f"ssaref {__version__}: method={args.method} model={args.model} dataset={args.dataset} "
         f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} "
-        + (f"val={len(val[1])} " if val is not None else "") + f"test={len(ds.x_test)}")
+        + (f"val={len(val[1])} " if val is not None else "") + f"test={len(ds.x_test)}"
+        + (f" ranks={comm.size}" if comm.size > 1 else ""))
+    return (ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch, use_aug, tracker,
+            metrics, start_epoch, step, keeper, config)
 
+
+def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch,
+          use_aug, tracker, metrics, start_epoch, step, keeper, config):
     from tqdm import tqdm
+
+    n = len(ds.x_train)
+    keys = [k for k, _ in run.params()]   # the flat buffer's layout: the same on every rank
 
     def diverged(what, epoch, b):
         where = f"epoch {epoch + 1}, step {b + 1} (global step {step + 1})" if b is not None else f"epoch {epoch + 1}"
@@ -425,18 +473,26 @@ def _train(args, log, out, stack):
         perm = rng.permutation(n)
         loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                   disable=True if args.no_progress else None, file=sys.stderr)
+                   disable=True if (args.no_progress or not comm.is_root) else None, file=sys.stderr)
         b = 0
         for b in bar:
             idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
             xb = ds.x_train[idx]
             if use_aug:
-                xb = augment(xb, rng)
+                xb = augment(xb, rng)   # on the global batch: the same draws on every rank
+            yb = ds.y_train[idx]
+            if comm.size > 1:           # this rank's contiguous shard of the global batch
+                part = distributed.shard(np.arange(len(idx)), comm.rank, comm.size)
+                xb, yb = xb[part], yb[part]
             xb = to_device(xb.astype(dtype, copy=False), xp)
-            yb = to_device(ds.y_train[idx], xp)
+            yb = to_device(yb, xp)
             res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)
             if tracker is not None:
                 tracker.maybe_record(step, model, rule, xb, yb, res)
+            if comm.size > 1:   # one allreduce: the global batch's updates, loss and correct count
+                correct_b = distributed.average_step(comm, res, yb, len(idx), keys)
+            else:
+                correct_b = (res.logits.argmax(axis=1) == yb).sum()
             if not np.isfinite(res.loss):
                 raise diverged(f"loss is {res.loss}", epoch, b)
             # optimiser step, then the rule's after_step (SSA: retraction)
@@ -444,7 +500,7 @@ def _train(args, log, out, stack):
                     epoch, b)
             step += 1
             loss_sum += res.loss * len(idx)
-            correct = correct + (res.logits.argmax(axis=1) == yb).sum()
+            correct = correct + correct_b
             if b % 20 == 0:
                 bar.set_postfix(loss=f"{res.loss:.4f}")
         bar.close()
@@ -456,14 +512,14 @@ def _train(args, log, out, stack):
                                 "the rule's end of epoch (rank schedule)", epoch, None)
         for k, v in epoch_metrics.items():
             metrics.setdefault(_metric_name(k), []).append(v)
-        test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, args.eval_batch_size, xp, dtype)
+        test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, args.eval_batch_size, xp, dtype, comm)
         if not np.isfinite(test_loss):
             raise diverged(f"test loss is {test_loss}", epoch, None)
         seconds = time.perf_counter() - t0
         scalars = [("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc)]
         line = (f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} ")
         if val is not None:
-            val_loss, val_acc = evaluate(model, val[0], val[1], args.eval_batch_size, xp, dtype)
+            val_loss, val_acc = evaluate(model, val[0], val[1], args.eval_batch_size, xp, dtype, comm)
             scalars += [("val_loss", val_loss), ("val_acc", val_acc)]
             line += f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} "
         scalars += [("test_loss", test_loss), ("test_acc", test_acc), ("seconds", seconds),
@@ -478,7 +534,13 @@ def _train(args, log, out, stack):
             for k, rows in tracker.pop_events().items():
                 metrics.setdefault(_metric_name(k), []).extend(rows)
         log(line)
-        if out:
+        if args.check_replicas and comm.size > 1 and (epoch + 1) % args.check_replicas == 0:
+            digests = comm.allgather(distributed.replica_digest(model, rule), "the replica check")
+            if len(set(digests)) > 1:
+                raise distributed.DistributedError(
+                    f"replicas differ after epoch {epoch + 1}: " + ", ".join(f"rank {r} {d[:12]}"
+                                                                           for r, d in enumerate(digests)))
+        if out and comm.is_root:
             ck = _checkpoint(model, optimizer, rule, rng, epoch + 1, step, args)
             bad = _first_nonfinite({g: ck[g] for g in ("params", "buffers", "optimizer", "rule_state")})
             if bad is not None:
@@ -498,8 +560,12 @@ def _main(argv):
 
 
 def main(argv=None):
-    """``python -m ssaref.train``; exit codes in ``EXIT_CODES`` (0 done, 2 bad input, 3 diverged, 1 a bug)."""
-    return run_main(_main, argv)
+    """``python -m ssaref.train``; exit codes in ``EXIT_CODES`` (0 done, 2 bad input, 3 diverged, 1 a bug).  In a
+    distributed run a rank that fails aborts the whole job after printing its error (no rank is left waiting)."""
+    rc = run_main(_main, argv)
+    if rc != 0:
+        distributed.abort_job(rc)
+    return rc
 
 
 if __name__ == "__main__":

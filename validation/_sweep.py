@@ -211,7 +211,36 @@ def build_parser(script: str, description: str, *, dataset: str, epochs: int, se
     p.add_argument("--batch-size", type=_positive_int, default=PAPER_BATCH, help=f"default {PAPER_BATCH} (section 6)")
     p.add_argument("--methods", default=",".join(methods), help=f"subset of {','.join(methods)}")
     p.add_argument("--no-plot", action="store_true", help="skip the figure")
+    add_mpi_options(p)
     return p
+
+
+def add_mpi_options(p) -> None:
+    """``--mpi``: spread the sweep's independent runs over the ranks of ``mpiexec -n N`` (round-robin; rank 0
+    writes results.md); ``--mpi-timeout``: how long rank 0 waits for the others' runs."""
+    p.add_argument("--mpi", action="store_true",
+                   help="spread the runs over MPI ranks (mpiexec -n N python -m validation.<script> --mpi ...)")
+    p.add_argument("--mpi-timeout", type=float, default=7 * 86400.0,
+                   help="seconds rank 0 waits for the other ranks' runs (default 7 days)")
+
+
+def map_runs(jobs: list, fn, args, log=print) -> dict:
+    """``{key: RunStatus}`` of ``fn(job) -> (key, RunStatus)`` over ``jobs``, in job order; with ``--mpi`` rank r
+    runs jobs r, r + N, r + 2N, ... (each writing its own run file atomically) and every rank gets all the
+    statuses, so rank 0 can write results.md.  Sets ``args.rank`` (0 without MPI)."""
+    args.rank, size = 0, 1
+    comm = None
+    if getattr(args, "mpi", False):
+        from ssaref.distributed import MPIComm
+
+        comm = MPIComm(timeout=args.mpi_timeout)
+        args.rank, size = comm.rank, comm.size
+        log(f"[rank {comm.rank}/{size}] runs {len(jobs[comm.rank::size])} of the {len(jobs)} runs")
+    results = {i: fn(job) for i, job in enumerate(jobs) if i % size == args.rank}
+    if comm is not None:
+        for part in comm.allgather(results, "the sweep's final gather of run statuses"):
+            results.update(part)
+    return dict(results[i] for i in sorted(results))
 
 
 def split_passthrough(argv=None) -> tuple[list[str], list[str]]:
@@ -384,14 +413,11 @@ def launch(out: Path, argv: list, epochs: int, label: str, log=print) -> RunStat
 
 
 def run_sweep(configs: list[Config], args, log=print) -> dict:
-    """Run every configuration that is not skipped, for every seed; ``{(name, seed): RunStatus}``."""
+    """Run every configuration that is not skipped, for every seed; ``{(name, seed): RunStatus}`` (over MPI
+    ranks with ``--mpi``, see :func:`map_runs`)."""
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    status = {}
-    for cfg in configs:
-        if cfg.skip is None:
-            for seed in args.seeds:
-                status[(cfg.name, seed)] = run_one(cfg, seed, args, log=log)
-    return status
+    jobs = [(cfg, seed) for cfg in configs if cfg.skip is None for seed in args.seeds]
+    return map_runs(jobs, lambda job: ((job[0].name, job[1]), run_one(job[0], job[1], args, log=log)), args, log)
 
 
 def failed_runs(status: dict) -> list[tuple[str, int]]:
@@ -780,6 +806,8 @@ def run_script(spec, argv=None) -> int:
     def body(argv):
         args = spec.parse(argv)
         status = spec.run(args)
+        if getattr(args, "rank", 0):   # an MPI rank other than 0 ran its share; rank 0 reports
+            return exit_code(status, stream=io.StringIO())
         spec.report(args, status)
         return exit_code(status)   # after results.md, so the failed rows are on disk either way
 

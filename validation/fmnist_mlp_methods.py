@@ -158,6 +158,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default=None)
     p.add_argument("--align-every", type=_nonnegative_int, default=50, help="0: no alignment tables")
     p.add_argument("--out-dir", default="runs/fmnist_mlp")
+    sw.add_mpi_options(p)
     args = p.parse_args(argv)
     args.extra = extra
     if len(sw.check_datasets(p, args.dataset)) != 1:
@@ -170,7 +171,7 @@ def parse_args(argv=None):
 def run_all(args) -> dict:
     """Every selected method, one after the other: ``{(name, seed): RunStatus}``."""
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    return {(name, args.seed): run_one(name, args) for name in args.names}
+    return sw.map_runs(args.names, lambda name: ((name, args.seed), run_one(name, args)), args)
 
 
 SPEC = sw.Script(parse=parse_args, run=run_all, report=lambda args, status: summarise(args.names, args, status))

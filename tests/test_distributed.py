@@ -1,0 +1,174 @@
+"""Data-parallel training and sweeps over MPI (``mpiexec -n 2`` on this machine; ssaref/distributed.py).
+
+* equivalence: 2 ranks with global batch B give the parameters (and rule state) of 1 rank with batch B, float64,
+  to 1e-12 relative, for every rule on an MLP and on a conv net, SSA including a rank cut;
+* resume across rank counts (2 -> 1 and 1 -> 2); only rank 0 prints and writes;
+* a killed rank ends the job (no hang); set-up errors end every rank with one error line;
+* a sweep spread over 2 ranks writes the results.md of the serial sweep.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssaref.runlog import read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = shutil.which("mpiexec")
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI = MPIEXEC is not None
+except ImportError:
+    HAVE_MPI = False
+
+if not HAVE_MPI and os.environ.get("CI") == "true":   # CI installs mpi4py + mpich: a missing MPI is a failure
+    raise RuntimeError("CI: mpi4py/mpiexec missing (pip install -e '.[test]' installs them)")
+pytestmark = pytest.mark.skipif(not HAVE_MPI, reason="needs mpi4py and mpiexec (pip install 'ssaref[mpi]')")
+
+ENV = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+SYN = ["--dataset", "synthetic", "--train-limit", "192", "--test-limit", "64", "--batch-size", "32", "--hidden",
+       "24,16", "--dtype", "float64", "--optimizer", "adam", "--lr", "1e-2", "--no-progress"]
+
+
+def mpirun(n, args, timeout=300, **kw):
+    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, cwd=kw.pop("cwd", ROOT), **kw)
+
+
+def train(n, *argv, timeout=300):
+    if n == 1:
+        return subprocess.run([sys.executable, "-m", "ssaref.train", *argv], capture_output=True, text=True,
+                              timeout=timeout, env=ENV)
+    return mpirun(n, ["-m", "ssaref.train", "--distributed", "mpi", "--mpi-timeout", "120", *argv], timeout)
+
+
+def max_rel(a, b):
+    return max(float(np.max(np.abs(a[k] - b[k])) / max(float(np.max(np.abs(b[k]))), 1e-300)) for k in b)
+
+
+MLP_RULES = ["bp", "fa", "kp", "usf", "brsf", "frsf", "dfa", "drtp", "pepita", "svd-bp", "ssa", "ssa-cut"]
+CONV_RULES = ["bp", "fa", "kp", "dfa", "drtp", "svd-bp", "ssa-cut"]
+
+
+def test_two_ranks_equal_one_rank_for_every_rule(tmp_path):
+    cases = ([f"{m}:mlp" for m in MLP_RULES] + [f"{m}:lenet" for m in CONV_RULES]
+             + ["bp:mlp:adam", "ssa-cut:mlp:adam", "dfa:lenet:adam"])
+    r = mpirun(2, ["tests/_mpi_equivalence.py", str(tmp_path), *cases], timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = dict(re.findall(r"^CASE (\S+) (\S+)$", r.stdout, flags=re.M))
+    assert set(got) == set(cases), r.stdout[-2000:]
+    bad = {c: float(v) for c, v in got.items() if not float(v) <= 1e-12}   # measured: <= 6e-15 with SGD
+    assert bad == {}, bad
+    # the SSA cases really cut the rank at the end of epoch 1, on both runs alike
+    for model in ("mlp", "lenet"):
+        _, m, _ = read_run(tmp_path / f"ssa-cut_{model}_n2.h5")
+        assert (m["svd_rank"][1] < m["svd_rank"][0]).any()
+
+
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
+def test_resume_across_rank_counts(first, then, tmp_path):
+    ref, part = tmp_path / "ref.h5", tmp_path / "part.h5"
+    for method in ("ssa", "dfa"):
+        args = SYN + ["--method", method, "--overwrite"]
+        assert train(1, *args, "--epochs", "2", "--out", str(ref)).returncode == 0
+        r = train(first, *args, "--epochs", "1", "--out", str(part))
+        assert r.returncode == 0, r.stderr
+        r = train(then, *SYN, "--method", method, "--epochs", "2", "--resume", str(part))
+        assert r.returncode == 0, r.stderr
+        a, b = read_run(part)[2], read_run(ref)[2]
+        assert a["epoch"] == 2 and max_rel(a["params"], b["params"]) <= 1e-12, method
+
+
+def test_only_rank_0_prints_and_writes(tmp_path):
+    out = tmp_path / "run.h5"
+    r = train(2, *SYN, "--method", "bp", "--epochs", "2", "--out", str(out), "--check-replicas", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("final test_acc=") == 1 and r.stdout.count("epoch 1/2") == 1 and "ranks=2" in r.stdout
+    assert sorted(os.listdir(tmp_path)) == ["run.h5"]
+    assert read_run(out)[0]["distributed"] == "mpi"
+
+
+def test_set_up_errors_end_every_rank_with_one_line(tmp_path):
+    # batches of one example cannot be split over 2 ranks: every rank says so, none waits for the other
+    r = train(2, *SYN, "--method", "bp", "--epochs", "1", "--batch-size", "1", "--train-limit", "3")
+    assert r.returncode != 0 and "every batch has at least one example per rank" in r.stderr, r.stderr
+    r = train(2, *SYN, "--method", "nope", "--epochs", "1")
+    assert r.returncode != 0 and r.stderr.count("error: unknown method 'nope'") >= 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+def test_a_dead_or_hung_rank_ends_the_job_instead_of_hanging(fault, tmp_path):
+    """``killed`` (SIGKILL): mpiexec tears the job down and says which rank died; ``hung`` (SIGSTOP: the launcher
+    sees nothing wrong): the other rank's collective times out after --mpi-timeout, it prints one error line
+    naming the collective, and aborts the job."""
+    out = tmp_path / "long.h5"
+    args = [MPIEXEC, "-n", "2", sys.executable, "-m", "ssaref.train", "--distributed", "mpi", "--mpi-timeout", "15",
+            *SYN, "--train-limit", "4000", "--method", "bp", "--epochs", "500", "--out", str(out)]
+    p = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = None
+        deadline = time.time() + 60
+        while victim is None and time.time() < deadline:   # find the rank-1 process by its environment
+            time.sleep(0.2)
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    envb = Path(f"/proc/{pid}/environ").read_bytes()
+                except OSError:
+                    continue
+                if str(out).encode() in cmd and b"ssaref.train" in cmd and b"PMI_RANK=1" in envb.split(b"\0"):
+                    victim = int(pid)
+        assert victim is not None, "rank 1 not found"
+        while not out.exists() and time.time() < deadline + 60:   # training is under way: epoch 1 was written
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()[1][-2000:]
+        os.kill(victim, signal.SIGKILL if fault == "killed" else signal.SIGSTOP)
+        t0 = time.time()
+        stdout, stderr = p.communicate(timeout=120)
+        waited = time.time() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode != 0 and waited < 60, (p.returncode, waited)
+    said = stdout + stderr
+    if fault == "killed":
+        assert "BAD TERMINATION" in said and "signal 9" in said, said[-2000:]
+    else:
+        assert re.search(r"error: rank 0: the (step's allreduce of the updates|evaluation|replica check) "
+                         r"(did not complete within 15 s|failed)", stderr), said[-2000:]
+
+
+def test_a_sweep_over_two_ranks_writes_the_serial_results(tmp_path):
+    flags = ["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,fa,dfa", "--align-every", "0", "--",
+             "--train-limit", "64", "--test-limit", "32", "--hidden", "8"]
+    serial, par = tmp_path / "serial", tmp_path / "par"
+    r1 = subprocess.run([sys.executable, "-m", "validation.fmnist_mlp_methods", "--out-dir", str(serial), *flags],
+                        capture_output=True, text=True, timeout=300, env=ENV, cwd=ROOT)
+    assert r1.returncode == 0, r1.stderr
+    r2 = mpirun(2, ["-m", "validation.fmnist_mlp_methods", "--mpi", "--out-dir", str(par), *flags])
+    assert r2.returncode == 0, r2.stderr
+
+    def table(path):   # results.md without the seconds column (wall time differs)
+        rows = []
+        for ln in (path / "results.md").read_text().splitlines():
+            if ln.startswith("|"):
+                cells = [c.strip() for c in ln.strip("|").split("|")]
+                rows.append(cells[:3])
+        return rows
+
+    assert table(par) == table(serial) and len(table(serial)) >= 5
+    for name in ("bp", "fa", "dfa"):
+        a, b = read_run(par / f"{name}.h5")[2], read_run(serial / f"{name}.h5")[2]
+        assert max_rel(a["params"], b["params"]) == 0.0   # the same serial run, on another rank
