@@ -34,8 +34,8 @@ import numpy as np
 
 from .backend import asnumpy, get_array_module
 
-__all__ = ["Comm", "SerialComm", "MPIComm", "DistributedError", "init", "abort_job", "shard", "check_shards", "average_step",
-           "replica_digest", "local_rank"]
+__all__ = ["Comm", "SerialComm", "MPIComm", "DistributedError", "init", "abort_job", "shard", "check_shards",
+           "average_step", "replica_digest", "local_rank"]
 
 
 class DistributedError(RuntimeError):
