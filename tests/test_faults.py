@@ -373,3 +373,21 @@ def test_read_only_folder_is_refused_before_training(tmpfs, capsys):
     rc, _, err = _run_entry("audit", ["--out", str(d / "audit")], capsys)
     assert rc == 2 and "not writable" in err, err
     assert os.listdir(d) == []
+
+
+# ------------------------------------------------------------------------------------------- the GPU check
+def test_gpu_check_cannot_pass_without_a_gpu(tmp_path):
+    """Without cupy or a device the prepared GPU check fails, and SSAREF_REQUIRE_GPU=1 turns GPU skips into a
+    pytest failure (a GPU check must never pass by skipping everything)."""
+    from ssaref.backend import cupy_available
+
+    if cupy_available():
+        pytest.skip("a GPU is usable here: the check would run for real")
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(root / "validation" / "gpu_check.sh"), str(tmp_path / "gc")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "not usable" in (r.stdout + r.stderr)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                        str(root / "tests" / "test_gpu_ops.py")], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, SSAREF_REQUIRE_GPU="1"), cwd=root)
+    assert r.returncode != 0 and "SSAREF_REQUIRE_GPU=1" in (r.stdout + r.stderr)
