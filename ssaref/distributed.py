@@ -215,7 +215,7 @@ def average_step(comm: Comm, result, y, n_global: int, keys):
         a = upd[k]
         upd[k] = flat[o:o + a.size].reshape(a.shape)
         o += a.size
-    result.loss = float(flat[o])        # the global mean loss (one read, as in a serial step)
+    result.loss_value = flat[o]         # the global mean loss, still an array (read with the step's others)
     return flat[o + 1]
 
 

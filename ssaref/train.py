@@ -78,6 +78,9 @@ def build_parser():
     a("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
     a("--resume", default=None, help="continue the run stored in this file")
     a("--no-progress", action="store_true", help="no progress bar")
+    a("--log-every", type=positive(int), default=1,
+      help="read the training loss back every K steps (one device->host transfer per K steps; a non-finite loss "
+           "still stops the run naming its own step)")
     a("--distributed", default="none", choices=["none", "mpi"],
       help="data-parallel over MPI ranks (mpiexec -n N / srun): each rank takes a shard of every global batch of "
            "--batch-size, one allreduce per step; rank 0 prints and writes (docs/scaling.md)")
@@ -319,6 +322,39 @@ def _split_validation(ds, frac, seed):
     return x_val, y_val
 
 
+class _LossWindow:
+    """The training losses of the last steps, kept as computed (0-d device arrays) and read back together every
+    ``every`` steps: one device->host transfer per window instead of one per step."""
+
+    def __init__(self, every):
+        self.every = int(every)
+        self.pending = []   # (loss value, batch size, step in epoch, global step)
+
+    def add(self, value, n, b, step):
+        self.pending.append((value, n, b, step))
+
+    def due(self) -> bool:
+        return len(self.pending) >= self.every
+
+    def flush(self):
+        """``(sum of loss * batch size, last loss, (value, b, step) of the first non-finite loss or None)``."""
+        if not self.pending:
+            return 0.0, float("nan"), None
+        vals = [v for v, _, _, _ in self.pending]
+        arrays = [v for v in vals if hasattr(v, "dtype")]
+        if arrays:
+            xp = get_array_module(*arrays)
+            host = np.asarray(asnumpy(xp.stack([xp.asarray(v) for v in vals])), dtype=np.float64)
+        else:
+            host = np.asarray(vals, dtype=np.float64)
+        pend, self.pending = self.pending, []
+        finite = np.isfinite(host)
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            return 0.0, float(host[i]), (float(host[i]), pend[i][2], pend[i][3])
+        return float(sum(h * p[1] for h, p in zip(host, pend))), float(host[-1]), None
+
+
 def _first_nonfinite(groups):
     """``"group/key"`` of the first array in ``groups`` ({group: {key: array}}) holding NaN or inf, else None.
     Device arrays are reduced on the device and read back together (one transfer)."""
@@ -454,18 +490,31 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
     n = len(ds.x_train)
     keys = [k for k, _ in run.params()]   # the flat buffer's layout: the same on every rank
 
-    def diverged(what, epoch, b):
-        where = f"epoch {epoch + 1}, step {b + 1} (global step {step + 1})" if b is not None else f"epoch {epoch + 1}"
+    window = _LossWindow(args.log_every)
+
+    def diverged(what, epoch, b, gstep=None):
+        gstep = step if gstep is None else gstep
+        where = f"epoch {epoch + 1}, step {b + 1} (global step {gstep + 1})" if b is not None else f"epoch {epoch + 1}"
         return Diverged(f"{what} at {where}{keeper.note()}")
 
+    def read_losses(epoch):
+        """Read the pending losses (one transfer); the first non-finite one stops the run at its own step."""
+        total, last, bad = window.flush()
+        if bad is not None:
+            value, b_bad, s_bad = bad
+            raise diverged(f"loss is {value}", epoch, b_bad, s_bad)
+        return total, last
+
     def guarded(fn, what, epoch, b):
-        """Run a rule hook; an error it raises on non-finite parameters is divergence, named with its place."""
+        """Run a rule hook; an error it raises on non-finite parameters is divergence, named with its place (the
+        first non-finite loss still pending, when there is one)."""
         try:
             return fn()
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
             bad = _first_nonfinite({"param": dict(model.named_params())})
             if bad is None:
                 raise
+            read_losses(epoch)
             raise diverged(f"{what} failed ({one_line(exc)}) with non-finite {bad}", epoch, b) from None
 
     for epoch in range(start_epoch, args.epochs):
@@ -493,16 +542,17 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
                 correct_b = distributed.average_step(comm, res, yb, len(idx), keys)
             else:
                 correct_b = (res.logits.argmax(axis=1) == yb).sum()
-            if not np.isfinite(res.loss):
-                raise diverged(f"loss is {res.loss}", epoch, b)
+            window.add(res.loss_value, len(idx), b, step)   # stays on the device until read
+            if window.due():   # every --log-every steps: one read of the pending losses
+                total, last = read_losses(epoch)
+                loss_sum += total
+                bar.set_postfix(loss=f"{last:.4f}")
             # optimiser step, then the rule's after_step (SSA: retraction)
             guarded(lambda: run.apply(res, lr=schedule(step)), "the optimiser step or the rule's after_step",
                     epoch, b)
             step += 1
-            loss_sum += res.loss * len(idx)
             correct = correct + correct_b
-            if b % 20 == 0:
-                bar.set_postfix(loss=f"{res.loss:.4f}")
+        loss_sum += read_losses(epoch)[0]
         bar.close()
         bad = _first_nonfinite({"parameter": dict(model.named_params())})   # the epoch's last update included
         if bad is not None:

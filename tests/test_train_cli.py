@@ -149,7 +149,9 @@ def test_resume_refuses_foreign_files(tmp_path, capsys):
     assert rc == 2 and "shape" in err
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("log_every", ["1", "4"])
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch, log_every):
+    """The first non-finite loss names its own step, also when losses are read back only every 4 steps."""
     from ssaref.rules.bp import BP
     real_step, calls = BP.step, {"n": 0}
     steps_per_epoch = 600 // 64 + 1
@@ -163,7 +165,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(BP, "step", poisoned)
     out = tmp_path / "run.h5"
-    rc, stdout, err = run_cli(SYN + ["--epochs", "3", "--out", str(out)], capsys)
+    rc, stdout, err = run_cli(SYN + ["--epochs", "3", "--out", str(out), "--log-every", log_every], capsys)
     assert rc == 3   # diverged (EXIT_CODES)
     assert "loss is nan at epoch 2, step 3" in err and "end of epoch 1" in err
     _, metrics, ck = read_run(out)
@@ -224,3 +226,13 @@ def test_out_is_never_replaced_without_overwrite(tmp_path, capsys):
     assert read_run(out)[2]["epoch"] == 2
     assert run_cli(SYN + ["--epochs", "1", "--out", str(out), "--seed", "3", "--overwrite"], capsys)[0] == 0
     assert read_run(out)[0]["seed"] == 3
+
+
+def test_log_every_reads_losses_in_windows_with_the_same_result(tmp_path, capsys):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert run_cli(SYN + ["--epochs", "2", "--out", str(a), "--dtype", "float64"], capsys)[0] == 0
+    assert run_cli(SYN + ["--epochs", "2", "--out", str(b), "--dtype", "float64", "--log-every", "7"], capsys)[0] == 0
+    (_, ma, ca), (_, mb, cb) = read_run(a), read_run(b)
+    np.testing.assert_allclose(ma["train_loss"], mb["train_loss"], rtol=1e-13)
+    for k, v in ca["params"].items():
+        np.testing.assert_array_equal(v, cb["params"][k])

@@ -81,7 +81,7 @@ def one_hot(y, K, dtype):
     return (y[:, None] == xp.arange(K)).astype(dtype)
 
 
-def softmax_cross_entropy(logits, y):
+def softmax_cross_entropy(logits, y, *, as_array=False, check_labels=True):
     """``L = -mean_b log softmax(logits)[b, y_b]``.
 
     Parameters
@@ -89,10 +89,15 @@ def softmax_cross_entropy(logits, y):
     logits : array, shape (B, K)
     y : int array, shape (B,)
         Class labels in ``[0, K)``.
+    as_array : bool
+        Return the loss as a 0-d array of the logits' module (no device->host read) instead of a float.
+    check_labels : bool
+        Check the labels' dtype and range (reads their min and max: two host reads on a GPU; the training loop
+        checks the labels once, on the host, and passes False for device arrays).
 
     Returns
     -------
-    loss : float
+    loss : float (or 0-d array with ``as_array``)
     cache : tuple
         ``(p, y)``: the softmax probabilities (B, K) and the labels.
     """
@@ -100,10 +105,11 @@ def softmax_cross_entropy(logits, y):
         raise ValueError(f"logits must have shape (B, K) with B >= 1, got {tuple(logits.shape)}")
     xp = get_array_module(logits)
     B, K = logits.shape
-    y = _check_labels(y, B, K, xp)
+    if check_labels:
+        y = _check_labels(y, B, K, xp)
     logp = log_softmax(logits)
-    loss = -float(logp[xp.arange(B), y].mean())
-    return loss, (xp.exp(logp), y)
+    loss = -logp[xp.arange(B), y].mean()
+    return (loss if as_array else float(loss)), (xp.exp(logp), y)
 
 
 def softmax_cross_entropy_backward(cache):

@@ -50,6 +50,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..backend import asnumpy, get_array_module
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
 
@@ -76,17 +78,28 @@ class Batch(NamedTuple):
 class StepResult:
     """What one rule step produced.
 
-    loss : float, the mean softmax cross-entropy of the batch before the update.
+    loss_value : the mean softmax cross-entropy of the batch before the update, as computed: a 0-d array on the
+        model's device (or a float); ``loss`` reads it as a float (one device->host transfer on a GPU), so a
+        training loop that reads losses every K steps (``--log-every``) uses ``loss_value``.
     logits : array (B, K).
     updates : dict[key, array], one direction per parameter (keys as ``model.named_params()``) and per
         ``learnable`` array of the rule (its key).
     signals : dict[int, array], the error signal the rule delivered to layer k's output (may be empty).
     """
 
-    loss: float
+    loss_value: Any
     logits: Any
     updates: dict
     signals: dict = field(default_factory=dict)
+
+    @property
+    def loss(self) -> float:
+        """The loss as a Python float."""
+        return float(self.loss_value)
+
+    @loss.setter
+    def loss(self, value) -> None:
+        self.loss_value = value
 
 
 @dataclass(frozen=True)
@@ -231,11 +244,14 @@ class Rule:
         return model.forward(x, train=True)
 
     def forward_loss(self, model, x, y):
-        """``forward``, the mean cross-entropy and ``e = dL/da_N = (softmax - onehot)/B`` (eq. (7))."""
+        """``forward``, the mean cross-entropy (a 0-d array: no host read) and ``e = dL/da_N = (softmax -
+        onehot)/B`` (eq. (7)).  Labels on the host are checked here; device labels were checked on the host before
+        they were copied (the training loop), so no read-back is spent on them."""
         logits, caches = self.forward(model, x)
-        loss, lcache = softmax_cross_entropy(logits, y)
+        loss, lcache = softmax_cross_entropy(logits, y, as_array=True,
+                                             check_labels=isinstance(y, np.ndarray) or not hasattr(y, "dtype"))
         e = softmax_cross_entropy_backward(lcache)  # eq. (7)
-        return logits, caches, float(loss), e
+        return logits, caches, loss, e
 
     def step(self, model, x, y) -> StepResult:
         """One step's update directions (the parameters are not changed; the optimiser applies them)."""
