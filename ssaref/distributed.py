@@ -12,7 +12,9 @@
   matrices, brSF's per-step draws, PEPITA's F) comes from the same seed and the rank schedule decides from the
   same singular values, so it stays identical by construction (``--check-replicas K`` verifies it every K epochs
   with a hash of the parameters and the rule state across ranks);
-* BatchNorm statistics are per rank (PyTorch DDP without SyncBN);
+* BatchNorm statistics are per rank (PyTorch DDP without SyncBN), or with ``--sync-bn`` those of the global batch
+  (``CrossReplicaStats``: the forward pass's mean and variance and the backward pass's two means are reduced across
+  the ranks, three more reductions per BatchNorm layer and step), which makes BN nets follow the 1-rank run too;
 * only rank 0 prints and writes the run file; every rank reads it to resume, with any number of ranks whose
   shards of the global batch are all non-empty.
 
@@ -35,7 +37,7 @@ import numpy as np
 from .backend import asnumpy, get_array_module
 
 __all__ = ["Comm", "SerialComm", "MPIComm", "DistributedError", "init", "abort_job", "shard", "check_shards",
-           "average_step", "replica_digest", "local_rank"]
+           "average_step", "replica_digest", "local_rank", "CrossReplicaStats", "sync_batchnorm"]
 
 
 class DistributedError(RuntimeError):
@@ -217,6 +219,54 @@ def average_step(comm: Comm, result, y, n_global: int, keys):
         o += a.size
     result.loss_value = flat[o]         # the global mean loss, still an array (read with the step's others)
     return flat[o + 1]
+
+
+class CrossReplicaStats:
+    """BatchNorm statistics over the global batch (``--sync-bn``), for ``ops.norm.batchnorm_forward``'s ``group``.
+
+    Forward: ``mean(local_sums, n)`` allreduces per-channel sums and counts (mean, then variance: two reductions
+    per BatchNorm layer).  Backward: ``grad_mean(local_sums, n)`` returns the global means of ``dy`` and
+    ``dy xhat`` in this replica's units -- its signals are those of its own shard's mean loss, i.e. the global
+    batch's scaled by ``1 / weight`` with ``weight = n_local / n_global`` (set per step by the training loop), which
+    ``average_step`` undoes -- one reduction per layer.  Every rank calls these in the same order (the same graph).
+    """
+
+    def __init__(self, comm: Comm):
+        self.comm = comm
+        self.weight = 1.0 / comm.size
+        self._count = None
+
+    def _reduce(self, sums, n, what):
+        xp = get_array_module(sums)
+        flat = xp.concatenate([sums.reshape(-1), xp.asarray([float(n)], dtype=sums.dtype)])
+        flat = self.comm.allreduce_sum(flat, what)
+        total = float(flat[-1])
+        self._count = int(round(total))
+        return flat[:-1].reshape(sums.shape) / total
+
+    def mean(self, local_sums, n):
+        return self._reduce(local_sums, n, "the BatchNorm statistics (--sync-bn)")
+
+    def count(self, n):
+        """The global count of the last ``mean``'s reduction (for the unbiased running variance)."""
+        return self._count if self._count is not None else n
+
+    def grad_mean(self, local_sums, n):
+        return self._reduce(local_sums * self.weight, n, "the BatchNorm backward (--sync-bn)") / self.weight
+
+
+def sync_batchnorm(model, comm: Comm):
+    """Give every BatchNorm layer of ``model`` (nested ones included) one shared ``CrossReplicaStats``."""
+    stats = CrossReplicaStats(comm)
+
+    def walk(layer):
+        if layer.kind == "batchnorm":
+            layer.group = stats
+        for child in (getattr(layer, "children", None) or {}).values():
+            walk(child)
+
+    walk(model)
+    return stats
 
 
 def replica_digest(model, rule) -> str:

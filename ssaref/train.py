@@ -86,6 +86,9 @@ def build_parser():
            "--batch-size, one allreduce per step; rank 0 prints and writes (docs/scaling.md)")
     a("--mpi-timeout", type=positive(float), default=600.0,
       help="seconds a collective may wait for the other ranks before the job is aborted")
+    a("--sync-bn", action="store_true",
+      help="with --distributed: BatchNorm uses the global batch's statistics (reduced across ranks) instead of each "
+           "rank's own")
     a("--check-replicas", type=nonnegative_int, default=0,
       help="every K epochs check that all ranks hold identical parameters and rule state (0: never)")
     g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
@@ -450,6 +453,7 @@ def _setup(args, log, out, stack, xp, comm):
     n = len(ds.x_train)
     if comm.size > 1:
         distributed.check_shards(n, args.batch_size, comm.size)
+    bn_stats = distributed.sync_batchnorm(model, comm) if (args.sync_bn and comm.size > 1) else None
     steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
     schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
     use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
@@ -480,11 +484,11 @@ def _setup(args, log, out, stack, xp, comm):
         + (f"val={len(val[1])} " if val is not None else "") + f"test={len(ds.x_test)}"
         + (f" ranks={comm.size}" if comm.size > 1 else ""))
     return (ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch, use_aug, tracker,
-            metrics, start_epoch, step, keeper, config)
+            metrics, start_epoch, step, keeper, config, bn_stats)
 
 
 def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch,
-          use_aug, tracker, metrics, start_epoch, step, keeper, config):
+          use_aug, tracker, metrics, start_epoch, step, keeper, config, bn_stats):
     from tqdm import tqdm
 
     n = len(ds.x_train)
@@ -533,6 +537,8 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
             if comm.size > 1:           # this rank's contiguous shard of the global batch
                 part = distributed.shard(np.arange(len(idx)), comm.rank, comm.size)
                 xb, yb = xb[part], yb[part]
+                if bn_stats is not None:
+                    bn_stats.weight = len(part) / len(idx)
             xb = to_device(xb.astype(dtype, copy=False), xp)
             yb = to_device(yb, xp)
             res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)

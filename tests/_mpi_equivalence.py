@@ -2,7 +2,8 @@
 same global batch; rank 0 prints one line per case: ``CASE <name> <max relative parameter difference>``.
 
 Usage: mpiexec -n 2 python tests/_mpi_equivalence.py OUT_DIR CASE [CASE ...]
-with CASE = ``method:model[:optimizer]`` (``ssa-cut`` is SSA with a rank cut after the first epoch; the optimizer
+with CASE = ``method:model[:options]`` (options ``adam`` and/or ``syncbn``, joined by ``:``; ``ssa-cut`` is SSA
+with a rank cut after the first epoch; the optimizer
 is SGD with momentum unless ``adam`` is named: Adam's per-entry normalisation amplifies round-off in the entries
 with tiny gradients, so its runs agree to a few 1e-12 instead of 1e-15).
 """
@@ -27,7 +28,7 @@ def argv_of(case, out, distributed):
         extra = ["--rank-schedule", "epoch", "--reduce-frac", "1.0", "--reduce-to", "0.5"]
     argv = ["--method", method, "--model", model, "--dataset", "synthetic", "--train-limit", str(limit),
             "--test-limit", "64", "--batch-size", str(B), "--epochs", str(epochs), "--dtype", "float64",
-            *(["--optimizer", "adam", "--lr", "1e-2"] if opt == ["adam"] else
+            *(["--optimizer", "adam", "--lr", "1e-2"] if "adam" in opt else
               ["--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05"]),
             "--no-progress", "--out", str(out), "--overwrite",
             "--distributed", distributed, "--mpi-timeout", "300"] + extra
@@ -35,6 +36,8 @@ def argv_of(case, out, distributed):
         argv += ["--hidden", "24,16"]
     else:
         argv += ["--width-mult", "0.25"]
+    if "syncbn" in opt and distributed == "mpi":   # BatchNorm over the global batch
+        argv += ["--sync-bn"]
     return argv
 
 
@@ -54,7 +57,7 @@ def main():
             assert train_mod.main(argv_of(case, serial, "none")) == 0, case
             a, b = read_run(dist)[2], read_run(serial)[2]
             assert a["step"] == b["step"], case
-            diff = max_rel(a["params"], b["params"])
+            diff = max(max_rel(a["params"], b["params"]), max_rel(a["buffers"], b["buffers"]) if b["buffers"] else 0)
             if b["rule_state"]:
                 diff = max(diff, max_rel(a["rule_state"], b["rule_state"]))
             print(f"CASE {case} {diff:.3e}", flush=True)

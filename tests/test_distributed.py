@@ -61,7 +61,8 @@ CONV_RULES = ["bp", "fa", "kp", "dfa", "drtp", "svd-bp", "ssa-cut"]
 
 def test_two_ranks_equal_one_rank_for_every_rule(tmp_path):
     cases = ([f"{m}:mlp" for m in MLP_RULES] + [f"{m}:lenet" for m in CONV_RULES]
-             + ["bp:mlp:adam", "ssa-cut:mlp:adam", "dfa:lenet:adam"])
+             + ["bp:mlp:adam", "ssa-cut:mlp:adam", "dfa:lenet:adam"]
+             + ["bp:resnet20:syncbn", "dfa:resnet20:syncbn", "ssa:resnet20:syncbn"])   # BN nets with --sync-bn
     r = mpirun(2, ["tests/_mpi_equivalence.py", str(tmp_path), *cases], timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     got = dict(re.findall(r"^CASE (\S+) (\S+)$", r.stdout, flags=re.M))
@@ -72,6 +73,15 @@ def test_two_ranks_equal_one_rank_for_every_rule(tmp_path):
     for model in ("mlp", "lenet"):
         _, m, _ = read_run(tmp_path / f"ssa-cut_{model}_n2.h5")
         assert (m["svd_rank"][1] < m["svd_rank"][0]).any()
+
+
+def test_per_rank_batchnorm_differs_from_the_global_batch(tmp_path):
+    """Without --sync-bn a BN net is trained with each rank's own statistics (as DDP without SyncBN): not the
+    1-rank run -- the equivalence above needs --sync-bn."""
+    r = mpirun(2, ["tests/_mpi_equivalence.py", str(tmp_path), "bp:resnet20"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    (diff,) = re.findall(r"^CASE bp:resnet20 (\S+)$", r.stdout, flags=re.M)
+    assert float(diff) > 1e-6
 
 
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])

@@ -243,6 +243,7 @@ class BatchNorm(Layer):
         self.params["beta"] = xp.zeros(num_features, dtype=dtype)
         self.buffers["running_mean"] = xp.zeros(num_features, dtype=dtype)
         self.buffers["running_var"] = xp.ones(num_features, dtype=dtype)
+        self.group = None   # cross-replica statistics (--sync-bn), see ops.norm.batchnorm_forward
 
     def forward(self, x, train=True):
         C = self.params["gamma"].shape[0]
@@ -251,7 +252,7 @@ class BatchNorm(Layer):
         y, cache, mean, var = norm.batchnorm_forward(
             x, self.params["gamma"], self.params["beta"],
             self.buffers["running_mean"], self.buffers["running_var"],
-            train=train, momentum=self.momentum, eps=self.eps)
+            train=train, momentum=self.momentum, eps=self.eps, group=self.group)
         if train:
             self.buffers["running_mean"][...] = mean
             self.buffers["running_var"][...] = var

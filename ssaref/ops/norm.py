@@ -32,8 +32,13 @@ def _check(x, vectors):
             raise ValueError(f"batchnorm: {name} has dtype {v.dtype} but x has {x.dtype}; cast explicitly")
 
 
-def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momentum=0.1, eps=1e-5):
+def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momentum=0.1, eps=1e-5, group=None):
     """``y = gamma * (x - mean) / sqrt(var + eps) + beta``.
+
+    ``group`` (data-parallel training with synchronised statistics, ``--sync-bn``): an object whose
+    ``mean(local_sums, local_count)`` returns the means over every replica's examples of per-channel sums
+    (``ssaref.distributed.CrossReplicaStats``); mean and variance are then those of the global batch, and the
+    backward pass reduces its two per-channel means across the replicas too.  None: this batch alone.
 
     Parameters
     ----------
@@ -52,7 +57,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
     -------
     y : array, shape of ``x``
     cache : tuple
-        ``(xhat, gamma, inv_std, train)``; ``xhat`` has the shape of ``x``, ``inv_std`` (C,).
+        ``(xhat, gamma, inv_std, train, group)``; ``xhat`` has the shape of ``x``, ``inv_std`` (C,).
     new_mean, new_var : array, shape (C,)
         Updated running statistics (train) or the given ones (eval).
     """
@@ -65,9 +70,15 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
         if n < 2:
             raise ValueError(f"batchnorm: training needs more than one value per channel, "
                              f"got x of shape {tuple(x.shape)}")
-        mean = x.mean(axis=axes)
-        xhat = x - mean.reshape(shape)
-        var = (xhat * xhat).mean(axis=axes)                   # biased: used to normalise
+        if group is None:
+            mean = x.mean(axis=axes)
+            xhat = x - mean.reshape(shape)
+            var = (xhat * xhat).mean(axis=axes)               # biased: used to normalise
+        else:                                                 # the global batch's statistics (two passes)
+            mean = group.mean(x.sum(axis=axes)[None], n)[0]
+            xhat = x - mean.reshape(shape)
+            var = group.mean((xhat * xhat).sum(axis=axes)[None], n)[0]
+            n = group.count(n)
         new_mean = (1.0 - momentum) * running_mean + momentum * mean
         new_var = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
     else:
@@ -77,7 +88,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
     xhat *= inv_std.reshape(shape)
     y = xhat * gamma.reshape(shape)
     y += beta.reshape(shape)
-    return y, (xhat, gamma, inv_std, bool(train)), new_mean, new_var
+    return y, (xhat, gamma, inv_std, bool(train), group if train else None), new_mean, new_var
 
 
 def batchnorm_backward_input(dy, cache):
@@ -96,15 +107,23 @@ def batchnorm_backward_input(dy, cache):
     -------
     dx : array, shape of ``x``
     """
-    xhat, gamma, inv_std, train = cache
+    xhat, gamma, inv_std, train = cache[:4]
+    group = cache[4] if len(cache) > 4 else None
     if dy.shape != xhat.shape:
         raise ValueError(f"batchnorm backward: dy of shape {tuple(dy.shape)}, expected {tuple(xhat.shape)}")
     axes, shape = _axes(dy.ndim)
     scale = (gamma * inv_std).reshape(shape)
     if not train:
         return dy * scale
-    centred = dy - dy.mean(axis=axes, keepdims=True)
-    centred -= xhat * (dy * xhat).mean(axis=axes, keepdims=True)
+    if group is None:
+        centred = dy - dy.mean(axis=axes, keepdims=True)
+        centred -= xhat * (dy * xhat).mean(axis=axes, keepdims=True)
+    else:   # both means over every replica's examples, in this replica's units (one reduction)
+        xp = get_array_module(dy)
+        n = dy.size // dy.shape[1]
+        m = group.grad_mean(xp.stack([dy.sum(axis=axes), (dy * xhat).sum(axis=axes)]), n)
+        centred = dy - m[0].reshape(shape)
+        centred -= xhat * m[1].reshape(shape)
     centred *= scale
     return centred
 
