@@ -1,38 +1,106 @@
-"""``python -m ssaref.bench``: one BP training step, ssaref against PyTorch CPU, same process.
+"""``python -m ssaref.bench``: one training step, ssaref against PyTorch CPU, same process.
 
-For each model the two engines take turns (ssaref step, torch step, ...) on the
-same batch (float32, Fashion-MNIST shaped input) from the same initial weights,
-with the same optimiser (Adam); the median over ``--repeats`` steps of each and
-their ratio ssaref/torch are printed.  Alternating keeps a noisy machine's drift
-out of the ratio.  Nothing here is asserted: speed is measured, not tested.
+For each model and input shape the engines take turns (ssaref BP, torch BP, ssaref with each further rule of
+``--method``, then again, ...) on the same batch (float32) from the same initial weights, with the same
+optimiser (Adam, lr 1e-4); the median over ``--repeats`` steps of each is printed with the ratios ssaref/torch
+(the torch side is always BP) and rule/BP (each rule's step against ssaref's own BP step).  Alternating keeps a
+noisy machine's drift out of the ratios.  Peak memory of a step is measured in a fresh subprocess per engine
+and configuration (``--no-memory`` skips it): the resident-set high-water mark (``VmHWM``, reset after the
+model is built) above the resident set after building the model and the batch, i.e. what training adds
+(optimiser and rule state, activations, gradients, workspace), over ``--memory-steps`` steps; for ssaref also
+the tracemalloc peak of one step (the arrays a step allocates beyond what persists).  The machine's sgemm rate
+is measured on the float32 GEMMs of SmallConv's convolutions (the shapes its step runs) and SmallConv's step
+FLOP/s is reported against it.  Nothing here is asserted: speed is measured, not tested.
+
+    python -m ssaref.bench                                   # BP, the four small models, input of each model's data set
+    python -m ssaref.bench --models all --method all --json bench.json --markdown validation/results/bench_cpu.md
+    python -m ssaref.bench --models smallconv --input 1x28x28,3x32x32 --threads 1
 """
 from __future__ import annotations
 
 import json
+import math
 import os
+import platform
 import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
 
+from .backend import asnumpy, keep_large_allocations, resolve_backend
 from .cli import OneLineParser, check_output_path, positive, run_main
-from .backend import BackendError, asnumpy, keep_large_allocations, resolve_backend
 from .nn import build_model
 from .run import build_run
+from .threads import apply_threads, blas_info, default_threads, threads_arg
+
+__all__ = ["torch_mirror", "bench_config", "ssaref_engine", "weight_macs", "step_flops", "sgemm_peak", "measure_memory",
+           "DEFAULT_MODELS", "DATASET_INPUT", "main"]
 
 DEFAULT_MODELS = ("mlp", "lenet", "convnet", "smallconv")
+# the input shape of the data set each model is trained on in the paper (Fashion-MNIST, CIFAR)
+DATASET_INPUT = {"mlp": (1, 28, 28), "lenet": (1, 28, 28), "convnet": (1, 28, 28)}
+CIFAR_INPUT = (3, 32, 32)
+LR = 1e-4
 
 
+# --------------------------------------------------------------------------------------------- torch mirror
 def torch_mirror(model):
-    """A ``torch.nn.Sequential`` with the same graph and weights as an ssaref ``Sequential``."""
+    """A ``torch.nn.Module`` with the same graph, weights and BatchNorm buffers as an ssaref (dense) model.
+
+    Layer kinds: sequential, linear, conv2d, max/avg pooling, global average pooling, relu/tanh/sigmoid,
+    flatten, batchnorm (1-D or 2-D by the input it sees) and residual blocks (``relu(main(x) + shortcut(x))``).
+    """
     import torch
     from torch import nn
+
+    class Residual(nn.Module):
+        def __init__(self, main, shortcut):
+            super().__init__()
+            self.main, self.shortcut = main, shortcut
+
+        def forward(self, x):
+            return torch.relu(self.main(x) + self.shortcut(x))
+
+    class GlobalAvgPool(nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3))
+
+    class BatchNorm(nn.BatchNorm2d):
+        """BatchNorm over (N,) of 2-D or (N, H, W) of 4-D input, like ssaref's."""
+
+        def _check_input_dim(self, x):
+            if x.dim() not in (2, 4):
+                raise ValueError(f"expected 2-D or 4-D input, got {x.dim()}-D")
+
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(asnumpy(a)))
 
     def build(layer):
         kind = layer.kind
         if kind == "sequential":
             return nn.Sequential(*[build(l) for l in layer.layers])
+        if kind == "residual":
+            return Residual(build(layer.main), build(layer.shortcut))
+        if kind == "maxpool2d":
+            return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
+        if kind == "avgpool2d":
+            return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding)
+        if kind == "global_avgpool":
+            return GlobalAvgPool()
+        if kind in ("relu", "tanh", "sigmoid"):
+            return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[kind]()
+        if kind == "flatten":
+            return nn.Flatten()
+        if kind == "batchnorm":
+            m = BatchNorm(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum)
+            with torch.no_grad():
+                m.weight.copy_(t(layer.params["gamma"]))
+                m.bias.copy_(t(layer.params["beta"]))
+                m.running_mean.copy_(t(layer.buffers["running_mean"]))
+                m.running_var.copy_(t(layer.buffers["running_var"]))
+            return m
         if kind == "linear":
             W = layer.params["W"]
             m = nn.Linear(W.shape[1], W.shape[0], bias="b" in layer.params)
@@ -40,113 +108,577 @@ def torch_mirror(model):
             W = layer.params["W"]
             m = nn.Conv2d(W.shape[1], W.shape[0], tuple(W.shape[2:]), stride=layer.stride,
                           padding=layer.padding, bias="b" in layer.params)
-        elif kind == "maxpool2d":
-            return nn.MaxPool2d(layer.kernel, layer.stride, layer.padding)
-        elif kind == "avgpool2d":
-            return nn.AvgPool2d(layer.kernel, layer.stride, layer.padding)
-        elif kind in ("relu", "tanh", "sigmoid"):
-            return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[kind]()
-        elif kind == "flatten":
-            return nn.Flatten()
         else:
             raise NotImplementedError(f"bench mirrors no {kind!r} layer")
         with torch.no_grad():
-            m.weight.copy_(torch.from_numpy(asnumpy(layer.params["W"])))
+            m.weight.copy_(t(layer.params["W"]))
             if "b" in layer.params:
-                m.bias.copy_(torch.from_numpy(asnumpy(layer.params["b"])))
+                m.bias.copy_(t(layer.params["b"]))
         return m
 
     return build(model)
 
 
-def bench_model(name, *, batch=128, repeats=20, warmup=3, backend="numpy", seed=0):
-    """Median seconds of one BP+Adam step in ssaref and in torch, and their ratio."""
-    import torch
+# --------------------------------------------------------------------------------------------- FLOPs
+def weight_macs(model, input_shape=None):
+    """``[(key prefix, kind, multiply-adds per example)]`` of every weight layer of ``model`` in forward order.
 
-    xp = resolve_backend(backend)
-    shape, k = (1, 28, 28), 10
-    model = build_model(name, shape, k, xp=xp, dtype=np.float32, seed=seed)
-    tmodel = torch_mirror(model)
+    Linear ``m n``; Conv2d ``C_out C_in kh kw Ho Wo``; SVDLinear ``r (m + n)``; SVDConv2d (the two-convolution
+    form) ``r C_in kh Ho W + C_out r kw Ho Wo``.  Element-wise layers, pooling and BatchNorm are not counted
+    (they are a few per cent of a conv net's arithmetic and no GEMM).  ``input_shape`` defaults to
+    ``model.input_shape``.
+    """
+    out = []
+
+    def walk(layer, shape, prefix):
+        kind = layer.kind
+        if kind == "sequential":
+            for i, l in enumerate(layer.layers):
+                shape = walk(l, shape, f"{prefix}{i}.")
+            return shape
+        if kind == "residual":
+            s1 = walk(layer.main, shape, prefix + "main.")
+            walk(layer.shortcut, shape, prefix + "shortcut.")
+            return s1
+        new = tuple(layer.output_shape(tuple(shape)))
+        key = prefix[:-1]
+        if kind == "linear":
+            m, n = layer.params["W"].shape
+            out.append((key, kind, int(m) * int(n)))
+        elif kind == "conv2d":
+            co, ci, kh, kw = layer.params["W"].shape
+            out.append((key, kind, int(co * ci * kh * kw) * int(new[1] * new[2])))
+        elif kind == "svd_linear":
+            m, n = layer.dims
+            out.append((key, kind, layer.rank * (m + n)))
+        elif kind == "svd_conv2d":
+            (kh, kw), r = layer.kernel, layer.rank
+            out.append((key, kind, r * layer.c_in * kh * new[1] * shape[2] + layer.c_out * r * kw * new[1] * new[2]))
+        return new
+
+    walk(model, tuple(input_shape if input_shape is not None else model.input_shape), "")
+    return out
+
+
+def step_flops(model, batch, input_shape=None):
+    """FLOPs of one BP training step's GEMMs: ``2 * MACs * batch`` for the forward pass, the weight gradient and
+    the input gradient of every weight layer, except the input gradient of the first (nothing needs it; neither
+    engine computes it)."""
+    macs = [m for _, _, m in weight_macs(model, input_shape)]
+    return 2.0 * batch * (3 * sum(macs) - (macs[0] if macs else 0))
+
+
+def smallconv_gemms(input_shape, batch):
+    """``[(C_out, K, M)]``: the forward GEMMs ``(C_out, K) @ (K, M)`` of SmallConv's convolutions (im2col form)."""
+    model = build_model("smallconv", input_shape, 10, seed=0)
+    out = []
+    shape = tuple(input_shape)
+    for layer in model.layers:
+        new = tuple(layer.output_shape(shape))
+        if layer.kind == "conv2d":
+            co, ci, kh, kw = layer.params["W"].shape
+            out.append((int(co), int(ci * kh * kw), int(new[1] * new[2] * batch)))
+        shape = new
+    return out
+
+
+def sgemm_peak(shapes, repeats=5):
+    """Measured float32 GEMM rate ``C = A @ B`` (``out=`` preallocated) for each ``(m, k, n)`` in ``shapes``:
+    ``[{"m", "k", "n", "ms", "gflops"}]`` (median of ``repeats`` after one warm-up)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, k, n in shapes:
+        A = rng.standard_normal((m, k), dtype=np.float32)
+        B = rng.standard_normal((k, n), dtype=np.float32)
+        C = np.empty((m, n), dtype=np.float32)
+        np.matmul(A, B, out=C)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            np.matmul(A, B, out=C)
+            ts.append(time.perf_counter() - t0)
+        t = statistics.median(ts)
+        rows.append({"m": m, "k": k, "n": n, "ms": 1e3 * t, "gflops": 2.0 * m * k * n / t / 1e9})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- timing
+def _input_for(name, inputs):
+    return DATASET_INPUT.get(name, CIFAR_INPUT) if inputs is None else inputs
+
+
+def _batch(shape, batch, k, seed):
     rng = np.random.default_rng(seed)
-    x_h = rng.standard_normal((batch,) + shape).astype(np.float32)
-    y_h = rng.integers(0, k, size=batch)
-    x, y = xp.asarray(x_h), xp.asarray(y_h)
-    tx, ty = torch.from_numpy(x_h), torch.from_numpy(y_h)
-    run = build_run(model, "bp", np.random.default_rng(seed + 2), optimizer="adam", lr=1e-4)
-    topt = torch.optim.Adam(tmodel.parameters(), lr=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
+    return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
-    def ssaref_step():
+
+def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, **options):
+    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``method`` with Adam (lr 1e-4);
+    ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU)."""
+    model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
+    run = build_run(model, method, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
+
+    def step():
         run.train_step(x, y)
         if xp is not np:
             xp.cuda.Stream.null.synchronize()
 
-    def torch_step():
+    return run, step
+
+
+def _torch_engine(model, x_h, y_h):
+    import torch
+
+    tmodel = torch_mirror(model)
+    tmodel.train()
+    tx, ty = torch.from_numpy(x_h), torch.from_numpy(np.asarray(y_h, dtype=np.int64))
+    topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
         topt.zero_grad(set_to_none=True)
         loss_fn(tmodel(tx), ty).backward()
         topt.step()
 
-    times = {"ssaref": [], "torch": []}
+    return tmodel, step
+
+
+def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=3, backend="numpy", seed=0,
+                 log=None):
+    """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
+    rule of ``methods`` (BP always included, first), alternating step by step.
+
+    Returns ``{"model", "input", "params", "torch_ms", "rows": [{"method", "ssaref_ms", "ratio", "vs_bp",
+    "status"}]}``; a rule that cannot train this model gets ``status`` "not supported: ..." and no times.
+    """
+    xp = resolve_backend(backend)
+    k = 10
+    dense = build_model(name, shape, k, xp=np, dtype=np.float32, seed=seed)   # raises ValueError if it does not fit
+    x_h, y_h = _batch(shape, batch, k, seed)
+    x, y = xp.asarray(x_h), xp.asarray(y_h)
+    methods = ["bp"] + [m for m in methods if m != "bp"]
+    engines, rows = {}, {}
+    for m in methods:
+        try:
+            _, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed)
+            rows[m] = {"method": m, "status": "ok"}
+        except (ValueError, NotImplementedError) as exc:
+            if m == "bp":
+                raise
+            rows[m] = {"method": m, "status": f"not supported: {exc}".splitlines()[0][:160],
+                       "ssaref_ms": None, "ratio": None, "vs_bp": None}
+    _, engines["torch"] = _torch_engine(dense, x_h, y_h)
+    order = ["bp", "torch"] + [m for m in methods[1:] if m in engines]
+    times = {m: [] for m in order}
     for i in range(warmup + repeats):
-        for label, fn in (("ssaref", ssaref_step), ("torch", torch_step)):
+        for label in order:
             t0 = time.perf_counter()
-            fn()
+            engines[label]()
             dt = time.perf_counter() - t0
             if i >= warmup:
                 times[label].append(dt)
-    s, t = statistics.median(times["ssaref"]), statistics.median(times["torch"])
-    return {"model": name, "params": int(sum(v.size for _, v in model.named_params())),
-            "ssaref_ms": 1e3 * s, "torch_ms": 1e3 * t, "ratio": s / t}
+    med = {m: statistics.median(v) for m, v in times.items()}
+    for m in order:
+        if m == "torch":
+            continue
+        rows[m].update({"ssaref_ms": 1e3 * med[m], "ratio": med[m] / med["torch"], "vs_bp": med[m] / med["bp"]})
+    return {"model": name, "input": "x".join(map(str, shape)), "params": int(sum(v.size for _, v in
+                                                                                   dense.named_params())),
+            "torch_ms": 1e3 * med["torch"], "flops": step_flops(dense, batch, shape),
+            "rows": [rows[m] for m in methods]}
 
 
-def _main(argv):
+# --------------------------------------------------------------------------------------------- memory
+def _proc_status():
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _reset_hwm():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _exact_malloc():
+    """Make the resident set follow the live arrays: glibc serves every block above 64 KiB with its own ``mmap``
+    and unmaps it when freed (a fixed threshold also switches off glibc's dynamic threshold, which would keep
+    freed large blocks in the heap).  Both engines allocate their arrays through malloc, so the high-water mark is
+    then the peak of live memory.  False where ``mallopt`` is not available."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 64 << 10) == 1 and mallopt(M_TRIM_THRESHOLD, 128 << 10) == 1)
+
+
+def _probe(spec):
+    """The memory probe (runs in a fresh process): see ``measure_memory``."""
+    import gc
+    import tracemalloc
+
+    exact = _exact_malloc()
+    engine, name, shape, batch = spec["engine"], spec["model"], tuple(spec["input"]), int(spec["batch"])
+    if engine == "torch":
+        import torch  # noqa: F401  (loaded before the thread limits are applied)
+    apply_threads(spec.get("threads"))
+    dense = build_model(name, shape, 10, dtype=np.float32, seed=0, **spec.get("options", {}))
+    x, y = _batch(shape, batch, 10, 0)
+    if engine == "torch":
+        import torch
+
+        tmodel = torch_mirror(dense)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
+        del dense
+    gc.collect()
+    base = _proc_status().get("VmRSS")
+    reset = _reset_hwm()
+    if engine == "torch":
+        topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step():
+            topt.zero_grad(set_to_none=True)
+            loss_fn(tmodel(tx), ty).backward()
+            topt.step()
+    else:
+        run = build_run(dense, engine, np.random.default_rng(2), optimizer="adam", lr=LR)
+
+        def step():
+            run.train_step(x, y)
+    step()                                    # warm-up: optimiser state, lazy initialisation
+    gc.collect()
+    settled = _proc_status().get("VmRSS")
+    hwm_first = _proc_status().get("VmHWM") if reset else None
+    reset = reset and _reset_hwm()
+    for _ in range(int(spec.get("steps", 2))):
+        step()
+    hwm = _proc_status().get("VmHWM") if reset else None
+    mib = lambda v: None if v is None else v / 2 ** 20
+    out = {"exact_malloc": exact, "base_rss": base, "settled_rss": settled, "hwm": hwm,
+           # set-up + warm-up + steps above the built model: the training run's peak
+           "peak_mib": mib(None if hwm is None else max(hwm, hwm_first or 0) - base),
+           # what persists between steps (optimiser and rule state, lazily initialised libraries)
+           "state_mib": mib(settled - base),
+           # what one step adds on top of that (activations, caches, gradients, workspace)
+           "step_mib": mib(None if hwm is None else hwm - settled)}
+    if engine != "torch":
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        step()
+        out["traced_mib"] = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
+        tracemalloc.stop()
+    return out
+
+
+def _probe_main(arg):
+    """Entry of the probe subprocess: JSON spec in, one JSON line out (exit 2 with one line on a failure)."""
+    try:
+        print(json.dumps(_probe(json.loads(arg))))
+        return 0
+    except (ValueError, NotImplementedError, MemoryError) as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+
+
+def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900):
+    """Peak training memory of ``engine`` ("torch" = PyTorch BP, or an ssaref rule name) on model ``name``,
+    input ``shape`` (``build_model`` ``options``), in a fresh Python process whose malloc returns every freed
+    block above 64 KiB to the kernel
+    (so the resident set follows the live arrays; ``_exact_malloc``).
+
+    Returns a dict (MiB): ``peak_mib``, the resident-set high-water mark over optimiser/rule set-up, one warm-up
+    step and ``steps`` steps, above the resident set after the model and the batch were built (the training
+    run's peak); ``state_mib``, what persists after the warm-up step (optimiser and rule state, and for torch its
+    lazily initialised autograd machinery); ``step_mib``, the high-water mark of the further steps above that
+    (activations, caches, gradients, workspace of one step); for ssaref ``traced_mib``, the tracemalloc peak of
+    one more step (the arrays it allocates).  ``None`` where ``/proc/self/clear_refs`` cannot reset the mark;
+    ``{"error": line}`` when the probe failed.
+    """
+    spec = {"engine": engine, "model": name, "input": list(shape), "batch": batch, "threads": threads,
+            "steps": steps, "options": dict(options or {})}
+    code = "import sys; from ssaref.bench import _probe_main; sys.exit(_probe_main(sys.argv[1]))"
+    try:
+        p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"memory probe timed out after {timeout} s"}
+    if p.returncode != 0:
+        lines = [l for l in (p.stderr or "").splitlines() if l.strip()]
+        return {"error": lines[-1] if lines else f"memory probe exited {p.returncode}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------- report
+def machine_info(threads):
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu": cpu, "cores_available": default_threads(), "threads": threads,
+            "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "blas": blas_info(), "torch_threads": torch.get_num_threads(), "loadavg_start": load,
+            "openblas_num_threads_env": os.environ.get("OPENBLAS_NUM_THREADS")}
+
+
+def _mem(peak, step):
+    return "—" if peak is None else f"{peak:.0f}/{_fmt(step, '.0f')}"
+
+
+def _fmt(v, spec):
+    return "—" if v is None else format(v, spec)
+
+
+def _blas_line(info):
+    parts = []
+    for p in info.get("blas", []):
+        s = f"{p.get('internal_api', '?')} {p.get('version', '')}".strip()
+        extra = ", ".join(str(p[k]) for k in ("architecture", "threading_layer") if p.get(k))
+        parts.append(f"{s} ({extra}, {p.get('num_threads')} threads)" if extra else s)
+    return "; ".join(parts) or "unknown"
+
+
+def markdown(result):
+    """The short markdown table of a benchmark ``result`` (what ``--markdown`` writes)."""
+    info, s = result["machine"], result["settings"]
+    lines = ["# ssaref vs PyTorch, CPU training step", "",
+             f"Machine: {info['cpu']}, {info['cores_available']} cores available; threads {info['threads']} "
+             f"(BLAS and torch); BLAS: {_blas_line(info)}; numpy {info['numpy']}, torch {info['torch']}, "
+             f"Python {info['python']}.  Load average (1, 5, 15 min) at start "
+             f"{_fmt_load(info.get('loadavg_start'))}, at end {_fmt_load(info.get('loadavg_end'))}.", "",
+             f"Batch {s['batch']}, float32, Adam, median of {s['repeats']} steps after {s['warmup']} warm-up steps, "
+             f"engines alternating step by step in one process (ssaref {s['backend']}); the torch side is always BP.  "
+             "`ratio` = ssaref step / torch BP step; `vs BP` = the rule's step / ssaref's BP step.  Memory (MiB, "
+             "a fresh process per engine, malloc returning freed blocks to the kernel): `peak` = resident-set "
+             f"high-water mark over optimiser set-up, one warm-up step and {s['memory_steps']} steps above the "
+             "resident set of the built model; `step` = the high-water mark of the later steps above the resident "
+             "set between steps (activations, caches, gradients, workspace).", ""]
+    if result.get("sgemm"):
+        g = result["sgemm"]
+        lines += [f"sgemm peak (float32 `A @ B`, SmallConv's conv GEMM shapes at {g['input']}, batch {s['batch']}): "
+                  f"**{g['peak_gflops']:.0f} GFLOP/s** (" + ", ".join(
+                      f"{r['m']}x{r['k']} @ {r['k']}x{r['n']}: {r['gflops']:.0f}" for r in g["shapes"]) + ")."]
+        if g.get("smallconv"):
+            c = g["smallconv"]
+            lines += [f"SmallConv BP step ({c['input']}): {c['gflop']:.1f} GFLOP of GEMMs; ssaref "
+                      f"{c['ssaref_gflops']:.0f} GFLOP/s ({100 * c['ssaref_frac']:.0f} % of peak), torch "
+                      f"{c['torch_gflops']:.0f} GFLOP/s ({100 * c['torch_frac']:.0f} % of peak)."]
+        lines.append("")
+    lines += ["| model | input | params | ssaref BP ms | torch BP ms | ratio | ssaref MiB peak / step | "
+              "torch MiB peak / step |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in result["configs"]:
+        bp = c["rows"][0]
+        lines.append(f"| {c['model']} | {c['input']} | {c['params']:,} | {_fmt(bp['ssaref_ms'], '.1f')} | "
+                     f"{c['torch_ms']:.1f} | **{_fmt(bp['ratio'], '.2f')}** | "
+                     f"{_mem(bp.get('ssaref_mib'), bp.get('step_mib'))} | "
+                     f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |")
+    methods = [m for m in result["settings"]["methods"] if m != "bp"]
+    if methods:
+        lines += ["", "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
+                  "— = the rule does not train this model.", "",
+                  "| model | input | " + " | ".join(methods) + " |",
+                  "| --- | --- | " + " | ".join("---:" for _ in methods) + " |"]
+        for c in result["configs"]:
+            by = {r["method"]: r for r in c["rows"]}
+            cells = []
+            for m in methods:
+                r = by.get(m)
+                if r is None or r.get("vs_bp") is None:
+                    cells.append("—")
+                else:
+                    cells.append(f"{r['vs_bp']:.2f} ({r['ssaref_ms']:.0f} ms, {_fmt(r.get('ssaref_mib'), '.0f')})")
+            lines.append(f"| {c['model']} | {c['input']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_load(load):
+    return "unknown" if not load else ", ".join(f"{v:.2f}" for v in load)
+
+
+def _write_atomic(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------- command line
+def _shape(text):
+    try:
+        shape = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"--input: expected CxHxW (e.g. 3x32x32), got {text!r}")
+    return shape
+
+
+def _parse(argv):
+    from .nn import MODELS
+    from .rules import RULES
+
     p = OneLineParser(prog="python -m ssaref.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma list or 'all' ({', '.join(MODELS)})")
+    p.add_argument("--input", default="auto",
+                   help="comma list of CxHxW input shapes, or 'auto': each model on its paper data set's shape "
+                        "(1x28x28 for mlp, lenet, convnet; 3x32x32 for the others)")
+    p.add_argument("--method", default="bp", help=f"comma list of rules or 'all' ({', '.join(RULES)}); the torch "
+                                                   "side is BP")
     p.add_argument("--batch-size", type=positive(int), default=128)
     p.add_argument("--repeats", type=positive(int), default=20)
+    p.add_argument("--warmup", type=positive(int), default=3)
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="BLAS/OpenMP/torch threads (default: the cores this process may use, "
+                        f"here {default_threads()}); on a shared machine give the free cores")
     p.add_argument("--backend", default="numpy")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--markdown", default=None, help="also write a short markdown table to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-steps", type=positive(int), default=2)
+    p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's mmap threshold alone (ssaref.train raises it, see "
                         "backend.keep_large_allocations)")
     args = p.parse_args(argv)
-    if args.json:   # before the benchmark runs, not after
-        check_output_path(args.json, flag="--json", overwrite=args.overwrite)
+    for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
+        if path:   # before the benchmark runs, not after
+            check_output_path(path, flag=flag, overwrite=args.overwrite)
     resolve_backend(args.backend)
-    from .nn import MODELS
-
-    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    names = list(MODELS) if args.models.strip() == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:
         raise ValueError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(sorted(MODELS))}")
+                         f"{', '.join(sorted(MODELS))} or all")
+    methods = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",")
+                                                                 if m.strip()]
+    bad = [m for m in methods if m not in RULES]
+    if bad or not methods:
+        raise ValueError(f"--method: unknown rule(s) {', '.join(bad) or '(none given)'}; choose from "
+                         f"{', '.join(RULES)} or all")
+    args.names, args.methods = names, ["bp"] + [m for m in dict.fromkeys(methods) if m != "bp"]
+    args.inputs = None if args.input.strip() == "auto" else [_shape(s) for s in args.input.split(",") if s.strip()]
+    if args.inputs == []:
+        raise ValueError("--input: no shape given")
+    return args
+
+
+def _main(argv):
+    args = _parse(argv)
     tuned = False if args.default_malloc else keep_large_allocations()
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         print("error: the benchmark compares against PyTorch; pip install torch==2.13.0", file=sys.stderr)
         return 2
-    print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"backend {args.backend}, batch {args.batch_size}, float32, BP + Adam, median of {args.repeats}, "
-          f"large-block reuse {'on' if tuned else 'off'}")
-    print(f"{'model':<10} {'params':>10} {'ssaref ms':>10} {'torch ms':>10} {'ratio':>7}")
-    rows = []
-    for name in names:
+    threads = apply_threads(args.threads)
+    info = machine_info(threads["threads"])
+    print(f"numpy {np.__version__}, torch {info['torch']}, threads {threads['threads']} "
+          f"({', '.join(threads['pools'])}), "
+          f"BLAS {_blas_line(info)}, backend {args.backend}, batch {args.batch_size}, float32, Adam, median of "
+          f"{args.repeats}, large-block reuse {'on' if tuned else 'off'}, load {_fmt_load(info['loadavg_start'])}")
+    configs = []
+    for name in args.names:
+        for shape in ([_input_for(name, None)] if args.inputs is None else args.inputs):
+            configs.append((name, tuple(shape)))
+    result = {"machine": info, "settings": {"batch": args.batch_size, "repeats": args.repeats,
+                                            "warmup": args.warmup, "backend": args.backend, "methods": args.methods,
+                                            "memory_steps": args.memory_steps, "tuned_malloc": tuned,
+                                            "threads": threads}, "configs": []}
+    memory = not args.no_memory and args.backend == "numpy"
+    print(f"{'model':<10} {'input':<8} {'method':<7} {'params':>9} {'ssaref ms':>10} {'torch ms':>9} {'ratio':>6} "
+          f"{'vs BP':>6} {'MiB peak/step':>13} {'torch MiB':>11}", flush=True)
+    for name, shape in configs:
         try:
-            r = bench_model(name, batch=args.batch_size, repeats=args.repeats, backend=args.backend)
-        except (ValueError, BackendError, NotImplementedError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        rows.append(r)
-        print(f"{r['model']:<10} {r['params']:>10} {r['ssaref_ms']:>10.2f} {r['torch_ms']:>10.2f} "
-              f"{r['ratio']:>7.2f}", flush=True)
+            c = bench_config(name, shape, args.methods, batch=args.batch_size, repeats=args.repeats,
+                             warmup=args.warmup, backend=args.backend)
+        except ValueError as exc:
+            if len(configs) > 1 and "does not fit" in str(exc):
+                print(f"{name:<10} {'x'.join(map(str, shape)):<8} skipped: {exc}", flush=True)
+                continue
+            raise
+        except NotImplementedError as exc:
+            raise ValueError(str(exc)) from None
+        if memory:
+            t = measure_memory("torch", name, shape, batch=args.batch_size, threads=threads["threads"],
+                               steps=args.memory_steps)
+            c["torch_mib"], c["torch_step_mib"], c["torch_memory"] = t.get("peak_mib"), t.get("step_mib"), t
+        for r in c["rows"]:
+            if memory and r["status"] == "ok":
+                mm = measure_memory(r["method"], name, shape, batch=args.batch_size, threads=threads["threads"],
+                                    steps=args.memory_steps)
+                r.update({"ssaref_mib": mm.get("peak_mib"), "step_mib": mm.get("step_mib"),
+                          "traced_mib": mm.get("traced_mib"), "memory": mm})
+            if r["status"] != "ok":
+                print(f"{name:<10} {c['input']:<8} {r['method']:<7} {r['status']}", flush=True)
+                continue
+            print(f"{name:<10} {c['input']:<8} {r['method']:<7} {c['params']:>9} {r['ssaref_ms']:>10.2f} "
+                  f"{c['torch_ms']:>9.2f} {r['ratio']:>6.2f} {r['vs_bp']:>6.2f} "
+                  f"{_mem(r.get('ssaref_mib'), r.get('step_mib')):>13} "
+                  f"{_mem(c.get('torch_mib'), c.get('torch_step_mib')):>11}", flush=True)
+        result["configs"].append(c)
+    if not result["configs"]:
+        raise ValueError("no model fits any --input shape")
+    if not args.no_sgemm:
+        sc = next((c for c in result["configs"] if c["model"] == "smallconv"), None)
+        shape = tuple(int(v) for v in sc["input"].split("x")) if sc else CIFAR_INPUT
+        g = sgemm_peak(smallconv_gemms(shape, args.batch_size)[1:])   # conv1 (K = 27) is no GEMM-peak shape
+        peak = max(r["gflops"] for r in g)
+        result["sgemm"] = {"input": "x".join(map(str, shape)), "shapes": g, "peak_gflops": peak}
+        line = f"sgemm peak {peak:.0f} GFLOP/s (" + ", ".join(f"{r['m']}x{r['k']}x{r['n']}: {r['gflops']:.0f}"
+                                                               for r in g) + ")"
+        if sc:
+            gf, s_ms, t_ms = sc["flops"], sc["rows"][0]["ssaref_ms"], sc["torch_ms"]
+            result["sgemm"]["smallconv"] = {
+                "input": sc["input"], "gflop": gf / 1e9, "ssaref_gflops": gf / s_ms / 1e6,
+                "torch_gflops": gf / t_ms / 1e6, "ssaref_frac": gf / s_ms / 1e6 / peak,
+                "torch_frac": gf / t_ms / 1e6 / peak}
+            d = result["sgemm"]["smallconv"]
+            line += (f"; smallconv {sc['input']} step {d['gflop']:.1f} GFLOP: ssaref {d['ssaref_gflops']:.0f} GFLOP/s "
+                     f"({100 * d['ssaref_frac']:.0f} %), torch {d['torch_gflops']:.0f} GFLOP/s "
+                     f"({100 * d['torch_frac']:.0f} %)")
+        print(line, flush=True)
+    try:
+        info["loadavg_end"] = os.getloadavg()
+    except OSError:
+        info["loadavg_end"] = None
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=1)
-        os.replace(tmp, args.json)
+        _write_atomic(args.json, json.dumps(result, indent=1, default=_json_default))
+    if args.markdown:
+        _write_atomic(args.markdown, markdown(result))
     return 0
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(type(o).__name__)
 
 
 def main(argv=None):

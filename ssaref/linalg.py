@@ -21,8 +21,9 @@ from .backend import get_array_module
 
 __all__ = [
     "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
-    "tangent_project", "complement_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
-    "energy_rank", "retained_energy", "angle_deg",
+    "tangent_project", "complement_project", "relative_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
+    "energy_rank", "retained_energy", "angle_deg", "landing_penalty", "landing_penalty_grad", "landing_field",
+    "landing_safe_step", "landing_step_fraction",
 ]
 
 RETRACTIONS = ("polar", "qr", "none")
@@ -208,6 +209,129 @@ def complement_project(X, G):
     return G - X @ (X.T @ G)
 
 
+def relative_project(X, G):
+    """The relative (Riemannian, canonical-metric) gradient ``skew(G X^T) X`` for ``X``, ``G`` (m, r).
+
+    ``skew(A) = (A - A^T) / 2``, so ``skew(G X^T) X = (G (X^T X) - X (G^T X)) / 2``, computed without the
+    (m, m) matrix.  The direction of the landing field of Ablin & Peyre (AISTATS 2022, "Fast and accurate
+    optimization on the orthogonal manifold without retraction") in its Stiefel form (Gao, Vary, Ablin & Absil
+    2022, "Optimization flows landing on the Stiefel manifold"): ``psi(X) X`` with ``psi(X) = skew(G X^T)``.
+    For *any* ``X``, ``X^T psi X`` is skew-symmetric, so a step along it leaves ``X^T X`` unchanged to first
+    order; on the manifold it equals half the canonical-metric Riemannian gradient ``G - X G^T X``.
+    """
+    return 0.5 * (G @ (X.T @ X) - X @ (G.T @ X))
+
+
+def _gram_error(X):
+    """``X^T X - I`` (r, r)."""
+    xp = get_array_module(X)
+    E = X.T @ X
+    E[xp.diag_indices(E.shape[0])] -= 1.0
+    return E
+
+
+def landing_penalty(X):
+    """``N(X) = ||X^T X - I||_F^2 / 4`` for ``X`` (m, r): the landing method's distance to the Stiefel manifold
+    (Ablin & Peyre 2022, eq. (4), Stiefel form of Gao et al. 2022).  Eq. (9)'s term is ``4 N``."""
+    return 0.25 * float(get_array_module(X).linalg.norm(_gram_error(X)) ** 2)
+
+
+def landing_penalty_grad(X):
+    """``grad N(X) = X (X^T X - I)`` (m, r): the normal ("landing") part of the field."""
+    return X @ _gram_error(X)
+
+
+def landing_field(X, G, lam):
+    """The landing field ``Lambda(X) = skew(G X^T) X + lam X (X^T X - I)`` (m, r) for the Euclidean gradient
+    ``G`` (m, r) of the objective at ``X`` (Ablin & Peyre 2022, eq. (7); Gao et al. 2022, Stiefel form).
+
+    The first term is ``relative_project``; the second is ``lam * landing_penalty_grad``, which vanishes on the
+    manifold and pulls ``X`` towards it elsewhere.  The landing iteration is ``X <- X - eta Lambda(X)``, with
+    ``eta`` bounded by ``landing_safe_step`` so that ``||X^T X - I||_F`` stays below a chosen ``eps``.
+    """
+    return relative_project(X, G) + lam * landing_penalty_grad(X)
+
+
+def landing_safe_step(a, d, lam, eps):
+    """The landing step-size safeguard: the largest ``eta`` for which ``||X^T X - I||_F <= eps`` is guaranteed
+    after ``X <- X - eta Lambda(X)``, given only ``a = ||Lambda(X)||_F``, ``d = ||X^T X - I||_F <= eps < 1`` and
+    ``lam`` (the safe step of Ablin & Peyre 2022, Lemma 2 / Proposition 3, derived for the Stiefel manifold).
+
+    Derivation (``E = X^T X - I``, ``Lambda = psi X + lam X E``, ``psi`` skew)::
+
+        E' = E - 2 eta lam (E + E^2) + eta^2 Lambda^T Lambda         (the psi-part leaves X^T X unchanged to
+                                                                     first order: X^T psi X is skew)
+        ||E'|| <= d (1 - 2 eta lam (1 - d)) + eta^2 a^2   if 2 eta lam (1 + d) <= 1   (eigenvalues of E in [-d, d])
+
+    and the right-hand side is ``<= eps`` for every ``eta`` in ``[0, eta+]``, ``eta+`` the positive root of
+    ``a^2 eta^2 - 2 lam d (1 - d) eta + (d - eps)``.  Returns ``min(eta+, 1 / (2 lam (1 + d)))`` (``inf`` when
+    both are unbounded: ``a = 0`` and ``lam = 0``).
+    """
+    a, d, lam, eps = float(a), float(d), float(lam), float(eps)
+    if not 0.0 < eps < 1.0:
+        raise LinalgError(f"landing eps must be in (0, 1), got {eps!r}")
+    if not (0.0 <= d <= eps):
+        raise LinalgError(f"landing_safe_step needs 0 <= d <= eps, got d={d!r}, eps={eps!r}")
+    if lam < 0.0 or a < 0.0:
+        raise LinalgError(f"landing_safe_step needs a >= 0 and lam >= 0, got a={a!r}, lam={lam!r}")
+    b = lam * d * (1.0 - d)
+    eta_root = math.inf if a == 0.0 else (b + math.sqrt(b * b + a * a * (eps - d))) / (a * a)
+    eta_curv = math.inf if lam == 0.0 else 1.0 / (2.0 * lam * (1.0 + d))
+    return min(eta_root, eta_curv)
+
+
+def landing_step_fraction(X0, D, bound):
+    """The largest ``t`` in ``[0, 1]`` such that ``||(X0 + t' D)^T (X0 + t' D) - I||_F <= bound`` for every
+    ``t' <= t``: the landing safeguard applied to a realised step ``D`` (m, r) from ``X0`` (m, r).
+
+    ``(X0 + t D)^T (X0 + t D) - I = E0 + t S + t^2 Q`` with ``E0 = X0^T X0 - I``, ``S = X0^T D + D^T X0``,
+    ``Q = D^T D``, so the squared distance is a quartic in ``t``; the answer is its first crossing of
+    ``bound^2`` (host float64, one read of five numbers), or 1 when there is none in ``(0, 1]``.  Requires
+    ``||E0||_F <= bound``.  For plain SGD on the landing field, ``D = -eta Lambda(X0)`` and ``t eta`` is at least
+    ``min(eta, landing_safe_step(...))`` (the closed form is a sufficient bound, this is the exact one).
+    """
+    xp = get_array_module(X0, D)
+    X0, D = X0.astype(xp.float64), D.astype(xp.float64)  # the coefficients in float64 (float32 factors too)
+    E0 = _gram_error(X0)
+    C = X0.T @ D
+    S = C + C.T
+    Q = D.T @ D
+    dots = _host(xp.stack([xp.asarray(v, dtype=xp.float64) for v in (
+        (E0 * E0).sum(), (E0 * S).sum(), (S * S).sum(), (E0 * Q).sum(), (S * Q).sum(), (Q * Q).sum())]))
+    ee, es, ss, eq, sq, qq = (float(v) for v in np.asarray(dots))
+    b2 = max(float(bound) ** 2, ee)  # a start a rounding error outside the bound counts as on it
+    coef = [qq, 2.0 * sq, ss + 2.0 * eq, 2.0 * es, ee - b2]   # ||E0 + t S + t^2 Q||^2 - bound^2
+    f = lambda t: float(np.polyval(coef, t))  # noqa: E731
+    if f(1.0) <= 0.0 and qq == 0.0:
+        return 1.0                           # no step (D = 0), or a step that ends inside
+    roots = np.roots(coef) if qq > 0.0 else np.array([])
+    real = sorted(float(z.real) for z in roots if abs(z.imag) <= 1e-7 * (1.0 + abs(z)) and 0.0 < z.real <= 1.0)
+    for t in real:                           # the first root where the path leaves the ball
+        if f(min(1.0, t + 1e-9 * t)) > 0.0 or (t >= 1.0 and f(1.0) > 0.0):
+            return _inside(f, t)
+    if coef[-1] == 0.0 and (coef[-2] > 0.0 or (coef[-2] == 0.0 and coef[-3] > 0.0)):
+        return 0.0                           # on the bound and heading out
+    if f(1.0) <= 0.0:
+        return 1.0
+    grid = np.linspace(0.0, 1.0, 1025)       # a root the polynomial solver missed: scan, then bisect
+    k = next(i for i, t in enumerate(grid) if f(float(t)) > 0.0)
+    if k == 0:
+        return 0.0
+    lo, hi = float(grid[k - 1]), float(grid[k])
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) <= 0.0 else (lo, mid)
+    return lo
+
+
+def _inside(f, t):
+    """A fraction just below the crossing ``t`` of ``f`` (from <= 0 to > 0) where ``f`` is still <= 0."""
+    lo = t * (1.0 - 1e-7)
+    while lo > 0.0 and f(lo) > 0.0:
+        lo *= 0.5
+    return max(0.0, lo)
+
+
 def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, check_every=1, error=None):
     """Map ``X`` (m, r), close to the Stiefel manifold, onto it.
 
@@ -316,18 +440,22 @@ def retained_energy(s, keep):
     return float((s[keep] ** 2).sum()) / tot if tot > 0 else 1.0
 
 
-def energy_rank(s, energy):
+def energy_rank(s, energy, total=None):
     """Smallest ``r`` such that the ``r`` largest ``|s_j|`` hold at least ``energy`` of ``sum s_j^2``.
 
     Parameters
     ----------
     s : array (r0,)
     energy : float in (0, 1]
+    total : float, optional
+        The energy the share is measured against (default ``sum s_j^2`` of ``s`` itself).  With a reference
+        energy (the rank schedule's ``relative`` reading: the spectrum at the start of the threshold phase) the
+        rank is the smallest holding ``energy * total``, or ``len(s)`` when all of ``s`` holds less.
     """
     if not 0.0 < float(energy) <= 1.0:
         raise LinalgError(f"energy threshold must be in (0, 1], got {energy!r}")
     e = np.sort(np.asarray(_host(s), dtype=np.float64) ** 2)[::-1]
-    tot = e.sum()
+    tot = e.sum() if total is None else float(total)
     if tot <= 0.0:
         return 1
     cum = np.cumsum(e) / tot

@@ -10,6 +10,20 @@ The hybrid schedule:
 * **threshold phase**, epochs after ``T1``: at the end of every epoch the rank becomes the smallest one whose
   top singular values hold ``energy`` (paper: 95%) of ``sum s_j^2``.
 
+**Readings of the threshold rule** (``reading``; section 4.4 does not say whether the 95% rule is re-applied to
+an already-truncated spectrum; docs/decisions.md D4.9):
+
+* ``"every"`` (default, the literal reading): at every epoch end of the threshold phase the rank becomes the
+  smallest one holding ``energy`` of the *current* spectrum's ``sum s_j^2``, so the loss compounds (about 5% of
+  the remaining energy per epoch) until the floor stops it;
+* ``"once"``: the rule is applied at the first epoch end of the threshold phase only (epoch ``T1 + 1``; epoch 1
+  for ``"energy"``), and the rank is kept afterwards: "every" without the compounding;
+* ``"relative"``: at every epoch end of the threshold phase the energy is measured against a fixed reference,
+  the ``sum s_j^2`` of the spectrum at the start of the threshold phase (after the cut of epoch ``T1``; the
+  initial spectrum for ``"energy"``): the rank is the smallest whose top values hold ``energy`` of the
+  reference, so it does not compound while the spectrum keeps its energy;
+* ``"none"``: no threshold phase: after the epoch-based phase the rank stays (``"energy"`` then never cuts).
+
 ``"epoch"`` runs the first phase only, ``"energy"`` the threshold rule from the first epoch (Hoyer as in the
 first phase throughout), ``"none"`` keeps full rank (Hoyer every ``hoyer_every`` epochs, as for ``"energy"``).
 Every rule obeys: the rank never increases, never drops below ``floor = max(1, ceil(min_rank_frac * r0))``
@@ -30,9 +44,10 @@ import numpy as np
 from .backend import asnumpy
 from .linalg import energy_rank
 
-__all__ = ["RankSchedule", "SCHEDULES", "PARITY_COUNTS", "parity_rank", "keep_indices"]
+__all__ = ["RankSchedule", "SCHEDULES", "PARITY_COUNTS", "READINGS", "parity_rank", "keep_indices"]
 
 SCHEDULES = ("hybrid", "epoch", "energy", "none")
+READINGS = ("every", "once", "relative", "none")  # of the threshold rule (module doc, D4.9)
 PARITY_COUNTS = ("factors", "with_s")
 
 
@@ -81,10 +96,13 @@ class RankSchedule:
     parity: bool = False
     hoyer_every: int = 10
     parity_count: str = "factors"
+    reading: str = "every"
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
             raise ValueError(f"rank_schedule={self.kind!r} is not one of {', '.join(SCHEDULES)}")
+        if self.reading not in READINGS:
+            raise ValueError(f"rank_reading={self.reading!r} is not one of {', '.join(READINGS)}")
         for name in ("reduce_to", "reduce_frac", "energy", "min_rank_frac"):
             v = float(getattr(self, name))
             if not 0.0 < v <= 1.0:
@@ -116,24 +134,50 @@ class RankSchedule:
             return int(epoch) <= self.phase1_epochs(num_epochs)
         return True
 
-    def new_rank(self, s, r0, m, n, epoch, num_epochs):
+    def threshold_start(self, num_epochs):
+        """The last epoch before the threshold phase (``T1`` for ``"hybrid"``, 0 for ``"energy"``), or None for
+        the schedules without one (``"epoch"``, ``"none"``)."""
+        if self.kind == "hybrid":
+            return self.phase1_epochs(num_epochs)
+        return 0 if self.kind == "energy" else None
+
+    def needs_reference(self, epoch, num_epochs):
+        """Whether the reference energy of the ``"relative"`` reading is taken at the end of ``epoch`` (after its
+        cut): the end of epoch ``T1`` for ``"hybrid"`` (for ``"energy"`` the initial spectrum is the reference)."""
+        return self.reading == "relative" and self.kind == "hybrid" and int(epoch) == self.phase1_epochs(num_epochs)
+
+    def new_rank(self, s, r0, m, n, epoch, num_epochs, ref_energy=None, parity=None):
         """Rank to keep at the end of ``epoch`` (1-based) for singular values ``s`` (r,) of a layer (m, n).
 
         Never above the current rank ``len(s)``, never below the floor (unless the current rank already is).
+        ``ref_energy``: the reference ``sum s_j^2`` of the ``"relative"`` reading (needed in its threshold
+        phase).  ``parity``: override of ``self.parity`` for this layer (False: the classifier exempted).
         """
+        parity = self.parity if parity is None else bool(parity)
         r = int(len(s))
         target = r
         T1 = self.phase1_epochs(num_epochs)
+        start = self.threshold_start(num_epochs)
         if self.kind in ("hybrid", "epoch") and epoch <= T1:
             target = _ceil(r0 * (1.0 - (1.0 - self.reduce_to) * min(epoch, T1) / T1))
-        elif self.kind == "hybrid" or self.kind == "energy":
-            target = energy_rank(s, self.energy)
-        target = max(target, self.floor(r0, m, n))
-        if self.parity:
-            target = min(target, self.parity_cap(m, n))
+        elif start is not None and epoch > start:
+            if self.reading == "every" or (self.reading == "once" and epoch == start + 1):
+                target = energy_rank(s, self.energy)  # of the current spectrum
+            elif self.reading == "relative":
+                if ref_energy is None:
+                    raise ValueError("rank_reading=relative needs the reference energy of the threshold phase")
+                target = energy_rank(s, self.energy, total=ref_energy)
+        f = max(1, _ceil(self.min_rank_frac * r0))
+        if parity:
+            cap = parity_rank(m, n, self.parity_count)
+            target = min(max(target, min(f, cap)), cap)
+        else:
+            target = max(target, f)
         return max(1, min(r, target))
 
-    def capped_rank(self, r, m, n):
+    def capped_rank(self, r, m, n, parity=None):
         """Rank of a layer the schedule does not reduce (the classifier unless ``reduce_last``): ``r``, or the
-        parity cap when ``parity`` is on and ``r`` exceeds it (parity binds every layer, section 4.4)."""
-        return min(int(r), self.parity_cap(m, n)) if self.parity else int(r)
+        parity cap when ``parity`` is on and ``r`` exceeds it (parity binds every layer, section 4.4, unless the
+        caller exempts this one with ``parity=False``)."""
+        parity = self.parity if parity is None else bool(parity)
+        return min(int(r), parity_rank(m, n, self.parity_count)) if parity else int(r)

@@ -2,18 +2,23 @@
 
 Written from the published formulas -- eqs. (2), (3), (7) of the SSA paper, Lillicrap et al.'s FA, the
 sign-concordant variants, DRTP, PEPITA's Algorithm 1, and SSA's / SVD-BP's update as documented in
-docs/decisions.md and the ``ssaref/rules/ssa.py`` docstring -- in float64 with ``torch.nn.functional``.
-A candidate reads only a golden file (inputs, layer kinds, geometry, parameters, feedback, options) and never
-imports ssaref.  ``write_candidate`` writes the candidate's answer in the golden schema.
+docs/decisions.md and docs/golden-vectors.md -- in float64 with ``torch.nn.functional`` and ``torch.optim``.
+A candidate reads only a golden file (inputs, layer kinds, geometry, parameters, feedback, options, optimiser)
+and never imports ssaref.  ``candidate_fields`` computes the answer, ``write_candidate`` writes it in the golden
+schema.
 
 Local gradients ("the layer's own weight-gradient op for a given signal at the output of layer k1") are taken
 with ``torch.autograd.grad`` through the layers k0..k1 recomputed from the (detached) input of layer k0; the
 feedback-alignment transport ``dx = dy B`` replaces autograd's ``dx = dy W`` through a custom Function.
+Multi-step cases (schema 2, root attributes ``optimizer`` and ``steps``) hand each step's directions to
+``torch.optim.SGD`` / ``torch.optim.Adam`` as ``.grad`` and, for SSA with a retraction, replace ``U`` and ``V`` by
+their polar factor after every optimiser step.
 
-``wrong`` deliberately breaks one coefficient (used by the tests to prove the checker can fail):
-``"ssa_align"`` uses ``beta (U - B_U)`` instead of ``2 beta (U - B_U)`` (eq. (8)'s derivative);
-``"ortho"`` uses ``2 gamma`` instead of ``4 gamma`` in the orthogonality gradient (eq. (9));
-``"dfa_scale"`` forgets the batch mean of the output error (eq. (7)) in the DFA projection.
+``wrong`` deliberately makes one mistake (the tests use it to prove the checker and the coverage claims):
+every term of ``TERMS`` (the coverage vocabulary of docs/golden-vectors.md) names one mistake, e.g.
+``"gamma"``: ``2 gamma`` instead of ``4 gamma`` in the orthogonality gradient (eq. (9)); ``"s_inverse"``: S and
+S^-1 swapped in SSA's task term.  Older names: ``"ssa_align"`` = ``"beta"``, ``"ortho"`` = ``"gamma"``, and
+``"dfa_scale"``: DFA's projection (only) without the batch mean of eq. (7).
 """
 from __future__ import annotations
 
@@ -25,9 +30,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SCHEMA = "ssaref-golden/1"
 DT = torch.float64
 SUPPORTED = ("bp", "fa", "kp", "dfa", "usf", "brsf", "frsf", "drtp", "pepita", "svd-bp", "ssa")
+PARAMS = ("W", "b", "U", "s", "V")
+# the mistakes ``wrong`` can make; the names are the coverage terms of docs/golden-vectors.md
+TERMS = ("batch_mean", "inject", "feedback", "usf_scale", "drtp_target", "pepita_error", "kp_decay", "alpha",
+         "alpha_bias", "alpha_paper", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier",
+         "hoyer_paper", "projection", "s_inverse", "momentum", "adam_bias", "retraction")
+ALIASES = {"ssa_align": "beta", "ortho": "gamma"}
+CONSULTED: set = set()   # the terms whose mistake the last computations could have made (see consulted_terms)
+
+
+def _w(wrong, term):
+    """Whether the mistake ``term`` is to be made; records that the computation reached the point where it
+    would change something (a term never reached cannot change the answer)."""
+    CONSULTED.add(term)
+    return wrong == term
 
 
 # ------------------------------------------------------------------------------------------------
@@ -43,31 +61,43 @@ def _attr(v):
     return v
 
 
+def _load_layer(grp):
+    L = {"attrs": {a: _attr(v) for a, v in grp.attrs.items()},
+         "arrays": {n: torch.tensor(grp[n][()], dtype=DT) for n in grp if isinstance(grp[n], h5py.Dataset)}}
+    if L["attrs"]["kind"] == "residual":   # y = relu(main(x) + shortcut(x)); no shortcut group: identity
+        for br in ("main", "shortcut"):
+            L[br] = [_load_layer(grp[f"{br}/{j}"]) for j in range(len(grp[br]))] if br in grp else []
+    return L
+
+
 def load_golden(path):
     """Everything a candidate may read: attrs, options, x, y, layers (kind, geometry, arrays), feedback."""
     with h5py.File(path, "r") as f:
         g = {"attrs": {k: _attr(v) for k, v in f.attrs.items()}}
         g["options"] = json.loads(g["attrs"]["options"])
+        g["optimizer"] = json.loads(g["attrs"]["optimizer"]) if "optimizer" in g["attrs"] else None
+        g["steps"] = int(g["attrs"].get("steps", 0))
         g["x"] = torch.tensor(f["input/x"][()], dtype=DT)
         g["y"] = torch.tensor(f["input/y"][()], dtype=torch.int64)
-        layers = []
-        for k in range(len(f["layers"])):
-            grp = f[f"layers/{k}"]
-            layers.append({"attrs": {a: _attr(v) for a, v in grp.attrs.items()},
-                           "arrays": {n: torch.tensor(grp[n][()], dtype=DT) for n in grp}})
-        g["layers"] = layers
+        g["layers"] = [_load_layer(f[f"layers/{k}"]) for k in range(len(f["layers"]))]
         g["feedback"] = ({n: torch.tensor(f[f"feedback/{n}"][()], dtype=DT) for n in f["feedback"]}
                          if "feedback" in f else {})
     return g
 
 
-PARAMS = ("W", "b", "U", "s", "V")
+def _flat_params(L, prefix=""):
+    """``{dotted name: array}`` of a layer's parameters (a residual block's: ``main.0.W``, ...)."""
+    out = {prefix + n: a for n, a in L["arrays"].items() if n in PARAMS}
+    for br in ("main", "shortcut"):
+        for j, sub in enumerate(L.get(br, [])):
+            out.update(_flat_params(sub, f"{prefix}{br}.{j}."))
+    return out
 
 
 def make_params(g):
-    """Leaf tensors (requires_grad) of every layer's parameters: ``[{name: tensor}]``."""
-    return [{n: a.clone().requires_grad_(True) for n, a in L["arrays"].items() if n in PARAMS}
-            for L in g["layers"]]
+    """Leaf tensors (requires_grad) of every layer's parameters: ``[{name: tensor}]``, a residual block's
+    names dotted (``main.0.W``)."""
+    return [{n: a.clone().requires_grad_(True) for n, a in _flat_params(L).items()} for L in g["layers"]]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -115,6 +145,13 @@ def matrix_kernel(M, a):
     return M.reshape(N, kw, C, kh).permute(0, 2, 3, 1)
 
 
+def _branch(layers, p, prefix, h):
+    for j, L in enumerate(layers):
+        pre = f"{prefix}.{j}."
+        h = layer_forward(L, {n[len(pre):]: t for n, t in p.items() if n.startswith(pre)}, h)
+    return h
+
+
 def layer_forward(L, p, h, B=None, M=None):
     """Output of layer ``L`` (dict from ``load_golden``) with parameters ``p`` on input ``h``.
 
@@ -143,6 +180,10 @@ def layer_forward(L, p, h, B=None, M=None):
         return F.max_pool2d(h, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
     if kind == "flatten":
         return h.reshape(h.shape[0], -1)
+    if kind == "residual":
+        main = _branch(L["main"], p, "main", h)
+        short = _branch(L["shortcut"], p, "shortcut", h) if L["shortcut"] else h
+        return F.relu(main + short)
     raise ValueError(f"candidate has no layer kind {kind!r}")
 
 
@@ -159,9 +200,14 @@ def cross_entropy(logits, y):
     return -F.log_softmax(logits, dim=1).gather(1, y[:, None]).mean()
 
 
+def per_example_error(logits, y):
+    """``softmax(a_N) - onehot(y)`` per example."""
+    return F.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(DT)
+
+
 def output_error(logits, y, mean=True):
     """eq. (7): ``e = softmax(a_N) - onehot(y)``, divided by the batch size (mean reduction)."""
-    e = F.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(DT)
+    e = per_example_error(logits, y)
     return e / logits.shape[0] if mean else e
 
 
@@ -194,7 +240,7 @@ def local_grads(g, P, k0, k1, h_in, signal, feedback=None, dense=False):
 
 def weight_layers(g):
     return [k for k, L in enumerate(g["layers"]) if L["attrs"]["kind"] in ("linear", "conv2d", "svd_linear",
-                                                                          "svd_conv2d")]
+                                                                          "svd_conv2d", "residual")]
 
 
 def hoyer_grad(s):
@@ -212,8 +258,10 @@ def _bp(g, P, outs, e):
     return local_grads(g, P, 0, N, g["x"], e)
 
 
-def _sign_feedback(g, P, rule):
+def _sign_feedback(g, P, rule, wrong):
     """B of every weight layer above the first: FA's fixed B, s sign(W) (uSF), |R| o sign(W) (brSF, frSF)."""
+    if _w(wrong, "feedback"):
+        return {}
     opts = g["options"]
     fb = {}
     for k in weight_layers(g)[1:]:
@@ -225,7 +273,7 @@ def _sign_feedback(g, P, rule):
             rf = int(np.prod(shape[2:])) if len(shape) > 2 else 1
             fi, fo = shape[1] * rf, shape[0] * rf
             s = 1.0
-            if opts["usf_scaled"]:
+            if opts["usf_scaled"] and not _w(wrong, "usf_scale"):
                 s = (1.0 / math.sqrt(3.0 * fi) if opts["sf_init"] == "torch_default"
                      else math.sqrt(2.0 / (fi + fo)))  # std of the init law
             fb[k] = s * torch.sign(W)
@@ -234,13 +282,13 @@ def _sign_feedback(g, P, rule):
     return fb
 
 
-def _kp(g, P, x, e):
+def _kp(g, P, x, e, wrong):
     """Kolen-Pollack (Akrout et al. 2019): FA's chain with the current B; dB = dW (B kept in W's shape, so W's
     update is the transpose of Akrout's B update), both plus lambda times the array (kp_decay)."""
     N = len(g["layers"]) - 1
-    fb = _sign_feedback(g, P, "kp")
-    grads, signals = local_grads(g, P, 0, N, x, e, feedback=fb)
-    lam = g["options"]["kp_decay"]
+    fb = _sign_feedback(g, P, "kp", None)
+    grads, signals = local_grads(g, P, 0, N, x, e, feedback={} if _w(wrong, "feedback") else fb)
+    lam = 0.0 if _w(wrong, "kp_decay") else g["options"]["kp_decay"]
     for k in weight_layers(g):
         gW = grads[(k, "W")]
         if k in fb:
@@ -249,7 +297,18 @@ def _kp(g, P, x, e):
     return grads, signals
 
 
-def _direct(g, P, outs, e, src, output_trained=True):
+def _inject_point(g, outs, k, inj, rows, wrong):
+    """Where segment ``k``'s signal enters: layer ``inj``; mistake ``inject``: the last earlier layer of the
+    segment whose output has the same size (the signal then skips the layers in between)."""
+    if not _w(wrong, "inject"):
+        return inj
+    for j in range(inj - 1, k - 1, -1):
+        if outs[j][0].numel() == rows:
+            return j
+    return inj
+
+
+def _direct(g, P, outs, e, src, output_trained=True, wrong=None):
     """eq. (3): each hidden segment gets ``B_i src`` at its injection point, carried back to its weight layer;
     the output layer gets ``e``."""
     N = len(g["layers"]) - 1
@@ -260,20 +319,23 @@ def _direct(g, P, outs, e, src, output_trained=True):
     for k, L in enumerate(g["layers"]):
         if "inject" not in L["attrs"]:
             continue
-        inj = L["attrs"]["inject"]
         B = L["arrays"]["B"]                                   # (d_i, K)
+        inj = _inject_point(g, outs, k, L["attrs"]["inject"], B.shape[0], wrong)
         sig = (src @ B.T).reshape(outs[inj].shape)             # B_i src per example
         gr, sg = local_grads(g, P, k, inj, outs[k - 1] if k else g["x"], sig)
         grads.update(gr), signals.update(sg)
     return grads, signals
 
 
-def _pepita(g, P, x, y, logits):
-    """Algorithm 1: second pass on x + F e; dW_l = (h_l - h_l^err)(h_{l-1}^err)^T / B, dW_N = e (h_{N-1}^err)^T."""
+def _pepita(g, P, x, y, logits, wrong):
+    """Algorithm 1: second pass on x + F (softmax - y*) (per example); dW_l = (h_l - h_l^err)(h_{l-1}^err)^T / B,
+    dW_N = e (h_{N-1}^err)^T with the batch-mean e."""
     Fm = g["feedback"]["F"]                                  # (d_0, K)
     Bsz = x.shape[0]
-    e = output_error(logits, y)                              # (softmax - y*)/B
-    x_err = x + ((e * Bsz) @ Fm.T).reshape(x.shape)
+    e_pe = per_example_error(logits, y)                      # softmax - y*
+    e = e_pe if _w(wrong, "batch_mean") else e_pe / Bsz       # eq. (7)
+    mod = e_pe / Bsz if _w(wrong, "pepita_error") else e_pe
+    x_err = x + (mod @ Fm.T).reshape(x.shape)
     with torch.no_grad():
         h = forward_all(g, P, x)
         h_err = forward_all(g, P, x_err)
@@ -295,15 +357,26 @@ def _ortho(X, gamma, factor=4.0):
     return factor * gamma * X @ (X.T @ X - torch.eye(X.shape[1], dtype=DT))
 
 
+def _hoyer_on(g, k, paper, wrong):
+    """Whether layer k's ds gets the Hoyer term: every SVD layer, the classifier and the paper variant included,
+    while ``hoyer_active``."""
+    o = g["options"]
+    if not (o["hoyer_active"] and o["hoyer"] > 0) or _w(wrong, "hoyer"):
+        return False
+    if _w(wrong, "hoyer_classifier") and k == len(g["layers"]) - 1:
+        return False
+    return not (_w(wrong, "hoyer_paper") and paper)
+
+
 def _svd_bp(g, P, outs, e, wrong):
     grads, signals = _bp(g, P, outs, e)
     o = g["options"]
-    of = 2.0 if wrong == "ortho" else 4.0
+    of = 2.0 if _w(wrong, "gamma") else 4.0
     for k in weight_layers(g):
         U, s, V = (P[k][n].detach() for n in ("U", "s", "V"))
         grads[(k, "U")] = grads[(k, "U")] + _ortho(U, o["gamma"], of)
         grads[(k, "V")] = grads[(k, "V")] + _ortho(V, o["gamma"], of)
-        if o["hoyer_active"] and o["hoyer"] > 0:
+        if _hoyer_on(g, k, False, wrong):
             grads[(k, "s")] = grads[(k, "s")] + o["hoyer"] * hoyer_grad(s)
     return grads, signals
 
@@ -321,18 +394,27 @@ def _project(X, G, how, which):
     raise ValueError(f"candidate has no projection {how!r}")
 
 
+_WRONG_PROJECTION = {"tangent": "complement", "paper": "tangent", "complement": "tangent", "none": "tangent"}
+
+
 def _ssa(g, P, outs, e, wrong):
     """SSA: DFA task signal (eq. (3)); per SVD layer the local loss alpha L_CE + beta L_align + gamma L_ortho
     (eqs. (6), (8), (9)).  Default: dU = P_U(alpha G V S + 2 beta (U - B_U)) + 4 gamma U (U^T U - I), likewise
-    V; ds = alpha diag(U^T G V) + 2 beta (s - B_S) (+ hoyer); db = alpha db_task.  Paper: eqs. (11)-(13)."""
+    V; ds = alpha diag(U^T G V) + 2 beta (s - B_S) (+ hoyer); db = alpha db_task.  Paper: eqs. (11)-(13), G the
+    gradient w.r.t. the layer's matrix (a conv layer's K' in the (N kw, C kh) layout), no alpha."""
     o = g["options"]
+    if o.get("orthogonality", "retract") != "retract" or o["projection"] not in _WRONG_PROJECTION:
+        raise ValueError("candidate implements SSA's retract orthogonality and the projections "
+                         f"{sorted(_WRONG_PROJECTION)} only")
     paper = o["ssa_variant"] == "paper"
-    grads, signals = _direct(g, P, outs, e, e)
-    if paper:  # eqs. (11)-(13) need G = dL/dW of the reconstructed matrix
-        dense, _ = _direct_dense(g, P, outs, e)
+    grads, signals = _direct(g, P, outs, e, e, wrong=wrong)
+    if paper or _w(wrong, "s_inverse"):  # eqs. (11)-(13) need G = dL/dW of the reconstructed matrix
+        dense = _direct_dense(g, P, outs, e, wrong)
     alpha, beta, gamma = o["alpha"], o["beta"], o["gamma"]
-    af = 1.0 if wrong == "ssa_align" else 2.0
-    of = 2.0 if wrong == "ortho" else 4.0
+    af = 1.0 if _w(wrong, "beta") else 2.0
+    of = 2.0 if _w(wrong, "gamma") else 4.0
+    how = _WRONG_PROJECTION[o["projection"]] if _w(wrong, "projection") else o["projection"]
+    project_ortho = (not o["project_ortho"]) if _w(wrong, "gamma_placement") else o["project_ortho"]
     out = dict(grads)
     for k in weight_layers(g):
         A = g["layers"][k]["arrays"]
@@ -349,26 +431,36 @@ def _ssa(g, P, outs, e, wrong):
         if paper:
             G = dense[k]
             GV, GtU = G @ V, G.T @ U
-            gs = (U * GV).sum(0) + als                   # eq. (11)
-            gU = GV / s + alU                            # eq. (12)
-            gV = GtU / s + alV                           # eq. (13), transposed
+            sc, inv = (alpha if _w(wrong, "alpha_paper") else 1.0), (s if _w(wrong, "s_inverse") else 1.0 / s)
+            gs = sc * (U * GV).sum(0) + als              # eq. (11)
+            gU = sc * GV * inv + alU                     # eq. (12)
+            gV = sc * GtU * inv + alV                    # eq. (13), transposed
         else:
-            gs = alpha * grads[(k, "s")] + als
-            gU = alpha * grads[(k, "U")] + alU
-            gV = alpha * grads[(k, "V")] + alV
-        if o["project_ortho"]:
-            dU, dV = _project(U, gU + oU, o["projection"], "U"), _project(V, gV + oV, o["projection"], "V")
+            a = 1.0 if _w(wrong, "alpha") else alpha
+            if _w(wrong, "s_inverse"):
+                G = dense[k]
+                tU, tV = G @ V / s, G.T @ U / s
+            else:
+                tU, tV = grads[(k, "U")], grads[(k, "V")]
+            gs = a * grads[(k, "s")] + als
+            gU = a * tU + alU
+            gV = a * tV + alV
+        if project_ortho:
+            dU, dV = _project(U, gU + oU, how, "U"), _project(V, gV + oV, how, "V")
         else:
-            dU, dV = _project(U, gU, o["projection"], "U") + oU, _project(V, gV, o["projection"], "V") + oV
-        if o["hoyer_active"] and o["hoyer"] > 0:
+            dU, dV = _project(U, gU, how, "U") + oU, _project(V, gV, how, "V") + oV
+        if _hoyer_on(g, k, paper, wrong):
             gs = gs + o["hoyer"] * hoyer_grad(s)
         out[(k, "U")], out[(k, "s")], out[(k, "V")] = dU, gs, dV
-        if (k, "b") in grads and not paper:
-            out[(k, "b")] = alpha * grads[(k, "b")]
+        if (k, "b") in grads:
+            if not paper and not _w(wrong, "alpha_bias"):
+                out[(k, "b")] = alpha * grads[(k, "b")]
+            elif paper and _w(wrong, "alpha_paper"):
+                out[(k, "b")] = alpha * grads[(k, "b")]
     return out, signals
 
 
-def _direct_dense(g, P, outs, e):
+def _direct_dense(g, P, outs, e, wrong=None):
     """dL/dW of every SVD layer's reconstructed matrix under SSA's task signals."""
     N = len(g["layers"]) - 1
     dense = {}
@@ -376,45 +468,45 @@ def _direct_dense(g, P, outs, e):
     dense[N] = gr[(N, "M")]
     for k, L in enumerate(g["layers"]):
         if "inject" in L["attrs"]:
-            inj = L["attrs"]["inject"]
-            sig = (e @ L["arrays"]["B"].T).reshape(outs[inj].shape)
+            B = L["arrays"]["B"]
+            inj = _inject_point(g, outs, k, L["attrs"]["inject"], B.shape[0], wrong)
+            sig = (e @ B.T).reshape(outs[inj].shape)
             gr, _ = local_grads(g, P, k, inj, outs[k - 1] if k else g["x"], sig, dense=True)
             dense[k] = gr[(k, "M")]
-    return dense, None
+    return dense
 
 
-def compute(g, wrong=None):
-    """The candidate's step: ``(loss, logits, outs, grads {(k, name)}, signals {k})``."""
+def step(g, P, wrong=None):
+    """One step's directions at parameters ``P``: ``(loss, logits, outs, grads {(k, name)}, signals {k})``."""
     rule = g["attrs"]["rule"]
     if rule not in SUPPORTED:
         raise ValueError(f"candidate does not implement rule {rule!r}")
     o = g["options"]
     if o.get("loss_reduction", "mean") != "mean":
         raise ValueError("candidate implements the mean loss reduction only")
-    P = make_params(g)
     x, y = g["x"], g["y"]
     with torch.no_grad():
         outs = forward_all(g, P, x)
     logits = outs[-1]
     loss = cross_entropy(logits, y)
-    e = output_error(logits, y)                      # eq. (7)
+    e = output_error(logits, y, mean=not _w(wrong, "batch_mean"))      # eq. (7)
     if rule == "bp":
         grads, signals = _bp(g, P, outs, e)
     elif rule in ("fa", "usf", "brsf", "frsf"):
         N = len(g["layers"]) - 1
-        grads, signals = local_grads(g, P, 0, N, x, e, feedback=_sign_feedback(g, P, rule))
+        grads, signals = local_grads(g, P, 0, N, x, e, feedback=_sign_feedback(g, P, rule, wrong))
     elif rule == "kp":
-        grads, signals = _kp(g, P, x, e)
+        grads, signals = _kp(g, P, x, e, wrong)
     elif rule == "dfa":
-        src = e * x.shape[0] if wrong == "dfa_scale" else e
-        grads, signals = _direct(g, P, outs, e, src, o["dfa_output"] == "e")
+        src = e * x.shape[0] if _w(wrong, "dfa_scale") else e
+        grads, signals = _direct(g, P, outs, e, src, o["dfa_output"] == "e", wrong)
     elif rule == "drtp":
         t = F.one_hot(y, logits.shape[1]).to(DT)     # +y*, divided by B for the mean reduction
-        if o["drtp_reduction"] == "mean":
+        if (o["drtp_reduction"] == "mean") != (_w(wrong, "drtp_target")):
             t = t / x.shape[0]
-        grads, signals = _direct(g, P, outs, e, t, o["drtp_output"] == "e")
+        grads, signals = _direct(g, P, outs, e, t, o["drtp_output"] == "e", wrong)
     elif rule == "pepita":
-        grads, signals = _pepita(g, P, x, y, logits)
+        grads, signals = _pepita(g, P, x, y, logits, wrong)
     elif rule == "svd-bp":
         grads, signals = _svd_bp(g, P, outs, e, wrong)
     else:
@@ -422,21 +514,140 @@ def compute(g, wrong=None):
     return loss, logits, outs, grads, signals
 
 
-def write_candidate(golden_path, out_path, wrong=None):
-    """Compute the candidate's step for ``golden_path`` and write it in the golden schema to ``out_path``."""
-    g = load_golden(golden_path)
+def compute(g, wrong=None):
+    """The candidate's (first) step at the golden file's parameters."""
+    return step(g, make_params(g), ALIASES.get(wrong, wrong))
+
+
+# ------------------------------------------------------------------------------------------------
+# multi-step cases: torch.optim and SSA's retraction
+# ------------------------------------------------------------------------------------------------
+class _AdamNoBiasCorrection:
+    """The mistake ``adam_bias``: Adam's moments without the 1 - beta^t corrections."""
+
+    def __init__(self, params, lr, betas, eps):
+        self.params, self.lr, self.betas, self.eps = list(params), lr, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()
+    def step(self):
+        b1, b2 = self.betas
+        for p, m, v in zip(self.params, self.m, self.v):
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.sub_(self.lr * m / (v.sqrt() + self.eps))
+
+
+def make_optimizer(spec, leaves, wrong=None):
+    """``torch.optim.SGD`` / ``torch.optim.Adam`` from the ``optimizer`` attribute (or the named mistake)."""
+    name = spec["name"]
+    if name == "sgd":
+        damp = spec["momentum"] if _w(wrong, "momentum") else spec.get("dampening", 0.0)
+        return torch.optim.SGD(leaves, lr=spec["lr"], momentum=spec["momentum"], dampening=damp,
+                               nesterov=spec.get("nesterov", False), weight_decay=spec.get("weight_decay", 0.0))
+    if name == "adam":
+        if spec.get("weight_decay", 0.0):
+            raise ValueError("candidate implements Adam without weight decay only")
+        if _w(wrong, "adam_bias"):
+            return _AdamNoBiasCorrection(leaves, spec["lr"], tuple(spec["betas"]), spec["eps"])
+        return torch.optim.Adam(leaves, lr=spec["lr"], betas=tuple(spec["betas"]), eps=spec["eps"])
+    raise ValueError(f"candidate has no optimizer {name!r}")
+
+
+@torch.no_grad()
+def retract(X, how):
+    """SSA's retraction onto the Stiefel manifold: the polar factor ``X (X^T X)^{-1/2}`` (``U_X V_X^T`` of the
+    thin SVD), or the Q factor of ``X = QR`` with ``diag(R) > 0``."""
+    if how == "polar":
+        A, _, Bh = torch.linalg.svd(X, full_matrices=False)
+        return A @ Bh
+    if how == "qr":
+        Q, R = torch.linalg.qr(X)
+        d = torch.sign(torch.diagonal(R))
+        return Q * torch.where(d == 0, torch.ones_like(d), d)
+    raise ValueError(f"candidate has no retraction {how!r}")
+
+
+def run_steps(g, wrong=None):
+    """The multi-step case: ``[(loss, grads, P after the step)]`` for t = 1..steps on the same batch."""
+    wrong = ALIASES.get(wrong, wrong)
+    if g["attrs"]["rule"] == "kp":
+        raise ValueError("candidate has no multi-step KP (its B is optimised too)")
+    P = make_params(g)
+    leaves = [t for p in P for t in p.values()]
+    opt = make_optimizer(g["optimizer"], leaves, wrong)
+    o = g["options"]
+    retraction = o.get("retraction", "none") if g["attrs"]["rule"] == "ssa" else "none"
+    if retraction != "none" and _w(wrong, "retraction"):
+        retraction = {"polar": "qr", "qr": "polar"}[retraction]
+    out = []
+    for _ in range(g["steps"]):
+        loss, logits, outs, grads, signals = step(g, P, wrong)
+        for (k, n), v in grads.items():
+            P[k][n].grad = v.detach().clone()
+        opt.step()
+        if retraction != "none":   # after the optimiser step, every U and V of every SVD layer
+            with torch.no_grad():
+                for k in weight_layers(g):
+                    for n in ("U", "V"):
+                        P[k][n].copy_(retract(P[k][n].detach(), retraction))
+        out.append((loss, grads, [{n: t.detach().clone() for n, t in p.items()} for p in P]))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# writing a candidate file
+# ------------------------------------------------------------------------------------------------
+def _np(t):
+    return t.detach().numpy()
+
+
+def _dpath(k, n):
+    return f"{k}/{n.replace('.', '/')}"
+
+
+def candidate_fields(golden, wrong=None):
+    """``{dataset path: array}`` the candidate computes for a golden file (path or ``load_golden`` dict)."""
+    g = load_golden(golden) if not isinstance(golden, dict) else golden
     loss, logits, outs, grads, signals = compute(g, wrong)
+    f = {"forward/loss": _np(loss), "forward/logits": _np(logits)}
+    for k, o in enumerate(outs):
+        f[f"forward/{k}/out"] = _np(o)
+    for k, s in signals.items():
+        f[f"signal/{k}"] = _np(s)
+    for (k, n), v in grads.items():
+        if n.split(".")[-1] in PARAMS or n == "B":   # KP's learnt feedback has an update too
+            f[f"update/{_dpath(k, n)}"] = _np(v)
+    if g["steps"]:
+        for t, (loss_t, grads_t, P_t) in enumerate(run_steps(g, wrong), start=1):
+            f[f"steps/{t}/loss"] = _np(loss_t)
+            for (k, n), v in grads_t.items():
+                if n.split(".")[-1] in PARAMS:
+                    f[f"steps/{t}/update/{_dpath(k, n)}"] = _np(v)
+            for k, p in enumerate(P_t):
+                for n, v in p.items():
+                    f[f"steps/{t}/params/{_dpath(k, n)}"] = _np(v)
+    return f
+
+
+def write_candidate(golden_path, out_path, wrong=None):
+    """Compute the candidate's answer for ``golden_path`` and write it in the golden schema to ``out_path``."""
+    g = load_golden(golden_path)
+    fields = candidate_fields(g, wrong)
     with h5py.File(out_path, "w") as f:
-        f.attrs["schema"] = SCHEMA
+        f.attrs["schema"] = g["attrs"]["schema"]
         for k in ("rule", "model", "variant"):
             f.attrs[k] = g["attrs"][k]
-        f["forward/loss"] = loss.detach().numpy()
-        f["forward/logits"] = logits.detach().numpy()
-        for k, o in enumerate(outs):
-            f[f"forward/{k}/out"] = o.detach().numpy()
-        for k, s in signals.items():
-            f[f"signal/{k}"] = s.detach().numpy()
-        for (k, n), v in grads.items():
-            if n in PARAMS or n == "B":   # KP's learnt feedback has an update too
-                f[f"update/{k}/{n}"] = v.detach().numpy()
+        for p, a in fields.items():
+            f[p] = a
     return out_path
+
+
+def consulted_terms(golden):
+    """The terms whose mistake could change the candidate's answer for ``golden``: those the correct computation
+    reaches (every other mistake leaves the answer bit-identical)."""
+    g = load_golden(golden) if not isinstance(golden, dict) else golden
+    CONSULTED.clear()
+    candidate_fields(g)
+    return set(CONSULTED)

@@ -185,3 +185,83 @@ def test_parity_count_option_validation_and_help():
     h = " ".join(build_parser().format_help().split())
     assert "--parity-count" in h and "with_s" in h
     assert "classifier included" in h and "except for the parity cap" in h   # parity / reduce_last interplay
+
+
+# ------------------------------------------------------------------------------------------ readings (D4.9)
+# A constructed spectrum: s^2 = BASE (sum 100), r0 = 10 on a 10 x 30 layer, 8 epochs (T1 = ceil(2.4) = 3), floor 1;
+# from epoch 6 on the spectrum's energy grows by 10% (s^2 * 1.1).  Worked out by hand:
+#   epoch phase: ceil(10 (1 - 0.3 t / 3)) = 9, 8, 7; after epoch 3 the top 7 hold 98 (the reference of "relative").
+#   every:    epoch 4: 95% of 98 = 93.1 -> 6 (50+20+10+8+5 = 93 < 93.1); 5: 95% of 96 = 91.2 -> 5; then 5 stays
+#             (95% of 93 = 88.35 > 88), the 10% growth does not matter (scale-free);
+#   once:     epoch 4 -> 6, kept;
+#   relative: 93.1 of the reference 98: epochs 4, 5 -> 6; epoch 6: 1.1 * (50+20+10+8) = 96.8 >= 93.1 -> 4;
+#   none:     7 after the epoch phase.
+BASE = np.array([50.0, 20.0, 10.0, 8.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.5])
+EXPECTED = {"every": [9, 8, 7, 6, 5, 5, 5, 5], "once": [9, 8, 7, 6, 6, 6, 6, 6],
+            "relative": [9, 8, 7, 6, 6, 4, 4, 4], "none": [9, 8, 7, 7, 7, 7, 7, 7]}
+# kind "energy" (threshold rule from epoch 1; reference of "relative": the initial spectrum, 100)
+EXPECTED_ENERGY = {"every": [6, 5, 5, 5, 5, 5, 5, 5], "once": [6] * 8, "relative": [6, 6, 6, 6, 6, 4, 4, 4],
+                   "none": [10] * 8}
+
+
+def _spectrum(epoch, r):
+    return np.sqrt(BASE * (1.1 if epoch >= 6 else 1.0))[:r]
+
+
+@pytest.mark.parametrize("kind, expected", [("hybrid", EXPECTED), ("energy", EXPECTED_ENERGY)])
+@pytest.mark.parametrize("reading", ["every", "once", "relative", "none"])
+def test_rank_readings_on_a_constructed_spectrum(kind, expected, reading):
+    sch = RankSchedule(kind=kind, reading=reading, min_rank_frac=0.1)
+    r, ranks, ref = 10, [], 100.0
+    for epoch in range(1, 9):
+        s = _spectrum(epoch, r)
+        r = sch.new_rank(s, 10, 10, 30, epoch, 8, ref_energy=ref)
+        if sch.needs_reference(epoch, 8):
+            ref = float((s[keep_indices(s, r)] ** 2).sum())
+        ranks.append(r)
+    assert ranks == expected[reading]
+
+
+@pytest.mark.parametrize("method", ["ssa", "svd-bp"])
+@pytest.mark.parametrize("reading", ["every", "once", "relative", "none"])
+def test_rank_readings_through_the_rule(method, reading):
+    """The same sequences through the rule's epoch end (reference taken by the rule itself after the cut of
+    epoch T1, kept in its state as ``Eref/<layer>``), logged as ``svd_rank``."""
+    model = build_model("mlp", (1, 5, 6), 4, xp=np, dtype=np.float64, seed=0, hidden=(10,))
+    rule = build_rule(method, rank_reading=reading, min_rank_frac=0.1)
+    model = rule.setup(model, np.random.default_rng(1))
+    layer = model.layers[1]
+    assert layer.dims == (10, 30)
+    ranks = []
+    for epoch in range(1, 9):
+        layer.params["s"][...] = _spectrum(epoch, layer.rank)
+        m = rule.on_epoch_end(model, None, epoch, 8)
+        ranks.append(int(m["svd_rank"][0]))
+        assert model.layers[3].rank == 4                     # the classifier is not reduced
+    assert ranks == EXPECTED[reading]
+    assert ("Eref/1" in rule.state) == (reading == "relative")
+    if reading == "relative":
+        assert float(rule.state["Eref/1"][0]) == pytest.approx(98.0)
+
+
+def test_relative_reading_needs_its_reference():
+    with pytest.raises(ValueError, match="reference"):
+        RankSchedule(reading="relative").new_rank(np.ones(5), 5, 5, 9, 9, 10)
+    with pytest.raises(ValueError, match="rank_reading"):
+        RankSchedule(reading="twice")
+    with pytest.raises(ValueError, match="rank_reading"):
+        build_rule("svd-bp", rank_reading="twice")
+
+
+@pytest.mark.parametrize("method", ["ssa", "svd-bp"])
+def test_parity_with_the_classifier_exempt(method, rng):
+    """--parity-last false: parity caps the hidden layers but not the classifier (8 x 9, cap 4 / 3 with s)."""
+    model, rule = _svd_mlp(method, parity=True, parity_last=False, rank_schedule="none")
+    rule.on_epoch_end(model, None, 1, 3)
+    assert model.layers[1].rank == 5 and model.layers[3].rank == 8
+    # with reduce_last the classifier follows the schedule, ceil(0.5 * 8) = 4, capped at 3 unless exempt
+    for parity_last, want in ((True, 3), (False, 4)):
+        model, rule = _svd_mlp(method, parity=True, parity_count="with_s", parity_last=parity_last,
+                               reduce_last=True, rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0)
+        rule.on_epoch_end(model, None, 1, 1)
+        assert model.layers[3].rank == want, parity_last

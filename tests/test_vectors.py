@@ -6,6 +6,7 @@ fail it on the fields that coefficient touches.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -97,9 +98,10 @@ def test_files_validate_against_schema(golden):
     for n in _names(golden):
         assert V.validate_file(golden / n) == [], n
         with h5py.File(golden / n, "r") as f:
-            assert f.attrs["schema"] == V.SCHEMA
+            assert f.attrs["schema"] == V.SCHEMA == "ssaref-golden/2"
             rule, model, variant = n[:-3].split("__")
             assert (f.attrs["rule"], f.attrs["model"], f.attrs["variant"]) == (rule, model, variant)
+            assert isinstance(json.loads(f.attrs["coverage"]), list)
             assert f["input/y"].dtype == np.int64 and f["input/x"].dtype == np.float64
             assert f["input/x"].shape[0] == 6
             kinds = [f[f"layers/{k}"].attrs["kind"] for k in range(len(f["layers"]))]
@@ -107,15 +109,65 @@ def test_files_validate_against_schema(golden):
             lin, conv = ("svd_linear", "svd_conv2d") if svd else ("linear", "conv2d")
             if model == "mlp":
                 assert kinds == [lin, "relu", lin, "relu", lin]
-            else:
+            elif model == "conv":
                 assert kinds == [conv, "relu", "maxpool2d", "flatten", lin]
+            else:
+                assert kinds == [conv, "relu", "residual", "maxpool2d", "flatten", lin]
+                assert [f[f"layers/2/main/{j}"].attrs["kind"] for j in range(3)] == [conv, "relu", conv]
+                assert f["layers/2/shortcut/0"].attrs["kind"] == conv and len(f["layers/2/shortcut"]) == 1
+                assert list(f["layers/2/shortcut/0"].attrs["kernel"]) == [1, 1]
+            if model != "mlp":
                 g = f["layers/0"].attrs
                 assert list(g["kernel"]) == [3, 3] and list(g["padding"]) == [1, 1] and list(g["stride"]) == [1, 1]
-            for k in range(len(kinds)):
-                for name, ds in f[f"layers/{k}"].items():
-                    if name in V.PARAM_NAMES:
-                        assert f[f"update/{k}/{name}"].shape == ds.shape
+
+            def same_shapes(name, obj):
+                if isinstance(obj, h5py.Dataset) and name.split("/")[-1] in V.PARAM_NAMES:
+                    assert f[f"update/{name}"].shape == obj.shape, (n, name)
+            f["layers"].visititems(same_shapes)
             assert f["forward/logits"].shape == (6, 5)
+
+
+def test_existing_cases_only_gain_schema_2_and_coverage(golden):
+    """The 29 cases of schema 1 keep every dataset, group attribute and root attribute (but ``schema``), and gain
+    only ``coverage`` (byte-identity of the data is pinned by the datasets' equality with a rerun of the same
+    export, test_export_is_deterministic)."""
+    v1 = {V.case_name(r, m, v) for r, m, v, _ in V.cases()
+          if (v in ("default", "paper", "paper-sgd1") or (r, v) in (("svd-bp", "sgd1"), ("kp", "decay")))
+          and m in ("mlp", "conv")}
+    assert len(v1) == 29
+    for n in v1:
+        attrs, _, _ = V.read_file(golden / f"{n}.h5")
+        assert set(attrs) == {"schema", "rule", "model", "variant", "dtype", "seed", "ssaref_version", "options",
+                              "coverage"}, n
+
+
+def test_schema_1_files_are_still_read_and_checked(golden, tmp_path, capsys):
+    """A schema-1 file (the same case without ``coverage``, schema ``ssaref-golden/1``) validates and is checked
+    against candidates of either schema."""
+    sel = lambda n: n.startswith(("dfa__mlp__default.", "ssa__conv__paper."))  # noqa: E731
+    old = _subset(golden, tmp_path / "old", sel)
+    for n in _names(old):
+        with h5py.File(old / n, "a") as f:
+            f.attrs["schema"] = "ssaref-golden/1"
+            del f.attrs["coverage"]
+        assert V.validate_file(old / n) == [], n
+    cand = _candidates(golden, tmp_path / "cand", select=sel)          # schema-2 candidates
+    rc, out, err = _run_check(old, cand, capsys)
+    assert rc == 0 and "cases: 2 passed / 0 failed" in out, out + err
+    for n in _names(cand):
+        with h5py.File(cand / n, "a") as f:
+            f.attrs["schema"] = "ssaref-golden/1"
+    rc, out, err = _run_check(old, cand, capsys)  # schema-1 candidates
+    assert rc == 0, out + err
+    rc, out, err = _run_check(_subset(golden, tmp_path / "new", sel), cand, capsys)
+    assert rc == 0, out + err
+    # schema 1 has no residual layers or /steps
+    bad = _subset(golden, tmp_path / "bad", lambda n: n.startswith(("bp__res__default.", "bp__mlp__momentum3.")))
+    for n in _names(bad):
+        with h5py.File(bad / n, "a") as f:
+            f.attrs["schema"] = "ssaref-golden/1"
+    assert any("need schema" in e for e in V.validate_file(bad / "bp__res__default.h5"))
+    assert any("unexpected dataset /steps" in e for e in V.validate_file(bad / "bp__mlp__momentum3.h5"))
 
 
 def test_feedback_arrays_present(golden):
@@ -207,6 +259,119 @@ def test_ortho_coefficient_is_invisible_at_an_exact_svd(golden, tmp_path, capsys
 
 
 # ------------------------------------------------------------------------------------------------------
+# schema 2: warm-up, multi-step and residual cases
+# ------------------------------------------------------------------------------------------------------
+def _ds(golden, case):
+    return V.read_file(golden / f"{case}.h5")
+
+
+@pytest.mark.parametrize("warm, base, off", [("ssa__mlp__sgd1", "ssa__mlp__default", True),
+                                             ("ssa__conv__sgd1", "ssa__conv__default", True),
+                                             ("ssa__mlp__paper-sgd1", "ssa__mlp__paper", False),
+                                             ("svd-bp__conv__sgd1", "svd-bp__conv__default", True)])
+def test_warmup_is_one_sgd_step_of_the_cases_own_rule(golden, warm, base, off):
+    """The ``*sgd1`` parameters are the exact SVD minus warmup_lr times the same rule's own first direction
+    (its ``default``/``paper`` case), with no retraction after it.  The printed projection freezes the MLP's
+    square U and its V at an exact SVD, so paper-sgd1 on the MLP is still on the manifold (why paper-coef
+    exists)."""
+    wa, wd, _ = _ds(golden, warm)
+    ba, bd, _ = _ds(golden, base)
+    opts = json.loads(wa["options"])
+    assert opts["warmup_sgd_steps"] == 1 and opts["warmup_lr"] == V.WARMUP_LR
+    assert opts["ssa_variant" if "ssa" in warm else "gamma"] == json.loads(ba["options"])[
+        "ssa_variant" if "ssa" in warm else "gamma"]
+    for p in bd:
+        if p.startswith("layers/") and p.split("/")[-1] in V.PARAM_NAMES:
+            upd = bd["update/" + p[len("layers/"):]]
+            np.testing.assert_allclose(wd[p], bd[p] - V.WARMUP_LR * upd, rtol=0, atol=1e-15, err_msg=p)
+    for X in (wd["layers/0/U"], wd["layers/0/V"]):
+        assert bool(np.linalg.norm(X.T @ X - np.eye(X.shape[1])) > 1e-3) is off   # off the manifold: gamma shows
+
+
+def test_paper_coef_starts_where_coef_does(golden):
+    """paper-coef's warm-up is made by the default variant with the same coefficients (warmup_options)."""
+    for m in ("mlp", "conv"):
+        ca, cd, _ = _ds(golden, f"ssa__{m}__coef")
+        pa, pd, _ = _ds(golden, f"ssa__{m}__paper-coef")
+        po, co = json.loads(pa["options"]), json.loads(ca["options"])
+        assert po["ssa_variant"] == "paper" and co["ssa_variant"] == "default"
+        assert po["warmup_options"] == {k: co[k] for k in ("alpha", "beta", "gamma", "hoyer", "retraction")}
+        for p in cd:
+            if p.startswith("layers/"):
+                assert np.array_equal(cd[p], pd[p]), p
+        assert co["alpha"] != 1.0 and co["hoyer_active"] and po["hoyer_active"]
+
+
+@pytest.mark.parametrize("rule", ["bp", "dfa", "ssa"])
+@pytest.mark.parametrize("model", ["mlp", "conv"])
+def test_multistep_cases_record_every_step(golden, rule, model):
+    for variant, preset in (("momentum3", "momentum"), ("adam3", "adam")):
+        attrs, ds, _ = _ds(golden, f"{rule}__{model}__{variant}")
+        opt = json.loads(attrs["optimizer"])
+        assert attrs["steps"] == 3 and opt == V.OPTIMIZER_PRESETS[preset]
+        params = [p[len("layers/"):] for p in ds if p.startswith("layers/") and p.split("/")[-1] in V.PARAM_NAMES]
+        assert params
+        assert float(ds["steps/1/loss"]) == float(ds["forward/loss"])
+        for t in (1, 2, 3):
+            for p in params:
+                assert ds[f"steps/{t}/params/{p}"].shape == ds[f"layers/{p}"].shape
+                assert ds[f"steps/{t}/update/{p}"].shape == ds[f"layers/{p}"].shape
+        for p in params:
+            assert np.array_equal(ds[f"steps/1/update/{p}"], ds[f"update/{p}"])
+            p0, d, p1 = ds[f"layers/{p}"], ds[f"update/{p}"], ds[f"steps/1/params/{p}"]
+            if rule == "ssa" and p.split("/")[-1] in ("U", "V"):
+                X = p1                                        # retracted after every step
+                for t in (1, 2, 3):
+                    X = ds[f"steps/{t}/params/{p}"]
+                    np.testing.assert_allclose(X.T @ X, np.eye(X.shape[1]), atol=1e-12)
+                continue
+            if preset == "momentum":                         # buf = d at the first step
+                np.testing.assert_allclose(p1, p0 - opt["lr"] * d, rtol=0, atol=1e-15)
+            else:                                            # m_hat = d, v_hat = d^2
+                np.testing.assert_allclose(p1, p0 - opt["lr"] * d / (np.abs(d) + opt["eps"]), rtol=0, atol=1e-15)
+        assert float(ds["steps/3/loss"]) < float(ds["steps/1/loss"])
+
+
+def test_residual_cases_describe_the_block(golden):
+    for rule in ("bp", "dfa", "drtp"):
+        attrs, ds, ga = _ds(golden, f"{rule}__res__default")
+        assert ga["layers/2"]["kind"] == "residual"
+        assert {"update/2/main/0/W", "update/2/main/2/b", "update/2/shortcut/0/W"} <= set(ds)
+        if rule != "bp":
+            assert ga["layers/0"]["inject"] == 1 and ga["layers/2"]["inject"] == 4
+            assert ds["layers/2/B"].shape == (96, 5) and ds["layers/0/B"].shape == (256, 5)
+            assert json.loads(attrs["options"])[f"{rule}_residual"] == "block"
+    names = set(_names(golden))
+    # what the exporter cannot describe (docs/golden-vectors.md): SSA's, FA-type rules' and dfa_residual=layer
+    # feedback inside a block
+    assert not {f"{r}__res__default.h5" for r in ("ssa", "fa", "kp", "usf", "brsf", "frsf", "svd-bp",
+                                                    "pepita")} & names
+    assert not V.supports("dfa", "res", {"dfa_residual": "layer"})
+    assert not V.supports("drtp", "res", {"drtp_residual": "layer"})
+    assert not V.supports("ssa", "res")
+
+
+def test_report_is_a_per_case_per_field_table(golden, tmp_path, capsys):
+    sel = lambda n: n.startswith(("dfa__mlp__default.", "bp__mlp__adam3."))  # noqa: E731
+    gold = _subset(golden, tmp_path / "gold", sel)
+    cand = _candidates(golden, tmp_path / "cand", select=sel)
+    with h5py.File(cand / "bp__mlp__adam3.h5", "a") as f:
+        f["steps/2/params/0/b"][0] += 1e-3
+    rep = tmp_path / "conformance.md"
+    rc, out, _ = _run_check(gold, cand, capsys, "--report", str(rep))
+    assert rc == 1
+    text = rep.read_text()
+    assert text.startswith("# Golden-vector conformance report")
+    assert "| `dfa__mlp__default` | " in text and "| `bp__mlp__adam3` | " in text
+    table_rows = [l for l in out.splitlines()[1:-1]]
+    md_rows = re.findall(r"^\| `([^`]+)` \| (\S+) \| (\S+) \| (pass|FAIL[^|]*) \|$", text, re.M)
+    assert len(md_rows) == len(table_rows)          # every field of every case, once
+    assert ("steps/2/params/0/b", "FAIL") in {(r[0], r[3].strip()) for r in md_rows}
+    assert "**FAIL**" in text and "rtol = 1e-07, atol = 1e-10" in text
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".report-")]
+
+
+# ------------------------------------------------------------------------------------------------------
 # checker behaviour
 # ------------------------------------------------------------------------------------------------------
 def test_check_golden_against_itself(golden, capsys):
@@ -216,7 +381,7 @@ def test_check_golden_against_itself(golden, capsys):
 
 
 def test_missing_case_and_field_fail(golden, tmp_path, capsys):
-    sel = lambda n: n.startswith(("bp__mlp__", "fa__mlp__"))  # noqa: E731
+    sel = lambda n: n.startswith(("bp__mlp__default.", "fa__mlp__default."))  # noqa: E731
     gold = _subset(golden, tmp_path / "gold", sel)
     cand = _candidates(golden, tmp_path / "cand", select=sel)
     os.remove(cand / "fa__mlp__default.h5")

@@ -120,6 +120,8 @@ class Conv2d(Layer):
         return conv_ops.conv2d_forward(x, W, self.params.get("b"), self.stride, self.padding)
 
     def backward(self, dy, cache, need_dx=True, feedback=None):
+        if dy.ndim == 4:
+            dy = conv_ops.batch_innermost(dy)    # one layout copy (if any) for both GEMMs below
         dW, db = conv_ops.conv2d_backward_params(dy, cache)
         grads = {"W": dW}
         if db is not None:
@@ -259,8 +261,7 @@ class BatchNorm(Layer):
         return y, cache
 
     def backward(self, dy, cache, need_dx=True, feedback=None):
-        dgamma, dbeta = norm.batchnorm_backward_params(dy, cache)
-        dx = norm.batchnorm_backward_input(dy, cache) if need_dx else None
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, cache, need_dx)   # one pass for both (same numbers)
         return dx, {"gamma": dgamma, "beta": dbeta}
 
     def geometry(self):

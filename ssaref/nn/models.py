@@ -10,11 +10,12 @@ import math
 
 import numpy as np
 
+from ..backend import get_array_module
 from .containers import ResidualBlock, Sequential
 from .layers import (BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
                      Sigmoid, Tanh)
 
-__all__ = ["MODELS", "build_model"]
+__all__ = ["MODELS", "build_model", "WEIGHT_INITS", "BIAS_INITS", "reinitialise", "dense_layers"]
 
 _ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
@@ -151,4 +152,76 @@ def build_model(name, input_shape, num_classes, *, xp=np, dtype=np.float32, seed
         raise ValueError(f"model {name!r}: features before the classifier have shape {shape}, expected 1-D")
     model = Sequential(layers + [Linear(shape[0], int(num_classes), **ctx)])
     model.name, model.input_shape, model.num_classes = name, input_shape, int(num_classes)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------
+# initialisation options (the SVD rules' ``svd_init`` / ``bias_init``, docs/decisions.md D4.11)
+# ---------------------------------------------------------------------------------------------------
+WEIGHT_INITS = ("default", "kaiming_uniform_a5", "orthogonal")
+BIAS_INITS = ("uniform", "zero")
+
+
+def dense_layers(layer):
+    """Every ``Linear`` / ``Conv2d`` under ``layer`` (recursively), in forward order."""
+    out = []
+    for child in getattr(layer, "children", {}).values():
+        if getattr(child, "kind", None) in ("linear", "conv2d") and "W" in child.params:
+            out.append(child)
+        else:
+            out += dense_layers(child)
+    return out
+
+
+def _kaiming_uniform_a5(rng, shape):
+    """torch.nn.init.kaiming_uniform_(W, a=sqrt(5)) (torch's default for Linear / Conv2d weights): gain
+    sqrt(2 / (1 + a^2)) = sqrt(1/3), bound gain * sqrt(3 / fan_in) = 1 / sqrt(fan_in), fan_in = prod(shape[1:])."""
+    fan_in = int(math.prod(shape[1:]))
+    gain = math.sqrt(2.0 / (1.0 + 5.0))
+    bound = gain * math.sqrt(3.0 / fan_in)
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def _orthogonal(rng, shape, gain=1.0):
+    """torch.nn.init.orthogonal_(W, gain): QR of a standard normal (rows, cols) matrix, rows = shape[0],
+    cols = prod(shape[1:]) (transposed when rows < cols), columns signed by diag(R); all singular values ``gain``."""
+    rows, cols = int(shape[0]), int(math.prod(shape[1:]))
+    flat = rng.standard_normal((rows, cols))
+    if rows < cols:
+        flat = flat.T
+    q, r = np.linalg.qr(flat)
+    q = q * np.sign(np.where(np.diag(r) == 0, 1.0, np.diag(r)))
+    if rows < cols:
+        q = q.T
+    return gain * q.reshape(shape)
+
+
+def reinitialise(model, *, weight="default", bias="uniform", rng=None):
+    """Redraw the dense weights and biases of ``model`` in place (before an SVD rule converts it).
+
+    Parameters
+    ----------
+    weight : ``"default"`` -- keep the model's own draw, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (which *is* torch's
+        default init); ``"kaiming_uniform_a5"`` -- torch's ``kaiming_uniform_(a=sqrt(5))`` drawn afresh from
+        ``rng`` (the same distribution as ``default``, another draw); ``"orthogonal"`` -- torch's
+        ``orthogonal_`` (gain 1) on the weight viewed as (out, fan_in).
+    bias : ``"uniform"`` -- keep the model's own draw; ``"zero"`` -- zeros.
+    rng : numpy.random.Generator for the new weights (host float64 draws, cast to the model's dtype), in forward
+        order of the layers.
+
+    The arrays are overwritten in place, so the containers' flat views stay valid.
+    """
+    if weight not in WEIGHT_INITS:
+        raise ValueError(f"unknown weight initialisation {weight!r}; choose one of {', '.join(WEIGHT_INITS)}")
+    if bias not in BIAS_INITS:
+        raise ValueError(f"unknown bias initialisation {bias!r}; choose one of {', '.join(BIAS_INITS)}")
+    if weight != "default" and rng is None:
+        raise ValueError("reinitialise: a new weight draw needs a generator (rng)")
+    for layer in dense_layers(model):
+        W = layer.params["W"]
+        if weight != "default":
+            new = _kaiming_uniform_a5(rng, W.shape) if weight == "kaiming_uniform_a5" else _orthogonal(rng, W.shape)
+            W[...] = get_array_module(W).asarray(new.astype(W.dtype))
+        if bias == "zero" and "b" in layer.params:
+            layer.params["b"][...] = 0
     return model

@@ -9,16 +9,34 @@ With ``col2 = im2col(x).reshape(K, M)`` (``K = C_in*kh*kw`` rows, ``M = Ho*Wo*N`
 
 The input gradient computes ``W2.T @ dy2`` one kernel row (a block of ``kw*C_in`` rows) at a time
 and adds each block into the image as soon as it is made (col2im fused with the GEMM), so the
-``(K, M)`` temporary is never allocated: fresh large buffers cost page faults on every step.
+``(K, M)`` temporary is never allocated: fresh large buffers cost page faults on every step.  The
+image is never padded (each offset adds only its in-image window; padding would be discarded), and
+the copies and adds are split over ssaref's op threads by channel (``ssaref.threads``).
 The weight gradient is computed as ``(col2 @ dy2.T).T``, the faster orientation for OpenBLAS.
 ``y`` and ``dx`` are NCHW views of batch-innermost buffers (see ``im2col.py``).
 """
 from __future__ import annotations
 
 from ..backend import get_array_module
-from .im2col import as_pair, im2col, kernel_offsets
+from .im2col import as_pair, im2col, split_rows, valid_offsets
 
-__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params"]
+__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "batch_innermost"]
+
+
+def batch_innermost(a):
+    """``a`` (N, C, H, W) itself when its memory is batch-innermost (C, H, W, N), else such a copy (same values):
+    the layout every conv GEMM reads.  A layer hands its ``dy`` through this once for both backward GEMMs."""
+    t = a.transpose(1, 2, 3, 0)
+    if t.flags.c_contiguous:
+        return a
+    xp = get_array_module(a)
+    out = xp.empty(t.shape, dtype=a.dtype)
+
+    def part(lo, hi):
+        out[lo:hi] = t[lo:hi]
+
+    split_rows(xp, t.shape[0], part, t.size)
+    return out.transpose(3, 0, 1, 2)
 
 
 def conv2d_forward(x, W, b=None, stride=1, padding=0):
@@ -57,7 +75,12 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     _, _, _, Ho, Wo, N = col.shape
     y2 = W.reshape(C_out, -1) @ col.reshape(C_in * kh * kw, -1)  # y2 = W2 @ col2, (C_out, M)
     if b is not None:
-        y2 += b[:, None]
+        bias = b[:, None]
+
+        def add_bias(lo, hi):
+            y2[lo:hi] += bias[lo:hi]
+
+        split_rows(get_array_module(y2), C_out, add_bias, y2.size)
     y = y2.reshape(C_out, Ho, Wo, N).transpose(3, 0, 1, 2)
     return y, (col, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
 
@@ -98,14 +121,21 @@ def conv2d_backward_input(dy, W, cache):
     xp = get_array_module(dy, W)
     # W2.T with its rows ordered (i, j, c): one block of kw*C_in rows per kernel row i
     Wk = xp.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh, kw * C_in, -1)
-    dpad = xp.zeros((C_in, H + 2 * ph, Wd + 2 * pw, N), dtype=dy.dtype)
+    # the image gradient itself, unpadded: what a kernel offset would add to the padding is never added
+    dx = xp.zeros((C_in, H, Wd, N), dtype=dy.dtype)
     block = xp.empty((kw * C_in, dy2.shape[1]), dtype=dy.dtype)
     dcol_i = block.reshape(kw, C_in, Ho, Wo, N)                 # = dcol[:, i, :] moved axes
-    for i, j, rows, cols in kernel_offsets(kh, kw, sy, sx, Ho, Wo):
-        if j == 0:
-            xp.matmul(Wk[i], dy2, out=block)                    # dcol[:, i, :] = W[:, :, i, :].T @ dy2
-        dpad[:, rows, cols] += dcol_i[j]                        # col2im, one kernel offset
-    return dpad[:, ph:ph + H, pw:pw + Wd].transpose(3, 0, 1, 2)
+    offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, Wd, Ho, Wo))
+    for i in range(kh):
+        xp.matmul(Wk[i], dy2, out=block)                        # dcol[:, i, :] = W[:, :, i, :].T @ dy2
+        row = [o for o in offsets if o[0] == i]
+
+        def add(lo, hi):                                        # col2im of kernel row i, offsets j in order
+            for _, j, orow, ocol, irow, icol in row:
+                dx[lo:hi, irow, icol] += dcol_i[j, lo:hi, orow, ocol]
+
+        split_rows(xp, C_in, add, block.size)
+    return dx.transpose(3, 0, 1, 2)
 
 
 def conv2d_backward_params(dy, cache):

@@ -25,9 +25,26 @@ from __future__ import annotations
 
 import numbers
 
-from ..backend import get_array_module
+import numpy as np
 
-__all__ = ["as_pair", "conv_output_size", "kernel_offsets", "pad_hw", "im2col", "col2im"]
+from ..backend import get_array_module
+from ..threads import parallel_ranges
+
+__all__ = ["as_pair", "conv_output_size", "kernel_offsets", "valid_offsets", "pad_hw", "im2col", "col2im",
+           "split_rows"]
+
+# the element count below which an op is not split over threads (the hand-off costs tens of microseconds)
+PARALLEL_MIN = 1 << 16
+
+
+def split_rows(xp, n, fn, work=0):
+    """``fn(lo, hi)`` over ``range(n)`` (rows of an op's outermost memory axis), split over ssaref's op threads
+    (``ssaref.threads.parallel_ranges``) on the NumPy backend when the op touches at least ``PARALLEL_MIN``
+    elements (``work``); else one call.  Results are the same either way: parts write disjoint rows."""
+    if xp is np and work >= PARALLEL_MIN and n > 1:
+        parallel_ranges(n, fn, min_chunk=max(1, (PARALLEL_MIN * n) // max(work, 1)))
+    else:
+        fn(0, n)
 
 
 def as_pair(value, name, minimum=0):
@@ -59,6 +76,35 @@ def kernel_offsets(kh, kw, sy, sx, Ho, Wo):
             yield i, j, rows, slice(j, j + sx * (Wo - 1) + 1, sx)
 
 
+def valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo):
+    """Yield ``(i, j, out_rows, out_cols, in_rows, in_cols)`` per kernel offset: the output window positions
+    ``(oy, ox)`` whose input pixel ``(i + sy*oy - ph, j + sx*ox - pw)`` lies inside the unpadded image, and those
+    input pixels, as slices (empty slices where none does).  Everything else of that offset reads padding."""
+    def span(k, s, p, size, out):
+        lo = max(0, -((k - p) // s)) if k < p else 0                 # ceil((p - k) / s)
+        hi = min(out, (size - 1 + p - k) // s + 1) if size - 1 + p - k >= 0 else 0
+        hi = max(hi, lo)
+        start = k + s * lo - p
+        return slice(lo, hi), slice(start, start + s * (hi - lo - 1) + 1 if hi > lo else start, s)
+    for i in range(kh):
+        orow, irow = span(i, sy, ph, H, Ho)
+        for j in range(kw):
+            ocol, icol = span(j, sx, pw, W, Wo)
+            yield i, j, orow, ocol, irow, icol
+
+
+def _fill_outside(dst, orow, ocol, Ho, Wo, value=0.0):
+    """Set ``dst[:, oy, ox]`` (axes 1, 2 = output rows, columns) to ``value`` outside ``orow`` x ``ocol``."""
+    if orow.start > 0:
+        dst[:, :orow.start] = value
+    if orow.stop < Ho:
+        dst[:, orow.stop:] = value
+    if ocol.start > 0:
+        dst[:, orow, :ocol.start] = value
+    if ocol.stop < Wo:
+        dst[:, orow, ocol.stop:] = value
+
+
 def pad_hw(a, ph, pw, value=0.0):
     """Pad the two middle (spatial) axes of ``a``.
 
@@ -80,8 +126,14 @@ def pad_hw(a, ph, pw, value=0.0):
         return a
     xp = get_array_module(a)
     A, H, W, B = a.shape
-    apad = xp.full((A, H + 2 * ph, W + 2 * pw, B), value, dtype=a.dtype)
-    apad[:, ph:ph + H, pw:pw + W] = a
+    apad = xp.empty((A, H + 2 * ph, W + 2 * pw, B), dtype=a.dtype)
+
+    def part(lo, hi):                       # the border only is filled, the interior is copied once
+        d = apad[lo:hi]
+        d[:, ph:ph + H, pw:pw + W] = a[lo:hi]
+        _fill_outside(d, slice(ph, ph + H), slice(pw, pw + W), H + 2 * ph, W + 2 * pw, value)
+
+    split_rows(xp, A, part, apad.size)
     return apad
 
 
@@ -106,14 +158,31 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     xp = get_array_module(x)
-    xc = x.transpose(1, 2, 3, 0)
-    if ph == pw == 0:             # one transposing copy (if any) instead of one per kernel offset
-        xc = xp.ascontiguousarray(xc)
-    xpad = pad_hw(xc, ph, pw)                                   # (C, Hp, Wp, N)
+    xc = x.transpose(1, 2, 3, 0)                                # (C, H, W, N), no copy for batch-innermost x
+    if not xc.flags.c_contiguous:     # one transposing copy instead of one strided gather per kernel offset
+        xc = _contiguous(xp, xc)
     col = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
-    for i, j, rows, cols in kernel_offsets(kh, kw, sy, sx, Ho, Wo):
-        col[:, i, j] = xpad[:, rows, cols]
+    offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo))
+
+    def part(lo, hi):   # the padding is never materialised: each offset copies its in-image window, zeros the rest
+        for i, j, orow, ocol, irow, icol in offsets:
+            dst = col[lo:hi, i, j]
+            dst[:, orow, ocol] = xc[lo:hi, irow, icol]
+            _fill_outside(dst, orow, ocol, Ho, Wo)
+
+    split_rows(xp, C, part, col.size)
     return col
+
+
+def _contiguous(xp, a):
+    """``a`` copied C-contiguous (a transposing copy), split over the op threads by its first axis."""
+    out = xp.empty(a.shape, dtype=a.dtype)
+
+    def part(lo, hi):
+        out[lo:hi] = a[lo:hi]
+
+    split_rows(xp, a.shape[0], part, a.size)
+    return out
 
 
 def col2im(col, sy, sx, ph, pw, H, W):
@@ -130,14 +199,19 @@ def col2im(col, sy, sx, ph, pw, H, W):
     Returns
     -------
     x : array, shape (N, C, H, W)
-        ``<im2col(z), col> == <z, col2im(col)>`` for every ``z``.  A view (batch-innermost memory).
+        ``<im2col(z), col> == <z, col2im(col)>`` for every ``z``.  A view of a C-contiguous (C, H, W, N)
+        buffer (batch-innermost memory).
     """
     C, kh, kw, Ho, Wo, N = col.shape
     if (conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)) != (Ho, Wo):
         raise ValueError(f"col of shape {col.shape} does not match an image of size {(H, W)} "
                          f"with stride {(sy, sx)} and padding {(ph, pw)}")
     xp = get_array_module(col)
-    dpad = xp.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=col.dtype)
-    for i, j, rows, cols in kernel_offsets(kh, kw, sy, sx, Ho, Wo):
-        dpad[:, rows, cols] += col[:, i, j]
-    return dpad[:, ph:ph + H, pw:pw + W].transpose(3, 0, 1, 2)
+    dx = xp.zeros((C, H, W, N), dtype=col.dtype)     # padding positions would be discarded: never added
+
+    def part(lo, hi):
+        for i, j, orow, ocol, irow, icol in valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo):
+            dx[lo:hi, irow, icol] += col[lo:hi, i, j, orow, ocol]
+
+    split_rows(xp, C, part, col.size)
+    return dx.transpose(3, 0, 1, 2)

@@ -10,9 +10,41 @@ as new arrays; evaluation normalises with the running statistics and returns the
 """
 from __future__ import annotations
 
-from ..backend import get_array_module
+import numpy as np
 
-__all__ = ["batchnorm_forward", "batchnorm_backward_input", "batchnorm_backward_params"]
+from ..backend import get_array_module
+from .im2col import split_rows
+
+__all__ = ["batchnorm_forward", "batchnorm_backward_input", "batchnorm_backward_params", "batchnorm_backward"]
+
+_BLOCK = 1 << 18   # elements per channel block of the row-wise (NumPy) path
+
+
+def _rows(a):
+    """``a`` (N, C, H, W) as a (C, H*W*N) view when its memory is batch-innermost (C, H, W, N) -- the layout of
+    conv outputs -- else None.  Reducing each row equals NumPy's reduction over (0, 2, 3) of such an array bit
+    for bit (the reduction runs over the same contiguous memory in the same order), and a row's elements are
+    independent of the other rows', so blocks of channels can be handled apart, in cache and in parallel."""
+    if a.ndim != 4 or not isinstance(a, np.ndarray):
+        return None
+    t = a.transpose(1, 2, 3, 0)
+    return t.reshape(a.shape[1], -1) if t.flags.c_contiguous else None
+
+
+def _channel_blocks(C, L, fn):
+    """``fn(lo, hi)`` over blocks of rows (channels) of about ``_BLOCK`` elements, split over the op threads."""
+    per = max(1, _BLOCK // max(L, 1))
+
+    def part(lo, hi):
+        for a in range(lo, hi, per):
+            fn(a, min(hi, a + per))
+
+    split_rows(np, C, part, C * L)
+
+
+def _mean_of_sum(s, n):
+    """What ``np.mean`` returns from the sum ``s`` of ``n`` items (its own division, bit for bit)."""
+    return np.true_divide(s, np.intp(n), out=s.copy(), casting="unsafe")
 
 
 def _axes(ndim):
@@ -65,6 +97,9 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
                "running_var": running_var})
     xp = get_array_module(x, gamma, beta, running_mean, running_var)
     axes, shape = _axes(x.ndim)
+    rows = _rows(x) if xp is np else None
+    if rows is not None:
+        return _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, momentum, eps)
     if train:
         n = x.size // x.shape[1]
         if n < 2:
@@ -89,6 +124,74 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
     y = xhat * gamma.reshape(shape)
     y += beta.reshape(shape)
     return y, (xhat, gamma, inv_std, bool(train), group if train else None), new_mean, new_var
+
+
+def _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, momentum, eps):
+    """``batchnorm_forward`` on a batch-innermost 4-D ``x`` (NumPy), channel block by channel block: the same
+    operations in the same order per element as the general path, so the same bits."""
+    C, L = rows.shape
+    n = L
+    if train and n < 2:
+        raise ValueError(f"batchnorm: training needs more than one value per channel, got x of shape {tuple(x.shape)}")
+    xhat = np.empty_like(x)
+    y = np.empty_like(x)
+    xr, yr = _rows(xhat), _rows(y)
+    mean = np.empty(C, dtype=x.dtype) if train else running_mean
+    var = np.empty(C, dtype=x.dtype) if train else running_var
+    inv_std = np.empty(C, dtype=x.dtype)
+
+    def block(lo, hi):
+        if train:
+            mean[lo:hi] = rows[lo:hi].mean(axis=1)
+        np.subtract(rows[lo:hi], mean[lo:hi, None], out=xr[lo:hi])
+        if train:
+            var[lo:hi] = (xr[lo:hi] * xr[lo:hi]).mean(axis=1)            # biased: used to normalise
+        inv_std[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
+        xr[lo:hi] *= inv_std[lo:hi, None]
+        np.multiply(xr[lo:hi], gamma[lo:hi, None], out=yr[lo:hi])
+        yr[lo:hi] += beta[lo:hi, None]
+
+    _channel_blocks(C, L, block)
+    if train:
+        new_mean = (1.0 - momentum) * running_mean + momentum * mean
+        new_var = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+    else:
+        new_mean, new_var = running_mean, running_var
+    return y, (xhat, gamma, inv_std, bool(train)), new_mean, new_var
+
+
+def batchnorm_backward(dy, cache, need_dx=True):
+    """``(dx or None, dgamma, dbeta)``: :func:`batchnorm_backward_input` and :func:`batchnorm_backward_params` in
+    one pass over ``dy`` (the per-channel sums are shared; the same bits as the two calls)."""
+    xhat, gamma, inv_std, train = cache
+    if dy.shape != xhat.shape:
+        raise ValueError(f"batchnorm backward: dy of shape {tuple(dy.shape)}, expected {tuple(xhat.shape)}")
+    dr, xr = (_rows(dy), _rows(xhat)) if get_array_module(dy, xhat) is np else (None, None)
+    if dr is None or xr is None:
+        dgamma, dbeta = batchnorm_backward_params(dy, cache)
+        return (batchnorm_backward_input(dy, cache) if need_dx else None), dgamma, dbeta
+    C, L = dr.shape
+    dgamma, dbeta = np.empty(C, dtype=dy.dtype), np.empty(C, dtype=dy.dtype)
+    dx = np.empty_like(xhat) if need_dx else None
+    dxr = _rows(dx) if need_dx else None
+    scale = gamma * inv_std
+
+    def block(lo, hi):
+        d, xh = dr[lo:hi], xr[lo:hi]
+        dbeta[lo:hi] = d.sum(axis=1)
+        dgamma[lo:hi] = (d * xh).sum(axis=1)
+        if not need_dx:
+            return
+        out = dxr[lo:hi]
+        if not train:
+            np.multiply(d, scale[lo:hi, None], out=out)
+            return
+        np.subtract(d, _mean_of_sum(dbeta[lo:hi], L)[:, None], out=out)   # dy - mean(dy)
+        out -= xh * _mean_of_sum(dgamma[lo:hi], L)[:, None]                 # - xhat mean(dy xhat)
+        out *= scale[lo:hi, None]
+
+    _channel_blocks(C, L, block)
+    return dx, dgamma, dbeta
 
 
 def batchnorm_backward_input(dy, cache):

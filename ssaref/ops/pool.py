@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 from ..backend import get_array_module
-from .im2col import as_pair, conv_output_size, kernel_offsets, pad_hw
+from .im2col import as_pair, conv_output_size, kernel_offsets, pad_hw, split_rows
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "global_avgpool_forward", "global_avgpool_backward"]
@@ -60,17 +60,30 @@ def _offsets(g):
 
 
 def _dy_work(dy, g, op):
+    """``dy`` in the working layout, copied once into it (C-contiguous) when it arrives in another memory order
+    (e.g. NCHW from a Linear layer's input gradient after a flatten): every kernel offset reads it again."""
     N, C = g.x_shape[:2]
     if tuple(dy.shape) != (N, C, g.Ho, g.Wo):
         raise ValueError(f"{op} backward: dy of shape {tuple(dy.shape)}, expected {(N, C, g.Ho, g.Wo)}")
-    return _to_work(dy, g)
+    w = _to_work(dy, g)
+    if not w.flags.c_contiguous:
+        xp = get_array_module(w)
+        out = xp.empty(w.shape, dtype=w.dtype)
+
+        def part(lo, hi):
+            out[lo:hi] = w[lo:hi]
+
+        split_rows(xp, w.shape[0], part, w.size)
+        w = out
+    return w
 
 
 def _scatter(g, dyw, window_grad):
     """``dx`` (N, C, H, W) from the per-offset window gradients, summed into place.
 
-    ``window_grad(k, out=None)`` returns the (A, Ho, Wo, B) gradient of kernel offset ``k``,
-    written into ``out`` when given (disjoint windows: straight into ``dx``, no temporary).
+    ``window_grad(k, lo, hi, out=None)`` returns the (hi - lo, Ho, Wo, B) gradient of kernel offset ``k`` for
+    rows ``lo:hi`` of the working layout, written into ``out`` when given (disjoint windows: straight into
+    ``dx``, no temporary).  Rows are split over ssaref's op threads.
     """
     H, W = g.x_shape[2:]
     A, _, _, B = dyw.shape
@@ -79,11 +92,16 @@ def _scatter(g, dyw, window_grad):
     tiled = disjoint and (Hp, Wp) == (g.Ho * g.kh, g.Wo * g.kw)
     xp = get_array_module(dyw)
     dpad = (xp.empty if tiled else xp.zeros)((A, Hp, Wp, B), dtype=dyw.dtype)
-    for k, (_, _, rows, cols) in enumerate(_offsets(g)):
-        if disjoint:
-            window_grad(k, out=dpad[:, rows, cols])            # each input element in one window
-        else:
-            dpad[:, rows, cols] += window_grad(k)
+    offsets = list(enumerate(_offsets(g)))
+
+    def part(lo, hi):                                          # rows lo:hi of the working layout
+        for k, (_, _, rows, cols) in offsets:
+            if disjoint:
+                window_grad(k, lo, hi, out=dpad[lo:hi, rows, cols])   # each input element in one window
+            else:
+                dpad[lo:hi, rows, cols] += window_grad(k, lo, hi)
+
+    split_rows(xp, A, part, dpad.size)
     return _from_work(dpad[:, g.ph:g.ph + H, g.pw:g.pw + W], g)
 
 
@@ -109,17 +127,24 @@ def maxpool2d_forward(x, kernel, stride=None, padding=0):
     g = _geometry(x, kernel, stride, padding, "maxpool2d")
     xp = get_array_module(x)
     xpad = pad_hw(_to_work(x, g), g.ph, g.pw, float("-inf"))
-    offsets = _offsets(g)
-    _, _, rows, cols = next(offsets)
-    y = xpad[:, rows, cols].copy()                             # (A, Ho, Wo, B)
+    offsets = list(_offsets(g))
+    A, B = xpad.shape[0], xpad.shape[3]
+    y = xp.empty((A, g.Ho, g.Wo, B), dtype=x.dtype)
     argmax = xp.zeros(y.shape, dtype=xp.int8 if g.kh * g.kw <= 127 else xp.int32)
     step = xp.empty_like(argmax)
-    for k, (_, _, rows, cols) in enumerate(offsets, start=1):
-        window = xpad[:, rows, cols]
-        # the last k at which the running max grows strictly is the first argmax: max_k k*[win > y]
-        xp.multiply(window > y, argmax.dtype.type(k), out=step)
-        xp.maximum(argmax, step, out=argmax)
-        xp.maximum(y, window, out=y)
+
+    def part(lo, hi):
+        _, _, rows, cols = offsets[0]
+        yb, ab, sb = y[lo:hi], argmax[lo:hi], step[lo:hi]
+        yb[...] = xpad[lo:hi, rows, cols]                      # (hi - lo, Ho, Wo, B)
+        for k, (_, _, rows, cols) in enumerate(offsets[1:], start=1):
+            window = xpad[lo:hi, rows, cols]
+            # the last k at which the running max grows strictly is the first argmax: max_k k*[win > y]
+            xp.multiply(window > yb, argmax.dtype.type(k), out=sb)
+            xp.maximum(ab, sb, out=ab)
+            xp.maximum(yb, window, out=yb)
+
+    split_rows(xp, A, part, xpad.size)
     return _from_work(y, g), (argmax, g)
 
 
@@ -139,7 +164,7 @@ def maxpool2d_backward(dy, cache):
     argmax, g = cache
     dyw = _dy_work(dy, g, "maxpool2d")
     xp, kk = get_array_module(dy), argmax.dtype.type
-    return _scatter(g, dyw, lambda k, out=None: xp.multiply(dyw, argmax == kk(k), out=out))
+    return _scatter(g, dyw, lambda k, lo, hi, out=None: xp.multiply(dyw[lo:hi], argmax[lo:hi] == kk(k), out=out))
 
 
 def avgpool2d_forward(x, kernel, stride=None, padding=0):
@@ -161,13 +186,20 @@ def avgpool2d_forward(x, kernel, stride=None, padding=0):
         ``(geometry,)``.
     """
     g = _geometry(x, kernel, stride, padding, "avgpool2d")
+    xp = get_array_module(x)
     xpad = pad_hw(_to_work(x, g), g.ph, g.pw, 0.0)
-    offsets = _offsets(g)
-    _, _, rows, cols = next(offsets)
-    y = xpad[:, rows, cols].copy()                             # (A, Ho, Wo, B)
-    for _, _, rows, cols in offsets:
-        y += xpad[:, rows, cols]
-    y *= 1.0 / (g.kh * g.kw)
+    offsets = list(_offsets(g))
+    y = xp.empty((xpad.shape[0], g.Ho, g.Wo, xpad.shape[3]), dtype=x.dtype)
+
+    def part(lo, hi):
+        _, _, rows, cols = offsets[0]
+        yb = y[lo:hi]
+        yb[...] = xpad[lo:hi, rows, cols]                      # (hi - lo, Ho, Wo, B)
+        for _, _, rows, cols in offsets[1:]:
+            yb += xpad[lo:hi, rows, cols]
+        yb *= 1.0 / (g.kh * g.kw)
+
+    split_rows(xp, y.shape[0], part, xpad.size)
     return _from_work(y, g), (g,)
 
 
@@ -187,9 +219,9 @@ def avgpool2d_backward(dy, cache):
     (g,) = cache
     xp, dyw, scale = get_array_module(dy), _dy_work(dy, g, "avgpool2d"), 1.0 / (g.kh * g.kw)
     if (g.kh, g.kw) == (g.sy, g.sx):                           # disjoint: scale into place
-        return _scatter(g, dyw, lambda k, out=None: xp.multiply(dyw, scale, out=out))
+        return _scatter(g, dyw, lambda k, lo, hi, out=None: xp.multiply(dyw[lo:hi], scale, out=out))
     share = dyw * scale                                        # overlapping: scale once, add often
-    return _scatter(g, dyw, lambda k, out=None: share)
+    return _scatter(g, dyw, lambda k, lo, hi, out=None: share[lo:hi])
 
 
 def global_avgpool_forward(x):

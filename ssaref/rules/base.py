@@ -196,8 +196,9 @@ class Rule:
 
     name = "base"
     OPTIONS: dict = {}
-    # golden-vector cases beyond "default" (ssaref.vectors exports every registered rule's default):
-    # variant name -> (rule options, plain-SGD warm-up steps on the batch before the recorded step)
+    # golden-vector cases beyond "default" (ssaref.vectors exports every registered rule's default): variant name ->
+    # (rule options, plain-SGD warm-up steps on the batch before the recorded step[, {"models", "warmup_options",
+    # "optimizer", "steps"}]); a "default" entry may only set the models (docs/golden-vectors.md)
     GOLDEN_VARIANTS: dict = {}
 
     def __init__(self, **options):

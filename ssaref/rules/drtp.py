@@ -26,6 +26,7 @@ __all__ = ["DRTP"]
 
 class DRTP(DFA):
     name = "drtp"
+    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")})}
     OPTIONS = {
         "drtp_init": (
             str,

@@ -37,6 +37,15 @@ its own transformation to it (momentum, Adam's per-entry scaling -- which leaves
 retraction then runs in ``after_step`` (right after the optimiser step) and again in ``on_epoch_end``, so every
 forward pass, evaluation and checkpoint sees orthonormal ``U``, ``V``.
 
+Orthogonality handling (``orthogonality``, docs/decisions.md D4.12): ``retract`` (the above, the default),
+``retract-every`` (the retraction after every ``retract_every``-th optimiser step only, none at the epoch end) or
+``landing`` (Ablin & Peyre 2022; Gao et al. 2022 for the Stiefel manifold): the direction of ``U`` / ``V`` is
+the landing field ``skew(G X^T) X + 4 gamma X (X^T X - I)`` (``projection`` auto -> ``relative``; ``G`` the
+Euclidean gradient of the task and alignment terms; eq. (9)'s unprojected gradient as the normal term, i.e.
+``lambda = 4 gamma``), no retraction, and ``after_step`` shrinks each realised step so that
+``||X^T X - I||_F <= landing_eps`` (the step-size safeguard).  ``align_last`` (D4.13) switches the classifier's
+alignment target off.
+
 Alignment targets (``align_target``): ``B_i`` is ``d_i x d_N`` (d_i = size of the segment's output), so its rank-k
 factors are ``B_U`` (d_i x k), ``B_s`` (k), ``B_V`` (d_N x k) with ``k = min(d_i, d_N)``, while the layer has
 ``U`` (m x r), ``V`` (n x r), n = d_{i-1}.
@@ -58,7 +67,7 @@ import math
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
-from ..linalg import angle_deg, complement_project, randomized_svd, tangent_project
+from ..linalg import angle_deg, complement_project, randomized_svd, relative_project, tangent_project
 from ._feedback import (
     Segment,
     check_choice,
@@ -77,7 +86,8 @@ __all__ = ["SSA"]
 
 
 _VARIANTS = ("default", "paper")
-_PROJECTIONS = ("auto", "tangent", "paper", "complement", "none")
+_PROJECTIONS = ("auto", "tangent", "relative", "paper", "complement", "none")
+_ORTHOGONALITY = ("retract", "landing", "retract-every")  # D4.12
 _RETRACTIONS = ("auto", "polar", "qr", "none")
 _TARGETS = ("auto", "feedback", "weight")
 _YESNO = ("auto", "true", "false")
@@ -86,7 +96,15 @@ _YESNO = ("auto", "true", "false")
 class SSA(SVDRuleBase):
     name = "ssa"
     # paper-sgd1 starts one SGD step away from the exact SVD, where U^T U != I and eq. (9)'s term shows
-    GOLDEN_VARIANTS = {"paper": ({"ssa_variant": "paper"}, 0), "paper-sgd1": ({"ssa_variant": "paper"}, 1)}
+    GOLDEN_VARIANTS = {"paper": ({"ssa_variant": "paper"}, 0), "paper-sgd1": ({"ssa_variant": "paper"}, 1),
+                       "sgd1": ({"retraction": "none"}, 1),
+                       "coef": ({"alpha": 0.5, "beta": 0.05, "gamma": 0.1, "hoyer": 0.05, "retraction": "none"}, 1),
+                       "paper-coef": ({"ssa_variant": "paper", "alpha": 0.5, "beta": 0.05, "gamma": 0.1,
+                                       "hoyer": 0.05}, 1,
+                                      {"warmup_options": {"alpha": 0.5, "beta": 0.05, "gamma": 0.1, "hoyer": 0.05,
+                                                          "retraction": "none"}}),
+                       "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
+                       "adam3": ({}, 0, {"optimizer": "adam", "steps": 3})}
     OPTIONS = {
         "alpha": (float, 1.0, "weight of the task (DFA cross-entropy) term of the local loss, eq. (6)"),
         "beta": (float, 1e-3, "weight of the alignment loss, eq. (8)"),
@@ -99,8 +117,10 @@ class SSA(SVDRuleBase):
         "projection": (
             str,
             "auto",
-            "U/V projection: tangent (X - U sym(U^T X)), paper (as printed), complement "
-            "((I - XX^T) X for U and V), none; auto: tangent (default), paper (paper)",
+            "U/V projection: tangent (X - U sym(U^T X)), relative (skew(G U^T) U, the landing field's "
+            "relative gradient, Ablin & Peyre 2022), paper (as printed), complement "
+            "((I - XX^T) X for U and V), none; auto: tangent (default), relative (orthogonality landing), "
+            "paper (paper)",
         ),
         "project_ortho": (
             str,
@@ -111,7 +131,32 @@ class SSA(SVDRuleBase):
             str,
             "auto",
             "after the optimiser step map U, V back to the Stiefel manifold: polar, qr, "
-            "none; auto: polar (default), none (paper)",
+            "none; auto: polar (default), none (paper; orthogonality landing)",
+        ),
+        # D4.12: section 5.2 "avoids costly retractions" and cites the landing method [1]; eq. (9) is a penalty
+        "orthogonality": (
+            str,
+            "retract",
+            "orthogonality handling of U, V: retract (retraction after every optimiser step), landing (the "
+            "landing field of Ablin & Peyre 2022: relative gradient of the task and alignment terms plus eq. "
+            "(9)'s unprojected penalty gradient 4 gamma X (X^T X - I), i.e. lambda = 4 gamma; no retraction; "
+            "every step shrunk so that ||X^T X - I||_F stays <= landing_eps), retract-every (the retraction "
+            "after every retract_every-th optimiser step only)",
+        ),
+        # D4.12: the retraction of section 5.2's "costly retractions", applied every K-th step only
+        "retract_every": (int, 10, "with orthogonality retract-every: retract after every K-th optimiser step"),
+        # D4.12: the eps of Ablin & Peyre's safe step (their section 3; Stiefel form D4.12)
+        "landing_eps": (
+            float,
+            0.5,
+            "with orthogonality landing: the safeguard's bound eps on ||X^T X - I||_F (Ablin & Peyre 2022; in (0, 1))",
+        ),
+        # D4.13: the classifier's B_N (d_N x d_N) is defined nowhere in the paper
+        "align_last": (
+            bool,
+            True,
+            "give the output (classifier) layer an alignment target (the factors of a drawn d_N x d_N B_N, "
+            "eq. (8)); false: the classifier has no alignment term",
         ),
         "align_target": (
             str,
@@ -136,17 +181,35 @@ class SSA(SVDRuleBase):
         check_choice(self.name, "project_ortho", str(o["project_ortho"]).lower(), _YESNO)
         check_choice(self.name, "retraction", o["retraction"], _RETRACTIONS)
         check_choice(self.name, "align_target", o["align_target"], _TARGETS)
+        check_choice(self.name, "orthogonality", o["orthogonality"], _ORTHOGONALITY)
+        if o["retract_every"] < 1:
+            raise ValueError(f"method {self.name!r}: option retract_every={o['retract_every']} must be >= 1")
+        if not 0.0 < o["landing_eps"] < 1.0:
+            raise ValueError(f"method {self.name!r}: option landing_eps={o['landing_eps']!r} must be in (0, 1)")
         for k in ("alpha", "beta"):
             if not (o[k] >= 0.0 and math.isfinite(o[k])):
                 raise ValueError(f"method {self.name!r}: option {k}={o[k]!r} must be a finite number >= 0")
         if o["angle_every"] < 0:
             raise ValueError(f"method {self.name!r}: option angle_every={o['angle_every']} must be >= 0")
         paper = o["ssa_variant"] == "paper"
+        self.orthogonality = o["orthogonality"]
+        self.retract_every = int(o["retract_every"])
+        self.landing_eps = float(o["landing_eps"])
+        landing = self.orthogonality == "landing"
+        if landing and o["retraction"] not in ("auto", "none"):
+            raise ValueError(
+                f"method {self.name!r}: orthogonality=landing does no retraction; retraction={o['retraction']!r} "
+                f"contradicts it (use orthogonality retract or retract-every)"
+            )
         # the resolved choices (``auto`` -> the variant's own); golden vectors record them (resolved_options)
-        self.projection = o["projection"] if o["projection"] != "auto" else ("paper" if paper else "tangent")
+        auto_proj = "paper" if paper else ("relative" if landing else "tangent")
+        self.projection = o["projection"] if o["projection"] != "auto" else auto_proj
         po = str(o["project_ortho"]).lower()
         self.project_ortho = (po == "true") if po != "auto" else paper
-        self.retraction = o["retraction"] if o["retraction"] != "auto" else ("none" if paper else "polar")
+        if o["retraction"] != "auto":
+            self.retraction = o["retraction"]
+        else:  # the paper variant has no retraction (eq. (9) is a soft penalty) unless retract-every asks for one
+            self.retraction = "none" if landing or (paper and self.orthogonality == "retract") else "polar"
         self.segments: list[Segment] = []  # hidden segments (``_feedback.segments``), found at init_state
         self.shapes = None  # per-example output shape of every top-level layer
 
@@ -200,6 +263,8 @@ class SSA(SVDRuleBase):
                 Bw = draw(rng, (m, n), "unit_col")
                 bu, bs, bv = randomized_svd(Bw, r, rng=rng, oversample=o["rsvd_oversample"], n_iter=o["rsvd_iters"])
                 TU[:], Ts[:], TV[:], mU[:], mV[:] = bu, bs, bv, 1.0, 1.0
+            if p == last and not o["align_last"]:  # D4.13: no alignment target for the classifier (drawn all
+                TU[:], Ts[:], TV[:], mU[:], mV[:] = 0.0, 0.0, 0.0, 0.0, 0.0  # the same, so rng stays in step)
             for key, arr in (("TU", TU), ("Ts", Ts), ("TV", TV), ("mU", mU), ("mV", mV)):
                 self.state[f"{key}/{p}"] = place(model, arr)
 
@@ -215,6 +280,8 @@ class SSA(SVDRuleBase):
         proj = self.projection
         if proj == "tangent":
             return tangent_project(X, G)
+        if proj == "relative":
+            return relative_project(X, G)  # skew(G X^T) X: the landing field's first term (Ablin & Peyre 2022)
         if proj == "complement" or (proj == "paper" and which == "U"):
             return complement_project(X, G)  # (I - X X^T) G, eq. (12) / section 5.2
         if proj == "paper":  # V as printed in eq. (13): (I_r - V^T V) on V^T

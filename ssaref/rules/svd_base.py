@@ -3,7 +3,11 @@ section 4.4 with the truncation of the optimiser and rule state, the orthogonali
 per-epoch ``svd_*`` metrics, and resume across rank cuts.
 
 A subclass implements ``svd_updates(model, caches, e, batch)``; ``updates`` wraps it to accumulate the update norms.
-``after_step`` retracts ``U``, ``V`` onto the Stiefel manifold when the subclass sets ``retraction`` (SSA's default).
+``after_step`` handles orthogonality as the subclass sets ``orthogonality`` (D4.12): ``retract`` -- retract ``U``,
+``V`` onto the Stiefel manifold after every step when ``retraction`` is not "none" (SSA's default);
+``retract-every`` -- every ``retract_every`` steps; ``landing`` -- the landing step safeguard, no retraction.
+Shared options added for issue 10: ``rank_reading`` (D4.9), ``parity_last`` (D4.10), ``svd_init`` /
+``bias_init`` (D4.11).
 """
 
 from __future__ import annotations
@@ -14,10 +18,19 @@ from typing import Any
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
-from ..linalg import hoyer, hoyer_grad, orthogonality_error, orthogonality_errors, retained_energy, retract
+from ..linalg import (
+    hoyer,
+    hoyer_grad,
+    landing_step_fraction,
+    orthogonality_error,
+    orthogonality_errors,
+    retained_energy,
+    retract,
+)
+from ..nn.models import BIAS_INITS, WEIGHT_INITS, reinitialise
 from ..nn.svd_layers import convert_model, recollect, svd_layers_of
 from ..rank import RankSchedule, keep_indices
-from ._feedback import place
+from ._feedback import check_choice, place
 from .base import Rule
 
 __all__ = ["SVDRuleBase", "RANK_OPTIONS"]
@@ -56,7 +69,57 @@ RANK_OPTIONS = {
         "also run the rank schedule on the output (classifier) layer; without it the "
         "classifier keeps its rank, except for the parity cap when parity is on",
     ),
+    # D4.9: readings of section 4.4's threshold rule (the paper does not say whether it is re-applied)
+    "rank_reading": (
+        str,
+        "every",
+        "threshold rule of the rank schedule (section 4.4): every (95% energy rule re-applied at every epoch "
+        "end of the threshold phase, compounding), once (applied at the first epoch end of the threshold phase "
+        "only), relative (energy measured against the spectrum at the start of the threshold phase), none (no "
+        "threshold phase)",
+    ),
+    # D4.10: section 4.4 states r < mn/(m+n) for every layer; false exempts the classifier
+    "parity_last": (
+        bool,
+        True,
+        "with parity on, cap the classifier too (section 4.4's rule for every layer); false: the classifier "
+        "is exempt from parity (it then keeps its rank, or follows the schedule without the cap with reduce_last)",
+    ),
+    # D4.11: the dense initialisation the factors are the SVD of (section 4.1 starts from the usual one)
+    "svd_init": (
+        str,
+        "default",
+        "dense initialisation the SVD factors are taken from (section 4.1): default (the model's own draw, "
+        "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which is torch's default), kaiming_uniform_a5 (the same "
+        "distribution, torch's kaiming_uniform_(a=sqrt(5)), drawn afresh from a generator jumped off the "
+        "rule's), orthogonal (torch's orthogonal_, gain 1, on the weight viewed as (out, fan_in))",
+    ),
+    # D4.11: the bias of eq. (1)'s layers, drawn as the dense layer's (the paper is silent)
+    "bias_init": (
+        str,
+        "uniform",
+        "bias initialisation of the SVD layers: uniform (the model's own draw, U(-1/sqrt(fan_in), "
+        "1/sqrt(fan_in)), torch's default) or zero",
+    ),
 }
+
+SVD_INITS = WEIGHT_INITS  # ("default", "kaiming_uniform_a5", "orthogonal")
+
+# Options added after golden-vector schema 1: ``resolved_options`` lists them (all of them) only when one differs
+# from its default, so the default golden vectors (whose ``options`` attribute records resolved_options) stay
+# byte-identical (they do not change any step at their defaults).
+LATER_OPTIONS = frozenset(
+    {
+        "rank_reading",
+        "parity_last",
+        "svd_init",
+        "bias_init",
+        "orthogonality",
+        "retract_every",
+        "landing_eps",
+        "align_last",
+    }
+)
 
 
 class SVDRuleBase(Rule):
@@ -80,8 +143,19 @@ class SVDRuleBase(Rule):
             parity=o["parity"],
             hoyer_every=o["hoyer_every"],
             parity_count=o["parity_count"],
+            reading=o["rank_reading"],
         )
+        check_choice(self.name, "svd_init", o["svd_init"], SVD_INITS)
+        check_choice(self.name, "bias_init", o["bias_init"], BIAS_INITS)
         self.retraction = "none"  # after_step maps U, V back to the Stiefel manifold unless "none" (SSA sets it)
+        # orthogonality handling (SSA sets it, D4.12): "retract" (after every optimiser step, with
+        # ``retraction``), "retract-every" (every ``retract_every`` optimiser steps) or "landing" (no retraction,
+        # the landing safeguard of ``landing_eps`` on every step)
+        self.orthogonality = "retract"
+        self.retract_every = 1
+        self.landing_eps = 0.5
+        self._prev: dict = {}  # landing: (prefix, name) -> the factor before the optimiser step
+        self._opt_steps = 0  # retract-every: optimiser steps of the run (host copy of "meta/step")
         self.layers: list[tuple[str, Any]] = []  # [(prefix, SVD layer)] in forward order, set by prepare_model
         self.r0 = {}  # prefix -> full rank at conversion
         self._acc = {}
@@ -91,10 +165,26 @@ class SVDRuleBase(Rule):
 
     @property
     def retracts(self):
-        """Whether ``after_step`` retracts ``U``, ``V``."""
-        return self.retraction != "none"
+        """Whether ``after_step`` retracts ``U``, ``V`` (after every step, or every ``retract_every`` steps)."""
+        return self.retraction != "none" and self.orthogonality in ("retract", "retract-every")
+
+    @property
+    def landing(self):
+        """Whether ``U``, ``V`` follow the landing field (no retraction, the step safeguard in ``after_step``)."""
+        return self.orthogonality == "landing"
 
     # -- model ------------------------------------------------------------------------------------
+    def setup(self, model, rng):
+        """``Rule.setup`` after redrawing the dense initialisation when ``svd_init`` / ``bias_init`` ask for it
+        (D4.11); the defaults draw nothing, so the rule's generator ``rng`` (feedback) is untouched either way:
+        a new draw comes from a generator jumped off it."""
+        o = self.options
+        if o["svd_init"] != "default" or o["bias_init"] != "uniform":
+            bg = rng.bit_generator
+            init_rng = np.random.Generator(bg.jumped()) if hasattr(bg, "jumped") else np.random.default_rng(0)
+            reinitialise(model, weight=o["svd_init"], bias=o["bias_init"], rng=init_rng)
+        return super().setup(model, rng)
+
     def prepare_model(self, model):
         convert_model(model)
         self.layers = svd_layers_of(model)
@@ -124,6 +214,15 @@ class SVDRuleBase(Rule):
         self.state["meta/epoch"] = place(model, np.ones(1))
         self.state["meta/num_epochs"] = place(model, np.zeros(1))
         self._epoch, self._num_epochs = 1, 0
+        if self.orthogonality == "retract-every":  # the step count decides when to retract; a resume keeps it
+            self.state["meta/step"] = place(model, np.zeros(1))
+            self._opt_steps = 0
+        if self.schedule.reading == "relative":
+            # reference energy of the "relative" reading: the initial spectrum (the reference of "energy"); the
+            # hybrid schedule replaces it at the end of epoch T1 (``_reduce_ranks``)
+            for p, layer in self._layers(model):
+                s = asnumpy(layer.params["s"]).astype(np.float64)
+                self.state[f"Eref/{p}"] = place(model, np.array([float((s * s).sum())]))
 
     @property
     def epoch(self):
@@ -146,6 +245,8 @@ class SVDRuleBase(Rule):
             if "meta/num_epochs" in self.state
             else 0
         )
+        if "meta/step" in self.state:
+            self._opt_steps = int(np.asarray(asnumpy(self.state["meta/step"])).reshape(-1)[0])
 
     # -- per-step pieces ----------------------------------------------------------------------------
     def hoyer_on(self):
@@ -202,7 +303,9 @@ class SVDRuleBase(Rule):
                     acc[1] += 1
 
     def updates(self, model, caches, e, batch):
-        """``svd_updates`` (the subclass's update directions), with the norms of the factor updates accumulated."""
+        """``svd_updates`` (the subclass's update directions), with the norms of the factor updates accumulated
+        (landing: the factors are remembered first, for the step safeguard of ``after_step``)."""
+        self._keep_previous()
         updates, signals = self.svd_updates(model, caches, e, batch)
         self._record_updates(updates)
         self._steps += 1
@@ -213,12 +316,60 @@ class SVDRuleBase(Rule):
         raise NotImplementedError
 
     def after_step(self, model, optimizer):
-        """Retract ``U``, ``V`` onto the Stiefel manifold (when ``retraction`` is not "none"), so the next forward
-        pass, evaluation and checkpoint see orthonormal factors."""
-        self._retract_all(model)
+        """Orthogonality handling after the optimiser step (D4.12): ``retract`` -- retract ``U``, ``V`` onto the
+        Stiefel manifold (when ``retraction`` is not "none"), so the next forward pass, evaluation and
+        checkpoint see orthonormal factors; ``retract-every`` -- the same after every ``retract_every``-th
+        optimiser step of the run; ``landing`` -- no retraction: the step safeguard (``_landing_guard``)."""
+        if self.orthogonality == "retract":
+            self._retract_all(model)
+        elif self.orthogonality == "retract-every":
+            self._opt_steps += 1
+            if "meta/step" in self.state:
+                self.state["meta/step"][...] = self._opt_steps
+            if self._opt_steps % self.retract_every == 0:
+                self._retract_all(model)
+        elif self.landing:
+            self._landing_guard(model)
+
+    def _keep_previous(self):
+        """Landing: remember every ``U``, ``V`` before the optimiser moves them (the safeguard scales the step)."""
+        if self.landing:
+            self._prev = {(p, n): layer.params[n].copy() for p, layer in self.layers for n in ("U", "V")}
+
+    def _landing_guard(self, model):
+        """The landing step-size safeguard on the realised step (Ablin & Peyre 2022, section 3.2; D4.12): every
+        ``U``, ``V`` whose step took ``||X^T X - I||_F`` above ``max(landing_eps, its distance before)`` is put
+        back to ``X0 + t (X - X0)`` with the largest safe ``t`` (``linalg.landing_step_fraction``).  One
+        device->host transfer of the distances per step; the per-factor quartic only where the bound is
+        crossed.  Records the largest distance of the epoch (``drift_*``) and the share of guarded steps
+        (``guard_*``)."""
+        todo = [(p, n, layer.params[n]) for p, layer in self._layers(model) for n in ("U", "V")]
+        prev = self._prev
+        self._prev = {}
+        errs = orthogonality_errors([X for _, _, X in todo])
+        eps = self.landing_eps
+        for (p, n, X), d in zip(todo, errs):
+            X0 = prev.get((p, n))
+            clipped = 0.0
+            if d > eps and X0 is not None and X0.shape == X.shape:
+                d0 = orthogonality_error(X0)
+                bound = max(eps, d0)
+                if d > bound:
+                    t = landing_step_fraction(X0, X - X0, bound)
+                    X[...] = X0 + t * (X - X0)
+                    d = orthogonality_error(X)
+                    clipped = 1.0
+            key = f"{p}/drift_{n}"
+            self._acc[key] = max(self._acc.get(key, 0.0), float(d))
+            self._record(p, f"guard_{n}", clipped)
 
     def resolved_options(self, model):
-        return dict(self.options, hoyer_active=bool(self.hoyer_on()))
+        out = dict(self.options, hoyer_active=bool(self.hoyer_on()))
+        later = [k for k in LATER_OPTIONS & set(out) if k in self.OPTIONS]
+        if all(out[k] == self.OPTIONS[k][1] for k in later):  # see LATER_OPTIONS: all at their defaults
+            for k in later:
+                del out[k]
+        return out
 
     # -- rank schedule ------------------------------------------------------------------------------
     def _state_slices(self, prefix, keep):
@@ -244,17 +395,27 @@ class SVDRuleBase(Rule):
 
     def _reduce_ranks(self, model, optimizer, epoch, num_epochs):
         energy = {}
+        o = self.options
         for p, layer in self.layers:
             s = layer.params["s"]
             m, n = layer.dims
-            if self._is_last(model, p) and not self.options["reduce_last"]:
-                r_new = self.schedule.capped_rank(layer.rank, m, n)  # parity binds the classifier too
+            last = self._is_last(model, p)
+            parity = None if not last or o["parity_last"] else False  # parity_last=false: classifier exempt
+            ref = self.state.get(f"Eref/{p}")
+            ref = None if ref is None else float(np.asarray(asnumpy(ref)).reshape(-1)[0])
+            if last and not o["reduce_last"]:
+                r_new = self.schedule.capped_rank(layer.rank, m, n, parity=parity)  # parity binds it too
             else:
-                r_new = self.schedule.new_rank(asnumpy(s), self.r0[p], m, n, epoch, num_epochs)
+                r_new = self.schedule.new_rank(
+                    asnumpy(s), self.r0[p], m, n, epoch, num_epochs, ref_energy=ref, parity=parity
+                )
             if r_new < layer.rank:
                 keep = keep_indices(s, r_new)
                 energy[p] = retained_energy(asnumpy(s).astype(np.float64), keep)
                 self.truncate_layer(model, optimizer, p, layer, keep)
+            if self.schedule.needs_reference(epoch, num_epochs):  # the spectrum the threshold phase starts with
+                sk = asnumpy(layer.params["s"]).astype(np.float64)
+                self.state[f"Eref/{p}"] = place(model, np.array([float((sk * sk).sum())]))
         return energy
 
     def on_epoch_end(self, model, optimizer, epoch, num_epochs):
@@ -262,7 +423,8 @@ class SVDRuleBase(Rule):
         if "meta/epoch" not in self.state:
             self._init_meta(model)
         self.state["meta/num_epochs"][...] = int(num_epochs)
-        self._retract_all(model)
+        if self.orthogonality == "retract":  # retract-every and landing leave the factors as trained
+            self._retract_all(model)
         self._num_epochs = int(num_epochs)
         energy = self._reduce_ranks(model, optimizer, int(epoch), int(num_epochs))
         metrics = self._epoch_metrics(model, energy)
@@ -288,8 +450,10 @@ class SVDRuleBase(Rule):
             )
         }
         extra = self._extra_metric_names()
-        if self.retracts:
+        if self.retracts or self.landing:
             extra = extra + ["drift_U", "drift_V"]
+        if self.landing:
+            extra = extra + ["guard_U", "guard_V"]
         rows.update({k: [] for k in extra})
         keys = list(self._upd)
         if keys:  # the accumulated update norms: one device->host transfer

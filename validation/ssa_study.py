@@ -1,0 +1,415 @@
+"""SSA at its best defensible reading (issue 10, point 5): screen the choices on a validation split, then
+compare the best settings with BP, DFA, SVD-BP, FA and uSF over 5 seeds.
+
+Stages (each choice is made on **validation** accuracy only; test accuracy is reported once, for stage 3):
+
+1. **screen** (``--screen-epochs`` 3, seeds ``--screen-seeds`` 0,1): SSA with ``--orthogonality`` in {retract,
+   landing, retract-every} x ``--rank-reading`` in {every, once, relative, none} x ``--beta`` in {1e-3, 1e-2} x
+   ``--gamma`` in {1e-2, 1e-1} (x ``--lrs``, default one learning rate): 48 settings;
+2. **init** (same epochs, seeds ``--init-seeds`` 0,1,2): the best screened setting with ``--svd-init`` in
+   {default, kaiming_uniform_a5, orthogonal} x ``--bias-init`` in {uniform, zero} x ``--align-last`` in
+   {true, false}: 12 settings (the one equal to the screened best reuses its run files);
+3. **final** (``--final-epochs`` 10, seeds ``--final-seeds`` 0-4): the ``--top`` 3 settings of stages 1-2 by mean
+   validation accuracy, and BP, DFA, SVD-BP (default, and with the best setting's rank reading), FA, uSF.
+
+Writes ``<out-dir>/{screen,final}/<setting>-seed<s>.h5`` (one run file each; an interrupted study is simply started
+again: finished runs are left alone, partial ones resumed) and ``<out-dir>/results.md``: the screening and
+initialisation tables (validation accuracy, mean ± std over seeds, ranked), the chosen settings, and the final
+table (test and validation accuracy mean ± std, parameter count and inference FLOPs after rank reduction,
+seconds per epoch); figures ``accuracy_vs_params.png`` and ``final_curves.png`` (``python -m ssaref.plot`` over
+the final runs: accuracy, loss, angles, ranks and orthogonality error per epoch with seed bands).
+
+    python -m validation.ssa_study                                    # full scale: 96 + 33 + 45 runs, ~2-3 h CPU
+    python -m validation.ssa_study --stage screen                     # stage 1 only (its table)
+    python -m validation.ssa_study --quick                            # smoke test: synthetic data, seconds
+
+``--quick``: synthetic data (128 training examples, 64 test, mlp 16-16), one seed, 1 screening and 2 final epochs,
+the screening grid with one beta (1e-3) and one gamma (1e-1): every stage and table, no meaningful number.
+
+Settings: Fashion-MNIST, mlp 784-256-256-10, Adam, batch 128, lr 1e-3 (``ssaref.train``'s defaults), the last
+``--val-split`` 0.1 of the training set held out (stratified, seeded) in every run, the final ones included.
+Flags after a lone ``--`` go to every ``ssaref.train`` run.  Exit codes: 0 all runs finished, 1 a run failed
+(its row says so), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ssaref.runlog import RunFileError, read_run
+from validation import _sweep as sw
+
+SCRIPT = "ssa_study"
+STAGES = ("screen", "init", "final", "all")
+ORTHOGONALITY = ["retract", "landing", "retract-every"]
+READINGS = ["every", "once", "relative", "none"]
+BETAS = [1e-3, 1e-2]
+GAMMAS = [1e-2, 1e-1]
+SVD_INITS = ["default", "kaiming_uniform_a5", "orthogonal"]
+BIAS_INITS = ["uniform", "zero"]
+ALIGN_LAST = ["true", "false"]
+# (method, label, also run with the best setting's rank reading: the rules with a rank schedule)
+BASELINES = [("bp", "BP", False), ("dfa", "DFA", False), ("svd-bp", "SVD-BP", True), ("fa", "FA", False),
+             ("usf", "uSF", False)]
+QUICK_FLAGS = ["--train-limit", "128", "--test-limit", "64", "--hidden", "16,16"]
+# the option values of a setting that are the engine's defaults (left out of names and flags)
+DEFAULTS = {"orthogonality": "retract", "rank_reading": "every", "beta": 1e-3, "gamma": 1e-2, "svd_init": "default",
+            "bias_init": "uniform", "align_last": "true"}
+_SHORT = {"orthogonality": "o", "rank_reading": "r", "beta": "b", "gamma": "g", "lr": "lr", "svd_init": "i",
+          "bias_init": "bi", "align_last": "al"}
+
+
+@dataclass
+class Setting:
+    """One configuration: ``method`` and its ``options`` (rule option -> value, ``lr`` included)."""
+
+    method: str
+    options: dict = field(default_factory=dict)
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        parts = [self.method]
+        for k in sorted(self.options):
+            v = self.options[k]
+            parts.append(f"{_SHORT.get(k, k)}_{v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}_{v}")
+        return "-".join(parts)
+
+    def flags(self) -> list[str]:
+        out = []
+        for k, v in sorted(self.options.items()):
+            out += [f"--{k.replace('_', '-')}", repr(v) if isinstance(v, float) else str(v)]
+        return out
+
+    def describe(self) -> str:
+        if self.label:
+            return self.label
+        return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(self.options.items()))
+
+
+def ssa(**opts) -> Setting:
+    """An SSA setting; options at their engine default are dropped (same name, same run files)."""
+    return Setting("ssa", {k: v for k, v in opts.items() if DEFAULTS.get(k, object()) != v})
+
+
+# ------------------------------------------------------------------------------------------ command line
+def parse_args(argv=None):
+    own, extra = sw.split_passthrough(argv)
+    p = sw.ArgParser(prog=f"python -m validation.{SCRIPT}", description=__doc__.splitlines()[0],
+                     epilog="See the module docstring (python -m pydoc validation.ssa_study) for the stages.")
+    p.add_argument("--stage", default="all", choices=STAGES, help="run up to this stage (default all)")
+    p.add_argument("--dataset", default=None, help="default fashion-mnist (synthetic with --quick)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--backend", default="auto", choices=sw.BACKENDS)
+    p.add_argument("--screen-epochs", type=sw._positive_int, default=None, help="default 3 (1 with --quick)")
+    p.add_argument("--final-epochs", type=sw._positive_int, default=None, help="default 10 (2 with --quick)")
+    p.add_argument("--screen-seeds", default=None, help="default 0,1 (0 with --quick)")
+    p.add_argument("--init-seeds", default=None, help="default 0,1,2 (0 with --quick)")
+    p.add_argument("--final-seeds", default=None, help="default 0-4 (0,1 with --quick)")
+    p.add_argument("--val-split", type=float, default=None, help="held-out fraction (default 0.1; 0.25 --quick)")
+    p.add_argument("--lrs", default="1e-3", help="learning rates screened, comma-separated (default 1e-3)")
+    p.add_argument("--batch-size", type=sw._positive_int, default=128)
+    p.add_argument("--top", type=sw._positive_int, default=3, help="SSA settings taken to the final stage")
+    p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke test: synthetic data, tiny runs, one seed")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(own)
+    args.extra = extra
+    q = args.quick
+    args.dataset = args.dataset or ("synthetic" if q else "fashion-mnist")
+    if len(sw.check_datasets(p, args.dataset)) != 1:
+        p.error(f"--dataset: one data set, got {args.dataset!r}")
+    args.screen_epochs = args.screen_epochs or (1 if q else 3)
+    args.final_epochs = args.final_epochs or (2 if q else 10)
+    try:
+        args.screen_seeds = sw.parse_seeds(args.screen_seeds or ("0" if q else "0,1"))
+        args.init_seeds = sw.parse_seeds(args.init_seeds or ("0" if q else "0,1,2"))
+        args.final_seeds = sw.parse_seeds(args.final_seeds or ("0,1" if q else "0-4"))
+    except sw.argparse.ArgumentTypeError as exc:
+        p.error(str(exc))
+    args.val_split = args.val_split if args.val_split is not None else (0.25 if q else 0.1)
+    if not 0.0 < args.val_split < 1.0:
+        p.error(f"--val-split must be in (0, 1): the study selects on validation accuracy, got {args.val_split}")
+    try:
+        args.lrs = [float(v) for v in args.lrs.split(",") if v.strip()]
+    except ValueError:
+        p.error(f"--lrs: expected comma-separated numbers, got {args.lrs!r}")
+    if not args.lrs or not all(np.isfinite(v) and v > 0 for v in args.lrs):
+        p.error(f"--lrs: learning rates must be finite and > 0, got {args.lrs}")
+    args.out_dir = Path(args.out_dir or (f"runs/{SCRIPT}_quick" if q else f"runs/{SCRIPT}"))
+    return args
+
+
+# ------------------------------------------------------------------------------------------ runs
+def train_argv(s: Setting, seed: int, epochs: int, args) -> list[str]:
+    """The ``ssaref.train`` argv of one run (without ``--out`` / ``--resume``); ``--`` flags last."""
+    opts = dict(s.options)
+    lr = opts.pop("lr", args.lrs[0] if len(args.lrs) == 1 else 1e-3)
+    argv = ["--method", s.method, "--model", "mlp", "--dataset", args.dataset, "--epochs", str(epochs),
+            "--seed", str(seed), "--optimizer", "adam", "--lr", repr(float(lr)), "--batch-size", str(args.batch_size),
+            "--backend", args.backend, "--val-split", repr(float(args.val_split)), "--no-progress"]
+    if args.data_dir:
+        argv += ["--data-dir", str(args.data_dir)]
+    if args.quick:
+        argv += list(QUICK_FLAGS)
+    return argv + Setting(s.method, opts).flags() + list(args.extra)
+
+
+def run_settings(settings, seeds, epochs, folder: Path, args, status: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in settings:
+        for seed in seeds:
+            key = (f"{folder.name}/{s.name}", seed)
+            if key in status:
+                continue
+            path = folder / f"{s.name}-seed{seed}.h5"
+            status[key] = sw.launch(path, train_argv(s, seed, epochs, args), epochs, f"{s.name} seed {seed}",
+                                    log=lambda m: print(m, flush=True))
+
+
+@dataclass
+class Result:
+    """The last requested epoch of one run file."""
+
+    seed: int
+    val_acc: float
+    test_acc: float
+    params: float
+    flops: float
+    seconds: float
+    epochs: int
+    path: Path
+
+
+_READ: dict = {}  # (path, mtime, size) -> read_run's answer: the report reads each file once
+
+
+def _read(path: Path):
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _READ:
+        _READ[key] = read_run(path)
+    return _READ[key]
+
+
+def read_result(path: Path, epochs: int, seed: int) -> Result | None:
+    """``Result`` of the run file at epoch ``epochs`` (None when it is missing, unreadable or shorter)."""
+    try:
+        _, m, ck = _read(path)
+    except (RunFileError, OSError):
+        return None
+    if "test_acc" not in m or len(m["test_acc"]) < epochs:
+        return None
+    i = epochs - 1
+    pick = lambda k: float(m[k][i]) if k in m and len(m[k]) > i else float("nan")  # noqa: E731
+    if "svd_total_params" in m:  # SVD layers after rank reduction (+ their biases); dense layers have none here
+        params, flops = pick("svd_total_params"), pick("svd_total_flops")
+    else:  # dense: every parameter; FLOPs = multiply-adds of the weight matrices per example (mlp)
+        arrays = (ck or {}).get("params", {})
+        params = float(sum(np.asarray(v).size for v in arrays.values())) if arrays else float("nan")
+        flops = float(sum(np.asarray(v).size for k, v in arrays.items() if k.endswith(".W"))) if arrays else np.nan
+    secs = m.get("seconds")
+    return Result(seed, 100 * pick("val_acc"), 100 * pick("test_acc"), params, flops,
+                  float(np.mean(secs[:epochs])) if secs is not None and len(secs) else float("nan"), epochs, path)
+
+
+def results_of(settings, seeds, epochs, folder: Path) -> dict:
+    """``{setting name: [Result, ...]}`` of the seeds that finished ``epochs``."""
+    out = {}
+    for s in settings:
+        rs = [read_result(folder / f"{s.name}-seed{seed}.h5", epochs, seed) for seed in seeds]
+        out[s.name] = [r for r in rs if r is not None]
+    return out
+
+
+def rank_settings(settings, results) -> list:
+    """Settings with at least one result, best mean validation accuracy first (ties: smaller std, name)."""
+    scored = []
+    for s in settings:
+        m, sd, n = sw.mean_std([r.val_acc for r in results.get(s.name, [])])
+        if n:
+            scored.append((-m, sd if np.isfinite(sd) else 0.0, s.name, s))
+    return [t[-1] for t in sorted(scored, key=lambda t: t[:3])]
+
+
+# ------------------------------------------------------------------------------------------ the stages
+def screen_settings(args) -> list[Setting]:
+    lrs = args.lrs if len(args.lrs) > 1 else [None]
+    out = []
+    betas, gammas = (BETAS[:1], GAMMAS[-1:]) if args.quick else (BETAS, GAMMAS)  # --quick: 12 settings
+    for o, r, b, g, lr in itertools.product(ORTHOGONALITY, READINGS, betas, gammas, lrs):
+        opts = {"orthogonality": o, "rank_reading": r, "beta": b, "gamma": g}
+        if lr is not None:
+            opts["lr"] = lr
+        out.append(ssa(**opts))
+    return out
+
+
+def init_settings(best: Setting) -> list[Setting]:
+    base = {k: v for k, v in best.options.items() if k not in ("svd_init", "bias_init", "align_last")}
+    return [ssa(**base, svd_init=i, bias_init=b, align_last=a)
+            for i, b, a in itertools.product(SVD_INITS, BIAS_INITS, ALIGN_LAST)]
+
+
+def final_settings(top: list[Setting]) -> list[Setting]:
+    out = [Setting("ssa", dict(s.options), label=f"SSA #{i + 1}: {s.describe() or 'engine default'}")
+           for i, s in enumerate(top)]
+    for method, label, with_reading in BASELINES:
+        out.append(Setting(method, {}, label=label))
+        reading = top[0].options.get("rank_reading", "every") if top else "every"
+        if with_reading and reading != "every":
+            out.append(Setting(method, {"rank_reading": reading}, label=f"{label} (rank reading {reading})"))
+    return out
+
+
+def run_all(args) -> dict:
+    status: dict = {}
+    screen_dir, final_dir = args.out_dir / "screen", args.out_dir / "final"
+    args.plan = {"screen": screen_settings(args)}
+    run_settings(args.plan["screen"], args.screen_seeds, args.screen_epochs, screen_dir, args, status)
+    if args.stage == "screen":
+        return status
+    ranked = rank_settings(args.plan["screen"], results_of(args.plan["screen"], args.screen_seeds,
+                                                             args.screen_epochs, screen_dir))
+    if not ranked:
+        return status
+    args.plan["init"] = init_settings(ranked[0])
+    run_settings(args.plan["init"], args.init_seeds, args.screen_epochs, screen_dir, args, status)
+    if args.stage == "init":
+        return status
+    args.plan["final"] = final_settings(_top(args))
+    run_settings(args.plan["final"], args.final_seeds, args.final_epochs, final_dir, args, status)
+    return status
+
+
+def _candidates(args):
+    """Every screened setting (stages 1 and 2, one entry per name) with all its seeds' screening results."""
+    seen, out = set(), []
+    for s in args.plan.get("screen", []) + args.plan.get("init", []):
+        if s.name not in seen:
+            seen.add(s.name)
+            out.append(s)
+    seeds = sorted(set(args.screen_seeds) | (set(args.init_seeds) if "init" in args.plan else set()))
+    return out, results_of(out, seeds, args.screen_epochs, args.out_dir / "screen")
+
+
+def _top(args) -> list[Setting]:
+    cands, res = _candidates(args)
+    return rank_settings(cands, res)[: args.top]
+
+
+# ------------------------------------------------------------------------------------------ report
+def _screen_table(settings, results, cols) -> str:
+    head = cols + ["seeds", "val acc (%)"]
+    lines = ["| rank | " + " | ".join(head) + " |", "|" + " --- |" * (len(head) + 1)]
+    ranked = rank_settings(settings, results)
+    for i, s in enumerate(ranked + [s for s in settings if s not in ranked]):
+        rs = results.get(s.name, [])
+        vals = [_fmt_opt({**DEFAULTS, **s.options}.get(c, "")) for c in cols]
+        cell = sw.fmt_mean_std([r.val_acc for r in rs]) if rs else "not run / failed"
+        rank = str(i + 1) if s in ranked else "—"
+        lines.append(f"| {rank} | " + " | ".join(vals) + f" | {','.join(str(r.seed) for r in rs)} | {cell} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_opt(v):
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _final_table(settings, results) -> str:
+    head = ["setting", "seeds", "test acc (%)", "val acc (%)", "params", "inference FLOPs", "s/epoch"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for s in settings:
+        rs = results.get(s.name, [])
+        if not rs:
+            lines.append(f"| {s.describe()} | — | not run / failed | | | | |")
+            continue
+        lines.append(f"| {s.describe()} | {','.join(str(r.seed) for r in rs)} | "
+                     f"{sw.fmt_mean_std([r.test_acc for r in rs])} | {sw.fmt_mean_std([r.val_acc for r in rs])} | "
+                     f"{sw.fmt_num(float(np.mean([r.params for r in rs])), 0)} | "
+                     f"{sw.fmt_num(float(np.mean([r.flops for r in rs])), 0)} | "
+                     f"{sw.fmt_num(float(np.mean([r.seconds for r in rs])), 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy_vs_params(settings, results, path: Path) -> Path:
+    plt = sw.pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, s in enumerate(settings):
+        rs = results.get(s.name, [])
+        if not rs:
+            continue
+        m, sd, _ = sw.mean_std([r.test_acc for r in rs])
+        ax.errorbar([np.mean([r.params for r in rs])], [m], yerr=[0.0 if not np.isfinite(sd) else sd], fmt="o",
+                    color=plt.cm.tab10(i % 10), label=s.describe(), capsize=3)
+    ax.set_xlabel("parameters after rank reduction")
+    ax.set_ylabel("test accuracy (%), mean ± std")
+    ax.legend(fontsize=6)
+    return sw.save_figure(fig, path)
+
+
+def report(args, status: dict) -> None:
+    from ssaref import plot as plot_mod
+
+    screen_dir, final_dir = args.out_dir / "screen", args.out_dir / "final"
+    sections = [
+        "Every choice is made on validation accuracy (the last epoch of the screening runs, mean over seeds); "
+        "test accuracy appears only in the final table.  Settings not shown are the engine's defaults.",
+        f"\n## Stage 1: screening ({args.screen_epochs} epochs, seeds {','.join(map(str, args.screen_seeds))})\n",
+    ]
+    plan = getattr(args, "plan", {"screen": screen_settings(args)})
+    cols = ["orthogonality", "rank_reading", "beta", "gamma"] + (["lr"] if len(args.lrs) > 1 else [])
+    res1 = results_of(plan["screen"], args.screen_seeds, args.screen_epochs, screen_dir)
+    sections.append(_screen_table(plan["screen"], res1, cols))
+    if "init" in plan:
+        res2 = results_of(plan["init"], args.init_seeds, args.screen_epochs, screen_dir)
+        sections.append(f"\n## Stage 2: initialisation and classifier target at the best setting "
+                        f"({args.screen_epochs} epochs, seeds {','.join(map(str, args.init_seeds))})\n")
+        sections.append(_screen_table(plan["init"], res2, cols + ["svd_init", "bias_init", "align_last"]))
+        top = _top(args)
+        sections.append("\nChosen settings (stages 1-2 by mean validation accuracy): " +
+                        "; ".join(f"#{i + 1} `{' '.join(s.flags()) or '(engine defaults)'}`"
+                                  for i, s in enumerate(top)) + "\n")
+    if "final" in plan:
+        res3 = results_of(plan["final"], args.final_seeds, args.final_epochs, final_dir)
+        sections.append(f"\n## Stage 3: final comparison ({args.final_epochs} epochs, seeds "
+                        f"{','.join(map(str, args.final_seeds))})\n")
+        sections.append(_final_table(plan["final"], res3))
+        sections.append("params / FLOPs: the SVD layers after rank reduction, r(m+n+1) (+ biases for params); "
+                        "dense rules: every parameter / the multiply-adds m n of the weight matrices.\n")
+        if not args.no_plot:
+            figs = []
+            if any(res3.values()):
+                figs.append(_accuracy_vs_params(plan["final"], res3, args.out_dir / "accuracy_vs_params.png").name)
+                paths = [r.path for s in plan["final"] for r in res3.get(s.name, [])]
+                out = plot_mod.plot_runs(paths, args.out_dir / "final_curves.png", overwrite=True,
+                                         title=f"{args.dataset}, mlp: final runs (mean ± std over seeds)")
+                figs.append(out.name)
+            if figs:
+                sections.append("Figures: " + ", ".join(f"`{f}`" for f in figs) + "\n")
+    failed = [f"{k[0]} seed {k[1]}: {st.error or st.rc}" for k, st in status.items() if st.rc != 0]
+    if failed:
+        sections.append("\nFailed runs: " + "; ".join(failed) + "\n")
+    settings = (f"{args.dataset}, mlp, Adam, batch {args.batch_size}, lr {','.join(f'{v:g}' for v in args.lrs)}, "
+                f"validation split {args.val_split:g} (every run)" + (", **--quick smoke test**" if args.quick else "")
+                + (", extra flags: `" + " ".join(args.extra) + "`" if args.extra else ""))
+    text = f"# SSA study ({args.stage})\n\n{settings}\n\n" + "\n".join(s.rstrip() + "\n" for s in sections)
+    path = sw.write_atomic(args.out_dir / "results.md", text)
+    print(text)
+    print(f"wrote {path}")
+
+
+SPEC = sw.Script(parse=parse_args, run=run_all, report=report)
+
+
+def main(argv=None):
+    return sw.run_script(SPEC, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
