@@ -22,6 +22,7 @@ __all__ = [
     "to_device",
     "default_rng",
     "parse_dtype",
+    "register_array_module",
 ]
 
 
@@ -92,7 +93,19 @@ def get_array_module(*arrays):
     return np if found is None else found
 
 
+_REGISTERED: dict = {}   # array type -> module, for test stand-ins of a device (tests/_strictxp.py)
+
+
+def register_array_module(array_type, module) -> None:
+    """Make ``get_array_module`` answer ``module`` for arrays of ``array_type`` (used by the tests' strict CuPy
+    stand-in; the engine itself registers nothing)."""
+    _REGISTERED[array_type] = module
+
+
 def _module_of_foreign(a):
+    mod = _REGISTERED.get(type(a))
+    if mod is not None:
+        return mod
     cp = _CUPY if _CUPY is not None else _try_cupy()
     if cp is not None and isinstance(a, cp.ndarray):
         return cp

@@ -73,8 +73,7 @@ class Run:
                 name = k[len("rule_") :]
                 if name not in opts:
                     continue  # an option of another method: not part of this run
-                if v is None:
-                    v = opts[name][1]
+                v = _as_option(opts[name][0], opts[name][1] if v is None else v)
             out[k] = v
         return out
 
@@ -105,6 +104,18 @@ class Group:
     def columns(self, attr):
         """Column names of a per-layer metric (``config[attr]``: ``align_layers`` or ``svd_layers``)."""
         return [str(c) for c in self.runs[0].config.get(attr, [])]
+
+
+def _as_option(typ, v):
+    """A rule option's value as its type (the run file keeps the flag's text: ``"false"``, ``"0.1"``)."""
+    try:
+        if typ is bool and isinstance(v, str):
+            return v.strip().lower() in ("true", "1", "yes", "on")
+        if typ in (int, float) and isinstance(v, str):
+            return typ(v)
+    except ValueError:
+        pass
+    return v
 
 
 def load_runs(paths) -> list[Run]:

@@ -17,6 +17,8 @@ residual-block and BatchNorm options are DFA's (see ``dfa.py``), under the ``drt
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..ops.losses import one_hot
 from ._feedback import check_choice
 from .dfa import DFA
@@ -57,7 +59,7 @@ class DRTP(DFA):
 
     def projected(self, e, batch):
         """The one-hot target ``y*`` (B, K) of ``batch.y`` (divided by B for ``drtp_reduction=mean``)."""
-        target = one_hot(batch.y, e.shape[1], e.dtype)
+        target = one_hot(batch.y, e.shape[1], e.dtype, check_labels=isinstance(batch.y, np.ndarray))
         if self.options["drtp_reduction"] == "mean":
             target = target / e.shape[0]
         return target

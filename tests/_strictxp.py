@@ -1,0 +1,325 @@
+"""A strict stand-in for CuPy on the CPU, for tests: GPU code paths run here with CuPy's refusals.
+
+``StrictArray`` wraps a NumPy array without subclassing it and behaves as a ``cupy.ndarray`` does where the engine
+could go wrong without noticing on NumPy:
+
+* ``__array__`` raises ``TypeError`` (no implicit device->host conversion), and mixing with a host
+  ``numpy.ndarray`` in arithmetic or a function is refused;
+* reductions return 0-d arrays, never Python or NumPy scalars;
+* elementwise results are C-contiguous (CuPy does not keep an input's strided layout);
+* ``float``/``int``/``bool``/``item``/``tolist``/``get`` are host reads: each counts as a sync, and inside
+  ``no_sync()`` raises ``SyncError``;
+* host->device copies (``asarray`` of host data, a host index array) and device->host copies are counted; so are
+  the "launches" (every module function or array operation: one kernel in CuPy, roughly).
+
+``xp`` is the module: it exposes only names that CuPy 13's top-level namespace has (``CUPY13_NAMES``, a saved
+list) and the sub-namespaces the engine uses.  ``install()`` registers the type with ``ssaref.backend`` so
+``get_array_module`` finds ``xp`` (test-only hook).
+"""
+from __future__ import annotations
+
+import contextlib
+import operator
+
+import numpy as np
+
+__all__ = ["StrictArray", "xp", "COUNT", "no_sync", "SyncError", "install", "reset", "device"]
+
+
+class SyncError(RuntimeError):
+    """A host read (device->host synchronisation) inside ``no_sync()``."""
+
+
+class _Count:
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.syncs = self.h2d = self.d2h = self.launches = 0
+        self.sync_sites: list = []
+        self.forbid = 0
+
+    def snapshot(self):
+        return {"syncs": self.syncs, "h2d": self.h2d, "d2h": self.d2h, "launches": self.launches}
+
+
+COUNT = _Count()
+
+
+def reset():
+    COUNT.reset()
+
+
+@contextlib.contextmanager
+def no_sync():
+    """Any host read inside raises ``SyncError`` (a step that must not synchronise)."""
+    COUNT.forbid += 1
+    try:
+        yield
+    finally:
+        COUNT.forbid -= 1
+
+
+def _sync(what):
+    if COUNT.forbid:
+        raise SyncError(f"host read ({what}) inside no_sync()")
+    COUNT.syncs += 1
+    import traceback
+
+    COUNT.sync_sites.append("".join(traceback.format_stack(limit=6)[:-2]))
+
+
+_MIX = "mixing a host numpy.ndarray with a device array is not allowed (CuPy raises TypeError)"
+
+
+def _un(x):
+    """Unwrap arguments: device arrays to their NumPy data; host arrays refused; containers recursively."""
+    if isinstance(x, StrictArray):
+        return x._a
+    if isinstance(x, np.ndarray):
+        raise TypeError(_MIX)
+    if isinstance(x, (list, tuple)):
+        return type(x)(_un(e) for e in x)
+    return x
+
+
+def _un_index(key):
+    """Index keys: device arrays unwrapped; host integer/bool arrays allowed but copied to the device."""
+    if isinstance(key, StrictArray):
+        return key._a
+    if isinstance(key, np.ndarray):
+        COUNT.h2d += 1
+        return key
+    if isinstance(key, tuple):
+        return tuple(_un_index(k) for k in key)
+    if isinstance(key, list) and any(isinstance(k, (np.ndarray, StrictArray)) for k in key):
+        return [_un_index(k) for k in key]
+    return key
+
+
+def _wrap(r, contiguous=False):
+    if isinstance(r, np.ndarray):
+        return StrictArray(np.ascontiguousarray(r) if contiguous else r)
+    if isinstance(r, np.generic):
+        return StrictArray(np.asarray(r))   # reductions give 0-d arrays, as CuPy
+    if isinstance(r, tuple):
+        return tuple(_wrap(e, contiguous) for e in r)
+    if isinstance(r, list):
+        return [_wrap(e, contiguous) for e in r]
+    return r
+
+
+class StrictArray:
+    """A device array of the stand-in (see the module docstring)."""
+
+    __slots__ = ("_a",)
+    __array_ufunc__ = None      # numpy's ufuncs refuse it: np.add(host, device) -> TypeError via the reflected op
+    __array_priority__ = 1000
+
+    def __init__(self, a):
+        self._a = a
+
+    # -- conversions (host reads) ------------------------------------------------------------------------
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a "
+                        "NumPy array explicitly.")
+
+    def get(self, *args, **kwargs):
+        _sync("get")
+        COUNT.d2h += 1
+        return np.array(self._a, copy=True)
+
+    def __float__(self):
+        _sync("float")
+        return float(self._a)
+
+    def __int__(self):
+        _sync("int")
+        return int(self._a)
+
+    def __index__(self):
+        _sync("index")
+        return operator.index(self._a)
+
+    def __bool__(self):
+        _sync("bool")
+        return bool(self._a)
+
+    def item(self, *args):
+        _sync("item")
+        return self._a.item(*args)
+
+    def tolist(self):
+        _sync("tolist")
+        return self._a.tolist()
+
+    def __format__(self, spec):
+        _sync("format")
+        return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
+
+    def __repr__(self):
+        return f"StrictArray({self._a!r})"
+
+    # -- metadata (no sync) ------------------------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: StrictArray(self._a.T))
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        for i in range(len(self._a)):
+            yield StrictArray(self._a[i])
+
+    # -- indexing ----------------------------------------------------------------------------------------
+    def __getitem__(self, key):
+        COUNT.launches += 1
+        return _wrap(self._a[_un_index(key)])
+
+    def __setitem__(self, key, value):
+        COUNT.launches += 1
+        self._a[_un_index(key)] = _un(value)
+
+    # -- methods: NumPy's, with device arguments and results ---------------------------------------------
+    _REFUSED = {"tobytes", "tofile", "dump", "dumps", "ctypes", "__array_interface__", "data"}
+
+    def __getattr__(self, name):
+        if name in StrictArray._REFUSED:
+            raise AttributeError(f"StrictArray refuses {name!r} (a host view of device memory)")
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return attr
+
+        def method(*args, **kwargs):
+            COUNT.launches += 1
+            return _wrap(attr(*_un(args), **{k: _un(v) for k, v in kwargs.items()}))
+
+        return method
+
+    def __copy__(self):
+        return StrictArray(self._a.copy())
+
+
+def _binary(op, reflected=False, inplace=False):
+    def f(self, other):
+        COUNT.launches += 1
+        o = _un(other)
+        if inplace:
+            op(self._a, o)
+            return self
+        r = op(o, self._a) if reflected else op(self._a, o)
+        return _wrap(r, contiguous=True)
+
+    return f
+
+
+for _name, _op in {"add": operator.add, "sub": operator.sub, "mul": operator.mul, "truediv": operator.truediv,
+                   "floordiv": operator.floordiv, "mod": operator.mod, "pow": operator.pow,
+                   "matmul": operator.matmul, "and": operator.and_, "or": operator.or_,
+                   "xor": operator.xor}.items():
+    setattr(StrictArray, f"__{_name}__", _binary(_op))
+    setattr(StrictArray, f"__r{_name}__", _binary(_op, reflected=True))
+    setattr(StrictArray, f"__i{_name}__", _binary(getattr(operator, f"i{_name}"), inplace=True))
+for _name in ("lt", "le", "gt", "ge", "eq", "ne"):
+    setattr(StrictArray, f"__{_name}__", _binary(getattr(operator, _name)))
+for _name, _op in {"neg": operator.neg, "pos": operator.pos, "abs": operator.abs, "invert": operator.invert}.items():
+    setattr(StrictArray, f"__{_name}__", (lambda op: lambda self: (setattr(COUNT, "launches", COUNT.launches + 1),
+                                                                    _wrap(op(self._a), True))[1])(_op))
+StrictArray.__hash__ = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the module
+# ---------------------------------------------------------------------------------------------------------
+# Top-level names of CuPy 13 that the stand-in exposes (the subset of CuPy 13's namespace with a NumPy
+# counterpart the engine might use; a name CuPy 13 lacks must not be here).
+CUPY13_NAMES = """
+abs absolute add all allclose amax amin any arange arccos arcsin arctan arctan2 argmax argmin argsort around array
+array_equal array_split asarray ascontiguousarray asfortranarray asnumpy atleast_1d atleast_2d bincount bool_
+broadcast_arrays broadcast_to ceil clip concatenate copy copyto cos cosh count_nonzero cumprod cumsum diag
+diag_indices diagonal diff divide dot dtype e einsum empty empty_like equal exp expand_dims expm1 eye finfo flatnonzero
+flip float16 float32 float64 floor floor_divide full full_like greater greater_equal hstack identity iinfo inf
+int8 int16 int32 int64 intp isclose isfinite isinf isnan kron less less_equal linspace log log1p log2 log10
+logical_and logical_not logical_or logical_xor matmul max maximum mean median min minimum mod moveaxis multiply nan
+nanmax nanmean nanmin nansum ndim negative newaxis nonzero not_equal ones ones_like outer pad pi power prod
+ravel reciprocal remainder repeat reshape result_type rint round roll searchsorted sign signbit sin sinh sort split
+sqrt square squeeze stack std subtract sum swapaxes take take_along_axis tan tanh tensordot tile trace transpose
+tril triu true_divide trunc uint8 uint32 uint64 unique var vstack where zeros zeros_like
+""".split()
+_LINALG = "cholesky det eigh eigvalsh inv lstsq matrix_rank norm pinv qr slogdet solve svd".split()
+_NOT_FUNCTIONS = {"bool_", "dtype", "e", "finfo", "float16", "float32", "float64", "iinfo", "inf", "int8", "int16",
+                  "int32", "int64", "intp", "nan", "newaxis", "pi", "uint8", "uint32", "uint64"}
+_FROM_HOST = {"asarray", "array", "ascontiguousarray"}   # take host data: a host->device copy
+
+
+class _Namespace:
+    def __init__(self, name):
+        self.__name__ = name
+
+
+def _function(fn, name):
+    def f(*args, **kwargs):
+        COUNT.launches += 1
+        if name in _FROM_HOST and args and not isinstance(args[0], StrictArray):
+            host = args[0]
+            if isinstance(host, (np.ndarray, np.generic, list, tuple, int, float)):
+                COUNT.h2d += 1
+                return _wrap(np.array(host, dtype=kwargs.get("dtype", args[1] if len(args) > 1 else None),
+                                      copy=True, order="C"))
+        return _wrap(fn(*_un(args), **{k: _un(v) for k, v in kwargs.items()}),
+                     contiguous=name not in ("reshape", "transpose", "ravel", "squeeze", "swapaxes", "moveaxis",
+                                             "broadcast_to", "diagonal", "expand_dims"))
+    f.__name__ = name
+    return f
+
+
+def _asnumpy(a, *args, **kwargs):
+    if isinstance(a, StrictArray):
+        return a.get()
+    return np.asarray(a)
+
+
+def _as_strided(x, shape=None, strides=None, **kwargs):
+    COUNT.launches += 1
+    return StrictArray(np.lib.stride_tricks.as_strided(_un(x), shape=shape, strides=strides, **kwargs))
+
+
+def _build():
+    mod = _Namespace("strictxp")
+    for name in CUPY13_NAMES:
+        if name == "asnumpy":
+            mod.asnumpy = _asnumpy
+            continue
+        obj = getattr(np, name)
+        setattr(mod, name, obj if name in _NOT_FUNCTIONS else _function(obj, name))
+    mod.ndarray = StrictArray
+    mod.linalg = _Namespace("strictxp.linalg")
+    for name in _LINALG:
+        setattr(mod.linalg, name, _function(getattr(np.linalg, name), f"linalg.{name}"))
+    mod.lib = _Namespace("strictxp.lib")
+    mod.lib.stride_tricks = _Namespace("strictxp.lib.stride_tricks")
+    mod.lib.stride_tricks.as_strided = _as_strided
+    return mod
+
+
+xp = _build()
+
+
+def device(a, dtype=None):
+    """A host array placed on the stand-in device (a counted host->device copy)."""
+    return xp.asarray(a, dtype=dtype) if dtype is not None else xp.asarray(a)
+
+
+def install():
+    """Register the stand-in with ``ssaref.backend`` (test-only hook); idempotent."""
+    from ssaref import backend
+
+    backend.register_array_module(StrictArray, xp)
+    return xp
