@@ -93,7 +93,7 @@ def get_array_module(*arrays):
     return np if found is None else found
 
 
-_REGISTERED: dict = {}   # array type -> module, for test stand-ins of a device (tests/_strictxp.py)
+_REGISTERED: dict = {}  # array type -> module, for test stand-ins of a device (tests/_strictxp.py)
 
 
 def register_array_module(array_type, module) -> None:

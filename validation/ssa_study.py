@@ -118,6 +118,10 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic data, tiny runs, one seed")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--screen-train-limit", type=sw._positive_int, default=None,
+                   help="stages 1-2 (screening, initialisation) on the first N training examples only (the validation "
+                        "split is taken from them); the final stage always uses the whole training set")
+    sw.add_mpi_options(p)
     args = p.parse_args(own)
     args.extra = extra
     q = args.quick
@@ -157,19 +161,25 @@ def train_argv(s: Setting, seed: int, epochs: int, args) -> list[str]:
         argv += ["--data-dir", str(args.data_dir)]
     if args.quick:
         argv += list(QUICK_FLAGS)
+    elif args.screen_train_limit and epochs == args.screen_epochs and epochs != args.final_epochs:
+        argv += ["--train-limit", str(args.screen_train_limit)]   # stages 1-2 on the first N training examples
     return argv + Setting(s.method, opts).flags() + list(args.extra)
 
 
 def run_settings(settings, seeds, epochs, folder: Path, args, status: dict) -> None:
+    """Every (setting, seed) not run yet, one run file each; with ``--mpi`` spread over the ranks (every rank
+    then holds every status, so all ranks make the next stage's choices from the same files)."""
     folder.mkdir(parents=True, exist_ok=True)
-    for s in settings:
-        for seed in seeds:
-            key = (f"{folder.name}/{s.name}", seed)
-            if key in status:
-                continue
-            path = folder / f"{s.name}-seed{seed}.h5"
-            status[key] = sw.launch(path, train_argv(s, seed, epochs, args), epochs, f"{s.name} seed {seed}",
-                                    log=lambda m: print(m, flush=True))
+    jobs = [(s, seed) for s in settings for seed in seeds if (f"{folder.name}/{s.name}", seed) not in status]
+
+    def one(job):
+        s, seed = job
+        path = folder / f"{s.name}-seed{seed}.h5"
+        return ((f"{folder.name}/{s.name}", seed),
+                sw.launch(path, train_argv(s, seed, epochs, args), epochs, f"{s.name} seed {seed}",
+                          log=lambda m: print(m, flush=True)))
+
+    status.update(sw.map_runs(jobs, one, args))
 
 
 @dataclass

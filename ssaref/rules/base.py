@@ -249,8 +249,9 @@ class Rule:
         onehot)/B`` (eq. (7)).  Labels on the host are checked here; device labels were checked on the host before
         they were copied (the training loop), so no read-back is spent on them."""
         logits, caches = self.forward(model, x)
-        loss, lcache = softmax_cross_entropy(logits, y, as_array=True,
-                                             check_labels=isinstance(y, np.ndarray) or not hasattr(y, "dtype"))
+        loss, lcache = softmax_cross_entropy(
+            logits, y, as_array=True, check_labels=isinstance(y, np.ndarray) or not hasattr(y, "dtype")
+        )
         e = softmax_cross_entropy_backward(lcache)  # eq. (7)
         return logits, caches, loss, e
 

@@ -15,9 +15,11 @@ __all__ = ["BP"]
 
 class BP(Rule):
     name = "bp"
-    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")}),
-                       "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
-                       "adam3": ({}, 0, {"optimizer": "adam", "steps": 3})}
+    GOLDEN_VARIANTS = {
+        "default": ({}, 0, {"models": ("mlp", "conv", "res")}),
+        "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
+        "adam3": ({}, 0, {"optimizer": "adam", "steps": 3}),
+    }
 
     def updates(self, model, caches, e, batch):
         # eq. (2): dW_k = delta_k h_{k-1}^T ; delta_{k-1} = (W_k^T delta_k) o f'(a_{k-1}), from delta a_N = e

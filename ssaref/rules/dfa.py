@@ -50,10 +50,12 @@ __all__ = ["DFA"]
 
 class DFA(Rule):
     name = "dfa"
-    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")}),
-                       "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
-                       "adam3": ({}, 0, {"optimizer": "adam", "steps": 3}),
-                       "before-pool": ({"dfa_inject": "before_pool"}, 0, {"models": ("conv",)})}
+    GOLDEN_VARIANTS = {
+        "default": ({}, 0, {"models": ("mlp", "conv", "res")}),
+        "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
+        "adam3": ({}, 0, {"optimizer": "adam", "steps": 3}),
+        "before-pool": ({"dfa_inject": "before_pool"}, 0, {"models": ("conv",)}),
+    }
     OPTIONS = {
         "dfa_init": (str, "unit_col", "DFA's B_i: unit_col (N(0,1), unit-norm columns), gaussian or kaiming_uniform"),
         "dfa_inject": (str, "segment", "where B_i e enters a segment: segment (its output) or before_pool"),

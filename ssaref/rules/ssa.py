@@ -96,15 +96,19 @@ _YESNO = ("auto", "true", "false")
 class SSA(SVDRuleBase):
     name = "ssa"
     # paper-sgd1 starts one SGD step away from the exact SVD, where U^T U != I and eq. (9)'s term shows
-    GOLDEN_VARIANTS = {"paper": ({"ssa_variant": "paper"}, 0), "paper-sgd1": ({"ssa_variant": "paper"}, 1),
-                       "sgd1": ({"retraction": "none"}, 1),
-                       "coef": ({"alpha": 0.5, "beta": 0.05, "gamma": 0.1, "hoyer": 0.05, "retraction": "none"}, 1),
-                       "paper-coef": ({"ssa_variant": "paper", "alpha": 0.5, "beta": 0.05, "gamma": 0.1,
-                                       "hoyer": 0.05}, 1,
-                                      {"warmup_options": {"alpha": 0.5, "beta": 0.05, "gamma": 0.1, "hoyer": 0.05,
-                                                          "retraction": "none"}}),
-                       "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
-                       "adam3": ({}, 0, {"optimizer": "adam", "steps": 3})}
+    GOLDEN_VARIANTS = {
+        "paper": ({"ssa_variant": "paper"}, 0),
+        "paper-sgd1": ({"ssa_variant": "paper"}, 1),
+        "sgd1": ({"retraction": "none"}, 1),
+        "coef": ({"alpha": 0.5, "beta": 0.05, "gamma": 0.1, "hoyer": 0.05, "retraction": "none"}, 1),
+        "paper-coef": (
+            {"ssa_variant": "paper", "alpha": 0.5, "beta": 0.05, "gamma": 0.1, "hoyer": 0.05},
+            1,
+            {"warmup_options": {"alpha": 0.5, "beta": 0.05, "gamma": 0.1, "hoyer": 0.05, "retraction": "none"}},
+        ),
+        "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
+        "adam3": ({}, 0, {"optimizer": "adam", "steps": 3}),
+    }
     OPTIONS = {
         "alpha": (float, 1.0, "weight of the task (DFA cross-entropy) term of the local loss, eq. (6)"),
         "beta": (float, 1e-3, "weight of the alignment loss, eq. (8)"),
