@@ -97,7 +97,7 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
                "running_var": running_var})
     xp = get_array_module(x, gamma, beta, running_mean, running_var)
     axes, shape = _axes(x.ndim)
-    rows = _rows(x) if xp is np else None
+    rows = _rows(x) if (xp is np and group is None) else None   # the blocked fast path: one replica's batch
     if rows is not None:
         return _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, momentum, eps)
     if train:
@@ -163,11 +163,12 @@ def _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, moment
 def batchnorm_backward(dy, cache, need_dx=True):
     """``(dx or None, dgamma, dbeta)``: :func:`batchnorm_backward_input` and :func:`batchnorm_backward_params` in
     one pass over ``dy`` (the per-channel sums are shared; the same bits as the two calls)."""
-    xhat, gamma, inv_std, train = cache
+    xhat, gamma, inv_std, train = cache[:4]
+    group = cache[4] if len(cache) > 4 else None   # cross-replica statistics (--sync-bn): the general path
     if dy.shape != xhat.shape:
         raise ValueError(f"batchnorm backward: dy of shape {tuple(dy.shape)}, expected {tuple(xhat.shape)}")
     dr, xr = (_rows(dy), _rows(xhat)) if get_array_module(dy, xhat) is np else (None, None)
-    if dr is None or xr is None:
+    if dr is None or xr is None or group is not None:
         dgamma, dbeta = batchnorm_backward_params(dy, cache)
         return (batchnorm_backward_input(dy, cache) if need_dx else None), dgamma, dbeta
     C, L = dr.shape
