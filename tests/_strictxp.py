@@ -99,7 +99,7 @@ def _un_index(key):
 
 def _wrap(r, contiguous=False):
     if isinstance(r, np.ndarray):
-        return StrictArray(np.ascontiguousarray(r) if contiguous else r)
+        return StrictArray(r.copy(order="C") if contiguous and not r.flags.c_contiguous else r)
     if isinstance(r, np.generic):
         return StrictArray(np.asarray(r))   # reductions give 0-d arrays, as CuPy
     if isinstance(r, tuple):
@@ -191,7 +191,7 @@ class StrictArray:
     _REFUSED = {"tobytes", "tofile", "dump", "dumps", "ctypes", "__array_interface__", "data"}
 
     def __getattr__(self, name):
-        if name in StrictArray._REFUSED:
+        if name.startswith("__") or name in StrictArray._REFUSED:   # no __array_struct__ & co: no host view
             raise AttributeError(f"StrictArray refuses {name!r} (a host view of device memory)")
         attr = getattr(self._a, name)
         if not callable(attr):
