@@ -604,3 +604,19 @@ def test_real_fashion_mnist():
     assert abs(d.mean[0] - 0.2860) < 1e-3 and abs(d.std[0] - 0.3530) < 1e-3
     assert abs(float(d.x_train.mean(dtype=np.float64))) < 1e-5
     assert abs(float(d.x_train.std(dtype=np.float64)) - 1) < 1e-4
+
+
+def test_absurd_idx_header_dims_are_refused_without_overflow(isolated):
+    """Header dims whose product overflows int64 (4 x 0xFFFFFFFF) are compared with the file size in exact
+    integers: a one-line 'truncated' error, no allocation, no wrap-around to a small or negative size."""
+    from ssaref.data.idx import read_idx
+
+    path = isolated / "absurd-idx3-ubyte"
+    path.write_bytes(struct.pack(">I", 0x0804) + struct.pack(">IIII", *([0xFFFFFFFF] * 4)) + b"\x00" * 16)
+    with pytest.raises(DatasetError, match="truncated") as err:
+        read_idx(path)
+    assert str(0xFFFFFFFF ** 4 + 20) in str(err.value)
+    # 2**16 x 2**16 x 2**16 x 2**16 = 2**64 wraps to 0 in int64: the old check would have accepted 20 bytes
+    path.write_bytes(struct.pack(">I", 0x0804) + struct.pack(">IIII", *([1 << 16] * 4)))
+    with pytest.raises(DatasetError, match="truncated"):
+        read_idx(path)
