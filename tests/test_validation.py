@@ -465,3 +465,16 @@ def test_scripts_run_as_modules_from_any_directory(name, tmp_path):
     assert err.startswith("error:") and len(err.splitlines()) == 1, err
     assert f"python -m validation.{name} --help" in err
     assert not out.exists()
+
+
+def test_fmnist_mlp_methods_over_seeds_reports_mean_and_std(tmp_path):
+    mod = _script("fmnist_mlp_methods")
+    out = tmp_path / "fm"
+    rc = mod.main(["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,dfa", "--seeds", "0-2",
+                   "--align-every", "0", "--out-dir", str(out), *FM_TINY])
+    assert rc == 0
+    text = (out / "results.md").read_text(encoding="utf-8")
+    assert "seeds 0,1,2" in text and "mean ± std over seeds" in text
+    for name in ("bp", "dfa"):
+        accs = [100 * read_run(out / f"{name}-seed{s}.h5")[1]["test_acc"][-1] for s in range(3)]
+        assert f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}" in text

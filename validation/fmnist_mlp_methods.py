@@ -43,12 +43,13 @@ METHODS = {  # method -> (flags, label); learning rates: Adam, the paper's optim
 ALIGN_LOGGED = {"dfa", "ssa"}  # the sweep entries whose runs log eq. (4) angles with --align-every
 
 
-def train_argv(name, args):
+def train_argv(name, args, seed=None):
     """The ``ssaref.train`` argv of method ``name`` (without ``--out`` / ``--resume``); ``--`` flags last."""
     flags, _ = METHODS[name]
     method = name.split("-paper")[0].split("-relu")[0]
+    seed = args.seed if seed is None else seed
     argv = ["--method", method, "--model", "mlp", "--dataset", args.dataset, "--epochs", str(args.epochs),
-            "--seed", str(args.seed), "--no-progress"] + flags
+            "--seed", str(seed), "--no-progress"] + flags
     if args.align_every and name in ALIGN_LOGGED:
         argv += ["--align-every", str(args.align_every)]
     if args.data_dir:
@@ -56,10 +57,17 @@ def train_argv(name, args):
     return argv + list(args.extra)
 
 
-def run_one(name, args) -> sw.RunStatus:
+def run_path(name, args, seed):
+    """``<out-dir>/<name>.h5`` for the single ``--seed``; ``<name>-seed<s>.h5`` with ``--seeds``."""
+    return Path(args.out_dir) / (f"{name}.h5" if args.seeds is None else f"{name}-seed{seed}.h5")
+
+
+def run_one(name, args, seed=None) -> sw.RunStatus:
     """Train (or resume, or leave alone) method ``name``; never raises on a failed or crashed run."""
+    seed = args.seed if seed is None else seed
     log = lambda msg: print(msg, flush=True)  # noqa: E731
-    return sw.launch(Path(args.out_dir) / f"{name}.h5", train_argv(name, args), args.epochs, name, log=log)
+    return sw.launch(run_path(name, args, seed), train_argv(name, args, seed), args.epochs, f"{name} seed {seed}",
+                     log=log)
 
 
 def _fmt(v, f="{:.1f}"):
@@ -72,8 +80,9 @@ def summarise(names, args, status=None):
     status = status or {}
     rows, curves, extra = [], {}, []
     for name in names:
-        path = Path(args.out_dir) / f"{name}.h5"
-        st = status.get((name, args.seed))
+        path = run_path(name, args, args.seed_list[0])
+        st = next((status[(name, s)] for s in args.seed_list if (name, s) in status and status[(name, s)].rc), None)
+        st = st or status.get((name, args.seed_list[0]))
         failed = st is not None and st.rc != 0
         try:
             config, m, ck = read_run(path) if path.exists() else (None, None, None)
@@ -85,13 +94,22 @@ def summarise(names, args, status=None):
                 rows.append(f"| {METHODS[name][1]} | 0 | failed: {err} | — | — |")
             continue
         acc = m["test_acc"]
-        curves[name] = 100 * (1 - acc)
+        per_seed = [acc]
+        for s in args.seed_list[1:]:   # the other seeds' curves (same length only)
+            try:
+                ms = read_run(run_path(name, args, s))[1]
+            except RunFileError:
+                continue
+            if "test_acc" in ms and len(ms["test_acc"]) == len(acc):
+                per_seed.append(ms["test_acc"])
+        curves[name] = 100 * (1 - np.mean(per_seed, axis=0))
         secs = float(np.mean(m["seconds"])) if "seconds" in m else float("nan")
         ep = str(len(acc))
         if failed:
             ep += " (failed: " + (st.error or f"exit code {st.rc}").replace("|", "/") + ")"
-        rows.append(f"| {METHODS[name][1]} | {ep} | {100 * acc[-1]:.2f} | {100 * acc.max():.2f} | "
-                    f"{secs:.1f} |")
+        rows.append(f"| {METHODS[name][1]} | {ep} | {sw.fmt_mean_std([100 * a[-1] for a in per_seed])} | "
+                    f"{sw.fmt_mean_std([100 * a.max() for a in per_seed])} | {secs:.1f} |"
+                    + (f" {len(per_seed)} |" if args.seeds is not None else ""))
         if "align.grad_mean" in m:
             cols = config.get("align_layers", [])
             first, last = m["align.grad_mean"][0], m["align.grad_mean"][-1]
@@ -111,12 +129,17 @@ def summarise(names, args, status=None):
             lines.append(f"\ntotal parameters of the SVD layers: {int(m['svd_total_params'][-1])}"
                          f" (epoch 1: {int(m['svd_total_params'][0])})")
             extra.append("\n".join(lines))
-    table = ("| method | epochs | final test acc (%) | best test acc (%) | s/epoch |\n"
-             "| --- | --- | --- | --- | --- |\n" + "\n".join(rows))
+    if args.seeds is None:
+        table = ("| method | epochs | final test acc (%) | best test acc (%) | s/epoch |\n"
+                 "| --- | --- | --- | --- | --- |\n" + "\n".join(rows))
+    else:
+        table = ("| method | epochs | final test acc (%, mean ± std over seeds) | best test acc (%) | s/epoch "
+                 "(first seed) | seeds |\n| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows))
     settings = "train defaults (Adam, lr 1e-3, batch 128)"
     if args.extra:
         settings += ", extra flags: `" + " ".join(args.extra) + "`"
-    text = (f"# {args.dataset}, mlp 784-256-256-10, seed {args.seed}\n\n{settings}\n\n{table}\n" +
+    seeds = f"seed {args.seed}" if args.seeds is None else "seeds " + ",".join(map(str, args.seed_list))
+    text = (f"# {args.dataset}, mlp 784-256-256-10, {seeds}\n\n{settings}\n\n{table}\n" +
             "\n".join(extra) + "\n")
     sw.write_atomic(Path(args.out_dir) / "results.md", text)
     print(text)
@@ -153,7 +176,10 @@ def parse_args(argv=None):
     p = sw.ArgParser(prog="python -m validation.fmnist_mlp_methods", description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--epochs", type=sw._positive_int, default=10)
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="one seed (run files <method>.h5)")
+    p.add_argument("--seeds", default=None,
+                   help="several seeds, e.g. 0-4 (run files <method>-seed<s>.h5; the table gives mean ± std); "
+                        "the detail tables are the first seed's")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--align-every", type=_nonnegative_int, default=50, help="0: no alignment tables")
@@ -161,6 +187,10 @@ def parse_args(argv=None):
     sw.add_mpi_options(p)
     args = p.parse_args(argv)
     args.extra = extra
+    try:
+        args.seed_list = sw.parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
+    except (ValueError, sw.argparse.ArgumentTypeError) as exc:
+        p.error(f"--seeds: {exc}")
     if len(sw.check_datasets(p, args.dataset)) != 1:
         p.error(f"--dataset: one data set, got {args.dataset!r}")
     args.dataset = args.dataset.strip()
@@ -171,7 +201,8 @@ def parse_args(argv=None):
 def run_all(args) -> dict:
     """Every selected method, one after the other: ``{(name, seed): RunStatus}``."""
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    return sw.map_runs(args.names, lambda name: ((name, args.seed), run_one(name, args)), args)
+    jobs = [(name, seed) for name in args.names for seed in args.seed_list]
+    return sw.map_runs(jobs, lambda job: (job, run_one(job[0], args, job[1])), args)
 
 
 SPEC = sw.Script(parse=parse_args, run=run_all, report=lambda args, status: summarise(args.names, args, status))
