@@ -44,6 +44,7 @@ __all__ = [
     "param_keys_of_kind",
     "num_classes",
     "segment_dim",
+    "draw_weight_shaped",
 ]
 
 WEIGHT_KINDS = ("linear", "conv2d", "residual", "svd_linear", "svd_conv2d")
@@ -317,6 +318,20 @@ def transport_keys(model):
         if k == first and layer.kind in ("linear", "conv2d"):
             continue
         out += [(f"{k}.{name}", k, name) for name in weight_names(layer)]
+    return out
+
+
+def draw_weight_shaped(model, rng, dist, transform=None):
+    """``{weight key: array of the weight's shape}`` for every weight that transports error (``transport_keys``),
+    drawn in that order from ``rng`` with law ``dist`` (``draw``; fans from the weight's shape), optionally passed
+    through ``transform`` on the host (frSF: ``np.abs``), then placed on the model's device and dtype."""
+    params = dict(model.named_params())
+    out = {}
+    for key, _, _ in transport_keys(model):
+        shape = params[key].shape
+        fi, fo = fan_in_out(shape)
+        a = draw(rng, shape, dist, fi, fo)
+        out[key] = place(model, transform(a) if transform is not None else a)
     return out
 
 

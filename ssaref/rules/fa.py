@@ -10,7 +10,7 @@ gets no B.  The output layer receives ``e`` itself, so its update equals BP's.
 
 from __future__ import annotations
 
-from ._feedback import check_choice, draw, fan_in_out, place, require_model, transport_keys
+from ._feedback import check_choice, draw_weight_shaped, require_model, transport_keys
 from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
 
 __all__ = ["FA"]
@@ -29,17 +29,22 @@ class FA(Rule):
         ),
     }
 
+    init_option = "fa_init"  # the option naming B's law (KP, which subclasses FA, has its own)
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        check_choice(
+            self.name,
+            self.init_option,
+            self.options[self.init_option],
+            ("torch_default", "xavier_uniform", "kaiming_uniform"),
+        )
+
     def init_state(self, model, rng):
         """Draw ``B`` for every weight that transports error (state key ``"B/<param key>"``)."""
-        dist = self.options["fa_init"]
-        check_choice(self.name, "fa_init", dist, ("torch_default", "xavier_uniform", "kaiming_uniform"))
         require_model(model, self.name)
-        params = dict(model.named_params())
-        self.state = {}
-        for key, _, _ in transport_keys(model):
-            shape = params[key].shape
-            fi, fo = fan_in_out(shape)
-            self.state["B/" + key] = place(model, draw(rng, shape, dist, fi, fo))
+        drawn = draw_weight_shaped(model, rng, self.options[self.init_option])
+        self.state = {"B/" + key: B for key, B in drawn.items()}
 
     def feedback(self, model):
         """``{weight key: B}`` used in place of each weight when transporting the error."""

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import math
 
-from ._feedback import check_choice, draw, fan_in_out, place, require_model, transport_keys
-from .base import AlignmentPair, FeedbackExport, Learnable, Rule, chain_updates
+from ._feedback import transport_keys
+from .base import Learnable, chain_updates
+from .fa import FA
 
 __all__ = ["KP"]
 
 
-class KP(Rule):
+class KP(FA):
     """Kolen-Pollack: FA whose ``B`` gets ``W``'s update (and decay), so ``B -> W^T``."""
 
     name = "kp"
@@ -52,31 +53,16 @@ class KP(Rule):
         ),
     }
 
+    init_option = "kp_init"  # B is drawn as FA's: init_state, feedback, alignment pairs and export are FA's
+
     def __init__(self, **options):
         super().__init__(**options)
-        check_choice(
-            self.name, "kp_init", self.options["kp_init"], ("torch_default", "xavier_uniform", "kaiming_uniform")
-        )
         lam = self.options["kp_decay"]
         if not (lam >= 0.0 and math.isfinite(lam)):
             raise ValueError(f"method 'kp': option kp_decay={lam!r} must be a finite number >= 0")
 
-    def init_state(self, model, rng):
-        """Draw the initial ``B`` for every weight that transports error (state key ``"B/<param key>"``)."""
-        require_model(model, self.name)
-        params = dict(model.named_params())
-        self.state = {}
-        for key, _, _ in transport_keys(model):
-            shape = params[key].shape
-            fi, fo = fan_in_out(shape)
-            self.state["B/" + key] = place(model, draw(rng, shape, self.options["kp_init"], fi, fo))
-
     def learnable(self, model):
         return [Learnable("B/" + key, self.state["B/" + key], k, "B") for key, k, _ in transport_keys(model)]
-
-    def feedback(self, model):
-        """``{weight key: B}`` used in place of each weight when transporting the error."""
-        return {k[2:]: v for k, v in self.state.items() if k.startswith("B/")}
 
     def updates(self, model, caches, e, batch):
         B = self.feedback(model)
@@ -92,12 +78,3 @@ class KP(Rule):
             if lam:
                 updates[key] = g + lam * W  # delta W = delta_l h_{l-1}^T + lambda W
         return updates, signals
-
-    def alignment_pairs(self, model):
-        return [AlignmentPair(key, B, "weight") for key, B in self.feedback(model).items()]
-
-    def feedback_export(self, model):
-        out = FeedbackExport()
-        for key, k, _ in transport_keys(model):
-            out.put(k, "B", self.state["B/" + key])
-        return out

@@ -23,7 +23,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from ._feedback import check_choice, draw, fan_in_out, place, require_model, transport_keys
+from ._feedback import check_choice, draw, draw_weight_shaped, fan_in_out, place, require_model, transport_keys
 from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
 
 __all__ = ["USF", "BRSF", "FRSF", "init_std"]
@@ -146,12 +146,8 @@ class FRSF(_SignConcordant):
     def init_state(self, model, rng):
         """Draw the fixed magnitudes ``|R|`` (state key ``"R/<param key>"``)."""
         require_model(model, self.name)
-        params = dict(model.named_params())
-        self.state = {}
-        for key, _, _ in transport_keys(model):
-            shape = params[key].shape
-            fi, fo = fan_in_out(shape)
-            self.state["R/" + key] = place(model, np.abs(draw(rng, shape, self.options["sf_init"], fi, fo)))
+        drawn = draw_weight_shaped(model, rng, self.options["sf_init"], transform=np.abs)
+        self.state = {"R/" + key: R for key, R in drawn.items()}
 
     def magnitudes(self, model):
         return {k[2:]: R for k, R in self.state.items() if k.startswith("R/")}
