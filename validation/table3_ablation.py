@@ -99,6 +99,7 @@ def parse_args(argv=None):
                    "no-ortho, no-ortho-handling, no-hoyer, no-rank, no-projection)")
     p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic data, tiny runs, one seed")
+    sw.add_mpi_options(p)
     args = p.parse_args(own)
     args.extra = extra
     q = args.quick
@@ -145,13 +146,14 @@ def train_argv(row: Row, seed: int, args) -> list[str]:
 
 def run_all(args) -> dict:
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    status = {}
-    for row in args.rows:
-        for seed in args.seeds:
-            path = args.out_dir / f"{row.key}-seed{seed}.h5"
-            status[(row.key, seed)] = sw.launch(path, train_argv(row, seed, args), args.epochs,
-                                                f"{row.key} seed {seed}", log=lambda m: print(m, flush=True))
-    return status
+
+    def one(job):
+        row, seed = job
+        path = args.out_dir / f"{row.key}-seed{seed}.h5"
+        return ((row.key, seed), sw.launch(path, train_argv(row, seed, args), args.epochs, f"{row.key} seed {seed}",
+                                           log=lambda m: print(m, flush=True)))
+
+    return sw.map_runs([(row, seed) for row in args.rows for seed in args.seeds], one, args)   # --mpi: over ranks
 
 
 def report(args, status: dict) -> None:
