@@ -292,7 +292,7 @@ def test_sigkill_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
         out = tmp_path / f"k{trial}.h5"
         p = subprocess.Popen(_train_cmd("--out", str(out)), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(0.3, max(0.6, duration * 0.95))))
+        time.sleep(float(rng.uniform(0.2 * duration, 0.8 * duration)))   # start-up, epochs and checkpoint writes
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
         figures["trials"] += 1
@@ -307,7 +307,7 @@ def test_sigkill_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
             np.testing.assert_array_equal(v, ck["params"][k], err_msg=f"trial {trial}: {k}")
         assert not [n for n in os.listdir(tmp_path) if n.endswith((".tmp", ".lock"))], os.listdir(tmp_path)
     print("kill trials:", figures)
-    assert figures["trials"] == 10 and figures["killed_mid_run"] >= 5, figures
+    assert figures["trials"] == 10 and figures["killed_mid_run"] >= 7, figures
 
 
 # -------------------------------------------------------------------------------------------- one writer
