@@ -37,7 +37,8 @@ import numpy as np
 from .backend import asnumpy, get_array_module
 
 __all__ = ["Comm", "SerialComm", "MPIComm", "DistributedError", "init", "abort_job", "shard", "check_shards",
-           "average_step", "replica_digest", "local_rank", "CrossReplicaStats", "sync_batchnorm"]
+           "average_step", "replica_digest", "local_rank", "local_size", "default_threads_per_rank",
+           "CrossReplicaStats", "sync_batchnorm"]
 
 
 class DistributedError(RuntimeError):
@@ -50,6 +51,21 @@ def local_rank() -> int:
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var])
     return 0
+
+
+def local_size() -> int:
+    """Ranks on this node, from the launcher's environment (MPICH/Hydra, Open MPI, Slurm), else 1."""
+    for var in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return max(1, int(os.environ[var]))
+    return 1
+
+
+def default_threads_per_rank() -> int:
+    """The cores this process may use, shared among the ranks of its node (no oversubscribed BLAS)."""
+    from .threads import default_threads
+
+    return max(1, default_threads() // local_size())
 
 
 class Comm:

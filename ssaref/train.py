@@ -23,6 +23,7 @@ from .data import DATASETS, augment, load_dataset
 from .nn import MODELS, build_model
 from .ops.losses import softmax_cross_entropy
 from .optim import build_schedule
+from .threads import apply_threads, threads_arg
 from .rules import RULES, build_rule
 from .run import build_run
 from .runlog import RunFileError, RunLock, read_run, remove_stale_temporaries, write_run
@@ -78,6 +79,8 @@ def build_parser():
     a("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
     a("--resume", default=None, help="continue the run stored in this file")
     a("--no-progress", action="store_true", help="no progress bar")
+    a("--threads", type=threads_arg, default=None,
+      help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
     a("--log-every", type=positive(int), default=1,
       help="read the training loss back every K steps (one device->host transfer per K steps; a non-finite loss "
            "still stops the run naming its own step)")
@@ -611,6 +614,9 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
 def _main(argv):
     args = parse_args(argv)
     keep_large_allocations()  # reuse big activation buffers across steps (glibc), see backend
+    if args.threads is None and args.distributed != "none":
+        args.threads = distributed.default_threads_per_rank()   # the node's cores shared among its ranks
+    args.threads = apply_threads(args.threads)["threads"]   # recorded in the run file's config
     train(args)
     return 0
 

@@ -222,6 +222,10 @@ def add_mpi_options(p) -> None:
                    help="spread the runs over MPI ranks (mpiexec -n N python -m validation.<script> --mpi ...)")
     p.add_argument("--mpi-timeout", type=float, default=7 * 86400.0,
                    help="seconds rank 0 waits for the other ranks' runs (default 7 days)")
+    from ssaref.threads import threads_arg
+
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="BLAS/OpenMP threads of every run (default: the cores available; one per rank with --mpi)")
 
 
 def map_runs(jobs: list, fn, args, log=print) -> dict:
@@ -235,6 +239,11 @@ def map_runs(jobs: list, fn, args, log=print) -> dict:
 
         comm = MPIComm(timeout=args.mpi_timeout)
         args.rank, size = comm.rank, comm.size
+        if not _THREADS:   # one node's cores shared among its ranks
+            from ssaref.distributed import default_threads_per_rank
+            from ssaref.threads import apply_threads
+
+            _THREADS[:] = [apply_threads(default_threads_per_rank())["threads"]]
         log(f"[rank {comm.rank}/{size}] runs {len(jobs[comm.rank::size])} of the {len(jobs)} runs")
     results = {i: fn(job) for i, job in enumerate(jobs) if i % size == args.rank}
     if comm is not None:
@@ -353,7 +362,8 @@ def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
 
 
 # settings that may differ between a cached run file and the run asked for (the epoch count is handled apart)
-_NOT_SETTINGS = {"epochs", "out", "ssaref_version", "align_layers", "svd_layers"}
+_NOT_SETTINGS = {"epochs", "out", "ssaref_version", "align_layers", "svd_layers", "threads"}
+_THREADS: list = []   # --threads of the script, passed on to every run (run_script sets it)
 
 
 def settings_mismatch(path: Path, argv: list) -> str | None:
@@ -375,7 +385,7 @@ def launch(out: Path, argv: list, epochs: int, label: str, log=print) -> RunStat
     with the same settings, resumed when it holds fewer; a cached file made with other settings is never reused
     nor replaced (the run fails with a message naming the differences).  Never raises on a failed run: an
     exception inside ``ssaref.train.main`` is reported as exit code 1 with its ``error: Type: message`` line."""
-    argv = list(argv)
+    argv = list(argv) + (["--threads", str(_THREADS[0])] if _THREADS and "--threads" not in argv else [])
     if out.exists():
         done = _epochs_in(out)
         differ = settings_mismatch(out, argv) if done > 0 else None
@@ -805,6 +815,10 @@ def run_script(spec, argv=None) -> int:
     """
     def body(argv):
         args = spec.parse(argv)
+        if getattr(args, "threads", None) is not None:
+            from ssaref.threads import apply_threads
+
+            _THREADS[:] = [apply_threads(args.threads)["threads"]]
         status = spec.run(args)
         if getattr(args, "rank", 0):   # an MPI rank other than 0 ran its share; rank 0 reports
             return exit_code(status, stream=io.StringIO())
