@@ -35,8 +35,8 @@ from .nn import build_model
 from .run import build_run
 from .threads import apply_threads, blas_info, default_threads, threads_arg
 
-__all__ = ["torch_mirror", "bench_config", "ssaref_engine", "weight_macs", "step_flops", "sgemm_peak", "measure_memory",
-           "DEFAULT_MODELS", "DATASET_INPUT", "main"]
+__all__ = ["torch_mirror", "bench_config", "ssaref_engine", "op_profile", "weight_macs", "step_flops", "sgemm_peak",
+           "measure_memory", "DEFAULT_MODELS", "DATASET_INPUT", "main"]
 
 DEFAULT_MODELS = ("mlp", "lenet", "convnet", "smallconv")
 # the input shape of the data set each model is trained on in the paper (Fashion-MNIST, CIFAR)
@@ -47,7 +47,8 @@ LR = 1e-4
 
 # --------------------------------------------------------------------------------------------- torch mirror
 def torch_mirror(model):
-    """A ``torch.nn.Module`` with the same graph, weights and BatchNorm buffers as an ssaref (dense) model.
+    """A ``torch.nn.Module`` with the same graph, weights and BatchNorm buffers as an ssaref (dense) model, in the
+    model's dtype (float32 or float64).
 
     Layer kinds: sequential, linear, conv2d, max/avg pooling, global average pooling, relu/tanh/sigmoid,
     flatten, batchnorm (1-D or 2-D by the input it sees) and residual blocks (``relu(main(x) + shortcut(x))``).
@@ -74,6 +75,9 @@ def torch_mirror(model):
             if x.dim() not in (2, 4):
                 raise ValueError(f"expected 2-D or 4-D input, got {x.dim()}-D")
 
+    first = next(iter(model.params.values()), None)
+    dtype = torch.float64 if first is not None and first.dtype == np.float64 else torch.float32
+
     def t(a):
         return torch.from_numpy(np.ascontiguousarray(asnumpy(a)))
 
@@ -94,7 +98,7 @@ def torch_mirror(model):
         if kind == "flatten":
             return nn.Flatten()
         if kind == "batchnorm":
-            m = BatchNorm(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum)
+            m = BatchNorm(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum).to(dtype)
             with torch.no_grad():
                 m.weight.copy_(t(layer.params["gamma"]))
                 m.bias.copy_(t(layer.params["beta"]))
@@ -110,6 +114,7 @@ def torch_mirror(model):
                           padding=layer.padding, bias="b" in layer.params)
         else:
             raise NotImplementedError(f"bench mirrors no {kind!r} layer")
+        m = m.to(dtype)
         with torch.no_grad():
             m.weight.copy_(t(layer.params["W"]))
             if "b" in layer.params:
@@ -288,6 +293,81 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
             "rows": [rows[m] for m in methods]}
 
 
+# --------------------------------------------------------------------------------------------- per-op profile
+def _op_targets():
+    """``[(owner, attribute, label)]``: every op function the engine calls, where its callers look it up."""
+    from .nn import layers as L
+    from .ops import activations, conv, linear, norm, pool
+    from .rules import base as rule_base
+
+    out = []
+    for mod in (conv, pool, activations, norm, linear):
+        out += [(mod, n, f"{mod.__name__.rsplit('.', 1)[-1]}.{n}") for n in mod.__all__
+                if callable(getattr(mod, n, None))]
+    out.append((conv, "im2col", "  im2col (inside conv2d_forward)"))
+    out += [(rule_base, n, f"losses.{n}") for n in ("softmax_cross_entropy", "softmax_cross_entropy_backward")
+            if hasattr(rule_base, n)]
+    for cls in vars(L).values():                # the layers' static op references (ReLU._fwd, MaxPool2d._bwd, ...)
+        if isinstance(cls, type) and issubclass(cls, L.Layer):
+            for attr in ("_fwd", "_bwd"):
+                f = cls.__dict__.get(attr)
+                if isinstance(f, staticmethod) and f.__func__ is not None:
+                    fn = f.__func__
+                    out.append((cls, attr, f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"))
+    return out
+
+
+def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend="numpy", **options):
+    """Where one ssaref training step of ``method`` on ``name`` goes: ``(step_ms, [(label, ms, fraction)])``.
+
+    Every op function (ops.conv, pool, activations, norm, linear, the loss) and the optimiser's ``step`` are
+    wrapped with a timer (inclusive wall time, mean over ``steps`` steps after one warm-up step); ``im2col`` is
+    also shown inside ``conv2d_forward``; the rest of the step (the rule's own code, containers, Python) is the
+    last row.  The wrappers are removed afterwards.
+    """
+    import functools
+
+    from .optim import Optimizer
+
+    xp = resolve_backend(backend)
+    x_h, y_h = _batch(shape, batch, 10, seed)
+    _, step = ssaref_engine(name, shape, method, xp.asarray(x_h), xp.asarray(y_h), xp=xp, seed=seed, **options)
+    acc: dict = {}
+    saved = []
+
+    def wrap(fn, label):
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[label] = acc.get(label, 0.0) + time.perf_counter() - t0
+        return timed
+
+    try:
+        for owner, attr, label in _op_targets():
+            raw = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
+            saved.append((owner, attr, raw))
+            fn = raw.__func__ if isinstance(raw, staticmethod) else raw
+            setattr(owner, attr, staticmethod(wrap(fn, label)) if isinstance(raw, staticmethod) else wrap(fn, label))
+        saved.append((Optimizer, "step", Optimizer.__dict__["step"]))
+        Optimizer.step = wrap(Optimizer.__dict__["step"], "optimiser step (Adam)")
+        step()
+        acc.clear()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        total = (time.perf_counter() - t0) / steps
+    finally:
+        for owner, attr, raw in reversed(saved):
+            setattr(owner, attr, raw)
+    rows = sorted(((k, 1e3 * v / steps) for k, v in acc.items() if v > 0), key=lambda r: -r[1])
+    top = sum(ms for k, ms in rows if not k.startswith("  "))
+    rows.append(("rest of the step (rule, containers, Python)", max(0.0, 1e3 * total - top)))
+    return 1e3 * total, [(k, ms, ms / (1e3 * total)) for k, ms in rows]
+
+
 # --------------------------------------------------------------------------------------------- memory
 def _proc_status():
     out = {}
@@ -455,10 +535,14 @@ def _fmt(v, spec):
 def _blas_line(info):
     parts = []
     for p in info.get("blas", []):
+        if p.get("user_api") != "blas":
+            continue
         s = f"{p.get('internal_api', '?')} {p.get('version', '')}".strip()
         extra = ", ".join(str(p[k]) for k in ("architecture", "threading_layer") if p.get(k))
         parts.append(f"{s} ({extra}, {p.get('num_threads')} threads)" if extra else s)
-    return "; ".join(parts) or "unknown"
+    omp = [f"{p.get('prefix', p.get('internal_api', '?'))} ({p.get('num_threads')} threads)"
+           for p in info.get("blas", []) if p.get("user_api") == "openmp"]
+    return ("; ".join(parts) or "unknown") + (f"; OpenMP: {', '.join(omp)}" if omp else "")
 
 
 def markdown(result):
@@ -496,6 +580,13 @@ def markdown(result):
                      f"{c['torch_ms']:.1f} | **{_fmt(bp['ratio'], '.2f')}** | "
                      f"{_mem(bp.get('ssaref_mib'), bp.get('step_mib'))} | "
                      f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |")
+    profiled = [c for c in result["configs"] if c.get("profile")]
+    for c in profiled:
+        pr = c["profile"]
+        lines += ["", f"Where ssaref's BP step goes, {c['model']} {c['input']} (ratio {c['rows'][0]['ratio']:.2f}; "
+                  f"per-op timers, {pr['step_ms']:.0f} ms a step): "
+                  + ", ".join(f"{o['op'].strip()} {o['ms']:.0f} ms ({100 * o['fraction']:.0f} %)"
+                              for o in pr["ops"] if o["fraction"] >= 0.01) + "."]
     methods = [m for m in result["settings"]["methods"] if m != "bp"]
     if methods:
         lines += ["", "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
@@ -561,6 +652,8 @@ def _parse(argv):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=positive(int), default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
+    p.add_argument("--profile", default="auto", choices=("auto", "all", "none"),
+                   help="per-op profile of ssaref's BP step: auto = where ssaref/torch > 1 (default), all, none")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's mmap threshold alone (ssaref.train raises it, see "
                         "backend.keep_large_allocations)")
@@ -623,6 +716,12 @@ def _main(argv):
             raise
         except NotImplementedError as exc:
             raise ValueError(str(exc)) from None
+        bp = c["rows"][0]
+        if args.profile == "all" or (args.profile == "auto" and bp["ratio"] > 1.0):
+            ms, rows = op_profile(name, shape, "bp", batch=args.batch_size, backend=args.backend)
+            c["profile"] = {"step_ms": ms, "ops": [{"op": k, "ms": v, "fraction": f} for k, v, f in rows]}
+            print(f"{name} {c['input']}: where ssaref's BP step goes ({ms:.1f} ms, per-op timers): "
+                  + ", ".join(f"{k.strip()} {v:.1f} ms ({100 * f:.0f} %)" for k, v, f in rows[:8]), flush=True)
         if memory:
             t = measure_memory("torch", name, shape, batch=args.batch_size, threads=threads["threads"],
                                steps=args.memory_steps)

@@ -17,10 +17,14 @@ The limits are process-wide and last for the life of the process (``threadpoolct
 context).  Pools of libraries loaded *after* the call (e.g. ``import torch`` later) are not limited by it: call
 it after the imports, or again.  PyTorch's intra-op pool is set too when torch is already imported.
 
-ssaref's own element-wise work (im2col copies, col2im adds, pooling, ReLU, BatchNorm on the NumPy backend) is
-split over the same number of threads by :func:`parallel_ranges` (NumPy releases the GIL inside its loops), so
-``--threads`` governs every pool the engine runs on.  The split never changes a result: each part computes the
-same elements with the same operations in the same order as the whole.
+ssaref's own element-wise work (im2col copies, col2im adds, pooling, ReLU, BatchNorm on the NumPy backend) can be
+split over threads too (:func:`parallel_ranges`; NumPy releases the GIL inside its loops); the split never changes a
+result (each part computes the same elements with the same operations in the same order as the whole).  It is **off
+by default** (:func:`ops_threads` is 1 unless ``apply_threads(n, ops_threads=k)`` or ``SSAREF_OP_THREADS=k``):
+OpenBLAS's idle workers busy-wait about 0.1 s after every GEMM (measured: 0.11 s of CPU during a 0.2 s sleep after
+one), so on a machine whose cores all run BLAS threads a second op thread only competes with a spinning worker
+(measured on this project's 2-core machine, ssaref BP steps with BLAS on 2 threads, op threads 1 vs 2: ResNet-20
+833 vs 855 ms, SmallConv 845 vs 918 ms).  It pays where BLAS has fewer threads than there are cores.
 """
 
 from __future__ import annotations
@@ -72,9 +76,18 @@ _POOL = None  # (size, ThreadPoolExecutor) of the workers beside the calling thr
 
 
 def ops_threads() -> int:
-    """Threads ssaref's own element-wise work is split over: the last :func:`apply_threads` value, else
-    :func:`default_threads`."""
-    return _OPS_THREADS if _OPS_THREADS is not None else default_threads()
+    """Threads ssaref's own element-wise work is split over: ``apply_threads``'s ``ops_threads``, else
+    ``$SSAREF_OP_THREADS``, else 1 (see the module docstring for why the split is off by default)."""
+    if _OPS_THREADS is not None:
+        return _OPS_THREADS
+    try:
+        return max(1, int(os.environ.get("SSAREF_OP_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
+def _current_ops_threads() -> int:
+    return ops_threads()
 
 
 def _reset_pool_in_child():
@@ -121,12 +134,14 @@ def parallel_ranges(n, fn, *, min_chunk=1, threads=None) -> None:
             raise e
 
 
-def apply_threads(n=None) -> dict:
+def apply_threads(n=None, ops_threads=None) -> dict:
     """Limit every BLAS and OpenMP thread pool loaded in this process (and PyTorch's, when imported) to ``n``.
 
     Parameters
     ----------
     n : int >= 1, or None for :func:`default_threads`.
+    ops_threads : int >= 1 or None: threads for ssaref's own element-wise split (:func:`parallel_ranges`); None
+        leaves it as it is (1 unless ``$SSAREF_OP_THREADS`` says otherwise).
 
     Returns
     -------
@@ -135,7 +150,6 @@ def apply_threads(n=None) -> dict:
     call (what was actually set); ``threadpoolctl`` is False when the package is missing, in which case only the
     environment variables below are set, which reach libraries loaded later but not pools already running.
 
-    ssaref's own element-wise work is split over ``n`` threads too (:func:`parallel_ranges`).
     ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` are also set to ``n`` so that child
     processes (the validation scripts' training runs, the benchmark's memory probes) inherit the limit.
     Raises ValueError for ``n < 1``.
@@ -146,7 +160,10 @@ def apply_threads(n=None) -> dict:
     if isinstance(n, bool) or int(n) != n or int(n) < 1:
         raise ValueError(f"threads must be an integer >= 1, got {n!r}")
     n = int(n)
-    _OPS_THREADS = n
+    if ops_threads is not None:
+        if isinstance(ops_threads, bool) or int(ops_threads) != ops_threads or int(ops_threads) < 1:
+            raise ValueError(f"ops_threads must be an integer >= 1, got {ops_threads!r}")
+        _OPS_THREADS = int(ops_threads)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
     try:
@@ -165,4 +182,4 @@ def apply_threads(n=None) -> dict:
     pools = [f"{p.get('internal_api', p.get('prefix', '?'))}={p.get('num_threads')}" for p in blas_info()]
     if torch is not None and hasattr(torch, "get_num_threads"):
         pools.append(f"torch={torch.get_num_threads()}")
-    return {"threads": n, "pools": pools, "threadpoolctl": have}
+    return {"threads": n, "pools": pools, "threadpoolctl": have, "ops_threads": _current_ops_threads()}

@@ -202,7 +202,7 @@ def results_md(args, rows, ignored, info):
                 if args.quick else "") + ".", "",
              "Peak memory (MiB, measured in a fresh process per method and model): `peak` = resident-set "
              "high-water mark over set-up and the first steps above the built model; `step` = that of one "
-             "step above the state kept between steps.  Inference: GFLOP = 2 x multiply-adds per example of the "
+             "step above the state kept between steps.  Inference: FLOPs = 2 x multiply-adds per example of the "
              "weight layers; params = trained numbers.  SSA / SVD-BP are costed in their factored form "
              "`U diag(s) V^T` at the ranks of `rank source` (a run file's checkpoint, after rank reduction, or "
              "full rank when no run file was given).", "",

@@ -18,7 +18,7 @@ The weight gradient is computed as ``(col2 @ dy2.T).T``, the faster orientation 
 from __future__ import annotations
 
 from ..backend import get_array_module
-from .im2col import as_pair, im2col, split_rows, valid_offsets
+from .im2col import BLOCK, as_pair, im2col, split_rows, valid_offsets
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "batch_innermost"]
 
@@ -119,9 +119,6 @@ def conv2d_backward_input(dy, W, cache):
     if W.dtype != dy.dtype:
         raise ValueError(f"conv2d backward: dtypes differ (dy {dy.dtype}, W {W.dtype}); cast explicitly")
     xp = get_array_module(dy, W)
-    C_out = dy.shape[1]
-    if (sy, sx) == (1, 1) and ph < kh and pw < kw and C_out * kh * kw <= TRANSPOSED_MAX_K and C_in >= 8:
-        return _backward_input_transposed(dy, W, cache)
     # W2.T with its rows ordered (i, j, c): one block of kw*C_in rows per kernel row i
     Wk = xp.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh, kw * C_in, -1)
     # the image gradient itself, unpadded: what a kernel offset would add to the padding is never added
@@ -137,29 +134,8 @@ def conv2d_backward_input(dy, W, cache):
             for _, j, orow, ocol, irow, icol in row:
                 dx[lo:hi, irow, icol] += dcol_i[j, lo:hi, orow, ocol]
 
-        split_rows(xp, C_in, add, block.size)
+        split_rows(xp, C_in, add, block.size, block=BLOCK)
     return dx.transpose(3, 0, 1, 2)
-
-
-# stride-1 input gradients with C_out*kh*kw up to this go through the transposed convolution: the fused form's
-# GEMMs then have an inner dimension of only C_out (16 in ResNet-20's first stage: OpenBLAS reaches a third of the
-# rate of the same FLOPs as one GEMM with inner dimension 9*C_out; measured on 2 cores, 128x16x32x32: 43 -> 37 ms,
-# 128x32x16x16: 34 -> 15 ms)
-TRANSPOSED_MAX_K = 288
-
-
-def _backward_input_transposed(dy, W, cache):
-    """Stride-1 input gradient as the convolution of ``dy`` (padded by ``k - 1 - p``) with the flipped,
-    transposed kernel: ``dx2 = W'2 @ im2col(dy)``, ``W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]``; one GEMM with
-    inner dimension ``C_out*kh*kw``.  The same sums as the fused form, in another order (rounding differs in the
-    last bits)."""
-    col, (N, C_in, H, Wd), _, (ph, pw), _ = cache
-    C_out, _, kh, kw = W.shape
-    xp = get_array_module(dy, W)
-    cd = im2col(dy, kh, kw, 1, 1, kh - 1 - ph, kw - 1 - pw)         # (C_out, kh, kw, H, W, N)
-    Wf = xp.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(C_in, -1)
-    dx2 = Wf @ cd.reshape(C_out * kh * kw, -1)                       # (C_in, H*W*N)
-    return dx2.reshape(C_in, H, Wd, N).transpose(3, 0, 1, 2)
 
 
 def conv2d_backward_params(dy, cache):

@@ -1,7 +1,11 @@
 """im2col / col2im by strided slices over kernel offsets (the Chainer ``utils/conv.py`` scheme).
 
 One loop over the ``kh * kw`` kernel offsets, each a strided slice of the padded image, serves
-numpy and cupy alike; there is no ``np.add.at`` and no per-pixel Python loop.
+numpy and cupy alike; there is no ``np.add.at`` and no per-pixel Python loop.  On NumPy the padded
+image is never materialised (each offset copies the window that lies inside the image and zeros the
+rest; ``col2im`` adds only inside the image), and the copies are split over ssaref's op threads by
+channel, a slice of channels at a time (``split_rows``, ``ssaref.threads``): the same numbers, fewer
+passes over memory.
 
 Layout
 ------
@@ -35,16 +39,30 @@ __all__ = ["as_pair", "conv_output_size", "kernel_offsets", "valid_offsets", "pa
 
 # the element count below which an op is not split over threads (the hand-off costs tens of microseconds)
 PARALLEL_MIN = 1 << 16
+# elements per slice of channels in ops that pass over the same rows several times (kept in cache between passes)
+BLOCK = 1 << 17
 
 
-def split_rows(xp, n, fn, work=0):
+def split_rows(xp, n, fn, work=0, block=None):
     """``fn(lo, hi)`` over ``range(n)`` (rows of an op's outermost memory axis), split over ssaref's op threads
     (``ssaref.threads.parallel_ranges``) on the NumPy backend when the op touches at least ``PARALLEL_MIN``
-    elements (``work``); else one call.  Results are the same either way: parts write disjoint rows."""
-    if xp is np and work >= PARALLEL_MIN and n > 1:
-        parallel_ranges(n, fn, min_chunk=max(1, (PARALLEL_MIN * n) // max(work, 1)))
-    else:
+    elements (``work``); else one call.  With ``block`` (NumPy), each thread's part is handed to ``fn`` in
+    slices of about ``block`` elements (at least one row), so an op that makes several passes over its rows makes
+    them in cache.  Results are the same either way: parts write disjoint rows."""
+    if xp is not np:
         fn(0, n)
+        return
+    body = fn
+    if block is not None and work > block and n > 1:
+        per = max(1, (block * n) // max(work, 1))
+
+        def body(lo, hi):
+            for a in range(lo, hi, per):
+                fn(a, min(hi, a + per))
+    if work >= PARALLEL_MIN and n > 1:
+        parallel_ranges(n, body, min_chunk=max(1, (PARALLEL_MIN * n) // max(work, 1)))
+    else:
+        body(0, n)
 
 
 def as_pair(value, name, minimum=0):
@@ -159,9 +177,14 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
     Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     xp = get_array_module(x)
     xc = x.transpose(1, 2, 3, 0)                                # (C, H, W, N), no copy for batch-innermost x
+    col = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
+    if xp is not np:                  # a device: one padded copy, then one slice per kernel offset (few kernels)
+        xpad = pad_hw(xp.ascontiguousarray(xc) if ph == pw == 0 else xc, ph, pw)   # (C, Hp, Wp, N)
+        for i, j, rows, cols in kernel_offsets(kh, kw, sy, sx, Ho, Wo):
+            col[:, i, j] = xpad[:, rows, cols]
+        return col
     if not xc.flags.c_contiguous:     # one transposing copy instead of one strided gather per kernel offset
         xc = _contiguous(xp, xc)
-    col = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
     offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo))
 
     def part(lo, hi):   # the padding is never materialised: each offset copies its in-image window, zeros the rest
@@ -170,7 +193,7 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
             dst[:, orow, ocol] = xc[lo:hi, irow, icol]
             _fill_outside(dst, orow, ocol, Ho, Wo)
 
-    split_rows(xp, C, part, col.size)
+    split_rows(xp, C, part, col.size, block=BLOCK)
     return col
 
 
@@ -213,5 +236,5 @@ def col2im(col, sy, sx, ph, pw, H, W):
         for i, j, orow, ocol, irow, icol in valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo):
             dx[lo:hi, irow, icol] += col[lo:hi, i, j, orow, ocol]
 
-    split_rows(xp, C, part, col.size)
+    split_rows(xp, C, part, col.size, block=BLOCK)
     return dx.transpose(3, 0, 1, 2)

@@ -23,11 +23,14 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+
 from ..backend import get_array_module
 from .im2col import as_pair, conv_output_size, kernel_offsets, pad_hw, split_rows
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "global_avgpool_forward", "global_avgpool_backward"]
+
+_BLOCK = 1 << 16   # input elements per slice of rows: the kernel-offset passes over a slice run in cache
 
 _Geometry = namedtuple("_Geometry", "x_shape batch_last kh kw sy sx ph pw Ho Wo")
 
@@ -101,7 +104,7 @@ def _scatter(g, dyw, window_grad):
             else:
                 dpad[lo:hi, rows, cols] += window_grad(k, lo, hi)
 
-    split_rows(xp, A, part, dpad.size)
+    split_rows(xp, A, part, dpad.size, block=_BLOCK)
     return _from_work(dpad[:, g.ph:g.ph + H, g.pw:g.pw + W], g)
 
 
@@ -144,7 +147,7 @@ def maxpool2d_forward(x, kernel, stride=None, padding=0):
             xp.maximum(ab, sb, out=ab)
             xp.maximum(yb, window, out=yb)
 
-    split_rows(xp, A, part, xpad.size)
+    split_rows(xp, A, part, xpad.size, block=_BLOCK)
     return _from_work(y, g), (argmax, g)
 
 
@@ -199,7 +202,7 @@ def avgpool2d_forward(x, kernel, stride=None, padding=0):
             yb += xpad[lo:hi, rows, cols]
         yb *= 1.0 / (g.kh * g.kw)
 
-    split_rows(xp, y.shape[0], part, xpad.size)
+    split_rows(xp, y.shape[0], part, xpad.size, block=_BLOCK)
     return _from_work(y, g), (g,)
 
 

@@ -1,0 +1,163 @@
+"""python -m ssaref.bench: the torch mirrors of every layer kind, the analytic FLOP counts, the memory probe and the
+command line (tiny batches: what is checked is that the benchmark measures the right thing, not how fast)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssaref import bench
+from ssaref.nn import MODELS, build_model
+from ssaref.run import build_run
+
+SHAPE = {"mlp": (1, 28, 28), "lenet": (1, 28, 28), "convnet": (1, 28, 28)}
+
+
+def _narrow(name, shape):
+    opts = {} if name == "mlp" else {"width_mult": 0.125 if name == "resnet18" else 0.25}
+    return build_model(name, shape, 10, dtype=np.float64, seed=3, **opts)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_torch_mirror_has_the_same_graph_and_gradients(name):
+    """Logits and every BP gradient of the mirror equal ssaref's (float64, training mode: BN batch statistics)."""
+    shape = SHAPE.get(name, (3, 32, 32))
+    model = _narrow(name, shape)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4,) + shape), rng.integers(0, 10, size=4)
+    tm = bench.torch_mirror(model)
+    assert all(p.dtype == torch.float64 for p in tm.parameters())
+    tm.train()
+    logits = tm(torch.from_numpy(x))
+    torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)).backward()
+    run = build_run(model, "bp", np.random.default_rng(1), optimizer=None)
+    res = run.step(x, y)
+    np.testing.assert_allclose(logits.detach().numpy(), res.logits, rtol=1e-10, atol=1e-12)
+    tgrads = [p.grad.numpy() for p in tm.parameters()]
+    sgrads = [res.updates[k] for k, _ in model.named_params()]
+    assert len(tgrads) == len(sgrads)
+    for a, b in zip(tgrads, sgrads):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-11)
+
+
+def test_mirror_copies_batchnorm_buffers_and_refuses_unknown_layers():
+    model = _narrow("resnet20", (3, 32, 32))
+    model.layers[1].buffers["running_mean"][...] = 0.25
+    tm = bench.torch_mirror(model)
+    assert float(tm[1].running_mean[0]) == 0.25
+
+    class Odd:
+        kind = "odd"
+        params = {}
+
+    with pytest.raises(NotImplementedError, match="odd"):
+        bench.torch_mirror(Odd())
+
+
+def test_weight_macs_and_step_flops_of_lenet():
+    model = build_model("lenet", (1, 28, 28), 10)
+    macs = bench.weight_macs(model)
+    assert [(k, m) for k, _, m in macs] == [("0", 6 * 25 * 28 * 28), ("3", 16 * 6 * 25 * 10 * 10), ("7", 400 * 120),
+                                             ("9", 120 * 84), ("11", 84 * 10)]
+    total = sum(m for _, _, m in macs)
+    assert bench.step_flops(model, 8) == 2 * 8 * (3 * total - macs[0][2])
+    # the factored form at full rank: r (m + n) per linear, two passes per conv
+    svd = build_run(build_model("lenet", (1, 28, 28), 10), "svd-bp", np.random.default_rng(0), optimizer=None).model
+    smacs = dict((k, m) for k, _, m in bench.weight_macs(svd))
+    assert smacs["7"] == 120 * (400 + 120) and smacs["11"] == 10 * (84 + 10)
+    r = min(6 * 5, 1 * 5)                     # K' of conv 0: (N kw, C kh) = (30, 5)
+    assert smacs["0"] == r * 1 * 5 * 28 * 28 + 6 * r * 5 * 28 * 28   # height pass at (Ho, W), width pass
+
+
+def test_smallconv_gemms_and_sgemm_rate():
+    g = bench.smallconv_gemms((1, 28, 28), 4)
+    assert g == [(96, 9, 28 * 28 * 4), (192, 864, 14 * 14 * 4), (512, 1728, 7 * 7 * 4)]
+    rows = bench.sgemm_peak([(8, 16, 32)], repeats=2)
+    assert rows[0]["gflops"] > 0 and rows[0]["m"] == 8
+
+
+def test_memory_probe_measures_a_training_step():
+    for engine in ("bp", "torch"):
+        m = bench.measure_memory(engine, "mlp", (1, 28, 28), batch=64, threads=1, steps=1)
+        assert "error" not in m, m
+        assert m["peak_mib"] > 0 and m["step_mib"] >= 0 and m["state_mib"] >= 0
+    # ssaref's step: the MLP's activations and gradients, ~1 MiB at batch 64; Adam's state ~2 MiB
+    assert 0 < m.get("traced_mib", 1) < 50
+    bad = bench.measure_memory("bp", "vgg13", (1, 28, 28), batch=2)
+    assert "does not fit" in bad["error"]
+
+
+def test_cli_times_every_rule_writes_json_and_markdown(tmp_path, capsys):
+    j, md = tmp_path / "b.json", tmp_path / "b.md"
+    argv = ["--models", "mlp,lenet", "--method", "bp,dfa,pepita", "--batch-size", "8", "--repeats", "1",
+            "--warmup", "1", "--threads", "1", "--memory-steps", "1", "--profile", "all", "--json", str(j),
+            "--markdown", str(md)]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "sgemm peak" in out and "not supported" in out          # PEPITA on LeNet
+    res = json.loads(j.read_text())
+    assert res["settings"]["methods"] == ["bp", "dfa", "pepita"] and res["machine"]["threads"] == 1
+    assert [c["model"] for c in res["configs"]] == ["mlp", "lenet"]
+    mlp, lenet = res["configs"]
+    assert mlp["input"] == "1x28x28" and mlp["torch_ms"] > 0 and mlp["torch_mib"] > 0
+    bp, dfa, pep = mlp["rows"]
+    assert bp["vs_bp"] == 1.0 and math.isclose(bp["ratio"], bp["ssaref_ms"] / mlp["torch_ms"], rel_tol=1e-9)
+    assert dfa["ssaref_mib"] > 0 and pep["status"] == "ok"
+    assert lenet["rows"][2]["status"].startswith("not supported") and lenet["rows"][2]["vs_bp"] is None
+    text = md.read_text()
+    assert "| mlp | 1x28x28 |" in text and "sgemm peak" in text and "numpy" in text and "| dfa | pepita |" in text
+    assert "Where ssaref's BP step goes, lenet" in text and "linear.linear_forward" in text
+    assert {o["op"] for o in lenet["profile"]["ops"]} >= {"conv.conv2d_forward", "optimiser step (Adam)"}
+
+
+def test_op_profile_times_every_op_and_removes_its_timers():
+    from ssaref.nn import layers as L
+    from ssaref.ops import conv
+
+    before = (conv.conv2d_forward, L.ReLU.__dict__["_fwd"], L.MaxPool2d.__dict__["_bwd"])
+    ms, rows = bench.op_profile("lenet", (1, 28, 28), "dfa", batch=4, steps=1)
+    labels = {k for k, _, _ in rows}
+    assert {"conv.conv2d_forward", "conv.conv2d_backward_params", "pool.maxpool2d_backward",
+            "activations.relu_backward", "optimiser step (Adam)", "  im2col (inside conv2d_forward)"} <= labels
+    assert "conv.conv2d_backward_input" not in labels          # DFA carries no error between segments
+    assert ms > 0 and abs(sum(f for k, _, f in rows if not k.startswith("  ")) - 1) < 1e-6
+    assert (conv.conv2d_forward, L.ReLU.__dict__["_fwd"], L.MaxPool2d.__dict__["_bwd"]) == before
+
+
+def test_models_all_skips_a_model_that_does_not_fit(capsys):
+    argv = ["--models", "all", "--input", "1x28x28", "--batch-size", "2", "--repeats", "1", "--warmup", "1",
+            "--no-memory", "--no-sgemm", "--threads", "1"]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "vgg13" in out and "skipped" in out
+    for name in MODELS:
+        assert name in out
+
+
+def _exit_code(argv):
+    try:
+        return bench.main(argv)
+    except SystemExit as exc:     # argparse's own one-line error
+        return exc.code
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--input", "3x32"], "--input"),
+    (["--input", "0x28x28"], "--input"),
+    (["--method", "nope"], "nope"),
+    (["--method", ","], "--method"),
+    (["--threads", "0"], "--threads"),
+    (["--models", "vgg13", "--input", "1x28x28", "--no-memory"], "does not fit"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
+    assert _exit_code(argv + ["--repeats", "1", "--warmup", "1", "--batch-size", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+
+
+def test_existing_markdown_needs_overwrite(tmp_path, capsys):
+    md = tmp_path / "t.md"
+    md.write_text("keep")
+    assert _exit_code(["--markdown", str(md), "--models", "mlp"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and md.read_text() == "keep"
