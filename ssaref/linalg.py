@@ -6,6 +6,10 @@ Every function is written once against the array module of its input (``xp`` = n
 input dtype, and draws random numbers (the randomized SVD's test matrix) on the host from a NumPy generator
 so CPU and GPU runs of one seed see the same numbers.
 
+On a device (CuPy) the per-step routines launch fewer kernels: ``sym``, the Newton-Schulz step of ``retract`` and
+``hoyer_grad`` are fused kernels (``ssaref.ops.kernels``, the same formulas), and ``orthogonality_errors`` batches
+the Gram matrices of one width into one norm; NumPy keeps the code as written (its bits unchanged).
+
 Conventions: a thin SVD is returned as ``(U (m, r), s (r,), V (n, r))`` with ``A = U diag(s) V^T``, i.e. ``V``
 (not ``V^T``) as in eq. (5); singular values in descending order; column signs fixed so that the entry of
 largest magnitude of every column of ``U`` is positive (``V`` flipped alongside, so the product is unchanged).
@@ -18,6 +22,7 @@ import numbers
 import numpy as np
 
 from .backend import get_array_module
+from .ops import kernels
 
 __all__ = [
     "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
@@ -153,6 +158,8 @@ def _orthogonality_error_device(X):
     """``||X^T X - I||_F`` for ``X`` (m, r) as a 0-d array of ``X``'s module (no device->host transfer)."""
     xp = get_array_module(X)
     G = X.T @ X
+    if xp is not np:                     # a device: one subtraction instead of an indexed read-modify-write
+        return xp.linalg.norm(G - xp.eye(G.shape[0], dtype=G.dtype))
     G[xp.diag_indices(G.shape[0])] -= 1.0
     return xp.linalg.norm(G)
 
@@ -177,12 +184,42 @@ def orthogonality_errors(Xs):
     if not Xs:
         return []
     xp = get_array_module(*Xs)
+    if xp is not np:
+        return _orthogonality_errors_batched(xp, Xs)
     vals = xp.stack([_orthogonality_error_device(X).astype(xp.float64) for X in Xs])
     return [float(v) for v in np.asarray(_host(vals))]
 
 
+def _orthogonality_errors_batched(xp, Xs):
+    """``orthogonality_errors`` on a device, in few launches: the Gram matrices ``X^T X`` of one width ``r`` (and
+    dtype) are stacked -- those of three or more matrices of one shape from one batched GEMM, the others one GEMM
+    each -- and reduced by one subtraction of ``I`` and one batched norm."""
+    groups: dict = {}
+    for k, X in enumerate(Xs):
+        groups.setdefault((X.shape[1], X.dtype), {}).setdefault(tuple(X.shape), []).append(k)
+    parts, order = [], []
+    for (r, dtype), shapes in groups.items():
+        single = [k for idx in shapes.values() if len(idx) < 3 for k in idx]
+        grams = [xp.stack([Xs[k].T @ Xs[k] for k in single])] if single else []
+        for idx in shapes.values():
+            if len(idx) >= 3:
+                S = xp.stack([Xs[k] for k in idx])                   # (g, m, r)
+                grams.append(S.transpose(0, 2, 1) @ S)                # (g, r, r), one batched GEMM
+        G = grams[0] if len(grams) == 1 else xp.concatenate(grams)
+        parts.append(xp.linalg.norm(G - xp.eye(r, dtype=dtype), axis=(1, 2)))
+        order += single + [k for idx in shapes.values() if len(idx) >= 3 for k in idx]
+    vals = np.asarray(_host(xp.concatenate(parts).astype(xp.float64)))   # one device->host transfer
+    out = [0.0] * len(Xs)
+    for k, v in zip(order, vals):
+        out[k] = float(v)
+    return out
+
+
 def sym(M):
     """Symmetric part ``(M + M^T) / 2`` of a square array (r, r)."""
+    xp = get_array_module(M)
+    if kernels.enabled(xp):
+        return kernels.launch(xp, kernels.SYM, M, M.T, 0.5)
     return 0.5 * (M + M.T)
 
 
@@ -388,7 +425,8 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
         d = xp.where(d == 0, 1, d).astype(X.dtype)
         return (Q * d, err0) if return_error else Q * d
     tol = 50.0 * float(np.finfo(X.dtype).eps) * math.sqrt(r) if tol is None else float(tol)
-    eye = xp.eye(r, dtype=X.dtype)
+    fused = kernels.enabled(xp)   # a device: the Newton-Schulz step as one kernel, no identity matrix
+    eye = None if fused else xp.eye(r, dtype=X.dtype)
     err = None if error is None else float(error)  # None: measure before the next step
     Y, err0 = X, err
     since = 0                                        # Newton-Schulz steps since the last measurement
@@ -398,6 +436,7 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
             break
         G = Y.T @ Y
         if measure:
+            eye = xp.eye(r, dtype=X.dtype) if eye is None else eye
             err, since = float(xp.linalg.norm(G - eye)), 0
         err0 = err if err0 is None else err0
         if err <= tol:
@@ -406,10 +445,14 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
             w, Q = xp.linalg.eigh(G.astype(xp.float64) if X.dtype == np.float32 else G)
             if float(w.min()) <= 0.0:
                 raise LinalgError(f"cannot retract: X of shape {tuple(X.shape)} is rank deficient")
-            Y = Y @ ((Q * (1.0 / xp.sqrt(w))) @ Q.T).astype(X.dtype)
+            Qs = kernels.launch(xp, kernels.EIGEN_SCALE, Q, w, 1.0) if fused else Q * (1.0 / xp.sqrt(w))
+            Y = Y @ (Qs @ Q.T).astype(X.dtype)
             err = None  # measure after the exact step
             continue
-        Y = Y @ (1.5 * eye - 0.5 * G)  # Newton-Schulz step towards the polar factor
+        if fused:  # Newton-Schulz step towards the polar factor, Y (1.5 I - 0.5 G) as 1.5 Y - 0.5 Y G
+            Y = kernels.launch(xp, kernels.NEWTON_SCHULZ, Y, Y @ G, 1.5, 0.5)
+        else:
+            Y = Y @ (1.5 * eye - 0.5 * G)  # Newton-Schulz step towards the polar factor
         if err * err <= tol:
             break
         err, since = 0.75 * err * err + 0.25 * err ** 3, since + 1  # bound on the new error
@@ -429,6 +472,9 @@ def hoyer(s):
 def hoyer_grad(s):
     """Gradient of ``||s||_1 / ||s||_2`` w.r.t. ``s`` (r,): ``sign(s)/||s||_2 - ||s||_1 s / ||s||_2^3``."""
     xp = get_array_module(s)
+    if kernels.enabled(xp):
+        sg = xp.sign(s)
+        return kernels.launch(xp, kernels.HOYER_GRAD, sg, s, sg @ s, s @ s)   # ||s||_1 = sign(s).s, ||s||_2^2
     n2 = xp.sqrt((s * s).sum())
     n1 = xp.abs(s).sum()
     return xp.sign(s) / n2 - (n1 / n2 ** 3) * s

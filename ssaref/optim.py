@@ -7,9 +7,11 @@ gradient); keys absent from the dict (or mapped to ``None``) are left untouched 
 PyTorch skips a parameter whose ``.grad`` is ``None`` (its Adam step counter does not advance either).
 
 Arithmetic follows ``torch.optim.SGD`` / ``torch.optim.Adam`` / ``torch.optim.AdamW`` (single-tensor
-implementation) term by term.  Every step runs on xp ufuncs with ``out=`` into preallocated per-parameter
-scratch buffers, so a step allocates no temporary the size of a parameter; the parameters' array module
-(NumPy or CuPy) and dtype are kept throughout.
+implementation) term by term.  On NumPy every step runs on ufuncs with ``out=`` into preallocated per-parameter
+scratch buffers, so a step allocates no temporary the size of a parameter; on a device (CuPy) each parameter's
+whole update is one fused elementwise kernel (``ssaref.ops.kernels``: the same operations in the same order, one
+launch instead of up to thirteen, no scratch at all).  The parameters' array module and dtype are kept
+throughout.
 
 Checkpoints use ``state_dict()``: a flat dict of host NumPy arrays and Python ints,
 
@@ -32,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from .backend import asnumpy, get_array_module
+from .ops import kernels
 
 __all__ = ["Optimizer", "SGD", "Adam", "build_optimizer", "build_schedule", "Schedule", "OPTIMIZERS", "SCHEDULES"]
 
@@ -124,6 +127,7 @@ class Optimizer:
             self._check_param(key, arr)
             self._params[key] = arr
         self.xp = get_array_module(*self._params.values())  # refuses a NumPy/CuPy mix
+        self._fused = kernels.enabled(self.xp)  # a device: one fused kernel per parameter update, no scratch
         self.step_count = 0
         self._t = {k: 0 for k in self._params}
         self._state = {name: {k: self.xp.zeros_like(p) for k, p in self._params.items()} for name in self._state_names}
@@ -188,6 +192,10 @@ class Optimizer:
 
     # -- stepping --------------------------------------------------------------------------------
     def _n_scratch(self) -> int:
+        """Scratch buffers per parameter of the ufunc (NumPy) path; the fused kernels need none."""
+        return 0 if self._fused else self._n_ufunc_scratch()
+
+    def _n_ufunc_scratch(self) -> int:
         return 1
 
     def _scratch_for(self, key, p):
@@ -336,6 +344,9 @@ class SGD(Optimizer):
 
     def _update(self, key, p, g, lr):
         xp = self.xp
+        if self._fused:
+            self._update_fused(key, p, g, lr)
+            return
         (s,) = self._scratch_for(key, p)
         if self.weight_decay != 0.0:
             xp.multiply(p, self.weight_decay, out=s)  # d = g + wd * p
@@ -364,6 +375,21 @@ class SGD(Optimizer):
         else:
             xp.multiply(s, lr, out=s)
         xp.subtract(p, s, out=p)  # p = p - lr * d
+
+    def _update_fused(self, key, p, g, lr):
+        """``_update`` as one kernel (``kernels.sgd``: the same operations in the same order)."""
+        wd = self.weight_decay
+        if self.momentum == 0.0:
+            kernels.launch(self.xp, kernels.sgd(wd != 0.0, None, "plain"), g, wd, lr, p)
+            return
+        if self._t[key] == 1:
+            buf = "first"
+        else:
+            buf = "later" if (self.nesterov or self.dampening == 0.0) else "damped"
+        apply = "nesterov" if self.nesterov else "momentum"
+        k = kernels.sgd(wd != 0.0, buf, apply)
+        mom = self.momentum
+        kernels.launch(self.xp, k, g, wd, mom, 1.0 - self.dampening, lr, lr * mom, p, self._state["buf"][key])
 
     def __repr__(self):
         return (
@@ -414,13 +440,16 @@ class Adam(Optimizer):
         self.decoupled = bool(decoupled)
         super().__init__(params, lr)
 
-    def _n_scratch(self) -> int:
+    def _n_ufunc_scratch(self) -> int:
         return 2 if (self.weight_decay != 0.0 and not self.decoupled) else 1
 
     def _update(self, key, p, g, lr):
         xp = self.xp
         b1, b2 = self.betas
         m, v = self._state["m"][key], self._state["v"][key]
+        if self._fused:
+            self._update_fused(key, p, g, lr, m, v)
+            return
         scratch = self._scratch_for(key, p)
         s = scratch[0]
         if self.weight_decay != 0.0:
@@ -451,6 +480,18 @@ class Adam(Optimizer):
         xp.divide(m, s, out=s)
         xp.multiply(s, step_size, out=s)
         xp.subtract(p, s, out=p)
+
+    def _update_fused(self, key, p, g, lr, m, v):
+        """``_update`` as one kernel (``kernels.adam``: the same operations in the same order)."""
+        b1, b2 = self.betas
+        t = self._t[key]
+        consts = (1.0 - b1, b2, 1.0 - b2, math.sqrt(1.0 - b2**t), self.eps, lr / (1.0 - b1**t))
+        if self.weight_decay == 0.0:
+            kernels.launch(self.xp, kernels.adam("none"), g, *consts, p, m, v)
+        elif self.decoupled:
+            kernels.launch(self.xp, kernels.adam("decoupled"), g, 1.0 - lr * self.weight_decay, *consts, p, m, v)
+        else:
+            kernels.launch(self.xp, kernels.adam("l2"), g, self.weight_decay, *consts, p, m, v)
 
     def __repr__(self):
         name = "AdamW" if self.decoupled else "Adam"

@@ -13,13 +13,17 @@ could go wrong without noticing on NumPy:
   the "launches" (every module function or array operation: one kernel in CuPy, roughly).
 
 ``xp`` is the module: it exposes only names that CuPy 13's top-level namespace has (``CUPY13_NAMES``, a saved
-list) and the sub-namespaces the engine uses.  ``install()`` registers the type with ``ssaref.backend`` so
-``get_array_module`` finds ``xp`` (test-only hook).
+list) and the sub-namespaces the engine uses.  ``xp.ElementwiseKernel`` *executes* a kernel body written in the
+restricted C subset of ``ssaref/ops/kernels.py`` (C that is Python once the trailing ``;`` are stripped) with
+NumPy, binding types and broadcasting as CuPy does, and counts one launch.  ``install()`` registers the type with
+``ssaref.backend`` so ``get_array_module`` finds ``xp`` (test-only hook).
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import operator
+import re
 
 import numpy as np
 
@@ -241,6 +245,7 @@ StrictArray.__hash__ = None
 # Top-level names of CuPy 13 that the stand-in exposes (the subset of CuPy 13's namespace with a NumPy
 # counterpart the engine might use; a name CuPy 13 lacks must not be here).
 CUPY13_NAMES = """
+ElementwiseKernel
 abs absolute add all allclose amax amin any arange arccos arcsin arctan arctan2 argmax argmin argsort around array
 array_equal array_split asarray ascontiguousarray asfortranarray asnumpy atleast_1d atleast_2d bincount bool_
 broadcast_arrays broadcast_to ceil clip concatenate copy copyto cos cosh count_nonzero cumprod cumsum diag
@@ -291,11 +296,182 @@ def _as_strided(x, shape=None, strides=None, **kwargs):
     return StrictArray(np.lib.stride_tricks.as_strided(_un(x), shape=shape, strides=strides, **kwargs))
 
 
+# ---------------------------------------------------------------------------------------------------------
+# ElementwiseKernel: the restricted C subset of ssaref/ops/kernels.py, executed with NumPy
+# ---------------------------------------------------------------------------------------------------------
+_KERNEL_FUNCS = {"sqrt": np.sqrt}
+_KERNEL_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
+_FLOAT_TYPES = {"float16", "float32", "float64"}
+_STATEMENT = re.compile(r"^(?:(?P<type>[A-Za-z_]\w*)\s+)?(?P<name>[A-Za-z_]\w*)\s*=\s*(?P<expr>[^=].*)$", re.S)
+
+
+class KernelError(ValueError):
+    """A kernel body or call outside what the stand-in (and the restricted C subset) accepts."""
+
+
+def _kernel_params(spec):
+    out = []
+    for part in spec.split(","):
+        words = part.split()
+        if not words:
+            continue
+        if words[0] == "raw" or len(words) != 2:
+            raise KernelError(f"kernel parameter {part.strip()!r}: only 'TYPE name' is supported (no raw)")
+        ctype, name = words
+        if name in ("i", "n") or name.startswith("_"):
+            raise ValueError(f"kernel parameter name {name!r} is reserved by CuPy")
+        out.append((ctype, name))
+    return out
+
+
+def _check_expr(node, known, where):
+    """Only names, + - * /, unary minus, parentheses and calls of the allowed functions: the expressions whose
+    meaning C and Python share (no literals: C reads 1.5 as a double and 1 as an int)."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, _KERNEL_OPS):
+        _check_expr(node.left, known, where)
+        _check_expr(node.right, known, where)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        _check_expr(node.operand, known, where)
+    elif isinstance(node, ast.Name):
+        if node.id not in known:
+            raise KernelError(f"{where}: {node.id!r} is not a parameter or an earlier local")
+    elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _KERNEL_FUNCS
+          and not node.keywords and len(node.args) == 1):
+        _check_expr(node.args[0], known, where)
+    else:
+        raise KernelError(f"{where}: {ast.dump(node)} is outside the restricted C subset "
+                          "(names, + - * /, unary -, sqrt(); no literals, comparisons or ternaries)")
+
+
+class ElementwiseKernel:
+    """``cupy.ElementwiseKernel`` on the stand-in: ``kernel(*inputs[, *outputs])``, one counted launch.
+
+    As CuPy: a type placeholder (``T``) is bound by the array arguments, outputs first (every array bound to it
+    must have exactly that dtype, else ``TypeError``); a Python scalar is cast to its parameter's type; array
+    arguments broadcast together and given outputs must have the broadcast shape; inputs are read-only, outputs
+    read-write; with the outputs omitted they are allocated (here filled with NaN, so a read before the first
+    write shows).  The body is executed statement by statement with NumPy, every assignment cast to its target's
+    type, so C's per-element semantics hold (one element's statements see only that element's values)."""
+
+    def __init__(self, in_params, out_params, operation, name="kernel", reduce_dims=True, preamble="",
+                 no_return=False, return_tuple=False, **kwargs):
+        if not re.fullmatch(r"[A-Za-z_]\w*", name):
+            raise ValueError(f"Invalid kernel name: {name!r}")
+        if preamble or kwargs:
+            raise KernelError("the stand-in supports no preamble and no compile options")
+        self.name, self.no_return, self.return_tuple = name, no_return, return_tuple
+        self.in_params, self.out_params = _kernel_params(in_params), _kernel_params(out_params)
+        names = [n for _, n in self.in_params + self.out_params]
+        if len(set(names)) != len(names):
+            raise KernelError(f"kernel {name}: repeated parameter names {names}")
+        types = {n: t for t, n in self.in_params + self.out_params}
+        outputs = {n for _, n in self.out_params}
+        self.statements = []                       # (target, declared type or None, compiled expression)
+        text = operation.strip()
+        if text and not text.endswith(";"):
+            raise KernelError(f"kernel {name}: every statement ends with ';'")
+        for k, raw in enumerate(s for s in text.split(";") if s.strip()):
+            m = _STATEMENT.match(raw.strip())
+            where = f"kernel {name}, statement {k + 1} {raw.strip()!r}"
+            if m is None:
+                raise KernelError(f"{where}: expected 'name = expr' or 'TYPE name = expr'")
+            ctype, target, expr = m.group("type"), m.group("name"), m.group("expr")
+            if ctype is not None:                  # a local declaration
+                if target in types:
+                    raise KernelError(f"{where}: {target!r} is already declared")
+                types[target] = ctype
+            elif target not in outputs:
+                raise KernelError(f"{where}: assigns {target!r}, which is not an output or a local "
+                                  "(inputs are const)")
+            try:
+                tree = ast.parse(expr.strip(), mode="eval")
+            except SyntaxError as exc:
+                raise KernelError(f"{where}: {exc}") from None
+            _check_expr(tree.body, set(types) if ctype is None else set(types) - {target}, where)
+            self.statements.append((target, ctype, compile(tree, f"<{name}>", "eval")))
+        self.types = types
+
+    def __call__(self, *args, **kwargs):
+        COUNT.launches += 1
+        if kwargs:
+            raise TypeError(f"Wrong arguments {kwargs}")
+        nin, nout = len(self.in_params), len(self.out_params)
+        if len(args) not in (nin, nin + nout):
+            raise TypeError(f"Wrong number of arguments for {self.name!r}. It must be either {nin} or "
+                            f"{nin + nout} (with outputs), but given {len(args)}.")
+        ins, outs = args[:nin], args[nin:]
+        for a in args:
+            if isinstance(a, np.ndarray):
+                raise TypeError(_MIX)
+        if any(not isinstance(o, StrictArray) for o in outs):
+            raise TypeError("Output arguments type must be cupy.ndarray")
+        bound: dict = {}
+
+        def bind(ctype, pname, dtype):
+            if ctype in _FLOAT_TYPES or ctype in ("int8", "int32", "int64", "bool"):
+                if np.dtype(dtype) != np.dtype(ctype):
+                    raise TypeError(f"Type is mismatched. {pname} {dtype} {ctype}")
+            elif ctype in bound:
+                if np.dtype(bound[ctype]) != np.dtype(dtype):
+                    raise TypeError(f"Type is mismatched. {pname} {dtype} {bound[ctype]} {ctype}")
+            else:
+                bound[ctype] = np.dtype(dtype)
+
+        for (ctype, pname), o in zip(self.out_params, outs):
+            bind(ctype, pname, o.dtype)
+        for (ctype, pname), a in zip(self.in_params, ins):
+            if isinstance(a, StrictArray):
+                bind(ctype, pname, a.dtype)
+
+        def dtype_of(ctype):
+            t = np.dtype(ctype) if ctype in _FLOAT_TYPES else bound.get(ctype)
+            if t is None:
+                raise TypeError(f"kernel {self.name}: type {ctype!r} is not bound by any array argument")
+            if t.kind != "f":
+                raise KernelError(f"kernel {self.name}: type {ctype!r} is {t}; the restricted subset is float only")
+            return t
+
+        arrays = [a._a for a in list(ins) + list(outs) if isinstance(a, StrictArray)]
+        if not arrays:
+            raise ValueError("Loop size is undecided.")
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+        if any(o.shape != shape for o in outs):
+            raise ValueError("Out shape is mismatched")
+        env: dict = dict(_KERNEL_FUNCS)
+        for (ctype, pname), a in zip(self.in_params, ins):
+            t = dtype_of(ctype)
+            if isinstance(a, StrictArray):
+                env[pname] = a._a
+            elif isinstance(a, (bool, int, float, np.generic)):
+                env[pname] = t.type(a)
+            else:
+                raise TypeError(f"kernel {self.name}: unsupported argument {type(a).__name__} for {pname!r}")
+        if outs:
+            out_arrays = [o._a for o in outs]
+        else:
+            out_arrays = [np.full(shape, np.nan, dtype=dtype_of(ctype)) for ctype, _ in self.out_params]
+        for (ctype, pname), o in zip(self.out_params, out_arrays):
+            env[pname] = np.broadcast_to(o, shape).copy()     # read-write: the element's current value
+        with np.errstate(all="ignore"):                       # a GPU computes inf/nan silently
+            for target, _, code in self.statements:
+                value = eval(code, {"__builtins__": {}}, env)
+                env[target] = np.asarray(value, dtype=dtype_of(self.types[target]))
+        for (_, pname), o in zip(self.out_params, out_arrays):
+            o[...] = env[pname]
+        result = list(outs) if outs else [StrictArray(o) for o in out_arrays]
+        if self.no_return:
+            return None
+        return result[0] if nout == 1 and not self.return_tuple else tuple(result)
+
+
 def _build():
     mod = _Namespace("strictxp")
     for name in CUPY13_NAMES:
         if name == "asnumpy":
             mod.asnumpy = _asnumpy
+            continue
+        if name == "ElementwiseKernel":
+            mod.ElementwiseKernel = ElementwiseKernel
             continue
         obj = getattr(np, name)
         setattr(mod, name, obj if name in _NOT_FUNCTIONS else _function(obj, name))

@@ -124,6 +124,73 @@ def test_batchnorm(cp, rng, shape, train):
     assert_same(norm.batchnorm_backward_params(dyg, cache_g), norm.batchnorm_backward_params(dy, cache))
 
 
+@pytest.mark.parametrize("shape", [(6, 3), (4, 3, 2, 5)])
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_backward_one_pass(cp, rng, shape, train):
+    """``batchnorm_backward`` (what the layer calls; fused kernels on the device) against NumPy."""
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    g, b, m = (rng.standard_normal(3) for _ in range(3))
+    v = rng.uniform(0.5, 2.0, 3)
+    _, cache, _, _ = norm.batchnorm_forward(x, g, b, m, v, train=train)
+    _, cache_g, _, _ = norm.batchnorm_forward(*on(cp, x, g, b, m, v), train=train)
+    for need_dx in (True, False):
+        assert_same(norm.batchnorm_backward(cp.asarray(dy), cache_g, need_dx),
+                    norm.batchnorm_backward(dy, cache, need_dx))
+
+
+def test_conv2d_geometries(cp, rng):
+    """The device input gradient (dilated, padded dy correlated with the flipped kernel) over kernels 1/3/5 and
+    non-square ones, strides 1/2, padding 0/1/2 (wider than the kernel included)."""
+    for kernel in ((1, 1), (3, 3), (5, 5), (3, 1), (1, 3)):
+        for stride in (1, 2, (2, 1)):
+            for padding in (0, 1, 2, (0, 2)):
+                x, b = rng.standard_normal((3, 2, 7, 6)), rng.standard_normal(4)
+                W = rng.standard_normal((4, 2) + kernel)
+                y, cache = conv.conv2d_forward(x, W, b, stride, padding)
+                dy = rng.standard_normal(y.shape)
+                yg, cache_g = conv.conv2d_forward(*on(cp, x, W, b), stride, padding)
+                assert_same(yg, y)
+                assert_same(conv.conv2d_backward_input(cp.asarray(dy), cp.asarray(W), cache_g),
+                            conv.conv2d_backward_input(dy, W, cache))
+                assert_same(conv.conv2d_backward_params(cp.asarray(dy), cache_g),
+                            conv.conv2d_backward_params(dy, cache))
+
+
+@pytest.mark.parametrize("name, kw", [
+    ("adam", {}), ("adam", {"weight_decay": 0.1}), ("adamw", {}), ("sgd", {"weight_decay": 0.1}),
+    ("sgd", {"momentum": 0.9, "dampening": 0.3}), ("sgd", {"momentum": 0.8, "nesterov": True, "weight_decay": 0.1}),
+])
+def test_fused_optimizers(cp, rng, name, kw):
+    """One fused ElementwiseKernel per parameter update (ssaref/ops/kernels.py) against the NumPy ufunc path."""
+    from ssaref.optim import build_optimizer
+
+    p0 = {k: rng.standard_normal(s) for k, s in (("W", (5, 4)), ("b", (4,)))}
+    grads = [{k: rng.standard_normal(v.shape) for k, v in p0.items()} for _ in range(4)]
+    host = {k: v.copy() for k, v in p0.items()}
+    dev = {k: cp.asarray(v) for k, v in p0.items()}
+    oh, og = build_optimizer(name, list(host.items()), 1e-2, **kw), build_optimizer(name, list(dev.items()), 1e-2, **kw)
+    for t, g in enumerate(grads):
+        oh.step(g, lr=1e-2 * (1 + t))
+        og.step({k: cp.asarray(v) for k, v in g.items()}, lr=1e-2 * (1 + t))
+    for k in host:
+        assert_same(dev[k], host[k])
+
+
+def test_linalg_device_paths(cp, rng):
+    """Batched orthogonality errors, Newton-Schulz and eigh retraction steps, sym and hoyer_grad as kernels."""
+    from ssaref import linalg
+
+    Xs = [np.linalg.qr(rng.standard_normal(s))[0] + 1e-3 * rng.standard_normal(s)
+          for s in [(9, 4)] * 4 + [(7, 4), (9, 3), (5, 5)]] + [rng.standard_normal((8, 3))]
+    np.testing.assert_allclose(linalg.orthogonality_errors([cp.asarray(X) for X in Xs]),
+                               linalg.orthogonality_errors(Xs), rtol=1e-10)
+    for X in Xs:
+        assert_same(linalg.retract(cp.asarray(X)), linalg.retract(X))
+    M, s = rng.standard_normal((4, 4)), rng.standard_normal(6)
+    assert_same(linalg.sym(cp.asarray(M)), linalg.sym(M))
+    assert_same(linalg.hoyer_grad(cp.asarray(s)), linalg.hoyer_grad(s))
+
+
 def test_softmax_cross_entropy(cp, rng):
     logits, y = rng.standard_normal((6, 4)) * 10, rng.integers(0, 4, size=6)
     loss, cache = losses.softmax_cross_entropy(logits, y)

@@ -14,22 +14,42 @@ image is never padded (each offset adds only its in-image window; padding would 
 the copies and adds are split over ssaref's op threads by channel (``ssaref.threads``).
 The weight gradient is computed as ``(col2 @ dy2.T).T``, the faster orientation for OpenBLAS.
 ``y`` and ``dx`` are NCHW views of batch-innermost buffers (see ``im2col.py``).
+
+Device (CuPy) path of the input gradient: the per-offset adds would be two or more launches per kernel offset,
+so there the transposed convolution is computed as a forward one (the identity behind every deconvolution).
+Per spatial axis, with ``a = kh - 1 - ph``, let ``E`` (length ``H + kh - 1``) hold ``dy[oy]`` at
+``sy*oy + a`` and zeros elsewhere (``dy`` dilated by the stride and padded)::
+
+    dx[y] = sum_{i, oy: sy*oy + i - ph = y} W[i] dy[oy]  =  sum_{i'} W[kh - 1 - i'] E[y + i']
+
+(substitute ``i' = kh - 1 - i``: ``y + i' = sy*oy + a``).  So ``dx`` is the stride-1, unpadded correlation of
+``E`` with the flipped kernel, channels swapped: ``dx2 = Wf2 @ im2col(E)`` with ``Wf2[c_in, (c_out, i', j')] =
+W[c_out, c_in, kh-1-i', kw-1-j']``.  Positions ``sy*oy + a`` outside ``E`` (padding wider than ``kh - 1``)
+belong to outputs that read only padding and are left out.  One zero fill, one strided copy of ``dy`` into it,
+one window gather (``im2col.window_view``), one copy of the flipped kernel and one GEMM, whatever the stride and
+padding.  The device's forward and weight-gradient GEMMs are the same products as ``tensordot`` calls (no reshape
+of their operands).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_array_module
-from .im2col import BLOCK, as_pair, im2col, split_rows, valid_offsets
+from .im2col import BLOCK, as_pair, im2col, split_rows, valid_offsets, window_view
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "batch_innermost"]
 
 
 def batch_innermost(a):
     """``a`` (N, C, H, W) itself when its memory is batch-innermost (C, H, W, N), else such a copy (same values):
-    the layout every conv GEMM reads.  A layer hands its ``dy`` through this once for both backward GEMMs."""
+    the layout every conv GEMM reads.  A layer hands its ``dy`` through this once for both backward GEMMs.  On a
+    device ``a`` itself: the device's backward ops read any memory order."""
+    xp = get_array_module(a)
+    if xp is not np:                  # a device: the backward ops read any layout, a copy would be a launch more
+        return a
     t = a.transpose(1, 2, 3, 0)
     if t.flags.c_contiguous:
         return a
-    xp = get_array_module(a)
     out = xp.empty(t.shape, dtype=a.dtype)
 
     def part(lo, hi):
@@ -73,6 +93,12 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     ph, pw = as_pair(padding, "padding", 0)
     col = im2col(x, kh, kw, sy, sx, ph, pw)                      # (C_in, kh, kw, Ho, Wo, N)
     _, _, _, Ho, Wo, N = col.shape
+    xp = get_array_module(col, W)
+    if xp is not np:                  # a device: the same GEMM as one call, the bias as one launch
+        y4 = xp.tensordot(W, col, axes=3)                        # (C_out, Ho, Wo, N)
+        if b is not None:
+            y4 += b[:, None, None, None]
+        return y4.transpose(3, 0, 1, 2), (col, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
     y2 = W.reshape(C_out, -1) @ col.reshape(C_in * kh * kw, -1)  # y2 = W2 @ col2, (C_out, M)
     if b is not None:
         bias = b[:, None]
@@ -80,18 +106,22 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
         def add_bias(lo, hi):
             y2[lo:hi] += bias[lo:hi]
 
-        split_rows(get_array_module(y2), C_out, add_bias, y2.size)
+        split_rows(xp, C_out, add_bias, y2.size)
     y = y2.reshape(C_out, Ho, Wo, N).transpose(3, 0, 1, 2)
     return y, (col, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
 
 
-def _dy_matrix(dy, cache):
-    """``dy`` (N, C_out, Ho, Wo) as the (C_out, Ho*Wo*N) matrix matching ``col``'s columns."""
+def _check_dy(dy, cache):
     col, (N, _, _, _), _, _, _ = cache
     _, _, _, Ho, Wo, _ = col.shape
     if dy.ndim != 4 or (dy.shape[0], dy.shape[2], dy.shape[3]) != (N, Ho, Wo):
         raise ValueError(f"conv2d backward: dy of shape {tuple(dy.shape)} does not match the "
                          f"forward output (N, C_out, Ho, Wo) = ({N}, C_out, {Ho}, {Wo})")
+
+
+def _dy_matrix(dy, cache):
+    """``dy`` (N, C_out, Ho, Wo) as the (C_out, Ho*Wo*N) matrix matching ``col``'s columns."""
+    _check_dy(dy, cache)
     return dy.transpose(1, 2, 3, 0).reshape(dy.shape[1], -1)   # a view when dy is batch-innermost
 
 
@@ -112,13 +142,16 @@ def conv2d_backward_input(dy, W, cache):
     """
     col, (N, C_in, H, Wd), (sy, sx), (ph, pw), _ = cache
     _, kh, kw, Ho, Wo, _ = col.shape
-    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
+    _check_dy(dy, cache)
     if W.ndim != 4 or tuple(W.shape) != (dy.shape[1], C_in, kh, kw):
         raise ValueError(f"conv2d backward: W of shape {tuple(W.shape)} does not match "
                          f"(C_out, C_in, kh, kw) = {(dy.shape[1], C_in, kh, kw)}")
     if W.dtype != dy.dtype:
         raise ValueError(f"conv2d backward: dtypes differ (dy {dy.dtype}, W {W.dtype}); cast explicitly")
     xp = get_array_module(dy, W)
+    if xp is not np:
+        return _backward_input_device(xp, dy, W, (N, C_in, H, Wd), (sy, sx), (ph, pw))
+    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
     # W2.T with its rows ordered (i, j, c): one block of kw*C_in rows per kernel row i
     Wk = xp.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh, kw * C_in, -1)
     # the image gradient itself, unpadded: what a kernel offset would add to the padding is never added
@@ -138,6 +171,34 @@ def conv2d_backward_input(dy, W, cache):
     return dx.transpose(3, 0, 1, 2)
 
 
+def _dilated_span(a, s, n_out, length):
+    """The outputs ``oy`` in ``[lo, hi)`` whose position ``s*oy + a`` lies in ``[0, length)`` (module docstring)."""
+    lo = max(0, -(a // s)) if a < 0 else 0                    # ceil(-a / s)
+    hi = min(n_out, (length - 1 - a) // s + 1) if length - 1 - a >= 0 else 0
+    return lo, max(lo, hi)
+
+
+def _backward_input_device(xp, dy, W, x_shape, stride, padding):
+    """``conv2d_backward_input`` on a device: ``dx2 = Wf2 @ im2col(E)`` (module docstring), ten launches."""
+    N, C_in, H, Wd = x_shape
+    (sy, sx), (ph, pw) = stride, padding
+    C_out, _, kh, kw = W.shape
+    _, _, Ho, Wo = dy.shape
+    if (kh, kw, sy, sx, ph, pw) == (1, 1, 1, 1, 0, 0):         # a 1x1 conv: E is dy itself
+        dyc = dy.transpose(1, 2, 3, 0)                            # (C_out, H, W, N)
+        return xp.tensordot(W[:, :, 0, 0], dyc, axes=([0], [0])).transpose(3, 0, 1, 2)
+    ay, ax = kh - 1 - ph, kw - 1 - pw
+    Hl, Wl = H + kh - 1, Wd + kw - 1
+    (ylo, yhi), (xlo, xhi) = _dilated_span(ay, sy, Ho, Hl), _dilated_span(ax, sx, Wo, Wl)
+    E = xp.zeros((N, C_out, Hl, Wl), dtype=dy.dtype)            # dy dilated by the stride, padded
+    if ylo < yhi and xlo < xhi:
+        d = dy if (ylo, yhi, xlo, xhi) == (0, Ho, 0, Wo) else dy[:, :, ylo:yhi, xlo:xhi]
+        E[:, :, ay + sy * ylo:ay + sy * (yhi - 1) + 1:sy, ax + sx * xlo:ax + sx * (xhi - 1) + 1:sx] = d
+    colE = xp.ascontiguousarray(window_view(E, kh, kw, 1, 1, H, Wd, batch_first=True))   # (C_out, kh, kw, H, W, N)
+    Wf = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])         # (C_in, C_out, kh, kw)
+    return xp.tensordot(Wf, colE, axes=3).transpose(3, 0, 1, 2)                  # (C_in, H, W, N) as NCHW
+
+
 def conv2d_backward_params(dy, cache):
     """``dW = dy2 @ col2.T`` and ``db = sum of dy over (N, Ho, Wo)``.
 
@@ -153,6 +214,11 @@ def conv2d_backward_params(dy, cache):
     db : array, shape (C_out,), or None when the forward pass had no bias
     """
     col, _, _, _, has_bias = cache
+    xp = get_array_module(dy, col)
+    if xp is not np:                  # a device: the same GEMM as one call (contracting (Ho, Wo, N))
+        _check_dy(dy, cache)
+        dW = xp.tensordot(dy, col, axes=([2, 3, 0], [3, 4, 5]))   # (C_out, C_in, kh, kw)
+        return dW, (dy.sum(axis=(0, 2, 3)) if has_bias else None)
     dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
     col2 = col.reshape(-1, dy2.shape[1])                         # (K, M)
     db = dy2.sum(axis=1) if has_bias else None

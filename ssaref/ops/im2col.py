@@ -24,6 +24,12 @@ Images handed back (``col2im``, and the outputs of ``conv``/``pool``) are NCHW *
 batch-innermost buffers, ``buf.transpose(3, 0, 1, 2)``: ordinary NCHW arrays for every purpose
 (only ``.flags.c_contiguous`` is False).  Feeding them to the next conv or pool needs no
 transposing copy, because ``x.transpose(1, 2, 3, 0)`` is then contiguous again.
+
+Device (CuPy) path: kernel launches, not memory passes, are what costs there, so ``im2col`` is one
+padded copy (``pad_nchw``, when there is padding) and one gather through ``window_view``, the strided
+view ``(C, kh, kw, Ho, Wo, N)`` of the padded image whose element ``[c, i, j, oy, ox, n]`` *is*
+``xpad[n, c, i + sy*oy, j + sx*ox]`` (strides ``(s_c, s_y, s_x, sy*s_y, sx*s_x, s_n)``, whatever the
+image's memory order): 2-4 launches instead of two or more per kernel offset.
 """
 from __future__ import annotations
 
@@ -34,8 +40,8 @@ import numpy as np
 from ..backend import get_array_module
 from ..threads import parallel_ranges
 
-__all__ = ["as_pair", "conv_output_size", "kernel_offsets", "valid_offsets", "pad_hw", "im2col", "col2im",
-           "split_rows"]
+__all__ = ["as_pair", "conv_output_size", "kernel_offsets", "valid_offsets", "pad_hw", "pad_nchw", "window_view",
+           "im2col", "col2im", "split_rows"]
 
 # the element count below which an op is not split over threads (the hand-off costs tens of microseconds)
 PARALLEL_MIN = 1 << 16
@@ -155,6 +161,50 @@ def pad_hw(a, ph, pw, value=0.0):
     return apad
 
 
+def window_view(a, kh, kw, sy, sx, Ho, Wo, batch_first=False):
+    """The windows of ``a`` as a strided view, no copy: ``v[c, i, j, oy, ox, n] = a[c, i + sy*oy, j + sx*ox, n]``.
+
+    Parameters
+    ----------
+    a : array, shape (A, Hp, Wp, B), or (B, A, Hp, Wp) with ``batch_first``; any strides
+        A (padded) image stack.
+    kh, kw, sy, sx : int
+        Window size and stride.
+    Ho, Wo : int
+        Window positions per axis, ``(Hp - kh) // sy + 1`` at most.
+    batch_first : bool
+        ``a`` is NCHW-shaped, ``(B, A, Hp, Wp)`` (the view is the same; ``v[c, i, j, oy, ox, n] =
+        a[n, c, i + sy*oy, j + sx*ox]``).
+
+    Returns
+    -------
+    v : array, shape (A, kh, kw, Ho, Wo, B)
+        Strides ``(s_a, s_y, s_x, sy*s_y, sx*s_x, s_b)`` from ``a``'s own strides ``s_a, s_y, s_x, s_b``.
+        Overlapping windows share memory: write through ``v`` only when the windows are disjoint.
+    """
+    if batch_first:
+        (B, A, Hp, Wp), (s_b, s_a, s_y, s_x) = a.shape, a.strides
+    else:
+        (A, Hp, Wp, B), (s_a, s_y, s_x, s_b) = a.shape, a.strides
+    if kh + sy * (Ho - 1) > Hp or kw + sx * (Wo - 1) > Wp:
+        raise ValueError(f"window_view: {Ho}x{Wo} windows of {kh}x{kw}, stride {(sy, sx)}, do not fit {(Hp, Wp)}")
+    xp = get_array_module(a)
+    return xp.lib.stride_tricks.as_strided(a, shape=(A, kh, kw, Ho, Wo, B),
+                                           strides=(s_a, s_y, s_x, sy * s_y, sx * s_x, s_b))
+
+
+def pad_nchw(x, ph, pw, value=0.0):
+    """``x`` (N, C, H, W) padded by ``ph`` rows and ``pw`` columns on both sides with ``value``, in two launches
+    (a fill, then the interior): the device path's padding, read through ``window_view(..., batch_first=True)``.
+    ``x`` itself when there is no padding."""
+    if ph == 0 and pw == 0:
+        return x
+    N, C, H, W = x.shape
+    xpad = get_array_module(x).full((N, C, H + 2 * ph, W + 2 * pw), value, dtype=x.dtype)
+    xpad[:, :, ph:ph + H, pw:pw + W] = x
+    return xpad
+
+
 def im2col(x, kh, kw, sy, sx, ph, pw):
     """Unfold the convolution windows of ``x`` into columns.
 
@@ -176,13 +226,10 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     xp = get_array_module(x)
+    if xp is not np:                  # a device: one padded copy (if padded), then one gather of every window
+        return xp.ascontiguousarray(window_view(pad_nchw(x, ph, pw), kh, kw, sy, sx, Ho, Wo, batch_first=True))
     xc = x.transpose(1, 2, 3, 0)                                # (C, H, W, N), no copy for batch-innermost x
     col = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
-    if xp is not np:                  # a device: one padded copy, then one slice per kernel offset (few kernels)
-        xpad = pad_hw(xp.ascontiguousarray(xc) if ph == pw == 0 else xc, ph, pw)   # (C, Hp, Wp, N)
-        for i, j, rows, cols in kernel_offsets(kh, kw, sy, sx, Ho, Wo):
-            col[:, i, j] = xpad[:, rows, cols]
-        return col
     if not xc.flags.c_contiguous:     # one transposing copy instead of one strided gather per kernel offset
         xc = _contiguous(xp, xc)
     offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo))

@@ -7,12 +7,16 @@ Training normalises with the biased batch variance and returns the updated runni
     new_var  = (1 - momentum) * running_var  + momentum * var * n / (n - 1)    (unbiased, as torch)
 
 as new arrays; evaluation normalises with the running statistics and returns them unchanged.
+
+On a device (CuPy) the elementwise chains are fused kernels (``kernels.BN_*``: the same operations in the same
+order): training forward is two reductions and three kernels, training backward three reductions and one kernel.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_array_module
+from . import kernels
 from .im2col import split_rows
 
 __all__ = ["batchnorm_forward", "batchnorm_backward_input", "batchnorm_backward_params", "batchnorm_backward"]
@@ -100,6 +104,8 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
     rows = _rows(x) if (xp is np and group is None) else None   # the blocked fast path: one replica's batch
     if rows is not None:
         return _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, momentum, eps)
+    if train and group is None and kernels.enabled(xp):
+        return _forward_fused(xp, x, gamma, beta, running_mean, running_var, momentum, eps)
     if train:
         n = x.size // x.shape[1]
         if n < 2:
@@ -124,6 +130,22 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
     y = xhat * gamma.reshape(shape)
     y += beta.reshape(shape)
     return y, (xhat, gamma, inv_std, bool(train), group if train else None), new_mean, new_var
+
+
+def _forward_fused(xp, x, gamma, beta, running_mean, running_var, momentum, eps):
+    """Training ``batchnorm_forward`` on a device: the general path's operations, chains fused into kernels."""
+    axes, shape = _axes(x.ndim)
+    n = x.size // x.shape[1]
+    if n < 2:
+        raise ValueError(f"batchnorm: training needs more than one value per channel, got x of shape {tuple(x.shape)}")
+    mean = x.mean(axis=axes)
+    mean_c = mean.reshape(shape)
+    var = kernels.launch(xp, kernels.BN_SQDEV, x, mean_c).mean(axis=axes)     # biased: used to normalise
+    new_mean, new_var, inv_std = kernels.launch(xp, kernels.BN_STATS, running_mean, running_var, mean, var,
+                                                1.0 - momentum, momentum, n / (n - 1), eps, 1.0)
+    xhat, y = kernels.launch(xp, kernels.BN_NORMALISE, x, mean_c, inv_std.reshape(shape), gamma.reshape(shape),
+                             beta.reshape(shape))
+    return y, (xhat, gamma, inv_std, True, None), new_mean, new_var
 
 
 def _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, momentum, eps):
@@ -167,7 +189,16 @@ def batchnorm_backward(dy, cache, need_dx=True):
     group = cache[4] if len(cache) > 4 else None   # cross-replica statistics (--sync-bn): the general path
     if dy.shape != xhat.shape:
         raise ValueError(f"batchnorm backward: dy of shape {tuple(dy.shape)}, expected {tuple(xhat.shape)}")
-    dr, xr = (_rows(dy), _rows(xhat)) if get_array_module(dy, xhat) is np else (None, None)
+    xp = get_array_module(dy, xhat)
+    if train and group is None and kernels.enabled(xp):   # a device: the three sums, then one kernel for dx
+        axes, shape = _axes(dy.ndim)
+        dgamma, dbeta = (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
+        if not need_dx:
+            return None, dgamma, dbeta
+        dx = kernels.launch(xp, kernels.BN_GRAD_INPUT, dy, xhat, dbeta.reshape(shape), dgamma.reshape(shape),
+                            dy.size // dy.shape[1], (gamma * inv_std).reshape(shape))
+        return dx, dgamma, dbeta
+    dr, xr = (_rows(dy), _rows(xhat)) if xp is np else (None, None)
     if dr is None or xr is None or group is not None:
         dgamma, dbeta = batchnorm_backward_params(dy, cache)
         return (batchnorm_backward_input(dy, cache) if need_dx else None), dgamma, dbeta

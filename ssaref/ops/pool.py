@@ -18,14 +18,22 @@ when the windows tile the padded image).  The forward passes use the offset loop
 the windows of the reshape ``(A, Ho, kh, Wo, kw, B)`` are the same strided slices, and a numpy
 reduction over its window axes measured no faster on batch-innermost input and ~50x slower on
 C-contiguous NCHW input.
+
+Device (CuPy) path, where launches count and not passes over memory: max-pool gathers every window
+once through ``im2col.window_view`` and reduces it with one ``argmax`` (first maximum in row-major
+window order, the tie rule above) and one ``max``; avg-pool sums the window view; the backward
+passes of disjoint windows write through the window view of ``dx`` in one launch.  Overlapping
+windows keep the per-offset scatter (their gradients add up).
 """
 from __future__ import annotations
 
 from collections import namedtuple
 
 
+import numpy as np
+
 from ..backend import get_array_module
-from .im2col import as_pair, conv_output_size, kernel_offsets, pad_hw, split_rows
+from .im2col import as_pair, conv_output_size, kernel_offsets, pad_hw, pad_nchw, split_rows, window_view
 
 __all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
            "global_avgpool_forward", "global_avgpool_backward"]
@@ -81,6 +89,26 @@ def _dy_work(dy, g, op):
     return w
 
 
+def _windows(xpad, g):
+    """The device path's (C, kh, kw, Ho, Wo, N) window view of the padded NCHW input (``im2col.window_view``)."""
+    return window_view(xpad, g.kh, g.kw, g.sy, g.sx, g.Ho, g.Wo, batch_first=True)
+
+
+def _disjoint_device(dy, g, op, fill):
+    """Device backward of disjoint windows (kernel == stride): ``fill(view, dyw)`` writes every window's gradient
+    through the window view of the padded ``dx`` (no overlaps, so no sums), ``dyw`` = ``dy`` as (C, 1, 1, Ho, Wo,
+    N); returns ``dx`` (N, C, H, W)."""
+    N, C, H, W = g.x_shape
+    if tuple(dy.shape) != (N, C, g.Ho, g.Wo):
+        raise ValueError(f"{op} backward: dy of shape {tuple(dy.shape)}, expected {(N, C, g.Ho, g.Wo)}")
+    Hp, Wp = H + 2 * g.ph, W + 2 * g.pw
+    xp = get_array_module(dy)
+    tiled = (Hp, Wp) == (g.Ho * g.kh, g.Wo * g.kw)               # every element in a window: nothing left to zero
+    dpad = (xp.empty if tiled else xp.zeros)((N, C, Hp, Wp), dtype=dy.dtype)
+    fill(_windows(dpad, g), dy.transpose(1, 2, 3, 0)[:, None, None])
+    return dpad[:, :, g.ph:g.ph + H, g.pw:g.pw + W] if (g.ph or g.pw) else dpad
+
+
 def _scatter(g, dyw, window_grad):
     """``dx`` (N, C, H, W) from the per-offset window gradients, summed into place.
 
@@ -125,10 +153,17 @@ def maxpool2d_forward(x, kernel, stride=None, padding=0):
     y : array, shape (N, C, Ho, Wo)
     cache : tuple
         ``(argmax, geometry)``; ``argmax`` (working layout) is the winning kernel offset
-        ``i*kw + j`` of each window (first maximum in row-major order).
+        ``i*kw + j`` of each window (first maximum in row-major order); int8 (int32 for windows of more
+        than 127) on NumPy; on a device the int64 of ``argmax`` (no cast launch), of shape (C, Ho, Wo, N).
     """
     g = _geometry(x, kernel, stride, padding, "maxpool2d")
     xp = get_array_module(x)
+    if xp is not np:                  # a device: gather the windows once, one argmax and one max over them
+        N, C = g.x_shape[:2]
+        xpad = pad_nchw(x, g.ph, g.pw, float("-inf"))
+        win = xp.ascontiguousarray(_windows(xpad, g)).reshape(C, g.kh * g.kw, g.Ho, g.Wo, N)
+        argmax = win.argmax(axis=1)                              # (C, Ho, Wo, N): first maximum, row-major
+        return win.max(axis=1).transpose(3, 0, 1, 2), (argmax, g)
     xpad = pad_hw(_to_work(x, g), g.ph, g.pw, float("-inf"))
     offsets = list(_offsets(g))
     A, B = xpad.shape[0], xpad.shape[3]
@@ -165,8 +200,15 @@ def maxpool2d_backward(dy, cache):
     dx : array, shape (N, C, H, W)
     """
     argmax, g = cache
+    xp = get_array_module(dy)
+    if xp is not np and (g.kh, g.kw) == (g.sy, g.sx):
+        offset = xp.arange(g.kh * g.kw, dtype=argmax.dtype).reshape(1, g.kh, g.kw, 1, 1, 1)
+        hit = argmax[:, None, None] == offset                   # (C, kh, kw, Ho, Wo, N): the window's argmax
+        return _disjoint_device(dy, g, "maxpool2d", lambda view, d: xp.multiply(d, hit, out=view))
+    if xp is not np:                  # overlapping windows: the per-offset scatter, argmax in its working layout
+        argmax = _to_work(argmax.transpose(3, 0, 1, 2), g)
     dyw = _dy_work(dy, g, "maxpool2d")
-    xp, kk = get_array_module(dy), argmax.dtype.type
+    kk = argmax.dtype.type
     return _scatter(g, dyw, lambda k, lo, hi, out=None: xp.multiply(dyw[lo:hi], argmax[lo:hi] == kk(k), out=out))
 
 
@@ -190,6 +232,10 @@ def avgpool2d_forward(x, kernel, stride=None, padding=0):
     """
     g = _geometry(x, kernel, stride, padding, "avgpool2d")
     xp = get_array_module(x)
+    if xp is not np:                  # a device: one sum over the window view
+        y = _windows(pad_nchw(x, g.ph, g.pw, 0.0), g).sum(axis=(1, 2))     # (C, Ho, Wo, N)
+        y *= 1.0 / (g.kh * g.kw)
+        return y.transpose(3, 0, 1, 2), (g,)
     xpad = pad_hw(_to_work(x, g), g.ph, g.pw, 0.0)
     offsets = list(_offsets(g))
     y = xp.empty((xpad.shape[0], g.Ho, g.Wo, xpad.shape[3]), dtype=x.dtype)
@@ -220,7 +266,10 @@ def avgpool2d_backward(dy, cache):
     dx : array, shape (N, C, H, W)
     """
     (g,) = cache
-    xp, dyw, scale = get_array_module(dy), _dy_work(dy, g, "avgpool2d"), 1.0 / (g.kh * g.kw)
+    xp, scale = get_array_module(dy), 1.0 / (g.kh * g.kw)
+    if xp is not np and (g.kh, g.kw) == (g.sy, g.sx):
+        return _disjoint_device(dy, g, "avgpool2d", lambda view, d: xp.multiply(d, scale, out=view))
+    dyw = _dy_work(dy, g, "avgpool2d")
     if (g.kh, g.kw) == (g.sy, g.sx):                           # disjoint: scale into place
         return _scatter(g, dyw, lambda k, lo, hi, out=None: xp.multiply(dyw[lo:hi], scale, out=out))
     share = dyw * scale                                        # overlapping: scale once, add often

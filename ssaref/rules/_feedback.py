@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from .. import rng as rng_mod
 from ..backend import get_array_module
 from .base import first_param_layer
 
@@ -121,6 +122,27 @@ def draw(rng, shape, dist, fan_in=None, fan_out=None):
     if dist == "unit_col":
         a = rng.standard_normal(shape)
         return a / np.linalg.norm(a, axis=0, keepdims=True)
+    raise ValueError(f"unknown feedback distribution {dist!r}")
+
+
+def draw_on(xp, key, shape, dist, fan_in=None, fan_out=None, dtype=None):
+    """``draw``'s distributions, drawn where ``xp``'s arrays live from the counter-based stream ``key``
+    (``ssaref.rng``): no host array, no host->device copy, the same bits on every backend for the uniform
+    distributions (the Gaussian ones through ``log``/``cos`` may differ in the last ulp)."""
+    shape = tuple(int(s) for s in shape)
+    if dist in ("torch_default", "xavier_uniform", "kaiming_uniform"):
+        b = {
+            "torch_default": lambda: 1.0 / math.sqrt(fan_in),
+            "xavier_uniform": lambda: math.sqrt(6.0 / (fan_in + fan_out)),
+            "kaiming_uniform": lambda: math.sqrt(6.0 / fan_in),
+        }[dist]()
+        return rng_mod.uniform(xp, key, shape, -b, b, dtype=dtype)
+    if dist == "gaussian":
+        return rng_mod.normal(xp, key, shape, dtype=dtype)
+    if dist == "unit_col":
+        a = rng_mod.normal(xp, key, shape)
+        a /= xp.sqrt((a * a).sum(axis=0, keepdims=True))
+        return a if dtype is None else a.astype(dtype)
     raise ValueError(f"unknown feedback distribution {dist!r}")
 
 

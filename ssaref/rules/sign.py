@@ -11,9 +11,12 @@ B shares the sign of the current forward weight, recomputed from W at every step
 * **frSF** (fixed random magnitude): ``B = |R| o sign(W)``, ``R`` drawn once.
 
 In the paper's notation ``B_i = sign(W_i^T)``; ssaref stores B in W's own shape (``dx = dy @ B``), so
-``sign(W)`` here is the same matrix.  The first weight layer transports no error and gets no B.  brSF's draws
-come from ``default_rng([seed, t])`` with ``seed`` drawn once and ``t`` the step count, both kept in the
-state, so a resumed run redraws exactly the same R_t.
+``sign(W)`` here is the same matrix.  The first weight layer transports no error and gets no B.  brSF's draw
+``t`` (the step count) of the ``l``-th transporting weight is the counter-based stream
+``ssaref.rng.stream_key(seed, t, l)``, drawn on the model's device (``brsf_rng device``, the default since
+ssaref 0.2.0: no host array, no copy per step, the same bits on CPU and GPU), or ``default_rng([seed, t])`` on
+the host and copied (``brsf_rng host``, 0.1.0's draws); ``seed`` is drawn once and ``t`` counted, both kept in
+the state, so a resumed run redraws exactly the same R_t.
 """
 
 from __future__ import annotations
@@ -22,8 +25,18 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module
-from ._feedback import check_choice, draw, draw_weight_shaped, fan_in_out, place, require_model, transport_keys
+from ..backend import asnumpy, get_array_module
+from ..rng import stream_key
+from ._feedback import (
+    check_choice,
+    draw,
+    draw_on,
+    draw_weight_shaped,
+    fan_in_out,
+    place,
+    require_model,
+    transport_keys,
+)
 from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
 
 __all__ = ["USF", "BRSF", "FRSF", "init_std"]
@@ -104,26 +117,52 @@ class USF(_SignConcordant):
 
 class BRSF(_SignConcordant):
     name = "brsf"
-    OPTIONS = {"sf_init": _SF_INIT}
+    OPTIONS = {
+        "sf_init": _SF_INIT,
+        "brsf_rng": (
+            str,
+            "device",
+            "where brSF draws |R_t|: device (a counter-based stream in xp, the same bits on CPU and GPU, no copy) "
+            "or host (numpy default_rng([seed, t]) copied to the device every step: the draws of ssaref 0.1.0)",
+        ),
+    }
+    DEFAULTS_BEFORE = {"0.2.0": {"brsf_rng": "host"}}
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        check_choice(self.name, "brsf_rng", self.options["brsf_rng"], ("device", "host"))
 
     def init_state(self, model, rng):
         require_model(model, self.name)
+        self._seed, self._t = int(rng.integers(0, 2**62)), 0  # host copies: no device read per step
         self.state = {
-            "brsf_seed": np.asarray([int(rng.integers(0, 2**62))], dtype=np.int64),
+            "brsf_seed": np.asarray([self._seed], dtype=np.int64),
             "brsf_draws": np.asarray([0], dtype=np.int64),
         }
 
+    def load_state_dict(self, d, xp):
+        super().load_state_dict(d, xp)
+        self._seed = int(np.asarray(asnumpy(self.state["brsf_seed"])).reshape(-1)[0])  # one read, at the resume
+        self._t = int(np.asarray(asnumpy(self.state["brsf_draws"])).reshape(-1)[0])
+
     def magnitudes(self, model):
-        """``|R_t|`` of draw ``t`` = the number of steps taken: ``default_rng([seed, t])``, one array per weight
-        in ``transport_keys`` order."""
-        t = int(self.state["brsf_draws"][0])
-        rng = np.random.default_rng([int(self.state["brsf_seed"][0]), t])
+        """``|R_t|`` of draw ``t`` = the number of steps taken, one array per weight in ``transport_keys`` order:
+        stream ``stream_key(seed, t, j)`` of the ``j``-th weight on its device, or ``default_rng([seed, t])`` on the
+        host (``brsf_rng``)."""
+        t, seed = self._t, self._seed
         params = dict(model.named_params())
+        dist = self.options["sf_init"]
         out = {}
-        for key, _, _ in transport_keys(model):
-            shape = params[key].shape
-            fi, fo = fan_in_out(shape)
-            out[key] = place(model, np.abs(draw(rng, shape, self.options["sf_init"], fi, fo)))
+        if self.options["brsf_rng"] == "host":
+            rng = np.random.default_rng([seed, t])
+            for key, _, _ in transport_keys(model):
+                fi, fo = fan_in_out(params[key].shape)
+                out[key] = place(model, np.abs(draw(rng, params[key].shape, dist, fi, fo)))
+            return out
+        for j, (key, _, _) in enumerate(transport_keys(model)):  # stream (seed, t, j), drawn where W lives
+            W = params[key]
+            fi, fo = fan_in_out(W.shape)
+            out[key] = abs(draw_on(get_array_module(W), stream_key(seed, t, j), W.shape, dist, fi, fo, W.dtype))
         return out
 
     def feedback(self, model):
@@ -135,7 +174,8 @@ class BRSF(_SignConcordant):
 
     def updates(self, model, caches, e, batch):
         out = super().updates(model, caches, e, batch)  # with draw t
-        self.state["brsf_draws"] = self.state["brsf_draws"] + 1  # the next step redraws
+        self._t += 1  # the next step redraws
+        self.state["brsf_draws"] = np.asarray([self._t], dtype=np.int64)  # a new host array (state_dict holds the old)
         return out
 
 
