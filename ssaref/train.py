@@ -95,10 +95,14 @@ def build_parser():
     a("--check-replicas", type=nonnegative_int, default=0,
       help="every K epochs check that all ranks hold identical parameters and rule state (0: never)")
     g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
-    for opt, (typ, default, help_, owners) in _rule_options().items():
+    for opt, (typ, defaults, help_, owners) in _rule_options().items():
+        if len(set(map(repr, defaults.values()))) == 1:
+            default = f"default {next(iter(defaults.values()))}"
+        else:  # the methods declare different defaults
+            default = "default " + ", ".join(f"{v} ({m})" for m, v in defaults.items())
         g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
                        type=str if typ is bool else typ,
-                       help=f"{help_} (default {default}; methods: {', '.join(owners)})".replace("%", "%%"))
+                       help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"))
     return p
 
 
@@ -114,14 +118,15 @@ def _fraction(s):
 
 
 def _rule_options():
-    """Union of every registered rule's OPTIONS: name -> (type, default, help, [methods])."""
+    """Union of every registered rule's OPTIONS: name -> (type, {method: default}, help, [methods])."""
     out = {}
     for mname, cls in sorted(RULES.items()):
         for opt, (typ, default, help_) in cls.OPTIONS.items():
             if opt in out:
+                out[opt][1][mname] = default
                 out[opt][3].append(mname)
             else:
-                out[opt] = (typ, default, help_, [mname])
+                out[opt] = (typ, {mname: default}, help_, [mname])
     return out
 
 
@@ -195,8 +200,30 @@ def parse_args(argv=None):
         known = {a.dest for a in parser._actions}
         parser.set_defaults(**{k: v for k, v in run_config.items()
                                 if k in known and k not in ("out", "resume", "config", "help", "overwrite")})
+        parser.set_defaults(**_earlier_defaults(run_config))
     parser.set_defaults(**config)
     return parser.parse_args(argv)
+
+
+def _version(text):
+    try:
+        return tuple(int(part) for part in str(text).split(".")[:3])
+    except ValueError:
+        return (0,)
+
+
+def _earlier_defaults(run_config):
+    """Rule options a run written by an earlier ssaref ran with without recording them: the defaults of its
+    version (``Rule.DEFAULTS_BEFORE``) for every option its file leaves unset, so a resume continues that run
+    and not one with today's defaults."""
+    cls = RULES.get(run_config.get("method"))
+    written = _version(run_config.get("ssaref_version", "0.1.0"))
+    out = {}
+    for version, defaults in sorted(getattr(cls, "DEFAULTS_BEFORE", {}).items(), key=lambda kv: _version(kv[0])):
+        if written < _version(version):
+            out.update({f"rule_{k}": v for k, v in defaults.items()
+                        if run_config.get(f"rule_{k}") is None and f"rule_{k}" not in out})
+    return out
 
 
 def _check_choices(args):
@@ -215,6 +242,10 @@ def run_config(args):
     """The run's effective configuration as stored in the run file's ``config`` (every setting that shapes the
     run; not where it is written, nor ``--config``/``--resume``/``--overwrite``/``--no-progress``)."""
     cfg = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress", "overwrite")}
+    if args.method in RULES:  # every option the rule runs with, defaults included (a resume keeps them all)
+        for k, v in RULES[args.method](**_rule_kwargs(args)).options.items():
+            if cfg.get(f"rule_{k}") is None:
+                cfg[f"rule_{k}"] = v
     cfg["ssaref_version"] = __version__
     return cfg
 

@@ -36,7 +36,7 @@ PARAMS = ("W", "b", "U", "s", "V")
 # the mistakes ``wrong`` can make; the names are the coverage terms of docs/golden-vectors.md
 TERMS = ("batch_mean", "inject", "feedback", "usf_scale", "drtp_target", "pepita_error", "kp_decay", "alpha",
          "alpha_bias", "alpha_paper", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier",
-         "hoyer_paper", "projection", "s_inverse", "momentum", "adam_bias", "retraction")
+         "hoyer_paper", "projection", "s_inverse", "momentum", "adam_bias", "retraction", "retract_every")
 ALIASES = {"ssa_align": "beta", "ortho": "gamma"}
 CONSULTED: set = set()   # the terms whose mistake the last computations could have made (see consulted_terms)
 
@@ -403,8 +403,9 @@ def _ssa(g, P, outs, e, wrong):
     V; ds = alpha diag(U^T G V) + 2 beta (s - B_S) (+ hoyer); db = alpha db_task.  Paper: eqs. (11)-(13), G the
     gradient w.r.t. the layer's matrix (a conv layer's K' in the (N kw, C kh) layout), no alpha."""
     o = g["options"]
-    if o.get("orthogonality", "retract") != "retract" or o["projection"] not in _WRONG_PROJECTION:
-        raise ValueError("candidate implements SSA's retract orthogonality and the projections "
+    orthogonality = o.get("orthogonality", "retract")   # absent: 0.1.0's retract (docs/golden-vectors.md)
+    if orthogonality not in ("retract", "retract-every") or o["projection"] not in _WRONG_PROJECTION:
+        raise ValueError("candidate implements SSA's retract and retract-every orthogonality and the projections "
                          f"{sorted(_WRONG_PROJECTION)} only")
     paper = o["ssa_variant"] == "paper"
     grads, signals = _direct(g, P, outs, e, e, wrong=wrong)
@@ -581,13 +582,19 @@ def run_steps(g, wrong=None):
     retraction = o.get("retraction", "none") if g["attrs"]["rule"] == "ssa" else "none"
     if retraction != "none" and _w(wrong, "retraction"):
         retraction = {"polar": "qr", "qr": "polar"}[retraction]
+    # retract-every K: after optimiser steps K, 2K, ... of the run, the warm-up steps counted (docs/golden-vectors.md)
+    every = 1
+    if retraction != "none" and o.get("orthogonality", "retract") == "retract-every":
+        every = 1 if _w(wrong, "retract_every") else int(o.get("retract_every", 10))   # mistake: every step
+    done = int(o.get("warmup_sgd_steps", 0))
     out = []
     for _ in range(g["steps"]):
         loss, logits, outs, grads, signals = step(g, P, wrong)
         for (k, n), v in grads.items():
             P[k][n].grad = v.detach().clone()
         opt.step()
-        if retraction != "none":   # after the optimiser step, every U and V of every SVD layer
+        done += 1
+        if retraction != "none" and done % every == 0:   # after the optimiser step, every U and V of every SVD layer
             with torch.no_grad():
                 for k in weight_layers(g):
                     for n in ("U", "V"):

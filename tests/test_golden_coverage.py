@@ -67,6 +67,8 @@ MUTATIONS = [
     ("adam_bias", "dfa__mlp__adam3", "steps/3/params/4/b"),
     ("retraction", "ssa__mlp__momentum3", "steps/3/params/0/V"),
     ("retraction", "ssa__conv__adam3", "steps/2/params/0/U"),
+    ("retraction", "ssa__mlp__every2", "steps/2/params/0/V"),
+    ("retract_every", "ssa__mlp__every2", "steps/1/params/0/V"),
     ("feedback", "fa__mlp__default", "update/0/W"),
     ("usf_scale", "usf__conv__default", "update/0/W"),
     ("drtp_target", "drtp__conv__default", "update/0/b"),

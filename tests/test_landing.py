@@ -272,7 +272,7 @@ def test_retract_every_one_equals_retract(tmp_path, capsys):
     common = ["--dataset", "synthetic", "--train-limit", "96", "--test-limit", "32", "--batch-size", "32",
               "--hidden", "12,10", "--epochs", "2", "--no-progress", "--method", "ssa"]
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
-    assert train_mod.main(common + ["--out", str(a)]) == 0
+    assert train_mod.main(common + ["--out", str(a), "--orthogonality", "retract"]) == 0
     assert train_mod.main(common + ["--out", str(b), "--orthogonality", "retract-every", "--retract-every", "1"]) == 0
     _, ma, ca = read_run(a)
     _, mb, cb = read_run(b)
@@ -336,9 +336,12 @@ def test_orthogonality_option_validation(opts, match):
 
 def test_resolved_orthogonality_choices():
     r = build_rule("ssa")
-    assert (r.orthogonality, r.retraction, r.projection) == ("retract", "polar", "tangent")
+    assert (r.orthogonality, r.retract_every, r.retraction, r.projection) == ("retract-every", 10, "polar", "tangent")
+    assert (r.options["beta"], r.options["gamma"], r.options["rank_reading"]) == (0.01, 0.1, "none")   # D4.15
     p = build_rule("ssa", ssa_variant="paper")
-    assert (p.retraction, p.projection) == ("none", "paper")
+    assert (p.orthogonality, p.retraction, p.projection) == ("retract", "none", "paper")
+    assert (p.options["beta"], p.options["gamma"], p.options["rank_reading"]) == (1e-3, 1e-2, "every")
+    assert build_rule("ssa", ssa_variant="paper", beta=0.5).options["beta"] == 0.5   # given options still win
     pe = build_rule("ssa", ssa_variant="paper", orthogonality="retract-every")
     assert pe.retraction == "polar"
     land = build_rule("ssa", orthogonality="landing", projection="tangent")

@@ -42,7 +42,7 @@ def test_runs_differing_only_in_seed_form_one_group(runs):
     assert groups[2].label.startswith("bp") and "orthogonality" not in groups[2].label
     # an option given explicitly at its default value is the same setting as leaving it out
     c, m, _ = read_run(runs["ssa1"])
-    c2 = dict(c, rule_orthogonality="retract", rule_align_last="true", rule_gamma="0.01", seed=7, out="o.h5")
+    c2 = dict(c, rule_orthogonality="retract-every", rule_align_last="true", rule_gamma="0.1", seed=7, out="o.h5")
     assert plot_mod.Run("x", c2, m).settings == plot_mod.Run("y", c, m).settings
 
 

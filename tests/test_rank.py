@@ -94,7 +94,8 @@ def test_schedule_bad_options(bad):
 @pytest.mark.parametrize("opt_name", ["adam", "sgd"])
 def test_truncation_moves_model_optimizer_and_targets_together(opt_name, rng):
     model = build_model("mlp", (1, 5, 5), 3, xp=np, dtype=np.float64, seed=0, hidden=(12,))
-    rule = build_rule("ssa", align_target="weight", rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0)
+    rule = build_rule("ssa", align_target="weight", rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0,
+                      orthogonality="retract")   # retracted at the epoch end, then cut
     model = rule.setup(model, np.random.default_rng(1))
     kw = {"momentum": 0.9} if opt_name == "sgd" else {}
     opt = build_optimizer(opt_name, model.named_params(), 1e-2, **kw)

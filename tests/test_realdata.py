@@ -29,4 +29,8 @@ def test_mlp_fashion_mnist_two_epochs(method, threshold, extra, tmp_path, capsys
     assert metrics["test_acc"].max() >= threshold, metrics["test_acc"]
     if method == "ssa":  # the rank schedule cut ranks and orthogonality held (decisions D4.5, D4.4)
         assert metrics["svd_rank"][0][0] < 256
-        assert np.max(metrics["svd_ortho_U"]) < 1e-4
+        # the default retracts every 10th step (D4.15): 10 Adam steps move the factors up to ~0.7 off the manifold
+        # in epoch 1 (D4.12 measured up to 1.4), less once training settles; every retraction pulls them back
+        drift = metrics["svd_drift_U"]
+        assert np.all(np.isfinite(drift)) and drift.max() < 1.5 and drift[-1].max() < drift[0].max()
+        assert np.max(metrics["svd_ortho_U"]) < 1.5

@@ -66,7 +66,7 @@ def test_selection_uses_validation_accuracy_only():
     res = {a.name: [R(0, 80.0, 99.0, 1, 1, 1, 3, Path("x")), R(1, 81.0, 99.0, 1, 1, 1, 3, Path("x"))],
            b.name: [R(0, 85.0, 10.0, 1, 1, 1, 3, Path("x"))]}
     assert [s.name for s in ssa_study.rank_settings([a, b], res)] == [b.name, a.name]
-    assert ssa_study.ssa(orthogonality="retract", beta=1e-3).name == "ssa"        # defaults: same run files
+    assert ssa_study.ssa(orthogonality="retract-every", beta=1e-2).name == "ssa"  # defaults: same run files
     assert ssa_study.ssa(orthogonality="landing").flags() == ["--orthogonality", "landing"]
 
 

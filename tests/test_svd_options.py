@@ -138,9 +138,16 @@ def test_init_option_validation():
 
 # ------------------------------------------------------------------------------------------ recording
 def test_new_options_absent_from_resolved_options_at_default_present_when_set():
-    for method in ("ssa", "svd-bp"):
-        model, rule = _setup(method)
-        assert not (LATER_OPTIONS & set(rule.resolved_options(model))), method
+    """Absent = ssaref 0.1.0's behaviour (``LATER_OPTIONS``): SVD-BP's defaults and SSA at 0.1.0's values leave them
+    out; SSA's defaults since 0.2.0 (D4.15) differ, so they are all listed."""
+    old = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every"}
+    for method, opts in (("svd-bp", {}), ("ssa", old), ("ssa", {"ssa_variant": "paper"})):
+        model, rule = _setup(method, **opts)
+        assert not (set(LATER_OPTIONS) & set(rule.resolved_options(model))), (method, opts)
+    model, rule = _setup("ssa")
+    got = rule.resolved_options(model)
+    assert set(LATER_OPTIONS) <= set(got)
+    assert (got["orthogonality"], got["retract_every"], got["rank_reading"]) == ("retract-every", 10, "none")
     model, rule = _setup("ssa", orthogonality="landing", rank_reading="once", align_last=False,
                          svd_init="orthogonal", bias_init="zero", parity_last=False)
     got = rule.resolved_options(model)

@@ -236,3 +236,31 @@ def test_log_every_reads_losses_in_windows_with_the_same_result(tmp_path, capsys
     np.testing.assert_allclose(ma["train_loss"], mb["train_loss"], rtol=1e-13)
     for k, v in ca["params"].items():
         np.testing.assert_array_equal(v, cb["params"][k])
+
+
+def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defaults(tmp_path, capsys):
+    """The run file holds every option the rule ran with (defaults included); a run written by ssaref 0.1.0, which
+    left unset options out, resumes with the defaults of 0.1.0 (``Rule.DEFAULTS_BEFORE``), not today's."""
+    import json
+
+    from ssaref.rules import build_rule
+
+    old = build_rule("ssa").DEFAULTS_BEFORE["0.2.0"]
+    old_flags = [x for k, v in old.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    common = SYN + ["--method", "ssa", "--hidden", "12,10", "--seed", "3", "--batch-size", "64"]
+    full, part = tmp_path / "full.h5", tmp_path / "part.h5"
+    assert run_cli(common + old_flags + ["--epochs", "2", "--out", str(full)], capsys)[0] == 0
+    assert run_cli(common + old_flags + ["--epochs", "1", "--out", str(part)], capsys)[0] == 0
+    cfg = read_run(part)[0]
+    assert set(build_rule("ssa").options) <= {k[len("rule_"):] for k, v in cfg.items()
+                                              if k.startswith("rule_") and v is not None}
+    with h5py.File(part, "r+") as f:  # what 0.1.0 wrote: no version 0.2.0, unset options as null
+        c = json.loads(f.attrs["config"])
+        c.update({f"rule_{k}": None for k in build_rule("ssa").options}, ssaref_version="0.1.0")
+        f.attrs["config"] = json.dumps(c)
+        f.attrs["ssaref_version"] = "0.1.0"
+    assert train_mod._earlier_defaults(c) == {f"rule_{k}": v for k, v in old.items()}
+    assert train_mod._earlier_defaults(dict(c, ssaref_version="0.2.0")) == {}
+    rc, _, err = run_cli(["--resume", str(part), "--epochs", "2", "--no-progress"], capsys)
+    assert rc == 0, err
+    np.testing.assert_array_equal(read_run(full)[1]["test_loss"], read_run(part)[1]["test_loss"])

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssaref.rules import build_rule
 from ssaref.runlog import RunFileError, read_run
 from validation import _sweep as sw
 
@@ -57,9 +58,16 @@ ALIGN_LAST = ["true", "false"]
 BASELINES = [("bp", "BP", False), ("dfa", "DFA", False), ("svd-bp", "SVD-BP", True), ("fa", "FA", False),
              ("usf", "uSF", False)]
 QUICK_FLAGS = ["--train-limit", "128", "--test-limit", "64", "--hidden", "16,16"]
+
+
+def _defaults(method: str) -> dict:
+    """The method's option defaults as the study writes option values (bools as "true"/"false")."""
+    return {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in build_rule(method).options.items()}
+
+
 # the option values of a setting that are the engine's defaults (left out of names and flags)
-DEFAULTS = {"orthogonality": "retract", "rank_reading": "every", "beta": 1e-3, "gamma": 1e-2, "svd_init": "default",
-            "bias_init": "uniform", "align_last": "true"}
+DEFAULTS = {k: _defaults("ssa")[k] for k in ("orthogonality", "rank_reading", "beta", "gamma", "svd_init",
+                                              "bias_init", "align_last")}
 _SHORT = {"orthogonality": "o", "rank_reading": "r", "beta": "b", "gamma": "g", "lr": "lr", "svd_init": "i",
           "bias_init": "bi", "align_last": "al"}
 
@@ -269,10 +277,10 @@ def init_settings(best: Setting) -> list[Setting]:
 def final_settings(top: list[Setting]) -> list[Setting]:
     out = [Setting("ssa", dict(s.options), label=f"SSA #{i + 1}: {s.describe() or 'engine default'}")
            for i, s in enumerate(top)]
+    reading = {**DEFAULTS, **top[0].options}["rank_reading"] if top else None
     for method, label, with_reading in BASELINES:
         out.append(Setting(method, {}, label=label))
-        reading = top[0].options.get("rank_reading", "every") if top else "every"
-        if with_reading and reading != "every":
+        if with_reading and reading is not None and reading != _defaults(method)["rank_reading"]:
             out.append(Setting(method, {"rank_reading": reading}, label=f"{label} (rank reading {reading})"))
     return out
 

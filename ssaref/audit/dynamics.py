@@ -64,6 +64,13 @@ def _ortho(X):
     return float(np.linalg.norm(X.T @ X - np.eye(X.shape[1])))
 
 
+# The SSA settings the audit's items describe: the per-step polar retraction (dyn-orthogonality's "tangent projection
+# + polar retraction"), the energy rule re-applied at every epoch end (section 4.4 as printed) and the coefficients
+# of ssaref 0.1.0.  Fixed here so that the verdicts and the figures docs/decisions.md D4.8 quotes do not move with
+# the engine's training defaults (D4.15); an item's own options still override them.
+AUDITED_SSA = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every"}
+
+
 def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, rank_frac=None, xp=np,
             **options):
     """Train the small MLP with SSA for ``steps`` steps; return per-step records.
@@ -87,7 +94,8 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
 
     model = build_model("mlp", IN_SHAPE, K, xp=xp, dtype=np.float64, seed=seed, hidden=MLP_HIDDEN)
     run = build_run(model, "ssa", np.random.default_rng(seed + 2), optimizer=None,
-                    options=dict(ssa_variant=variant, rank_schedule="none", hoyer=0.0, angle_every=0, **options))
+                    options={**AUDITED_SSA, "ssa_variant": variant, "rank_schedule": "none", "hoyer": 0.0,
+                             "angle_every": 0, **options})
     model, rule = run.model, run.rule
     layers = svd_layers_of(model)
     if rank_frac is not None:
@@ -162,7 +170,7 @@ def run_rank_schedule(*, epochs=10, steps_per_epoch=10, seed=0, lr=1e-3, xp=np, 
     from ..run import build_run
 
     model = build_model("mlp", IN_SHAPE, K, xp=xp, dtype=np.float64, seed=seed, hidden=MLP_HIDDEN)
-    run = build_run(model, "ssa", np.random.default_rng(seed + 2), options=dict(angle_every=0, **options),
+    run = build_run(model, "ssa", np.random.default_rng(seed + 2), options={**AUDITED_SSA, "angle_every": 0, **options},
                     optimizer="adam", lr=lr)
     model, rule, opt = run.model, run.rule, run.optimizer
     batches = synthetic_batches(seed, epochs * steps_per_epoch)

@@ -44,8 +44,11 @@ TERMS = {
     "momentum": ("SGD momentum: buf = momentum buf + d (dampening 0; buf = d at the first step), p -= lr buf",
                  "buf = momentum buf + (1 - momentum) d"),
     "adam_bias": ("Adam divides m by 1 - beta1^t and v by 1 - beta2^t", "no bias correction"),
-    "retraction": ("after every optimiser step SSA (default) replaces U and V by their polar factor "
-                   "X (X^T X)^(-1/2)", "the Q factor of X = QR (diag(R) > 0) instead"),
+    "retraction": ("after an optimiser step SSA (orthogonality retract: every step; retract-every K: steps K, 2K, "
+                   "...) replaces U and V by their polar factor X (X^T X)^(-1/2)",
+                   "the Q factor of X = QR (diag(R) > 0) instead"),
+    "retract_every": ("orthogonality retract-every K retracts after optimiser steps K, 2K, ... of the run only "
+                      "(warm-up steps counted)", "a retraction after every step"),
 }
 
 # case -> terms (measured: see the module docstring)
@@ -110,6 +113,10 @@ COVERAGE: dict[str, tuple[str, ...]] = {
                         "adam_bias", "retraction"),
     "ssa__conv__adam3": ("batch_mean", "beta", "hoyer", "hoyer_classifier", "projection", "s_inverse", "adam_bias",
                          "retraction"),
+    "ssa__mlp__every2": ("batch_mean", "inject", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier",
+                         "projection", "s_inverse", "adam_bias", "retraction", "retract_every"),
+    "ssa__conv__every2": ("batch_mean", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier", "projection",
+                          "s_inverse", "adam_bias", "retraction", "retract_every"),
     "svd-bp__mlp__sgd1": ("batch_mean", "gamma", "hoyer", "hoyer_classifier"),
     "svd-bp__conv__sgd1": ("batch_mean", "gamma", "hoyer", "hoyer_classifier"),
 }

@@ -200,6 +200,9 @@ class Rule:
     # (rule options, plain-SGD warm-up steps on the batch before the recorded step[, {"models", "warmup_options",
     # "optimizer", "steps"}]); a "default" entry may only set the models (docs/golden-vectors.md)
     GOLDEN_VARIANTS: dict = {}
+    # option defaults that changed: {"X.Y.Z": {option: the default before version X.Y.Z}}; a resumed run written by
+    # an earlier version (which did not record unset options) continues with the defaults it ran with
+    DEFAULTS_BEFORE: dict = {}
 
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)

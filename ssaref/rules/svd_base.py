@@ -105,21 +105,21 @@ RANK_OPTIONS = {
 
 SVD_INITS = WEIGHT_INITS  # ("default", "kaiming_uniform_a5", "orthogonal")
 
-# Options added after golden-vector schema 1: ``resolved_options`` lists them (all of them) only when one differs
-# from its default, so the default golden vectors (whose ``options`` attribute records resolved_options) stay
-# byte-identical (they do not change any step at their defaults).
-LATER_OPTIONS = frozenset(
-    {
-        "rank_reading",
-        "parity_last",
-        "svd_init",
-        "bias_init",
-        "orthogonality",
-        "retract_every",
-        "landing_eps",
-        "align_last",
-    }
-)
+# Options added after golden-vector schema 1, with the behaviour a golden file without them describes (ssaref 0.1.0's
+# defaults): ``resolved_options`` lists them (all of them) only when one differs from that value, so files whose
+# steps these options do not change stay byte-identical, and a reader may take an absent option to mean this value.
+# SSA's defaults since 0.2.0 (D4.15: orthogonality retract-every, rank_reading none) differ, so SSA's default
+# golden files list them all.
+LATER_OPTIONS = {
+    "rank_reading": "every",
+    "parity_last": True,
+    "svd_init": "default",
+    "bias_init": "uniform",
+    "orthogonality": "retract",
+    "retract_every": 10,
+    "landing_eps": 0.5,
+    "align_last": True,
+}
 
 
 class SVDRuleBase(Rule):
@@ -365,8 +365,8 @@ class SVDRuleBase(Rule):
 
     def resolved_options(self, model):
         out = dict(self.options, hoyer_active=bool(self.hoyer_on()))
-        later = [k for k in LATER_OPTIONS & set(out) if k in self.OPTIONS]
-        if all(out[k] == self.OPTIONS[k][1] for k in later):  # see LATER_OPTIONS: all at their defaults
+        later = [k for k in LATER_OPTIONS if k in out and k in self.OPTIONS]
+        if all(out[k] == LATER_OPTIONS[k] for k in later):  # see LATER_OPTIONS: all as a file without them says
             for k in later:
                 del out[k]
         return out
