@@ -249,7 +249,7 @@ def _torch_engine(model, x_h, y_h):
 
 
 def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=3, backend="numpy", seed=0,
-                 log=None):
+                 log=None, statistic="median"):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
     rule of ``methods`` (BP always included, first), alternating step by step.
 
@@ -282,7 +282,9 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
             dt = time.perf_counter() - t0
             if i >= warmup:
                 times[label].append(dt)
-    med = {m: statistics.median(v) for m, v in times.items()}
+    # the median by default; "mean" counts every step (SSA's retraction on every 10th step, which a median skips)
+    stat = statistics.mean if statistic == "mean" else statistics.median
+    med = {m: stat(v) for m, v in times.items()}
     for m in order:
         if m == "torch":
             continue
@@ -553,7 +555,7 @@ def markdown(result):
              f"(BLAS and torch); BLAS: {_blas_line(info)}; numpy {info['numpy']}, torch {info['torch']}, "
              f"Python {info['python']}.  Load average (1, 5, 15 min) at start "
              f"{_fmt_load(info.get('loadavg_start'))}, at end {_fmt_load(info.get('loadavg_end'))}.", "",
-             f"Batch {s['batch']}, float32, Adam, median of {s['repeats']} steps after {s['warmup']} warm-up steps, "
+             f"Batch {s['batch']}, float32, Adam, {s.get('statistic', 'median')} of {s['repeats']} steps after {s['warmup']} warm-up steps, "
              f"engines alternating step by step in one process (ssaref {s['backend']}); the torch side is always BP.  "
              "`ratio` = ssaref step / torch BP step; `vs BP` = the rule's step / ssaref's BP step.  Memory (MiB, "
              "a fresh process per engine, malloc returning freed blocks to the kernel): `peak` = resident-set "
@@ -642,6 +644,9 @@ def _parse(argv):
     p.add_argument("--batch-size", type=positive(int), default=128)
     p.add_argument("--repeats", type=positive(int), default=20)
     p.add_argument("--warmup", type=positive(int), default=3)
+    p.add_argument("--statistic", default="median", choices=("median", "mean"),
+                   help="per-step statistic: median (default) or mean (every step counted: rules whose cost varies "
+                        "by step, e.g. SSA's retraction every 10th step, need --repeats a multiple of that period)")
     p.add_argument("--threads", type=threads_arg, default=None,
                    help="BLAS/OpenMP/torch threads (default: the cores this process may use, "
                         f"here {default_threads()}); on a shared machine give the free cores")
@@ -692,13 +697,14 @@ def _main(argv):
     info = machine_info(threads["threads"])
     print(f"numpy {np.__version__}, torch {info['torch']}, threads {threads['threads']} "
           f"({', '.join(threads['pools'])}), "
-          f"BLAS {_blas_line(info)}, backend {args.backend}, batch {args.batch_size}, float32, Adam, median of "
+          f"BLAS {_blas_line(info)}, backend {args.backend}, batch {args.batch_size}, float32, Adam, {args.statistic} of "
           f"{args.repeats}, large-block reuse {'on' if tuned else 'off'}, load {_fmt_load(info['loadavg_start'])}")
     configs = []
     for name in args.names:
         for shape in ([_input_for(name, None)] if args.inputs is None else args.inputs):
             configs.append((name, tuple(shape)))
     result = {"machine": info, "settings": {"batch": args.batch_size, "repeats": args.repeats,
+                                            "statistic": args.statistic,
                                             "warmup": args.warmup, "backend": args.backend, "methods": args.methods,
                                             "memory_steps": args.memory_steps, "tuned_malloc": tuned,
                                             "threads": threads}, "configs": []}
@@ -708,7 +714,7 @@ def _main(argv):
     for name, shape in configs:
         try:
             c = bench_config(name, shape, args.methods, batch=args.batch_size, repeats=args.repeats,
-                             warmup=args.warmup, backend=args.backend)
+                             warmup=args.warmup, backend=args.backend, statistic=args.statistic)
         except ValueError as exc:
             if len(configs) > 1 and "does not fit" in str(exc):
                 print(f"{name:<10} {'x'.join(map(str, shape)):<8} skipped: {exc}", flush=True)

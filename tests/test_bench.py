@@ -111,6 +111,21 @@ def test_cli_times_every_rule_writes_json_and_markdown(tmp_path, capsys):
     assert {o["op"] for o in lenet["profile"]["ops"]} >= {"conv.conv2d_forward", "optimiser step (Adam)"}
 
 
+def test_mean_statistic_counts_every_step(monkeypatch):
+    """``statistic="mean"``: the mean of the timed steps, so a rule's occasional expensive step (SSA's retraction)
+    is counted; the median would skip it."""
+    import statistics
+
+    seen = []
+    real_mean = statistics.mean
+    monkeypatch.setattr(statistics, "mean", lambda v: seen.append(list(v)) or real_mean(v))
+    c = bench.bench_config("mlp", (1, 28, 28), ("bp", "ssa"), batch=8, repeats=3, warmup=1, statistic="mean")
+    assert len(seen) == 3 and all(len(v) == 3 for v in seen)                  # bp, torch, ssa: 3 steps each
+    bp, ssa = c["rows"]
+    assert math.isclose(ssa["vs_bp"], ssa["ssaref_ms"] / bp["ssaref_ms"], rel_tol=1e-9)
+    assert any(math.isclose(1e3 * real_mean(v), ssa["ssaref_ms"], rel_tol=1e-9) for v in seen)
+
+
 def test_op_profile_times_every_op_and_removes_its_timers():
     from ssaref.nn import layers as L
     from ssaref.ops import conv
@@ -148,6 +163,7 @@ def _exit_code(argv):
     (["--method", "nope"], "nope"),
     (["--method", ","], "--method"),
     (["--threads", "0"], "--threads"),
+    (["--statistic", "mode"], "--statistic"),
     (["--models", "vgg13", "--input", "1x28x28", "--no-memory"], "does not fit"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
