@@ -226,24 +226,49 @@ def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, **options):
     def step():
         run.train_step(x, y)
         if xp is not np:
-            xp.cuda.Stream.null.synchronize()
+            xp.cuda.Device().synchronize()   # every stream of the device: the step's kernels have finished
 
     return run, step
 
 
-def _torch_engine(model, x_h, y_h):
+def torch_device(backend) -> str:
+    """The torch side's device: ``"cuda"`` when ssaref runs on CuPy (a fair GPU comparison), else ``"cpu"``."""
+    return "cuda" if backend == "cupy" else "cpu"
+
+
+def set_tf32(enabled: bool, torch_side: bool = True) -> dict:
+    """TF32 for float32 GEMMs and convolutions, the same on both sides, before any GPU work: CuPy reads
+    ``CUPY_TF32`` (cuBLAS math mode) when it is imported, torch its ``allow_tf32`` switches (``torch_side``).
+    Returns what was set (recorded in the results)."""
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"
+    out = {"CUPY_TF32": os.environ["CUPY_TF32"]}
+    if torch_side:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+        torch.backends.cudnn.allow_tf32 = bool(enabled)
+        out.update({"torch.backends.cuda.matmul.allow_tf32": bool(enabled),
+                    "torch.backends.cudnn.allow_tf32": bool(enabled)})
+    return out
+
+
+def _torch_engine(model, x_h, y_h, device="cpu"):
     import torch
 
-    tmodel = torch_mirror(model)
+    tmodel = torch_mirror(model).to(device)
     tmodel.train()
-    tx, ty = torch.from_numpy(x_h), torch.from_numpy(np.asarray(y_h, dtype=np.int64))
+    tx = torch.from_numpy(x_h).to(device)
+    ty = torch.from_numpy(np.asarray(y_h, dtype=np.int64)).to(device)
     topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
+    cuda = str(device).startswith("cuda")
 
     def step():
         topt.zero_grad(set_to_none=True)
         loss_fn(tmodel(tx), ty).backward()
         topt.step()
+        if cuda:
+            torch.cuda.synchronize()
 
     return tmodel, step
 
@@ -272,7 +297,7 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
                 raise
             rows[m] = {"method": m, "status": f"not supported: {exc}".splitlines()[0][:160],
                        "ssaref_ms": None, "ratio": None, "vs_bp": None}
-    _, engines["torch"] = _torch_engine(dense, x_h, y_h)
+    _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
     order = ["bp", "torch"] + [m for m in methods[1:] if m in engines]
     times = {m: [] for m in order}
     for i in range(warmup + repeats):
@@ -555,7 +580,8 @@ def markdown(result):
              f"(BLAS and torch); BLAS: {_blas_line(info)}; numpy {info['numpy']}, torch {info['torch']}, "
              f"Python {info['python']}.  Load average (1, 5, 15 min) at start "
              f"{_fmt_load(info.get('loadavg_start'))}, at end {_fmt_load(info.get('loadavg_end'))}.", "",
-             f"Batch {s['batch']}, float32, Adam, {s.get('statistic', 'median')} of {s['repeats']} steps after {s['warmup']} warm-up steps, "
+             f"Batch {s['batch']}, float32, Adam, {s.get('statistic', 'median')} of {s['repeats']} steps after "
+             f"{s['warmup']} warm-up steps, "
              f"engines alternating step by step in one process (ssaref {s['backend']}); the torch side is always BP.  "
              "`ratio` = ssaref step / torch BP step; `vs BP` = the rule's step / ssaref's BP step.  Memory (MiB, "
              "a fresh process per engine, malloc returning freed blocks to the kernel): `peak` = resident-set "
@@ -659,6 +685,9 @@ def _parse(argv):
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
     p.add_argument("--profile", default="auto", choices=("auto", "all", "none"),
                    help="per-op profile of ssaref's BP step: auto = where ssaref/torch > 1 (default), all, none")
+    p.add_argument("--tf32", action="store_true",
+                   help="with --backend cupy: allow TF32 in float32 GEMMs and convolutions on both sides (CuPy's "
+                        "CUPY_TF32, torch's allow_tf32); off by default, recorded in --json")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's mmap threshold alone (ssaref.train raises it, see "
                         "backend.keep_large_allocations)")
@@ -666,6 +695,7 @@ def _parse(argv):
     for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
         if path:   # before the benchmark runs, not after
             check_output_path(path, flag=flag, overwrite=args.overwrite)
+    set_tf32(args.tf32, torch_side=False)   # CuPy reads CUPY_TF32 when it is imported
     resolve_backend(args.backend)
     names = list(MODELS) if args.models.strip() == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
@@ -689,22 +719,28 @@ def _main(argv):
     args = _parse(argv)
     tuned = False if args.default_malloc else keep_large_allocations()
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         print("error: the benchmark compares against PyTorch; pip install torch==2.13.0", file=sys.stderr)
         return 2
+    tf32 = set_tf32(args.tf32)
+    if torch_device(args.backend) == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--backend cupy compares with PyTorch on CUDA, but this torch has no CUDA device "
+                         f"(torch {torch.__version__}); install a CUDA build of torch")
     threads = apply_threads(args.threads)
     info = machine_info(threads["threads"])
     print(f"numpy {np.__version__}, torch {info['torch']}, threads {threads['threads']} "
           f"({', '.join(threads['pools'])}), "
-          f"BLAS {_blas_line(info)}, backend {args.backend}, batch {args.batch_size}, float32, Adam, {args.statistic} of "
-          f"{args.repeats}, large-block reuse {'on' if tuned else 'off'}, load {_fmt_load(info['loadavg_start'])}")
+          f"BLAS {_blas_line(info)}, backend {args.backend}, batch {args.batch_size}, float32, Adam, "
+          f"{args.statistic} of {args.repeats}, large-block reuse {'on' if tuned else 'off'}, "
+          f"load {_fmt_load(info['loadavg_start'])}")
     configs = []
     for name in args.names:
         for shape in ([_input_for(name, None)] if args.inputs is None else args.inputs):
             configs.append((name, tuple(shape)))
     result = {"machine": info, "settings": {"batch": args.batch_size, "repeats": args.repeats,
-                                            "statistic": args.statistic,
+                                            "statistic": args.statistic, "tf32": tf32,
+                                            "torch_device": torch_device(args.backend),
                                             "warmup": args.warmup, "backend": args.backend, "methods": args.methods,
                                             "memory_steps": args.memory_steps, "tuned_malloc": tuned,
                                             "threads": threads}, "configs": []}

@@ -177,3 +177,29 @@ def test_existing_markdown_needs_overwrite(tmp_path, capsys):
     md.write_text("keep")
     assert _exit_code(["--markdown", str(md), "--models", "mlp"]) == 2
     assert "--overwrite" in capsys.readouterr().err and md.read_text() == "keep"
+
+
+def test_gpu_comparison_is_torch_on_cuda_with_tf32_the_same_on_both_sides(monkeypatch):
+    """``--backend cupy`` times torch on CUDA (synchronised); ``--tf32`` sets CuPy's and torch's switches alike.
+    (The CUDA side itself needs a GPU: tests/test_gpu_equivalence.py and validation/gpu_check.sh.)"""
+    import torch
+
+    assert bench.torch_device("cupy") == "cuda" and bench.torch_device("numpy") == "cpu"
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    on = bench.set_tf32(True)
+    assert on["CUPY_TF32"] == "1" and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    off = bench.set_tf32(False)
+    assert off["CUPY_TF32"] == "0" and not torch.backends.cuda.matmul.allow_tf32
+    assert not torch.backends.cudnn.allow_tf32
+
+
+def test_backend_cupy_without_a_gpu_is_one_line_and_exit_2(capsys):
+    from ssaref.backend import cupy_available
+
+    if cupy_available():
+        pytest.skip("this machine has CuPy and a GPU: the comparison would run")
+    assert bench.main(["--backend", "cupy", "--models", "mlp"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cupy" in err[0]
