@@ -81,6 +81,10 @@ def build_parser():
     a("--no-progress", action="store_true", help="no progress bar")
     a("--threads", type=threads_arg, default=None,
       help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
+    a("--data-on-device", choices=["auto", "on", "off"], default="auto",
+      help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
+           "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "
+           "when they take at most a quarter of the device's free memory")
     a("--log-every", type=positive(int), default=1,
       help="read the training loss back every K steps (one device->host transfer per K steps; a non-finite loss "
            "still stops the run naming its own step)")
@@ -521,11 +525,32 @@ def _setup(args, log, out, stack, xp, comm):
             metrics, start_epoch, step, keeper, config, bn_stats)
 
 
+def _resident(choice, xp, arrays, dtype):
+    """The data sets on the device (``--data-on-device``), or None: ``arrays`` as ``(x, y)`` pairs, images cast to
+    ``dtype`` (exact: the cast commutes with the gather, the zero padding and the flip of ``augment``).  Never on
+    NumPy (the data is there already); ``auto``: when they take at most a quarter of the device's free memory."""
+    if xp is np or choice == "off":
+        return None
+    nbytes = sum(x.size * np.dtype(dtype).itemsize + y.nbytes for x, y in arrays)
+    if choice == "auto":
+        try:
+            free = xp.cuda.Device().mem_info[0]
+        except AttributeError:   # a device module without CUDA's memory query (the tests' stand-in): it fits
+            free = 4 * nbytes
+        if nbytes > free / 4:
+            return None
+    return [(to_device(x.astype(dtype, copy=False), xp), to_device(y, xp)) for x, y in arrays]
+
+
 def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch,
           use_aug, tracker, metrics, start_epoch, step, keeper, config, bn_stats):
     from tqdm import tqdm
 
     n = len(ds.x_train)
+    sets = [(ds.x_train, ds.y_train), (ds.x_test, ds.y_test)] + ([val] if val is not None else [])
+    resident = _resident(args.data_on_device, xp, sets, dtype)   # one copy now instead of one per batch
+    (x_train, y_train), (x_test, y_test), *rest = resident if resident is not None else sets
+    val_data = rest[0] if rest else None
     keys = [k for k, _ in run.params()]   # the flat buffer's layout: the same on every rank
 
     window = _LossWindow(args.log_every)
@@ -558,22 +583,24 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
     for epoch in range(start_epoch, args.epochs):
         t0 = time.perf_counter()
         perm = rng.permutation(n)
+        order = to_device(perm, xp) if resident is not None else perm   # one copy of the epoch's order
         loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
                    disable=True if (args.no_progress or not comm.is_root) else None, file=sys.stderr)
         b = 0
         for b in bar:
-            idx = perm[b * args.batch_size:(b + 1) * args.batch_size]
-            xb = ds.x_train[idx]
+            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
+            xb = x_train[idx]
             if use_aug:
-                xb = augment(xb, rng)   # on the global batch: the same draws on every rank
-            yb = ds.y_train[idx]
+                xb = augment(xb, rng)   # on the global batch: the same draws on every rank (offsets drawn on the host)
+            yb = y_train[idx]
             if comm.size > 1:           # this rank's contiguous shard of the global batch
                 part = distributed.shard(np.arange(len(idx)), comm.rank, comm.size)
-                xb, yb = xb[part], yb[part]
+                lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
+                xb, yb = xb[lo:hi], yb[lo:hi]
                 if bn_stats is not None:
                     bn_stats.weight = len(part) / len(idx)
-            xb = to_device(xb.astype(dtype, copy=False), xp)
+            xb = to_device(xb.astype(dtype, copy=False), xp)   # no copy when resident
             yb = to_device(yb, xp)
             res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)
             if tracker is not None:
@@ -602,14 +629,14 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
                                 "the rule's end of epoch (rank schedule)", epoch, None)
         for k, v in epoch_metrics.items():
             metrics.setdefault(_metric_name(k), []).append(v)
-        test_loss, test_acc = evaluate(model, ds.x_test, ds.y_test, args.eval_batch_size, xp, dtype, comm)
+        test_loss, test_acc = evaluate(model, x_test, y_test, args.eval_batch_size, xp, dtype, comm)
         if not np.isfinite(test_loss):
             raise diverged(f"test loss is {test_loss}", epoch, None)
         seconds = time.perf_counter() - t0
         scalars = [("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc)]
         line = (f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} ")
         if val is not None:
-            val_loss, val_acc = evaluate(model, val[0], val[1], args.eval_batch_size, xp, dtype, comm)
+            val_loss, val_acc = evaluate(model, val_data[0], val_data[1], args.eval_batch_size, xp, dtype, comm)
             scalars += [("val_loss", val_loss), ("val_acc", val_acc)]
             line += f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} "
         scalars += [("test_loss", test_loss), ("test_acc", test_acc), ("seconds", seconds),

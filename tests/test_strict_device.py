@@ -327,6 +327,34 @@ def test_training_loop_reads_once_per_log_window(rule, monkeypatch, tmp_path, ca
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("augment", ["off", "on"])
+def test_data_on_the_device_copies_once_and_gives_the_same_run(augment, monkeypatch, tmp_path, capsys):
+    """``--data-on-device on``: the data sets cross once, then one small copy per epoch (its order; with augmentation
+    also the host-drawn offsets and flips of every batch), instead of two per batch plus every evaluation batch;
+    the run is the same to the bit (``off`` copies each batch as before)."""
+    from ssaref.runlog import read_run
+
+    base = ["--method", "dfa", "--dataset", "synthetic", "--test-limit", "32", "--batch-size", "32", "--model",
+            "lenet", "--epochs", "2", "--no-progress", "--dtype", "float64", "--augment", augment,
+            "--val-split", "0.25"]
+    copies, params = {}, {}
+    for where in ("on", "off"):
+        for n in (128, 256):
+            out = tmp_path / f"{where}{n}.h5"
+            c = _train_on_standin(monkeypatch, base + ["--train-limit", str(n), "--data-on-device", where,
+                                                       "--out", str(out)])
+            copies[(where, n)] = c["h2d"]
+            params[(where, n)] = read_run(out)[2]["params"]
+    for n in (128, 256):
+        for k, v in params[("off", n)].items():
+            np.testing.assert_array_equal(params[("on", n)][k], v, err_msg=k)
+    more_steps = 2 * (256 - 128) * 3 // 4 // 32          # 3 more training steps per epoch, 2 epochs
+    per_batch = 1 if augment == "on" else 0              # the batch's offsets and flips, one (3, N) array
+    assert copies[("on", 256)] - copies[("on", 128)] == per_batch * more_steps, copies
+    assert copies[("off", 256)] - copies[("off", 128)] >= 2 * more_steps, copies       # x and y of every batch
+    capsys.readouterr()
+
+
 def test_checkpoint_and_resume_on_the_standin(monkeypatch, tmp_path, capsys):
     from ssaref.runlog import read_run
 

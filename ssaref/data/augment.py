@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
+
 from ..backend import get_array_module
 
 __all__ = ["augment"]
@@ -39,9 +41,18 @@ def augment(x, rng, *, pad: int = 4, flip: bool = True):
         raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
     pad = int(pad)
     n, c, h, w = x.shape
+    # every draw first, in the documented order, then one host->device copy of them all
+    draws = []
     if pad > 0:
-        oy = xp.asarray(rng.integers(0, 2 * pad + 1, size=n))
-        ox = xp.asarray(rng.integers(0, 2 * pad + 1, size=n))
+        draws += [rng.integers(0, 2 * pad + 1, size=n), rng.integers(0, 2 * pad + 1, size=n)]
+    if flip:
+        draws.append(rng.random(n) < 0.5)
+    if draws and not isinstance(draws[0], np.ndarray):   # a device generator: its draws are there already
+        drawn = draws
+    else:
+        drawn = list(xp.asarray(np.stack([np.asarray(d, dtype=np.int64) for d in draws]))) if draws else []
+    if pad > 0:
+        oy, ox = drawn[0], drawn[1]
         padded = xp.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
         padded[:, :, pad : pad + h, pad : pad + w] = x
         rows = oy[:, None] + xp.arange(h)[None, :]  # (N, H)
@@ -55,6 +66,6 @@ def augment(x, rng, *, pad: int = 4, flip: bool = True):
     else:
         out = x.copy()
     if flip:
-        coins = xp.asarray(rng.random(n)) < 0.5
+        coins = drawn[-1] != 0
         out = xp.where(coins[:, None, None, None], out[:, :, :, ::-1], out)
     return out
