@@ -74,8 +74,8 @@ def _h5py():
 # ---------------------------------------------------------------------------------------------------
 # cases
 # ---------------------------------------------------------------------------------------------------
-def build_model(name, rng):
-    """The golden models, float64, on the host.
+def build_model(name, rng, xp=np):
+    """The golden models, float64, on ``xp``'s device (the host by default; weights drawn on the host either way).
 
     ``mlp``: Linear(12, 10), ReLU, Linear(10, 8), ReLU, Linear(8, 5) on (12,) inputs (no Flatten).
     ``conv``: Conv2d(1, 4, 3, padding=1), ReLU, MaxPool2d(2), Flatten, Linear(64, 5) on 1x8x8 inputs.
@@ -85,7 +85,7 @@ def build_model(name, rng):
     """
     from .nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, ResidualBlock, Sequential
 
-    ctx = {"xp": np, "dtype": np.dtype(DTYPE), "rng": rng}
+    ctx = {"xp": xp, "dtype": np.dtype(DTYPE), "rng": rng}
     if name == "mlp":
         model = Sequential([Linear(12, 10, **ctx), ReLU(), Linear(10, 8, **ctx), ReLU(), Linear(8, 5, **ctx)])
         model.input_shape = (12,)
@@ -268,10 +268,10 @@ def _param_arrays(model, rule):
     return out
 
 
-def _make_run(model_name, rule_name, seed, options, optimizer=None):
+def _make_run(model_name, rule_name, seed, options, optimizer=None, xp=np):
     from .run import build_run
 
-    model = build_model(model_name, np.random.default_rng([seed, 1]))
+    model = build_model(model_name, np.random.default_rng([seed, 1]), xp)
     if optimizer is None:   # plain SGD (no momentum, no decay) for the warm-up steps
         return build_run(model, rule_name, np.random.default_rng([seed, 2]), options=options, optimizer="sgd",
                          lr=WARMUP_LR, momentum=0.0)
@@ -280,8 +280,9 @@ def _make_run(model_name, rule_name, seed, options, optimizer=None):
                      optimizer=optimizer["name"], lr=optimizer["lr"], **kw)
 
 
-def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED):
-    """Run one case and collect every field of the golden file.
+def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED, xp=np):
+    """Run one case and collect every field of the golden file (computed on ``xp``'s device; every field is
+    brought to the host as it is recorded, so a GPU export can be checked against the CPU's).
 
     Seeds: inputs from ``default_rng([seed, 0])``, model weights from ``default_rng([seed, 1])``, the rule's
     drawn arrays from ``default_rng([seed, 2])``.  ``options`` (default: the variant's) are the recorded step's.
@@ -301,22 +302,24 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
     x_shape = build_model(model_name, np.random.default_rng(0)).input_shape
     x = data_rng.standard_normal((BATCH,) + tuple(x_shape)).astype(DTYPE)
     y = data_rng.integers(0, NUM_CLASSES, size=BATCH).astype(np.int64)
+    x_host, y_host = x, y
+    x, y = xp.asarray(x), xp.asarray(y)
 
-    run = _make_run(model_name, rule_name, seed, options if warm_opts is None else warm_opts, opt)
+    run = _make_run(model_name, rule_name, seed, options if warm_opts is None else warm_opts, opt, xp)
     for _ in range(warmup):
         run.train_step(x, y)
     if warm_opts is not None:
         # the recorded step's rule (its own options) on the warmed-up parameters and the same drawn state
-        rec = _make_run(model_name, rule_name, seed, options, opt)
+        rec = _make_run(model_name, rule_name, seed, options, opt, xp)
         dst = dict(rec.model.named_params())
         for key, a in run.model.named_params():
             dst[key][...] = a
-        rec.rule.load_state_dict(run.rule.state_dict(), np)
+        rec.rule.load_state_dict(run.rule.state_dict(), xp)
         run = rec
     model, rule = run.model, run.rule
 
     ds, gattrs = {}, {}
-    ds["input/x"], ds["input/y"] = x, y
+    ds["input/x"], ds["input/y"] = x_host, y_host
     fb = rule.feedback_export(model)
     per = {k: {n: _host(a) for n, a in d.items()} for k, d in fb.layers.items()}
     fattrs, glob = fb.layer_attrs, {n: _host(a) for n, a in fb.arrays.items()}
@@ -352,7 +355,7 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
     for k, o in enumerate(outs):
         ds[f"forward/{k}/out"] = o
     ds["forward/logits"] = _host(res.logits)
-    ds["forward/loss"] = np.asarray(res.loss, dtype=DTYPE)
+    ds["forward/loss"] = _host(res.loss)
     for k in sorted(res.signals):
         ds[f"signal/{int(k)}"] = _host(res.signals[k])
     upd = _update_arrays(model, res, learn)
@@ -366,7 +369,7 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
         if t > 1:
             res = run.step(x, y)
             upd = _update_arrays(model, res, learn)
-        ds[f"steps/{t}/loss"] = np.asarray(res.loss, dtype=DTYPE)
+        ds[f"steps/{t}/loss"] = _host(res.loss)
         for p, a in upd.items():
             ds[f"steps/{t}/update/{p}"] = a
         run.apply(res)
@@ -466,7 +469,7 @@ def check_export_dir(out_dir, overwrite=False):
     return out_dir
 
 
-def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False):
+def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False, xp=np):
     """Write every case into ``out_dir`` (created if needed); returns the paths written.
 
     ``only``: optional iterable of case names (``<rule>__<model>__<variant>``) to restrict the export.
@@ -480,7 +483,7 @@ def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False):
         name = case_name(s["rule"], s["model"], s["variant"])
         if only is not None and name not in only:
             continue
-        todo.append((name, compute_case(s["rule"], s["model"], s["variant"], s["options"], seed=seed)))
+        todo.append((name, compute_case(s["rule"], s["model"], s["variant"], s["options"], seed=seed, xp=xp)))
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name, case in todo:
@@ -518,6 +521,9 @@ def main(argv=None):
     ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of inputs, weights and feedback")
     ex.add_argument("--only", nargs="*", default=None, metavar="CASE",
                     help="export only these cases (<rule>__<model>__<variant>)")
+    ex.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"],
+                    help="compute the cases on this backend (cupy: on the GPU, for checking the GPU path against "
+                         "a CPU export; default numpy)")
     ch = sub.add_parser("check", help="compare a candidate directory with a golden directory "
                                       "(ssaref/golden/check.py)")
     _check.add_check_arguments(ch)
@@ -534,7 +540,10 @@ def main(argv=None):
                                       f"{', '.join(sorted(known))}")
             if args.seed < 0:
                 raise GoldenError(f"--seed must be >= 0, got {args.seed}")
-            paths = export(args.out, seed=args.seed, only=args.only, overwrite=args.overwrite)
+            from .backend import resolve_backend
+
+            xp = resolve_backend(args.backend)
+            paths = export(args.out, seed=args.seed, only=args.only, overwrite=args.overwrite, xp=xp)
             print(f"wrote {len(paths)} golden files to {args.out}")
             return 0
         if args.cmd == "check":

@@ -355,6 +355,37 @@ def test_data_on_the_device_copies_once_and_gives_the_same_run(augment, monkeypa
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("case", ["bp__res__default", "dfa__conv__default", "brsf__mlp__default",
+                                  "ssa__conv__every2", "svd-bp__mlp__sgd1", "pepita__mlp__default"])
+def test_golden_export_on_the_standin_matches_the_host_export(case):
+    """A golden case computed on the device (``ssaref.vectors export --backend cupy``) holds the host's numbers."""
+    from ssaref import vectors as V
+
+    spec = next(s for s in V.case_specs() if V.case_name(s["rule"], s["model"], s["variant"]) == case)
+    args = (spec["rule"], spec["model"], spec["variant"], spec["options"])
+    host, dev = V.compute_case(*args), V.compute_case(*args, xp=xp)
+    assert host["attrs"] == dev["attrs"] and list(host["datasets"]) == list(dev["datasets"])
+    for k, a in host["datasets"].items():
+        assert type(dev["datasets"][k]) is np.ndarray, k
+        np.testing.assert_allclose(dev["datasets"][k], a, rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+@pytest.mark.parametrize("what, kw", [("run_ssa", dict(steps=15)), ("run_ssa", dict(variant="paper", steps=15)),
+                                      ("run_rank_schedule", dict(epochs=3, steps_per_epoch=4))])
+def test_audit_engine_runs_on_the_standin_match_numpy(what, kw):
+    """The audit's engine items (``python -m ssaref.audit --backend cupy``) run their training on the device: the
+    same records as on NumPy."""
+    from ssaref.audit import dynamics
+
+    a, b = getattr(dynamics, what)(xp=np, **kw), getattr(dynamics, what)(xp=xp, **kw)
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_allclose(b[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+        else:
+            assert b[k] == v, k
+
+
 def test_checkpoint_and_resume_on_the_standin(monkeypatch, tmp_path, capsys):
     from ssaref.runlog import read_run
 
