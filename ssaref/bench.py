@@ -314,10 +314,39 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
         if m == "torch":
             continue
         rows[m].update({"ssaref_ms": 1e3 * med[m], "ratio": med[m] / med["torch"], "vs_bp": med[m] / med["bp"]})
-    return {"model": name, "input": "x".join(map(str, shape)), "params": int(sum(v.size for _, v in
-                                                                                   dense.named_params())),
-            "torch_ms": 1e3 * med["torch"], "flops": step_flops(dense, batch, shape),
-            "rows": [rows[m] for m in methods]}
+    out = {"model": name, "input": "x".join(map(str, shape)), "params": int(sum(v.size for _, v in
+                                                                                  dense.named_params())),
+           "torch_ms": 1e3 * med["torch"], "flops": step_flops(dense, batch, shape),
+           "rows": [rows[m] for m in methods]}
+    if xp is not np:   # peak device memory of one step of each engine, above what it holds between steps
+        import torch
+
+        for m in order:
+            mib = device_step_mib(engines[m], torch if m == "torch" else None, xp)
+            if m == "torch":
+                out["torch_dev_mib"] = mib
+            else:
+                rows[m]["ssaref_dev_mib"] = mib
+    return out
+
+
+def device_step_mib(step, torch_mod, xp):
+    """MiB one call of ``step`` needs on the GPU above the memory held before it: torch through its allocator's
+    peak (``max_memory_allocated`` after ``reset_peak_memory_stats``), CuPy through its memory pool (emptied of
+    cached blocks first, so the pool grows to the step's high-water mark: ``total_bytes() - used_bytes()`` before).
+    """
+    if torch_mod is not None:
+        torch_mod.cuda.synchronize()
+        before = torch_mod.cuda.memory_allocated()
+        torch_mod.cuda.reset_peak_memory_stats()
+        step()
+        return (torch_mod.cuda.max_memory_allocated() - before) / 2**20
+    pool = xp.get_default_memory_pool()
+    xp.cuda.Device().synchronize()
+    pool.free_all_blocks()
+    before = pool.used_bytes()
+    step()
+    return (pool.total_bytes() - before) / 2**20
 
 
 # --------------------------------------------------------------------------------------------- per-op profile
@@ -555,6 +584,11 @@ def _mem(peak, step):
     return "—" if peak is None else f"{peak:.0f}/{_fmt(step, '.0f')}"
 
 
+def _dev_or_host(dev, peak, step):
+    """The memory column: a GPU step's device MiB (``dev``), else the host's ``peak/step``."""
+    return f"{dev:.0f} dev" if dev is not None else _mem(peak, step)
+
+
 def _fmt(v, spec):
     return "—" if v is None else format(v, spec)
 
@@ -779,8 +813,9 @@ def _main(argv):
                 continue
             print(f"{name:<10} {c['input']:<8} {r['method']:<7} {c['params']:>9} {r['ssaref_ms']:>10.2f} "
                   f"{c['torch_ms']:>9.2f} {r['ratio']:>6.2f} {r['vs_bp']:>6.2f} "
-                  f"{_mem(r.get('ssaref_mib'), r.get('step_mib')):>13} "
-                  f"{_mem(c.get('torch_mib'), c.get('torch_step_mib')):>11}", flush=True)
+                  f"{_dev_or_host(r.get('ssaref_dev_mib'), r.get('ssaref_mib'), r.get('step_mib')):>13} "
+                  f"{_dev_or_host(c.get('torch_dev_mib'), c.get('torch_mib'), c.get('torch_step_mib')):>11}",
+                  flush=True)
         result["configs"].append(c)
     if not result["configs"]:
         raise ValueError("no model fits any --input shape")

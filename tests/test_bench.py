@@ -203,3 +203,60 @@ def test_backend_cupy_without_a_gpu_is_one_line_and_exit_2(capsys):
     assert bench.main(["--backend", "cupy", "--models", "mlp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cupy" in err[0]
+
+
+def test_device_step_memory_reads_the_allocators_high_water_mark():
+    """``device_step_mib`` against fake CuPy / torch allocators whose high-water marks a step moves by 3 MiB."""
+    MiB = 2 ** 20
+
+    class Pool:
+        used, total = 5 * MiB, 9 * MiB
+
+        def free_all_blocks(self):
+            self.total = self.used
+
+        def used_bytes(self):
+            return self.used
+
+        def total_bytes(self):
+            return self.total
+
+    pool = Pool()
+
+    class Dev:
+        def synchronize(self):
+            pass
+
+    class FakeCupy:
+        cuda = type("cuda", (), {"Device": Dev})
+
+        @staticmethod
+        def get_default_memory_pool():
+            return pool
+
+    def cupy_step():
+        pool.total = pool.used + 3 * MiB   # the pool grew to the step's transient high-water mark
+
+    assert bench.device_step_mib(cupy_step, None, FakeCupy) == 3.0
+
+    class Cuda:
+        alloc, peak = 7 * MiB, 20 * MiB
+
+        def synchronize(self):
+            pass
+
+        def memory_allocated(self):
+            return self.alloc
+
+        def reset_peak_memory_stats(self):
+            self.peak = self.alloc
+
+        def max_memory_allocated(self):
+            return self.peak
+
+    fake_torch = type("torch", (), {"cuda": Cuda()})
+
+    def torch_step():
+        fake_torch.cuda.peak = fake_torch.cuda.alloc + 3 * MiB
+
+    assert bench.device_step_mib(torch_step, fake_torch, None) == 3.0
