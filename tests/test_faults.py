@@ -288,15 +288,22 @@ def test_sigkill_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
     _, _, ck_ref = read_run(ref)
     rng = np.random.default_rng(0)
     figures = {"trials": 0, "killed_mid_run": 0, "had_checkpoint": 0}
-    for trial in range(10):
+    trial = 0
+    # 10 kills that land mid-run, in at most 20 trials: when a run ends before its kill (the machine got quieter
+    # than during the reference run), the duration estimate shrinks, so the kill times stay inside the runs
+    while figures["killed_mid_run"] < 10 and trial < 20:
         out = tmp_path / f"k{trial}.h5"
+        trial += 1
         p = subprocess.Popen(_train_cmd("--out", str(out)), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         time.sleep(float(rng.uniform(0.2 * duration, 0.8 * duration)))   # start-up, epochs and checkpoint writes
+        finished_early = p.poll() is not None
         p.send_signal(signal.SIGKILL)
         p.wait(timeout=60)
         figures["trials"] += 1
         figures["killed_mid_run"] += p.returncode == -signal.SIGKILL
+        if finished_early:
+            duration *= 0.7
         resume = ["--resume", str(out)] if out.exists() else ["--out", str(out)]
         figures["had_checkpoint"] += out.exists()
         r = subprocess.run(_train_cmd(*resume), env=env, capture_output=True, text=True, timeout=300)
@@ -307,7 +314,7 @@ def test_sigkill_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
             np.testing.assert_array_equal(v, ck["params"][k], err_msg=f"trial {trial}: {k}")
         assert not [n for n in os.listdir(tmp_path) if n.endswith((".tmp", ".lock"))], os.listdir(tmp_path)
     print("kill trials:", figures)
-    assert figures["trials"] == 10 and figures["killed_mid_run"] >= 7, figures
+    assert figures["killed_mid_run"] >= 7, figures
 
 
 # -------------------------------------------------------------------------------------------- one writer
