@@ -45,6 +45,9 @@ IGNORED_KEYS = frozenset(
         "ssaref_version",
         "eval_batch_size",
         "backend",
+        "data_on_device",
+        "log_every",
+        "threads",
     }
 )
 _DERIVED = frozenset({"align_layers", "svd_layers"})  # column names, fixed by the other settings
@@ -64,9 +67,11 @@ class Run:
         its default (``None`` in the config) replaced by that default: equal settings = the same experiment."""
         from .rules import RULES
 
+        from .train import filled_config
+
         opts = getattr(RULES.get(str(self.config.get("method")), None), "OPTIONS", {})
         out = {}
-        for k, v in self.config.items():
+        for k, v in filled_config(self.config).items():   # unset options: the writing version's defaults
             if k in IGNORED_KEYS or k in _DERIVED:
                 continue
             if k.startswith("rule_"):

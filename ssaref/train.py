@@ -230,6 +230,21 @@ def _earlier_defaults(run_config):
     return out
 
 
+def filled_config(run_config):
+    """A run file's config with every rule option of its method given: an option the file leaves unset (null:
+    files of ssaref 0.1.0) takes the default of the version that wrote it (``_earlier_defaults``), then today's.
+    What a run computed, comparable between files of any version (plots, sweep caches)."""
+    cfg = dict(run_config)
+    cls = RULES.get(cfg.get("method"))
+    if cls is None:
+        return cfg
+    earlier = _earlier_defaults(cfg)
+    for k, spec in cls.OPTIONS.items():
+        if cfg.get(f"rule_{k}") is None:
+            cfg[f"rule_{k}"] = earlier.get(f"rule_{k}", spec[1])
+    return cfg
+
+
 def _check_choices(args):
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         raise ValueError(f"--data-dir {args.data_dir!r} is not an existing folder (create it, or leave the flag "

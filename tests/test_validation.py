@@ -478,3 +478,35 @@ def test_fmnist_mlp_methods_over_seeds_reports_mean_and_std(tmp_path):
     for name in ("bp", "dfa"):
         accs = [100 * read_run(out / f"{name}-seed{s}.h5")[1]["test_acc"][-1] for s in range(3)]
         assert f"{np.mean(accs):.2f} ± {np.std(accs, ddof=1):.2f}" in text
+
+
+def test_a_cached_run_file_of_ssaref_0_1_0_is_recognised(tmp_path, capsys):
+    """Sweep caches: a 0.1.0 run file (unset rule options null, no data_on_device) matches the same flags today for
+    a rule whose defaults did not change; an SSA file of 0.1.0 ran with other defaults and is told apart."""
+    import json
+
+    import h5py
+
+    from ssaref import train as train_mod
+    from validation import _sweep as sw
+
+    argv = ["--method", "dfa", "--dataset", "synthetic", "--train-limit", "64", "--test-limit", "32",
+            "--batch-size", "32", "--hidden", "8", "--epochs", "1", "--no-progress"]
+    out = tmp_path / "r.h5"
+    assert train_mod.main(argv + ["--out", str(out)]) == 0
+    assert sw.settings_mismatch(out, argv) is None
+    with h5py.File(out, "r+") as f:
+        c = json.loads(f.attrs["config"])
+        c = {k: (None if k.startswith("rule_") else v) for k, v in c.items() if k != "data_on_device"}
+        f.attrs["config"] = json.dumps(dict(c, ssaref_version="0.1.0"))
+    assert sw.settings_mismatch(out, argv) is None
+    assert sw.settings_mismatch(out, argv + ["--data-on-device", "off"]) is None   # the same numbers either way
+    ssa = tmp_path / "s.h5"
+    sargv = [a if a != "dfa" else "ssa" for a in argv]
+    assert train_mod.main(sargv + ["--out", str(ssa)]) == 0
+    with h5py.File(ssa, "r+") as f:
+        c = json.loads(f.attrs["config"])
+        f.attrs["config"] = json.dumps(dict({k: (None if k.startswith("rule_") else v) for k, v in c.items()},
+                                            ssaref_version="0.1.0"))
+    assert "rule_beta" in sw.settings_mismatch(ssa, sargv)
+    capsys.readouterr()

@@ -362,7 +362,7 @@ def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
 
 
 # settings that may differ between a cached run file and the run asked for (the epoch count is handled apart)
-_NOT_SETTINGS = {"epochs", "out", "ssaref_version", "align_layers", "svd_layers", "threads"}
+_NOT_SETTINGS = {"epochs", "out", "ssaref_version", "align_layers", "svd_layers", "threads", "data_on_device"}
 _THREADS: list = []   # --threads of the script, passed on to every run (run_script sets it)
 
 
@@ -371,7 +371,7 @@ def settings_mismatch(path: Path, argv: list) -> str | None:
     ``ssaref.train`` settings but the epoch count), else a one-line description of the first differences.  An
     unreadable file or argv is a mismatch."""
     try:
-        have = read_run(path)[0]
+        have = json.loads(json.dumps(train_mod.filled_config(read_run(path)[0])))   # 0.1.0 files: their defaults
         want = json.loads(json.dumps(train_mod.run_config(train_mod.parse_args(list(argv)))))
     except (RunFileError, ValueError, TypeError, SystemExit) as exc:
         return f"cannot compare settings ({exc})"

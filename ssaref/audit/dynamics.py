@@ -67,7 +67,8 @@ def _ortho(X):
 # The SSA settings the audit's items describe: the per-step polar retraction (dyn-orthogonality's "tangent projection
 # + polar retraction"), the energy rule re-applied at every epoch end (section 4.4 as printed) and the coefficients
 # of ssaref 0.1.0.  Fixed here so that the verdicts and the figures docs/decisions.md D4.8 quotes do not move with
-# the engine's training defaults (D4.15); an item's own options still override them.
+# the engine's training defaults (D4.15), except at rounding level (the default variant's projection and eq. (9)'s
+# gradient now share one product); an item's own options still override them.
 AUDITED_SSA = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every"}
 
 

@@ -38,8 +38,10 @@ Variants (``ssa_variant``):
 
 Where the projection happens: ``updates`` returns the projected direction; the optimiser (SGD or Adam) applies
 its own transformation to it (momentum, Adam's per-entry scaling -- which leaves the tangent space); the
-retraction then runs in ``after_step`` (right after the optimiser step) and again in ``on_epoch_end``, so every
-forward pass, evaluation and checkpoint sees orthonormal ``U``, ``V``.
+retraction then runs in ``after_step`` (right after the optimiser step): with ``orthogonality retract`` after every
+step and again in ``on_epoch_end``, so every forward pass, evaluation and checkpoint sees orthonormal ``U``, ``V``;
+with the default ``retract-every`` after every ``retract_every``-th step only, so the factors in between (and at
+an epoch end) are near-orthonormal (``svd_drift_U/V`` logs how far they get).
 
 Orthogonality handling (``orthogonality``, docs/decisions.md D4.12): ``retract`` (the above),
 ``retract-every`` (the default since D4.15: the retraction after every ``retract_every``-th optimiser step only,
