@@ -32,6 +32,7 @@ import numpy as np
 from .backend import asnumpy, keep_large_allocations, resolve_backend
 from .cli import OneLineParser, check_output_path, positive, run_main
 from .nn import build_model
+from .nn.containers import leaf_shapes
 from .run import build_run
 from .threads import apply_threads, blas_info, default_threads, threads_arg
 
@@ -134,19 +135,8 @@ def weight_macs(model, input_shape=None):
     ``model.input_shape``.
     """
     out = []
-
-    def walk(layer, shape, prefix):
+    for key, layer, shape, new in leaf_shapes(model, input_shape if input_shape is not None else model.input_shape):
         kind = layer.kind
-        if kind == "sequential":
-            for i, l in enumerate(layer.layers):
-                shape = walk(l, shape, f"{prefix}{i}.")
-            return shape
-        if kind == "residual":
-            s1 = walk(layer.main, shape, prefix + "main.")
-            walk(layer.shortcut, shape, prefix + "shortcut.")
-            return s1
-        new = tuple(layer.output_shape(tuple(shape)))
-        key = prefix[:-1]
         if kind == "linear":
             m, n = layer.params["W"].shape
             out.append((key, kind, int(m) * int(n)))
@@ -159,9 +149,6 @@ def weight_macs(model, input_shape=None):
         elif kind == "svd_conv2d":
             (kh, kw), r = layer.kernel, layer.rank
             out.append((key, kind, r * layer.c_in * kh * new[1] * shape[2] + layer.c_out * r * kw * new[1] * new[2]))
-        return new
-
-    walk(model, tuple(input_shape if input_shape is not None else model.input_shape), "")
     return out
 
 

@@ -234,14 +234,18 @@ def filled_config(run_config):
     """A run file's config with every rule option of its method given: an option the file leaves unset (null:
     files of ssaref 0.1.0) takes the default of the version that wrote it (``_earlier_defaults``), then today's.
     What a run computed, comparable between files of any version (plots, sweep caches)."""
-    cfg = dict(run_config)
+    cfg = dict(run_config, **_earlier_defaults(run_config))
     cls = RULES.get(cfg.get("method"))
     if cls is None:
         return cfg
-    earlier = _earlier_defaults(cfg)
-    for k, spec in cls.OPTIONS.items():
+    given = {k: cfg[f"rule_{k}"] for k in cls.OPTIONS if cfg.get(f"rule_{k}") is not None}
+    try:
+        options = cls(**given).options   # the rule resolves what is unset (SSA's paper variant: its own defaults)
+    except ValueError:
+        options = {k: spec[1] for k, spec in cls.OPTIONS.items()}
+    for k, v in options.items():
         if cfg.get(f"rule_{k}") is None:
-            cfg[f"rule_{k}"] = earlier.get(f"rule_{k}", spec[1])
+            cfg[f"rule_{k}"] = v
     return cfg
 
 
@@ -261,12 +265,10 @@ def run_config(args):
     """The run's effective configuration as stored in the run file's ``config`` (every setting that shapes the
     run; not where it is written, nor ``--config``/``--resume``/``--overwrite``/``--no-progress``)."""
     cfg = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress", "overwrite")}
-    if args.method in RULES:  # every option the rule runs with, defaults included (a resume keeps them all)
-        for k, v in RULES[args.method](**_rule_kwargs(args)).options.items():
-            if cfg.get(f"rule_{k}") is None:
-                cfg[f"rule_{k}"] = v
     cfg["ssaref_version"] = __version__
-    return cfg
+    if args.method in RULES:
+        _rule_kwargs(args)   # refuses an option the method does not take
+    return filled_config(cfg)   # every option the rule runs with, defaults included (a resume keeps them all)
 
 
 def _model_options(args):

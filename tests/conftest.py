@@ -40,3 +40,13 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs cupy and a CUDA GPU: ssaref.backend.cupy_available() is False")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def golden(tmp_path_factory):
+    """The full golden-vector export, made once per test session (tests read it; they modify copies only)."""
+    from ssaref import vectors
+
+    d = tmp_path_factory.mktemp("golden")
+    vectors.export(str(d))
+    return d

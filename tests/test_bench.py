@@ -179,7 +179,7 @@ def test_existing_markdown_needs_overwrite(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and md.read_text() == "keep"
 
 
-def test_gpu_comparison_is_torch_on_cuda_with_tf32_the_same_on_both_sides(monkeypatch):
+def test_gpu_comparison_picks_cuda_for_torch_and_sets_tf32_alike_on_both_sides(monkeypatch):
     """``--backend cupy`` times torch on CUDA (synchronised); ``--tf32`` sets CuPy's and torch's switches alike.
     (The CUDA side itself needs a GPU: tests/test_gpu_equivalence.py and validation/gpu_check.sh.)"""
     import torch

@@ -76,13 +76,6 @@ MUTATIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def golden(tmp_path_factory):
-    d = tmp_path_factory.mktemp("golden")
-    V.export(str(d))
-    return d
-
-
 def _names(d):
     return sorted(n[:-3] for n in os.listdir(d) if n.endswith(".h5"))
 

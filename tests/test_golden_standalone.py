@@ -55,13 +55,6 @@ sys.exit(code)
 
 
 @pytest.fixture(scope="module")
-def golden(tmp_path_factory):
-    d = tmp_path_factory.mktemp("golden")
-    V.export(str(d))
-    return d
-
-
-@pytest.fixture(scope="module")
 def isolated(tmp_path_factory):
     """``check.py`` alone in an empty folder."""
     d = tmp_path_factory.mktemp("alone")

@@ -27,13 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SPEC_RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf", "drtp", "pepita", "svd-bp", "ssa")
 
 
-@pytest.fixture(scope="module")
-def golden(tmp_path_factory):
-    d = tmp_path_factory.mktemp("golden")
-    V.export(str(d))
-    return d
-
-
 def _names(d):
     return sorted(n for n in os.listdir(d) if n.endswith(".h5"))
 

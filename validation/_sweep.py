@@ -621,13 +621,18 @@ def short_layer(key: str) -> str:
     return key[:-2] if key.endswith(".W") else key
 
 
-def write_results(args, title: str, sections: list[str]) -> Path:
-    """``<out-dir>/results.md``: title, the shared settings, then ``sections``; printed and written atomically."""
-    text = f"# {title}\n\n{settings_line(args)}\n\n" + "\n".join(s.rstrip() + "\n" for s in sections)
-    path = write_atomic(Path(args.out_dir) / "results.md", text)
+def publish(path, text: str) -> Path:
+    """A script's report: ``text`` printed, then written to ``path`` atomically."""
+    path = write_atomic(path, text)
     print(text)
     print(f"wrote {path}")
     return path
+
+
+def write_results(args, title: str, sections: list[str]) -> Path:
+    """``<out-dir>/results.md``: title, the shared settings, then ``sections``; printed and written atomically."""
+    text = f"# {title}\n\n{settings_line(args)}\n\n" + "\n".join(s.rstrip() + "\n" for s in sections)
+    return publish(Path(args.out_dir) / "results.md", text)
 
 
 def layer_series(seed_results: list, metric: str, columns_attr: str = "align_layers"):

@@ -37,6 +37,7 @@ import numpy as np
 from ssaref.bench import measure_memory, ssaref_engine
 from ssaref.cli import OneLineParser, check_output_path, positive, run_main
 from ssaref.nn import build_model
+from ssaref.nn.containers import leaf_shapes
 from ssaref.runlog import read_run
 from ssaref.threads import apply_threads, blas_info, default_threads, threads_arg
 from validation import _sweep as sw
@@ -73,20 +74,8 @@ def inference_cost(model, in_shape, ranks=None, svd=False):
     prefix -> r (default: full rank ``min`` of the two sides).  ``layers``: ``[(prefix, rank or None, macs)]``.
     """
     rows, params = [], 0
-
-    def walk(layer, shape, prefix):
-        nonlocal params
+    for key, layer, shape, new in leaf_shapes(model, in_shape):
         kind = layer.kind
-        if kind == "sequential":
-            for i, l in enumerate(layer.layers):
-                shape = walk(l, shape, f"{prefix}{i}.")
-            return shape
-        if kind == "residual":
-            out = walk(layer.main, shape, prefix + "main.")
-            walk(layer.shortcut, shape, prefix + "shortcut.")
-            return out
-        new = tuple(layer.output_shape(tuple(shape)))
-        key = prefix[:-1]
         bias = int(layer.params["b"].size) if "b" in layer.params else 0
         if kind == "linear":
             m, n = (int(v) for v in layer.params["W"].shape)
@@ -110,9 +99,6 @@ def inference_cost(model, in_shape, ranks=None, svd=False):
             params += count + bias
         else:
             params += sum(int(v.size) for v in layer.params.values())   # BatchNorm's gamma, beta
-        return new
-
-    walk(model, tuple(in_shape), "")
     return 2 * sum(m for _, _, m in rows), params, rows
 
 

@@ -417,9 +417,7 @@ def report(args, status: dict) -> None:
                 f"validation split {args.val_split:g} (every run)" + (", **--quick smoke test**" if args.quick else "")
                 + (", extra flags: `" + " ".join(args.extra) + "`" if args.extra else ""))
     text = f"# SSA study ({args.stage})\n\n{settings}\n\n" + "\n".join(s.rstrip() + "\n" for s in sections)
-    path = sw.write_atomic(args.out_dir / "results.md", text)
-    print(text)
-    print(f"wrote {path}")
+    sw.publish(args.out_dir / "results.md", text)
 
 
 SPEC = sw.Script(parse=parse_args, run=run_all, report=report)

@@ -189,9 +189,7 @@ def report(args, status: dict) -> None:
             "drops).  ssaref: final-epoch accuracy, mean ± sample std over the seeds; params / FLOPs of the SVD "
             "layers after rank reduction, r(m+n+1) per layer (+ biases for params), FLOPs per example.\n\n"
             + "\n".join(lines) + "\n")
-    path = sw.write_atomic(args.out_dir / "results.md", text)
-    print(text)
-    print(f"wrote {path}")
+    sw.publish(args.out_dir / "results.md", text)
 
 
 SPEC = sw.Script(parse=parse_args, run=run_all, report=report)

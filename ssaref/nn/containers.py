@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .layers import Layer, ReLU
 
-__all__ = ["Sequential", "ResidualBlock", "sub_dict"]
+__all__ = ["Sequential", "ResidualBlock", "sub_dict", "leaf_shapes"]
 
 
 def sub_dict(d, prefix):
@@ -18,6 +18,29 @@ def sub_dict(d, prefix):
     p = prefix + "."
     out = {k[len(p):]: v for k, v in d.items() if k.startswith(p)}
     return out or None
+
+
+def leaf_shapes(model, in_shape):
+    """``[(key, layer, in_shape, out_shape)]`` of every non-container layer of ``model`` in forward order, ``key``
+    its parameter prefix (``"3"``, ``"2.main.0"``); shapes are per example.  A residual block's main branch and its
+    shortcut both see the block's input; the block's output shape is the main branch's."""
+    out = []
+
+    def walk(layer, shape, prefix):
+        if layer.kind == "sequential":
+            for i, sub in enumerate(layer.layers):
+                shape = walk(sub, shape, f"{prefix}{i}.")
+            return shape
+        if layer.kind == "residual":
+            main = walk(layer.main, shape, prefix + "main.")
+            walk(layer.shortcut, shape, prefix + "shortcut.")
+            return main
+        new = tuple(layer.output_shape(tuple(shape)))
+        out.append((prefix[:-1], layer, tuple(shape), new))
+        return new
+
+    walk(model, tuple(in_shape), "")
+    return out
 
 
 class Sequential(Layer):

@@ -92,6 +92,14 @@ def fan_in_out(shape):
     return int(shape[1]) * rf, int(shape[0]) * rf
 
 
+# the half-widths b of the uniform laws U(-b, b), from (fan_in, fan_out)
+_UNIFORM_BOUND = {
+    "torch_default": lambda fi, fo: 1.0 / math.sqrt(fi),
+    "xavier_uniform": lambda fi, fo: math.sqrt(6.0 / (fi + fo)),
+    "kaiming_uniform": lambda fi, fo: math.sqrt(6.0 / fi),
+}
+
+
 def draw(rng, shape, dist, fan_in=None, fan_out=None):
     """Draw a host float64 array.
 
@@ -108,14 +116,9 @@ def draw(rng, shape, dist, fan_in=None, fan_out=None):
         (the paper's section 4.3 for B_i in R^{d_i x d_N}).
     """
     shape = tuple(int(s) for s in shape)
-    if dist == "torch_default":
-        b = 1.0 / math.sqrt(fan_in)
-        return rng.uniform(-b, b, size=shape)
-    if dist == "xavier_uniform":
-        b = math.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-b, b, size=shape)
-    if dist == "kaiming_uniform":
-        b = math.sqrt(6.0 / fan_in)
+    bound = _UNIFORM_BOUND.get(dist)
+    if bound is not None:
+        b = bound(fan_in, fan_out)
         return rng.uniform(-b, b, size=shape)
     if dist == "gaussian":
         return rng.standard_normal(shape)
@@ -130,12 +133,9 @@ def draw_on(xp, key, shape, dist, fan_in=None, fan_out=None, dtype=None):
     (``ssaref.rng``): no host array, no host->device copy, the same bits on every backend for the uniform
     distributions (the Gaussian ones through ``log``/``cos`` may differ in the last ulp)."""
     shape = tuple(int(s) for s in shape)
-    if dist in ("torch_default", "xavier_uniform", "kaiming_uniform"):
-        b = {
-            "torch_default": lambda: 1.0 / math.sqrt(fan_in),
-            "xavier_uniform": lambda: math.sqrt(6.0 / (fan_in + fan_out)),
-            "kaiming_uniform": lambda: math.sqrt(6.0 / fan_in),
-        }[dist]()
+    bound = _UNIFORM_BOUND.get(dist)
+    if bound is not None:
+        b = bound(fan_in, fan_out)
         return rng_mod.uniform(xp, key, shape, -b, b, dtype=dtype)
     if dist == "gaussian":
         return rng_mod.normal(xp, key, shape, dtype=dtype)
