@@ -185,14 +185,21 @@ def test_gpu_comparison_picks_cuda_for_torch_and_sets_tf32_alike_on_both_sides(m
     import torch
 
     assert bench.torch_device("cupy") == "cuda" and bench.torch_device("numpy") == "cpu"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    # torch provides ``cuda.matmul.allow_tf32`` through a module ``__getattr__``/``__setattr__`` pair, not as an
+    # attribute: monkeypatch.setattr would try to delattr it at teardown (an error on pytest >= 9.2).  Save and
+    # restore through the public switches instead.
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     monkeypatch.delenv("CUPY_TF32", raising=False)
-    on = bench.set_tf32(True)
-    assert on["CUPY_TF32"] == "1" and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-    off = bench.set_tf32(False)
-    assert off["CUPY_TF32"] == "0" and not torch.backends.cuda.matmul.allow_tf32
-    assert not torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        on = bench.set_tf32(True)
+        assert on["CUPY_TF32"] == "1" and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        off = bench.set_tf32(False)
+        assert off["CUPY_TF32"] == "0" and not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_backend_cupy_without_a_gpu_is_one_line_and_exit_2(capsys):

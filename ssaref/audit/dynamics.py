@@ -129,15 +129,20 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
 
 
 def _step(run, layers, rec, x, y, xp):
-    """One recorded step; False (nothing recorded) once the loss or a factor is no longer finite."""
+    """One recorded step; False (nothing recorded) once the loss, a factor or a factor's orthogonality error is
+    no longer finite (finite factors of order 1e160 already overflow ||U^T U - I||: a diverging run's last
+    recorded step is the last one whose every recorded measure is a number, whatever the BLAS rounds)."""
     xb, yb = xp.asarray(x), xp.asarray(y)
     res = run.step(xb, yb)
     if not math.isfinite(float(res.loss)) or not all(
             np.all(np.isfinite(asnumpy(l.params[n]))) for _, l in layers for n in ("U", "s", "V")):
         return False
-    rec["loss"].append(float(res.loss))
     host = {p: {n: np.array(asnumpy(l.params[n]), dtype=np.float64) for n in ("U", "s", "V")}
             for p, l in layers}
+    ortho = {p: (_ortho(host[p]["U"]), _ortho(host[p]["V"])) for p, _ in layers}
+    if not all(math.isfinite(o) for pair in ortho.values() for o in pair):
+        return False
+    rec["loss"].append(float(res.loss))
     dense = []
     for p, l in layers:
         h = host[p]
@@ -149,8 +154,8 @@ def _step(run, layers, rec, x, y, xp):
         d = {n: np.asarray(asnumpy(res.updates[f"{p}.{n}"]), dtype=np.float64) for n in ("U", "s", "V")}
         for n in ("U", "s", "V"):
             rec[f"upd_{n}/{p}"].append(float(np.linalg.norm(d[n])))
-        rec[f"ortho_U/{p}"].append(_ortho(h["U"]))
-        rec[f"ortho_V/{p}"].append(_ortho(h["V"]))
+        rec[f"ortho_U/{p}"].append(ortho[p][0])
+        rec[f"ortho_V/{p}"].append(ortho[p][1])
         # first-order change of U diag(s) V^T along the rule's direction (the optimiser subtracts it)
         dW = (d["U"] * h["s"]) @ h["V"].T + (h["U"] * d["s"]) @ h["V"].T + (h["U"] * h["s"]) @ d["V"].T
         rec[f"angle/{p}"].append(angle_deg(dW, g))   # eq. (4)
