@@ -181,3 +181,24 @@ def test_the_layouts_follow_cupys_dimension_reduction():
     call.outputs_given = False
     _, infos = _nvrtc.arginfos(call)
     assert [i.ndim for i in infos] == [3, 3, 3, 3] and [i.c_contiguous for i in infos[:3]] == [True, False, True]
+
+
+@pytest.mark.parametrize("require", ["0", "1"])
+def test_without_nvrtc_the_compile_test_skips_or_fails_when_required(tmp_path, require):
+    """With a CuPy that cannot be imported (a planted ``cupy`` package that raises ImportError), the compile tests
+    skip -- and fail when ``SSAREF_REQUIRE_NVRTC=1``, so CI cannot pass by skipping them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("raise ImportError('planted: no cupy here')\n")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(root)]), SSAREF_REQUIRE_NVRTC=require)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "compiles_with_nvrtc",
+                        str(Path(__file__))], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    if require == "1":
+        assert r.returncode == 1 and "SSAREF_REQUIRE_NVRTC=1 but NVRTC cannot be used" in r.stdout, r.stdout[-2000:]
+        assert "planted: no cupy here" in r.stdout
+    else:
+        assert r.returncode == 0 and "2 skipped" in r.stdout, r.stdout[-2000:]
