@@ -22,8 +22,8 @@ Collectives poll non-blocking requests against a deadline (``--mpi-timeout``): a
 others fail with a one-line error naming the collective, then the job is aborted, instead of hanging.
 
 GPU: with CuPy arrays, ranks are mapped to local devices (``local_rank % device count``) and the flat buffer is
-reduced by NCCL (``cupy.cuda.nccl``, communicator id broadcast over MPI); without NCCL the buffer is staged
-through host memory and reduced by MPI.  This path is correct by construction and has not run on a multi-GPU
+reduced by NCCL (``cupy.cuda.nccl``, communicator id broadcast over MPI); without NCCL (the module missing, or
+``nccl.available`` False: pip's CuPy without libnccl) the buffer is staged through host memory and reduced by MPI.  This path is correct by construction and has not run on a multi-GPU
 machine (docs/scaling.md says what was run).
 """
 from __future__ import annotations
@@ -160,6 +160,10 @@ class MPIComm(Comm):
             try:
                 from cupy.cuda import nccl
             except ImportError:
+                nccl = None
+            # pip's CuPy without libnccl imports the module fine and says so in ``available`` (False): its
+            # functions are missing then (get_unique_id: AttributeError), so stage through the host instead
+            if nccl is None or not getattr(nccl, "available", False):
                 self._nccl = False
                 return None
             uid = nccl.get_unique_id() if self.rank == 0 else None
