@@ -415,3 +415,38 @@ def test_the_standin_exposes_only_cupy_13_names():
     assert {"asnumpy", "ndarray", "concatenate", "linalg.norm"} <= saved
     assert set(S.CUPY13_NAMES) - saved == set()
     assert {f"linalg.{n}" for n in S._LINALG} - saved == set()
+
+
+@pytest.mark.parametrize("xshape", [(6, 3), (4, 3, 5, 5)])
+def test_sync_bn_reads_nothing_back_and_matches_identical_replicas(xshape, rng):
+    """``--sync-bn``'s statistics (``distributed.CrossReplicaStats``) on a device: forward and backward of a
+    BatchNorm layer without a single host read (``no_sync``), and with two identical replicas (an allreduce that
+    doubles) the same result as one replica's batch alone."""
+    from ssaref import distributed
+    from ssaref.ops import norm
+
+    class TwoIdentical(distributed.Comm):
+        rank, size = 0, 2
+
+        def allreduce_sum(self, flat, what="allreduce"):
+            return flat * 2.0
+
+    stats = distributed.CrossReplicaStats(TwoIdentical())
+    stats.set_batch(xshape[0], 2 * xshape[0])
+    C = xshape[1]
+    x, dy = rng.standard_normal(xshape), rng.standard_normal(xshape)
+    g, b, rm, rv = rng.uniform(0.5, 2, C), rng.standard_normal(C), np.zeros(C), np.ones(C)
+    ref = norm.batchnorm_forward(S.device(x), *(S.device(a) for a in (g, b, rm, rv)), train=True)
+    ref_dx = norm.batchnorm_backward(S.device(dy), ref[1])
+    S.reset()
+    with S.no_sync():
+        out = norm.batchnorm_forward(S.device(x), *(S.device(a) for a in (g, b, rm, rv)), train=True, group=stats)
+        dx = norm.batchnorm_backward(S.device(dy), out[1])
+    assert S.COUNT.syncs == 0
+    # the running variance's unbiasing uses the global count: n/(n-1) with n twice the local one
+    n = x.size // C
+    np.testing.assert_allclose(out[3].get(), 0.9 + 0.1 * x.var(axis=tuple(i for i in range(x.ndim) if i != 1))
+                               * (2 * n) / (2 * n - 1), rtol=1e-12)
+    np.testing.assert_allclose(out[0].get(), ref[0].get(), rtol=1e-12, atol=1e-12)
+    for a, r in zip(dx, ref_dx):
+        np.testing.assert_allclose(a.get(), r.get(), rtol=1e-10, atol=1e-12)
