@@ -33,7 +33,8 @@ import re
 
 import numpy as np
 
-__all__ = ["StrictArray", "xp", "COUNT", "no_sync", "SyncError", "install", "reset", "device", "record_kernels"]
+__all__ = ["StrictArray", "xp", "COUNT", "no_sync", "SyncError", "install", "reset", "device", "record_kernels",
+           "simulate_async"]
 
 
 class SyncError(RuntimeError):
@@ -45,10 +46,20 @@ class _Count:
         self.reset()
 
     def reset(self):
-        self.syncs = self.h2d = self.d2h = self.launches = 0
+        self.syncs = self.h2d = self.d2h = self._launches = 0
         self.device_syncs = 0        # xp.cuda: Device/Stream/Event synchronize(), runtime.deviceSynchronize()
         self.sync_sites: list = []
         self.forbid = 0
+
+    @property
+    def launches(self):
+        return self._launches
+
+    @launches.setter
+    def launches(self, value):   # every launch queues simulated device work (simulate_async)
+        if value > self._launches:
+            _ASYNC["pending"] += _ASYNC["per_launch"] * (value - self._launches)
+        self._launches = value
 
     def snapshot(self):
         return {"syncs": self.syncs, "h2d": self.h2d, "d2h": self.d2h, "launches": self.launches,
@@ -56,6 +67,35 @@ class _Count:
 
 
 COUNT = _Count()
+
+
+_ASYNC = {"per_launch": 0.0, "pending": 0.0}   # simulate_async(): device time per launch, and the time queued
+
+
+@contextlib.contextmanager
+def simulate_async(seconds_per_launch):
+    """Make the stand-in behave like an asynchronous GPU: every launch queues ``seconds_per_launch`` of device
+    work and returns at once; a synchronisation (``xp.cuda`` ``synchronize()``, a host read) waits (sleeps) until
+    the queued work is done.  A host timer that does not synchronise then sees launches, not work."""
+    _ASYNC["per_launch"], _ASYNC["pending"] = float(seconds_per_launch), 0.0
+    try:
+        yield
+    finally:
+        _ASYNC["per_launch"], _ASYNC["pending"] = 0.0, 0.0
+
+
+def _drain():
+    """Wait for the queued device work (simulate_async)."""
+    if _ASYNC["pending"] > 0:
+        import time
+
+        time.sleep(_ASYNC["pending"])
+        _ASYNC["pending"] = 0.0
+
+
+def _device_sync():
+    COUNT.device_syncs += 1
+    _drain()
 
 
 def reset():
@@ -76,6 +116,7 @@ def _sync(what):
     if COUNT.forbid:
         raise SyncError(f"host read ({what}) inside no_sync()")
     COUNT.syncs += 1
+    _drain()
     import traceback
 
     COUNT.sync_sites.append("".join(traceback.format_stack(limit=6)[:-2]))
@@ -524,10 +565,10 @@ class _Event:
     def record(self, stream=None):
         import time
 
-        self.time = time.perf_counter()
+        self.time = time.perf_counter() + _ASYNC["pending"]   # when the queued work will have finished
 
     def synchronize(self):
-        COUNT.device_syncs += 1
+        _device_sync()
 
     @property
     def done(self):
@@ -541,7 +582,7 @@ class _Stream:
         self.ptr = 0 if null else 1
 
     def synchronize(self):
-        COUNT.device_syncs += 1
+        _device_sync()
 
     def record(self, event=None):
         event = _Event() if event is None else event
@@ -575,7 +616,7 @@ class _Device:
         _CUDA_STATE["device"] = self.id
 
     def synchronize(self):
-        COUNT.device_syncs += 1
+        _device_sync()
 
     @property
     def mem_info(self):
@@ -604,7 +645,7 @@ def _build_cuda():
     cuda.runtime.getDevice = lambda: _CUDA_STATE["device"]
 
     def device_synchronize():
-        COUNT.device_syncs += 1
+        _device_sync()
 
     cuda.runtime.deviceSynchronize = device_synchronize
     return cuda
