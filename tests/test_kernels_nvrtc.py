@@ -71,6 +71,26 @@ def _call_sites(dtype):
     return calls
 
 
+def test_the_backend_probe_runs_the_catalogued_kernel(monkeypatch):
+    """``backend._probe_kernel`` builds ``kernels.PROBE`` (so the compile test covers what ``--backend auto``
+    compiles) and checks its value."""
+    from types import SimpleNamespace
+
+    from ssaref import backend
+
+    built = []
+
+    def kernel(*a):
+        built.append(a)
+        return S.ElementwiseKernel(*a)
+
+    fake = SimpleNamespace(ElementwiseKernel=kernel, float32=np.float32,
+                           arange=lambda n, dtype=None: S.device(np.arange(n, dtype=dtype)))
+    backend._probe_kernel(fake)
+    k = kernels.PROBE
+    assert built == [(k.in_params, k.out_params, k.body, k.name)]
+
+
 @pytest.fixture(scope="module")
 def site_calls():
     return {dt: _call_sites(dt) for dt in ("float32", "float64")}
@@ -86,9 +106,9 @@ def test_the_call_sites_reach_every_kernel_the_engine_can_build(site_calls):
     """Every kernel of ``kernels.catalogue()`` is launched by some call site in both dtypes (so compiling the call
     sites' layouts covers them all), and nothing outside the catalogue is launched."""
     names = {k.name for k in kernels.catalogue()}
-    assert len(names) == len(kernels.catalogue()) == 3 + 2 + 12 + 8
+    assert len(names) == len(kernels.catalogue()) == 3 + 2 + 12 + 8 + 1
     for dt, calls in site_calls.items():
-        assert {c.name for c in calls} == names - _SGD_NOT_REACHED, dt
+        assert {c.name for c in calls} == names - _SGD_NOT_REACHED - {"ssaref_probe"}, dt
 
 
 # the SGD kernels that plain "sgd" with momentum/dampening/nesterov cannot reach: Nesterov forbids dampening, so its

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Kernel", "enabled", "launch", "adam", "sgd", "BN_SQDEV", "BN_STATS", "BN_NORMALISE", "BN_GRAD_INPUT",
-           "NEWTON_SCHULZ", "EIGEN_SCALE", "SYM", "HOYER_GRAD", "catalogue"]
+           "NEWTON_SCHULZ", "EIGEN_SCALE", "SYM", "HOYER_GRAD", "PROBE", "catalogue"]
 
 
 @dataclass(frozen=True)
@@ -145,14 +145,18 @@ SYM = Kernel("ssaref_sym", "T M, T Mt, T half", "T S", "S = half * (M + Mt);")
 HOYER_GRAD = Kernel("ssaref_hoyer_grad", "T sg, T s, T n1, T n2sq", "T h",
                     "T n2 = sqrt(n2sq);\nh = sg / n2 - n1 / (n2 * n2 * n2) * s;")
 
+# ------------------------------------------------------------------------------------------ backend probe
+# backend.resolve_backend: before choosing CuPy, compile and run this (NVRTC, the CUDA headers and a launch work)
+PROBE = Kernel("ssaref_probe", "T x", "T y", "y = x * x;")
+
 
 def catalogue() -> list:
     """Every kernel the engine can build: the three Adam kernels, every valid SGD combination and the module's
-    constants (BatchNorm, retraction, Hoyer).  ``tests/test_kernels_nvrtc.py`` compiles each one with CuPy's code
-    generator and NVRTC, and checks that the engine's call sites reach each one."""
+    constants (BatchNorm, retraction, Hoyer, the backend's probe).  ``tests/test_kernels_nvrtc.py`` compiles each
+    one with CuPy's code generator and NVRTC, and checks that the engine's call sites reach each one."""
     out = [adam(d) for d in _ADAM]
     for decay in (False, True):
         out.append(sgd(decay, None, "plain"))
         out += [sgd(decay, buf, apply) for buf in _SGD_BUF for apply in ("momentum", "nesterov")]
-    out += [BN_SQDEV, BN_STATS, BN_NORMALISE, BN_GRAD_INPUT, NEWTON_SCHULZ, EIGEN_SCALE, SYM, HOYER_GRAD]
+    out += [BN_SQDEV, BN_STATS, BN_NORMALISE, BN_GRAD_INPUT, NEWTON_SCHULZ, EIGEN_SCALE, SYM, HOYER_GRAD, PROBE]
     return out
