@@ -7,7 +7,7 @@ dtype and keeps the binary).  The NumPy path never uses these kernels: it keeps 
 the golden vectors record.  Each kernel below evaluates *the same operations in the same order* as the NumPy
 code it replaces (named in its entry), so on the tests' stand-in, which executes the bodies with NumPy, the two
 paths agree bit for bit; on a GPU they agree to rounding (the CUDA compiler may contract ``a * b + c`` into an
-FMA).
+FMA, and CuPy compiles with ``-ftz=true``: float32 denormals are flushed to zero; docs/decisions.md D6).
 
 The bodies are written in a restricted C subset that is also Python once the trailing ``;`` are stripped, so
 that ``tests/_strictxp.py`` can execute them:
