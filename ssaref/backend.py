@@ -32,33 +32,65 @@ class BackendError(RuntimeError):
 
 _CUPY = None
 _CUPY_ERROR: str | None = None
+_CUPY_DEVICE_SEEN = False   # CuPy imported and counted a device, but the probe kernel failed
+_AUTO_NOTED = False
+
+
+def _probe_kernel(cupy) -> None:
+    """Compile and run a tiny ``ElementwiseKernel`` (NVRTC, the CUDA headers, a launch) and read its result back:
+    what every fused kernel of the engine needs.  Raises what CuPy raises (``CompileException``, a missing NVRTC
+    library or header, a CUDA error) or ``RuntimeError`` for a wrong value."""
+    from .ops.kernels import PROBE
+
+    square = cupy.ElementwiseKernel(PROBE.in_params, PROBE.out_params, PROBE.body, PROBE.name)
+    out = square(cupy.arange(4, dtype=cupy.float32))
+    value = float(out[3])
+    if value != 9.0:
+        raise RuntimeError(f"the probe kernel computed 3 * 3 = {value}")
+
+
+def _first_line(exc) -> str:
+    text = str(exc).strip()
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def _try_cupy():
-    """Import cupy once; remember why it failed so the error can say so."""
-    global _CUPY, _CUPY_ERROR
+    """Import cupy once, count the devices and compile a probe kernel; remember why it failed so the error can say
+    so."""
+    global _CUPY, _CUPY_ERROR, _CUPY_DEVICE_SEEN
     if _CUPY is None and _CUPY_ERROR is None:
         try:
             import cupy  # noqa: F401  (guarded: optional dependency)
 
             if cupy.cuda.runtime.getDeviceCount() < 1:
                 raise RuntimeError("no CUDA device visible")
-            _CUPY = cupy
         except Exception as exc:  # ImportError, CUDARuntimeError, ...
-            _CUPY_ERROR = f"{type(exc).__name__}: {exc}"
+            _CUPY_ERROR = _first_line(exc)
+            return None
+        try:
+            _probe_kernel(cupy)
+        except Exception as exc:   # CompileException, a missing libnvrtc or cuda_runtime.h, CUDARuntimeError, ...
+            _CUPY_DEVICE_SEEN = True
+            _CUPY_ERROR = (f"a CUDA device is visible but CuPy cannot compile and run a kernel ({_first_line(exc)}); "
+                           "the gpu extra brings NVRTC and the CUDA headers: pip install '.[gpu]'")
+            return None
+        _CUPY = cupy
     return _CUPY
 
 
 def cupy_available() -> bool:
-    """True when cupy imports and at least one CUDA device is visible."""
+    """True when cupy imports, at least one CUDA device is visible and a probe kernel compiles and runs."""
     return _try_cupy() is not None
 
 
 def resolve_backend(name: str = "auto"):
     """Return the array module for ``name`` in {'auto', 'numpy', 'cupy'}.
 
-    'auto' picks cupy when a usable GPU is present, else numpy.
+    'auto' picks cupy when a usable GPU is present (a device is counted and a probe kernel compiles and runs),
+    else numpy; when a device is visible but the probe fails it says so in one line on stderr (once).
     """
+    global _AUTO_NOTED
     if name == "numpy":
         return np
     if name == "cupy":
@@ -72,6 +104,11 @@ def resolve_backend(name: str = "auto"):
         return cp
     if name == "auto":
         cp = _try_cupy()
+        if cp is None and _CUPY_DEVICE_SEEN and not _AUTO_NOTED:
+            import sys
+
+            _AUTO_NOTED = True
+            print(f"note: --backend auto uses numpy: {_CUPY_ERROR}", file=sys.stderr, flush=True)
         return cp if cp is not None else np
     raise BackendError(f"unknown backend {name!r}; choose one of auto, numpy, cupy")
 

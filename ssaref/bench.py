@@ -174,24 +174,37 @@ def smallconv_gemms(input_shape, batch):
     return out
 
 
-def sgemm_peak(shapes, repeats=5):
+def sgemm_peak(shapes, repeats=5, xp=np):
     """Measured float32 GEMM rate ``C = A @ B`` (``out=`` preallocated) for each ``(m, k, n)`` in ``shapes``:
-    ``[{"m", "k", "n", "ms", "gflops"}]`` (median of ``repeats`` after one warm-up)."""
+    ``[{"m", "k", "n", "ms", "gflops"}]`` (median of ``repeats`` after one warm-up), on the device of ``xp``: the
+    peak the benchmark's "% of peak" divides by must be the one of the engines' own device (with ``--tf32`` the
+    cuBLAS math mode the step's float32 GEMMs use too).  On a device each timing waits for the GEMM to finish."""
+    sync = _device_sync(xp)
     rng = np.random.default_rng(0)
     rows = []
     for m, k, n in shapes:
-        A = rng.standard_normal((m, k), dtype=np.float32)
-        B = rng.standard_normal((k, n), dtype=np.float32)
-        C = np.empty((m, n), dtype=np.float32)
-        np.matmul(A, B, out=C)
+        A = xp.asarray(rng.standard_normal((m, k), dtype=np.float32))
+        B = xp.asarray(rng.standard_normal((k, n), dtype=np.float32))
+        C = xp.empty((m, n), dtype=np.float32)
+        xp.matmul(A, B, out=C)
         ts = []
         for _ in range(repeats):
+            sync()
             t0 = time.perf_counter()
-            np.matmul(A, B, out=C)
+            xp.matmul(A, B, out=C)
+            sync()
             ts.append(time.perf_counter() - t0)
         t = statistics.median(ts)
         rows.append({"m": m, "k": k, "n": n, "ms": 1e3 * t, "gflops": 2.0 * m * k * n / t / 1e9})
     return rows
+
+
+def _device_sync(xp):
+    """A function that waits for every kernel queued on ``xp``'s current device (a no-op for NumPy): CuPy
+    launches are asynchronous, so a host timer around a call measures its launch, not its work, without it."""
+    if xp is np:
+        return lambda: None
+    return lambda: xp.cuda.Device().synchronize()
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -225,7 +238,8 @@ def torch_device(backend) -> str:
 
 def set_tf32(enabled: bool, torch_side: bool = True) -> dict:
     """TF32 for float32 GEMMs and convolutions, the same on both sides, before any GPU work: CuPy reads
-    ``CUPY_TF32`` (cuBLAS math mode) when it is imported, torch its ``allow_tf32`` switches (``torch_side``).
+    ``CUPY_TF32`` (cuBLAS math mode) lazily at its first float32 matmul and caches it (batched matmul ignores it),
+    torch its ``allow_tf32`` switches (``torch_side``).
     Returns what was set (recorded in the results)."""
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
     out = {"CUPY_TF32": os.environ["CUPY_TF32"]}
@@ -366,7 +380,10 @@ def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend=
     Every op function (ops.conv, pool, activations, norm, linear, the loss) and the optimiser's ``step`` are
     wrapped with a timer (inclusive wall time, mean over ``steps`` steps after one warm-up step); ``im2col`` is
     also shown inside ``conv2d_forward``; the rest of the step (the rule's own code, containers, Python) is the
-    last row.  The wrappers are removed afterwards.
+    last row.  The wrappers are removed afterwards.  On a device (CuPy) each timer synchronises the device before
+    it starts and before it stops, so an op's row holds its kernels' run time, not only their launch (the
+    synchronisations make the profiled step slower than an unprofiled one: the rows are where the time goes,
+    ``step_ms`` is the profiled step's).
     """
     import functools
 
@@ -377,14 +394,17 @@ def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend=
     _, step = ssaref_engine(name, shape, method, xp.asarray(x_h), xp.asarray(y_h), xp=xp, seed=seed, **options)
     acc: dict = {}
     saved = []
+    sync = _device_sync(xp)
 
     def wrap(fn, label):
         @functools.wraps(fn)
         def timed(*a, **k):
+            sync()           # the work queued before this op is not its time
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
+                sync()       # this op's kernels have run
                 acc[label] = acc.get(label, 0.0) + time.perf_counter() - t0
         return timed
 
@@ -611,7 +631,8 @@ def markdown(result):
              "set between steps (activations, caches, gradients, workspace).", ""]
     if result.get("sgemm"):
         g = result["sgemm"]
-        lines += [f"sgemm peak (float32 `A @ B`, SmallConv's conv GEMM shapes at {g['input']}, batch {s['batch']}): "
+        lines += [f"sgemm peak (float32 `A @ B` on {'the GPU (CuPy)' if g.get('backend') == 'cupy' else 'the CPU'}, "
+                  f"SmallConv's conv GEMM shapes at {g['input']}, batch {s['batch']}): "
                   f"**{g['peak_gflops']:.0f} GFLOP/s** (" + ", ".join(
                       f"{r['m']}x{r['k']} @ {r['k']}x{r['n']}: {r['gflops']:.0f}" for r in g["shapes"]) + ")."]
         if g.get("smallconv"):
@@ -716,7 +737,7 @@ def _parse(argv):
     for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
         if path:   # before the benchmark runs, not after
             check_output_path(path, flag=flag, overwrite=args.overwrite)
-    set_tf32(args.tf32, torch_side=False)   # CuPy reads CUPY_TF32 when it is imported
+    set_tf32(args.tf32, torch_side=False)   # before CuPy's first float32 matmul, which reads CUPY_TF32 once
     resolve_backend(args.backend)
     names = list(MODELS) if args.models.strip() == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
@@ -809,9 +830,11 @@ def _main(argv):
     if not args.no_sgemm:
         sc = next((c for c in result["configs"] if c["model"] == "smallconv"), None)
         shape = tuple(int(v) for v in sc["input"].split("x")) if sc else CIFAR_INPUT
-        g = sgemm_peak(smallconv_gemms(shape, args.batch_size)[1:])   # conv1 (K = 27) is no GEMM-peak shape
+        # conv1 (K = 27) is no GEMM-peak shape; on the engines' device (CuPy's GEMMs for --backend cupy)
+        g = sgemm_peak(smallconv_gemms(shape, args.batch_size)[1:], xp=resolve_backend(args.backend))
         peak = max(r["gflops"] for r in g)
-        result["sgemm"] = {"input": "x".join(map(str, shape)), "shapes": g, "peak_gflops": peak}
+        result["sgemm"] = {"input": "x".join(map(str, shape)), "shapes": g, "peak_gflops": peak,
+                           "backend": args.backend}
         line = f"sgemm peak {peak:.0f} GFLOP/s (" + ", ".join(f"{r['m']}x{r['k']}x{r['n']}: {r['gflops']:.0f}"
                                                                for r in g) + ")"
         if sc:

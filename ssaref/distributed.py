@@ -14,7 +14,8 @@
   with a hash of the parameters and the rule state across ranks);
 * BatchNorm statistics are per rank (PyTorch DDP without SyncBN), or with ``--sync-bn`` those of the global batch
   (``CrossReplicaStats``: the forward pass's mean and variance and the backward pass's two means are reduced across
-  the ranks, three more reductions per BatchNorm layer and step), which makes BN nets follow the 1-rank run too;
+  the ranks, three more reductions per BatchNorm layer and step, no host read), which makes BN nets follow the
+  1-rank run too;
 * only rank 0 prints and writes the run file; every rank reads it to resume, with any number of ranks whose
   shards of the global batch are all non-empty.
 
@@ -22,9 +23,9 @@ Collectives poll non-blocking requests against a deadline (``--mpi-timeout``): a
 others fail with a one-line error naming the collective, then the job is aborted, instead of hanging.
 
 GPU: with CuPy arrays, ranks are mapped to local devices (``local_rank % device count``) and the flat buffer is
-reduced by NCCL (``cupy.cuda.nccl``, communicator id broadcast over MPI); without NCCL the buffer is staged
-through host memory and reduced by MPI.  This path is correct by construction and has not run on a multi-GPU
-machine (docs/scaling.md says what was run).
+reduced by NCCL (``cupy.cuda.nccl``, communicator id broadcast over MPI); without NCCL (the module missing, or
+``nccl.available`` False: pip's CuPy without libnccl) the buffer is staged through host memory and reduced by MPI.
+This path is correct by construction and has not run on a multi-GPU machine (docs/scaling.md says what was run).
 """
 from __future__ import annotations
 
@@ -160,6 +161,10 @@ class MPIComm(Comm):
             try:
                 from cupy.cuda import nccl
             except ImportError:
+                nccl = None
+            # pip's CuPy without libnccl imports the module fine and says so in ``available`` (False): its
+            # functions are missing then (get_unique_id: AttributeError), so stage through the host instead
+            if nccl is None or not getattr(nccl, "available", False):
                 self._nccl = False
                 return None
             uid = nccl.get_unique_id() if self.rank == 0 else None
@@ -240,25 +245,41 @@ def average_step(comm: Comm, result, y, n_global: int, keys):
 class CrossReplicaStats:
     """BatchNorm statistics over the global batch (``--sync-bn``), for ``ops.norm.batchnorm_forward``'s ``group``.
 
-    Forward: ``mean(local_sums, n)`` allreduces per-channel sums and counts (mean, then variance: two reductions
-    per BatchNorm layer).  Backward: ``grad_mean(local_sums, n)`` returns the global means of ``dy`` and
-    ``dy xhat`` in this replica's units -- its signals are those of its own shard's mean loss, i.e. the global
-    batch's scaled by ``1 / weight`` with ``weight = n_local / n_global`` (set per step by the training loop), which
+    Forward: ``mean(local_sums, n)`` allreduces per-channel sums (mean, then variance: two reductions per
+    BatchNorm layer).  Backward: ``grad_mean(local_sums, n)`` returns the global means of ``dy`` and ``dy xhat`` in
+    this replica's units -- its signals are those of its own shard's mean loss, i.e. the global batch's scaled by
+    ``1 / weight`` with ``weight = n_local / n_global`` (``set_batch``, called per step by the training loop), which
     ``average_step`` undoes -- one reduction per layer.  Every rank calls these in the same order (the same graph).
+
+    No host read: the global count of a channel's values is ``n * n_global / n_local`` (every rank's ``n`` is its
+    shard's examples times the same spatial size), known on the host, so the reductions carry only the sums and a
+    step with ``--sync-bn`` on a GPU synchronises no more than one without (NCCL; the host-staged fallback copies
+    each reduction through host memory by design).
     """
 
     def __init__(self, comm: Comm):
         self.comm = comm
         self.weight = 1.0 / comm.size
+        self._batch: tuple | None = None     # (n_local, n_global) examples of this step
         self._count = None
 
+    def set_batch(self, n_local: int, n_global: int) -> None:
+        """This step's shard size and global batch size (the training loop calls this before the forward pass)."""
+        self._batch = (int(n_local), int(n_global))
+        self.weight = n_local / n_global
+
+    def _global_count(self, n: int) -> int:
+        if self._batch is None:
+            return int(round(n / self.weight))
+        n_local, n_global = self._batch
+        if n % n_local:
+            raise ValueError(f"--sync-bn: {n} values per channel is no multiple of the shard's {n_local} examples")
+        return n // n_local * n_global
+
     def _reduce(self, sums, n, what):
-        xp = get_array_module(sums)
-        flat = xp.concatenate([sums.reshape(-1), xp.asarray([float(n)], dtype=sums.dtype)])
-        flat = self.comm.allreduce_sum(flat, what)
-        total = float(flat[-1])
-        self._count = int(round(total))
-        return flat[:-1].reshape(sums.shape) / total
+        total = self._global_count(n)
+        self._count = total
+        return self.comm.allreduce_sum(sums.reshape(-1), what).reshape(sums.shape) / total
 
     def mean(self, local_sums, n):
         return self._reduce(local_sums, n, "the BatchNorm statistics (--sync-bn)")

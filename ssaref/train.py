@@ -616,7 +616,7 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
                 lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
                 xb, yb = xb[lo:hi], yb[lo:hi]
                 if bn_stats is not None:
-                    bn_stats.weight = len(part) / len(idx)
+                    bn_stats.set_batch(len(part), len(idx))
             xb = to_device(xb.astype(dtype, copy=False), xp)   # no copy when resident
             yb = to_device(yb, xp)
             res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)

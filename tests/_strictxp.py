@@ -13,7 +13,13 @@ could go wrong without noticing on NumPy:
   the "launches" (every module function or array operation: one kernel in CuPy, roughly).
 
 ``xp`` is the module: it exposes only names that CuPy 13's top-level namespace has (``CUPY13_NAMES``, a saved
-list) and the sub-namespaces the engine uses.  ``xp.ElementwiseKernel`` *executes* a kernel body written in the
+list, checked against CuPy 13's saved names and the installed ``import cupy`` by the tests) and the sub-namespaces
+the engine uses, ``xp.cuda`` included: a fake with CuPy's names (``runtime.getDeviceCount``, ``Device().use()``,
+``Device().synchronize()``, ``Device().mem_info``, ``Stream``, ``get_current_stream``, ``Event``,
+``get_elapsed_time``) whose synchronisations are counted (``COUNT.device_syncs``), so GPU-only code (the
+benchmark's timers, the distributed set-up) runs in the tests.  ``record_kernels()`` records every
+``ElementwiseKernel`` call (the kernel and its arguments' dtypes, shapes and strides), which the NVRTC compile test
+turns into the argument layouts CuPy would compile.  ``xp.ElementwiseKernel`` *executes* a kernel body written in the
 restricted C subset of ``ssaref/ops/kernels.py`` (C that is Python once the trailing ``;`` are stripped) with
 NumPy, binding types and broadcasting as CuPy does, and counts one launch.  ``install()`` registers the type with
 ``ssaref.backend`` so ``get_array_module`` finds ``xp`` (test-only hook).
@@ -27,7 +33,8 @@ import re
 
 import numpy as np
 
-__all__ = ["StrictArray", "xp", "COUNT", "no_sync", "SyncError", "install", "reset", "device"]
+__all__ = ["StrictArray", "xp", "COUNT", "no_sync", "SyncError", "install", "reset", "device", "record_kernels",
+           "simulate_async"]
 
 
 class SyncError(RuntimeError):
@@ -39,15 +46,56 @@ class _Count:
         self.reset()
 
     def reset(self):
-        self.syncs = self.h2d = self.d2h = self.launches = 0
+        self.syncs = self.h2d = self.d2h = self._launches = 0
+        self.device_syncs = 0        # xp.cuda: Device/Stream/Event synchronize(), runtime.deviceSynchronize()
         self.sync_sites: list = []
         self.forbid = 0
 
+    @property
+    def launches(self):
+        return self._launches
+
+    @launches.setter
+    def launches(self, value):   # every launch queues simulated device work (simulate_async)
+        if value > self._launches:
+            _ASYNC["pending"] += _ASYNC["per_launch"] * (value - self._launches)
+        self._launches = value
+
     def snapshot(self):
-        return {"syncs": self.syncs, "h2d": self.h2d, "d2h": self.d2h, "launches": self.launches}
+        return {"syncs": self.syncs, "h2d": self.h2d, "d2h": self.d2h, "launches": self.launches,
+                "device_syncs": self.device_syncs}
 
 
 COUNT = _Count()
+
+
+_ASYNC = {"per_launch": 0.0, "pending": 0.0}   # simulate_async(): device time per launch, and the time queued
+
+
+@contextlib.contextmanager
+def simulate_async(seconds_per_launch):
+    """Make the stand-in behave like an asynchronous GPU: every launch queues ``seconds_per_launch`` of device
+    work and returns at once; a synchronisation (``xp.cuda`` ``synchronize()``, a host read) waits (sleeps) until
+    the queued work is done.  A host timer that does not synchronise then sees launches, not work."""
+    _ASYNC["per_launch"], _ASYNC["pending"] = float(seconds_per_launch), 0.0
+    try:
+        yield
+    finally:
+        _ASYNC["per_launch"], _ASYNC["pending"] = 0.0, 0.0
+
+
+def _drain():
+    """Wait for the queued device work (simulate_async)."""
+    if _ASYNC["pending"] > 0:
+        import time
+
+        time.sleep(_ASYNC["pending"])
+        _ASYNC["pending"] = 0.0
+
+
+def _device_sync():
+    COUNT.device_syncs += 1
+    _drain()
 
 
 def reset():
@@ -68,6 +116,7 @@ def _sync(what):
     if COUNT.forbid:
         raise SyncError(f"host read ({what}) inside no_sync()")
     COUNT.syncs += 1
+    _drain()
     import traceback
 
     COUNT.sync_sites.append("".join(traceback.format_stack(limit=6)[:-2]))
@@ -261,7 +310,7 @@ tril triu true_divide trunc uint8 uint32 uint64 unique var vstack where zeros ze
 _LINALG = "cholesky det eigh eigvalsh inv lstsq matrix_rank norm pinv qr slogdet solve svd".split()
 _NOT_FUNCTIONS = {"bool_", "dtype", "e", "finfo", "float16", "float32", "float64", "iinfo", "inf", "int8", "int16",
                   "int32", "int64", "intp", "nan", "newaxis", "pi", "uint8", "uint32", "uint64"}
-_FROM_HOST = {"asarray", "array", "ascontiguousarray"}   # take host data: a host->device copy
+_FROM_HOST = {"asarray", "array"}   # take host data: a host->device copy (ascontiguousarray & co refuse it, as CuPy)
 
 
 class _Namespace:
@@ -269,9 +318,15 @@ class _Namespace:
         self.__name__ = name
 
 
+_DEVICE_ONLY = {"ascontiguousarray", "asfortranarray"}   # CuPy's are typed: a host array or a list is a TypeError
+
+
 def _function(fn, name):
     def f(*args, **kwargs):
         COUNT.launches += 1
+        if name in _DEVICE_ONLY and args and not isinstance(args[0], StrictArray):
+            raise TypeError(f"Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, got "
+                            f"{type(args[0]).__name__})")
         if name in _FROM_HOST and args and not isinstance(args[0], StrictArray):
             host = args[0]
             if isinstance(host, (np.ndarray, np.generic, list, tuple, int, float)):
@@ -303,6 +358,36 @@ _KERNEL_FUNCS = {"sqrt": np.sqrt}
 _KERNEL_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 _FLOAT_TYPES = {"float16", "float32", "float64"}
 _STATEMENT = re.compile(r"^(?:(?P<type>[A-Za-z_]\w*)\s+)?(?P<name>[A-Za-z_]\w*)\s*=\s*(?P<expr>[^=].*)$", re.S)
+
+
+_RECORDERS: list = []   # lists that record_kernels() hands out; each ElementwiseKernel call is appended to all
+
+
+@contextlib.contextmanager
+def record_kernels():
+    """Record every ``ElementwiseKernel`` call inside: yields a list of ``KernelCall``."""
+    calls: list = []
+    _RECORDERS.append(calls)
+    try:
+        yield calls
+    finally:
+        _RECORDERS.remove(calls)
+
+
+class KernelCall:
+    """One recorded kernel call: the kernel's definition and, per argument (inputs, then the outputs given), either
+    ``("array", dtype, shape, strides)`` or ``("scalar", type name)``; ``outputs_given`` says whether CuPy allocated
+    the outputs (C-contiguous, of the broadcast shape)."""
+
+    def __init__(self, kernel, args, outputs_given):
+        self.name, self.in_params, self.out_params, self.operation = (kernel.name, kernel.in_spec, kernel.out_spec,
+                                                                      kernel.operation)
+        self.args = [("array", a._a.dtype, a._a.shape, a._a.strides) if isinstance(a, StrictArray)
+                     else ("scalar", type(a).__name__) for a in args]
+        self.outputs_given = outputs_given
+
+    def __repr__(self):
+        return f"KernelCall({self.name}, {self.args})"
 
 
 class KernelError(ValueError):
@@ -360,6 +445,7 @@ class ElementwiseKernel:
         if preamble or kwargs:
             raise KernelError("the stand-in supports no preamble and no compile options")
         self.name, self.no_return, self.return_tuple = name, no_return, return_tuple
+        self.in_spec, self.out_spec, self.operation = in_params, out_params, operation
         self.in_params, self.out_params = _kernel_params(in_params), _kernel_params(out_params)
         names = [n for _, n in self.in_params + self.out_params]
         if len(set(names)) != len(names):
@@ -437,6 +523,8 @@ class ElementwiseKernel:
         shape = np.broadcast_shapes(*(a.shape for a in arrays))
         if any(o.shape != shape for o in outs):
             raise ValueError("Out shape is mismatched")
+        for calls in _RECORDERS:
+            calls.append(KernelCall(self, args, bool(outs)))
         env: dict = dict(_KERNEL_FUNCS)
         for (ctype, pname), a in zip(self.in_params, ins):
             t = dtype_of(ctype)
@@ -464,6 +552,105 @@ class ElementwiseKernel:
         return result[0] if nout == 1 and not self.return_tuple else tuple(result)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# xp.cuda: a fake device whose synchronisations are counted
+# ---------------------------------------------------------------------------------------------------------
+class _Event:
+    """``cupy.cuda.Event``: ``record()`` notes the host time (the stand-in runs every launch at once, so the host
+    time at the record is when the work before it finished); ``synchronize()`` counts a device sync."""
+
+    def __init__(self, block=False, disable_timing=False, interprocess=False):
+        self.time = None
+
+    def record(self, stream=None):
+        import time
+
+        self.time = time.perf_counter() + _ASYNC["pending"]   # when the queued work will have finished
+
+    def synchronize(self):
+        _device_sync()
+
+    @property
+    def done(self):
+        return True
+
+
+class _Stream:
+    null = None
+
+    def __init__(self, null=False, non_blocking=False, ptr=None):
+        self.ptr = 0 if null else 1
+
+    def synchronize(self):
+        _device_sync()
+
+    def record(self, event=None):
+        event = _Event() if event is None else event
+        event.record(self)
+        return event
+
+    def use(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_Stream.null = _Stream(null=True)
+
+
+class _Device:
+    """``cupy.cuda.Device(id)``: one device (id 0) with 16 GiB, of which 12 GiB free."""
+
+    count = 1
+
+    def __init__(self, device=None):
+        self.id = 0 if device is None else int(device)
+        if not 0 <= self.id < _Device.count:
+            raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {self.id}")
+
+    def use(self):
+        _CUDA_STATE["device"] = self.id
+
+    def synchronize(self):
+        _device_sync()
+
+    @property
+    def mem_info(self):
+        return (12 << 30, 16 << 30)
+
+    compute_capability = "90"
+
+    def __enter__(self):
+        self.use()
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+_CUDA_STATE = {"device": 0}
+
+
+def _build_cuda():
+    cuda = _Namespace("strictxp.cuda")
+    cuda.Device, cuda.Stream, cuda.Event = _Device, _Stream, _Event
+    cuda.get_current_stream = lambda device=None: _Stream.null
+    cuda.get_elapsed_time = lambda start, end: 1e3 * (end.time - start.time)
+    cuda.runtime = _Namespace("strictxp.cuda.runtime")
+    cuda.runtime.getDeviceCount = lambda: _Device.count
+    cuda.runtime.getDevice = lambda: _CUDA_STATE["device"]
+
+    def device_synchronize():
+        _device_sync()
+
+    cuda.runtime.deviceSynchronize = device_synchronize
+    return cuda
+
+
 def _build():
     mod = _Namespace("strictxp")
     for name in CUPY13_NAMES:
@@ -482,6 +669,7 @@ def _build():
     mod.lib = _Namespace("strictxp.lib")
     mod.lib.stride_tricks = _Namespace("strictxp.lib.stride_tricks")
     mod.lib.stride_tricks.as_strided = _as_strided
+    mod.cuda = _build_cuda()
     return mod
 
 

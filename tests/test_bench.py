@@ -267,3 +267,35 @@ def test_device_step_memory_reads_the_allocators_high_water_mark():
         fake_torch.cuda.peak = fake_torch.cuda.alloc + 3 * MiB
 
     assert bench.device_step_mib(torch_step, fake_torch, None) == 3.0
+
+
+# ------------------------------------------------------------------------------------------ device timing
+def test_op_profile_on_a_device_times_the_work_not_the_launches(monkeypatch):
+    """On an asynchronous device (the stand-in with ``simulate_async``: each launch queues 1 ms of work, a sync
+    waits for it) the per-op timers synchronise, so the ops' rows hold the device time and "rest of the step"
+    does not swallow it; the timers' synchronisations are counted on the fake ``xp.cuda``."""
+    from tests import _strictxp as S
+
+    xp = S.install()
+    monkeypatch.setattr(bench, "resolve_backend", lambda name: xp)
+    S.reset()
+    with S.simulate_async(1e-3):
+        ms, rows = bench.op_profile("mlp", (1, 28, 28), "bp", batch=8, steps=2, backend="cupy")
+    rest = next(v for k, v, _ in rows if k.startswith("rest of the step"))
+    ops = sum(v for k, v, _ in rows if not k.startswith(("rest of the step", "  ")))
+    assert S.COUNT.device_syncs > 0
+    assert ops > 2 * rest, rows           # without the syncs the ops show their launch time only
+    assert ops > 0.5 * ms
+
+
+def test_sgemm_peak_runs_on_the_engines_device_and_waits_for_the_gemm(monkeypatch):
+    """``sgemm_peak(xp=device)`` multiplies device arrays (a host GEMM would be refused by the stand-in) and its
+    timings include the device work (simulated: 5 ms per launch, so every timed GEMM takes at least 5 ms)."""
+    from tests import _strictxp as S
+
+    xp = S.install()
+    S.reset()
+    with S.simulate_async(5e-3):
+        rows = bench.sgemm_peak([(8, 16, 32)], repeats=3, xp=xp)
+    assert S.COUNT.launches >= 4 and S.COUNT.device_syncs >= 6
+    assert rows[0]["ms"] >= 5.0 and rows[0]["gflops"] > 0

@@ -182,3 +182,39 @@ def test_a_sweep_over_two_ranks_writes_the_serial_results(tmp_path):
     for name in ("bp", "fa", "dfa"):
         a, b = read_run(par / f"{name}.h5")[2], read_run(serial / f"{name}.h5")[2]
         assert max_rel(a["params"], b["params"]) == 0.0   # the same serial run, on another rank
+
+
+_NCCL_SCRIPT = """
+import numpy as np
+from tests import _strictxp as S
+from ssaref import distributed
+xp = S.install()
+comm = distributed.init("mpi", 60.0, xp=xp)           # the fake xp.cuda: one device, selected per local rank
+flat = S.device(np.arange(4.0) + comm.rank)
+out = comm.allreduce_sum(flat, "test")
+assert isinstance(out, S.StrictArray), type(out)
+from cupy.cuda import nccl
+print("rank", comm.rank, "nccl.available", nccl.available, "sum", out.get().tolist(), "nccl", comm._nccl)
+"""
+
+
+def test_device_buffers_fall_back_to_host_staging_when_cupy_has_no_nccl():
+    """pip's CuPy without libnccl imports ``cupy.cuda.nccl`` with ``available = False`` (its functions missing):
+    the allreduce of a device buffer stages through the host instead of failing in ``get_unique_id``.  Runs the
+    real ``cupy.cuda.nccl`` of this machine (no GPU needed), two ranks, the stand-in's arrays and fake device."""
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from cupy.cuda import nccl
+    except ImportError as exc:
+        if os.environ.get("SSAREF_REQUIRE_NVRTC") == "1":
+            pytest.fail(f"SSAREF_REQUIRE_NVRTC=1 but cupy is missing ({exc})")
+        pytest.skip(f"needs cupy installed (the gpu extra; no GPU needed): {exc}")
+    if nccl.available:
+        pytest.skip("this CuPy has NCCL: the fallback is not what runs")
+    r = mpirun(2, ["-W", "ignore", "-c", _NCCL_SCRIPT], timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"rank {rank} nccl.available False sum [1.0, 3.0, 5.0, 7.0] nccl False" in r.stdout, r.stdout

@@ -415,3 +415,123 @@ def test_the_standin_exposes_only_cupy_13_names():
     assert {"asnumpy", "ndarray", "concatenate", "linalg.norm"} <= saved
     assert set(S.CUPY13_NAMES) - saved == set()
     assert {f"linalg.{n}" for n in S._LINALG} - saved == set()
+
+
+@pytest.mark.parametrize("xshape", [(6, 3), (4, 3, 5, 5)])
+def test_sync_bn_reads_nothing_back_and_matches_identical_replicas(xshape, rng):
+    """``--sync-bn``'s statistics (``distributed.CrossReplicaStats``) on a device: forward and backward of a
+    BatchNorm layer without a single host read (``no_sync``), and with two identical replicas (an allreduce that
+    doubles) the same result as one replica's batch alone."""
+    from ssaref import distributed
+    from ssaref.ops import norm
+
+    class TwoIdentical(distributed.Comm):
+        rank, size = 0, 2
+
+        def allreduce_sum(self, flat, what="allreduce"):
+            return flat * 2.0
+
+    stats = distributed.CrossReplicaStats(TwoIdentical())
+    stats.set_batch(xshape[0], 2 * xshape[0])
+    C = xshape[1]
+    x, dy = rng.standard_normal(xshape), rng.standard_normal(xshape)
+    g, b, rm, rv = rng.uniform(0.5, 2, C), rng.standard_normal(C), np.zeros(C), np.ones(C)
+    ref = norm.batchnorm_forward(S.device(x), *(S.device(a) for a in (g, b, rm, rv)), train=True)
+    ref_dx = norm.batchnorm_backward(S.device(dy), ref[1])
+    S.reset()
+    with S.no_sync():
+        out = norm.batchnorm_forward(S.device(x), *(S.device(a) for a in (g, b, rm, rv)), train=True, group=stats)
+        dx = norm.batchnorm_backward(S.device(dy), out[1])
+    assert S.COUNT.syncs == 0
+    # the running variance's unbiasing uses the global count: n/(n-1) with n twice the local one
+    n = x.size // C
+    np.testing.assert_allclose(out[3].get(), 0.9 + 0.1 * x.var(axis=tuple(i for i in range(x.ndim) if i != 1))
+                               * (2 * n) / (2 * n - 1), rtol=1e-12)
+    np.testing.assert_allclose(out[0].get(), ref[0].get(), rtol=1e-12, atol=1e-12)
+    for a, r in zip(dx, ref_dx):
+        np.testing.assert_allclose(a.get(), r.get(), rtol=1e-10, atol=1e-12)
+
+
+def _real_cupy():
+    """The installed ``cupy`` (imports without a GPU), or a skip -- a failure when ``SSAREF_REQUIRE_NVRTC=1`` (CI
+    installs the gpu extra)."""
+    import os
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import cupy
+            import cupy.linalg  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("SSAREF_REQUIRE_NVRTC") == "1":
+            pytest.fail(f"SSAREF_REQUIRE_NVRTC=1 but cupy does not import ({exc})")
+        pytest.skip(f"needs cupy installed (the gpu extra; no GPU needed): {exc}")
+    return cupy
+
+
+def test_the_standin_names_exist_in_the_installed_cupy():
+    """Every name the stand-in exposes -- top level, ``linalg``, and the fake ``cuda``'s functions, classes and
+    their members -- exists in the real ``import cupy`` of this machine (CuPy 14, the gpu extra's), so code that
+    runs on the stand-in does not call something CuPy lacks."""
+    cupy = _real_cupy()
+    assert int(cupy.__version__.split(".")[0]) == 14, cupy.__version__
+    missing = [n for n in S.CUPY13_NAMES if not hasattr(cupy, n)]
+    missing += [f"linalg.{n}" for n in S._LINALG if not hasattr(cupy.linalg, n)]
+    for name in ("ndarray", "lib.stride_tricks.as_strided"):
+        obj = cupy
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+        if obj is None:
+            missing.append(name)
+    fake = S.xp.cuda
+    for name in ("Device", "Stream", "Event", "get_current_stream", "get_elapsed_time", "runtime.getDeviceCount",
+                 "runtime.getDevice", "runtime.deviceSynchronize"):
+        head, _, tail = name.rpartition(".")
+        real_ns, fake_ns = (cupy.cuda.runtime, fake.runtime) if head else (cupy.cuda, fake)
+        assert hasattr(fake_ns, tail), name
+        if not hasattr(real_ns, tail):
+            missing.append(f"cuda.{name}")
+    for cls, members in ((cupy.cuda.Device, ("use", "synchronize", "mem_info", "compute_capability", "id")),
+                         (cupy.cuda.Stream, ("synchronize", "record", "use", "null")),
+                         (cupy.cuda.Event, ("record", "synchronize", "done"))):
+        fake_cls = getattr(fake, cls.__name__)
+        for m in members:
+            if not hasattr(cls, m):
+                missing.append(f"cuda.{cls.__name__}.{m}")
+            assert hasattr(fake_cls, m) or m == "id", (cls.__name__, m)
+    assert missing == []
+
+
+def test_the_standin_refuses_host_data_where_cupy_does():
+    """``ascontiguousarray``/``asfortranarray`` of host data are TypeErrors in CuPy (typed Cython arguments), unlike
+    ``asarray``/``array`` (a host->device copy); the stand-in does the same."""
+    host = np.arange(6.0).reshape(2, 3)
+    for fn in (xp.ascontiguousarray, xp.asfortranarray):
+        with pytest.raises(TypeError, match="incorrect type"):
+            fn(host)
+        with pytest.raises(TypeError):
+            fn([1.0, 2.0])
+        assert isinstance(fn(S.device(host).T), S.StrictArray)
+    assert isinstance(xp.asarray(host), S.StrictArray) and isinstance(xp.array(host), S.StrictArray)
+
+
+def test_the_fake_cuda_counts_synchronisations_and_times_events():
+    """The stand-in's ``xp.cuda``: one device with ``mem_info``, synchronisations counted, events timed."""
+    S.reset()
+    dev = xp.cuda.Device()
+    dev.use()
+    free, total = dev.mem_info
+    assert 0 < free <= total and xp.cuda.runtime.getDeviceCount() == 1
+    with pytest.raises(RuntimeError):
+        xp.cuda.Device(1)
+    a, b = xp.cuda.Event(), xp.cuda.Event()
+    a.record()
+    with S.simulate_async(2e-3):
+        S.device(np.ones(3)) * 2.0
+        b.record()
+        b.synchronize()
+    dev.synchronize()
+    xp.cuda.get_current_stream().synchronize()
+    xp.cuda.runtime.deviceSynchronize()
+    assert S.COUNT.device_syncs == 4 and xp.cuda.get_elapsed_time(a, b) >= 2.0

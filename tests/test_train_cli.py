@@ -264,3 +264,65 @@ def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defau
     rc, _, err = run_cli(["--resume", str(part), "--epochs", "2", "--no-progress"], capsys)
     assert rc == 0, err
     np.testing.assert_array_equal(read_run(full)[1]["test_loss"], read_run(part)[1]["test_loss"])
+
+
+def _fake_cupy(monkeypatch, devices=1, compile_error=None):
+    """Put a fake ``cupy`` in ``sys.modules`` (``devices`` counted; ``ElementwiseKernel`` raising ``compile_error``
+    when it is called, else the strict stand-in's) and make ``ssaref.backend`` probe it afresh."""
+    import sys
+    import types
+
+    from ssaref import backend
+    from tests import _strictxp as S
+
+    class CompileException(Exception):
+        pass
+
+    def kernel(*a, **k):
+        if compile_error is None:
+            return S.ElementwiseKernel(*a, **k)
+
+        def call(*args):
+            raise CompileException(compile_error)
+        return call
+
+    fake = types.ModuleType("cupy")
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: devices))
+    fake.ElementwiseKernel, fake.float32 = kernel, np.float32
+    fake.arange = lambda n, dtype=None: S.device(np.arange(n, dtype=dtype))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for name, value in (("_CUPY", None), ("_CUPY_ERROR", None), ("_CUPY_DEVICE_SEEN", False), ("_AUTO_NOTED", False)):
+        monkeypatch.setattr(backend, name, value)
+    return fake
+
+
+NVRTC_LOG = 'kern.cu(1): catastrophic error: cannot open source file "cuda_fp16.h"'
+
+
+def test_backend_auto_falls_back_to_numpy_with_one_line_when_no_kernel_compiles(monkeypatch, capsys):
+    """A device is counted but the probe kernel does not compile (the CUDA headers missing): ``--backend auto``
+    trains on NumPy and says why in one line; without a device it says nothing; with a working compiler it
+    picks CuPy."""
+    from ssaref import backend
+
+    _fake_cupy(monkeypatch, compile_error=NVRTC_LOG)
+    assert backend.resolve_backend("auto") is np
+    assert backend.resolve_backend("auto") is np              # said once
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("note: --backend auto uses numpy:")
+    assert "CompileException" in err and "cuda_fp16.h" in err and "pip install '.[gpu]'" in err
+    rc, out, err = run_cli(SYN + ["--epochs", "1", "--backend", "auto", "--hidden", "8"], capsys)
+    assert rc == 0 and "Traceback" not in err
+    _fake_cupy(monkeypatch, devices=0, compile_error=NVRTC_LOG)
+    assert backend.resolve_backend("auto") is np and capsys.readouterr().err == ""
+    fake = _fake_cupy(monkeypatch)                            # the probe compiles and computes 3 * 3 = 9
+    assert backend.resolve_backend("auto") is fake and backend.cupy_available()
+
+
+def test_backend_cupy_exits_2_naming_the_compile_failure(monkeypatch, capsys):
+    """``--backend cupy`` with a device but no working kernel compiler: exit 2, one ``error:`` line with the
+    reason (NVRTC's first line)."""
+    _fake_cupy(monkeypatch, compile_error=NVRTC_LOG)
+    rc, _, err = run_cli(SYN + ["--epochs", "1", "--backend", "cupy"], capsys)
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error:")
+    assert "cannot compile and run a kernel" in err and "cuda_fp16.h" in err

@@ -510,3 +510,43 @@ def test_a_cached_run_file_of_ssaref_0_1_0_is_recognised(tmp_path, capsys):
                                             ssaref_version="0.1.0"))
     assert "rule_beta" in sw.settings_mismatch(ssa, sargv)
     capsys.readouterr()
+
+
+def _gpu_check(tmp_path, *args):
+    """Run validation/gpu_check.sh with fake ``python`` and ``nvidia-smi`` on PATH that log their arguments and
+    succeed (no GPU here): what the script would run, and its folder handling."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "calls.log"
+    for tool in ("python", "nvidia-smi"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{log}"\ncat > /dev/null\n')
+        (bin_dir / tool).chmod(0o755)
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(["bash", str(root / "validation" / "gpu_check.sh"), *args], capture_output=True, text=True,
+                       env=env, timeout=60)
+    calls = log.read_text().splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return r, calls
+
+
+def test_gpu_check_is_rerunnable_with_overwrite_into_its_own_folder(tmp_path):
+    out = tmp_path / "check"
+    r, calls = _gpu_check(tmp_path, str(out))
+    assert r.returncode == 0, r.stderr
+    assert (out / ".gpu_check").exists() and not any("--overwrite" in c for c in calls)
+    assert any("tests/test_kernels_nvrtc.py" in c for c in calls) and any("-m gpu" in c for c in calls)
+    assert sum(c.startswith("python -m ssaref.train --backend cupy") for c in calls) == 2
+    (out / "bench_cupy.json").write_text("{}")
+    r, calls = _gpu_check(tmp_path, str(out))                      # again, without --overwrite: refused
+    assert r.returncode == 2 and calls == [] and "--overwrite" in r.stderr and r.stderr.count("\n") == 1
+    r, calls = _gpu_check(tmp_path, "--overwrite", str(out))       # with it: bench and train overwrite
+    assert r.returncode == 0, r.stderr
+    bench_train = [c for c in calls if "ssaref.bench" in c or "ssaref.train" in c]
+    assert len(bench_train) == 3 and all(c.endswith("--overwrite") for c in bench_train)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.txt").write_text("not a gpu check")
+    r, calls = _gpu_check(tmp_path, "--overwrite", str(other))      # never into a folder that is not its own
+    assert r.returncode == 2 and calls == [] and "not a gpu_check folder" in r.stderr
+    assert (other / "results.txt").read_text() == "not a gpu check"

@@ -7,7 +7,7 @@ dtype and keeps the binary).  The NumPy path never uses these kernels: it keeps 
 the golden vectors record.  Each kernel below evaluates *the same operations in the same order* as the NumPy
 code it replaces (named in its entry), so on the tests' stand-in, which executes the bodies with NumPy, the two
 paths agree bit for bit; on a GPU they agree to rounding (the CUDA compiler may contract ``a * b + c`` into an
-FMA).
+FMA, and CuPy compiles with ``-ftz=true``: float32 denormals are flushed to zero; docs/decisions.md D6).
 
 The bodies are written in a restricted C subset that is also Python once the trailing ``;`` are stripped, so
 that ``tests/_strictxp.py`` can execute them:
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Kernel", "enabled", "launch", "adam", "sgd", "BN_SQDEV", "BN_STATS", "BN_NORMALISE", "BN_GRAD_INPUT",
-           "NEWTON_SCHULZ", "EIGEN_SCALE", "SYM", "HOYER_GRAD"]
+           "NEWTON_SCHULZ", "EIGEN_SCALE", "SYM", "HOYER_GRAD", "PROBE", "catalogue"]
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,11 @@ def sgd(decay: bool, buf: str | None, apply: str) -> Kernel:
     """The SGD kernel: ``decay`` (weight decay on), ``buf`` in {None, "first", "later", "damped"} (the momentum
     buffer's update this step: none, its initialisation, ``momentum buf + d`` or ``momentum buf + (1 - dampening)
     d``), ``apply`` in {"plain", "momentum", "nesterov"}.  Arguments ``(g, wd, lr, p)`` without momentum, else
-    ``(g, wd, mom, 1 - dampening, lr, lr * momentum, p, buf)``."""
+    ``(g, wd, mom, 1 - dampening, lr, lr * momentum, p, buf)``.  ``buf=None`` goes with ``"plain"`` only (the
+    other two read the buffer; a kernel without it would not compile): any other pairing is a ``ValueError``."""
+    if (buf is None) != (apply == "plain"):   # momentum/Nesterov read the buffer; plain SGD has none
+        raise ValueError(f"kernels.sgd: apply={apply!r} with buf={buf!r}: momentum and nesterov need a buffer "
+                         "update ('first', 'later' or 'damped'), plain SGD takes none")
     body = _SGD_DECAY[decay] + "\n" + ("" if buf is None else _SGD_BUF[buf] + "\n") + _SGD_APPLY[apply]
     name = f"ssaref_sgd_{'wd_' if decay else ''}{buf or 'nobuf'}_{apply}"
     if buf is None:
@@ -140,3 +144,19 @@ SYM = Kernel("ssaref_sym", "T M, T Mt, T half", "T S", "S = half * (M + Mt);")
 # n1 = ||s||_1 = sign(s) . s and n2sq = ||s||_2^2 = s . s
 HOYER_GRAD = Kernel("ssaref_hoyer_grad", "T sg, T s, T n1, T n2sq", "T h",
                     "T n2 = sqrt(n2sq);\nh = sg / n2 - n1 / (n2 * n2 * n2) * s;")
+
+# ------------------------------------------------------------------------------------------ backend probe
+# backend.resolve_backend: before choosing CuPy, compile and run this (NVRTC, the CUDA headers and a launch work)
+PROBE = Kernel("ssaref_probe", "T x", "T y", "y = x * x;")
+
+
+def catalogue() -> list:
+    """Every kernel the engine can build: the three Adam kernels, every valid SGD combination and the module's
+    constants (BatchNorm, retraction, Hoyer, the backend's probe).  ``tests/test_kernels_nvrtc.py`` compiles each
+    one with CuPy's code generator and NVRTC, and checks that the engine's call sites reach each one."""
+    out = [adam(d) for d in _ADAM]
+    for decay in (False, True):
+        out.append(sgd(decay, None, "plain"))
+        out += [sgd(decay, buf, apply) for buf in _SGD_BUF for apply in ("momentum", "nesterov")]
+    out += [BN_SQDEV, BN_STATS, BN_NORMALISE, BN_GRAD_INPUT, NEWTON_SCHULZ, EIGEN_SCALE, SYM, HOYER_GRAD, PROBE]
+    return out
