@@ -38,8 +38,9 @@ def _pins() -> dict[str, str]:
 def _requirements():
     project = _pyproject()["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in project["optional-dependencies"].values():
-        reqs += [Requirement(r) for r in extra]
+    for name, extra in project["optional-dependencies"].items():
+        if name != "gpu-cuda13":   # not locked: its CUDA 13 toolkit wheels conflict with the gpu extra's (.ci/lock)
+            reqs += [Requirement(r) for r in extra]
     return reqs
 
 
