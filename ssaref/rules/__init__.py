@@ -11,6 +11,7 @@ from .drtp import DRTP
 from .fa import FA
 from .kp import KP
 from .pepita import PEPITA
+from .predsim import PredSim
 from .sign import BRSF, FRSF, USF
 from .ssa import SSA
 from .svd_bp import SVDBP
@@ -27,6 +28,7 @@ RULES = {
     "pepita": PEPITA,
     "ssa": SSA,
     "svd-bp": SVDBP,
+    "predsim": PredSim,
 }
 
 

@@ -1,0 +1,75 @@
+"""PredSim's similarity-matching loss (Nokland & Eidnes 2019), forward and backward.
+
+The adjusted cosine-similarity matrix of a batch (``similarity_matrix`` of the authors' code, anokland/local-loss):
+
+* a 4-D input ``(B, C, H, W)`` with ``C > 3`` and ``H > 1`` is first summarised per channel by its standard deviation
+  over space (``x[b, c] = std_{hw} a[b, c, h, w]``, unbiased, as ``torch.std``), unless ``channel_std`` is off; any
+  other input is flattened to ``(B, d)``;
+* every row is centred on its own mean and divided by ``eps + ||row||`` (``eps = 1e-8``):
+  ``xn_b = (x_b - mean(x_b)) / (eps + ||x_b - mean(x_b)||)``;
+* ``R = clamp(xn xn^T, -1, 1)`` (B x B).
+
+The loss is ``L_sim = mean_{b,b'} (R_h - R_y)^2`` with ``R_y`` the matrix of the one-hot labels (a constant).
+"""
+from __future__ import annotations
+
+from ..backend import get_array_module
+
+__all__ = ["SIM_EPS", "similarity_forward", "similarity_backward", "similarity_matching",
+           "similarity_matching_backward"]
+
+SIM_EPS = 1e-8
+
+
+def similarity_forward(a, channel_std=True):
+    """``(R, cache)``: the adjusted cosine-similarity matrix (B, B) of ``a`` (B, ...); see the module docstring."""
+    xp = get_array_module(a)
+    B = a.shape[0]
+    std = bool(channel_std) and a.ndim == 4 and a.shape[1] > 3 and a.shape[2] > 1
+    if std:
+        L = a.shape[2] * a.shape[3]
+        z = a.reshape(B, a.shape[1], L)
+        zc = z - z.mean(axis=2, keepdims=True)
+        s = xp.sqrt((zc * zc).sum(axis=2) / (L - 1))          # unbiased std over space: (B, C)
+        x = s
+    else:
+        zc = s = None
+        x = a.reshape(B, -1)
+    xc = x - x.mean(axis=1, keepdims=True)
+    n = xp.sqrt((xc * xc).sum(axis=1, keepdims=True))
+    r = SIM_EPS + n
+    xn = xc / r
+    G = xn @ xn.T
+    R = xp.clip(G, -1.0, 1.0)
+    return R, (a.shape, std, zc, s, xc, n, r, xn, G)
+
+
+def similarity_backward(dR, cache):
+    """``da`` from ``dR = dL/dR`` (B, B)."""
+    shape, std, zc, s, xc, n, r, xn, G = cache
+    dG = dR * ((G >= -1.0) & (G <= 1.0))                      # clamp passes the gradient inside [-1, 1]
+    dxn = (dG + dG.T) @ xn
+    # xn = xc / (eps + n), n = ||xc||:  dxc = dxn / r - xc <dxn, xc> / (r^2 n)
+    dot = (dxn * xc).sum(axis=1, keepdims=True)
+    nz = n + (n == 0)
+    dxc = dxn / r - xc * (dot / (r * r * nz))
+    dx = dxc - dxc.mean(axis=1, keepdims=True)
+    if not std:
+        return dx.reshape(shape)
+    L = zc.shape[2]
+    # s = sqrt(sum zc^2 / (L - 1)):  dz = ds zc / ((L - 1) s)  (the mean's term vanishes: sum zc = 0)
+    dz = (dx / ((L - 1) * s))[:, :, None] * zc
+    return dz.reshape(shape)
+
+
+def similarity_matching(a, R_y, channel_std=True):
+    """``(L_sim, cache)``: ``mean((R(a) - R_y)^2)`` over the B x B entries."""
+    R, c = similarity_forward(a, channel_std)
+    D = R - R_y
+    return (D * D).mean(), (D, c)
+
+
+def similarity_matching_backward(cache):
+    """``dL_sim/da``."""
+    D, c = cache
+    return similarity_backward(2.0 * D / D.size, c)
