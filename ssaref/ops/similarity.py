@@ -57,8 +57,9 @@ def similarity_backward(dR, cache):
     if not std:
         return dx.reshape(shape)
     L = zc.shape[2]
-    # s = sqrt(sum zc^2 / (L - 1)):  dz = ds zc / ((L - 1) s)  (the mean's term vanishes: sum zc = 0)
-    dz = (dx / ((L - 1) * s))[:, :, None] * zc
+    # s = sqrt(sum zc^2 / (L - 1)):  dz = ds zc / ((L - 1) s)  (the mean's term vanishes: sum zc = 0); a constant
+    # channel (s = 0, e.g. all of it cut by a ReLU) passes no gradient, as torch.std's backward
+    dz = (dx * (s > 0) / ((L - 1) * (s + (s == 0))))[:, :, None] * zc
     return dz.reshape(shape)
 
 
