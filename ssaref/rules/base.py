@@ -42,6 +42,11 @@ never a rule's name or private attributes):
 * ``metric_layers()``: names indexing the per-layer metric columns ``on_epoch_end`` returns;
 * ``state`` / ``state_dict`` / ``load_state_dict`` / ``adapt_to_checkpoint``: drawn arrays and resume.
 
+**Data-parallel runs.**  Each rank's ``step`` sees its shard of the global batch and the ranks average their
+directions (``distributed.average_step``), which is the global batch's update for every loss that is a mean over
+examples.  ``group`` is None, or (a run over several ranks) the ``distributed.BatchGroup`` through which a rule
+whose loss couples the examples of a batch (PredSim's similarity matrix) gathers the global batch's rows.
+
 A new rule is one file here, one line in ``rules/__init__.py``'s registry and its oracle test.
 """
 
@@ -221,6 +226,7 @@ class Rule:
                     f"method {self.name!r}: option {k}={v!r} is not a valid {getattr(typ, '__name__', typ)}"
                 ) from None
         self.state: dict = {}  # drawn arrays (feedback matrices); saved in checkpoints
+        self.group = None  # distributed.BatchGroup in a run over several ranks (module docstring)
 
     # -- set-up ------------------------------------------------------------------------------------
     def setup(self, model, rng):

@@ -106,8 +106,10 @@ class PredSim(LocalLossRule):
         K = num_classes(model)
         _, p = next(iter(model.named_params()))
         Y = one_hot(batch.y, K, p.dtype, check_labels=labels_checked(batch.y))
-        R_y, _ = similarity_forward(Y)  # S(y*): the target similarity matrix, a constant
-        return {"R_y": R_y}
+        gather = None if self.group is None else self.group.gather_rows
+        R_y, _ = similarity_forward(Y, gather=gather)  # S(y*): the target similarity matrix, a constant
+        # several ranks: this rank's rows of the global batch's matrices, gradients in this rank's units
+        return {"R_y": R_y, "gather": gather, "unit": 1.0 if self.group is None else 1.0 / self.group.weight}
 
     def local_loss(self, seg, h, batch, ctx):
         """``(L_i, dL_i/dh_i, {head: {param key: gradient}})`` of the module docstring's local loss."""
@@ -119,8 +121,8 @@ class PredSim(LocalLossRule):
             return loss, (1.0 - beta) * softmax_cross_entropy_backward(c)
 
         def sim_loss(t):
-            loss, c = similarity_matching(t, ctx["R_y"], self.options["predsim_channel_std"])
-            return loss, beta * similarity_matching_backward(c)
+            loss, c = similarity_matching(t, ctx["R_y"], self.options["predsim_channel_std"], ctx["gather"])
+            return loss, (beta * ctx["unit"]) * similarity_matching_backward(c)
 
         lp, dh_p, gp = run_head(heads["pred"], h, pred_loss)
         ls, dh_s, gs = run_head(heads["sim"], h, sim_loss)
