@@ -4,6 +4,7 @@ Adding a rule: its file, one entry in ``RULES`` below, its oracle test."""
 
 from __future__ import annotations
 
+from .auglocal import AugLocal
 from .base import Rule, StepResult
 from .bp import BP
 from .dfa import DFA
@@ -29,6 +30,7 @@ RULES = {
     "ssa": SSA,
     "svd-bp": SVDBP,
     "predsim": PredSim,
+    "auglocal": AugLocal,
 }
 
 

@@ -122,20 +122,26 @@ class LocalLossRule(Rule):
         aux_updates = {}
 
         def signal(seg):
-            _, dh, grads = self.local_loss(seg, rec.outs[seg.inject], batch, ctx)
-            for hname, g in grads.items():
-                aux_updates.update({f"aux/{seg.key}/{hname}.{k}": v for k, v in g.items()})
-            return dh
+            return self.segment_signal(model, seg, rec, e, batch, ctx, aux_updates)
 
         updates, signals = local_updates(model, rec.caches, e, self._segs, signal)
         updates.update(aux_updates)
         return updates, signals
 
+    def segment_signal(self, model, seg, rec, e, batch, ctx, aux_updates):
+        """The signal at ``seg``'s injection point: the gradient of its local loss (whose auxiliary gradients go
+        into ``aux_updates``).  AugLocal's last hidden layer overrides it with the output layer's error."""
+        _, dh, grads = self.local_loss(seg, rec.outs[seg.inject], batch, ctx)
+        for hname, g in grads.items():
+            aux_updates.update({f"aux/{seg.key}/{hname}.{k}": v for k, v in g.items()})
+        return dh
+
     def local_losses(self, model, x, y) -> list:
         """Every segment's local loss on a batch (a float each, in forward order); for diagnostics and tests."""
         _, rec = self.forward(model, x)
         ctx = self.step_context(model, None, _Batch(x, y))
-        return [float(self.local_loss(seg, rec.outs[seg.inject], _Batch(x, y), ctx)[0]) for seg in self._segs]
+        return [float(self.local_loss(seg, rec.outs[seg.inject], _Batch(x, y), ctx)[0]) for seg in self._segs
+                if self.heads[seg.key]]
 
 
 class _Batch(NamedTuple):
