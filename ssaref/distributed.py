@@ -299,8 +299,9 @@ class BatchGroup:
         return self.comm.allreduce_sum(buf.reshape(-1), what).reshape(buf.shape), off
 
 
-def sync_batchnorm(model, comm: Comm):
-    """Give every BatchNorm layer of ``model`` (nested ones included) one shared ``CrossReplicaStats``."""
+def sync_batchnorm(model, comm: Comm, extra=()):
+    """Give every BatchNorm layer of ``model`` and of the layer graphs ``extra`` (a rule's ``aux_networks``; nested
+    ones included) one shared ``CrossReplicaStats``."""
     stats = CrossReplicaStats(comm)
 
     def walk(layer):
@@ -310,6 +311,8 @@ def sync_batchnorm(model, comm: Comm):
             walk(child)
 
     walk(model)
+    for net in extra:
+        walk(net)
     return stats
 
 

@@ -86,6 +86,9 @@ class LocalLossRule(Rule):
                     out.append(Learnable(key, self.state[key], int(seg.lead), f"aux.{hname}.{pkey}"))
         return out
 
+    def aux_networks(self):
+        return [net for seg in self._segs for net in self.heads[seg.key].values() if net.layers]
+
     def load_state_dict(self, d, xp) -> None:
         super().load_state_dict(d, xp)
         self._bind()

@@ -37,8 +37,11 @@ never a rule's name or private attributes):
   per-step draw included);
 * ``resolved_options(model)``: every option that affects a step, ``auto`` values resolved;
 * ``GOLDEN_VARIANTS``: golden-vector cases beyond the default options;
-* ``learnable(model)``: rule-owned arrays the optimiser updates like parameters (KP's B); ``updates`` returns a
-  direction for each of their keys;
+* ``learnable(model)``: rule-owned arrays the optimiser updates like parameters (KP's B, the auxiliary networks of
+  PredSim and AugLocal); ``updates`` returns a direction for each of their keys;
+* ``aux_networks()``: rule-owned layer graphs (PredSim's and AugLocal's auxiliary networks, whose arrays are
+  ``learnable``) that the engine treats like the model's layers where it walks them (``--sync-bn``'s BatchNorm
+  statistics, the bench's and Figure 5's cost of training);
 * ``metric_layers()``: names indexing the per-layer metric columns ``on_epoch_end`` returns;
 * ``state`` / ``state_dict`` / ``load_state_dict`` / ``adapt_to_checkpoint``: drawn arrays and resume.
 
@@ -245,6 +248,11 @@ class Rule:
 
     def learnable(self, model) -> list[Learnable]:
         """Rule-owned arrays the optimiser updates like parameters (none by default; KP's ``B``)."""
+        return []
+
+    def aux_networks(self) -> list:
+        """Rule-owned layer graphs run in training only (none by default; PredSim's and AugLocal's auxiliary
+        networks): ``[Sequential]``, their arrays among ``learnable``."""
         return []
 
     # -- one step ------------------------------------------------------------------------------------
