@@ -272,3 +272,30 @@ def test_predsim_refuses_bad_options():
                  {"predsim_inject": "x"}):
         with pytest.raises(ValueError, match="predsim"):
             build_rule("predsim", **opts)
+
+
+@pytest.mark.parametrize("shape, std", [((7, 5), True), ((6, 5, 3, 3), True), ((6, 5, 3, 3), False)])
+def test_similarity_over_shards_is_the_global_batch(shape, std):
+    """With ``gather`` (several ranks) each shard's loss is its rows' part of the global batch's and its gradient
+    the global gradient of its own examples: the parts add up to the one-process values."""
+    from ssaref.ops.similarity import similarity_forward
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(shape)
+    Y = np.eye(3)[rng.integers(0, 3, shape[0])]
+    R_y, _ = similarity_forward(Y)
+    loss, c = similarity_matching(a, R_y, std)
+    g = similarity_matching_backward(c)
+    xn_all = similarity_forward(a, std)[1][7]          # the rows every rank would gather
+    y_all = similarity_forward(Y)[1][7]
+    parts, grads = 0.0, []
+    for lo, hi in ((0, 2), (2, shape[0])):
+        gather_y = lambda v, lo=lo: (y_all, lo)        # noqa: E731
+        gather_x = lambda v, lo=lo: (xn_all, lo)       # noqa: E731
+        R_y_rows, _ = similarity_forward(Y[lo:hi], gather=gather_y)
+        np.testing.assert_allclose(R_y_rows, R_y[lo:hi], rtol=0, atol=1e-15)
+        part, cp = similarity_matching(a[lo:hi], R_y_rows, std, gather_x)
+        parts += float(part)
+        grads.append(similarity_matching_backward(cp))
+    np.testing.assert_allclose(parts, float(loss), rtol=1e-13)
+    np.testing.assert_allclose(np.concatenate(grads), g, rtol=1e-12, atol=1e-15)

@@ -61,6 +61,8 @@ class AugLocal(LocalLossRule):
 
     name = "auglocal"
     prefix = "auglocal"
+    # no golden case yet: the golden schema does not describe auxiliary networks (docs/golden-vectors.md)
+    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ()})}
     OPTIONS = {
         "aux_depth": (int, 2, "AugLocal: depth d of the first hidden layer's auxiliary network (the reference's "
                               "--aux_net_depth)"),
