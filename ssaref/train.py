@@ -508,8 +508,8 @@ def _setup(args, log, out, stack, xp, comm):
     n = len(ds.x_train)
     if comm.size > 1:
         distributed.check_shards(n, args.batch_size, comm.size)
-    bn_stats = (distributed.sync_batchnorm(model, comm, rule.aux_networks()) if (args.sync_bn and comm.size > 1)
-                else None)
+    bn_stats = (distributed.sync_batchnorm(model, comm, [a.net for a in rule.aux_networks()])
+                if (args.sync_bn and comm.size > 1) else None)
     if comm.size > 1:   # a rule whose loss couples a batch's examples sees the global batch (rules/base.py)
         rule.group = distributed.BatchGroup(comm)
     steps_per_epoch = (n + args.batch_size - 1) // args.batch_size

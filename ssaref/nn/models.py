@@ -15,7 +15,7 @@ from .containers import ResidualBlock, Sequential
 from .layers import (BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
                      Sigmoid, Tanh)
 
-__all__ = ["MODELS", "build_model", "WEIGHT_INITS", "BIAS_INITS", "reinitialise", "dense_layers", "basic_block"]
+__all__ = ["MODELS", "build_model", "WEIGHT_INITS", "BIAS_INITS", "reinitialise", "dense_layers"]
 
 _ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
 
@@ -85,9 +85,6 @@ def _basic_block(c_in, c_out, stride, ctx):
         shortcut = Sequential([Conv2d(c_in, c_out, 1, stride=stride, bias=False, **ctx),
                                BatchNorm(c_out, xp=xp, dtype=dtype)])
     return ResidualBlock(main, shortcut)
-
-
-basic_block = _basic_block   # public: AugLocal's auxiliary networks copy the residual blocks
 
 
 def _resnet(in_shape, ctx, stages, blocks, width_mult):

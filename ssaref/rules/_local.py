@@ -24,7 +24,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..nn.containers import Sequential
 from ._feedback import check_choice, layer_output_shapes, local_updates, require_model, segments
-from .base import Learnable, Rule
+from .base import AuxNetwork, FeedbackExport, Learnable, Rule
 
 __all__ = ["ForwardRecord", "LocalLossRule", "aux_context"]
 
@@ -87,7 +87,17 @@ class LocalLossRule(Rule):
         return out
 
     def aux_networks(self):
-        return [net for seg in self._segs for net in self.heads[seg.key].values() if net.layers]
+        return [AuxNetwork(int(seg.lead), hname, net) for seg in self._segs
+                for hname, net in self.heads[seg.key].items() if net.layers]
+
+    def feedback_export(self, model):
+        """No feedback arrays; ``inject`` of every layer whose segment has a local loss (golden vectors: the block
+        output its auxiliary networks read)."""
+        out = FeedbackExport()
+        for seg in self._segs:
+            if self.heads[seg.key]:
+                out.layer_attrs[int(seg.lead)] = {"inject": int(seg.inject)}
+        return out
 
     def load_state_dict(self, d, xp) -> None:
         super().load_state_dict(d, xp)

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import math
 
-from ..nn.containers import Sequential
+from ..nn.containers import ResidualBlock, Sequential
 from ..nn.layers import AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d
-from ..nn.models import basic_block
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
 from ._feedback import num_classes
 from ._local import LocalLossRule, aux_context, run_head
@@ -54,6 +53,35 @@ def selected_layers(i, n, d):
 def _stride2(layer):
     """Whether a residual block downsamples (its first convolution has stride 2)."""
     return layer.kind == "residual" and max(layer.main.layers[0].stride) > 1
+
+
+def _copy_plain(layer, c_in, stride, ctx):
+    """A fresh layer of ``layer``'s type and geometry taking ``c_in`` channels (a conv: the given stride)."""
+    if layer.kind == "conv2d":
+        g = layer.geometry()
+        return Conv2d(c_in, int(layer.params["W"].shape[0]), g["kernel"], stride=stride, padding=g["padding"],
+                      bias="b" in layer.params, **ctx)
+    if layer.kind == "batchnorm":
+        return BatchNorm(int(layer.params["gamma"].shape[0]), momentum=layer.momentum, eps=layer.eps, xp=ctx["xp"],
+                         dtype=ctx["dtype"])
+    return type(layer)()
+
+
+def _copy_block(block, c_in, stride, ctx):
+    """A fresh residual block of ``block``'s layers on ``c_in`` input channels, its first convolution (and the
+    shortcut's) with ``stride``; a projection shortcut (1x1 conv, + BN when the main branch has BN) where the copy's
+    shapes need one and the original has the identity."""
+    main, c = [], c_in
+    for j, layer in enumerate(block.main.layers):
+        main.append(_copy_plain(layer, c, stride if j == 0 else 1, ctx))
+        if layer.kind == "conv2d":
+            c = int(layer.params["W"].shape[0])
+    short = [_copy_plain(l, c_in, stride, ctx) for l in block.shortcut.layers]
+    if not short and (stride != 1 or c_in != c):
+        short = [Conv2d(c_in, c, 1, stride=stride, bias=False, **ctx)]
+        if any(l.kind == "batchnorm" for l in block.main.layers):
+            short.append(BatchNorm(c, xp=ctx["xp"], dtype=ctx["dtype"]))
+    return ResidualBlock(Sequential(main), Sequential(short) if short else None)
 
 
 class AugLocal(LocalLossRule):
@@ -133,10 +161,9 @@ class AugLocal(LocalLossRule):
                 new = Conv2d(shape[0], int(layer.params["W"].shape[0]), g["kernel"], stride=g["stride"],
                              padding=g["padding"], bias="b" in layer.params, **ctx)
             elif kind == "residual":
-                c_out = int(layer.main.layers[0].params["W"].shape[0])
                 stride = 2 if down >= 1 else 1   # the reference's num_pool: one stride-2 block per pending halving
                 down = max(0, down - 1)
-                new = basic_block(shape[0], c_out, stride, ctx)
+                new = _copy_block(layer, shape[0], stride, ctx)
             elif kind == "batchnorm":
                 new = BatchNorm(shape[0], momentum=layer.momentum, eps=layer.eps, xp=ctx["xp"], dtype=ctx["dtype"])
             elif kind in ("maxpool2d", "avgpool2d"):

@@ -39,9 +39,9 @@ never a rule's name or private attributes):
 * ``GOLDEN_VARIANTS``: golden-vector cases beyond the default options;
 * ``learnable(model)``: rule-owned arrays the optimiser updates like parameters (KP's B, the auxiliary networks of
   PredSim and AugLocal); ``updates`` returns a direction for each of their keys;
-* ``aux_networks()``: rule-owned layer graphs (PredSim's and AugLocal's auxiliary networks, whose arrays are
-  ``learnable``) that the engine treats like the model's layers where it walks them (``--sync-bn``'s BatchNorm
-  statistics, the bench's and Figure 5's cost of training);
+* ``aux_networks()``: ``AuxNetwork`` per rule-owned layer graph (PredSim's and AugLocal's auxiliary networks,
+  whose arrays are ``learnable`` under the names ``aux.<name>.<param key>``) that the engine treats like the
+  model's layers where it walks them (``--sync-bn``'s BatchNorm statistics, golden vectors, Figure 5's costs);
 * ``metric_layers()``: names indexing the per-layer metric columns ``on_epoch_end`` returns;
 * ``state`` / ``state_dict`` / ``load_state_dict`` / ``adapt_to_checkpoint``: drawn arrays and resume.
 
@@ -70,6 +70,7 @@ __all__ = [
     "AlignmentPair",
     "FeedbackExport",
     "Learnable",
+    "AuxNetwork",
     "chain_updates",
     "first_param_layer",
 ]
@@ -153,6 +154,15 @@ class Learnable(NamedTuple):
     array: Any
     layer: int
     name: str
+
+
+class AuxNetwork(NamedTuple):
+    """A rule-owned layer graph run in training only: ``net`` (a ``Sequential``) attached to top-level layer
+    ``layer`` under ``name``; its arrays are the rule's ``learnable`` ``aux.<name>.<param key>`` of that layer."""
+
+    layer: int
+    name: str
+    net: Any
 
 
 def _coerce(typ, v):
@@ -250,9 +260,9 @@ class Rule:
         """Rule-owned arrays the optimiser updates like parameters (none by default; KP's ``B``)."""
         return []
 
-    def aux_networks(self) -> list:
+    def aux_networks(self) -> list[AuxNetwork]:
         """Rule-owned layer graphs run in training only (none by default; PredSim's and AugLocal's auxiliary
-        networks): ``[Sequential]``, their arrays among ``learnable``."""
+        networks), their arrays among ``learnable``."""
         return []
 
     # -- one step ------------------------------------------------------------------------------------
