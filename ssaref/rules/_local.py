@@ -56,6 +56,7 @@ class LocalLossRule(Rule):
                      ("before_pool", "segment"))
         self.heads: dict = {}  # segment key -> {head name: Sequential}
         self._segs: list = []
+        self._in_shapes: dict = {}  # segment key -> per-example shape of its block output
 
     # -- set-up ----------------------------------------------------------------------------------------
     def segments_of(self, model):
@@ -66,8 +67,9 @@ class LocalLossRule(Rule):
         require_model(model, self.name)
         self._segs = self.segments_of(model)
         shapes = layer_output_shapes(model)
-        self.heads, self.state = {}, {}
+        self.heads, self.state, self._in_shapes = {}, {}, {}
         for seg in self._segs:
+            self._in_shapes[seg.key] = tuple(int(d) for d in shapes[seg.inject])
             heads = self.build_aux(model, seg, tuple(shapes[seg.inject]), rng)
             self.heads[seg.key] = heads
             for hname, net in heads.items():
@@ -87,7 +89,7 @@ class LocalLossRule(Rule):
         return out
 
     def aux_networks(self):
-        return [AuxNetwork(int(seg.lead), hname, net) for seg in self._segs
+        return [AuxNetwork(int(seg.lead), hname, net, self._in_shapes[seg.key]) for seg in self._segs
                 for hname, net in self.heads[seg.key].items() if net.layers]
 
     def feedback_export(self, model):

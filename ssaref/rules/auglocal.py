@@ -89,8 +89,7 @@ class AugLocal(LocalLossRule):
 
     name = "auglocal"
     prefix = "auglocal"
-    # no golden case yet: the golden schema does not describe auxiliary networks (docs/golden-vectors.md)
-    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ()})}
+    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")})}   # res: a residual block copied
     OPTIONS = {
         "aux_depth": (int, 2, "AugLocal: depth d of the first hidden layer's auxiliary network (the reference's "
                               "--aux_net_depth)"),

@@ -158,11 +158,13 @@ class Learnable(NamedTuple):
 
 class AuxNetwork(NamedTuple):
     """A rule-owned layer graph run in training only: ``net`` (a ``Sequential``) attached to top-level layer
-    ``layer`` under ``name``; its arrays are the rule's ``learnable`` ``aux.<name>.<param key>`` of that layer."""
+    ``layer`` under ``name``, reading a per-example input of shape ``in_shape``; its arrays are the rule's
+    ``learnable`` ``aux.<name>.<param key>`` of that layer."""
 
     layer: int
     name: str
     net: Any
+    in_shape: tuple = ()
 
 
 def _coerce(typ, v):

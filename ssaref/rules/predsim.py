@@ -59,8 +59,8 @@ class PredSim(LocalLossRule):
 
     name = "predsim"
     prefix = "predsim"
-    # no golden case yet: the golden schema does not describe auxiliary networks (docs/golden-vectors.md)
-    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ()})}
+    # the classifiers start at zero: after two warm-up steps the prediction loss reaches the blocks too
+    GOLDEN_VARIANTS = {"warm2": ({}, 2)}
     OPTIONS = {
         "predsim_beta": (float, 0.99, "PredSim: weight beta of the similarity-matching loss, (1 - beta) on the "
                                       "prediction loss (0: pred only, 1: sim only)"),
