@@ -52,8 +52,9 @@ class LocalLossRule(Rule):
 
     def __init__(self, **options):
         super().__init__(**options)
-        check_choice(self.name, f"{self.prefix}_inject", self.options[f"{self.prefix}_inject"],
-                     ("before_pool", "segment"))
+        check_choice(
+            self.name, f"{self.prefix}_inject", self.options[f"{self.prefix}_inject"], ("before_pool", "segment")
+        )
         self.heads: dict = {}  # segment key -> {head name: Sequential}
         self._segs: list = []
         self._in_shapes: dict = {}  # segment key -> per-example shape of its block output
@@ -89,8 +90,12 @@ class LocalLossRule(Rule):
         return out
 
     def aux_networks(self):
-        return [AuxNetwork(int(seg.lead), hname, net, self._in_shapes[seg.key]) for seg in self._segs
-                for hname, net in self.heads[seg.key].items() if net.layers]
+        return [
+            AuxNetwork(int(seg.lead), hname, net, self._in_shapes[seg.key])
+            for seg in self._segs
+            for hname, net in self.heads[seg.key].items()
+            if net.layers
+        ]
 
     def feedback_export(self, model):
         """No feedback arrays; ``inject`` of every layer whose segment has a local loss (golden vectors: the block
@@ -134,7 +139,7 @@ class LocalLossRule(Rule):
     def updates(self, model, caches, e, batch):
         rec = caches
         ctx = self.step_context(model, e, batch)
-        aux_updates = {}
+        aux_updates: dict = {}
 
         def signal(seg):
             return self.segment_signal(model, seg, rec, e, batch, ctx, aux_updates)
@@ -155,8 +160,11 @@ class LocalLossRule(Rule):
         """Every segment's local loss on a batch (a float each, in forward order); for diagnostics and tests."""
         _, rec = self.forward(model, x)
         ctx = self.step_context(model, None, _Batch(x, y))
-        return [float(self.local_loss(seg, rec.outs[seg.inject], _Batch(x, y), ctx)[0]) for seg in self._segs
-                if self.heads[seg.key]]
+        return [
+            float(self.local_loss(seg, rec.outs[seg.inject], _Batch(x, y), ctx)[0])
+            for seg in self._segs
+            if self.heads[seg.key]
+        ]
 
 
 class _Batch(NamedTuple):

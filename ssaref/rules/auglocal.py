@@ -59,11 +59,23 @@ def _copy_plain(layer, c_in, stride, ctx):
     """A fresh layer of ``layer``'s type and geometry taking ``c_in`` channels (a conv: the given stride)."""
     if layer.kind == "conv2d":
         g = layer.geometry()
-        return Conv2d(c_in, int(layer.params["W"].shape[0]), g["kernel"], stride=stride, padding=g["padding"],
-                      bias="b" in layer.params, **ctx)
+        return Conv2d(
+            c_in,
+            int(layer.params["W"].shape[0]),
+            g["kernel"],
+            stride=stride,
+            padding=g["padding"],
+            bias="b" in layer.params,
+            **ctx,
+        )
     if layer.kind == "batchnorm":
-        return BatchNorm(int(layer.params["gamma"].shape[0]), momentum=layer.momentum, eps=layer.eps, xp=ctx["xp"],
-                         dtype=ctx["dtype"])
+        return BatchNorm(
+            int(layer.params["gamma"].shape[0]),
+            momentum=layer.momentum,
+            eps=layer.eps,
+            xp=ctx["xp"],
+            dtype=ctx["dtype"],
+        )
     return type(layer)()
 
 
@@ -89,15 +101,25 @@ class AugLocal(LocalLossRule):
 
     name = "auglocal"
     prefix = "auglocal"
-    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")})}   # res: a residual block copied
+    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")})}  # res: a residual block copied
     OPTIONS = {
-        "aux_depth": (int, 2, "AugLocal: depth d of the first hidden layer's auxiliary network (the reference's "
-                              "--aux_net_depth)"),
-        "pyramid_coeff": (float, 0.5, "AugLocal: pyramidal depth coefficient c (0: depth d for every layer; the "
-                                      "reference's --pyramid_coeff)"),
-        "auglocal_inject": (str, "segment", "AugLocal: a layer's output is its segment's end, pooling included "
-                                            "(segment, as the reference's blocks) or before its pooling layers "
-                                            "(before_pool)"),
+        "aux_depth": (
+            int,
+            2,
+            "AugLocal: depth d of the first hidden layer's auxiliary network (the reference's --aux_net_depth)",
+        ),
+        "pyramid_coeff": (
+            float,
+            0.5,
+            "AugLocal: pyramidal depth coefficient c (0: depth d for every layer; the reference's --pyramid_coeff)",
+        ),
+        "auglocal_inject": (
+            str,
+            "segment",
+            "AugLocal: a layer's output is its segment's end, pooling included "
+            "(segment, as the reference's blocks) or before its pooling layers "
+            "(before_pool)",
+        ),
     }
 
     def __init__(self, **options):
@@ -141,8 +163,9 @@ class AugLocal(LocalLossRule):
             pools = []
         else:
             down = 0
-            pools = [lay[k] for s in skipped for k in range(s.lead, s.end + 1) if lay[k].kind in ("maxpool2d",
-                                                                                                   "avgpool2d")]
+            pools = [
+                lay[k] for s in skipped for k in range(s.lead, s.end + 1) if lay[k].kind in ("maxpool2d", "avgpool2d")
+            ]
         for p in pools:  # a skipped segment's pooling, to keep the primary's resolution
             new = type(p)(p.kernel, p.stride, p.padding)
             if len(shape) == 3 and min(new.output_shape(shape)[1:]) >= 1:
@@ -157,10 +180,17 @@ class AugLocal(LocalLossRule):
                 new = Linear(shape[0], int(layer.params["W"].shape[0]), bias="b" in layer.params, **ctx)
             elif kind == "conv2d":
                 g = layer.geometry()
-                new = Conv2d(shape[0], int(layer.params["W"].shape[0]), g["kernel"], stride=g["stride"],
-                             padding=g["padding"], bias="b" in layer.params, **ctx)
+                new = Conv2d(
+                    shape[0],
+                    int(layer.params["W"].shape[0]),
+                    g["kernel"],
+                    stride=g["stride"],
+                    padding=g["padding"],
+                    bias="b" in layer.params,
+                    **ctx,
+                )
             elif kind == "residual":
-                stride = 2 if down >= 1 else 1   # the reference's num_pool: one stride-2 block per pending halving
+                stride = 2 if down >= 1 else 1  # the reference's num_pool: one stride-2 block per pending halving
                 down = max(0, down - 1)
                 new = _copy_block(layer, shape[0], stride, ctx)
             elif kind == "batchnorm":
@@ -173,7 +203,7 @@ class AugLocal(LocalLossRule):
                 continue
             elif kind in ("global_avgpool",) and len(shape) == 1:
                 continue
-            else:   # activations, flatten, global average pooling: parameter-free, shape-generic
+            else:  # activations, flatten, global average pooling: parameter-free, shape-generic
                 new = type(layer)()
             out.append(new)
             shape = tuple(new.output_shape(shape))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 from ..nn.containers import Sequential
-from ..nn.layers import AvgPool2d, Conv2d, Flatten, Linear
+from ..nn.layers import AvgPool2d, Conv2d, Flatten, Layer, Linear
 from ..ops.losses import one_hot, softmax_cross_entropy, softmax_cross_entropy_backward
 from ..ops.similarity import similarity_forward, similarity_matching, similarity_matching_backward
 from ._feedback import check_choice, num_classes
@@ -62,18 +62,38 @@ class PredSim(LocalLossRule):
     # the classifiers start at zero: after two warm-up steps the prediction loss reaches the blocks too
     GOLDEN_VARIANTS = {"warm2": ({}, 2)}
     OPTIONS = {
-        "predsim_beta": (float, 0.99, "PredSim: weight beta of the similarity-matching loss, (1 - beta) on the "
-                                      "prediction loss (0: pred only, 1: sim only)"),
-        "predsim_dim_decoder": (int, 2048, "PredSim: at most this many features reach a conv block's local "
-                                           "classifier (average pooling, the reference's --dim-in-decoder)"),
-        "predsim_channel_std": (bool, True, "PredSim: a 4-D block output enters the similarity matrix as its "
-                                            "per-channel std over space (false: flattened; --no-similarity-std)"),
-        "predsim_sim_transform": (str, "learned", "PredSim: the similarity loss sees a learned 3x3 conv (4-D) or "
-                                                  "linear map (2-D) of the block output (learned, the reference), "
-                                                  "or the block output itself (none)"),
-        "predsim_inject": (str, "before_pool", "PredSim: the block output is the segment's output before its "
-                                               "pooling/flatten layers (before_pool, the reference) or its end "
-                                               "(segment)"),
+        "predsim_beta": (
+            float,
+            0.99,
+            "PredSim: weight beta of the similarity-matching loss, (1 - beta) on the "
+            "prediction loss (0: pred only, 1: sim only)",
+        ),
+        "predsim_dim_decoder": (
+            int,
+            2048,
+            "PredSim: at most this many features reach a conv block's local "
+            "classifier (average pooling, the reference's --dim-in-decoder)",
+        ),
+        "predsim_channel_std": (
+            bool,
+            True,
+            "PredSim: a 4-D block output enters the similarity matrix as its "
+            "per-channel std over space (false: flattened; --no-similarity-std)",
+        ),
+        "predsim_sim_transform": (
+            str,
+            "learned",
+            "PredSim: the similarity loss sees a learned 3x3 conv (4-D) or "
+            "linear map (2-D) of the block output (learned, the reference), "
+            "or the block output itself (none)",
+        ),
+        "predsim_inject": (
+            str,
+            "before_pool",
+            "PredSim: the block output is the segment's output before its "
+            "pooling/flatten layers (before_pool, the reference) or its end "
+            "(segment)",
+        ),
     }
 
     def __init__(self, **options):
@@ -82,13 +102,16 @@ class PredSim(LocalLossRule):
         if not (0.0 <= beta <= 1.0):
             raise ValueError(f"method 'predsim': option predsim_beta={beta!r} must lie in [0, 1]")
         if self.options["predsim_dim_decoder"] < 1:
-            raise ValueError(f"method 'predsim': option predsim_dim_decoder={self.options['predsim_dim_decoder']!r} "
-                             f"must be >= 1")
+            raise ValueError(
+                f"method 'predsim': option predsim_dim_decoder={self.options['predsim_dim_decoder']!r} must be >= 1"
+            )
         check_choice(self.name, "predsim_sim_transform", self.options["predsim_sim_transform"], ("learned", "none"))
 
     def build_aux(self, model, seg, shape, rng):
         ctx = aux_context(model, rng)
         K = num_classes(model)
+        pred: list[Layer]
+        sim: list[Layer]
         if len(shape) == 3:
             pool = decoder_pool(shape, self.options["predsim_dim_decoder"])
             pred = [AvgPool2d(pool[0], padding=pool[1])] if pool else []
