@@ -10,7 +10,8 @@ the classifier, BP between them).  No gradient crosses modules.
 ``A_i`` (the reference's ``unifSamp`` auxiliary network): ``d_i`` layers uniformly selected from the primary
 layers after ``i`` (indices ``round(i + t (n - 1 - i) / d_i)``, ``t = 1..d_i``; every later layer when
 ``d_i >= n - 1 - i``), each a fresh copy (own weights, ssaref's default initialisation) of the selected layer's type
-and width, fed by the previous aux layer; then global average pooling (4-D) and a linear classifier.  The depth
+and width, fed by the previous aux layer; then global average pooling (4-D), a BatchNorm of the features when
+``d_i = 1`` (the reference's ``BatchNorm1d``), and a linear classifier.  The depth
 follows the pyramidal schedule of the code::
 
     d_i = max(1, round(d (1 - c i / (n - 2)) + c i / (n - 2)))       d = aux_depth, c = pyramid_coeff, i = 0..n-2
@@ -149,6 +150,8 @@ class AugLocal(LocalLossRule):
         if len(sh) == 3:
             layers.append(GlobalAvgPool())
             sh = (sh[0],)
+        if d <= 1:  # the reference normalises the pooled features of a depth-1 auxiliary network (BatchNorm1d)
+            layers.append(BatchNorm(int(math.prod(sh)), xp=ctx["xp"], dtype=ctx["dtype"]))
         layers.append(Linear(int(math.prod(sh)), num_classes(model), **ctx))
         return {"aux": Sequential(layers)}
 
