@@ -200,3 +200,22 @@ def test_auglocal_refuses_bad_options():
     for opts in ({"aux_depth": 0}, {"pyramid_coeff": 2.0}, {"auglocal_inject": "x"}):
         with pytest.raises(ValueError, match="auglocal"):
             build_rule("auglocal", **opts)
+
+
+@pytest.mark.parametrize("method", ["auglocal", "predsim"])
+def test_a_restore_with_new_arrays_rebinds_every_auxiliary_layer(method):
+    """``load_state_dict`` onto arrays of another module replaces them; every auxiliary layer, those inside a
+    copied residual block included, must then compute with the restored arrays."""
+    run = build_run(make("resnet"), method, np.random.default_rng(3), optimizer=None)
+    rule, model = run.rule, run.model
+    x, y = batch(model)
+    before = rule.step(model, x, y).updates
+    saved = {k: np.array(v) for k, v in rule.state_dict().items()}
+    rng = np.random.default_rng(1)
+    for v in rule.state.values():
+        v[...] = rng.standard_normal(v.shape)            # the old arrays now hold other numbers
+    rule.state = {k: np.array(v) for k, v in rule.state.items()}   # ... and are no longer the rule's
+    rule.load_state_dict(saved, np)
+    after = rule.step(model, x, y).updates
+    for k, v in before.items():
+        np.testing.assert_array_equal(after[k], v, err_msg=k)

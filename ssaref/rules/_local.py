@@ -111,13 +111,11 @@ class LocalLossRule(Rule):
         self._bind()
 
     def _bind(self):
-        """Point every auxiliary layer at its state array (a restore may have replaced an array)."""
+        """Point every auxiliary layer (nested ones included) at its state array (a restore onto another device
+        replaces the arrays), then rebuild the containers' flat views bottom-up."""
         for seg in self._segs:
             for hname, net in self.heads[seg.key].items():
-                for i, layer in enumerate(net.layers):
-                    for name in layer.params:
-                        layer.params[name] = self.state[f"aux/{seg.key}/{hname}.{i}.{name}"]
-                net.named_params()
+                _rebind(net, "", lambda key, s=seg.key, h=hname: self.state[f"aux/{s}/{h}.{key}"])
 
     # -- one step --------------------------------------------------------------------------------------
     def forward(self, model, x):
@@ -165,6 +163,19 @@ class LocalLossRule(Rule):
             for seg in self._segs
             if self.heads[seg.key]
         ]
+
+
+def _rebind(layer, prefix, array_of):
+    """Set every leaf layer's parameter ``name`` under ``layer`` to ``array_of(prefix + name)``; containers
+    (``Sequential``, ``ResidualBlock``) recollect their flat views afterwards."""
+    children = getattr(layer, "children", None)
+    if not children:
+        for name in layer.params:
+            layer.params[name] = array_of(prefix + name)
+        return
+    for cname, child in children.items():
+        _rebind(child, f"{prefix}{cname}.", array_of)
+    Sequential._collect(layer)
 
 
 class _Batch(NamedTuple):
