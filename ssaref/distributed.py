@@ -292,8 +292,37 @@ class CrossReplicaStats:
         return self._reduce(local_sums * self.weight, n, "the BatchNorm backward (--sync-bn)") / self.weight
 
 
-def sync_batchnorm(model, comm: Comm):
-    """Give every BatchNorm layer of ``model`` (nested ones included) one shared ``CrossReplicaStats``."""
+class BatchGroup:
+    """The global batch seen from one rank, for a rule whose loss couples the examples of a batch (PredSim's
+    similarity matrix: every pair of examples of the batch), set as ``rule.group`` by the training loop of a
+    data-parallel run.  ``set_shard(n_global)`` (every step, before the rule's step) records every rank's shard
+    size (``shard``'s contiguous split) and this rank's ``weight = n_local / n_global``; ``gather_rows(a)`` returns
+    the global batch's ``a`` (the ranks' rows stacked in rank order, one allreduce) and this rank's first row.
+    A rule whose directions hold the global batch's gradient for its own rows divides them by ``weight``, which
+    ``average_step`` undoes.  Every rank calls ``gather_rows`` in the same order (the same graph)."""
+
+    def __init__(self, comm: Comm):
+        self.comm = comm
+        self.weight = 1.0 / comm.size
+        self.sizes = None
+
+    def set_shard(self, n_global: int) -> None:
+        self.sizes = [len(p) for p in np.array_split(np.arange(int(n_global)), self.comm.size)]
+        self.weight = self.sizes[self.comm.rank] / int(n_global)
+
+    def gather_rows(self, a, what="the rule's gather of the global batch"):
+        if self.sizes is None:
+            raise DistributedError("BatchGroup.gather_rows before set_shard")
+        xp = get_array_module(a)
+        off = sum(self.sizes[: self.comm.rank])
+        buf = xp.zeros((sum(self.sizes),) + tuple(a.shape[1:]), dtype=a.dtype)
+        buf[off:off + a.shape[0]] = a
+        return self.comm.allreduce_sum(buf.reshape(-1), what).reshape(buf.shape), off
+
+
+def sync_batchnorm(model, comm: Comm, extra=()):
+    """Give every BatchNorm layer of ``model`` and of the layer graphs ``extra`` (a rule's ``aux_networks``; nested
+    ones included) one shared ``CrossReplicaStats``."""
     stats = CrossReplicaStats(comm)
 
     def walk(layer):
@@ -303,6 +332,8 @@ def sync_batchnorm(model, comm: Comm):
             walk(child)
 
     walk(model)
+    for net in extra:
+        walk(net)
     return stats
 
 

@@ -508,7 +508,10 @@ def _setup(args, log, out, stack, xp, comm):
     n = len(ds.x_train)
     if comm.size > 1:
         distributed.check_shards(n, args.batch_size, comm.size)
-    bn_stats = distributed.sync_batchnorm(model, comm) if (args.sync_bn and comm.size > 1) else None
+    bn_stats = (distributed.sync_batchnorm(model, comm, [a.net for a in rule.aux_networks()])
+                if (args.sync_bn and comm.size > 1) else None)
+    if comm.size > 1:   # a rule whose loss couples a batch's examples sees the global batch (rules/base.py)
+        rule.group = distributed.BatchGroup(comm)
     steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
     schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
     use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
@@ -617,6 +620,7 @@ def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run,
                 xb, yb = xb[lo:hi], yb[lo:hi]
                 if bn_stats is not None:
                     bn_stats.set_batch(len(part), len(idx))
+                rule.group.set_shard(len(idx))
             xb = to_device(xb.astype(dtype, copy=False), xp)   # no copy when resident
             yb = to_device(yb, xp)
             res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)

@@ -255,8 +255,8 @@ def _update_arrays(model, res, learn):
     out = {}
     for key in sorted((k for k in res.updates if k not in learn), key=lambda s: (int(s.split(".", 1)[0]), s)):
         out[_path(key)] = _host(res.updates[key])
-    for key, (k, n) in learn.items():   # rule-owned arrays the optimiser updates (KP's B): <layer>/<name>
-        out[f"{int(k)}/{n}"] = _host(res.updates[key])
+    for key, (k, n) in learn.items():   # rule-owned arrays the optimiser updates (KP's B, auxiliary networks)
+        out[f"{int(k)}/{_path(n)}"] = _host(res.updates[key])
     return out
 
 
@@ -264,7 +264,7 @@ def _param_arrays(model, rule):
     """``{path: array}`` of the current parameters and the rule's learnables."""
     out = {_path(key): _host(a) for key, a in model.named_params()}
     for item in rule.learnable(model):
-        out[f"{int(item.layer)}/{item.name}"] = _host(item.array)
+        out[f"{int(item.layer)}/{_path(item.name)}"] = _host(item.array)
     return out
 
 
@@ -334,6 +334,13 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
         for n in FEEDBACK_NAMES:
             if top and n in per.get(int(gp), {}):
                 ds[f"layers/{gp}/{n}"] = per[int(gp)][n]
+    for a in rule.aux_networks():   # a rule's auxiliary networks: layers/<k>/aux/<name>/<j>, as model layers
+        for gp, layer in _layer_groups(a.net):
+            ap = f"layers/{int(a.layer)}/aux/{a.name}/{gp}"
+            gattrs[ap] = _layer_attrs(layer)
+            for n in PARAM_NAMES:
+                if n in layer.params and layer.kind != "residual":
+                    ds[f"{ap}/{n}"] = _host(layer.params[n])
     for n, a in glob.items():
         ds[f"feedback/{n}"] = a
     h = x

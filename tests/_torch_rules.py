@@ -31,12 +31,13 @@ import torch
 import torch.nn.functional as F
 
 DT = torch.float64
-SUPPORTED = ("bp", "fa", "kp", "dfa", "usf", "brsf", "frsf", "drtp", "pepita", "svd-bp", "ssa")
+SUPPORTED = ("bp", "fa", "kp", "dfa", "usf", "brsf", "frsf", "drtp", "pepita", "svd-bp", "ssa", "predsim", "auglocal")
 PARAMS = ("W", "b", "U", "s", "V")
 # the mistakes ``wrong`` can make; the names are the coverage terms of docs/golden-vectors.md
 TERMS = ("batch_mean", "inject", "feedback", "usf_scale", "drtp_target", "pepita_error", "kp_decay", "alpha",
          "alpha_bias", "alpha_paper", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier",
-         "hoyer_paper", "projection", "s_inverse", "momentum", "adam_bias", "retraction", "retract_every")
+         "hoyer_paper", "projection", "s_inverse", "momentum", "adam_bias", "retraction", "retract_every",
+         "predsim_beta", "similarity_std", "last_module")
 ALIASES = {"ssa_align": "beta", "ortho": "gamma"}
 CONSULTED: set = set()   # the terms whose mistake the last computations could have made (see consulted_terms)
 
@@ -67,6 +68,9 @@ def _load_layer(grp):
     if L["attrs"]["kind"] == "residual":   # y = relu(main(x) + shortcut(x)); no shortcut group: identity
         for br in ("main", "shortcut"):
             L[br] = [_load_layer(grp[f"{br}/{j}"]) for j in range(len(grp[br]))] if br in grp else []
+    if "aux" in grp:   # a local-loss rule's auxiliary networks attached to this layer
+        L["aux"] = {name: [_load_layer(grp[f"aux/{name}/{j}"]) for j in range(len(grp[f"aux/{name}"]))]
+                    for name in grp["aux"]}
     return L
 
 
@@ -91,6 +95,9 @@ def _flat_params(L, prefix=""):
     for br in ("main", "shortcut"):
         for j, sub in enumerate(L.get(br, [])):
             out.update(_flat_params(sub, f"{prefix}{br}.{j}."))
+    for name, layers in L.get("aux", {}).items():
+        for j, sub in enumerate(layers):
+            out.update(_flat_params(sub, f"{prefix}aux.{name}.{j}."))
     return out
 
 
@@ -180,6 +187,8 @@ def layer_forward(L, p, h, B=None, M=None):
         return F.max_pool2d(h, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
     if kind == "flatten":
         return h.reshape(h.shape[0], -1)
+    if kind == "avgpool2d":
+        return F.avg_pool2d(h, tuple(a["kernel"]), tuple(a["stride"]), tuple(a["padding"]))
     if kind == "residual":
         main = _branch(L["main"], p, "main", h)
         short = _branch(L["shortcut"], p, "shortcut", h) if L["shortcut"] else h
@@ -461,6 +470,71 @@ def _ssa(g, P, outs, e, wrong):
     return out, signals
 
 
+def _aux_forward(L, p, name, h):
+    """An auxiliary network ``name`` of layer ``L`` (``layers/<k>/aux/<name>``) on ``h``."""
+    for j, A in enumerate(L["aux"][name]):
+        q = f"aux.{name}.{j}."
+        h = layer_forward(A, {n[len(q):]: t for n, t in p.items() if n.startswith(q)}, h)
+    return h
+
+
+def _similarity(x, std, wrong):
+    """PredSim's adjusted cosine-similarity matrix (Nokland & Eidnes' ``similarity_matrix``)."""
+    if x.dim() == 4 and std and x.shape[1] > 3 and x.shape[2] > 1 and not _w(wrong, "similarity_std"):
+        x = x.reshape(x.shape[0], x.shape[1], -1).std(dim=2)
+    x = x.reshape(x.shape[0], -1)
+    xc = x - x.mean(dim=1, keepdim=True)
+    xn = xc / (1e-8 + xc.pow(2).sum(dim=1, keepdim=True).sqrt())
+    return (xn @ xn.T).clamp(-1, 1)
+
+
+def _local(g, P, outs, e, wrong):
+    """PredSim / AugLocal: every layer with an ``inject`` attribute learns from its auxiliary networks' loss on its
+    output at ``inject`` (carried back to it alone); the output layer from e.  AugLocal: the last hidden layer and
+    the output layer form one module trained by e (BP between them)."""
+    rule, o, x, y = g["attrs"]["rule"], g["options"], g["x"], g["y"]
+    N = len(g["layers"]) - 1
+    grads, signals = local_grads(g, P, N, N, outs[N - 1], e)
+    if rule == "auglocal":
+        hidden = weight_layers(g)[:-1]
+        if hidden:
+            last = hidden[-1]
+            h_in = outs[last - 1] if last else x
+            if _w(wrong, "last_module"):   # mistake: the output layer's error is not carried into the last layer
+                gl, sl = local_grads(g, P, last, N - 1, h_in, torch.zeros_like(outs[N - 1]))
+                grads.update(gl)
+            else:
+                gl, sl = local_grads(g, P, last, N, h_in, e)
+                grads.update(gl)
+                signals.update(sl)
+    for k, L in enumerate(g["layers"]):
+        if "inject" not in L["attrs"]:
+            continue
+        j = int(L["attrs"]["inject"])
+        if j > k and _w(wrong, "inject"):   # mistake: the block output read one layer earlier
+            j -= 1
+        h = outs[j].detach().requires_grad_(True)
+        aux = {n: t for n, t in P[k].items() if n.startswith("aux.")}
+        if rule == "predsim":
+            beta = o["predsim_beta"]
+            if _w(wrong, "predsim_beta"):
+                beta = 1.0 - beta
+            loss_pred = cross_entropy(_aux_forward(L, P[k], "pred", h), y)
+            t = _aux_forward(L, P[k], "sim", h) if "sim" in L["aux"] else h
+            Y = F.one_hot(y, outs[N].shape[1]).to(DT)
+            D = _similarity(t, o["predsim_channel_std"], wrong) - _similarity(Y, True, None)
+            loss = (1 - beta) * loss_pred + beta * (D * D).mean()
+        else:
+            loss = cross_entropy(_aux_forward(L, P[k], "aux", h), y)
+        res = torch.autograd.grad(loss, [h] + list(aux.values()), allow_unused=True)
+        gk, sk = local_grads(g, P, k, j, outs[k - 1] if k else x, res[0])
+        grads.update(gk)
+        signals.update(sk)
+        for (n, t), r in zip(aux.items(), res[1:]):   # after local_grads (which gives the aux leaves zeros)
+            grads[(k, n)] = torch.zeros_like(t) if r is None else r
+    return grads, signals
+
+
 def _direct_dense(g, P, outs, e, wrong=None):
     """dL/dW of every SVD layer's reconstructed matrix under SSA's task signals."""
     N = len(g["layers"]) - 1
@@ -510,6 +584,8 @@ def step(g, P, wrong=None):
         grads, signals = _pepita(g, P, x, y, logits, wrong)
     elif rule == "svd-bp":
         grads, signals = _svd_bp(g, P, outs, e, wrong)
+    elif rule in ("predsim", "auglocal"):
+        grads, signals = _local(g, P, outs, e, wrong)
     else:
         grads, signals = _ssa(g, P, outs, e, wrong)
     return loss, logits, outs, grads, signals

@@ -55,14 +55,17 @@ def max_rel(a, b):
     return max(float(np.max(np.abs(a[k] - b[k])) / max(float(np.max(np.abs(b[k]))), 1e-300)) for k in b)
 
 
-MLP_RULES = ["bp", "fa", "kp", "usf", "brsf", "frsf", "dfa", "drtp", "pepita", "svd-bp", "ssa", "ssa-cut"]
-CONV_RULES = ["bp", "fa", "kp", "dfa", "drtp", "svd-bp", "ssa-cut"]
+MLP_RULES = ["bp", "fa", "kp", "usf", "brsf", "frsf", "dfa", "drtp", "pepita", "svd-bp", "ssa", "ssa-cut", "predsim",
+             "auglocal"]
+CONV_RULES = ["bp", "fa", "kp", "dfa", "drtp", "svd-bp", "ssa-cut", "predsim", "auglocal"]
 
 
 def test_two_ranks_equal_one_rank_for_every_rule(tmp_path):
     cases = ([f"{m}:mlp" for m in MLP_RULES] + [f"{m}:lenet" for m in CONV_RULES]
-             + ["bp:mlp:adam", "ssa-cut:mlp:adam", "dfa:lenet:adam"]
-             + ["bp:resnet20:syncbn", "dfa:resnet20:syncbn", "ssa:resnet20:syncbn"])   # BN nets with --sync-bn
+             + ["bp:mlp:adam", "ssa-cut:mlp:adam", "dfa:lenet:adam", "predsim:mlp:adam"]
+             + ["bp:resnet20:syncbn", "dfa:resnet20:syncbn", "ssa:resnet20:syncbn",   # BN nets with --sync-bn
+                "predsim:resnet20:syncbn",    # PredSim's similarity matrix: the global batch's (BatchGroup)
+                "auglocal:resnet20:syncbn"])  # the auxiliary networks' BatchNorm layers synchronised too
     r = mpirun(2, ["tests/_mpi_equivalence.py", str(tmp_path), *cases], timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     got = dict(re.findall(r"^CASE (\S+) (\S+)$", r.stdout, flags=re.M))

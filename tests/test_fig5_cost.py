@@ -19,7 +19,7 @@ def test_quick_writes_the_table_and_the_figure(tmp_path, capsys):
     text = (out / "results.md").read_text()
     assert (out / "fig5_cost.png").stat().st_size > 1000
     for model in ("mlp", "lenet"):
-        for label in ("BP", "DFA", "SSA", "SVD-BP"):
+        for label in ("BP", "DFA", "SSA", "SVD-BP", "PredSim", "AugLocal"):
             assert f"| {model} | 1x28x28 | {label} |" in text
     rows = [line for line in text.splitlines() if line.startswith("| mlp |")]
     bp = rows[0].split("|")
@@ -79,3 +79,20 @@ def test_a_file_that_is_no_run_file_is_refused(tmp_path, capsys):
     bad.write_text("not hdf5")
     assert _code(["--quick", "--runs", str(bad), "--out-dir", str(tmp_path / "o")]) == 2
     assert "bad.h5" in capsys.readouterr().err
+
+
+def test_auxiliary_overhead_is_counted_apart():
+    """PredSim's and AugLocal's auxiliary networks: their forward FLOPs and parameters, training only (the inference
+    cost is the model's own); none for BP."""
+    mlp = build_model("mlp", (1, 28, 28), 10)
+    assert f5.aux_cost("bp", mlp) == (0, 0)
+    # PredSim on each 256-wide block: a classifier Linear(256, 10) and a bias-free Linear(256, 256) before S
+    flops, params = f5.aux_cost("predsim", build_model("mlp", (1, 28, 28), 10))
+    assert flops == 2 * 2 * (256 * 10 + 256 * 256) and params == 2 * (256 * 10 + 10 + 256 * 256)
+    # AugLocal: only the first block has an auxiliary network, a copy of the second layer and a classifier
+    flops, params = f5.aux_cost("auglocal", build_model("mlp", (1, 28, 28), 10))
+    assert flops == 2 * (256 * 256 + 256 * 10) and params == 256 * 256 + 256 + 256 * 10 + 10
+    a = f5.analytic("predsim", "mlp", 1.0, {})
+    b = f5.analytic("bp", "mlp", 1.0, {})
+    assert a["flops"] == b["flops"] and a["params"] == b["params"]      # inference drops the auxiliary networks
+    assert a["train_flops"] == 3 * (a["flops"] + a["aux_flops"]) > b["train_flops"]

@@ -73,6 +73,11 @@ MUTATIONS = [
     ("usf_scale", "usf__conv__default", "update/0/W"),
     ("drtp_target", "drtp__conv__default", "update/0/b"),
     ("kp_decay", "kp__mlp__decay", "update/2/B"),
+    ("predsim_beta", "predsim__mlp__default", "update/0/aux/pred/1/W"),
+    ("similarity_std", "predsim__conv__default", "update/0/W"),
+    ("inject", "predsim__mlp__warm2", "update/0/W"),
+    ("last_module", "auglocal__res__default", "update/2/main/0/W"),
+    ("inject", "auglocal__res__default", "update/0/aux/aux/0/main/0/W"),
 ]
 
 

@@ -8,6 +8,11 @@ Per method (BP, DFA, SSA, SVD-BP) and model (mlp, lenet, smallconv, vgg13, resne
 * **peak training memory** (measured): ``ssaref.bench.measure_memory``, a fresh process per method and model,
   the resident-set high-water mark over optimiser/rule set-up and a few steps above the built model (``peak``),
   and that of one step above the state kept between steps (``step``: activations, caches, gradients);
+* **auxiliary overhead** (analytic; PredSim, AugLocal): the forward FLOPs per example and the parameters of the
+  rule's auxiliary networks (``Rule.aux_networks``), which training runs and inference drops;
+* **training FLOPs** (analytic estimate): 3 x (inference + auxiliary forward FLOPs) per example (one forward, two
+  backward passes of the same size); PredSim's B x B similarity matrices are not counted (2 B C per example and
+  block);
 * **inference FLOPs and parameters** (analytic): 2 x the multiply-adds per example of the weight layers (Linear,
   Conv2d and their SVD forms; BN, activations and pooling are not counted) and the trained numbers (BN's gamma and
   beta included).  BP and DFA train dense layers.  SSA and SVD-BP hold every weight as ``U diag(s) V^T``: at the
@@ -43,8 +48,8 @@ from ssaref.threads import apply_threads, blas_info, default_threads, threads_ar
 from validation import _sweep as sw
 
 SCRIPT = "fig5_cost"
-METHODS = ["bp", "dfa", "ssa", "svd-bp"]
-LABELS = {"bp": "BP", "dfa": "DFA", "ssa": "SSA", "svd-bp": "SVD-BP"}
+METHODS = ["bp", "dfa", "ssa", "svd-bp", "predsim", "auglocal"]
+LABELS = {"bp": "BP", "dfa": "DFA", "ssa": "SSA", "svd-bp": "SVD-BP", "predsim": "PredSim", "auglocal": "AugLocal"}
 MODELS = ["mlp", "lenet", "smallconv", "vgg13", "resnet20"]
 SVD_METHODS = {"ssa", "svd-bp"}
 INPUT = {"mlp": (1, 28, 28), "lenet": (1, 28, 28)}       # the others: CIFAR-10, 3x32x32
@@ -149,8 +154,24 @@ def analytic(method, model, width_mult, runs):
         source = f"run file {Path(path).name}"
     dense = build_model(model, shape, classes, dtype=np.float32, seed=0, **opts)
     flops, params, layers = inference_cost(dense, shape, ranks, svd)
+    aux_flops, aux_params = aux_cost(method, dense)
     return {"flops": flops, "params": params, "rank_source": source, "input": "x".join(map(str, shape)),
-            "ranks": [r for _, r, _ in layers] if svd else None}
+            "ranks": [r for _, r, _ in layers] if svd else None, "aux_flops": aux_flops, "aux_params": aux_params,
+            "train_flops": 3 * (flops + aux_flops)}
+
+
+def aux_cost(method, dense):
+    """``(forward FLOPs per example, parameters)`` of the auxiliary networks ``method`` trains ``dense`` with
+    (``Rule.aux_networks``; none for the other rules): training cost only, inference drops them."""
+    from ssaref.rules import build_rule
+
+    rule = build_rule(method)
+    rule.setup(dense, np.random.default_rng(0))
+    flops = params = 0
+    for aux in rule.aux_networks():
+        f, p, _ = inference_cost(aux.net, aux.in_shape)
+        flops, params = flops + f, params + p
+    return flops, params
 
 
 # ----------------------------------------------------------------------------------------------- measurement
@@ -191,13 +212,16 @@ def results_md(args, rows, ignored, info):
              "step above the state kept between steps.  Inference: FLOPs = 2 x multiply-adds per example of the "
              "weight layers; params = trained numbers.  SSA / SVD-BP are costed in their factored form "
              "`U diag(s) V^T` at the ranks of `rank source` (a run file's checkpoint, after rank reduction, or "
-             "full rank when no run file was given).", "",
-             "| model | input | method | step ms | vs BP | peak MiB | step MiB | inference MFLOP | params | "
-             "rank source |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "full rank when no run file was given).  Auxiliary overhead (PredSim, AugLocal): `aux MFLOP` = forward "
+             "FLOPs per example of the auxiliary networks, `aux params` their parameters (training only; step time "
+             "and memory include them); `train MFLOP` = 3 x (inference + aux) FLOPs per example, an estimate.", "",
+             "| model | input | method | step ms | vs BP | peak MiB | step MiB | train MFLOP | aux MFLOP | "
+             "aux params | inference MFLOP | params | rank source |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['input']} | {LABELS[r['method']]} | {_fmt(r['step_ms'])} | "
                      f"{_fmt(r['vs_bp'], '.2f')} | {_fmt(r['peak_mib'], '.0f')} | {_fmt(r['step_mib'], '.0f')} | "
+                     f"{r['train_flops'] / 1e6:.2f} | {r['aux_flops'] / 1e6:.2f} | {r['aux_params']:,} | "
                      f"{r['flops'] / 1e6:.2f} | {r['params']:,} | {r['rank_source']} |")
     for r in rows:
         if r.get("memory_error"):

@@ -39,6 +39,8 @@ METHODS = {  # method -> (flags, label); learning rates: Adam, the paper's optim
     "svd-bp": ([], "SVD-BP"),
     "ssa": ([], "SSA (default)"),
     "ssa-paper": (["--ssa-variant", "paper"], "SSA (paper-literal)"),
+    "predsim": ([], "PredSim"),
+    "auglocal": ([], "AugLocal"),
 }
 ALIGN_LOGGED = {"dfa", "ssa"}  # the sweep entries whose runs log eq. (4) angles with --align-every
 

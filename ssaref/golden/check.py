@@ -184,9 +184,10 @@ def _children(ds, gattrs, prefix):
     return out
 
 
-def _layer_groups(ds, gattrs, prefix, errs, nested=False):
-    """``[(group path, kind)]`` of the layers under ``prefix`` (``layers`` or ``layers/<k>/<branch>``), in
-    order, residual blocks expanded; problems appended to ``errs``."""
+def _layer_groups(ds, gattrs, prefix, errs, nested=False, aux=False):
+    """``[(group path, kind)]`` of the layers under ``prefix`` (``layers``, ``layers/<k>/<branch>`` or an auxiliary
+    network ``layers/<k>/aux/<name>``), in order, residual blocks and auxiliary networks expanded; problems
+    appended to ``errs``."""
     idx = sorted(int(c) for c in _children(ds, gattrs, prefix) if c.isdigit())
     if idx != list(range(len(idx))) or not idx:
         errs.append(f"/{prefix} groups are {idx}, expected 0..L-1")
@@ -202,11 +203,14 @@ def _layer_groups(ds, gattrs, prefix, errs, nested=False):
                 continue
             if "main" not in _children(ds, gattrs, gp):
                 errs.append(f"/{gp} (residual) has no main branch")
-            for br in sorted(c for c in _children(ds, gattrs, gp) if f"{gp}/{c}" not in ds):
+            for br in sorted(c for c in _children(ds, gattrs, gp) if f"{gp}/{c}" not in ds and c != "aux"):
                 if br not in BRANCHES:
                     errs.append(f"/{gp}/{br} is not a branch ({', '.join(BRANCHES)})")
                 else:
                     out += _layer_groups(ds, gattrs, f"{gp}/{br}", errs, nested=True)
+        if not nested and not aux and "aux" in _children(ds, gattrs, gp) and f"{gp}/aux" not in ds:
+            for name in sorted(_children(ds, gattrs, f"{gp}/aux")):   # a rule's auxiliary networks (schema 2)
+                out += _layer_groups(ds, gattrs, f"{gp}/aux/{name}", errs, aux=True)
     return out
 
 

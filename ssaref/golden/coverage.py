@@ -49,6 +49,13 @@ TERMS = {
                    "the Q factor of X = QR (diag(R) > 0) instead"),
     "retract_every": ("orthogonality retract-every K retracts after optimiser steps K, 2K, ... of the run only "
                       "(warm-up steps counted)", "a retraction after every step"),
+    "predsim_beta": ("PredSim's local loss is (1 - beta) prediction + beta similarity matching",
+                     "beta and 1 - beta swapped"),
+    "similarity_std": ("PredSim's similarity matrix of a 4-D block output (C > 3, H > 1) is taken of its per-channel "
+                       "standard deviations over space (unbiased)", "of the flattened output"),
+    "last_module": ("AugLocal's last hidden layer learns from the output layer's error (BP through the output "
+                    "layer), the layers before it from their auxiliary networks",
+                    "the output error is not carried into the last hidden layer"),
 }
 
 # case -> terms (measured: see the module docstring)
@@ -119,6 +126,13 @@ COVERAGE: dict[str, tuple[str, ...]] = {
                           "s_inverse", "adam_bias", "retraction", "retract_every"),
     "svd-bp__mlp__sgd1": ("batch_mean", "gamma", "hoyer", "hoyer_classifier"),
     "svd-bp__conv__sgd1": ("batch_mean", "gamma", "hoyer", "hoyer_classifier"),
+    "predsim__mlp__default": ("batch_mean", "inject", "predsim_beta"),
+    "predsim__conv__default": ("batch_mean", "inject", "predsim_beta", "similarity_std"),
+    "predsim__mlp__warm2": ("batch_mean", "inject", "predsim_beta"),
+    "predsim__conv__warm2": ("batch_mean", "inject", "predsim_beta", "similarity_std"),
+    "auglocal__mlp__default": ("batch_mean", "inject", "last_module"),
+    "auglocal__conv__default": ("batch_mean", "last_module"),
+    "auglocal__res__default": ("batch_mean", "inject", "last_module"),
 }
 
 

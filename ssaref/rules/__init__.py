@@ -4,6 +4,7 @@ Adding a rule: its file, one entry in ``RULES`` below, its oracle test."""
 
 from __future__ import annotations
 
+from .auglocal import AugLocal
 from .base import Rule, StepResult
 from .bp import BP
 from .dfa import DFA
@@ -11,6 +12,7 @@ from .drtp import DRTP
 from .fa import FA
 from .kp import KP
 from .pepita import PEPITA
+from .predsim import PredSim
 from .sign import BRSF, FRSF, USF
 from .ssa import SSA
 from .svd_bp import SVDBP
@@ -27,6 +29,8 @@ RULES = {
     "pepita": PEPITA,
     "ssa": SSA,
     "svd-bp": SVDBP,
+    "predsim": PredSim,
+    "auglocal": AugLocal,
 }
 
 

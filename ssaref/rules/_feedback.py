@@ -40,6 +40,7 @@ __all__ = [
     "layer_output_shapes",
     "require_model",
     "direct_updates",
+    "local_updates",
     "check_choice",
     "transport_keys",
     "param_keys_of_kind",
@@ -436,6 +437,23 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
     (updates, signals) : local gradients of every parameter given the signal its segment received, and the
         signal delivered to each top-level layer's output.
     """
+
+    def signal(seg):
+        shape = seg.shape if seg.shape is not None else shapes[seg.inject]
+        delta = src @ feedback[seg.lead].T  # B_i delta a_N for every example: (B, d_i)
+        return delta.reshape((delta.shape[0],) + tuple(shape))
+
+    return local_updates(model, caches, e, segs, signal, train_output, frozen)
+
+
+def local_updates(model, caches, e, segs, signal, train_output=True, frozen=()):
+    """The one injection pass of the direct and local rules: the output layer from ``e`` (when ``train_output``),
+    every hidden segment from ``signal(seg)``, an array of the batch's shape at the segment's injection point
+    (DFA: ``B_i e``; PredSim/AugLocal: the gradient of the segment's own local loss), carried back through the
+    segment's own layers only (no error passes between segments).  ``frozen``: as ``direct_updates``.
+
+    Returns ``(updates, signals)`` as ``direct_updates``.
+    """
     updates, signals = {}, {}
     frozen = frozenset(frozen)
     N = len(model.layers) - 1
@@ -444,8 +462,5 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
         _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
         updates.update({f"{N}.{k}": g for k, g in grads.items()})
     for seg in segs:
-        shape = seg.shape if seg.shape is not None else shapes[seg.inject]
-        delta = src @ feedback[seg.lead].T  # B_i delta a_N for every example: (B, d_i)
-        delta = delta.reshape((delta.shape[0],) + tuple(shape))
-        _carry(model, caches, delta, seg.route, updates, signals, frozen)
+        _carry(model, caches, signal(seg), seg.route, updates, signals, frozen)
     return updates, signals

@@ -37,10 +37,18 @@ never a rule's name or private attributes):
   per-step draw included);
 * ``resolved_options(model)``: every option that affects a step, ``auto`` values resolved;
 * ``GOLDEN_VARIANTS``: golden-vector cases beyond the default options;
-* ``learnable(model)``: rule-owned arrays the optimiser updates like parameters (KP's B); ``updates`` returns a
-  direction for each of their keys;
+* ``learnable(model)``: rule-owned arrays the optimiser updates like parameters (KP's B, the auxiliary networks of
+  PredSim and AugLocal); ``updates`` returns a direction for each of their keys;
+* ``aux_networks()``: ``AuxNetwork`` per rule-owned layer graph (PredSim's and AugLocal's auxiliary networks,
+  whose arrays are ``learnable`` under the names ``aux.<name>.<param key>``) that the engine treats like the
+  model's layers where it walks them (``--sync-bn``'s BatchNorm statistics, golden vectors, Figure 5's costs);
 * ``metric_layers()``: names indexing the per-layer metric columns ``on_epoch_end`` returns;
 * ``state`` / ``state_dict`` / ``load_state_dict`` / ``adapt_to_checkpoint``: drawn arrays and resume.
+
+**Data-parallel runs.**  Each rank's ``step`` sees its shard of the global batch and the ranks average their
+directions (``distributed.average_step``), which is the global batch's update for every loss that is a mean over
+examples.  ``group`` is None, or (a run over several ranks) the ``distributed.BatchGroup`` through which a rule
+whose loss couples the examples of a batch (PredSim's similarity matrix) gathers the global batch's rows.
 
 A new rule is one file here, one line in ``rules/__init__.py``'s registry and its oracle test.
 """
@@ -62,6 +70,7 @@ __all__ = [
     "AlignmentPair",
     "FeedbackExport",
     "Learnable",
+    "AuxNetwork",
     "chain_updates",
     "first_param_layer",
 ]
@@ -147,6 +156,17 @@ class Learnable(NamedTuple):
     name: str
 
 
+class AuxNetwork(NamedTuple):
+    """A rule-owned layer graph run in training only: ``net`` (a ``Sequential``) attached to top-level layer
+    ``layer`` under ``name``, reading a per-example input of shape ``in_shape``; its arrays are the rule's
+    ``learnable`` ``aux.<name>.<param key>`` of that layer."""
+
+    layer: int
+    name: str
+    net: Any
+    in_shape: tuple = ()
+
+
 def _coerce(typ, v):
     """Convert a flag or TOML value to the option's type ('true'/'false' for bools)."""
     if v is None:
@@ -221,6 +241,7 @@ class Rule:
                     f"method {self.name!r}: option {k}={v!r} is not a valid {getattr(typ, '__name__', typ)}"
                 ) from None
         self.state: dict = {}  # drawn arrays (feedback matrices); saved in checkpoints
+        self.group = None  # distributed.BatchGroup in a run over several ranks (module docstring)
 
     # -- set-up ------------------------------------------------------------------------------------
     def setup(self, model, rng):
@@ -239,6 +260,11 @@ class Rule:
 
     def learnable(self, model) -> list[Learnable]:
         """Rule-owned arrays the optimiser updates like parameters (none by default; KP's ``B``)."""
+        return []
+
+    def aux_networks(self) -> list[AuxNetwork]:
+        """Rule-owned layer graphs run in training only (none by default; PredSim's and AugLocal's auxiliary
+        networks), their arrays among ``learnable``."""
         return []
 
     # -- one step ------------------------------------------------------------------------------------
