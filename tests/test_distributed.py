@@ -98,7 +98,10 @@ def test_resume_across_rank_counts(first, then, tmp_path):
         r = train(then, *SYN, "--method", method, "--epochs", "2", "--resume", str(part))
         assert r.returncode == 0, r.stderr
         a, b = read_run(part)[2], read_run(ref)[2]
-        assert a["epoch"] == 2 and max_rel(a["params"], b["params"]) <= 1e-12, method
+        # an epoch on 2 ranks sums its shards in another order than 1 rank: round-off only, which SSA's retraction
+        # and rank cut amplify to ~1e-12 after 2 epochs with some BLAS builds (1.2e-12 with numpy 1.24's OpenBLAS);
+        # a wrong resume (a lost optimiser or RNG state) moves the parameters by far more than 1e-10
+        assert a["epoch"] == 2 and max_rel(a["params"], b["params"]) <= 1e-10, method
 
 
 def test_only_rank_0_prints_and_writes(tmp_path):
