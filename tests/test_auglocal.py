@@ -37,7 +37,7 @@ def make(name, seed=0):
         return build_model("mlp", (1, 4, 4), 5, dtype=F64, seed=seed, hidden=(7, 6, 5))
     if name == "resnet":
         return build_model("resnet20", (3, 8, 8), 4, dtype=F64, seed=seed, width_mult=0.25)
-    return make_predsim(name, seed)
+    return make_predsim(name, seed)   # mlp, convnet, lenet, convbn
 
 
 # -------------------------------------------------------------------------------------- the structure
@@ -175,12 +175,14 @@ def test_layer_local_loss_gradient_finite_differences(seed, mname):
 
 
 # ----------------------------------------------------------------------------------------- stop-gradient
-@pytest.mark.parametrize("mname", ["mlp3", "lenet"])
-def test_a_layer_update_ignores_later_weights(mname):
-    """Changing every primary weight after the first hidden layer leaves its update exactly as it was (its
-    auxiliary network has its own weights); BP's update of the same layer changes (the test can fail)."""
-    for method, same in (("auglocal", True), ("bp", False)):
-        run = build_run(make(mname), method, np.random.default_rng(3), optimizer=None)
+@pytest.mark.parametrize("method, mname", [("auglocal", "mlp3"), ("auglocal", "lenet"),
+                                           ("predsim", "mlp"), ("predsim", "convnet")])
+def test_a_layer_update_ignores_later_weights(method, mname):
+    """The local-loss rules (PredSim, AugLocal): changing every primary weight after the first hidden layer (later
+    blocks, the output layer) leaves its update exactly as it was (its local classifier or auxiliary network has
+    its own weights); BP's update of the same layer changes (the test can fail)."""
+    for rule, same in ((method, True), ("bp", False)):
+        run = build_run(make(mname), rule, np.random.default_rng(3), optimizer=None)
         model = run.model
         first = next(k for k, l in enumerate(model.layers) if l.params)
         x, y = batch(model)
@@ -191,7 +193,7 @@ def test_a_layer_update_ignores_later_weights(mname):
                 p[...] = rng.standard_normal(p.shape)
         after = run.step(x, y).updates
         for k, v in before.items():
-            assert np.array_equal(v, after[k]) == same, (method, k)
+            assert np.array_equal(v, after[k]) == same, (rule, k)
 
 
 def test_auglocal_refuses_bad_options():
