@@ -47,7 +47,9 @@ DEFAULT_RTOL = _check.DEFAULT_RTOL
 DEFAULT_ATOL = _check.DEFAULT_ATOL
 
 MODELS = ("mlp", "conv")          # where every rule's default case runs
-ALL_MODELS = MODELS + ("res",)    # ``res`` (a residual block) only for the variants that name it
+# only for the variants that name them: ``res`` (a residual block), ``conv2`` (a second conv layer, so that the
+# FA family's conv feedback B is used)
+ALL_MODELS = MODELS + ("res", "conv2")
 WARMUP_LR = 0.5
 # optimisers of the multi-step cases (torch.optim.SGD / torch.optim.Adam semantics, ssaref/optim.py)
 OPTIMIZER_PRESETS = {
@@ -79,6 +81,9 @@ def build_model(name, rng, xp=np):
 
     ``mlp``: Linear(12, 10), ReLU, Linear(10, 8), ReLU, Linear(8, 5) on (12,) inputs (no Flatten).
     ``conv``: Conv2d(1, 4, 3, padding=1), ReLU, MaxPool2d(2), Flatten, Linear(64, 5) on 1x8x8 inputs.
+    ``conv2``: Conv2d(1, 4, 3, padding=1), ReLU, Conv2d(4, 4, 3, padding=1), ReLU, MaxPool2d(2), Flatten,
+    Linear(64, 5) on 1x8x8 inputs: a conv layer above the first, whose input gradient the FA family carries
+    with its conv-shaped B.
     ``res``: Conv2d(1, 4, 3, padding=1), ReLU, Residual(main: Conv2d(4, 6, 3, padding=1), ReLU,
     Conv2d(6, 6, 3, padding=1); shortcut: Conv2d(4, 6, 1)), MaxPool2d(2), Flatten, Linear(96, 5) on 1x8x8
     inputs; the block's output is ``relu(main(x) + shortcut(x))``.
@@ -92,6 +97,10 @@ def build_model(name, rng, xp=np):
     elif name == "conv":
         model = Sequential([Conv2d(1, 4, 3, padding=1, **ctx), ReLU(), MaxPool2d(2), Flatten(),
                             Linear(64, 5, **ctx)])
+        model.input_shape = (1, 8, 8)
+    elif name == "conv2":
+        model = Sequential([Conv2d(1, 4, 3, padding=1, **ctx), ReLU(), Conv2d(4, 4, 3, padding=1, **ctx), ReLU(),
+                            MaxPool2d(2), Flatten(), Linear(64, 5, **ctx)])
         model.input_shape = (1, 8, 8)
     elif name == "res":
         stem = Conv2d(1, 4, 3, padding=1, **ctx)
@@ -309,6 +318,9 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
     for _ in range(warmup):
         run.train_step(x, y)
     if warm_opts is not None:
+        # recorded resolved (every option of the warm-up rule, its variant included), so the file says which
+        # rule made the warm-up without the reader having to know the defaults
+        warm_resolved = dict(run.rule.resolved_options(run.model))
         # the recorded step's rule (its own options) on the warmed-up parameters and the same drawn state
         rec = _make_run(model_name, rule_name, seed, options, opt, xp)
         dst = dict(rec.model.named_params())
@@ -385,7 +397,7 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
 
     extra_opts = {"warmup_sgd_steps": warmup, "warmup_lr": WARMUP_LR} if warmup else {}
     if warm_opts is not None:
-        extra_opts["warmup_options"] = dict(warm_opts)
+        extra_opts["warmup_options"] = warm_resolved
     attrs = {"schema": SCHEMA, "rule": rule_name, "model": model_name, "variant": variant,
              "dtype": np.dtype(DTYPE).name, "seed": int(seed), "ssaref_version": __version__,
              "options": json.dumps(dict(rule.resolved_options(model), loss="softmax_cross_entropy",

@@ -37,7 +37,7 @@ PARAMS = ("W", "b", "U", "s", "V")
 TERMS = ("batch_mean", "inject", "feedback", "usf_scale", "drtp_target", "pepita_error", "kp_decay", "alpha",
          "alpha_bias", "alpha_paper", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier",
          "hoyer_paper", "projection", "s_inverse", "momentum", "adam_bias", "retraction", "retract_every",
-         "predsim_beta", "similarity_std", "last_module")
+         "predsim_beta", "similarity_std", "last_module", "feedback_conv", "paper_no_retract", "paper_retract_every")
 ALIASES = {"ssa_align": "beta", "ortho": "gamma"}
 CONSULTED: set = set()   # the terms whose mistake the last computations could have made (see consulted_terms)
 
@@ -288,7 +288,13 @@ def _sign_feedback(g, P, rule, wrong):
             fb[k] = s * torch.sign(W)
         else:
             fb[k] = L["arrays"]["R"] * torch.sign(W)
-    return fb
+    return _conv_feedback(g, fb, wrong)
+
+
+def _conv_feedback(g, fb, wrong):
+    """The mistake ``feedback_conv``: a conv layer carries the error with its own W (linear layers keep B)."""
+    return {k: B for k, B in fb.items() if not (g["layers"][k]["attrs"]["kind"] == "conv2d"
+                                                and _w(wrong, "feedback_conv"))}
 
 
 def _kp(g, P, x, e, wrong):
@@ -296,7 +302,8 @@ def _kp(g, P, x, e, wrong):
     update is the transpose of Akrout's B update), both plus lambda times the array (kp_decay)."""
     N = len(g["layers"]) - 1
     fb = _sign_feedback(g, P, "kp", None)
-    grads, signals = local_grads(g, P, 0, N, x, e, feedback={} if _w(wrong, "feedback") else fb)
+    carry = {} if _w(wrong, "feedback") else _conv_feedback(g, fb, wrong)   # B's own update is dW either way
+    grads, signals = local_grads(g, P, 0, N, x, e, feedback=carry)
     lam = 0.0 if _w(wrong, "kp_decay") else g["options"]["kp_decay"]
     for k in weight_layers(g):
         gW = grads[(k, "W")]
@@ -635,7 +642,10 @@ def make_optimizer(spec, leaves, wrong=None):
 @torch.no_grad()
 def retract(X, how):
     """SSA's retraction onto the Stiefel manifold: the polar factor ``X (X^T X)^{-1/2}`` (``U_X V_X^T`` of the
-    thin SVD), or the Q factor of ``X = QR`` with ``diag(R) > 0``."""
+    thin SVD), or the Q factor of ``X = QR`` with ``diag(R) > 0``.  A non-finite ``X`` (a mistake that diverged)
+    gives NaN."""
+    if not bool(torch.isfinite(X).all()):
+        return torch.full_like(X, float("nan"))
     if how == "polar":
         A, _, Bh = torch.linalg.svd(X, full_matrices=False)
         return A @ Bh
@@ -656,6 +666,11 @@ def run_steps(g, wrong=None):
     opt = make_optimizer(g["optimizer"], leaves, wrong)
     o = g["options"]
     retraction = o.get("retraction", "none") if g["attrs"]["rule"] == "ssa" else "none"
+    if o.get("ssa_variant") == "paper" and g["attrs"]["rule"] == "ssa":
+        if retraction == "none" and o.get("orthogonality", "retract") == "retract" and _w(wrong, "paper_no_retract"):
+            retraction = "polar"   # mistake: the paper variant at its defaults retracts after every step
+        elif retraction != "none" and _w(wrong, "paper_retract_every"):
+            retraction = "none"    # mistake: the paper variant never retracts, even where its options ask
     if retraction != "none" and _w(wrong, "retraction"):
         retraction = {"polar": "qr", "qr": "polar"}[retraction]
     # retract-every K: after optimiser steps K, 2K, ... of the run, the warm-up steps counted (docs/golden-vectors.md)

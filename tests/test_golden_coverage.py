@@ -26,6 +26,7 @@ import pytest
 
 from ssaref import vectors as V
 from ssaref.golden import coverage as COV
+from ssaref.golden import check as C
 from ssaref.golden.check import optional_fields, required_fields
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -78,6 +79,14 @@ MUTATIONS = [
     ("inject", "predsim__mlp__warm2", "update/0/W"),
     ("last_module", "auglocal__res__default", "update/2/main/0/W"),
     ("inject", "auglocal__res__default", "update/0/aux/aux/0/main/0/W"),
+    # issue 22: the two mistakes an independent docs-only client made undetected (no conv B, no multi-step paper)
+    ("feedback_conv", "fa__conv2__default", "update/0/W"),
+    ("feedback_conv", "kp__conv2__default", "update/0/W"),
+    ("feedback_conv", "usf__conv2__default", "update/0/W"),
+    ("feedback_conv", "brsf__conv2__default", "update/0/W"),
+    ("feedback_conv", "frsf__conv2__default", "update/0/W"),
+    ("paper_no_retract", "ssa__conv__paper-momentum10", "steps/1/params/0/U"),
+    ("paper_retract_every", "ssa__conv__paper-every10", "steps/10/params/0/U"),
 ]
 
 
@@ -172,7 +181,7 @@ def test_each_mistake_fails_a_named_field(golden, tmp_path, capsys, term, case, 
 
 def test_docs_list_every_case_with_its_coverage():
     doc = (ROOT / "docs" / "golden-vectors.md").read_text()
-    rows = dict(re.findall(r"^\| `([a-z0-9-]+__[a-z]+__[a-z0-9-]+)` \| ([a-z_, ]+) \|$", doc, re.M))
+    rows = dict(re.findall(r"^\| `([a-z0-9-]+__[a-z0-9]+__[a-z0-9-]+)` \| ([a-z_, ]+) \|$", doc, re.M))
     assert {c: tuple(v.split(", ")) for c, v in rows.items()} == COV.COVERAGE
     assert f"{len(COV.COVERAGE)} files in all" in doc
 
@@ -186,3 +195,68 @@ def test_the_candidate_never_imports_ssaref():
     assert not [m for m in mods if m.split(".")[0] == "ssaref"], mods
     assert "ssaref" not in (ROOT / "tests" / "_torch_rules.py").read_text().split('"""', 2)[2].replace(
         "ssaref-golden", "")
+
+
+# ------------------------------------------------------------------------------------------------------
+# issue 22: the planted mistakes the golden set missed before conv2 and the ten-step paper cases
+# ------------------------------------------------------------------------------------------------------
+def _write_fields(g, fields, path):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.attrs["schema"] = g["attrs"]["schema"]
+        for k in ("rule", "model", "variant"):
+            f.attrs[k] = g["attrs"][k]
+        for p, a in fields.items():
+            f[p] = a
+    return path
+
+
+def _failing(golden, tmp_path, case, g=None, wrong=None):
+    """The fields the standalone checker (ssaref.golden.check) fails for the candidate computed from ``g`` (the
+    case's golden file as read, possibly edited) with the mistake ``wrong``."""
+    gold = str(golden / f"{case}.h5")
+    g = T.load_golden(gold) if g is None else g
+    cand = _write_fields(g, T.candidate_fields(g, wrong), str(tmp_path / f"{case}.h5"))
+    return {r[0] for r in C.compare_case(gold, cand) if not r[3]}
+
+
+@pytest.mark.parametrize("rule", ["fa", "kp", "usf", "brsf", "frsf"])
+def test_conv_feedback_with_W_fails_on_conv2_only(golden, tmp_path, rule):
+    """An FA-family conv layer that carries the error with its W instead of its B: the conv case (one conv layer,
+    the first, which carries no error) cannot see it; conv2 (a second conv layer) fails on the first layer's
+    update and the signal below the conv B."""
+    assert not _failing(golden, tmp_path, f"{rule}__conv2__default")        # the correct candidate passes
+    assert not _failing(golden, tmp_path, f"{rule}__conv__default", wrong="feedback_conv")
+    bad = _failing(golden, tmp_path, f"{rule}__conv2__default", wrong="feedback_conv")
+    assert {"update/0/W", "update/0/b", "signal/1"} <= bad, bad
+    assert not [p for p in bad if p.startswith(("update/2/", "update/6/"))], bad   # above the conv B: unchanged
+
+
+def test_paper_variant_that_retracts_fails(golden, tmp_path):
+    """The paper variant at its defaults never retracts.  Retracting after every step fails from step 1;
+    retracting as the default variant's retract-every 10 fails at step 10 only (why the case has ten steps)."""
+    case = "ssa__conv__paper-momentum10"
+    g = T.load_golden(str(golden / f"{case}.h5"))
+    o = g["options"]
+    assert o["ssa_variant"] == "paper" and o["retraction"] == "none" and g["steps"] == 10
+    assert "orthogonality" not in o     # 0.1.0's value, retract (docs/golden-vectors.md)
+    assert not _failing(golden, tmp_path, case, g)
+    every = _failing(golden, tmp_path, case, g, wrong="paper_no_retract")
+    assert "steps/1/params/0/U" in every and "steps/10/params/0/U" in every, every
+    misread = dict(g, options=dict(o, orthogonality="retract-every", retract_every=10, retraction="polar"))
+    bad = _failing(golden, tmp_path, case, misread)
+    assert bad and all(p.startswith("steps/10/params/") for p in bad), bad
+
+
+def test_paper_variant_that_never_retracts_fails(golden, tmp_path):
+    """With orthogonality retract-every the paper variant retracts (polar) after step 10: a candidate that never
+    retracts in the paper variant passes steps 1-9 and fails step 10's parameters."""
+    case = "ssa__conv__paper-every10"
+    g = T.load_golden(str(golden / f"{case}.h5"))
+    o = g["options"]
+    assert (o["ssa_variant"], o["orthogonality"], o["retract_every"], o["retraction"]) == (
+        "paper", "retract-every", 10, "polar") and g["steps"] == 10
+    assert not _failing(golden, tmp_path, case, g)
+    bad = _failing(golden, tmp_path, case, g, wrong="paper_retract_every")
+    assert "steps/10/params/0/U" in bad and all(p.startswith("steps/10/params/") for p in bad), bad

@@ -356,7 +356,8 @@ def test_data_on_the_device_copies_once_and_gives_the_same_run(augment, monkeypa
 
 
 @pytest.mark.parametrize("case", ["bp__res__default", "dfa__conv__default", "brsf__mlp__default",
-                                  "ssa__conv__every2", "svd-bp__mlp__sgd1", "pepita__mlp__default"])
+                                  "ssa__conv__every2", "svd-bp__mlp__sgd1", "pepita__mlp__default",
+                                  "fa__conv2__default", "ssa__conv__paper-every10"])
 def test_golden_export_on_the_standin_matches_the_host_export(case):
     """A golden case computed on the device (``ssaref.vectors export --backend cupy``) holds the host's numbers."""
     from ssaref import vectors as V

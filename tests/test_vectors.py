@@ -104,6 +104,8 @@ def test_files_validate_against_schema(golden):
                 assert kinds == [lin, "relu", lin, "relu", lin]
             elif model == "conv":
                 assert kinds == [conv, "relu", "maxpool2d", "flatten", lin]
+            elif model == "conv2":
+                assert kinds == [conv, "relu", conv, "relu", "maxpool2d", "flatten", lin]
             else:
                 assert kinds == [conv, "relu", "residual", "maxpool2d", "flatten", lin]
                 assert [f[f"layers/2/main/{j}"].attrs["kind"] for j in range(3)] == [conv, "relu", conv]
@@ -288,7 +290,10 @@ def test_paper_coef_starts_where_coef_does(golden):
         pa, pd, _ = _ds(golden, f"ssa__{m}__paper-coef")
         po, co = json.loads(pa["options"]), json.loads(ca["options"])
         assert po["ssa_variant"] == "paper" and co["ssa_variant"] == "default"
-        assert po["warmup_options"] == {k: co[k] for k in ("alpha", "beta", "gamma", "hoyer", "retraction")}
+        # the warm-up rule's options, every one resolved (its variant included): coef's, the warm-up steps aside
+        assert po["warmup_options"] == {k: v for k, v in co.items()
+                                        if k not in ("loss", "loss_reduction", "warmup_sgd_steps", "warmup_lr")}
+        assert po["warmup_options"]["ssa_variant"] == "default"
         for p in cd:
             if p.startswith("layers/"):
                 assert np.array_equal(cd[p], pd[p]), p

@@ -56,6 +56,14 @@ TERMS = {
     "last_module": ("AugLocal's last hidden layer learns from the output layer's error (BP through the output "
                     "layer), the layers before it from their auxiliary networks",
                     "the output error is not carried into the last hidden layer"),
+    "feedback_conv": ("FA-type rules carry the error to a conv layer's input with its recorded conv-shaped `B` (the "
+                      "input gradient of a convolution with kernel B)",
+                      "the conv layer's own W is used there (linear layers keep their B)"),
+    "paper_no_retract": ("paper SSA at its defaults (orthogonality retract, retraction auto -> none) never retracts",
+                         "a polar retraction of U and V after every optimiser step"),
+    "paper_retract_every": ("paper SSA with orthogonality retract-every (retraction auto -> polar) retracts after "
+                            "optimiser steps K, 2K, ... as the default variant does",
+                            "no retraction in the paper variant"),
 }
 
 # case -> terms (measured: see the module docstring)
@@ -133,6 +141,16 @@ COVERAGE: dict[str, tuple[str, ...]] = {
     "auglocal__mlp__default": ("batch_mean", "inject", "last_module"),
     "auglocal__conv__default": ("batch_mean", "last_module"),
     "auglocal__res__default": ("batch_mean", "inject", "last_module"),
+    "fa__conv2__default": ("batch_mean", "feedback", "feedback_conv"),
+    "kp__conv2__default": ("batch_mean", "feedback", "feedback_conv"),
+    "usf__conv2__default": ("batch_mean", "feedback", "usf_scale", "feedback_conv"),
+    "brsf__conv2__default": ("batch_mean", "feedback", "feedback_conv"),
+    "frsf__conv2__default": ("batch_mean", "feedback", "feedback_conv"),
+    "ssa__conv__paper-momentum10": ("batch_mean", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier",
+                                    "hoyer_paper", "projection", "s_inverse", "momentum", "paper_no_retract"),
+    "ssa__conv__paper-every10": ("batch_mean", "beta", "gamma", "gamma_placement", "hoyer", "hoyer_classifier",
+                                 "hoyer_paper", "projection", "s_inverse", "momentum", "retraction", "retract_every",
+                                 "paper_retract_every"),
 }
 
 

@@ -59,6 +59,9 @@ def init_std(shape, dist):
 class _SignConcordant(Rule):
     """Shared walk: BP's chain with ``B(W)`` in place of every transported weight."""
 
+    # conv2: a conv layer above the first, so a conv-shaped B carries the error (docs/golden-vectors.md)
+    GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "conv2")})}
+
     def __init__(self, **options):
         super().__init__(**options)
         check_choice(self.name, "sf_init", self.options["sf_init"], _INITS)

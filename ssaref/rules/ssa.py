@@ -118,6 +118,16 @@ class SSA(SVDRuleBase):
         "momentum3": ({"orthogonality": "retract"}, 0, {"optimizer": "momentum", "steps": 3}),
         "adam3": ({"orthogonality": "retract"}, 0, {"optimizer": "adam", "steps": 3}),
         "every2": ({"orthogonality": "retract-every", "retract_every": 2}, 0, {"optimizer": "adam", "steps": 3}),
+        # the paper variant over ten SGD-momentum steps (conv only: at the mlp's exact SVD its factors are frozen,
+        # so a retraction there moves nothing; not Adam, which rescales the round-off-sized directions of the
+        # frozen square factors to lr-sized steps that no other implementation reproduces): at its own defaults
+        # (orthogonality retract, retraction auto -> none) it never retracts, not even after step 10 where
+        # retract-every's default K would; with orthogonality retract-every (retraction auto -> polar) it
+        # retracts after step 10 only
+        "paper-momentum10": ({"ssa_variant": "paper"}, 0,
+                             {"optimizer": "momentum", "steps": 10, "models": ("conv",)}),
+        "paper-every10": ({"ssa_variant": "paper", "orthogonality": "retract-every"}, 0,
+                          {"optimizer": "momentum", "steps": 10, "models": ("conv",)}),
     }
     # D4.15: the defaults chosen by the study (validation/results/ssa_study.md, on validation accuracy); the paper
     # variant keeps the engine's earlier defaults (PAPER_DEFAULTS), so ``--ssa-variant paper`` runs as before
