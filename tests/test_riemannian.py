@@ -131,7 +131,8 @@ def test_retract_jump_is_the_relative_change_of_W_a_retraction_makes():
         before = {}
         for p, layer in rule.layers:
             for n in ("U", "V"):
-                layer.params[n] += scale * rng.standard_normal(layer.params[n].shape) / np.sqrt(layer.params[n].shape[0])
+                X = layer.params[n]
+                X += scale * rng.standard_normal(X.shape) / np.sqrt(X.shape[0])
             before[p] = layer.matrix().copy()
         rule._retract_all(run.model)
         for p, layer in rule.layers:

@@ -50,8 +50,10 @@ none at the epoch end) or
 the landing field ``skew(G X^T) X + 4 gamma X (X^T X - I)`` (``projection`` auto -> ``relative``; ``G`` the
 Euclidean gradient of the task and alignment terms; eq. (9)'s unprojected gradient as the normal term, i.e.
 ``lambda = 4 gamma``), no retraction, and ``after_step`` shrinks each realised step so that
-``||X^T X - I||_F <= landing_eps`` (the step-size safeguard).  ``align_last`` (D4.13) switches the classifier's
-alignment target off.
+``||X^T X - I||_F <= landing_eps`` (the step-size safeguard).  ``transport`` (D4.16, issue 21; with
+``orthogonality retract`` only): after every retraction the optimiser's first moment of ``U``, ``V`` is projected
+onto the tangent space at the retracted point, which makes Adam the Riemannian Adam of Becigneul & Ganea (2019)
+(per-entry second moments, as geoopt's).  ``align_last`` (D4.13) switches the classifier's alignment target off.
 
 Alignment targets (``align_target``): ``B_i`` is ``d_i x d_N`` (d_i = size of the segment's output), so its rank-k
 factors are ``B_U`` (d_i x k), ``B_s`` (k), ``B_V`` (d_N x k) with ``k = min(d_i, d_N)``, while the layer has
