@@ -97,14 +97,24 @@ def test_riemannian_adam_two_steps_equal_an_independent_transcription():
 
 
 def test_transport_validation_and_resolved_options():
-    for bad in ({"orthogonality": "retract-every"}, {"orthogonality": "landing"},
-                {"orthogonality": "retract", "retraction": "none"}):
+    for bad in ({"orthogonality": "landing"}, {"orthogonality": "retract", "retraction": "none"},
+                {"orthogonality": "retract-every", "retraction": "none"}):
         with pytest.raises(ValueError, match="transport"):
             build_rule("ssa", transport=True, **bad)
     run = _run(orthogonality="retract")
     assert "transport" not in run.rule.resolved_options(run.model)  # golden files of 0.2.0 stay byte-identical
     run = _run(orthogonality="retract", transport=True)
     assert run.rule.resolved_options(run.model)["transport"] is True
+
+
+def test_transport_with_retract_every_projects_the_moment_at_the_retraction_steps_only():
+    """``retract-every 3``: the moments are tangent right after steps 3 and 6 and not after the others."""
+    run = _run(orthogonality="retract-every", retract_every=3, transport=True)
+    for t, (x, y) in enumerate(_batches(6), start=1):
+        run.train_step(x, y)
+        p, layer = run.rule.layers[1]
+        sym = _sym_norm(layer.params["U"], run.optimizer.first_moment(f"{p}.U"))
+        assert bool(sym < 1e-12) is (t % 3 == 0), (t, sym)
 
 
 def test_plain_sgd_has_no_moment_and_transport_is_a_no_op():

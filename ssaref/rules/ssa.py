@@ -51,9 +51,10 @@ the landing field ``skew(G X^T) X + 4 gamma X (X^T X - I)`` (``projection`` auto
 Euclidean gradient of the task and alignment terms; eq. (9)'s unprojected gradient as the normal term, i.e.
 ``lambda = 4 gamma``), no retraction, and ``after_step`` shrinks each realised step so that
 ``||X^T X - I||_F <= landing_eps`` (the step-size safeguard).  ``transport`` (D4.16, issue 21; with
-``orthogonality retract`` only): after every retraction the optimiser's first moment of ``U``, ``V`` is projected
-onto the tangent space at the retracted point, which makes Adam the Riemannian Adam of Becigneul & Ganea (2019)
-(per-entry second moments, as geoopt's).  ``align_last`` (D4.13) switches the classifier's alignment target off.
+``orthogonality retract`` or ``retract-every``): after every retraction the optimiser's first moment of ``U``,
+``V`` is projected onto the tangent space at the retracted point; with ``retract`` this makes Adam the Riemannian
+Adam of Becigneul & Ganea (2019) (per-entry second moments, as geoopt's).  ``align_last`` (D4.13) switches the
+classifier's alignment target off.
 
 Alignment targets (``align_target``): ``B_i`` is ``d_i x d_N`` (d_i = size of the segment's output), so its rank-k
 factors are ``B_U`` (d_i x k), ``B_s`` (k), ``B_V`` (d_N x k) with ``k = min(d_i, d_N)``, while the layer has
@@ -178,9 +179,10 @@ class SSA(SVDRuleBase):
         "transport": (
             bool,
             False,
-            "with orthogonality retract: after every retraction project the optimiser's first moment of U, V "
-            "(Adam's m, SGD's momentum buffer) onto the tangent space at the retracted point (vector transport); "
-            "with Adam this is Riemannian Adam (Becigneul & Ganea 2019, per-entry second moments as geoopt's)",
+            "with orthogonality retract or retract-every: after every retraction project the optimiser's first "
+            "moment of U, V (Adam's m, SGD's momentum buffer) onto the tangent space at the retracted point "
+            "(vector transport); with Adam and orthogonality retract this is Riemannian Adam (Becigneul & Ganea "
+            "2019, per-entry second moments as geoopt's)",
         ),
         # D4.12: the eps of Ablin & Peyre's safe step (their section 3; Stiefel form D4.12)
         "landing_eps": (
@@ -255,10 +257,10 @@ class SSA(SVDRuleBase):
         else:  # the paper variant has no retraction (eq. (9) is a soft penalty) unless retract-every asks for one
             self.retraction = "none" if landing or (paper and self.orthogonality == "retract") else "polar"
         self.transport = bool(o["transport"])
-        if self.transport and (self.orthogonality != "retract" or self.retraction == "none"):
+        if self.transport and (self.orthogonality not in ("retract", "retract-every") or self.retraction == "none"):
             raise ValueError(
                 f"method {self.name!r}: transport=true transports the momentum after every retraction; it needs "
-                f"orthogonality=retract with a retraction (got orthogonality={self.orthogonality!r}, "
+                f"orthogonality retract or retract-every with a retraction (got orthogonality={self.orthogonality!r}, "
                 f"retraction={self.retraction!r})"
             )
         self.segments: list[Segment] = []  # hidden segments (``_feedback.segments``), found at init_state

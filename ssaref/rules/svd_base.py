@@ -364,6 +364,8 @@ class SVDRuleBase(Rule):
                 self.state["meta/step"][...] = self._opt_steps
             if self._opt_steps % self.retract_every == 0:
                 self._retract_all(model)
+                if self.transport:
+                    self._transport_moments(optimizer)
         elif self.landing:
             self._landing_guard(model)
 
