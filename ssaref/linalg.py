@@ -28,7 +28,7 @@ __all__ = [
     "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
     "tangent_project", "complement_project", "relative_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
     "energy_rank", "retained_energy", "angle_deg", "landing_penalty", "landing_penalty_grad", "landing_field",
-    "landing_safe_step", "landing_step_fraction",
+    "landing_safe_step", "landing_step_fraction", "factor_condition",
 ]
 
 RETRACTIONS = ("polar", "qr", "none")
@@ -167,6 +167,20 @@ def _orthogonality_error_device(X):
 def orthogonality_error(X):
     """``||X^T X - I||_F`` for ``X`` (m, r)."""
     return float(_orthogonality_error_device(X))
+
+
+def factor_condition(X):
+    """Condition number ``sigma_max(X) / sigma_min(X)`` of ``X`` (m, r) (1 on the Stiefel manifold), from the
+    eigenvalues of the (r, r) Gram matrix ``X^T X`` in float64 on the host; ``inf`` if ``X`` is rank deficient,
+    NaN for a wide ``X`` (m < r)."""
+    _check_matrix(X, "X")
+    m, r = X.shape
+    if m < r:
+        return float("nan")
+    G = np.asarray(_host(X.T @ X), dtype=np.float64)
+    w = np.linalg.eigvalsh(0.5 * (G + G.T))
+    lo, hi = float(w[0]), float(w[-1])
+    return float(math.sqrt(hi / lo)) if lo > 0.0 else float("inf")
 
 
 def orthogonality_errors(Xs):

@@ -190,6 +190,17 @@ class Optimizer:
         dtype = self._params[key].dtype
         self._scratch[key] = [self.xp.empty(shape, dtype=dtype) for _ in range(self._n_scratch())]
 
+    _moment_name: str | None = None  # the state buffer holding the first moment (momentum), if any
+
+    def first_moment(self, key):
+        """The state array holding the first moment of ``key`` (Adam's ``m``, SGD's momentum ``buf``; the
+        parameter's shape), for a rule that transports it after moving the parameter itself (SSA's Riemannian
+        options, issue 21), or ``None`` when the optimiser keeps none (plain SGD).  Writes go into the state."""
+        name = self._moment_name
+        if name is None or name not in self._state_names:
+            return None
+        return self._state[name][self._known(key)]
+
     # -- stepping --------------------------------------------------------------------------------
     def _n_scratch(self) -> int:
         """Scratch buffers per parameter of the ufunc (NumPy) path; the fused kernels need none."""
@@ -340,6 +351,7 @@ class SGD(Optimizer):
                 f"got momentum={momentum!r}, dampening={dampening!r}"
             )
         self._state_names = ("buf",) if self.momentum != 0.0 else ()
+        self._moment_name = "buf"
         super().__init__(params, lr)
 
     def _update(self, key, p, g, lr):
@@ -426,6 +438,7 @@ class Adam(Optimizer):
     """
 
     _state_names = ("m", "v")
+    _moment_name = "m"
 
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):
         try:

@@ -50,8 +50,11 @@ none at the epoch end) or
 the landing field ``skew(G X^T) X + 4 gamma X (X^T X - I)`` (``projection`` auto -> ``relative``; ``G`` the
 Euclidean gradient of the task and alignment terms; eq. (9)'s unprojected gradient as the normal term, i.e.
 ``lambda = 4 gamma``), no retraction, and ``after_step`` shrinks each realised step so that
-``||X^T X - I||_F <= landing_eps`` (the step-size safeguard).  ``align_last`` (D4.13) switches the classifier's
-alignment target off.
+``||X^T X - I||_F <= landing_eps`` (the step-size safeguard).  ``transport`` (D4.16, issue 21; with
+``orthogonality retract`` or ``retract-every``): after every retraction the optimiser's first moment of ``U``,
+``V`` is projected onto the tangent space at the retracted point; with ``retract`` this makes Adam the Riemannian
+Adam of Becigneul & Ganea (2019) (per-entry second moments, as geoopt's).  ``align_last`` (D4.13) switches the
+classifier's alignment target off.
 
 Alignment targets (``align_target``): ``B_i`` is ``d_i x d_N`` (d_i = size of the segment's output), so its rank-k
 factors are ``B_U`` (d_i x k), ``B_s`` (k), ``B_V`` (d_N x k) with ``k = min(d_i, d_N)``, while the layer has
@@ -182,6 +185,15 @@ class SSA(SVDRuleBase):
         ),
         # D4.12: the retraction of section 5.2's "costly retractions", applied every K-th step only
         "retract_every": (int, 10, "with orthogonality retract-every: retract after every K-th optimiser step"),
+        # D4.16 (issue 21): with Adam and orthogonality retract, Riemannian Adam (Becigneul & Ganea 2019)
+        "transport": (
+            bool,
+            False,
+            "with orthogonality retract or retract-every: after every retraction project the optimiser's first "
+            "moment of U, V (Adam's m, SGD's momentum buffer) onto the tangent space at the retracted point "
+            "(vector transport); with Adam and orthogonality retract this is Riemannian Adam (Becigneul & Ganea "
+            "2019, per-entry second moments as geoopt's)",
+        ),
         # D4.12: the eps of Ablin & Peyre's safe step (their section 3; Stiefel form D4.12)
         "landing_eps": (
             float,
@@ -254,6 +266,13 @@ class SSA(SVDRuleBase):
             self.retraction = o["retraction"]
         else:  # the paper variant has no retraction (eq. (9) is a soft penalty) unless retract-every asks for one
             self.retraction = "none" if landing or (paper and self.orthogonality == "retract") else "polar"
+        self.transport = bool(o["transport"])
+        if self.transport and (self.orthogonality not in ("retract", "retract-every") or self.retraction == "none"):
+            raise ValueError(
+                f"method {self.name!r}: transport=true transports the momentum after every retraction; it needs "
+                f"orthogonality retract or retract-every with a retraction (got orthogonality={self.orthogonality!r}, "
+                f"retraction={self.retraction!r})"
+            )
         self.segments: list[Segment] = []  # hidden segments (``_feedback.segments``), found at init_state
         self.shapes = None  # per-example output shape of every top-level layer
 
@@ -436,12 +455,15 @@ class SSA(SVDRuleBase):
 
     # -- measurement and export --------------------------------------------------------------------------
     def resolved_options(self, model):
-        return dict(
+        out = dict(
             super().resolved_options(model),
             projection=self.projection,
             project_ortho=bool(self.project_ortho),
             retraction=self.retraction,
         )
+        if not out.get("transport", False):  # added in 0.2.x (D4.16): absent means no transport, as before
+            out.pop("transport", None)
+        return out
 
     def alignment_pairs(self, model):
         """``B_i`` (d_i x d_N) against ``(W_N ... W_{i+1})^T`` as DFA, keyed by the segment's first SVD layer."""

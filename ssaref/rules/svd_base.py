@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..linalg import (
+    factor_condition,
     hoyer,
     hoyer_grad,
     landing_step_fraction,
@@ -26,10 +27,11 @@ from ..linalg import (
     orthogonality_errors,
     retained_energy,
     retract,
+    tangent_project,
 )
 from ..nn.models import BIAS_INITS, WEIGHT_INITS, reinitialise
 from ..nn.svd_layers import convert_model, recollect, svd_layers_of
-from ..rank import RankSchedule, keep_indices
+from ..rank import RankSchedule, keep_indices, parity_rank
 from ._feedback import check_choice, place
 from .base import Rule
 
@@ -154,12 +156,14 @@ class SVDRuleBase(Rule):
         self.orthogonality = "retract"
         self.retract_every = 1
         self.landing_eps = 0.5
+        self.transport = False  # SSA's ``transport`` (D4.16): project the optimiser's momentum after a retraction
         self._prev: dict = {}  # landing: (prefix, name) -> the factor before the optimiser step
         self._opt_steps = 0  # retract-every: optimiser steps of the run (host copy of "meta/step")
         self.layers: list[tuple[str, Any]] = []  # [(prefix, SVD layer)] in forward order, set by prepare_model
         self.r0 = {}  # prefix -> full rank at conversion
         self._acc = {}
         self._upd = {}  # "<p>/upd_<name>" -> [sum of the update norms (0-d device array), count]
+        self._jump = {}  # "<p>/retract_jump" -> largest relative change of W by a retraction (0-d device array)
         self._steps = 0
         self._epoch, self._num_epochs = 1, 0  # host copies of "meta/epoch", "meta/num_epochs"
 
@@ -281,12 +285,42 @@ class SVDRuleBase(Rule):
             if layer.params[name].shape[0] >= layer.params[name].shape[1]
         ]
         errs = orthogonality_errors([X for _, _, X in todo])
+        before = {}
         for (p, name, X), e in zip(todo, errs):
             Y, err = retract(X, self.retraction, return_error=True, check_every=None, error=e)
             key = f"{p}/drift_{name}"
             self._acc[key] = max(self._acc.get(key, 0.0), err)
             if Y is not X:
+                before[(p, name)] = X.copy()
                 X[...] = Y
+        self._record_jumps(before)
+
+    def _record_jumps(self, before):
+        """Keep, per layer, the largest relative change of ``W = U diag(s) V^T`` a retraction made in this epoch,
+        ``||W' - W||_F / ||W||_F`` (``svd_retract_jump``; issue 21: a retraction far from the manifold changes the
+        network's function).  ``before``: ``(prefix, "U"|"V")`` -> the factor before the retraction.  With
+        ``dU = U' - U``, ``dV = V' - V``: ``W' - W = dU S V'^T + U S dV^T``, whose squared norm is a sum of
+        (r, r) Gram products (no m x n matrix, no cancellation); the maximum stays on the device."""
+        for p, layer in self.layers:
+            if (p, "U") not in before and (p, "V") not in before:
+                continue
+            P = layer.params
+            s = P["s"]
+            xp = get_array_module(s)
+            U1, V1 = P["U"], P["V"]
+            U0, V0 = before.get((p, "U"), U1), before.get((p, "V"), V1)
+            dU, dV = U1 - U0, V1 - V0
+            ss = s[:, None] * s[None, :]
+            d2 = (
+                (ss * (dU.T @ dU) * (V1.T @ V1)).sum()
+                + (ss * (U0.T @ U0) * (dV.T @ dV)).sum()
+                + 2.0 * (ss * (dU.T @ U0) * (V1.T @ dV)).sum()
+            )
+            w2 = (ss * (U0.T @ U0) * (V0.T @ V0)).sum()
+            jump = xp.sqrt(xp.maximum(d2.astype(xp.float64), 0.0) / xp.maximum(w2.astype(xp.float64), 1e-300))
+            key = f"{p}/retract_jump"
+            prev = self._jump.get(key)
+            self._jump[key] = jump if prev is None else xp.maximum(prev, jump)
 
     def _record(self, p, name, value):
         self._acc.setdefault(f"{p}/{name}", []).append(float(value))
@@ -322,14 +356,36 @@ class SVDRuleBase(Rule):
         optimiser step of the run; ``landing`` -- no retraction: the step safeguard (``_landing_guard``)."""
         if self.orthogonality == "retract":
             self._retract_all(model)
+            if self.transport:
+                self._transport_moments(optimizer)
         elif self.orthogonality == "retract-every":
             self._opt_steps += 1
             if "meta/step" in self.state:
                 self.state["meta/step"][...] = self._opt_steps
             if self._opt_steps % self.retract_every == 0:
                 self._retract_all(model)
+                if self.transport:
+                    self._transport_moments(optimizer)
         elif self.landing:
             self._landing_guard(model)
+
+    def _transport_moments(self, optimizer):
+        """Vector transport of the optimiser's first moment (Adam's ``m``, SGD's momentum buffer) of every tall
+        ``U``, ``V`` to the tangent space at the retracted point, by projection, ``M <- M - X sym(X^T M)``
+        (``linalg.tangent_project``; Absil et al. 2008, section 8.1.3).  With ``orthogonality retract`` and the
+        tangent projection of the direction this makes Adam the Riemannian Adam of Becigneul & Ganea (ICLR
+        2019), with geoopt's per-entry second moments (issue 21, D4.16): the next step starts from a momentum that
+        lies in the tangent space instead of one that kept the normal components the retractions removed."""
+        if optimizer is None or not hasattr(optimizer, "first_moment"):
+            return
+        for p, layer in self.layers:
+            for name in ("U", "V"):
+                X = layer.params[name]
+                if X.shape[0] < X.shape[1]:
+                    continue
+                M = optimizer.first_moment(f"{p}.{name}")
+                if M is not None:
+                    M[...] = tangent_project(X, M)
 
     def _keep_previous(self):
         """Landing: remember every ``U``, ``V`` before the optimiser moves them (the safeguard scales the step)."""
@@ -430,7 +486,7 @@ class SVDRuleBase(Rule):
         metrics = self._epoch_metrics(model, energy)
         self.state["meta/epoch"][...] = int(epoch) + 1
         self._epoch = int(epoch) + 1
-        self._acc, self._upd, self._steps = {}, {}, 0
+        self._acc, self._upd, self._jump, self._steps = {}, {}, {}, 0
         return metrics
 
     def _epoch_metrics(self, model, energy):
@@ -447,11 +503,19 @@ class SVDRuleBase(Rule):
                 "upd_V",
                 "hoyer",
                 "energy_kept",
+                "s_max",
+                "s_min",
+                "cond_U",
+                "cond_V",
+                "rank_bound",
+                "rank_ok",
             )
         }
         extra = self._extra_metric_names()
         if self.retracts or self.landing:
             extra = extra + ["drift_U", "drift_V"]
+        if self.retracts:
+            extra = extra + ["retract_jump"]
         if self.landing:
             extra = extra + ["guard_U", "guard_V"]
         rows.update({k: [] for k in extra})
@@ -462,6 +526,12 @@ class SVDRuleBase(Rule):
             upd = {k: float(v) / self._upd[k][1] for k, v in zip(keys, np.asarray(sums).reshape(-1))}
         else:
             upd = {}
+        jkeys = list(self._jump)
+        if jkeys:  # the largest retraction jumps: one device->host transfer
+            xp = get_array_module(self._jump[jkeys[0]])
+            vals = np.asarray(asnumpy(xp.stack([xp.asarray(self._jump[k], dtype=xp.float64) for k in jkeys])))
+            upd.update({k: float(v) for k, v in zip(jkeys, vals.reshape(-1))})
+        count = self.schedule.parity_count
         for p, layer in self.layers:
             s = layer.params["s"]
             rows["rank"].append(layer.rank)
@@ -471,6 +541,15 @@ class SVDRuleBase(Rule):
             rows["ortho_V"].append(orthogonality_error(layer.params["V"]))
             rows["hoyer"].append(hoyer(s) if float(get_array_module(s).abs(s).sum()) > 0 else float("nan"))
             rows["energy_kept"].append(energy.get(p, 1.0))
+            sa = np.abs(np.asarray(asnumpy(s), dtype=np.float64))
+            rows["s_max"].append(float(sa.max()))
+            rows["s_min"].append(float(sa.min()))
+            rows["cond_U"].append(factor_condition(layer.params["U"]))
+            rows["cond_V"].append(factor_condition(layer.params["V"]))
+            m, n = layer.dims
+            bound = parity_rank(m, n, count)  # section 4.4: r < mn/(m+n) (parity_count says what is counted)
+            rows["rank_bound"].append(bound)
+            rows["rank_ok"].append(float(layer.rank <= bound))
             for name in ["upd_U", "upd_s", "upd_V"] + extra:
                 v = upd.get(f"{p}/{name}", self._acc.get(f"{p}/{name}"))
                 if isinstance(v, list):
@@ -479,6 +558,7 @@ class SVDRuleBase(Rule):
         out: dict[str, Any] = {f"svd_{k}": np.asarray(v, dtype=np.float64) for k, v in rows.items()}
         out["svd_total_params"] = float(sum(l.param_count() for _, l in self.layers))
         out["svd_total_flops"] = float(sum(l.flops() for _, l in self.layers))
+        out["svd_rank_ok_all"] = float(all(v == 1.0 for v in rows["rank_ok"]))
         return out
 
     def _extra_metric_names(self):
