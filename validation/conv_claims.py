@@ -48,6 +48,8 @@ import numpy as np
 
 from ssaref.rules import RULES
 from validation import _sweep as sw
+from validation.table1_smallconv import PAPER_TABLE1
+from validation.table4_dfa_variants import PAPER_TABLE4_CIFAR10
 
 SCRIPT = "conv_claims"
 PHASES = ("select", "final", "all")
@@ -78,9 +80,8 @@ FIGURE_RULES = ["bp", "dfa", "ssa"]
 
 # The paper's CIFAR-10 figures (test accuracy %): Table 4 (LeNet, printed as error: 100 - error) and Table 1
 # (SmallConv, mean ± std over 5 runs).  Another data set: shown for the gaps between rules only.
-PAPER_TABLE4_LENET_ERR = {"bp": 15.92, "fa": 40.67, "dfa": 37.59, "usf": 16.34, "brsf": 17.08, "ssa": 16.27}
-PAPER_TABLE1_SMALLCONV = {"bp": (87.57, 0.14), "svd-bp": (87.30, 0.18), "dfa": (73.10, 0.53),
-                          "drtp": (68.96, 0.80), "ssa": (86.21, 0.10)}
+PAPER_TABLE4_LENET_ERR = PAPER_TABLE4_CIFAR10["lenet"]
+PAPER_TABLE1_SMALLCONV = PAPER_TABLE1["cifar10"]
 NOT_IMPLEMENTED = "not implemented in ssaref (issue 22)"
 
 
@@ -200,7 +201,7 @@ def _launch_all(args, jobs, status: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         st = sw.launch(path, train_argv(args, phase, model, rule, lr, seed, epochs), epochs,
                        f"{phase} {model} {rule.key} lr {lr_tag(lr)} seed {seed}", log=lambda m: print(m, flush=True))
-        return (f"{phase}/{path.name}", st)
+        return ((f"{phase}/{model}-{rule.key}-lr{lr_tag(lr)}", seed), st)   # (name, seed) as sw.exit_code reads
 
     status.update(sw.map_runs(jobs, one, args))
 
@@ -398,8 +399,8 @@ def final_table(args, model: str, results: dict, chosen: dict, status: dict) -> 
                          f"incomplete) | | | | | {pc} | |")
             continue
         rs = results.get((model, k), [])
-        errs = [f"seed {s}: {st.error}" for (name, st) in status.items() for s in seeds
-                if st.rc and name == "final/" + run_file(args, "final", model, k, chosen[k], s).name]
+        errs = [f"seed {s}: {st.error}" for (name, s), st in status.items()
+                if st.rc and name == f"final/{model}-{k}-lr{lr_tag(chosen[k])}" and s in seeds]
         if not rs:
             cell = "failed: " + "; ".join(errs) if errs else "not run"
             lines.append(f"| {rule.label} | {lr_tag(chosen[k])} | | {cell} | | | | | {pc} | |")
@@ -499,7 +500,8 @@ def plot_matrix(args, results: dict, path: Path) -> Path | None:
         ax.set_title(m)
         ax.set_xlabel("layer (depth)")
         ax.set_ylabel("matrix alignment angle (deg), last epoch")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     if not drawn:
         plt.close(fig)
         return None
@@ -539,7 +541,7 @@ def report(args, status: dict) -> None:
                                      plot_matrix(args, results, args.out_dir / "fig3_matrix.png")) if p]
             if figs:
                 sections.append("Figures: " + ", ".join(f"`{f}`" for f in figs) + "\n")
-    failed = [f"{name}: {st.error or st.rc}" for name, st in status.items() if st.rc != 0]
+    failed = [f"{name} seed {seed}: {st.error or st.rc}" for (name, seed), st in status.items() if st.rc != 0]
     if failed:
         sections.append("\nFailed runs: " + "; ".join(failed) + "\n")
     head = (f"{args.dataset}, models {','.join(args.models)}, phase {args.phase}" +
