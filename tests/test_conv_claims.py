@@ -155,6 +155,9 @@ def test_verdict_details():
     assert cl.judge(above, _paired([6.0, 9.0, 3.0]))[2] == cl.NOT_SUPPORTED
     assert cl.judge(above, _paired([6.0, 6.1, 5.9]))[2] == cl.SUPPORTED
     assert cl.judge(above, _paired([6.0]))[2] == cl.NOT_TESTABLE                 # one seed: no interval
+    below = next(c for c in cl.CLAIMS if c.key == "bp-gap-lenet")                # BP - SSA below 1.4 points
+    assert cl.judge(below, _paired([0.5, 2.5, 0.2]))[2] == cl.NOT_SUPPORTED      # mean 1.07, interval past 1.4
+    assert cl.judge(below, _paired([1.0, 1.1, 0.9]))[2] == cl.SUPPORTED
     # seeds are paired: only the seeds both sides have count
     p = cl.Paired({0: 60.0, 1: 61.0, 2: 70.0}, {0: 50.0, 1: 51.0, 3: 0.0})
     seeds, m, *_ = cl.paired_stats(p)
