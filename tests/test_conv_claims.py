@@ -235,3 +235,16 @@ def test_failed_run_is_reported_and_exits_1(tmp_path, capsys):
     assert "Failed runs: select/lenet-bp-lr0.0001 seed 0: error: --val-split" in text
     lenet = {r[0]: r for r in _table(text, "| rule | lr | seeds", after="## lenet")}
     assert lenet["BP"][3].startswith("not run: learning rate not chosen yet")
+
+
+def test_phases_run_only_their_own_runs(tmp_path):
+    out = tmp_path / "p"
+    base = ["--quick", "--dataset", "synthetic", "--out-dir", str(out), "--methods", "bp", "--models", "lenet",
+            "--no-plot"] + TINY
+    assert cc.main(base[:-len(TINY)] + ["--phase", "final"] + TINY) == 0     # no rate chosen yet: nothing to run
+    assert not list(out.rglob("*.h5"))
+    assert "learning rate not chosen yet" in (out / "results.md").read_text(encoding="utf-8")
+    assert cc.main(base[:-len(TINY)] + ["--phase", "select"] + TINY) == 0
+    assert len(list((out / "select").glob("*.h5"))) == 3 and not (out / "final").exists()
+    assert cc.main(base[:-len(TINY)] + ["--phase", "final"] + TINY) == 0
+    assert len(list((out / "final").glob("*.h5"))) == 1

@@ -125,7 +125,8 @@ def parse_args(argv=None):
     own, extra = sw.split_passthrough(argv)
     p = sw.ArgParser(prog=f"python -m validation.{SCRIPT}", description=__doc__.splitlines()[0],
                      epilog="See the module docstring (python -m pydoc validation.conv_claims).")
-    p.add_argument("--phase", default="all", choices=PHASES, help="select (phase 1), final (phase 2) or all")
+    p.add_argument("--phase", default="all", choices=PHASES,
+                   help="select (phase 1 only), final (phase 2 only, for the rules whose rate is chosen) or all")
     p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist (default) or cifar10, ...")
     p.add_argument("--models", default=None, help=f"subset of {','.join(MODELS)} (default lenet,convnet; "
                    "lenet,smallconv on cifar10); the rates are always chosen on LeNet")
@@ -237,8 +238,9 @@ def final_jobs(args, chosen: dict) -> list:
 
 def run_all(args) -> dict:
     status: dict = {}
-    _launch_all(args, select_jobs(args), status)
-    if args.phase in ("final", "all"):
+    if args.phase in ("select", "all"):
+        _launch_all(args, select_jobs(args), status)
+    if args.phase in ("final", "all"):   # the rules whose phase 1 is complete; the others' rows say so
         _launch_all(args, final_jobs(args, choose_rates(args)), status)
     return status
 
@@ -476,6 +478,9 @@ def plot_angles(args, results: dict, path: Path) -> Path | None:
                 ax.set_xlabel("epoch")
         axes[i][0].set_ylabel("angle with BP (deg)")
         axes[i][0].legend(fontsize=7)
+        for ax in axes[i]:
+            if not ax.has_data():
+                ax.set_visible(False)   # a model with fewer layers than the widest row
     fig.suptitle(f"eq. (4) angle with the BP gradient per layer, {args.dataset} (cf. paper Figure 2), "
                  "mean ± std over seeds", y=1.02)
     return sw.save_figure(fig, path)
