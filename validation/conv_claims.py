@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ssaref.rules import RULES
+from ssaref.runlog import RunFileError
 from validation import _sweep as sw
 from validation.table1_smallconv import PAPER_TABLE1
 from validation.table4_dfa_variants import PAPER_TABLE4_CIFAR10
@@ -248,7 +249,8 @@ def run_all(args) -> dict:
 # ------------------------------------------------------------------------------------------ reading back
 @dataclass
 class RunResult:
-    """The last requested epoch of one run file, and its per-epoch curves."""
+    """The last requested epoch of one run file, and its per-epoch curves (``config`` and ``metrics``, as
+    ``validation._sweep.layer_series`` reads them)."""
 
     seed: int
     test_acc: float
@@ -288,7 +290,7 @@ def read_result(path: Path, epochs: int, seed: int) -> RunResult | None:
 
     try:
         config, m, ck = _read(path)
-    except Exception:   # missing, unreadable, not a run file: no result, never a number
+    except (RunFileError, OSError):   # missing, unreadable, not a run file: no result, never a number
         return None
     if "test_acc" not in m or len(m["test_acc"]) < epochs:
         return None
@@ -296,7 +298,7 @@ def read_result(path: Path, epochs: int, seed: int) -> RunResult | None:
     pick = lambda k: 100.0 * float(m[k][i]) if k in m and len(m[k]) > i else float("nan")  # noqa: E731
     try:
         flops, params = inference_cost_of(config, ck)
-    except Exception:
+    except (KeyError, TypeError, ValueError):   # a model this costing does not know: nan, never a guess
         flops = params = float("nan")
     secs = m.get("seconds")
     cut = {k: (v if k.startswith("align_step") else v[:epochs]) for k, v in m.items()}
@@ -424,7 +426,7 @@ def _hidden_cols(cols):
 def angle_table(args, results: dict) -> str:
     lines = []
     for model in args.models:
-        have = {k: sw.layer_series(_as_seed_results(results.get((model, k), [])), "align.grad_mean")
+        have = {k: sw.layer_series(results.get((model, k), []), "align.grad_mean")
                 for k in FIGURE_RULES}
         have = {k: v for k, v in have.items() if v[1] is not None}
         if not have:
@@ -444,19 +446,9 @@ def angle_table(args, results: dict) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-@dataclass
-class _SR:   # what sw.layer_series reads
-    config: dict
-    metrics: dict
-
-
-def _as_seed_results(rs):
-    return [_SR(r.config, r.metrics) for r in rs]
-
-
 def plot_angles(args, results: dict, path: Path) -> Path | None:
     """Figure 2 on conv nets: eq. (4) angle per layer over epochs, one row per model, seeds as bands."""
-    series = {(m, k): sw.layer_series(_as_seed_results(results.get((m, k), [])), "align.grad_mean")
+    series = {(m, k): sw.layer_series(results.get((m, k), []), "align.grad_mean")
               for m in args.models for k in FIGURE_RULES}
     models = [m for m in args.models if any(series[(m, k)][1] is not None for k in FIGURE_RULES)]
     if not models:
@@ -493,7 +485,7 @@ def plot_matrix(args, results: dict, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(args.models), figsize=(4.5 * len(args.models), 3.4), squeeze=False)
     for ax, m in zip(axes[0], args.models):
         for k in ("ssa", "dfa"):
-            cols, mean, std = sw.layer_series(_as_seed_results(results.get((m, k), [])), "align.matrix_flat")
+            cols, mean, std = sw.layer_series(results.get((m, k), []), "align.matrix_flat")
             if mean is None:
                 continue
             x = np.arange(1, len(cols) + 1)
