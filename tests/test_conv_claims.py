@@ -208,7 +208,7 @@ def test_cifar10_end_to_end_on_fabricated_tarballs(tmp_path, monkeypatch):
     (["--methods", "bp,nope"], "unknown method"),
     (["--dataset", "nope"], "unknown data set"),
     (["--phase", "later"], "invalid choice"),
-    (["--final-seeds", "3-1"], "--seeds"),
+    (["--final-seeds", "3-1"], "--final-seeds: expected"),
 ])
 def test_bad_arguments_exit_2_before_any_run(argv, match, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:

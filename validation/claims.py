@@ -384,6 +384,12 @@ def parse_args(argv=None):
     p.add_argument("--out", default="validation/results/claims.md", help="the ledger (default validation/results/"
                    "claims.md)")
     args = p.parse_args(argv)
+    for opt in ("final_seeds", "convnet_seeds", "smallconv_seeds", "select_seeds", "ablation_seeds"):
+        try:
+            if getattr(args, opt) is not None:
+                sw.parse_seeds(getattr(args, opt))
+        except sw.argparse.ArgumentTypeError as exc:
+            p.error(f"--{opt.replace('_', '-')}: {exc}".replace(": --seeds:", ":"))
     cargv = ["--out-dir", args.runs, "--dataset", args.dataset, "--phase", "final",
              "--models", "lenet,convnet,smallconv"]
     for opt in ("final_epochs", "final_seeds", "convnet_seeds", "smallconv_seeds", "smallconv_epochs",

@@ -161,13 +161,12 @@ def parse_args(argv=None):
     args.select_epochs = args.select_epochs or (1 if q else 3)
     args.final_epochs = args.final_epochs or (1 if q else 10)
     args.smallconv_epochs = args.smallconv_epochs or args.final_epochs
-    try:
-        args.select_seeds = sw.parse_seeds(args.select_seeds or ("0" if q else "0,1"))
-        args.final_seeds = sw.parse_seeds(args.final_seeds or ("0" if q else "0-4"))
-        args.convnet_seeds = sw.parse_seeds(args.convnet_seeds or ("0" if q else "0-2"))
-        args.smallconv_seeds = sw.parse_seeds(args.smallconv_seeds or "0")
-    except sw.argparse.ArgumentTypeError as exc:
-        p.error(str(exc))
+    for opt, default in (("select_seeds", "0" if q else "0,1"), ("final_seeds", "0" if q else "0-4"),
+                         ("convnet_seeds", "0" if q else "0-2"), ("smallconv_seeds", "0")):
+        try:
+            setattr(args, opt, sw.parse_seeds(getattr(args, opt) or default))
+        except sw.argparse.ArgumentTypeError as exc:
+            p.error(f"--{opt.replace('_', '-')}: {exc}".replace(": --seeds:", ":"))
     args.out_dir = Path(args.out_dir or (f"runs/{SCRIPT}_quick" if q else f"runs/{SCRIPT}"))
     return args
 
