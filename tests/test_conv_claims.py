@@ -48,7 +48,7 @@ def test_quick_sweep_tables(sweep):
     for k in METHODS.split(","):
         row = by[cc.LABELS[k]]
         assert all(re.fullmatch(r"\d+\.\d+", c) for c in row[1:4]), row
-        assert row[4] in {"0.0001", "0.0003", "0.001"}
+        assert row[4] in {"0.0001 (edge of the grid)", "0.0003", "0.001 (edge of the grid)"}
     assert "excluded by --methods" in by["KP"][1]
     for k in cc.NEW_BASELINES:   # rows say "not implemented" until the registry has the rule
         assert (k in RULES) or cc.NOT_IMPLEMENTED in by[cc.LABELS[k]][1]
@@ -246,5 +246,7 @@ def test_phases_run_only_their_own_runs(tmp_path):
     assert "learning rate not chosen yet" in (out / "results.md").read_text(encoding="utf-8")
     assert cc.main(base[:-len(TINY)] + ["--phase", "select"] + TINY) == 0
     assert len(list((out / "select").glob("*.h5"))) == 3 and not (out / "final").exists()
+    assert cc.main(base[:-len(TINY)] + ["--phase", "final", "--report-only"] + TINY) == 0   # trains nothing
+    assert not (out / "final").exists()
     assert cc.main(base[:-len(TINY)] + ["--phase", "final"] + TINY) == 0
     assert len(list((out / "final").glob("*.h5"))) == 1

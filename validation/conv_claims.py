@@ -149,6 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, tiny subsets, narrow nets, seed 0")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write results.md from the run files already there (e.g. while a sweep runs)")
     sw.add_mpi_options(p)
     args = p.parse_args(own)
     args.extra = extra
@@ -238,6 +240,8 @@ def final_jobs(args, chosen: dict) -> list:
 
 def run_all(args) -> dict:
     status: dict = {}
+    if args.report_only:
+        return status
     if args.phase in ("select", "all"):
         _launch_all(args, select_jobs(args), status)
     if args.phase in ("final", "all"):   # the rules whose phase 1 is complete; the others' rows say so
@@ -379,6 +383,8 @@ def select_table(args, res: dict, chosen: dict) -> str:
             cells.append(_ms([r.val_acc for r in rs]) + (f" ({len(rs)} of {len(args.select_seeds)} seeds)"
                                                           if 0 < len(rs) < len(args.select_seeds) else ""))
         pick = lr_tag(chosen[k]) if k in chosen else "not yet (phase 1 incomplete)"
+        if k in chosen and chosen[k] in (min(LRS), max(LRS)):
+            pick += " (edge of the grid)"
         lines.append(f"| {rule.label} | " + " | ".join(cells) + f" | {pick} |")
     return "\n".join(lines) + "\n"
 
@@ -541,6 +547,7 @@ def report(args, status: dict) -> None:
     if failed:
         sections.append("\nFailed runs: " + "; ".join(failed) + "\n")
     head = (f"{args.dataset}, models {','.join(args.models)}, phase {args.phase}" +
+            (" (report only: the runs finished so far)" if args.report_only else "") +
             (", **--quick smoke test**: not comparable to anything" if args.quick else "") +
             (", extra flags: `" + " ".join(args.extra) + "`" if args.extra else ""))
     text = f"# The paper's claims on conv nets\n\n{head}\n\n" + "\n".join(s.rstrip() + "\n" for s in sections)
