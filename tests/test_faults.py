@@ -318,7 +318,10 @@ def test_sigkill_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- one writer
-def test_a_second_writer_on_the_same_run_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("lock_file", ["kept", "removed"])
+def test_a_second_writer_on_the_same_run_file_is_refused(tmp_path, capsys, lock_file):
+    """The lock holds even when ``<out>.lock`` is removed while the first run is alive (issue 24): the run file
+    itself is locked, and the lock moves with each checkpoint's new version of it."""
     out = tmp_path / "run.h5"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     args = [a if a != "6" else "200" for a in KILL_ARGS]
@@ -330,9 +333,14 @@ def test_a_second_writer_on_the_same_run_file_is_refused(tmp_path, capsys):
             time.sleep(0.05)
         assert out.exists()
         before = out.stat().st_mtime_ns
-        rc, _, err = _run_entry("train", SYN + ["--method", "bp", "--out", str(out), "--overwrite"], capsys)
-        assert rc == 2 and f"process {p.pid}" in err and "being written by another run" in err, err
-        assert p.poll() is None
+        if lock_file == "removed":
+            os.unlink(f"{out}.lock")
+        for _ in range(2 if lock_file == "removed" else 1):   # twice: the lock survives checkpoints between tries
+            rc, _, err = _run_entry("train", SYN + ["--method", "bp", "--out", str(out), "--overwrite"], capsys)
+            assert rc == 2 and "being written by another run" in err, err
+            assert lock_file == "removed" or f"process {p.pid}" in err, err
+            assert p.poll() is None
+            time.sleep(0.5)
     finally:
         p.kill()
         p.wait(timeout=60)
