@@ -120,6 +120,11 @@ def check_output_path(path, *, flag="--out", overwrite=False, allowed_existing=(
     parent folder that cannot be created or written.  ``create=False`` only checks (the nearest existing
     ancestor must be a writable folder) and creates nothing.  Returns the path as a ``Path``."""
     p = Path(path)
+    try:   # a symbolic link loop (the path or a folder on it): Path.resolve raises RuntimeError (OSError on 3.13)
+        p.resolve()
+    except (RuntimeError, OSError):
+        raise ValueError(f"{flag} {path}: a symbolic link loop (the path, or a folder on it, links back to "
+                         f"itself)") from None
     same = any(os.path.abspath(p) == os.path.abspath(a) for a in allowed_existing if a)
     if kind == "file":
         if p.is_dir():

@@ -347,30 +347,60 @@ def read_run(path):
         raise RunFileError(f"run file {path} is damaged or unreadable: {type(exc).__name__}: {exc}") from None
 
 
+def _member(parent, name, want, path):
+    """``parent[name]`` when it is a ``want`` (``h5py.Group`` or ``h5py.Dataset``); a RunFileError naming the
+    object and the file otherwise (a crafted file may hold a dataset where the schema has a group)."""
+    obj = parent[name]
+    if not isinstance(obj, want):
+        kind = "group" if isinstance(obj, h5py.Group) else "dataset" if isinstance(obj, h5py.Dataset) else "datatype"
+        need = "group" if want is h5py.Group else "dataset"
+        raise RunFileError(f"run file {path} is damaged: {obj.name} is a {kind}, the schema has a {need} there")
+    return obj
+
+
+def _numeric(ds, path):
+    """A dataset's data, refused unless it is a real number array (bool, int, uint or float)."""
+    if ds.dtype.kind not in "biuf":
+        raise RunFileError(f"run file {path} is damaged: {ds.name} has dtype {ds.dtype}, not a real number type")
+    return _read_dataset(ds)
+
+
 def _read_contents(f, path):
+    """The one reader of a run file's layout: every object checked against the schema (module docstring)."""
     schema = _py(f.attrs.get("schema"))
     if schema is None:
         raise RunFileError(f"run file {path} is not an ssaref run (HDF5 without a 'schema' attribute)")
     if schema != SCHEMA:
         raise RunFileError(f"run file {path} has schema {schema!r}, expected {SCHEMA!r}")
     raw = _py(f.attrs.get("config", "{}"))
+    if not isinstance(raw, str):
+        raise RunFileError(f"run file {path} is damaged: its 'config' attribute is not a string")
     try:
         config = json.loads(raw, object_hook=_json_hook)
     except json.JSONDecodeError as exc:
         raise RunFileError(f"run file {path} holds a config that is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise RunFileError(f"run file {path} is damaged: its config is JSON {raw[:40]!r}, not an object")
     metrics = {}
     if "metrics" in f:
-        for name, ds in f["metrics"].items():
-            metrics[_decode_key(name)] = np.asarray(ds[()])
+        for name, ds in _member(f, "metrics", h5py.Group, path).items():
+            metrics[_decode_key(name)] = np.asarray(_numeric(_member(f["metrics"], name, h5py.Dataset, path), path))
     checkpoint = None
     if "checkpoint" in f:
-        ck = f["checkpoint"]
+        ck = _member(f, "checkpoint", h5py.Group, path)
         checkpoint = {k: _py(v) for k, v in ck.attrs.items()}
-        for name, obj in ck.items():
+        for name in ck:
+            obj = _member(ck, name, h5py.Group, path)
             if name == "rng":
-                checkpoint["rng"] = json.loads(_py(obj.attrs["state"]), object_hook=_json_hook)
+                if "state" not in obj.attrs:
+                    raise RunFileError(f"run file {path} is damaged: {obj.name} lacks its 'state' attribute")
+                state = json.loads(_py(obj.attrs["state"]), object_hook=_json_hook)
+                if not isinstance(state, dict):
+                    raise RunFileError(f"run file {path} is damaged: {obj.name} state is not a JSON object")
+                checkpoint["rng"] = state
             else:
-                checkpoint[name] = {_decode_key(k): _read_dataset(ds) for k, ds in obj.items()}
+                checkpoint[name] = {_decode_key(k): _numeric(_member(obj, k, h5py.Dataset, path), path)
+                                    for k in obj}
     return config, metrics, checkpoint
 
 
