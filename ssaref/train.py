@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from . import __version__, distributed
-from .cli import (Diverged, OneLineParser, check_output_path, int_list, nonnegative_int, one_line, positive,
+from .cli import (Diverged, OneLineParser, check_output_path, int64, int_list, nonnegative_int, one_line, positive,
                   run_main)
 from .backend import asnumpy, get_array_module, keep_large_allocations, parse_dtype, resolve_backend, to_device
 from .data import DATASETS, augment, load_dataset
@@ -70,7 +70,7 @@ def build_parser():
     a("--width-mult", type=positive(float), default=1.0, help="scale channel counts of conv models")
     a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
     a("--eval-batch-size", type=positive(int), default=1000)
-    a("--align-every", type=int, default=0,
+    a("--align-every", type=int64, default=0,
       help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)")
     a("--val-split", type=_fraction, default=0.0,
       help="hold out this fraction of the training set (stratified by class, seeded) as a validation split, "
@@ -105,7 +105,7 @@ def build_parser():
         else:  # the methods declare different defaults
             default = "default " + ", ".join(f"{v} ({m})" for m, v in defaults.items())
         g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
-                       type=str if typ is bool else typ,
+                       type=str if typ is bool else int64 if typ is int else typ,
                        help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"))
     return p
 

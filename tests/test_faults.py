@@ -102,7 +102,7 @@ def world(tmp_path_factory):
     (w / "bad_utf8.toml").write_bytes(b"method = \"\xff\xfe\"\n")
     toml = {"bad_toml": "method = ", "momentum_str": 'momentum = "abc"', "method_list": 'method = ["bp"]',
             "unknown_key": "colour = 3", "epochs_bool": "epochs = true", "nesterov_str": 'nesterov = "yes"',
-            "hidden_str": 'hidden = ["a"]', "lr_neg": "lr = -1.0"}
+            "hidden_str": 'hidden = ["a"]', "lr_neg": "lr = -1.0", "seed_huge": f"seed = {10**30}"}
     for name, text in toml.items():
         (w / f"{name}.toml").write_text(text + "\n")
     (w / "audit").mkdir()
@@ -203,6 +203,18 @@ CASES = [
     ("train", ["--out", f"{W}/good.h5"], "--overwrite"),
     ("train", ["--out", f"{W}/audit"], "folder"),
     ("train", ["--out", f"{W}/a_file/run.h5"], "a_file"),
+    # issue 24: integers beyond int64 (what a run file stores) and an infinite scale, refused by the parser
+    ("train", ["--seed", str(10**30)], "--seed"),
+    ("train", ["--train-limit", str(10**30)], "--train-limit"),
+    ("train", ["--test-limit", str(10**30)], "--test-limit"),
+    ("train", ["--epochs", str(10**30)], "--epochs"),
+    ("train", ["--epochs", str(2**63)], "--epochs"),
+    ("train", ["--resume", f"{W}/good.h5", "--epochs", str(10**30), "--out", f"{W}/r_e.h5"], "--epochs"),
+    ("train", ["--align-every", str(10**30)], "--align-every"),
+    ("train", ["--method", "ssa", "--hoyer-every", str(10**30)], "--hoyer-every"),
+    ("train", ["--config", f"{W}/seed_huge.toml"], "seed"),
+    ("train", ["--method", "pepita", "--pepita-F-scale", "inf"], "pepita_F_scale"),
+    ("bench", ["--repeats", str(10**30)], "--repeats"),
     # issue 24: symbolic link loops (crafted run files: CRAFTED below)
     ("train", ["--out", f"{W}/loop.h5"], "symbolic link loop"),
     ("train", ["--out", f"{W}/loopdir/run.h5"], "symbolic link loop"),
