@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from .atomic import write_text
 from .backend import asnumpy, keep_large_allocations, resolve_backend
 from .cli import OneLineParser, check_output_path, positive, run_main
 from .nn import build_model
@@ -680,13 +681,6 @@ def _fmt_load(load):
     return "unknown" if not load else ", ".join(f"{v:.2f}" for v in load)
 
 
-def _write_atomic(path, text):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------- command line
 def _shape(text):
     try:
@@ -734,6 +728,9 @@ def _parse(argv):
                    help="leave glibc's mmap threshold alone (ssaref.train raises it, see "
                         "backend.keep_large_allocations)")
     args = p.parse_args(argv)
+    if args.json and args.markdown and os.path.realpath(args.json) == os.path.realpath(args.markdown):
+        raise ValueError(f"--json {args.json} and --markdown {args.markdown} are the same file; one would "
+                         f"overwrite the other")
     for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
         if path:   # before the benchmark runs, not after
             check_output_path(path, flag=flag, overwrite=args.overwrite)
@@ -853,9 +850,9 @@ def _main(argv):
     except OSError:
         info["loadavg_end"] = None
     if args.json:
-        _write_atomic(args.json, json.dumps(result, indent=1, default=_json_default))
+        write_text(args.json, json.dumps(result, indent=1, default=_json_default))
     if args.markdown:
-        _write_atomic(args.markdown, markdown(result))
+        write_text(args.markdown, markdown(result))
     return 0
 
 

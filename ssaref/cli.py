@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-__all__ = ["OneLineParser", "positive", "nonnegative_int", "int_list", "run_main", "Diverged", "one_line",
+__all__ = ["OneLineParser", "positive", "nonnegative_int", "int64", "int_list", "run_main", "Diverged", "one_line",
            "EXIT_OK", "EXIT_BUG", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "check_output_path"]
 
 
@@ -16,8 +16,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1   # a run file stores integers as HDF5 int64 attributes
+
+
+def _bounded(v, s):
+    if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {INT64_MAX} in size (a run file stores it as a 64-bit "
+                                         f"integer), got {s}")
+    return v
+
+
 def positive(kind):
-    """Argument type: a ``kind`` (int or float) that is > 0 (NaN refused)."""
+    """Argument type: a ``kind`` (int or float) that is > 0 (NaN refused; an int within the int64 range)."""
     def parse(s):
         try:
             v = kind(s)
@@ -25,19 +35,28 @@ def positive(kind):
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}") from None
         if not v > 0 or (kind is float and v == float("inf")):
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
-        return v
+        return _bounded(v, s)
     return parse
 
 
 def nonnegative_int(s):
-    """Argument type: an int >= 0."""
+    """Argument type: an int >= 0 (within the int64 range)."""
     try:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return v
+    return _bounded(v, s)
+
+
+def int64(s):
+    """Argument type: an int within the int64 range (what a run file can store)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {s!r}") from None
+    return _bounded(v, s)
 
 
 def int_list(s):
@@ -120,6 +139,11 @@ def check_output_path(path, *, flag="--out", overwrite=False, allowed_existing=(
     parent folder that cannot be created or written.  ``create=False`` only checks (the nearest existing
     ancestor must be a writable folder) and creates nothing.  Returns the path as a ``Path``."""
     p = Path(path)
+    try:   # a symbolic link loop (the path or a folder on it): Path.resolve raises RuntimeError (OSError on 3.13)
+        p.resolve()
+    except (RuntimeError, OSError):
+        raise ValueError(f"{flag} {path}: a symbolic link loop (the path, or a folder on it, links back to "
+                         f"itself)") from None
     same = any(os.path.abspath(p) == os.path.abspath(a) for a in allowed_existing if a)
     if kind == "file":
         if p.is_dir():

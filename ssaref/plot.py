@@ -21,11 +21,11 @@ Errors (a missing file, one that is not an ssaref run, an existing ``--out`` wit
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .cli import OneLineParser, check_output_path, run_main
 from .runlog import read_run
 
@@ -271,14 +271,11 @@ def plot_runs(paths, out, *, overwrite=False, title=None) -> Path:
     fig, _ = make_figure(groups, title)
     import matplotlib.pyplot as plt
 
-    tmp = out.with_name(out.name + ".tmp" + out.suffix)
     try:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=out.suffix.lower()[1:])
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
     return out
 
 

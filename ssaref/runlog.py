@@ -29,16 +29,18 @@ as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import numbers
 import os
 import re
 import shutil
-import tempfile
 
 import h5py
 import numpy as np
+
+from .atomic import atomic_path
 
 __all__ = ["RunFileError", "SCHEMA", "write_run", "read_run", "generator_from_state", "RunLock",
            "remove_stale_temporaries"]
@@ -276,37 +278,13 @@ def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> 
     if free < need:   # a full disk fails here, cleanly, not inside the HDF5 library
         raise OSError(errno.ENOSPC, f"{path}: no space left on the device of {folder} for the run file "
                                     f"(needs about {need} bytes, {free} free)")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    lock = _HELD.get(os.path.abspath(path))
+    with atomic_path(path, durable=True) as tmp:
         with h5py.File(tmp, "w", track_order=True) as f:
             _write_contents(f, path, config, metrics, checkpoint)
             f.flush()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable; not all platforms allow opening a folder
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+        if lock is not None:   # the lock moves onto the new file before it takes the name
+            lock._hold_file(tmp)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -369,30 +347,60 @@ def read_run(path):
         raise RunFileError(f"run file {path} is damaged or unreadable: {type(exc).__name__}: {exc}") from None
 
 
+def _member(parent, name, want, path):
+    """``parent[name]`` when it is a ``want`` (``h5py.Group`` or ``h5py.Dataset``); a RunFileError naming the
+    object and the file otherwise (a crafted file may hold a dataset where the schema has a group)."""
+    obj = parent[name]
+    if not isinstance(obj, want):
+        kind = "group" if isinstance(obj, h5py.Group) else "dataset" if isinstance(obj, h5py.Dataset) else "datatype"
+        need = "group" if want is h5py.Group else "dataset"
+        raise RunFileError(f"run file {path} is damaged: {obj.name} is a {kind}, the schema has a {need} there")
+    return obj
+
+
+def _numeric(ds, path):
+    """A dataset's data, refused unless it is a real number array (bool, int, uint or float)."""
+    if ds.dtype.kind not in "biuf":
+        raise RunFileError(f"run file {path} is damaged: {ds.name} has dtype {ds.dtype}, not a real number type")
+    return _read_dataset(ds)
+
+
 def _read_contents(f, path):
+    """The one reader of a run file's layout: every object checked against the schema (module docstring)."""
     schema = _py(f.attrs.get("schema"))
     if schema is None:
         raise RunFileError(f"run file {path} is not an ssaref run (HDF5 without a 'schema' attribute)")
     if schema != SCHEMA:
         raise RunFileError(f"run file {path} has schema {schema!r}, expected {SCHEMA!r}")
     raw = _py(f.attrs.get("config", "{}"))
+    if not isinstance(raw, str):
+        raise RunFileError(f"run file {path} is damaged: its 'config' attribute is not a string")
     try:
         config = json.loads(raw, object_hook=_json_hook)
     except json.JSONDecodeError as exc:
         raise RunFileError(f"run file {path} holds a config that is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise RunFileError(f"run file {path} is damaged: its config is JSON {raw[:40]!r}, not an object")
     metrics = {}
     if "metrics" in f:
-        for name, ds in f["metrics"].items():
-            metrics[_decode_key(name)] = np.asarray(ds[()])
+        for name, ds in _member(f, "metrics", h5py.Group, path).items():
+            metrics[_decode_key(name)] = np.asarray(_numeric(_member(f["metrics"], name, h5py.Dataset, path), path))
     checkpoint = None
     if "checkpoint" in f:
-        ck = f["checkpoint"]
+        ck = _member(f, "checkpoint", h5py.Group, path)
         checkpoint = {k: _py(v) for k, v in ck.attrs.items()}
-        for name, obj in ck.items():
+        for name in ck:
+            obj = _member(ck, name, h5py.Group, path)
             if name == "rng":
-                checkpoint["rng"] = json.loads(_py(obj.attrs["state"]), object_hook=_json_hook)
+                if "state" not in obj.attrs:
+                    raise RunFileError(f"run file {path} is damaged: {obj.name} lacks its 'state' attribute")
+                state = json.loads(_py(obj.attrs["state"]), object_hook=_json_hook)
+                if not isinstance(state, dict):
+                    raise RunFileError(f"run file {path} is damaged: {obj.name} state is not a JSON object")
+                checkpoint["rng"] = state
             else:
-                checkpoint[name] = {_decode_key(k): _read_dataset(ds) for k, ds in obj.items()}
+                checkpoint[name] = {_decode_key(k): _numeric(_member(obj, k, h5py.Dataset, path), path)
+                                    for k in obj}
     return config, metrics, checkpoint
 
 
@@ -410,18 +418,63 @@ def generator_from_state(state: dict) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------------------
 # one writer per run file
 # ----------------------------------------------------------------------------------------------------
+_HELD: dict = {}   # absolute path of a run file -> the RunLock this process holds on it (write_run moves it)
+
+
+def _ofd_lock(path, *, keep):
+    """An exclusive open-file-description lock (``F_OFD_SETLK``) on the whole of ``path``: the open fd when
+    ``keep`` (the caller holds the lock), else None once the lock proved free.  None without OFD locks (not
+    Linux) or when ``path`` cannot be opened for writing.  Raises BlockingIOError when another holder has it.
+
+    OFD locks, unlike ``flock``, do not meet the ``flock`` HDF5 takes to open a file, so readers of a live run
+    (``ssaref.plot``, h5dump) are not locked out; unlike ``lockf`` they are not dropped when this process closes
+    another descriptor of the same file (as h5py does)."""
+    import fcntl  # noqa: PLC0415  (POSIX)
+    import struct  # noqa: PLC0415
+
+    cmd = getattr(fcntl, "F_OFD_SETLK", None)
+    if cmd is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:   # struct flock: l_type, l_whence, l_start, l_len (0: to the end, whatever it grows to), l_pid (0)
+        fcntl.fcntl(fd, cmd, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise BlockingIOError(exc.errno, "locked") from None
+        return None
+    if keep:
+        return fd
+    os.close(fd)
+    return None
+
+
 class RunLock:
     """An exclusive, non-blocking lock on run file ``path``, held by one process for a whole run.
 
-    The lock is ``fcntl.flock`` on ``<path>.lock`` (which holds the owner's PID); the kernel releases it when the
-    process ends, however it ends, so a killed run never blocks the next one.  A second writer gets a
-    ``RunFileError`` naming the owner's PID at once.  Use as a context manager.
+    Two locks, both released by the kernel when the process ends, however it ends, so a killed run never
+    blocks the next one: ``fcntl.flock`` on ``<path>.lock`` (which holds the owner's PID), and a lock on the run
+    file itself (``_ofd_lock``), which ``write_run`` moves onto each new version of the file before renaming
+    it over ``path``: the lock stays with the file's inode and holds even when ``<path>.lock`` is removed while
+    the run is alive.  A second writer gets a ``RunFileError`` at once (naming the owner's PID when it can);
+    one that got in anyway (the lock file removed before the first write) is refused at its first write.  Use
+    as a context manager.
     """
 
     def __init__(self, path):
         self.path = os.fspath(path)
         self.lock_path = self.path + ".lock"
         self._fd = None
+        self._file_fd = None
+
+    def _busy(self, owner=None):
+        who = (f"process {owner}, lock {self.lock_path}" if owner is not None else
+               "it holds a lock on the run file itself")
+        return RunFileError(f"run file {self.path} is being written by another run ({who}); wait for it or "
+                            f"choose another --out")
 
     def acquire(self):
         import fcntl  # noqa: PLC0415  (POSIX)
@@ -438,20 +491,59 @@ class RunLock:
                 owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
             finally:
                 os.close(fd)
-            raise RunFileError(f"run file {self.path} is being written by another run (process {owner}, lock "
-                               f"{self.lock_path}); wait for it or choose another --out") from None
+            raise self._busy(owner) from None
+        try:
+            if os.path.exists(self.path):
+                self._hold_file(self.path)
+        except RunFileError:   # the lock file was removed under a live run: drop the one made here
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        _HELD[os.path.abspath(self.path)] = self
         return self
+
+    def _hold_file(self, version):
+        """Lock ``version`` (the run file, or the temporary file about to replace it) and keep the lock; the
+        previous version's lock is let go.  Refused when the file now at ``path`` is held by another run."""
+        if version != self.path and os.path.exists(self.path) and not self._holds(self.path):
+            try:
+                _ofd_lock(self.path, keep=False)
+            except BlockingIOError:
+                raise self._busy() from None
+        try:
+            fd = _ofd_lock(version, keep=True)
+        except BlockingIOError:
+            raise self._busy() from None
+        if fd is None:
+            return
+        old, self._file_fd = self._file_fd, fd
+        if old is not None:
+            os.close(old)
+
+    def _holds(self, path):
+        if self._file_fd is None:
+            return False
+        try:
+            a, b = os.fstat(self._file_fd), os.stat(path)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
     def release(self):
         if self._fd is None:
             return
+        _HELD.pop(os.path.abspath(self.path), None)
         try:
             os.unlink(self.lock_path)
         except OSError:
             pass
+        if self._file_fd is not None:
+            os.close(self._file_fd)
+            self._file_fd = None
         os.close(self._fd)  # closing releases the flock
         self._fd = None
 

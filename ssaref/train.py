@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from . import __version__, distributed
-from .cli import (Diverged, OneLineParser, check_output_path, int_list, nonnegative_int, one_line, positive,
+from .cli import (Diverged, OneLineParser, check_output_path, int64, int_list, nonnegative_int, one_line, positive,
                   run_main)
 from .backend import asnumpy, get_array_module, keep_large_allocations, parse_dtype, resolve_backend, to_device
 from .data import DATASETS, augment, load_dataset
@@ -70,7 +70,7 @@ def build_parser():
     a("--width-mult", type=positive(float), default=1.0, help="scale channel counts of conv models")
     a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
     a("--eval-batch-size", type=positive(int), default=1000)
-    a("--align-every", type=int, default=0,
+    a("--align-every", type=int64, default=0,
       help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)")
     a("--val-split", type=_fraction, default=0.0,
       help="hold out this fraction of the training set (stratified by class, seeded) as a validation split, "
@@ -105,7 +105,7 @@ def build_parser():
         else:  # the methods declare different defaults
             default = "default " + ", ".join(f"{v} ({m})" for m, v in defaults.items())
         g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
-                       type=str if typ is bool else typ,
+                       type=str if typ is bool else int64 if typ is int else typ,
                        help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"))
     return p
 
@@ -160,31 +160,45 @@ def _config_defaults(parser, path):
         parser.error(f"config file {path!r} is not valid TOML: {exc}")
     except OSError as exc:
         parser.error(f"config file {path!r} cannot be read: {exc.strerror or exc}")
+    return _checked_defaults(parser, cfg, f"config file {path!r}")
+
+
+_NOT_FROM_RUN = ("out", "resume", "config", "help", "overwrite")
+
+
+def _checked_defaults(parser, cfg, where, *, run_file=False):
+    """``cfg`` (TOML keys, or a resumed run file's config) as parser defaults, every value checked like the flag
+    it mirrors; a bad one is the parser's one-line error naming ``where``.  A run file's config also holds
+    entries that are not flags (skipped) and None where a flag's default is None."""
     actions = {a.dest: a for a in parser._actions}
     defaults = {}
     for k, v in cfg.items():
         dest = k.replace("-", "_")
         if dest not in actions and "rule_" + dest in actions:
             dest = "rule_" + dest
+        if run_file and (dest not in actions or dest in _NOT_FROM_RUN):
+            continue
         if dest not in actions or dest in ("config", "help"):
-            parser.error(f"config file {path!r}: unknown key {k!r}")
+            parser.error(f"{where}: unknown key {k!r}")
         action = actions[dest]
         flag = action.option_strings[0] if action.option_strings else dest
-        if action.nargs == 0:  # store_true flags take a TOML boolean
+        if run_file and v is None and action.default is None:
+            pass
+        elif action.nargs == 0:  # store_true flags take a TOML boolean
             if not isinstance(v, bool):
-                parser.error(f"config file {path!r}: {k} must be true or false, got {v!r}")
+                parser.error(f"{where}: {k} must be true or false, got {v!r}")
         elif action.type is int_list and isinstance(v, list):
             if not all(isinstance(e, int) and not isinstance(e, bool) for e in v):
-                parser.error(f"config file {path!r}: {k} must be a list of integers, got {v!r}")
+                parser.error(f"{where}: {k} must be a list of integers, got {v!r}")
         elif isinstance(v, (list, dict)) or (isinstance(v, bool) and action.type not in (str, None)):
-            parser.error(f"config file {path!r}: {k} must be a single value like {flag} takes, got {v!r}")
+            parser.error(f"{where}: {k} must be a single value like {flag} takes, got {v!r}")
         elif action.type is not None:
             try:
                 v = action.type(str(v).lower() if isinstance(v, bool) else str(v))
             except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-                parser.error(f"config file {path!r}: {k} = {v!r}: {exc}")
+                parser.error(f"{where}: {k} = {v!r}: {exc}")
         elif not isinstance(v, str):
-            parser.error(f"config file {path!r}: {k} must be a string, got {v!r}")
+            parser.error(f"{where}: {k} must be a string, got {v!r}")
         defaults[dest] = v
     return defaults
 
@@ -201,9 +215,7 @@ def parse_args(argv=None):
             run_config, _, _ = read_run(resume)
         except RunFileError:
             run_config = {}  # train() reports the unreadable file with its one-line error
-        known = {a.dest for a in parser._actions}
-        parser.set_defaults(**{k: v for k, v in run_config.items()
-                                if k in known and k not in ("out", "resume", "config", "help", "overwrite")})
+        parser.set_defaults(**_checked_defaults(parser, run_config, f"run file {resume}", run_file=True))
         parser.set_defaults(**_earlier_defaults(run_config))
     parser.set_defaults(**config)
     return parser.parse_args(argv)

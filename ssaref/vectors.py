@@ -29,9 +29,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
+
+from .atomic import atomic_path
 
 from .golden import check as _check
 from .golden.check import (FEEDBACK_NAMES, GEOMETRY, LAYER_KINDS, PARAM_NAMES, REQUIRED_PARAMS, SCHEMAS,
@@ -442,27 +443,18 @@ def write_case(path, case):
     """Write one case atomically (temporary file in the same directory, then ``os.replace``)."""
     h5py = _h5py()
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".golden-", suffix=".h5.tmp", dir=d)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
-            for k, v in case["attrs"].items():
-                f.attrs[k] = _attr_value(v)
-            for p, a in case["datasets"].items():
-                parent, _, leaf = p.rpartition("/")
-                g = _group(f, parent, h5py)
-                a = np.asarray(a)
-                g.create_dataset(leaf, data=a, track_times=False)  # contiguous, no filters
-            for gp, at in case["group_attrs"].items():
-                g = _group(f, gp, h5py)
-                for k, v in at.items():
-                    g.attrs[k] = _attr_value(v)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110"), track_order=False) as f:
+        for k, v in case["attrs"].items():
+            f.attrs[k] = _attr_value(v)
+        for p, a in case["datasets"].items():
+            parent, _, leaf = p.rpartition("/")
+            g = _group(f, parent, h5py)
+            a = np.asarray(a)
+            g.create_dataset(leaf, data=a, track_times=False)  # contiguous, no filters
+        for gp, at in case["group_attrs"].items():
+            g = _group(f, gp, h5py)
+            for k, v in at.items():
+                g.attrs[k] = _attr_value(v)
     return path
 
 
@@ -516,11 +508,11 @@ def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False, xp=
 # checking (the standalone checker, ssaref/golden/check.py)
 # ---------------------------------------------------------------------------------------------------
 def check(golden_dir, candidate_dir, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, out=None, failures_only=False,
-          report=None):
+          report=None, overwrite=False):
     """``ssaref.golden.check.check``: print the table, write the markdown ``report`` if given; exit status
     0 all passed, 1 a failure.  Raises GoldenError when the check cannot run."""
     return _check.check(golden_dir, candidate_dir, rtol, atol, out=out, failures_only=failures_only,
-                        report=report)
+                        report=report, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -567,7 +559,7 @@ def main(argv=None):
             return 0
         if args.cmd == "check":
             return check(args.golden_dir, args.candidate_dir, args.rtol, args.atol,
-                         failures_only=args.failures_only, report=args.report)
+                         failures_only=args.failures_only, report=args.report, overwrite=args.overwrite)
         return _check.validate_paths(args.paths)
     except (GoldenError, OSError) as exc:
         msg = str(exc) if isinstance(exc, GoldenError) else f"{exc.strerror or exc}: {exc.filename or ''}"

@@ -179,6 +179,22 @@ def test_existing_markdown_needs_overwrite(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err and md.read_text() == "keep"
 
 
+@pytest.mark.parametrize("existing", [False, True], ids=["new", "existing-with-overwrite"])
+@pytest.mark.parametrize("spell", ["same", "dotdot"])
+def test_json_and_markdown_must_not_alias(tmp_path, capsys, existing, spell):
+    """issue 24: ``--json X --markdown X`` is refused before the benchmark (one output would replace the other)."""
+    out = tmp_path / "r.txt"
+    if existing:
+        out.write_text("keep")
+    other = out if spell == "same" else tmp_path / "sub" / ".." / "r.txt"
+    (tmp_path / "sub").mkdir()
+    argv = ["--json", str(out), "--markdown", str(other), "--models", "mlp"] + (["--overwrite"] if existing else [])
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "same file" in err[0]
+    assert (out.read_text() == "keep") if existing else not out.exists()
+
+
 def test_gpu_comparison_picks_cuda_for_torch_and_sets_tf32_alike_on_both_sides(monkeypatch):
     """``--backend cupy`` times torch on CUDA (synchronised); ``--tf32`` sets CuPy's and torch's switches alike.
     (The CUDA side itself needs a GPU: tests/test_gpu_equivalence.py and validation/gpu_check.sh.)"""

@@ -42,8 +42,20 @@ def _vectors_main(argv):
     return vectors.main(argv)
 
 
+def _plot_main(argv):
+    from ssaref import plot
+
+    return plot.main(argv)
+
+
+def _fig5_main(argv):
+    from validation import fig5_cost
+
+    return fig5_cost.main(argv)
+
+
 ENTRY = {"train": train_mod.main, "bench": bench.main, "audit": audit_main, "vectors": _vectors_main,
-         "validation": _validation_main}
+         "validation": _validation_main, "plot": _plot_main, "fig5": _fig5_main}
 
 
 # --------------------------------------------------------------------------------------------- the world
@@ -60,24 +72,60 @@ def world(tmp_path_factory):
         "bad_rng_json": lambda f: f["checkpoint/rng"].attrs.__setitem__("state", "{not json"),
         "no_checkpoint": lambda f: f.__delitem__("checkpoint"),
         "bad_schema": lambda f: f.attrs.__setitem__("schema", "other/9"),
+        # issue 24: crafted layouts and config values, each a one-line error naming the file or value
+        "metrics_dataset": lambda f: _swap(f, "metrics", np.arange(3.0)),
+        "metric_group": lambda f: _swap(f, "metrics/train_loss", None),
+        "metric_strings": lambda f: _swap(f, "metrics/train_loss", np.array([b"a", b"b"])),
+        "checkpoint_dataset": lambda f: _swap(f, "checkpoint", np.arange(3.0)),
+        "params_dataset": lambda f: _swap(f, "checkpoint/params", np.arange(3.0)),
+        "rng_dataset": lambda f: _swap(f, "checkpoint/rng", np.arange(3.0)),
+        "param_compound": lambda f: _swap(f, "checkpoint/params/" + next(iter(f["checkpoint/params"])),
+                                          np.zeros(3, dtype=[("x", "f8"), ("y", "i4")])),
+        "config_list": lambda f: f.attrs.__setitem__("config", "[1, 2, 3]"),
+        "config_null": lambda f: f.attrs.__setitem__("config", "null"),
+        "config_batch0": lambda f: _set_config(f, batch_size=0),
+        "config_seed_frac": lambda f: _set_config(f, seed=1.5),
+        "config_method_list": lambda f: _set_config(f, method=["bp"]),
+        "config_eval_batch0": lambda f: _set_config(f, eval_batch_size=0),
+        "config_epochs_str": lambda f: _set_config(f, epochs="many"),
     }.items():
         shutil.copy(good, w / f"{name}.h5")
         with h5py.File(w / f"{name}.h5", "a") as f:
             damage(f)
     (w / "not_h5.h5").write_text("hello")
+    os.symlink("loop.h5", w / "loop.h5")                  # a symbolic link loop
+    os.symlink("loopdir", w / "loopdir")                  # a loop as a folder on the path
+    os.symlink("loop.png", w / "loop.png")
     (w / "cfg_dir.toml").mkdir()
     (w / "empty_data").mkdir()
     (w / "a_file").write_text("x")
     (w / "bad_utf8.toml").write_bytes(b"method = \"\xff\xfe\"\n")
     toml = {"bad_toml": "method = ", "momentum_str": 'momentum = "abc"', "method_list": 'method = ["bp"]',
             "unknown_key": "colour = 3", "epochs_bool": "epochs = true", "nesterov_str": 'nesterov = "yes"',
-            "hidden_str": 'hidden = ["a"]', "lr_neg": "lr = -1.0"}
+            "hidden_str": 'hidden = ["a"]', "lr_neg": "lr = -1.0", "seed_huge": f"seed = {10**30}"}
     for name, text in toml.items():
         (w / f"{name}.toml").write_text(text + "\n")
     (w / "audit").mkdir()
     (w / "audit" / "findings.json").write_text("{}")
     (w / "exists.json").write_text("[]")
     return w
+
+
+def _swap(f, name, data):
+    """Replace object ``name`` with a dataset of ``data`` (a group where ``data`` is None)."""
+    del f[name]
+    if data is None:
+        f.create_group(name)
+    else:
+        f[name] = data
+
+
+def _set_config(f, **values):
+    import json
+
+    cfg = json.loads(f.attrs["config"])
+    cfg.update(values)
+    f.attrs["config"] = json.dumps(cfg)
 
 
 def _snapshot(root: Path):
@@ -155,6 +203,25 @@ CASES = [
     ("train", ["--out", f"{W}/good.h5"], "--overwrite"),
     ("train", ["--out", f"{W}/audit"], "folder"),
     ("train", ["--out", f"{W}/a_file/run.h5"], "a_file"),
+    # issue 24: integers beyond int64 (what a run file stores) and an infinite scale, refused by the parser
+    ("train", ["--seed", str(10**30)], "--seed"),
+    ("train", ["--train-limit", str(10**30)], "--train-limit"),
+    ("train", ["--test-limit", str(10**30)], "--test-limit"),
+    ("train", ["--epochs", str(10**30)], "--epochs"),
+    ("train", ["--epochs", str(2**63)], "--epochs"),
+    ("train", ["--resume", f"{W}/good.h5", "--epochs", str(10**30), "--out", f"{W}/r_e.h5"], "--epochs"),
+    ("train", ["--align-every", str(10**30)], "--align-every"),
+    ("train", ["--method", "ssa", "--hoyer-every", str(10**30)], "--hoyer-every"),
+    ("train", ["--config", f"{W}/seed_huge.toml"], "seed"),
+    ("train", ["--method", "pepita", "--pepita-F-scale", "inf"], "pepita_F_scale"),
+    ("bench", ["--repeats", str(10**30)], "--repeats"),
+    # issue 24: symbolic link loops (crafted run files: CRAFTED below)
+    ("train", ["--out", f"{W}/loop.h5"], "symbolic link loop"),
+    ("train", ["--out", f"{W}/loopdir/run.h5"], "symbolic link loop"),
+    ("train", ["--resume", f"{W}/loop.h5"], "loop.h5"),
+    ("train", ["--resume", f"{W}/good.h5", "--out", f"{W}/loop.h5"], "symbolic link loop"),
+    ("plot", [f"{W}/good.h5", "--out", f"{W}/loop.png"], "symbolic link loop"),
+    ("plot", [f"{W}/good.h5", "--out", f"{W}/loopdir/fig.png"], "symbolic link loop"),
     # bench
     ("bench", ["--models", "nope"], "nope"),
     ("bench", ["--models", ","], "--models"),
@@ -177,6 +244,23 @@ CASES = [
     ("validation", ["--methods", "nope", "--out-dir", f"{W}/val"], "nope"),
     ("validation", ["--seeds", "x", "--out-dir", f"{W}/val"], "seed"),
 ]
+
+
+# issue 24: crafted run files of the world, each (name, what the error line says): through --resume (with and
+# without --out), and those not about flag values also through ssaref.plot and validation.fig5_cost --runs
+CRAFTED = [("metrics_dataset", "/metrics is a dataset"), ("metric_group", "/metrics/train_loss is a group"),
+           ("metric_strings", "not a real number"), ("checkpoint_dataset", "/checkpoint is a dataset"),
+           ("params_dataset", "/checkpoint/params is a dataset"), ("rng_dataset", "/checkpoint/rng is a dataset"),
+           ("param_compound", "not a real number"), ("config_list", "not an object"),
+           ("config_null", "not an object"), ("config_batch0", "batch_size = 0"),
+           ("config_seed_frac", "seed = 1.5"), ("config_method_list", "method must be a single value"),
+           ("config_eval_batch0", "eval_batch_size = 0"), ("config_epochs_str", "epochs = 'many'")]
+for _name, _needle in CRAFTED:
+    CASES += [("train", ["--resume", f"{W}/{_name}.h5", "--out", f"{W}/r_{_name}.h5"], _needle),
+              ("train", ["--resume", f"{W}/{_name}.h5"], f"{_name}.h5")]
+    if not _name.startswith("config_") or _name in ("config_list", "config_null"):
+        CASES += [("plot", [f"{W}/{_name}.h5", "--out", f"{W}/fig.png"], _needle),
+                  ("fig5", ["--runs", f"{W}/{_name}.h5", "--out-dir", f"{W}/val"], _needle)]
 
 
 def _run_entry(entry, argv, capsys):
@@ -318,7 +402,10 @@ def test_sigkill_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- one writer
-def test_a_second_writer_on_the_same_run_file_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("lock_file", ["kept", "removed"])
+def test_a_second_writer_on_the_same_run_file_is_refused(tmp_path, capsys, lock_file):
+    """The lock holds even when ``<out>.lock`` is removed while the first run is alive (issue 24): the run file
+    itself is locked, and the lock moves with each checkpoint's new version of it."""
     out = tmp_path / "run.h5"
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
     args = [a if a != "6" else "200" for a in KILL_ARGS]
@@ -330,9 +417,14 @@ def test_a_second_writer_on_the_same_run_file_is_refused(tmp_path, capsys):
             time.sleep(0.05)
         assert out.exists()
         before = out.stat().st_mtime_ns
-        rc, _, err = _run_entry("train", SYN + ["--method", "bp", "--out", str(out), "--overwrite"], capsys)
-        assert rc == 2 and f"process {p.pid}" in err and "being written by another run" in err, err
-        assert p.poll() is None
+        if lock_file == "removed":
+            os.unlink(f"{out}.lock")
+        for _ in range(2 if lock_file == "removed" else 1):   # twice: the lock survives checkpoints between tries
+            rc, _, err = _run_entry("train", SYN + ["--method", "bp", "--out", str(out), "--overwrite"], capsys)
+            assert rc == 2 and "being written by another run" in err, err
+            assert lock_file == "removed" or f"process {p.pid}" in err, err
+            assert p.poll() is None
+            time.sleep(0.5)
     finally:
         p.kill()
         p.wait(timeout=60)

@@ -103,6 +103,19 @@ def test_cli_one_line_errors(what, runs, tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_a_users_files_beside_out_survive(runs, tmp_path, capsys, suffix):
+    """issue 24: the temporary figure has a unique name; a user's ``fig.png.tmp.png`` (the old fixed name) and
+    every other file in the folder are left alone, and no temporary file stays behind."""
+    out = tmp_path / f"fig{suffix}"
+    mine = {tmp_path / f"fig{suffix}.tmp{suffix}": b"mine", tmp_path / f".fig{suffix}.tmp{suffix}": b"also mine"}
+    for p, data in mine.items():
+        p.write_bytes(data)
+    assert plot_mod.main([str(runs["bp"]), "--out", str(out)]) == 0
+    assert all(p.read_bytes() == data for p, data in mine.items())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name] + [p.name for p in mine])
+
+
 def test_cli_requires_a_run(capsys):
     with pytest.raises(SystemExit) as exc:
         plot_mod.main(["--out", "x.png"])

@@ -248,3 +248,98 @@ def test_key_encoding_round_trip():
         name = runlog._encode_key(k)
         assert "/" not in name and name not in (".", "..")
         assert runlog._decode_key(name) == k
+
+
+# ------------------------------------------------------------------------------ issue 24: lock, temporaries
+@pytest.mark.parametrize("writes_before", [0, 1, 3])
+def test_the_lock_holds_when_the_lock_file_is_removed(tmp_path, writes_before):
+    """A second writer is refused although ``<path>.lock`` was removed under the live first one: the run file
+    itself is locked, and each checkpoint moves the lock onto its new version (a new inode)."""
+    path = tmp_path / "run.h5"
+    write_run(path, config={"a": 0}, metrics={}, checkpoint=None)   # e.g. the run being resumed
+    with runlog.RunLock(path):
+        for i in range(writes_before):
+            write_run(path, config={"a": i + 1}, metrics={}, checkpoint=None)
+        os.unlink(f"{path}.lock")
+        with pytest.raises(RunFileError, match="being written by another run"):
+            runlog.RunLock(path).acquire()
+        assert not os.path.exists(f"{path}.lock")   # the refused writer leaves no lock file behind
+        write_run(path, config={"a": 9}, metrics={}, checkpoint=None)   # the owner keeps writing
+        assert read_run(path)[0] == {"a": 9}
+        with pytest.raises(RunFileError, match="being written by another run"):
+            runlog.RunLock(path).acquire()
+    with runlog.RunLock(path):   # released with the owner
+        pass
+
+
+_INTRUDER = """
+import sys
+from ssaref.runlog import RunLock, write_run
+lock = RunLock(sys.argv[1]).acquire()
+try:
+    write_run(sys.argv[1], config={"who": 2}, metrics={}, checkpoint=None)
+    print("wrote", flush=True)
+except Exception as exc:
+    print("refused", exc, flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("first_writes_first", [True, False])
+def test_a_writer_that_got_in_before_the_first_checkpoint_is_refused_at_a_write(tmp_path, first_writes_first):
+    """The window before a new run file exists: the lock file is all there is to lock.  Of two writers that
+    both got in there (the lock file removed), only the first to write keeps the file: the other is refused."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "run.h5"
+    first = runlog.RunLock(path).acquire()
+    os.unlink(f"{path}.lock")
+    if first_writes_first:
+        write_run(path, config={"who": 1}, metrics={}, checkpoint=None)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.Popen([sys.executable, "-c", _INTRUDER, str(path)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = p.stdout.readline()
+        if first_writes_first:   # the intruder's lock on the file fails at once
+            assert line == "", line
+            assert "being written by another run" in p.communicate(timeout=60)[1]
+            assert read_run(path)[0] == {"who": 1}
+        else:                    # the intruder wrote first; the first writer may not replace its file now
+            assert line == "wrote\n", line + p.stderr.read()
+            with pytest.raises(RunFileError, match="being written by another run"):
+                write_run(path, config={"who": 1}, metrics={}, checkpoint=None)
+            assert read_run(path)[0] == {"who": 2}
+    finally:
+        if p.poll() is None:
+            p.communicate("\n", timeout=60)
+        first.release()
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_readers_are_not_locked_out_of_a_live_run(tmp_path):
+    path = tmp_path / "run.h5"
+    with runlog.RunLock(path):
+        write_run(path, config={"a": 1}, metrics={"loss": [1.0]}, checkpoint=None)
+        assert read_run(path)[1]["loss"].tolist() == [1.0]
+        with h5py.File(path, "r") as f:   # HDF5's own flock (h5dump, plot) still opens it
+            assert "metrics" in f
+
+
+@pytest.mark.parametrize("name", ["run.h5.tmp", ".run.h5.tmp", ".run.h5.x.tmp.h5", "run.h5.tmp.h5"])
+def test_temporary_names_are_unique_and_spare_a_users_files(tmp_path, name):
+    """Temporary files get unique names (``tempfile`` in the target folder): a user's file that looks like one
+    survives, and the temporary file itself never outlives the write."""
+    from ssaref.atomic import atomic_path, write_text
+
+    mine = tmp_path / name
+    mine.write_bytes(b"mine")
+    write_run(tmp_path / "run.h5", config={}, metrics={}, checkpoint=None)
+    write_text(tmp_path / "run.h5.md", "text")
+    with pytest.raises(KeyboardInterrupt), atomic_path(tmp_path / "run.h5") as tmp:
+        assert os.path.exists(tmp) and os.path.dirname(tmp) == str(tmp_path)
+        raise KeyboardInterrupt
+    assert mine.read_bytes() == b"mine"
+    assert sorted(os.listdir(tmp_path)) == sorted(["run.h5", "run.h5.md", name])
+    assert (tmp_path / "run.h5.md").read_text() == "text" and read_run(tmp_path / "run.h5")[0] == {}

@@ -129,6 +129,26 @@ BAD = [
      "does not exist"),
     ("check-report-is-folder", "check", lambda t, g: _gold_cand(t, g) + ["--report", str(_mkdir(t / "r.md"))],
      "is a folder"),
+    # issue 24: the report never replaces an input, nor an existing file without --overwrite
+    ("check-report-is-golden-file", "check",
+     lambda t, g: [str(_copy(g, t / "g") / H5), str(_copy(g, t / "c") / H5), "--report", str(t / "g" / H5)],
+     "golden input"),
+    ("check-report-is-candidate-file", "check",
+     lambda t, g: [str(_copy(g, t / "g") / H5), str(_copy(g, t / "c") / H5), "--report", str(t / "c" / H5)],
+     "candidate input"),
+    ("check-report-is-golden-folder-file", "check",
+     lambda t, g: _gold_cand(t, g) + ["--report", str(t / "g" / H5)], "golden input"),
+    ("check-report-is-candidate-folder-file", "check",
+     lambda t, g: _gold_cand(t, g) + ["--report", str(t / "c" / H5)], "candidate input"),
+    ("check-report-inside-candidate", "check",
+     lambda t, g: _gold_cand(t, g) + ["--report", str(t / "c" / "report.md")], "inside the candidate input"),
+    ("check-report-via-dotdot", "check",
+     lambda t, g: _gold_cand(t, g) + ["--report", str(t / "c" / ".." / "g" / H5)], "golden input"),
+    ("check-report-hard-link-to-golden", "check",
+     lambda t, g: [str(_copy(g, t / "g") / H5), str(_copy(g, t / "c") / H5), "--report",
+                   str(_link(t / "g" / H5, t / "r.md"))], "golden input"),
+    ("check-report-exists", "check", lambda t, g: _gold_cand(t, g) + ["--report", str(_text(t / "r.md"))],
+     "--overwrite"),
     ("check-no-arguments", "check", lambda t, g: [], "required"),
     ("validate-missing", "validate", lambda t, g: [str(t / "nope.h5")], "does not exist"),
     ("validate-not-hdf5", "validate", lambda t, g: [str(_text(t / "x.h5"))], "not an HDF5 file"),
@@ -151,6 +171,11 @@ BAD = [
     ("no-command", None, lambda t, g: [], "required"),
     ("unknown-command", None, lambda t, g: ["frobnicate"], "invalid choice"),
 ]
+
+
+def _link(target, p):
+    os.link(target, p)
+    return p
 
 
 def _mkdir(p):
@@ -211,7 +236,7 @@ def test_bad_input_is_one_error_line_and_changes_nothing(golden, tmp_path, capsy
 
 
 @pytest.mark.parametrize("name", ["check-candidate-compound-dataset", "check-candidate-array-rule-attr",
-                                  "export-onto-golden-folder", "check-word-rtol"])
+                                  "export-onto-golden-folder", "check-word-rtol", "check-report-is-golden-file"])
 def test_bad_input_in_a_real_process(golden, tmp_path, name):
     _, cmd, setup, needle = next(b for b in BAD if b[0] == name)
     work = tmp_path / "w"
@@ -226,6 +251,15 @@ def test_bad_input_in_a_real_process(golden, tmp_path, name):
 
 
 # --- what is not an error ------------------------------------------------------------------------------
+@pytest.mark.parametrize("main", [V.main, lambda a: C.main(a, prog="check.py")], ids=["vectors", "check.py"])
+def test_report_overwrite_replaces_an_existing_report(golden, tmp_path, capsys, main):
+    g, c = _gold_cand(tmp_path, golden)
+    rep = _text(tmp_path / "r.md")
+    rc, _, err = _run(main, ["check", g, c, "--report", str(rep), "--overwrite"], capsys)
+    assert rc == 0, err
+    assert "**PASS**" in rep.read_text() and sorted(os.listdir(tmp_path)) == ["c", "g", "r.md"]
+
+
 def test_infinite_tolerances_are_defined(golden, tmp_path, capsys):
     """``--rtol inf`` passes identical zero fields and any finite value where gold != 0, judges gold's zeros by
     atol alone, and never passes NaN."""

@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import io
-import os
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from typing import Callable
 import numpy as np
 
 from ssaref import train as train_mod
+from ssaref.atomic import atomic_path, write_text
 from ssaref.cli import OneLineParser, positive, run_main
 from ssaref.data import DATASETS
 from ssaref.runlog import RunFileError, read_run
@@ -588,10 +588,7 @@ def write_atomic(path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return Path(write_text(path, text))
 
 
 def save_figure(fig, path) -> Path:
@@ -599,10 +596,11 @@ def save_figure(fig, path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -17,7 +17,6 @@ Every verdict is a function of the item's evidence:
 """
 from __future__ import annotations
 
-import os
 
 import math
 import zlib
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..atomic import atomic_path
 from . import transcribe as T
 from .checks import claim_search, cosine, gradient_check, numerical_grad, rel_error, shape_check
 
@@ -140,10 +140,11 @@ class Context:
         fig = plt.figure(figsize=(7, 4))
         draw(fig)
         fig.tight_layout()
-        tmp = self.out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=90)  # written aside, then renamed: never a half-written figure
-        plt.close(fig)
-        os.replace(tmp, self.out / name)
+        try:
+            with atomic_path(self.out / name) as tmp:   # written aside, then renamed: never a half-written figure
+                fig.savefig(tmp, dpi=90, format="png")
+        finally:
+            plt.close(fig)
         return name
 
 

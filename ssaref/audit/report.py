@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from pathlib import Path
 
+from ..atomic import write_text
 from .items import THRESHOLDS, VERDICTS
 
 __all__ = ["SCHEMA", "PAPER", "build_findings", "validate_findings", "render_markdown", "summary_table",
@@ -196,15 +194,4 @@ def render_markdown(doc, details, seed):
 
 def write_atomic(path, text):
     """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    return write_text(path, text)

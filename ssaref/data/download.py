@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from ..atomic import atomic_path
 from .errors import DatasetError
+
 
 __all__ = ["MIRRORS", "CHECKSUMS", "md5_file", "download_file"]
 
@@ -74,6 +75,10 @@ def md5_file(path) -> str:
     return digest.hexdigest()
 
 
+class _Rejected(Exception):
+    """A mirror's download failed or did not match the checksum (its temporary file is dropped)."""
+
+
 def download_file(urls, dest, md5: str) -> Path:
     """Download ``dest`` from the first of ``urls`` that delivers a file with checksum ``md5``.
 
@@ -94,23 +99,18 @@ def download_file(urls, dest, md5: str) -> Path:
     dest = Path(dest)
     problems = []
     for url in urls:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
-            try:
-                _fetch(url, tmp)
-                got = md5_file(tmp)
-            except Exception as exc:  # network, HTTP, disk errors: try the next mirror
-                problems.append(f"{url}: download failed ({type(exc).__name__}: {exc})")
-                continue
-            if got != md5:
-                size = tmp.stat().st_size
-                problems.append(f"{url}: checksum mismatch for {dest.name}, md5 expected {md5}, got {got} "
-                                f"({size} bytes)")
-                continue
-            os.replace(tmp, dest)
-            return dest
-        finally:
-            tmp.unlink(missing_ok=True)
+            with atomic_path(dest) as tmp:   # renamed to dest only when the block ends without an error
+                try:
+                    _fetch(url, Path(tmp))
+                    got = md5_file(tmp)
+                except Exception as exc:  # network, HTTP, disk errors: try the next mirror
+                    raise _Rejected(f"{url}: download failed ({type(exc).__name__}: {exc})") from None
+                if got != md5:
+                    raise _Rejected(f"{url}: checksum mismatch for {dest.name}, md5 expected {md5}, got {got} "
+                                    f"({os.path.getsize(tmp)} bytes)")
+        except _Rejected as exc:
+            problems.append(str(exc))
+            continue
+        return dest
     raise DatasetError(f"could not download {dest.name} into {dest.parent}: " + "; ".join(problems))

@@ -486,13 +486,25 @@ def check_tolerances(rtol, atol):
             raise GoldenError(f"tolerances must be numbers >= 0 (inf allowed), got {name}={v!r}")
 
 
-def check_report_path(path):
-    """Refuse a report path before any work: a folder, a missing or unwritable parent folder."""
+def check_report_path(path, inputs=(), overwrite=False):
+    """Refuse a report path before any work: one of the ``inputs`` (``(flag, path)``: the golden and candidate
+    files or folders) or a path inside one (an output never replaces an input), an existing file unless
+    ``overwrite``, a folder, a missing or unwritable parent folder."""
     if path is None:
         return None
     path = os.fspath(path)
+    real = os.path.realpath(path)
+    for what, given in inputs:
+        inp = os.path.realpath(os.fspath(given))
+        inside = os.path.isdir(inp) and os.path.commonpath([inp, real]) == inp
+        same = os.path.exists(path) and os.path.exists(inp) and os.path.samefile(path, inp)
+        if real == inp or inside or same:
+            raise GoldenError(f"--report {path}: is {'inside ' if inside and real != inp else ''}the {what} "
+                              f"{given}; the report never replaces an input, write it elsewhere")
     if os.path.isdir(path):
         raise GoldenError(f"--report {path}: is a folder, not a file")
+    if os.path.lexists(path) and not overwrite:
+        raise GoldenError(f"--report {path} exists; pass --overwrite to replace it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise GoldenError(f"--report {path}: folder {parent} does not exist")
@@ -580,9 +592,11 @@ def format_report(table, case_ok, rtol, atol, golden="", candidate=""):
 
 
 def write_report(path, text):
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then ``os.replace``)."""
+    """Write ``text`` to ``path`` atomically (a unique temporary file in the same folder, then ``os.replace``).
+
+    A copy of ``ssaref.atomic.write_text`` on purpose: this file must run on its own, with NumPy and h5py only."""
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".md.tmp", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -595,7 +609,7 @@ def write_report(path, text):
 
 
 def check(golden_dir, candidate_dir, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, out=None, failures_only=False,
-          report=None):
+          report=None, overwrite=False):
     """Compare, print the table and the summary to ``out`` (stdout), write ``report`` (markdown) if given.
 
     Returns the exit status: 0 all passed, 1 some field or case failed or is missing.
@@ -603,7 +617,8 @@ def check(golden_dir, candidate_dir, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, out=N
     """
     out = out if out is not None else sys.stdout
     check_tolerances(rtol, atol)
-    report = check_report_path(report)
+    report = check_report_path(report, (("golden input", golden_dir), ("candidate input", candidate_dir)),
+                               overwrite)
     table, case_ok = run_check(golden_dir, candidate_dir, rtol, atol)
     text = format_table(table, case_ok, rtol, atol, failures_only)
     if report is not None:
@@ -670,7 +685,8 @@ def add_check_arguments(ap):
     ap.add_argument("--atol", type=_tolerance, default=DEFAULT_ATOL, help=f"absolute tolerance ({DEFAULT_ATOL:g})")
     ap.add_argument("--failures-only", action="store_true", help="print only the failing rows")
     ap.add_argument("--report", metavar="FILE.md", default=None,
-                    help="also write a per-case, per-field markdown conformance report")
+                    help="also write a per-case, per-field markdown conformance report (never one of the inputs)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --report file")
 
 
 def main(argv=None, prog=None):
@@ -694,7 +710,7 @@ def main(argv=None, prog=None):
         add_check_arguments(ap)
         args = ap.parse_args(argv)
         return check(args.golden_dir, args.candidate_dir, args.rtol, args.atol, failures_only=args.failures_only,
-                     report=args.report)
+                     report=args.report, overwrite=args.overwrite)
     except GoldenError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR

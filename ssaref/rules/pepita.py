@@ -38,8 +38,8 @@ class PEPITA(Rule):
     def __init__(self, **options):
         super().__init__(**options)
         scale = float(self.options["pepita_F_scale"])
-        if not scale >= 0:
-            raise ValueError(f"method 'pepita': option pepita_F_scale={scale!r} must be >= 0")
+        if not 0 <= scale < float("inf"):
+            raise ValueError(f"method 'pepita': option pepita_F_scale={scale!r} must be a finite number >= 0")
 
     def init_state(self, model, rng):
         """Check the model is an MLP; draw ``F`` (d_0, K), state key ``"F"``."""
