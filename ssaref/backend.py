@@ -32,7 +32,7 @@ class BackendError(RuntimeError):
 
 _CUPY = None
 _CUPY_ERROR: str | None = None
-_CUPY_DEVICE_SEEN = False   # CuPy imported and counted a device, but the probe kernel failed
+_CUPY_DEVICE_SEEN = False  # CuPy imported and counted a device, but the probe kernel failed
 _AUTO_NOTED = False
 
 
@@ -70,10 +70,12 @@ def _try_cupy():
             return None
         try:
             _probe_kernel(cupy)
-        except Exception as exc:   # CompileException, a missing libnvrtc or cuda_runtime.h, CUDARuntimeError, ...
+        except Exception as exc:  # CompileException, a missing libnvrtc or cuda_runtime.h, CUDARuntimeError, ...
             _CUPY_DEVICE_SEEN = True
-            _CUPY_ERROR = (f"a CUDA device is visible but CuPy cannot compile and run a kernel ({_first_line(exc)}); "
-                           "the gpu extra brings NVRTC and the CUDA headers: pip install '.[gpu]'")
+            _CUPY_ERROR = (
+                f"a CUDA device is visible but CuPy cannot compile and run a kernel ({_first_line(exc)}); "
+                "the gpu extra brings NVRTC and the CUDA headers: pip install '.[gpu]'"
+            )
             return None
         _CUPY = cupy
     return _CUPY

@@ -38,8 +38,10 @@ class KP(FA):
     """Kolen-Pollack: FA whose ``B`` gets ``W``'s update (and decay), so ``B -> W^T``."""
 
     name = "kp"
-    GOLDEN_VARIANTS = {"default": FA.GOLDEN_VARIANTS["default"],
-                       "decay": ({"kp_decay": 0.1}, 0)}  # pins lambda on W and on B
+    GOLDEN_VARIANTS = {
+        "default": FA.GOLDEN_VARIANTS["default"],
+        "decay": ({"kp_decay": 0.1}, 0),
+    }  # pins lambda on W and on B
     OPTIONS = {
         "kp_init": (
             str,

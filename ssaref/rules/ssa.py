@@ -127,10 +127,12 @@ class SSA(SVDRuleBase):
         # (orthogonality retract, retraction auto -> none) it never retracts, not even after step 10 where
         # retract-every's default K would; with orthogonality retract-every (retraction auto -> polar) it
         # retracts after step 10 only
-        "paper-momentum10": ({"ssa_variant": "paper"}, 0,
-                             {"optimizer": "momentum", "steps": 10, "models": ("conv",)}),
-        "paper-every10": ({"ssa_variant": "paper", "orthogonality": "retract-every"}, 0,
-                          {"optimizer": "momentum", "steps": 10, "models": ("conv",)}),
+        "paper-momentum10": ({"ssa_variant": "paper"}, 0, {"optimizer": "momentum", "steps": 10, "models": ("conv",)}),
+        "paper-every10": (
+            {"ssa_variant": "paper", "orthogonality": "retract-every"},
+            0,
+            {"optimizer": "momentum", "steps": 10, "models": ("conv",)},
+        ),
     }
     # D4.15: the defaults chosen by the study (validation/results/ssa_study.md, on validation accuracy); the paper
     # variant keeps the engine's earlier defaults (PAPER_DEFAULTS), so ``--ssa-variant paper`` runs as before
