@@ -112,6 +112,10 @@ SVD_INITS = WEIGHT_INITS  # ("default", "kaiming_uniform_a5", "orthogonal")
 # steps these options do not change stay byte-identical, and a reader may take an absent option to mean this value.
 # SSA's defaults since 0.2.0 (D4.15: orthogonality retract-every, rank_reading none) differ, so SSA's default
 # golden files list them all.
+#: with ``orthogonality retract`` (a retraction after every step) ``svd_retract_jump`` is measured at every
+#: JUMP_EVERY-th step of the epoch; ``retract-every`` measures each of its retractions (D4.7)
+JUMP_EVERY = 10
+
 LATER_OPTIONS = {
     "rank_reading": "every",
     "parity_last": True,
@@ -271,11 +275,13 @@ class SVDRuleBase(Rule):
     def _hoyer_term(self, s):
         return self.options["hoyer"] * hoyer_grad(s) if self.hoyer_on() else None
 
-    def _retract_all(self, model):
+    def _retract_all(self, model, measure_jump=True):
         """Retract every tall ``U``, ``V`` onto the Stiefel manifold.  One device->host transfer in all: the
         errors ``||X^T X - I||_F`` of all factors are read back together (``orthogonality_errors``) and passed to
         ``retract``, which then predicts the Newton-Schulz convergence instead of measuring it
-        (``check_every=None``; the exact eigh fallback, far from the manifold, still measures)."""
+        (``check_every=None``; the exact eigh fallback, far from the manifold, still measures).
+        ``measure_jump``: also record the retraction's change of ``W`` (``_record_jumps``: a copy of each factor
+        and a few (r, r) products; ``after_step`` asks for it at sampled steps only with ``retract``)."""
         if not self.retracts:
             return
         todo = [
@@ -291,7 +297,8 @@ class SVDRuleBase(Rule):
             key = f"{p}/drift_{name}"
             self._acc[key] = max(self._acc.get(key, 0.0), err)
             if Y is not X:
-                before[(p, name)] = X.copy()
+                if measure_jump:
+                    before[(p, name)] = X.copy()
                 X[...] = Y
         self._record_jumps(before)
 
@@ -355,7 +362,9 @@ class SVDRuleBase(Rule):
         checkpoint see orthonormal factors; ``retract-every`` -- the same after every ``retract_every``-th
         optimiser step of the run; ``landing`` -- no retraction: the step safeguard (``_landing_guard``)."""
         if self.orthogonality == "retract":
-            self._retract_all(model)
+            # a retraction every step moves W by the drift of one step: its jump is sampled every JUMP_EVERY-th
+            # step (the launches of a per-step measurement cost a third of the step on a GPU)
+            self._retract_all(model, measure_jump=self._steps % JUMP_EVERY == 0)
             if self.transport:
                 self._transport_moments(optimizer)
         elif self.orthogonality == "retract-every":
