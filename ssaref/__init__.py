@@ -1,2 +1,2 @@
 """ssaref: a NumPy/CuPy reference engine for local learning rules (SSA and its baselines)."""
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -342,6 +342,10 @@ def test_resolved_orthogonality_choices():
     assert (p.orthogonality, p.retraction, p.projection) == ("retract", "none", "paper")
     assert (p.options["beta"], p.options["gamma"], p.options["rank_reading"]) == (1e-3, 1e-2, "every")
     assert build_rule("ssa", ssa_variant="paper", beta=0.5).options["beta"] == 0.5   # given options still win
+    # D4.17 (0.3.0): the rank constraint is SSA's default; the paper variant and SVD-BP keep parity off
+    assert (r.options["parity"], r.options["parity_last"], p.options["parity"]) == (True, True, False)
+    assert build_rule("ssa", ssa_variant="paper", parity=True).options["parity"] is True
+    assert build_rule("svd-bp").options["parity"] is False
     pe = build_rule("ssa", ssa_variant="paper", orthogonality="retract-every")
     assert pe.retraction == "polar"
     land = build_rule("ssa", orthogonality="landing", projection="tangent")

@@ -95,7 +95,7 @@ def test_schedule_bad_options(bad):
 def test_truncation_moves_model_optimizer_and_targets_together(opt_name, rng):
     model = build_model("mlp", (1, 5, 5), 3, xp=np, dtype=np.float64, seed=0, hidden=(12,))
     rule = build_rule("ssa", align_target="weight", rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0,
-                      orthogonality="retract")   # retracted at the epoch end, then cut
+                      orthogonality="retract", parity=False)   # retracted at the epoch end, then cut
     model = rule.setup(model, np.random.default_rng(1))
     kw = {"momentum": 0.9} if opt_name == "sgd" else {}
     opt = build_optimizer(opt_name, model.named_params(), 1e-2, **kw)
@@ -170,10 +170,11 @@ def test_parity_caps_every_layer_including_the_classifier(method, count, reduce_
 
 @pytest.mark.parametrize("method", ["ssa", "svd-bp"])
 def test_classifier_keeps_rank_without_parity_or_reduce_last(method):
-    model, rule = _svd_mlp(method, rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0)
+    model, rule = _svd_mlp(method, rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0, parity=False)
     rule.on_epoch_end(model, None, 1, 1)
     assert model.layers[1].rank == 5 and model.layers[3].rank == 8      # schedule: 9 -> ceil(4.5); classifier kept
-    model, rule = _svd_mlp(method, rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0, reduce_last=True)
+    model, rule = _svd_mlp(method, rank_schedule="epoch", reduce_to=0.5, reduce_frac=1.0, reduce_last=True,
+                           parity=False)
     rule.on_epoch_end(model, None, 1, 1)
     assert model.layers[3].rank == 4                                     # reduce_last: ceil(0.5 * 8)
 
@@ -229,7 +230,7 @@ def test_rank_readings_through_the_rule(method, reading):
     """The same sequences through the rule's epoch end (reference taken by the rule itself after the cut of
     epoch T1, kept in its state as ``Eref/<layer>``), logged as ``svd_rank``."""
     model = build_model("mlp", (1, 5, 6), 4, xp=np, dtype=np.float64, seed=0, hidden=(10,))
-    rule = build_rule(method, rank_reading=reading, min_rank_frac=0.1)
+    rule = build_rule(method, rank_reading=reading, min_rank_frac=0.1, parity=False)   # parity would cap at 7
     model = rule.setup(model, np.random.default_rng(1))
     layer = model.layers[1]
     assert layer.dims == (10, 30)

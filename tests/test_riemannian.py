@@ -168,12 +168,13 @@ def test_condition_and_spectrum_metrics():
 
 
 def test_rank_constraint_metrics(tmp_path, capsys):
-    """Section 4.4's ``r < mn/(m+n)``: with ``--parity true`` every layer satisfies it after the first epoch end
-    and the run file says so per layer; the default (no parity) does not (the classifier keeps r = 10 > 7)."""
+    """Section 4.4's ``r < mn/(m+n)``: with ``--parity true`` (SSA's default since 0.3.0, D4.17) every layer
+    satisfies it after the first epoch end and the run file says so per layer; ``--parity false`` (the 0.2.0
+    default) does not (the classifier keeps r = 10 > 7)."""
     common = ["--method", "ssa", "--dataset", "synthetic", "--train-limit", "128", "--test-limit", "64",
               "--epochs", "2", "--hidden", "32,16", "--no-progress", "--no-download"]
-    for flags, ok in (([], False), (["--parity", "true"], True)):
-        out = tmp_path / f"run{len(flags)}.h5"
+    for flags, ok in ((["--parity", "false"], False), ([], True), (["--parity", "true"], True)):
+        out = tmp_path / f"run{'_'.join(flags)}.h5"
         assert train_mod.main(common + flags + ["--out", str(out)]) == 0, capsys.readouterr().err
         cfg, m, _ = read_run(out)
         dims = [(32, 784), (16, 32), (10, 16)]

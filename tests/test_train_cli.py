@@ -245,7 +245,7 @@ def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defau
 
     from ssaref.rules import build_rule
 
-    old = build_rule("ssa").DEFAULTS_BEFORE["0.2.0"]
+    old = {k: v for d in build_rule("ssa").DEFAULTS_BEFORE.values() for k, v in d.items()}   # 0.1.0's: all of them
     old_flags = [x for k, v in old.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     common = SYN + ["--method", "ssa", "--hidden", "12,10", "--seed", "3", "--batch-size", "64"]
     full, part = tmp_path / "full.h5", tmp_path / "part.h5"
@@ -260,10 +260,66 @@ def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defau
         f.attrs["config"] = json.dumps(c)
         f.attrs["ssaref_version"] = "0.1.0"
     assert train_mod._earlier_defaults(c) == {f"rule_{k}": v for k, v in old.items()}
-    assert train_mod._earlier_defaults(dict(c, ssaref_version="0.2.0")) == {}
+    assert train_mod._earlier_defaults(dict(c, ssaref_version="0.2.0")) == {"rule_parity": False}
+    assert train_mod._earlier_defaults(dict(c, ssaref_version="0.3.0")) == {}
     rc, _, err = run_cli(["--resume", str(part), "--epochs", "2", "--no-progress"], capsys)
     assert rc == 0, err
     np.testing.assert_array_equal(read_run(full)[1]["test_loss"], read_run(part)[1]["test_loss"])
+
+
+def test_a_0_2_0_run_without_parity_resumes_with_parity_false(tmp_path, capsys):
+    """SSA's default became ``parity = true`` in 0.3.0 (D4.17).  A run file written by 0.2.0 that does not record
+    ``parity`` ran without the rank constraint, so a resume continues without it (``DEFAULTS_BEFORE["0.3.0"]``):
+    the same losses as the uninterrupted ``--parity false`` run, other losses than today's default."""
+    import json
+
+    common = SYN + ["--method", "ssa", "--hidden", "12,10", "--seed", "3", "--batch-size", "64"]
+    full, part, new = tmp_path / "full.h5", tmp_path / "part.h5", tmp_path / "new.h5"
+    assert run_cli(common + ["--parity", "false", "--epochs", "3", "--out", str(full)], capsys)[0] == 0
+    assert run_cli(common + ["--epochs", "3", "--out", str(new)], capsys)[0] == 0   # today's default: parity true
+    assert read_run(new)[0]["rule_parity"] is True   # the default, recorded
+    assert run_cli(common + ["--parity", "false", "--epochs", "1", "--out", str(part)], capsys)[0] == 0
+    with h5py.File(part, "r+") as f:  # a 0.2.0 file from before the option was recorded
+        c = json.loads(f.attrs["config"])
+        del c["rule_parity"]
+        c["ssaref_version"] = "0.2.0"
+        f.attrs["config"] = json.dumps(c)
+        f.attrs["ssaref_version"] = "0.2.0"
+    assert train_mod.filled_config(c)["rule_parity"] is False
+    rc, _, err = run_cli(["--resume", str(part), "--epochs", "3", "--no-progress"], capsys)
+    assert rc == 0, err
+    cfg, m, _ = read_run(part)
+    assert cfg["rule_parity"] is False
+    np.testing.assert_array_equal(read_run(full)[1]["test_loss"], m["test_loss"])
+    np.testing.assert_array_equal(read_run(full)[1]["svd_rank"], m["svd_rank"])
+    assert not np.array_equal(read_run(new)[1]["svd_rank"], m["svd_rank"])   # the default would cut further
+
+
+@pytest.mark.slow
+def test_the_default_job_trains_ssa_within_the_rank_constraint(tmp_path, capsys):
+    """``python -m ssaref.train`` (SSA on the 784-256-256-10 MLP, every option at its default) keeps every layer
+    within section 4.4's ``r < mn/(m+n)`` from the first epoch end on, and the run file says so; ``--parity
+    false`` (the uncompressed reading, 0.2.0's default) breaks it on the square hidden layer and the classifier."""
+    from ssaref.rank import parity_rank
+
+    short = ["--dataset", "synthetic", "--train-limit", "128", "--test-limit", "64", "--epochs", "2",
+             "--no-progress", "--no-download"]
+    dims = [(256, 784), (256, 256), (10, 256)]
+    bounds = [parity_rank(a, b) for a, b in dims]
+    for flags, ok in (([], True), (["--parity", "false"], False)):
+        out = tmp_path / f"run{len(flags)}.h5"
+        rc, _, err = run_cli(short + flags + ["--out", str(out)], capsys)
+        assert rc == 0, err
+        cfg, m, _ = read_run(out)
+        assert (cfg["method"], cfg["model"], cfg["hidden"]) == ("ssa", "mlp", None)
+        assert str(cfg["rule_parity"]).lower() == str(ok).lower()   # a flag is recorded as given ("false")
+        np.testing.assert_array_equal(m["svd_rank_bound"][-1], bounds)
+        assert list(m["svd_rank_ok_all"]) == [float(ok)] * 2
+        ranks = m["svd_rank"][-1]
+        assert bool(np.all(ranks <= bounds)) is ok
+        if ok:   # the epoch-based phase's 70 % of r0 where it is below the bound, the bound elsewhere
+            np.testing.assert_array_equal(ranks, [min(180, bounds[0]), bounds[1], bounds[2]])
+            assert m["svd_total_params"][-1] < sum(a * b + a for a, b in dims)   # fewer numbers than dense
 
 
 def _fake_cupy(monkeypatch, devices=1, compile_error=None):

@@ -23,7 +23,9 @@ Variants (``ssa_variant``):
     ``retract_every`` (10) optimiser steps ``U`` and ``V`` are retracted onto the manifold (polar factor; after
     every step with ``orthogonality retract``, which together with the tangent projection is Riemannian gradient
     descent, Absil et al. 2008, for SGD).  Defaults (D4.15, chosen on a validation split): ``beta`` 0.01,
-    ``gamma`` 0.1, ``orthogonality retract-every``, ``rank_reading none``.
+    ``gamma`` 0.1, ``orthogonality retract-every``, ``rank_reading none``; and (D4.17, since 0.3.0) ``parity``
+    true: section 4.4's ``r < mn/(m+n)`` caps every layer's rank at every epoch end, the classifier included
+    (``parity false`` is the uncompressed reading of 0.2.0).
 ``paper``
     Eqs. (11)-(13) as printed: ``ds = diag(U^T G V) + 2 beta (s - T_s)``;
     ``dU = (I - U U^T)[G V S^-1 + 2 beta (U - T_U) + 4 gamma U (U^T U - I)]``;
@@ -31,8 +33,8 @@ Variants (``ssa_variant``):
     term ``G^T U S^-1`` (n x r) is transposed to fit the r x n bracket (the nearest evaluable reading); no
     retraction (section 5.2 "avoids costly retractions").  ``alpha`` does not appear in eqs. (11)-(13) and has
     no effect in this variant.  Options left unset take the engine's defaults from before the study
-    (``PAPER_DEFAULTS``: beta 0.001, gamma 0.01, orthogonality retract, rank_reading every), so this variant
-    runs as it always did.
+    (``PAPER_DEFAULTS``: beta 0.001, gamma 0.01, orthogonality retract, rank_reading every, parity false), so
+    this variant runs as it always did.
 
 ``G`` is ``dL_CE/dW`` for the task signal; ``G V`` and ``G^T U`` come from the layer without forming ``G``.
 
@@ -151,6 +153,13 @@ class SSA(SVDRuleBase):
             "none",
             RANK_OPTIONS["rank_reading"][2] + " (ssa_variant paper: every)",
         ),
+        # D4.17 (0.3.0): section 4.4's r < mn/(m+n) for every layer is part of the method, not a knob
+        "parity": (
+            bool,
+            True,
+            RANK_OPTIONS["parity"][2] + " (default true since 0.3.0, D4.17; ssa_variant paper: false; "
+            "false is the uncompressed reading of 0.2.0)",
+        ),
         "ssa_variant": (
             str,
             "default",
@@ -224,10 +233,13 @@ class SSA(SVDRuleBase):
         "rsvd_iters": (int, 4, "randomized SVD power iterations"),
     }
 
-    # D4.15: what an option left unset means with ssa_variant paper (the defaults before the study)
-    PAPER_DEFAULTS = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every"}
-    # runs written before ssaref 0.2.0 ran with these when the options were unset (a resume keeps them)
-    DEFAULTS_BEFORE = {"0.2.0": PAPER_DEFAULTS}
+    # D4.15: what an option left unset means with ssa_variant paper (the defaults before the study; D4.17: and
+    # before the rank constraint became the default)
+    PAPER_DEFAULTS = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every",
+                      "parity": False}
+    # runs written before ssaref X ran with these when the options were unset (a resume keeps them): before 0.2.0
+    # the study's four (D4.15), before 0.3.0 no rank constraint (D4.17)
+    DEFAULTS_BEFORE = {"0.2.0": {k: v for k, v in PAPER_DEFAULTS.items() if k != "parity"}, "0.3.0": {"parity": False}}
 
     def __init__(self, **options):
         if str(options.get("ssa_variant", "default")) == "paper":
