@@ -235,8 +235,7 @@ class SSA(SVDRuleBase):
 
     # D4.15: what an option left unset means with ssa_variant paper (the defaults before the study; D4.17: and
     # before the rank constraint became the default)
-    PAPER_DEFAULTS = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every",
-                      "parity": False}
+    PAPER_DEFAULTS = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every", "parity": False}
     # runs written before ssaref X ran with these when the options were unset (a resume keeps them): before 0.2.0
     # the study's four (D4.15), before 0.3.0 no rank constraint (D4.17)
     DEFAULTS_BEFORE = {"0.2.0": {k: v for k, v in PAPER_DEFAULTS.items() if k != "parity"}, "0.3.0": {"parity": False}}
