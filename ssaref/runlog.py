@@ -279,12 +279,21 @@ def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> 
         raise OSError(errno.ENOSPC, f"{path}: no space left on the device of {folder} for the run file "
                                     f"(needs about {need} bytes, {free} free)")
     lock = _HELD.get(os.path.abspath(path))
-    with atomic_path(path, durable=True) as tmp:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            _write_contents(f, path, config, metrics, checkpoint)
-            f.flush()
-        if lock is not None:   # the lock moves onto the new file before it takes the name
-            lock._hold_file(tmp)
+    previous = None
+    try:
+        with atomic_path(path, durable=True) as tmp:
+            with h5py.File(tmp, "w", track_order=True) as f:
+                _write_contents(f, path, config, metrics, checkpoint)
+                f.flush()
+            if lock is not None:   # the lock moves onto the new file before it takes the name, and the old
+                previous = lock._hold_file(tmp, keep_previous=True)   # version's is let go only after that
+    except BaseException:
+        if previous is not None:   # the old version kept its name: it keeps the lock
+            lock._file_fd, previous = previous, lock._file_fd
+        raise
+    finally:
+        if previous is not None:
+            os.close(previous)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -435,21 +444,34 @@ def _ofd_lock(path, *, keep):
     cmd = getattr(fcntl, "F_OFD_SETLK", None)
     if cmd is None:
         return None
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return None
-    try:   # struct flock: l_type, l_whence, l_start, l_len (0: to the end, whatever it grows to), l_pid (0)
-        fcntl.fcntl(fd, cmd, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
-    except OSError as exc:
+    for _ in range(100):   # the holder may replace the file between our open and our lock: retry on the new one
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return None
+        try:   # struct flock: l_type, l_whence, l_start, l_len (0: to the end, whatever it grows to), l_pid (0)
+            fcntl.fcntl(fd, cmd, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise BlockingIOError(exc.errno, "locked") from None
+            return None
+        if not _same_file(fd, path):   # we locked a version the holder has just let go of: not the file now
+            os.close(fd)
+            continue
+        if keep:
+            return fd
         os.close(fd)
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            raise BlockingIOError(exc.errno, "locked") from None
         return None
-    if keep:
-        return fd
-    os.close(fd)
-    return None
+    raise BlockingIOError(errno.EAGAIN, "replaced faster than it could be locked")
+
+
+def _same_file(fd, path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 class RunLock:
@@ -506,9 +528,11 @@ class RunLock:
         _HELD[os.path.abspath(self.path)] = self
         return self
 
-    def _hold_file(self, version):
+    def _hold_file(self, version, keep_previous=False):
         """Lock ``version`` (the run file, or the temporary file about to replace it) and keep the lock; the
-        previous version's lock is let go.  Refused when the file now at ``path`` is held by another run."""
+        previous version's lock is let go, or, with ``keep_previous``, its descriptor is returned for the caller
+        to close once ``version`` has taken the name (so the file at ``path`` is never without the lock).
+        Refused when the file now at ``path`` is held by another run."""
         if version != self.path and os.path.exists(self.path) and not self._holds(self.path):
             try:
                 _ofd_lock(self.path, keep=False)
@@ -519,19 +543,16 @@ class RunLock:
         except BlockingIOError:
             raise self._busy() from None
         if fd is None:
-            return
+            return None
         old, self._file_fd = self._file_fd, fd
+        if keep_previous:
+            return old
         if old is not None:
             os.close(old)
+        return None
 
     def _holds(self, path):
-        if self._file_fd is None:
-            return False
-        try:
-            a, b = os.fstat(self._file_fd), os.stat(path)
-        except OSError:
-            return False
-        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+        return self._file_fd is not None and _same_file(self._file_fd, path)
 
     def release(self):
         if self._fd is None:

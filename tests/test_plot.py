@@ -126,7 +126,8 @@ def test_a_run_of_ssaref_0_1_0_is_grouped_by_the_defaults_it_ran_with(runs):
     """A 0.1.0 file left unset options null: they mean 0.1.0's defaults (beta 1e-3 for SSA), not today's."""
     c, m, _ = read_run(runs["ssa0"])
     old = dict({k: (None if k.startswith("rule_") else v) for k, v in c.items()}, ssaref_version="0.1.0")
-    new_style = dict(c, rule_beta=1e-3, rule_gamma=1e-2, rule_orthogonality="retract", rule_rank_reading="every")
+    new_style = dict(c, rule_beta=1e-3, rule_gamma=1e-2, rule_orthogonality="retract", rule_rank_reading="every",
+                     rule_parity=False)
     assert plot_mod.Run("a", old, m).settings == plot_mod.Run("b", new_style, m).settings
     assert plot_mod.Run("a", old, m).settings != plot_mod.Run("c", c, m).settings
     assert plot_mod.Run("d", dict(c, data_on_device="off", threads=1), m).settings == plot_mod.Run("c", c, m).settings

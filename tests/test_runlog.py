@@ -272,6 +272,60 @@ def test_the_lock_holds_when_the_lock_file_is_removed(tmp_path, writes_before):
         pass
 
 
+def test_the_file_at_the_path_is_never_without_the_owners_lock_while_a_version_replaces_it(tmp_path, monkeypatch):
+    """``write_run`` lets the old version's lock go only after the new version (already locked) has the name: at
+    the rename the file at ``path`` is still locked (a fresh descriptor cannot lock it)."""
+    path = tmp_path / "run.h5"
+    write_run(path, config={"a": 0}, metrics={}, checkpoint=None)
+    seen, real_replace = [], os.replace
+
+    def replace(src, dst):
+        if os.fspath(dst) == os.fspath(path):
+            try:
+                runlog._ofd_lock(path, keep=False)
+                seen.append("free")
+            except BlockingIOError:
+                seen.append("locked")
+        return real_replace(src, dst)
+
+    with runlog.RunLock(path):
+        monkeypatch.setattr(os, "replace", replace)
+        for i in range(3):
+            write_run(path, config={"a": i + 1}, metrics={}, checkpoint=None)
+        monkeypatch.setattr(os, "replace", real_replace)
+        with pytest.raises(RunFileError, match="being written by another run"):
+            os.unlink(f"{path}.lock")
+            runlog.RunLock(path).acquire()
+    assert seen == ["locked"] * 3
+
+
+def test_a_version_let_go_between_open_and_lock_is_not_taken_for_the_file(tmp_path, monkeypatch):
+    """The owner may replace the file (locking the new version, then letting the old one go) between a second
+    writer's ``open`` and its lock: the second writer then locks an inode that no longer has the name, and must
+    look again rather than believe the run file free."""
+    path = tmp_path / "run.h5"
+    write_run(path, config={"a": 0}, metrics={}, checkpoint=None)
+    owner = runlog._ofd_lock(path, keep=True)
+    real_open, swapped = os.open, []
+
+    def open_then_swap(p, flags, *a):
+        fd = real_open(p, flags, *a)
+        if os.fspath(p) == os.fspath(path) and not swapped:   # the owner writes a new version right now
+            new = tmp_path / "run.h5.new"
+            new.write_bytes(path.read_bytes())
+            swapped.append(runlog._ofd_lock(new, keep=True))
+            os.replace(new, path)
+            os.close(owner)
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_swap)
+    with pytest.raises(BlockingIOError):
+        runlog._ofd_lock(path, keep=False)
+    monkeypatch.setattr(os, "open", real_open)
+    os.close(swapped[0])
+    assert runlog._ofd_lock(path, keep=False) is None   # free once the owner has gone
+
+
 _INTRUDER = """
 import sys
 from ssaref.runlog import RunLock, write_run
