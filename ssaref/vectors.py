@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text
 
 from .golden import check as _check
 from .golden.check import (FEEDBACK_NAMES, GEOMETRY, LAYER_KINDS, PARAM_NAMES, REQUIRED_PARAMS, SCHEMAS,
@@ -134,9 +134,11 @@ def _variant_spec(rule, variant, entry):
             "optimizer": None, "steps": 0}
     if "optimizer" in extra or "steps" in extra:
         name = extra.get("optimizer")
-        if name not in OPTIMIZER_PRESETS or int(extra.get("steps", 0)) < 1 or spec["warmup"]:
+        if (name not in OPTIMIZER_PRESETS or not 1 <= int(extra.get("steps", 0)) <= _check.MAX_STEPS
+                or spec["warmup"]):
             raise ValueError(f"{rule}.GOLDEN_VARIANTS[{variant!r}]: a multi-step case names an optimizer of "
-                             f"{sorted(OPTIMIZER_PRESETS)}, steps >= 1 and no warm-up")
+                             f"{sorted(OPTIMIZER_PRESETS)}, steps in [1, {_check.MAX_STEPS}] (what a reader "
+                             f"accepts) and no warm-up")
         spec["optimizer"], spec["steps"] = dict(OPTIMIZER_PRESETS[name]), int(extra["steps"])
     unknown = sorted(set(spec["models"]) - set(ALL_MODELS))
     if unknown:
@@ -485,7 +487,10 @@ def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False, xp=
 
     ``only``: optional iterable of case names (``<rule>__<model>__<variant>``) to restrict the export.
     Refused (GoldenError) when ``out_dir`` is a file or already holds ``.h5`` files and ``overwrite`` is false.
-    Every case is computed before the first file is written; each file is written atomically.
+    Every case is computed before the first file is written; each file is written atomically.  While the files
+    are written, ``out_dir`` holds the marker ``EXPORT-INCOMPLETE.json`` (the files being written), removed after
+    the last one: an export stopped half-way (Ctrl-C, a full disk) leaves it, and check/validate refuse the
+    folder until an export completes there.
     """
     check_export_dir(out_dir, overwrite)
     only = set(only) if only is not None else None
@@ -496,11 +501,16 @@ def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False, xp=
             continue
         todo.append((name, compute_case(s["rule"], s["model"], s["variant"], s["options"], seed=seed, xp=xp)))
     os.makedirs(out_dir, exist_ok=True)
+    marker = os.path.join(out_dir, _check.EXPORT_MARKER)
+    write_text(marker, json.dumps({"note": "an export by python -m ssaref.vectors export was writing these files "
+                                           "and did not finish; export again with --overwrite",
+                                   "schema": SCHEMA, "files": [name + ".h5" for name, _ in todo]}, indent=1) + "\n")
     paths = []
     for name, case in todo:
         paths.append(write_case(os.path.join(out_dir, name + ".h5"), case))
         if log is not None:
             print(f"wrote {paths[-1]}", file=log)
+    os.remove(marker)
     return paths
 
 
@@ -518,7 +528,32 @@ def check(golden_dir, candidate_dir, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, out=N
 # ---------------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------------
+def _seed(s):
+    """``--seed``: an int in [0, 2**63 - 1] (a golden file stores it as an int64 attribute)."""
+    import argparse
+
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
+    if not 0 <= v <= _INT64_MAX:
+        raise argparse.ArgumentTypeError(f"must be in [0, {_INT64_MAX}] (a golden file stores it as a 64-bit "
+                                         f"integer), got {s}")
+    return v
+
+
+_INT64_MAX = 2**63 - 1
+
+
 def main(argv=None):
+    """``python -m ssaref.vectors``: 0 done (check: all passed), 1 a check failed, 2 bad input (one ``error:``
+    line), 130 interrupted (Ctrl-C)."""
+    from .cli import run_main
+
+    return run_main(_main, argv)
+
+
+def _main(argv):
     from .cli import OneLineParser
 
     ap = OneLineParser(prog="python -m ssaref.vectors",
@@ -529,7 +564,8 @@ def main(argv=None):
     ex.add_argument("--out", required=True, help="output directory (created if needed)")
     ex.add_argument("--overwrite", action="store_true",
                     help="replace the golden files of an earlier export in --out (refused without it)")
-    ex.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of inputs, weights and feedback")
+    ex.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
+                    help="seed of inputs, weights and feedback (0 .. 2**63 - 1)")
     ex.add_argument("--only", nargs="*", default=None, metavar="CASE",
                     help="export only these cases (<rule>__<model>__<variant>)")
     ex.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"],
@@ -549,11 +585,9 @@ def main(argv=None):
                 if bad or not args.only:
                     raise GoldenError(f"unknown case(s) {', '.join(bad) or '(none given)'}; known: "
                                       f"{', '.join(sorted(known))}")
-            if args.seed < 0:
-                raise GoldenError(f"--seed must be >= 0, got {args.seed}")
             from .backend import resolve_backend
 
-            xp = resolve_backend(args.backend)
+            xp = resolve_backend(args.backend)   # BackendError (no usable CuPy): one line, exit 2 (run_main)
             paths = export(args.out, seed=args.seed, only=args.only, overwrite=args.overwrite, xp=xp)
             print(f"wrote {len(paths)} golden files to {args.out}")
             return 0

@@ -67,11 +67,19 @@ GEOMETRY = {
 REQUIRED_PARAMS = {"linear": ("W",), "conv2d": ("W",), "svd_linear": ("U", "s", "V"),
                    "svd_conv2d": ("U", "s", "V")}
 TOP_GROUPS = ("input", "layers", "feedback", "forward", "signal", "update", "steps")
+# Bounds checked before anything is allocated or looped over (a crafted file may declare any shape or count):
+# ssaref's largest golden file holds a few thousand numbers and records at most 10 optimiser steps.
+MAX_ELEMENTS = 2**24   # numbers in all the datasets of one file (128 MiB as float64)
+MAX_STEPS = 100        # root attribute ``steps``: optimiser steps a multi-step case may record
+# Written by ``python -m ssaref.vectors export`` into its folder before the first case file and removed after the
+# last: a folder that holds it is an interrupted export, and check/validate refuse it (exit 2).
+EXPORT_MARKER = "EXPORT-INCOMPLETE.json"
 
-EXIT_OK, EXIT_FAIL, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130   # 130: Ctrl-C, as ssaref's other commands
 
-__all__ = ["SCHEMA", "SCHEMAS", "GoldenError", "read_file", "validate_file", "compare_arrays", "compare_case",
-           "required_fields", "optional_fields", "run_check", "check", "format_table", "format_report",
+__all__ = ["SCHEMA", "SCHEMAS", "GoldenError", "EXPORT_MARKER", "MAX_ELEMENTS", "MAX_STEPS", "check_complete",
+           "read_file", "validate_file", "compare_arrays", "compare_case",
+           "read_golden", "required_fields", "optional_fields", "run_check", "check", "format_table", "format_report",
            "write_report", "one_line", "main"]
 
 
@@ -112,7 +120,9 @@ def read_file(path):
     """``(root attrs, {dataset path: array}, {group path: attrs})`` of an HDF5 file.
 
     Raises GoldenError when the path is missing or not a regular file, the file is not HDF5 or cannot be read,
-    or a dataset holds anything but real numbers (strings, compound records, complex, object references).
+    a dataset holds anything but real numbers (strings, compound records, complex, object references) or has
+    no dataspace, or the datasets declare more than ``MAX_ELEMENTS`` numbers in all (checked on the declared
+    shapes, before any data is read).
     """
     h5py = _h5py()
     path = os.fspath(path)
@@ -130,21 +140,32 @@ def read_file(path):
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
-            bad = []
+            found = []   # (name, dataset), in visiting order: the declared dtypes and shapes come first
 
             def visit(name, obj):
                 if isinstance(obj, h5py.Dataset):
-                    a = np.asarray(obj[()])
-                    if not _numeric(a):
-                        bad.append(f"{path}: dataset /{name} has dtype {a.dtype}, not a real number array")
-                    ds[name] = a
+                    found.append((name, obj))
                 elif len(obj.attrs):
                     gattrs[name] = {k: _decode(v) for k, v in obj.attrs.items()}
             f.visititems(visit)
+            total = 0
+            for name, obj in found:
+                if obj.shape is None:
+                    raise GoldenError(f"{path}: dataset /{name} has no dataspace (an empty HDF5 dataset), not a "
+                                      f"real number array")
+                if not _numeric(obj):
+                    raise GoldenError(f"{path}: dataset /{name} has dtype {obj.dtype}, not a real number array")
+                total += math.prod(int(d) for d in obj.shape)
+                if total > MAX_ELEMENTS:
+                    raise GoldenError(f"{path}: dataset /{name} declares shape {tuple(obj.shape)}; a golden file "
+                                      f"holds at most {MAX_ELEMENTS} numbers in all")
+            for name, obj in found:
+                a = np.asarray(obj[()])
+                if not _numeric(a):
+                    raise GoldenError(f"{path}: dataset /{name} has dtype {a.dtype}, not a real number array")
+                ds[name] = a
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as exc:
         raise GoldenError(f"{path}: cannot read HDF5 file ({exc})") from None
-    if bad:
-        raise GoldenError(bad[0])
     return attrs, ds, gattrs
 
 
@@ -175,6 +196,54 @@ def _is_float64(a):
     return np.asarray(a).dtype == np.float64
 
 
+def _is_index(name):
+    """Whether a group or dataset name is a layer / step index (ASCII digits: ``"²".isdigit()`` is true too)."""
+    return name.isascii() and name.isdigit()
+
+
+def _kind(ga):
+    """A layer group's ``kind`` attribute as a string (any other value shown as its repr, which is no kind)."""
+    k = ga.get("kind")
+    return k if isinstance(k, str) or k is None else repr(k)[:80]
+
+
+def _geom(ga, key, pair=False):
+    """A geometry attribute as an int >= 1 (``pair``: a pair of ints, an int k meaning (k, k); padding >= 0), or
+    None when absent or malformed."""
+    v = ga.get(key)
+    if isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype.kind in "iu":
+        v = [int(a) for a in v]
+    if pair and isinstance(v, int) and not isinstance(v, bool):
+        v = [v, v]
+    lo = 0 if key == "padding" else 1
+    if pair:
+        ok = isinstance(v, list) and len(v) == 2 and all(isinstance(a, int) and a >= lo for a in v)
+        return tuple(v) if ok else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= lo else None
+
+
+def _param_shapes(kind, ga):
+    """The parameter shapes ``{name: shape}`` a layer's geometry implies (section "/layers/<k>" of
+    docs/golden-vectors.md), or None when its geometry attributes are malformed."""
+    if kind in ("linear", "svd_linear"):
+        n, m = _geom(ga, "in_features"), _geom(ga, "out_features")
+        if n is None or m is None:
+            return None
+        if kind == "linear":
+            return {"W": (m, n), "b": (m,)}
+        r = _geom(ga, "rank")
+        return None if r is None else {"U": (m, r), "s": (r,), "V": (n, r), "b": (m,)}
+    if kind in ("conv2d", "svd_conv2d"):
+        c, n, k = _geom(ga, "in_channels"), _geom(ga, "out_channels"), _geom(ga, "kernel", pair=True)
+        if c is None or n is None or k is None:
+            return None
+        if kind == "conv2d":
+            return {"W": (n, c, k[0], k[1]), "b": (n,)}
+        r = _geom(ga, "rank")
+        return None if r is None else {"U": (n * k[1], r), "s": (r,), "V": (c * k[0], r), "b": (n,)}
+    return {}
+
+
 def _children(ds, gattrs, prefix):
     """Names of the direct children (datasets and groups) of group ``prefix``."""
     out = set()
@@ -188,14 +257,17 @@ def _layer_groups(ds, gattrs, prefix, errs, nested=False, aux=False):
     """``[(group path, kind)]`` of the layers under ``prefix`` (``layers``, ``layers/<k>/<branch>`` or an auxiliary
     network ``layers/<k>/aux/<name>``), in order, residual blocks and auxiliary networks expanded; problems
     appended to ``errs``."""
-    idx = sorted(int(c) for c in _children(ds, gattrs, prefix) if c.isdigit())
+    kids = _children(ds, gattrs, prefix)
+    idx = sorted(int(c) for c in kids if _is_index(c))
+    for c in sorted(c for c in kids if not _is_index(c)):
+        errs.append(f"/{prefix}/{c} is not a layer index")
     if idx != list(range(len(idx))) or not idx:
         errs.append(f"/{prefix} groups are {idx}, expected 0..L-1")
         return []
     out = []
     for k in idx:
         gp = f"{prefix}/{k}"
-        kind = gattrs.get(gp, {}).get("kind")
+        kind = _kind(gattrs.get(gp, {}))
         out.append((gp, kind))
         if kind == "residual":
             if nested:
@@ -221,7 +293,24 @@ def validate_file(path, candidate=False):
     ``/update`` array (every field present must still have the documented type).
     Raises GoldenError for a file that cannot be read (see ``read_file``).
     """
+    return _problems(*read_file(path), candidate=candidate)
+
+
+def read_golden(path):
+    """``read_file`` of a golden file that must be valid against its schema: the one reader of golden files
+    (``check`` reads the golden side with it, ``validate`` lists the same problems).  Raises GoldenError naming
+    the file and its first problem."""
     attrs, ds, gattrs = read_file(path)
+    _schema_of(attrs, path)
+    errs = _problems(attrs, ds, gattrs)
+    if errs:
+        more = f" (and {len(errs) - 1} more: see validate)" if len(errs) > 1 else ""
+        raise GoldenError(f"{path}: not a valid golden file: {errs[0]}{more}")
+    return attrs, ds, gattrs
+
+
+def _problems(attrs, ds, gattrs, candidate=False):
+    """``validate_file``'s problems of a file already read."""
     errs = []
     schema = attrs.get("schema")
     if not isinstance(schema, str) or schema not in SCHEMAS:
@@ -252,8 +341,8 @@ def validate_file(path, candidate=False):
     for k in ("rule", "model", "variant", "dtype", "ssaref_version", "options", "coverage", "optimizer"):
         if k in attrs and not isinstance(attrs[k], str):
             errs.append(f"root attribute {k!r} is not a single string")
-    if attrs.get("dtype") != "float64":
-        errs.append(f"root attribute dtype is {attrs.get('dtype')!r}, expected 'float64'")
+    if not (isinstance(attrs.get("dtype"), str) and attrs["dtype"] == "float64"):
+        errs.append(f"root attribute dtype is {str(attrs.get('dtype'))[:80]!r}, expected 'float64'")
     try:
         if not isinstance(json.loads(attrs.get("options", "")), dict):
             errs.append("root attribute options is not a JSON object")
@@ -271,7 +360,10 @@ def validate_file(path, candidate=False):
     if x is None or y is None:
         errs.append("missing /input/x or /input/y")
         return errs
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+    if x.ndim not in (2, 4) or x.shape[0] < 1:
+        errs.append(f"/input/x has shape {x.shape}, expected (B, features) or (B, C, H, W) with B >= 1")
+        return errs
+    if y.shape != x.shape[:1]:
         errs.append(f"/input/y has shape {y.shape}, expected ({x.shape[0]},)")
     groups = _layer_groups(ds, gattrs, "layers", errs)
     if not groups:
@@ -297,8 +389,14 @@ def validate_file(path, candidate=False):
                 errs.append(f"/{gp} ({kind}) lacks parameter {n}")
         if kind not in REQUIRED_PARAMS and names & set(PARAM_NAMES):
             errs.append(f"/{gp} ({kind}) has parameters {sorted(names & set(PARAM_NAMES))}")
+        want = _param_shapes(kind, ga)
+        if want is None:
+            errs.append(f"/{gp} ({kind}) has malformed geometry attributes (positive integers expected)")
+            want = {}
         for n in sorted(names & set(PARAM_NAMES)):
             params.append((lp, n))
+            if n in want and ds[f"{gp}/{n}"].shape != want[n]:
+                errs.append(f"/{gp}/{n} has shape {ds[f'{gp}/{n}'].shape}, its geometry says {want[n]}")
             u = ds.get(f"update/{lp}/{n}")
             if u is None:
                 errs.append(f"missing /update/{lp}/{n}")
@@ -315,6 +413,8 @@ def validate_file(path, candidate=False):
         k = gp.split("/")[1]
         if f"forward/{k}/out" not in ds:
             errs.append(f"missing /forward/{k}/out")
+        elif ds[f"forward/{k}/out"].shape[:1] != x.shape[:1]:
+            errs.append(f"/forward/{k}/out has shape {ds[f'forward/{k}/out'].shape}, not a batch of {x.shape[0]}")
         s = ds.get(f"signal/{k}")
         if s is not None and f"forward/{k}/out" in ds and s.shape != ds[f"forward/{k}/out"].shape:
             errs.append(f"/signal/{k} has shape {s.shape}, layer output has {ds[f'forward/{k}/out'].shape}")
@@ -326,7 +426,7 @@ def validate_file(path, candidate=False):
         elif parts[0] == "update" and "/".join(parts[1:-1]) not in layer_paths:
             errs.append(f"/{p} names no layer")
         elif parts[0] == "steps":
-            ok = (len(parts) >= 3 and parts[1].isdigit() and 1 <= int(parts[1]) <= nsteps
+            ok = (len(parts) >= 3 and _is_index(parts[1]) and 1 <= int(parts[1]) <= nsteps
                   and ((parts[2] == "loss" and len(parts) == 3)
                        or (parts[2] in ("params", "update") and "/".join(parts[3:-1]) in layer_paths)))
             if not ok:
@@ -334,8 +434,13 @@ def validate_file(path, candidate=False):
     for t in range(1, nsteps + 1):
         if f"steps/{t}/loss" not in ds:
             errs.append(f"missing /steps/{t}/loss")
+    for t in range(1, nsteps + 1):
+        if f"steps/{t}/loss" in ds and ds[f"steps/{t}/loss"].shape != ():
+            errs.append(f"/steps/{t}/loss must be a scalar, has shape {ds[f'steps/{t}/loss'].shape}")
     if "forward/logits" not in ds:
         errs.append("missing /forward/logits")
+    elif ds["forward/logits"].ndim != 2 or ds["forward/logits"].shape[1] < 1:
+        errs.append(f"/forward/logits has shape {ds['forward/logits'].shape}, expected (B, K)")
     elif f"forward/{len(top) - 1}/out" in ds and not np.array_equal(ds["forward/logits"],
                                                                    ds[f"forward/{len(top) - 1}/out"]):
         errs.append("/forward/logits differs from the last layer's output")
@@ -357,8 +462,8 @@ def _steps_of(attrs, errs):
     if not has_s:
         return 0
     s = attrs["steps"]
-    if isinstance(s, bool) or not isinstance(s, int) or s < 1:
-        errs.append(f"root attribute steps is {s!r}, expected an integer >= 1")
+    if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_STEPS:
+        errs.append(f"root attribute steps is {str(s)[:80]}, expected an integer in [1, {MAX_STEPS}]")
         return 0
     try:
         o = json.loads(attrs["optimizer"])
@@ -373,7 +478,7 @@ def _steps_of(attrs, errs):
 # comparison
 # ---------------------------------------------------------------------------------------------------
 def _field_key(p):
-    return [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in p.split("/")]
+    return [(0, int(s), "") if _is_index(s) else (1, 0, s) for s in p.split("/")]
 
 
 def required_fields(gold_ds):
@@ -437,8 +542,7 @@ def compare_case(gold_path, cand_path, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL):
     when the candidate provides them; a candidate field under ``/update``, ``/signal``, ``/forward`` or
     ``/steps`` that the golden file lacks fails ("not in the golden file").
     """
-    g_attrs, g_ds, _ = read_file(gold_path)
-    _schema_of(g_attrs, gold_path)
+    g_attrs, g_ds, _ = read_golden(gold_path)
     c_attrs, c_ds, _ = read_file(cand_path)
     _check_candidate_attrs(g_attrs, c_attrs, cand_path)
     rows = []
@@ -461,6 +565,15 @@ def _cmp(c, g, rtol, atol):
     return ma, mr, ok, note
 
 
+def check_complete(folder, what="folder"):
+    """Refuse a folder that holds ``EXPORT_MARKER``: an export was interrupted there, so its set of golden files
+    is incomplete (each file present is whole: every file is written atomically)."""
+    marker = os.path.join(os.fspath(folder), EXPORT_MARKER)
+    if os.path.lexists(marker):
+        raise GoldenError(f"{what} {os.fspath(folder)!r} holds an interrupted export ({EXPORT_MARKER} is there: "
+                          f"it lists the files the export was writing); export again with --overwrite")
+
+
 def _golden_files(golden):
     """``(directory, [file names])`` of the golden set (a directory of ``.h5`` files, or one file)."""
     golden = os.fspath(golden)
@@ -468,15 +581,14 @@ def _golden_files(golden):
         d, names = os.path.dirname(golden) or ".", [os.path.basename(golden)]
     elif os.path.isdir(golden):
         d = golden
+        check_complete(d, "golden directory")
         names = sorted(n for n in os.listdir(golden) if n.endswith(".h5"))
         if not names:
             raise GoldenError(f"golden directory {golden!r} holds no .h5 files")
     else:
         raise GoldenError(f"golden directory {golden!r} does not exist")
     for n in names:
-        p = os.path.join(d, n)
-        attrs, _, _ = read_file(p)
-        _schema_of(attrs, p)
+        read_golden(os.path.join(d, n))
     return d, names
 
 
@@ -526,6 +638,7 @@ def run_check(golden, candidate, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL):
     if single and os.path.isfile(candidate):
         cand_paths = {names[0]: candidate}
     elif os.path.isdir(candidate):
+        check_complete(candidate, "candidate directory")
         cand_paths = {n: os.path.join(candidate, n) for n in names}
     else:
         raise GoldenError(f"candidate directory {candidate!r} does not exist")
@@ -639,6 +752,7 @@ def validate_paths(paths, out=None):
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
+            check_complete(p, "directory")
             found = [os.path.join(p, n) for n in sorted(os.listdir(p)) if n.endswith(".h5")]
             if not found:
                 raise GoldenError(f"directory {p!r} holds no .h5 files")
@@ -714,6 +828,12 @@ def main(argv=None, prog=None):
     except GoldenError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
+    except MemoryError as exc:
+        print(f"error: out of memory: {one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:   # nothing half-written: the report is written atomically, the inputs only read
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def one_line(exc):
