@@ -18,6 +18,7 @@ FLOP/s is reported against it.  Nothing here is asserted: speed is measured, not
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import numpy as np
 
 from .atomic import write_text
 from .backend import asnumpy, keep_large_allocations, resolve_backend
-from .cli import OneLineParser, check_output_path, positive, run_main
+from .cli import OneLineParser, check_output_path, run_main
 from .nn import build_model
 from .nn.containers import leaf_shapes
 from .run import build_run
@@ -682,6 +683,26 @@ def _fmt_load(load):
 
 
 # --------------------------------------------------------------------------------------------- command line
+# Upper bounds of the integer options: what one benchmark run can do (a bound of its loop or its memory), so a
+# typo such as --repeats 1000000000 is refused before the first step instead of running for days.
+MAX_BATCH, MAX_REPEATS, MAX_WARMUP, MAX_MEMORY_STEPS, MAX_INPUT_SIDE = 65536, 100_000, 10_000, 1000, 4096
+
+
+def _count(hi, why):
+    """Argument type: an int in [1, hi] (``why``: what the bound is)."""
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"must be a number > 0, got {s}")
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi} ({why}), got {s}")
+        return v
+    return parse
+
+
 def _shape(text):
     try:
         shape = tuple(int(v) for v in text.lower().split("x"))
@@ -689,6 +710,8 @@ def _shape(text):
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"--input: expected CxHxW (e.g. 3x32x32), got {text!r}")
+    if max(shape) > MAX_INPUT_SIDE:
+        raise ValueError(f"--input {text}: channels, height and width must each be at most {MAX_INPUT_SIDE}")
     return shape
 
 
@@ -703,9 +726,9 @@ def _parse(argv):
                         "(1x28x28 for mlp, lenet, convnet; 3x32x32 for the others)")
     p.add_argument("--method", default="bp", help=f"comma list of rules or 'all' ({', '.join(RULES)}); the torch "
                                                    "side is BP")
-    p.add_argument("--batch-size", type=positive(int), default=128)
-    p.add_argument("--repeats", type=positive(int), default=20)
-    p.add_argument("--warmup", type=positive(int), default=3)
+    p.add_argument("--batch-size", type=_count(MAX_BATCH, "one batch must fit in memory"), default=128)
+    p.add_argument("--repeats", type=_count(MAX_REPEATS, "timed steps per rule and model"), default=20)
+    p.add_argument("--warmup", type=_count(MAX_WARMUP, "untimed steps per rule and model"), default=3)
     p.add_argument("--statistic", default="median", choices=("median", "mean"),
                    help="per-step statistic: median (default) or mean (every step counted: rules whose cost varies "
                         "by step, e.g. SSA's retraction every 10th step, need --repeats a multiple of that period)")
@@ -717,7 +740,8 @@ def _parse(argv):
     p.add_argument("--markdown", default=None, help="also write a short markdown table to this file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--memory-steps", type=positive(int), default=2)
+    p.add_argument("--memory-steps", type=_count(MAX_MEMORY_STEPS, "steps of each peak-memory subprocess"),
+                   default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
     p.add_argument("--profile", default="auto", choices=("auto", "all", "none"),
                    help="per-op profile of ssaref's BP step: auto = where ssaref/torch > 1 (default), all, none")

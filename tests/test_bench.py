@@ -172,6 +172,36 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
 
 
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--repeats", str(10**30), "at most 100000"),
+    ("--repeats", "0", "> 0"),
+    ("--warmup", "two", "expected an int"),
+    ("--repeats", str(2**62), "at most 100000"),
+    ("--repeats", "100001", "at most 100000"),
+    ("--warmup", str(10**9), "at most 10000"),
+    ("--batch-size", str(10**12), "at most 65536"),
+    ("--memory-steps", str(10**6), "at most 1000"),
+    ("--input", "1x100000x100000", "at most 4096"),
+    ("--input", f"1x{10**30}x1", "at most 4096"),
+])
+def test_integers_are_bounded_before_the_benchmark(flag, value, needle, capsys, monkeypatch):
+    """issue 24: every integer of the command line is bounded by what one run can do, refused (one line, exit 2)
+    before the first step -- checked by making any timing step a failure of the test."""
+    def no_step(*a, **k):
+        raise AssertionError("the benchmark ran")
+    monkeypatch.setattr(bench, "bench_config", no_step)
+    monkeypatch.setattr(bench, "apply_threads", no_step)
+    assert _exit_code(["--models", "mlp", "--no-memory", "--no-sgemm", flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+
+
+def test_largest_accepted_integers_parse():
+    a = bench._parse(["--repeats", "100000", "--warmup", "10000", "--batch-size", "65536", "--memory-steps", "1000",
+                      "--input", "4096x1x1"])
+    assert (a.repeats, a.warmup, a.batch_size, a.memory_steps, a.inputs) == (100000, 10000, 65536, 1000, [(4096, 1, 1)])
+
+
 def test_existing_markdown_needs_overwrite(tmp_path, capsys):
     md = tmp_path / "t.md"
     md.write_text("keep")

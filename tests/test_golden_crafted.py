@@ -180,7 +180,7 @@ def test_exported_files_are_within_the_bounds(gold):
     """What export writes passes the reader's bounds with room to spare (the largest case, every step)."""
     for n in CASES:
         _, ds, _ = C.read_golden(gold / f"{n}.h5")
-        assert sum(a.size for a in ds.values()) < C.MAX_ELEMENTS // 1000
+        assert sum(a.size for a in ds.values()) < C.MAX_ELEMENTS // 100
     assert max(s["steps"] for s in V.case_specs()) <= C.MAX_STEPS
 
 

@@ -30,7 +30,12 @@ Exit status:
        path, a folder without ``.h5`` files, a file that is not HDF5 or not a golden file, an unsupported schema,
        a dataset that is not a real number array (strings, compounds, complex), a root attribute that is not a
        single string where one is needed, a candidate whose ``rule``/``model``/``variant`` contradicts the golden
-       file, a bad tolerance or report path, a bad command line).  No report is written then.
+       file, a bad tolerance or report path, a bad command line).  No report is written then.  Among them: a
+       golden file that fails ``validate`` (``read_golden``: the one reader of golden files, which
+       ``python -m ssaref.vectors`` imports from here; this file carries it so that it runs with numpy and h5py
+       alone), datasets that declare more than ``MAX_ELEMENTS`` numbers (checked before any data is read), and a
+       folder holding ``EXPORT-INCOMPLETE.json`` (an export was interrupted there).
+  130  interrupted (Ctrl-C): one line ``interrupted``, nothing written.
 """
 from __future__ import annotations
 
@@ -68,7 +73,7 @@ REQUIRED_PARAMS = {"linear": ("W",), "conv2d": ("W",), "svd_linear": ("U", "s", 
                    "svd_conv2d": ("U", "s", "V")}
 TOP_GROUPS = ("input", "layers", "feedback", "forward", "signal", "update", "steps")
 # Bounds checked before anything is allocated or looped over (a crafted file may declare any shape or count):
-# ssaref's largest golden file holds a few thousand numbers and records at most 10 optimiser steps.
+# ssaref's largest golden file holds about 18,000 numbers and records at most 10 optimiser steps.
 MAX_ELEMENTS = 2**24   # numbers in all the datasets of one file (128 MiB as float64)
 MAX_STEPS = 100        # root attribute ``steps``: optimiser steps a multi-step case may record
 # Written by ``python -m ssaref.vectors export`` into its folder before the first case file and removed after the
