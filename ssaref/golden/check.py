@@ -361,6 +361,8 @@ def _problems(attrs, ds, gattrs, candidate=False):
         except (TypeError, ValueError):
             errs.append("root attribute coverage is not valid JSON")
     nsteps = _steps_of(attrs, errs)
+    steps_known = nsteps is not None
+    nsteps = nsteps or 0
     x, y = ds.get("input/x"), ds.get("input/y")
     if x is None or y is None:
         errs.append("missing /input/x or /input/y")
@@ -430,7 +432,7 @@ def _problems(attrs, ds, gattrs, candidate=False):
             errs.append(f"/{p} names no layer")
         elif parts[0] == "update" and "/".join(parts[1:-1]) not in layer_paths:
             errs.append(f"/{p} names no layer")
-        elif parts[0] == "steps":
+        elif parts[0] == "steps" and steps_known:
             ok = (len(parts) >= 3 and _is_index(parts[1]) and 1 <= int(parts[1]) <= nsteps
                   and ((parts[2] == "loss" and len(parts) == 3)
                        or (parts[2] in ("params", "update") and "/".join(parts[3:-1]) in layer_paths)))
@@ -459,7 +461,8 @@ def _problems(attrs, ds, gattrs, candidate=False):
 
 
 def _steps_of(attrs, errs):
-    """Number of recorded optimiser steps (root attribute ``steps`` with ``optimizer``; 0 when absent)."""
+    """Number of recorded optimiser steps (root attribute ``steps`` with ``optimizer``; 0 when absent, None when
+    the attribute is not an integer in [1, MAX_STEPS]: the problem is listed once, not per /steps dataset)."""
     has_s, has_o = "steps" in attrs, "optimizer" in attrs
     if has_s != has_o:
         errs.append("root attributes steps and optimizer come together")
@@ -468,8 +471,9 @@ def _steps_of(attrs, errs):
         return 0
     s = attrs["steps"]
     if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_STEPS:
-        errs.append(f"root attribute steps is {str(s)[:80]}, expected an integer in [1, {MAX_STEPS}]")
-        return 0
+        errs.append(f"root attribute steps is {str(s)[:80]}, expected an integer in [1, {MAX_STEPS}] (the /steps "
+                    f"datasets are not checked)")
+        return None
     try:
         o = json.loads(attrs["optimizer"])
         if not (isinstance(o, dict) and isinstance(o.get("name"), str)):
