@@ -372,3 +372,31 @@ def test_random_corruption_never_gives_a_traceback(gold, tmp_path_factory, case,
             if rc == 0 and argv[0] == "validate":
                 assert f"{case}.h5: ok" in so
     assert _snapshot(tmp) == before
+
+
+def test_a_real_sigint_during_export(gold, tmp_path):
+    """The same through a real SIGINT delivered to a real process while it writes its second case file."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import os, signal, sys\n"
+            "from ssaref import vectors as V\n"
+            "real, n = V.write_case, []\n"
+            "def writer(path, case):\n"
+            "    n.append(path)\n"
+            "    if len(n) == 2:\n"
+            "        os.kill(os.getpid(), signal.SIGINT)\n"
+            "    return real(path, case)\n"
+            "V.write_case = writer\n"
+            "sys.exit(V.main(sys.argv[1:]))\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-c", code, "export", "--out", str(out), "--only", *CASES],
+                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 130 and r.stderr == "interrupted\n" and r.stdout == "", r
+    assert sorted(os.listdir(out)) == sorted([C.EXPORT_MARKER, f"{CASES[0]}.h5"])
+    r = subprocess.run([sys.executable, str(root / "ssaref" / "golden" / "check.py"), "validate", str(out)],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "interrupted export" in r.stderr
+
