@@ -28,7 +28,7 @@ __all__ = [
     "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
     "tangent_project", "complement_project", "relative_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
     "energy_rank", "retained_energy", "angle_deg", "landing_penalty", "landing_penalty_grad", "landing_field",
-    "landing_safe_step", "landing_step_fraction", "factor_condition",
+    "landing_safe_step", "landing_step_fraction", "factor_condition", "gram",
 ]
 
 RETRACTIONS = ("polar", "qr", "none")
@@ -227,6 +227,24 @@ def _orthogonality_errors_batched(xp, Xs):
     for k, v in zip(order, vals):
         out[k] = float(v)
     return out
+
+
+def gram(X):
+    """The Gram matrix ``X^T X`` (r, r) of ``X`` (m, r) as a symmetric rank-k update (``syrk``: one triangle,
+    ``m r (r + 1) / 2`` multiply-adds instead of ``m r^2``), symmetric to the last bit.
+
+    NumPy: ``X.T @ X`` itself -- ``np.matmul`` recognises a matrix times its own transpose and calls BLAS
+    ``?syrk`` and mirrors the triangle (numpy's ``matmul.c.src``), so a SciPy ``ssyrk`` call would only repeat it.
+    CuPy: ``cupy.cublas.syrk`` (cuBLAS ``?syrk``, upper triangle) then the mirror; ``X.T @ X`` there is a full
+    GEMM.  Other dtypes and array kinds: ``X.T @ X``.
+    """
+    xp = get_array_module(X)
+    if xp is np or X.ndim != 2 or X.dtype not in (np.float32, np.float64):
+        return X.T @ X
+    from cupy import cublas    # CuPy >= 9
+
+    C = cublas.syrk("T", X)    # (r, r), F order, upper triangle of X^T X
+    return xp.ascontiguousarray(xp.triu(C) + xp.triu(C, 1).T)
 
 
 def sym(M):

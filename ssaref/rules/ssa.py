@@ -79,7 +79,7 @@ import math
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
-from ..linalg import angle_deg, complement_project, randomized_svd, relative_project, tangent_project
+from ..linalg import angle_deg, complement_project, gram, randomized_svd, relative_project, tangent_project
 from ._feedback import (
     Segment,
     check_choice,
@@ -362,22 +362,50 @@ class SSA(SVDRuleBase):
             return complement_project(X, G)  # (I - X X^T) G, eq. (12) / section 5.2
         if proj == "paper":  # V as printed in eq. (13): (I_r - V^T V) on V^T
             xp = get_array_module(X)
-            M = -(X.T @ X)
+            M = -gram(X)
             M[xp.diag_indices(M.shape[0])] += 1.0
             return G @ M  # dV = [(I_r - V^T V) dV^T]^T = dV (I_r - V^T V)
         return G
 
-    def _tangent_plus_ortho(self, X, G):
+    def _tangent_plus_ortho(self, X, G, XtG=None):
         """``P_X(G) + 4 gamma X (X^T X - I)`` (``linalg.tangent_project`` plus the gradient of eq. (9) times
         gamma) in the form ``G - X (sym(X^T G) - 4 gamma (X^T X - I))``: the two terms share one product with
-        ``X``, so three (m, r, r) GEMMs instead of four (the same sums up to rounding)."""
+        ``X``, so three (m, r, r) GEMMs instead of four (the same sums up to rounding), the Gram ``X^T X`` a
+        symmetric rank-k update (``linalg.gram``).  ``XtG``: ``X^T G`` when the caller has it cheaper
+        (``_batch_VtG``)."""
         xp = get_array_module(X)
-        M = X.T @ X
+        M = gram(X)
         M[xp.diag_indices(M.shape[0])] -= 1.0  # X^T X - I
-        K = X.T @ G
+        K = X.T @ G if XtG is None else XtG
         K = K + K.T  # 2 sym(X^T G)
         K -= (8.0 * self.options["gamma"]) * M  # 2 (sym(X^T G) - 4 gamma (X^T X - I))
         return G - 0.5 * (X @ K)
+
+    def _batch_VtG(self, p, layer, dy, cache):
+        """``V^T g_V`` from the batch (or None where that is not cheaper): with ``g_V = alpha x^T dz`` (the task
+        gradient of ``V``, ``dz = dy U S`` the gradient at the forward's ``z = x V``) and no alignment term on
+        ``V`` (mask ``mV`` all zero, or beta = 0), ``V^T g_V = alpha (x V)^T dz = alpha z^T dz``: ``B m r + B r^2``
+        multiply-adds (``dy U``, ``z^T dz``) instead of ``n r^2``, chosen by shape (an SVDLinear whose
+        ``B (m + r) < n r``, e.g. mlp's first layer, the classifier input of SmallConv).  The same sums as
+        ``V^T g_V`` in another order (round-off)."""
+        if dy is None or cache is None or layer.kind != "svd_linear":
+            return None
+        (m, n), r, B = layer.dims, layer.rank, int(dy.shape[0])
+        if B * (m + r) >= n * r or (self.options["beta"] != 0 and self._has_target(p, "V")):
+            return None
+        P = layer.params
+        dz = (dy @ P["U"]) * P["s"]  # (B, r): the gradient at z = x V (SVDLinear.backward's dz)
+        return self.options["alpha"] * (cache[1].T @ dz)
+
+    def _has_target(self, p, name):
+        """Whether the alignment mask ``m<name>/<p>`` has a non-zero entry; read back to the host once per mask
+        array (kept with the answer, so a replaced array -- a rank cut, a restored state -- is read again)."""
+        arr = self.state[f"m{name}/{p}"]
+        seen = self.__dict__.setdefault("_target_seen", {})
+        hit = seen.get((p, name))
+        if hit is None or hit[0] is not arr:
+            hit = seen[(p, name)] = (arr, bool(np.any(asnumpy(arr) != 0)))
+        return hit[1]
 
     def task_signals(self, model, caches, e):
         """DFA pass: ``(task grads of every parameter, signal at every top-level layer's output)``."""
@@ -411,7 +439,8 @@ class SSA(SVDRuleBase):
             gU = a * task["U"] + alU  # alpha G V S + 2 beta (U - B_U)
             gV = a * task["V"] + alV  # alpha G^T U S + 2 beta (V - B_V)
         if self.projection == "tangent" and not self.project_ortho:  # the default: P_X(g) + 4 gamma X (X^T X - I)
-            dU, dV = self._tangent_plus_ortho(U, gU), self._tangent_plus_ortho(V, gV)
+            VtG = None if self.paper else self._batch_VtG(p, layer, dy, cache)
+            dU, dV = self._tangent_plus_ortho(U, gU), self._tangent_plus_ortho(V, gV, VtG)
         else:
             oU, oV = self._ortho_grads(layer)  # d/dU gamma ||U^T U - I||^2 = 4 gamma U (U^T U - I)
             if self.project_ortho:
@@ -436,7 +465,7 @@ class SSA(SVDRuleBase):
         for p, layer in self.layers:
             task = {n: updates[f"{p}.{n}"] for n in ("U", "s", "V")}
             dy = cache = None
-            if self.paper:
+            if self.paper or p in top:  # the signal at the layer's output and its forward cache
                 k = int(p)
                 dy, cache = signals[k], caches[k]
             upd = self.layer_update(p, layer, task, dy, cache)
