@@ -436,14 +436,22 @@ def _batch(shape, batch, k, seed):
     return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
 
-def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, **options):
+def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, **options):
     """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``method`` with Adam (lr 1e-4);
-    ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU)."""
+    ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
+    None: the current mode) what its convolutions keep for the backward."""
+    from .ops.conv import set_conv_save
+
     model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
     run = build_run(model, method, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
 
     def step():
-        run.train_step(x, y)
+        old = set_conv_save(conv_save) if conv_save else None
+        try:
+            run.train_step(x, y)
+        finally:
+            if old:
+                set_conv_save(old)
         if xp is not np:
             xp.cuda.Device().synchronize()   # every stream of the device: the step's kernels have finished
 
@@ -494,7 +502,7 @@ def _torch_engine(model, x_h, y_h, device="cpu"):
 
 
 def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=3, backend="numpy", seed=0,
-                 log=None, statistic="median"):
+                 log=None, statistic="median", conv_save=None, also_save=()):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
     rule of ``methods`` (BP always included, first), alternating step by step.
 
@@ -502,6 +510,9 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
     "status", "flops", "bytes", "cost_ops", "aux_params"}]}`` (``params``: the model's; ``aux_params``: the
     rule's auxiliary networks'; ``flops``, ``bytes``: ``step_cost`` of the rule's step); a rule that cannot train
     this model gets ``status`` "not supported: ..." and no times.  ``add_limits`` adds the limit column.
+    ``conv_save``: what the convolutions keep (``ops.conv.SAVE_MODES``; None: the current mode); every mode of
+    ``also_save`` adds a row per rule, ``"<rule>@<mode>"`` (``rule``, ``conv_save`` keys), timed in the same
+    alternation, its ``vs_bp`` against the primary BP row (models with a convolution only).
     """
     xp = resolve_backend(backend)
     k = 10
@@ -512,7 +523,7 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
     engines, rows = {}, {}
     for m in methods:
         try:
-            run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed)
+            run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save)
             ops = step_cost(run.model, m, batch, shape, rule=run.rule)   # counted, for the limit column
             rows[m] = {"method": m, "status": "ok", "flops": sum(o["flops"] for o in ops),
                        "bytes": sum(o["bytes"] for o in ops), "cost_ops": ops,
@@ -523,8 +534,18 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
                 raise
             rows[m] = {"method": m, "status": f"not supported: {exc}".splitlines()[0][:160],
                        "ssaref_ms": None, "ratio": None, "vs_bp": None}
+    extra = []
+    if any(layer.kind == "conv2d" for _, layer, _, _ in leaf_shapes(dense, shape)):
+        for mode in (mm for mm in also_save if mm != conv_save):
+            for m in [mm for mm in methods if mm in engines]:
+                label = f"{m}@{mode}"
+                run, engines[label] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode)
+                rows[label] = dict(rows[m], method=label, rule=m, conv_save=mode)
+                extra.append(label)
+    for m in methods:
+        rows[m].setdefault("conv_save", conv_save)
     _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
-    order = ["bp", "torch"] + [m for m in methods[1:] if m in engines]
+    order = ["bp", "torch"] + [m for m in methods[1:] if m in engines] + extra
     times = {m: [] for m in order}
     for i in range(warmup + repeats):
         for label in order:
@@ -543,7 +564,7 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
     out = {"model": name, "input": "x".join(map(str, shape)), "params": int(sum(v.size for _, v in
                                                                                   dense.named_params())),
            "torch_ms": 1e3 * med["torch"], "flops": step_flops(dense, batch, shape),
-           "rows": [rows[m] for m in methods]}
+           "rows": [rows[m] for m in methods + extra]}
     if xp is not np:   # peak device memory of one step of each engine, above what it holds between steps
         import torch
 
@@ -721,6 +742,10 @@ def _probe(spec):
     if engine == "torch":
         import torch  # noqa: F401  (loaded before the thread limits are applied)
     apply_threads(spec.get("threads"))
+    if spec.get("conv_save"):
+        from .ops.conv import set_conv_save
+
+        set_conv_save(spec["conv_save"])
     dense = build_model(name, shape, 10, dtype=np.float32, seed=0, **spec.get("options", {}))
     x, y = _batch(shape, batch, 10, 0)
     if engine == "torch":
@@ -781,7 +806,8 @@ def _probe_main(arg):
         return 2
 
 
-def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900):
+def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900,
+                   conv_save=None):
     """Peak training memory of ``engine`` ("torch" = PyTorch BP, or an ssaref rule name) on model ``name``,
     input ``shape`` (``build_model`` ``options``), in a fresh Python process whose malloc returns every freed
     block above 64 KiB to the kernel
@@ -793,10 +819,11 @@ def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, opt
     lazily initialised autograd machinery); ``step_mib``, the high-water mark of the further steps above that
     (activations, caches, gradients, workspace of one step); for ssaref ``traced_mib``, the tracemalloc peak of
     one more step (the arrays it allocates).  ``None`` where ``/proc/self/clear_refs`` cannot reset the mark;
-    ``{"error": line}`` when the probe failed.
+    ``{"error": line}`` when the probe failed.  ``conv_save``: what ssaref's convolutions keep for the backward
+    (``ops.conv.set_conv_save``; None: the default).
     """
     spec = {"engine": engine, "model": name, "input": list(shape), "batch": batch, "threads": threads,
-            "steps": steps, "options": dict(options or {})}
+            "steps": steps, "options": dict(options or {}), "conv_save": conv_save}
     code = "import sys; from ssaref.bench import _probe_main; sys.exit(_probe_main(sys.argv[1]))"
     try:
         p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
@@ -909,6 +936,21 @@ def markdown(result):
                   f"per-op timers, {pr['step_ms']:.0f} ms a step): "
                   + ", ".join(f"{o['op'].strip()} {o['ms']:.0f} ms ({100 * o['fraction']:.0f} %)"
                               for o in pr["ops"] if o["fraction"] >= 0.01) + "."]
+    saved = [(c, r) for c in result["configs"] for r in c["rows"] if r.get("rule") and r.get("ssaref_ms")]
+    if saved:
+        lines += ["", "What a convolution keeps for its weight gradient (`--conv-save`): `columns` (the forward's "
+                  "im2col matrix) or `input` (the backward rebuilds the columns a kernel offset at a time); the same "
+                  "gradients up to round-off.  `vs columns` = step time / the same rule's step in columns mode "
+                  "(timed in the same alternation); memory MiB peak/step.", "",
+                  "| model | input | rule | columns ms | input ms | vs columns | columns MiB | input MiB | "
+                  "torch MiB |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for c, r in saved:
+            base = next(x for x in c["rows"] if x["method"] == r["rule"])
+            lines.append(f"| {c['model']} | {c['input']} | {r['rule']} | {base['ssaref_ms']:.1f} | "
+                         f"{r['ssaref_ms']:.1f} | {r['ssaref_ms'] / base['ssaref_ms']:.2f} | "
+                         f"{_mem(base.get('ssaref_mib'), base.get('step_mib'))} | "
+                         f"{_mem(r.get('ssaref_mib'), r.get('step_mib'))} | "
+                         f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |")
     methods = [m for m in result["settings"]["methods"] if m != "bp"]
     if methods:
         lines += ["", "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
@@ -998,6 +1040,9 @@ def _parse(argv):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=positive(int), default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
+    p.add_argument("--conv-save", default="columns", choices=("columns", "input", "both"),
+                   help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save); both: "
+                        "every rule timed and its memory measured in both modes (conv models)")
     p.add_argument("--no-limit", action="store_true",
                    help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)")
     p.add_argument("--limit-gemm", type=positive(int), default=2048,
@@ -1067,6 +1112,7 @@ def _main(argv):
                                             "torch_device": torch_device(args.backend),
                                             "warmup": args.warmup, "backend": args.backend, "methods": args.methods,
                                             "memory_steps": args.memory_steps, "tuned_malloc": tuned,
+                                            "conv_save": args.conv_save,
                                             "threads": threads}, "configs": []}
     memory = not args.no_memory and args.backend == "numpy"
     limits = None
@@ -1081,8 +1127,10 @@ def _main(argv):
           f"{'vs BP':>6} {'MiB peak/step':>13} {'torch MiB':>11} {'limit':>6}", flush=True)
     for name, shape in configs:
         try:
+            primary = "columns" if args.conv_save == "both" else args.conv_save
             c = bench_config(name, shape, args.methods, batch=args.batch_size, repeats=args.repeats,
-                             warmup=args.warmup, backend=args.backend, statistic=args.statistic)
+                             warmup=args.warmup, backend=args.backend, statistic=args.statistic, conv_save=primary,
+                             also_save=("input",) if args.conv_save == "both" else ())
         except ValueError as exc:
             if len(configs) > 1 and "does not fit" in str(exc):
                 print(f"{name:<10} {'x'.join(map(str, shape)):<8} skipped: {exc}", flush=True)
@@ -1104,8 +1152,8 @@ def _main(argv):
             c["torch_mib"], c["torch_step_mib"], c["torch_memory"] = t.get("peak_mib"), t.get("step_mib"), t
         for r in c["rows"]:
             if memory and r["status"] == "ok":
-                mm = measure_memory(r["method"], name, shape, batch=args.batch_size, threads=threads["threads"],
-                                    steps=args.memory_steps)
+                mm = measure_memory(r.get("rule", r["method"]), name, shape, batch=args.batch_size,
+                                    threads=threads["threads"], steps=args.memory_steps, conv_save=r.get("conv_save"))
                 r.update({"ssaref_mib": mm.get("peak_mib"), "step_mib": mm.get("step_mib"),
                           "traced_mib": mm.get("traced_mib"), "memory": mm})
             if r["status"] != "ok":
