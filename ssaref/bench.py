@@ -623,7 +623,8 @@ def _op_targets():
     out = []
     for mod in (conv, pool, activations, norm, linear):
         out += [(mod, n, f"{mod.__name__.rsplit('.', 1)[-1]}.{n}") for n in mod.__all__
-                if callable(getattr(mod, n, None))]
+                if callable(getattr(mod, n, None)) and not isinstance(getattr(mod, n), type)
+                and n not in ("set_conv_save", "conv_save")]   # settings, not ops
     out.append((conv, "im2col", "  im2col (inside conv2d_forward)"))
     out += [(rule_base, n, f"losses.{n}") for n in ("softmax_cross_entropy", "softmax_cross_entropy_backward")
             if hasattr(rule_base, n)]
@@ -1040,9 +1041,10 @@ def _parse(argv):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=positive(int), default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
-    p.add_argument("--conv-save", default="columns", choices=("columns", "input", "both"),
-                   help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save); both: "
-                        "every rule timed and its memory measured in both modes (conv models)")
+    p.add_argument("--conv-save", default="input", choices=("columns", "input", "both"),
+                   help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save; default "
+                        "input, its default); both: every rule timed and its memory measured in both modes (conv "
+                        "models; the input-mode rows labelled <rule>@input)")
     p.add_argument("--no-limit", action="store_true",
                    help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)")
     p.add_argument("--limit-gemm", type=positive(int), default=2048,
@@ -1127,7 +1129,7 @@ def _main(argv):
           f"{'vs BP':>6} {'MiB peak/step':>13} {'torch MiB':>11} {'limit':>6}", flush=True)
     for name, shape in configs:
         try:
-            primary = "columns" if args.conv_save == "both" else args.conv_save
+            primary = "columns" if args.conv_save == "both" else args.conv_save   # both: input rows beside
             c = bench_config(name, shape, args.methods, batch=args.batch_size, repeats=args.repeats,
                              warmup=args.warmup, backend=args.backend, statistic=args.statistic, conv_save=primary,
                              also_save=("input",) if args.conv_save == "both" else ())

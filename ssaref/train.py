@@ -23,7 +23,7 @@ from .data import DATASETS, augment, load_dataset
 from .nn import MODELS, build_model
 from .ops.losses import softmax_cross_entropy
 from .optim import build_schedule
-from .ops.conv import set_conv_save
+from .ops.conv import DEFAULT_SAVE, SAVE_MODES, set_conv_save
 from .threads import apply_threads, threads_arg
 from .rules import RULES, build_rule
 from .run import build_run
@@ -82,10 +82,10 @@ def build_parser():
     a("--no-progress", action="store_true", help="no progress bar")
     a("--threads", type=threads_arg, default=None,
       help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
-    a("--conv-save", choices=["columns", "input"], default="columns",
-      help="what a convolution keeps for its weight gradient: columns (the forward's im2col matrix, default: the "
-           "faster step) or input (its input; the backward rebuilds the columns a kernel offset at a time: less "
-           "memory, a slower step; the same gradients up to round-off); validation/results/bench_cpu.md")
+    a("--conv-save", choices=list(SAVE_MODES), default=DEFAULT_SAVE,
+      help="what a convolution keeps for its weight gradient: input (default; its input, the backward rebuilds the "
+           "columns, a kernel offset at a time: less memory, a few per cent slower) or columns (the forward's im2col "
+           "matrix); the same gradients up to round-off; docs/decisions.md")
     a("--data-on-device", choices=["auto", "on", "off"], default="auto",
       help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
            "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "

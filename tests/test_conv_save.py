@@ -28,7 +28,7 @@ def _updates(name, shape, method, mode, opts, batch=4):
 @pytest.mark.parametrize("name,shape,opts", [("lenet", (1, 28, 28), {}),
                                              ("smallconv", (3, 32, 32), {"width_mult": 0.25}),
                                              ("resnet20", (3, 32, 32), {"width_mult": 0.25})])
-@pytest.mark.parametrize("method", ["bp", "ssa", "fa", "auglocal"])
+@pytest.mark.parametrize("method", ["bp", "ssa", "fa", "dfa", "predsim", "auglocal"])
 def test_both_modes_give_the_same_updates(name, shape, opts, method):
     a = _updates(name, shape, method, "columns", opts)
     b = _updates(name, shape, method, "input", opts)
@@ -38,10 +38,14 @@ def test_both_modes_give_the_same_updates(name, shape, opts, method):
                                    err_msg=k)
 
 
-def test_the_op_with_stride_and_padding():
+@pytest.mark.parametrize("c_in", [4, conv.BY_OFFSET_MIN_CHANNELS])   # the whole rebuild; one offset at a time
+def test_the_op_with_stride_and_padding(c_in, monkeypatch):
+    calls = []
+    real = conv._backward_params_by_offset
+    monkeypatch.setattr(conv, "_backward_params_by_offset", lambda *a: calls.append(1) or real(*a))
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3, 4, 9, 8))
-    W = rng.standard_normal((5, 4, 3, 2))
+    x = rng.standard_normal((3, c_in, 9, 8))
+    W = rng.standard_normal((5, c_in, 3, 2))
     b = rng.standard_normal(5)
     y, cache_c = conv.conv2d_forward(x, W, b, stride=(2, 1), padding=(1, 2), save="columns")
     y2, cache_i = conv.conv2d_forward(x, W, b, stride=(2, 1), padding=(1, 2), save="input")
@@ -52,6 +56,7 @@ def test_the_op_with_stride_and_padding():
     dW_i, db_i = conv.conv2d_backward_params(dy, cache_i)
     np.testing.assert_allclose(dW_i, dW_c, rtol=1e-13, atol=1e-13)
     np.testing.assert_array_equal(db_i, db_c)
+    assert len(calls) == (c_in >= conv.BY_OFFSET_MIN_CHANNELS)
     np.testing.assert_array_equal(conv.conv2d_backward_input(dy, W, cache_i), conv.conv2d_backward_input(dy, W,
                                                                                                           cache_c))
     with pytest.raises(ValueError, match="columns, input"):
@@ -87,4 +92,4 @@ def test_train_cli_takes_the_mode(capsys):
         train.main(["--conv-save", "bad", "--epochs", "1"])
     assert exc.value.code == 2 and "conv-save" in capsys.readouterr().err
     assert train.parse_args(["--conv-save", "input"]).conv_save == "input"
-    assert train.parse_args([]).conv_save == "columns"
+    assert train.parse_args([]).conv_save == conv.DEFAULT_SAVE == "input"

@@ -40,13 +40,20 @@ from ..backend import get_array_module
 from .im2col import BLOCK, _contiguous, _fill_outside, as_pair, im2col, split_rows, valid_offsets, window_view
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "batch_innermost", "SAVE_MODES",
-           "set_conv_save", "conv_save", "SavedInput"]
+           "DEFAULT_SAVE", "set_conv_save", "conv_save", "SavedInput"]
 
 # what a convolution keeps for its weight gradient (``set_conv_save``): "columns", the im2col matrix of the forward
 # (C_in kh kw values per output position; the backward reads it), or "input", the input itself (C_in H W values,
 # often held by the layer before anyway) and the backward rebuilds the columns (one more im2col a step)
 SAVE_MODES = ("columns", "input")
-_SAVE = {"mode": "columns"}
+# input mode on NumPy: below this many input channels the weight gradient rebuilds the whole column matrix instead
+# of one kernel offset at a time (the per-offset GEMMs (C_out, M) x (M, C_in) are too thin: measured 4x slower at
+# C_in = 3, 0.98-1.11x the whole rebuild at C_in = 16-192; that matrix is small there anyway)
+BY_OFFSET_MIN_CHANNELS = 16
+# the default, measured (docs/decisions.md, "What a convolution keeps"): step memory -30 % (smallconv) to -73 %
+# (resnet20) for a 3-11 % slower step
+DEFAULT_SAVE = "input"
+_SAVE = {"mode": DEFAULT_SAVE}
 
 
 def set_conv_save(mode):
@@ -71,6 +78,10 @@ class SavedInput:
 
     def __init__(self, x, geometry, shape):
         self.x, self.geometry, self.shape = x, geometry, tuple(shape)
+
+    @property
+    def dtype(self):
+        return self.x.dtype
 
     def columns(self):
         return im2col(self.x, *self.geometry)
@@ -253,9 +264,9 @@ def conv2d_backward_params(dy, cache):
     """
     col, _, _, _, has_bias = cache
     if isinstance(col, SavedInput):   # save mode "input"
-        if get_array_module(dy) is np:
+        if get_array_module(dy) is np and col.shape[0] >= BY_OFFSET_MIN_CHANNELS:
             return _backward_params_by_offset(dy, cache)
-        col = col.columns()           # a device: the forward's columns, rebuilt from its input
+        col = col.columns()           # the forward's columns, rebuilt from its input (a device; few channels)
     xp = get_array_module(dy, col)
     if xp is not np:                  # a device: the same GEMM as one call (contracting (Ho, Wo, N))
         _check_dy(dy, cache)
