@@ -1041,10 +1041,10 @@ def _parse(argv):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=positive(int), default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
-    p.add_argument("--conv-save", default="input", choices=("columns", "input", "both"),
+    p.add_argument("--conv-save", default="auto", choices=("auto", "columns", "input", "both"),
                    help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save; default "
-                        "input, its default); both: every rule timed and its memory measured in both modes (conv "
-                        "models; the input-mode rows labelled <rule>@input)")
+                        "auto, its default); both: every rule timed and its memory measured in columns and input "
+                        "mode (conv models; the input-mode rows labelled <rule>@input)")
     p.add_argument("--no-limit", action="store_true",
                    help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)")
     p.add_argument("--limit-gemm", type=positive(int), default=2048,

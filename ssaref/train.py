@@ -83,9 +83,10 @@ def build_parser():
     a("--threads", type=threads_arg, default=None,
       help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
     a("--conv-save", choices=list(SAVE_MODES), default=DEFAULT_SAVE,
-      help="what a convolution keeps for its weight gradient: input (default; its input, the backward rebuilds the "
-           "columns, a kernel offset at a time: less memory, a few per cent slower) or columns (the forward's im2col "
-           "matrix); the same gradients up to round-off; docs/decisions.md")
+      help="what a convolution keeps for its weight gradient: input (its input, the backward rebuilds the "
+           "columns, a kernel offset at a time: less memory, a few per cent slower), columns (the forward's im2col "
+           "matrix) or auto (default: input on the CPU, columns on a GPU); the same gradients up to round-off; "
+           "docs/decisions.md D7")
     a("--data-on-device", choices=["auto", "on", "off"], default="auto",
       help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
            "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "

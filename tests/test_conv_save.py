@@ -59,7 +59,9 @@ def test_the_op_with_stride_and_padding(c_in, monkeypatch):
     assert len(calls) == (c_in >= conv.BY_OFFSET_MIN_CHANNELS)
     np.testing.assert_array_equal(conv.conv2d_backward_input(dy, W, cache_i), conv.conv2d_backward_input(dy, W,
                                                                                                           cache_c))
-    with pytest.raises(ValueError, match="columns, input"):
+    # auto: input on NumPy
+    assert isinstance(conv.conv2d_forward(x, W, b, save="auto")[1][0], conv.SavedInput)
+    with pytest.raises(ValueError, match="auto, columns, input"):
         conv.set_conv_save("both")
 
 
@@ -92,4 +94,4 @@ def test_train_cli_takes_the_mode(capsys):
         train.main(["--conv-save", "bad", "--epochs", "1"])
     assert exc.value.code == 2 and "conv-save" in capsys.readouterr().err
     assert train.parse_args(["--conv-save", "input"]).conv_save == "input"
-    assert train.parse_args([]).conv_save == conv.DEFAULT_SAVE == "input"
+    assert train.parse_args([]).conv_save == conv.DEFAULT_SAVE == "auto"

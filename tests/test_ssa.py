@@ -566,3 +566,28 @@ def test_gram_is_the_symmetric_XtX(rng):
         assert G.dtype == dt and G.shape == (11, 11) and np.array_equal(G, G.T)
         np.testing.assert_allclose(G, X.T.astype(np.float64) @ X.astype(np.float64),
                                    rtol=1e-5 if dt == np.float32 else 1e-13, atol=1e-4 if dt == np.float32 else 1e-12)
+
+
+def test_gram_on_the_device_standin_takes_syrk_when_worth_it(monkeypatch):
+    """On a device ``gram`` is cuBLAS ``syrk`` (one triangle) plus the mirror where the saving outweighs the extra
+    launches, else ``X.T @ X``: both the same symmetric matrix (CuPy stand-in, its ``cublas.syrk`` leaves the lower
+    triangle zero as cuBLAS does)."""
+    import _strictxp as S
+
+    from ssaref import linalg
+
+    S.install()
+    X_h = np.random.default_rng(0).standard_normal((40, 7))
+    X = S.device(X_h)
+    calls = []
+    real = S.xp.cublas.syrk
+    monkeypatch.setattr(S.xp.cublas, "syrk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    small = linalg.gram(X)                                    # 40 * 21 multiply-adds saved: not worth 2 launches
+    monkeypatch.setattr(linalg, "DEVICE_MACS_PER_LAUNCH", 1)
+    big = linalg.gram(X)
+    assert len(calls) == 1
+    for G in (small, big):
+        G = G.get()
+        assert np.array_equal(G, G.T)
+        np.testing.assert_allclose(G, X_h.T @ X_h, rtol=1e-13, atol=1e-13)
+    assert linalg.worth_fewer_flops(np, 1) and not linalg.worth_fewer_flops(np, 0)

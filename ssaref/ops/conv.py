@@ -45,14 +45,15 @@ __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", 
 # what a convolution keeps for its weight gradient (``set_conv_save``): "columns", the im2col matrix of the forward
 # (C_in kh kw values per output position; the backward reads it), or "input", the input itself (C_in H W values,
 # often held by the layer before anyway) and the backward rebuilds the columns (one more im2col a step)
-SAVE_MODES = ("columns", "input")
+SAVE_MODES = ("auto", "columns", "input")
 # input mode on NumPy: below this many input channels the weight gradient rebuilds the whole column matrix instead
 # of one kernel offset at a time (the per-offset GEMMs (C_out, M) x (M, C_in) are too thin: measured 4x slower at
 # C_in = 3, 0.98-1.11x the whole rebuild at C_in = 16-192; that matrix is small there anyway)
 BY_OFFSET_MIN_CHANNELS = 16
-# the default, measured (docs/decisions.md, "What a convolution keeps"): step memory -30 % (smallconv) to -73 %
-# (resnet20) for a 3-11 % slower step
-DEFAULT_SAVE = "input"
+# the default, "auto": "input" on NumPy, measured (docs/decisions.md D7: step memory -30 % (smallconv) to -73 %
+# (resnet20) for a 3-11 % slower step); "columns" on a device, where the rebuild is 2-4 more launches per
+# convolution and no device has been lent to measure the trade
+DEFAULT_SAVE = "auto"
 _SAVE = {"mode": DEFAULT_SAVE}
 
 
@@ -141,8 +142,11 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, save=None):
     ph, pw = as_pair(padding, "padding", 0)
     col = im2col(x, kh, kw, sy, sx, ph, pw)                      # (C_in, kh, kw, Ho, Wo, N)
     _, _, _, Ho, Wo, N = col.shape
-    kept = col if (save or _SAVE["mode"]) == "columns" else SavedInput(x, (kh, kw, sy, sx, ph, pw), col.shape)
     xp = get_array_module(col, W)
+    mode = save or _SAVE["mode"]
+    if mode == "auto":
+        mode = "input" if xp is np else "columns"
+    kept = col if mode == "columns" else SavedInput(x, (kh, kw, sy, sx, ph, pw), col.shape)
     if xp is not np:                  # a device: the same GEMM as one call, the bias as one launch
         y4 = xp.tensordot(W, col, axes=3)                        # (C_out, Ho, Wo, N)
         if b is not None:

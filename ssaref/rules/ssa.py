@@ -79,7 +79,15 @@ import math
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
-from ..linalg import angle_deg, complement_project, gram, randomized_svd, relative_project, tangent_project
+from ..linalg import (
+    angle_deg,
+    complement_project,
+    gram,
+    randomized_svd,
+    relative_project,
+    tangent_project,
+    worth_fewer_flops,
+)
 from ._feedback import (
     Segment,
     check_choice,
@@ -343,6 +351,7 @@ class SSA(SVDRuleBase):
                 TU[:], Ts[:], TV[:], mU[:], mV[:] = 0.0, 0.0, 0.0, 0.0, 0.0  # the same, so rng stays in step)
             for key, arr in (("TU", TU), ("Ts", Ts), ("TV", TV), ("mU", mU), ("mV", mV)):
                 self.state[f"{key}/{p}"] = place(model, arr)
+            self._note_zero_masks({f"mU/{p}": mU, f"mV/{p}": mV})
 
     @property
     def paper(self):
@@ -394,21 +403,55 @@ class SSA(SVDRuleBase):
         if dy is None or cache is None or layer.kind != "svd_linear":
             return None
         (m, n), r, B = layer.dims, layer.rank, int(dy.shape[0])
-        if B * (m + r) >= n * r or (self.options["beta"] != 0 and self._has_target(p, "V")):
+        if not worth_fewer_flops(get_array_module(dy), n * r * r - B * (m + r) * r, launches=2) or (
+            self.options["beta"] != 0 and self._has_target(p, "V")
+        ):
             return None
         P = layer.params
         dz = (dy @ P["U"]) * P["s"]  # (B, r): the gradient at z = x V (SVDLinear.backward's dz)
-        return self.options["alpha"] * (cache[1].T @ dz)
+        K = cache[1].T @ dz
+        a = self.options["alpha"]
+        if a != 1.0:
+            K *= a
+        return K
 
     def _has_target(self, p, name):
-        """Whether the alignment mask ``m<name>/<p>`` has a non-zero entry; read back to the host once per mask
-        array (kept with the answer, so a replaced array -- a rank cut, a restored state -- is read again)."""
+        """Whether the alignment mask ``m<name>/<p>`` may have a non-zero entry, without a host read: False for a
+        mask array known to be all zero where it was made on the host (``_note_zero_masks``: ``init_state``,
+        ``load_state_dict``, a rank cut of such a mask), a NumPy mask is looked at, any other device array counts as
+        a target (the direct product, always right)."""
         arr = self.state[f"m{name}/{p}"]
-        seen = self.__dict__.setdefault("_target_seen", {})
-        hit = seen.get((p, name))
-        if hit is None or hit[0] is not arr:
-            hit = seen[(p, name)] = (arr, bool(np.any(asnumpy(arr) != 0)))
-        return hit[1]
+        if arr is self.__dict__.get("_zero_masks", {}).get((p, name)):
+            return False
+        if get_array_module(arr) is np:
+            return bool(arr.any())
+        return True
+
+    def _note_zero_masks(self, host):
+        """Remember which mask arrays of ``self.state`` are all zero, from their host copies ``host`` (key ->
+        array)."""
+        zm = self.__dict__.setdefault("_zero_masks", {})
+        for key, a in host.items():
+            if key.startswith(("mU/", "mV/")) and key in self.state:
+                p, name = key[3:], key[1]
+                if not np.any(np.asarray(asnumpy(a)) != 0):
+                    zm[(p, name)] = self.state[key]
+                else:
+                    zm.pop((p, name), None)
+
+    def load_state_dict(self, d, xp):
+        """``SVDRuleBase.load_state_dict``, then the zero masks noted again (arrays may be overwritten in place)."""
+        super().load_state_dict(d, xp)
+        self._note_zero_masks(d)
+
+    def truncate_layer(self, model, optimizer, prefix, layer, keep):
+        """``SVDRuleBase.truncate_layer``; a cut of an all-zero mask is noted as all zero."""
+        zero = {n: self.state[f"m{n}/{prefix}"] is self.__dict__.get("_zero_masks", {}).get((prefix, n))
+                for n in ("U", "V")}
+        super().truncate_layer(model, optimizer, prefix, layer, keep)
+        for n, z in zero.items():
+            if z:
+                self._zero_masks[(prefix, n)] = self.state[f"m{n}/{prefix}"]
 
     def task_signals(self, model, caches, e):
         """DFA pass: ``(task grads of every parameter, signal at every top-level layer's output)``."""
