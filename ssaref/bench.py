@@ -335,7 +335,8 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
       PredSim and AugLocal no input gradient between blocks but the forward, weight and input gradients of
       every auxiliary network (``rule.aux_networks()``; PredSim's B x B similarity matrices are not counted);
     * the SVD rules' per-factor products (X = U or V, (m, r)): SSA's tangent step with eq. (9) three
-      ``(m, r) x (r, r)``-sized GEMMs (the Gram ``X^T X`` through ``syrk`` counted as half), SVD-BP's ``4 gamma
+      ``(m, r) x (r, r)``-sized GEMMs (the Gram ``X^T X`` through ``syrk`` counted as half; ``V^T g_V`` as
+      ``dy U`` and ``z^T dz`` where the rule takes it from the batch, ``SSA._batch_VtG``), SVD-BP's ``4 gamma
       X (X^T X - I)`` two;
     * the optimiser (Adam): 12 FLOPs a parameter, reading parameter, gradient and both moments and writing
       parameter and both moments (7 elements);
@@ -375,6 +376,11 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
             for name in ("U", "V"):
                 m = int(layer.params[name].shape[0])
                 for g in _PROJ_GEMMS[method]:
+                    if g == "XtG" and name == "V" and _batch_VtG_taken(rule, key, layer, B):
+                        # V^T g_V = z^T (dy U S) (SSA._batch_VtG): dy U (B, m, r), then z^T dz (r, B, r)
+                        ops += [_gemm(f"{key}.V dy U (for V^T G)", B, layer.dims[0], r, size),
+                                _gemm(f"{key}.V z^T dz", r, B, r, size)]
+                        continue
                     if g == "gram":   # syrk: one triangle, r (r + 1) / 2 dot products of length m
                         ops.append({"op": f"{key}.{name} Gram (syrk)", "kind": "gemm",
                                     "flops": float(m * r * (r + 1)),
@@ -387,6 +393,17 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
     ops.append({"op": "optimiser (Adam)", "kind": "stream", "flops": 12.0 * n_params,
                 "bytes": float(7 * size * n_params)})
     return ops
+
+
+def _batch_VtG_taken(rule, key, layer, B):
+    """Whether SSA's step takes ``V^T g_V`` from the batch for this layer (``SSA._batch_VtG``'s choice on NumPy)."""
+    if rule is None or not hasattr(rule, "_has_target") or layer.kind != "svd_linear":
+        return False
+    from .linalg import worth_fewer_flops
+
+    (m, n), r = layer.dims, layer.rank
+    return worth_fewer_flops(np, n * r * r - B * (m + r) * r) and (
+        rule.options["beta"] == 0 or not rule._has_target(key, "V"))
 
 
 def roofline(ops, peak_gflops, bandwidth_gbs):

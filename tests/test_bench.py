@@ -373,6 +373,10 @@ def test_step_cost_of_svd_rules_and_a_conv_layer():
     m, r = 6, 5        # layer 0: V (n = 6, r = 5)
     assert by["0.V Gram (syrk)"]["flops"] == m * r * (r + 1) and by["0.V XtG"]["flops"] == 2 * m * r * r
     assert by["0.V XK"]["flops"] == 2 * m * r * r and "0.V XM" not in by
+    # mlp at batch 128: layer 1's V^T g_V from the batch (SSA._batch_VtG), as the rule computes it
+    run = build_run(build_model("mlp", (1, 28, 28), 10), "ssa", np.random.default_rng(0), optimizer=None)
+    by = {o["op"]: o for o in bench.step_cost(run.model, "ssa", 128, (1, 28, 28), rule=run.rule)}
+    assert "1.V XtG" not in by and by["1.V z^T dz"]["flops"] == 2 * 256 * 128 * 256 and "3.V XtG" in by
     run = build_run(_toy_mlp(6, 5, 3, np.float64), "svd-bp", np.random.default_rng(0), optimizer=None)
     by = {o["op"]: o for o in bench.step_cost(run.model, "svd-bp", 4, (6,), rule=run.rule)}
     assert by["2.U XM"]["flops"] == 2 * 3 * 3 * 3 and "2.U XtG" not in by
