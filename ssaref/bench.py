@@ -10,7 +10,12 @@ model is built) above the resident set after building the model and the batch, i
 (optimiser and rule state, activations, gradients, workspace), over ``--memory-steps`` steps; for ssaref also
 the tracemalloc peak of one step (the arrays a step allocates beyond what persists).  The machine's sgemm rate
 is measured on the float32 GEMMs of SmallConv's convolutions (the shapes its step runs) and SmallConv's step
-FLOP/s is reported against it.  Nothing here is asserted: speed is measured, not tested.
+FLOP/s is reported against it.  The limit column: every rule's step is counted from the layer shapes, op by op
+(``step_cost``: FLOPs and bytes moved), the machine's float32 GEMM rate (one ``--limit-gemm`` square GEMM) and
+copy bandwidth (a ``--limit-stream-mib`` array copy) are measured at the start of the run, and each step is shown
+as a fraction of its roofline bound ``max(FLOPs / GEMM rate, bytes / bandwidth)`` (``roofline``, ``add_limits``;
+the counting convention is ``step_cost``'s docstring and docs/internals.md, "Cost model").  Nothing here is
+asserted: speed is measured, not tested.
 
     python -m ssaref.bench                                   # BP, the four small models, input of each model's data set
     python -m ssaref.bench --models all --method all --json bench.json --markdown validation/results/bench_cpu.md
@@ -39,7 +44,8 @@ from .run import build_run
 from .threads import apply_threads, blas_info, default_threads, threads_arg
 
 __all__ = ["torch_mirror", "bench_config", "ssaref_engine", "op_profile", "weight_macs", "step_flops", "sgemm_peak",
-           "measure_memory", "DEFAULT_MODELS", "DATASET_INPUT", "main"]
+           "step_cost", "roofline", "stream_bandwidth", "machine_limits", "add_limits", "measure_memory",
+           "DEFAULT_MODELS", "DATASET_INPUT", "main"]
 
 DEFAULT_MODELS = ("mlp", "lenet", "convnet", "smallconv")
 # the input shape of the data set each model is trained on in the paper (Fashion-MNIST, CIFAR)
@@ -157,9 +163,8 @@ def weight_macs(model, input_shape=None):
 def step_flops(model, batch, input_shape=None):
     """FLOPs of one BP training step's GEMMs: ``2 * MACs * batch`` for the forward pass, the weight gradient and
     the input gradient of every weight layer, except the input gradient of the first (nothing needs it; neither
-    engine computes it)."""
-    macs = [m for _, _, m in weight_macs(model, input_shape)]
-    return 2.0 * batch * (3 * sum(macs) - (macs[0] if macs else 0))
+    engine computes it): the GEMM rows of ``step_cost(model, "bp", batch)``."""
+    return sum(o["flops"] for o in step_cost(model, "bp", batch, input_shape) if o["kind"] == "gemm")
 
 
 def smallconv_gemms(input_shape, batch):
@@ -209,6 +214,236 @@ def _device_sync(xp):
     return lambda: xp.cuda.Device().synchronize()
 
 
+# --------------------------------------------------------------------------------------------- step cost (roofline)
+# how each rule moves the error between weight layers (``step_cost``); a rule not named here is costed as BP
+_CHAIN = {"bp", "svd-bp", "fa", "kp", "usf", "brsf", "frsf"}      # dx of every weight layer past the first
+_DIRECT = {"dfa", "drtp", "ssa"}                                   # e B_l projected to every hidden layer
+_LOCAL = {"predsim", "auglocal"}                                   # local losses of auxiliary networks
+_TWO_FORWARDS = {"pepita"}                                          # standard and modulated forward, no backward
+# per-factor projection GEMMs of the SVD rules, in units of m r^2 multiply-adds (X of shape (m, r)): SSA's
+# P_X(G) + 4 gamma X (X^T X - I) = G - X (sym(X^T G) - 4 gamma (X^T X - I)): Gram X^T X (half of a GEMM with
+# syrk: r (r + 1) / 2 per row), X^T G, X K; SVD-BP's 4 gamma X (X^T X - I): Gram, X M.
+_PROJ_GEMMS = {"ssa": ("gram", "XtG", "XK"), "svd-bp": ("gram", "XM")}
+
+
+def _gemm(op, m, k, n, size, count=1):
+    """One ``(m, k) @ (k, n)`` GEMM: ``2 m k n`` FLOPs; bytes = each operand read once, the result written once."""
+    return {"op": op, "kind": "gemm", "flops": 2.0 * m * k * n * count,
+            "bytes": float(size * (m * k + k * n + m * n) * count)}
+
+
+def _stream(op, elements_read, elements_written, size, flops_per_element=1.0):
+    """An element-wise pass: ``flops_per_element`` FLOPs per element written; bytes = reads + writes."""
+    return {"op": op, "kind": "stream", "flops": float(flops_per_element * elements_written),
+            "bytes": float(size * (elements_read + elements_written))}
+
+
+def _conv_ops(key, B, cin, hw, cout, kernel, out_hw, size, passes):
+    """A convolution by im2col + GEMM: ``im2col`` (read the input, write the (C kh kw, B Ho Wo) column matrix),
+    the forward GEMM ``W' (C_out, K) @ cols``, the weight gradient ``dy' @ cols^T`` (the columns kept from the
+    forward), the input gradient ``W'^T @ dy'`` then ``col2im`` (read the column gradient, write ``dx``)."""
+    (H, W), (kh, kw), (Ho, Wo) = hw, kernel, out_hw
+    K, P, a = cin * kh * kw, B * Ho * Wo, B * cin * H * W
+    out = []
+    if "fwd" in passes:
+        out += [_stream(f"{key} im2col", a, K * P, size, 0.0), _gemm(f"{key} forward", cout, K, P, size)]
+    if "wgrad" in passes:
+        out.append(_gemm(f"{key} weight gradient", cout, P, K, size))
+    if "dgrad" in passes:
+        out += [_gemm(f"{key} input gradient", K, cout, P, size), _stream(f"{key} col2im", K * P, a, size)]
+    return out
+
+
+def _layer_ops(key, layer, shape, new, B, size, passes):
+    """The counted ops of one leaf layer for ``passes`` (a set of "fwd", "wgrad", "dgrad", "bwd")."""
+    kind = layer.kind
+    a, o = B * math.prod(shape), B * math.prod(new)
+    if kind == "linear":
+        m, n = (int(v) for v in layer.params["W"].shape)
+        out = []
+        if "fwd" in passes:
+            out.append(_gemm(f"{key} forward", B, n, m, size))
+        if "wgrad" in passes:
+            out.append(_gemm(f"{key} weight gradient", m, B, n, size))
+        if "dgrad" in passes:
+            out.append(_gemm(f"{key} input gradient", B, m, n, size))
+        return out
+    if kind == "svd_linear":   # z = x V, y = z (U S)^T; GV = dy^T z, dz = dy U S, dV = x^T dz, dx = dz V^T
+        (m, n), r = layer.dims, layer.rank
+        out = []
+        if "fwd" in passes:
+            out += [_gemm(f"{key} forward x V", B, n, r, size), _gemm(f"{key} forward z (US)^T", B, r, m, size)]
+        if "wgrad" in passes:
+            out += [_gemm(f"{key} dy^T z", m, B, r, size), _gemm(f"{key} dy U", B, m, r, size),
+                    _gemm(f"{key} x^T dz", n, B, r, size)]
+        if "dgrad" in passes:
+            out.append(_gemm(f"{key} input gradient", B, r, n, size))
+        return out
+    if kind == "conv2d":
+        co, ci, kh, kw = (int(v) for v in layer.params["W"].shape)
+        return _conv_ops(key, B, ci, shape[1:], co, (kh, kw), new[1:], size, passes)
+    if kind == "svd_conv2d":   # the height pass K1 (r, C, kh, 1) on x, then the width pass K2 (N, r, 1, kw)
+        (kh, kw), r = layer.kernel, layer.rank
+        mid = (new[1], shape[2])   # the width pass's input gradient feeds the height pass's weight gradient
+        return (_conv_ops(f"{key}.height", B, layer.c_in, shape[1:], r, (kh, 1), mid, size, passes)
+                + _conv_ops(f"{key}.width", B, r, mid, layer.c_out, (1, kw), new[1:], size,
+                            passes | ({"dgrad"} if "wgrad" in passes else set())))
+    out = []   # element-wise layers, pooling, BatchNorm: one read of the input, one write of the output a pass
+    if "fwd" in passes:
+        out.append(_stream(f"{key} {kind} forward", a, o, size))
+    if "bwd" in passes:   # read the output's gradient and the cache (the input), write the input's gradient
+        out.append(_stream(f"{key} {kind} backward", o + a, a, size))
+    return out
+
+
+_WEIGHT_KINDS = ("linear", "conv2d", "svd_linear", "svd_conv2d")
+
+
+def _net_ops(model, in_shape, B, size, *, backward=True, dgrad="chain", prefix=""):
+    """Forward and, with ``backward``, the weight gradients and the element-wise backward passes of every leaf
+    layer of ``model``; input gradients of weight layers: ``dgrad`` "chain" (past the first), "all" or "none"."""
+    ops, seen_weight = [], False
+    for key, layer, shape, new in leaf_shapes(model, in_shape):
+        weight = layer.kind in _WEIGHT_KINDS
+        passes = {"fwd"}
+        if backward:
+            passes |= {"wgrad"} if weight else {"bwd"}
+            if weight and (dgrad == "all" or (dgrad == "chain" and seen_weight)):
+                passes.add("dgrad")
+        seen_weight = seen_weight or weight
+        ops += _layer_ops(prefix + key, layer, shape, new, B, size, passes)
+    return ops
+
+
+def step_cost(model, method, batch, input_shape=None, rule=None):
+    """The counted ops of one training step of ``method`` on ``model`` (the model the rule trains: factored for
+    SSA / SVD-BP): ``[{"op", "flops", "bytes"}]``, from the layer shapes alone.
+
+    Counting convention (the roofline's numerator; docs/internals.md, "Cost model"):
+
+    * a GEMM ``(m, k) @ (k, n)`` is ``2 m k n`` FLOPs and moves ``(m k + k n + m n)`` elements (each operand read
+      once, the result written once: the least traffic any implementation of that product has);
+    * Linear (m, n) at batch B: forward ``x W^T``, weight gradient ``dy^T x``, input gradient ``dy W`` (each
+      ``2 B m n``); SVDLinear: ``x V``, ``z (U S)^T``; ``dy^T z``, ``dy U``, ``x^T dz``; ``dz V^T``;
+    * Conv2d by im2col: ``im2col`` (reads the input, writes the (C kh kw) x (B Ho Wo) column matrix, no FLOPs),
+      the forward, weight-gradient and input-gradient GEMMs of the column matrix, ``col2im`` (reads the column
+      gradient, writes ``dx``); SVDConv2d: two such convolutions (height pass, width pass);
+    * element-wise layers, pooling, BatchNorm: one FLOP per element written; forward reads the input and writes
+      the output, backward reads the output gradient and the input and writes the input gradient;
+    * error transport by rule: BP, SVD-BP and the FA family (``dy B`` has ``dy W``'s shape) compute the input
+      gradient of every weight layer past the first; DFA, DRTP and SSA none, but ``e B_l`` (``2 B K d_l``) for
+      every hidden weight layer; PEPITA two forward passes (standard, modulated) and the weight updates;
+      PredSim and AugLocal no input gradient between blocks but the forward, weight and input gradients of
+      every auxiliary network (``rule.aux_networks()``; PredSim's B x B similarity matrices are not counted);
+    * the SVD rules' per-factor products (X = U or V, (m, r)): SSA's tangent step with eq. (9) three
+      ``(m, r) x (r, r)``-sized GEMMs (the Gram ``X^T X`` through ``syrk`` counted as half; ``V^T g_V`` as
+      ``dy U`` and ``z^T dz`` where the rule takes it from the batch, ``SSA._batch_VtG``), SVD-BP's ``4 gamma
+      X (X^T X - I)`` two;
+    * the optimiser (Adam): 12 FLOPs a parameter, reading parameter, gradient and both moments and writing
+      parameter and both moments (7 elements);
+    * not counted: the loss (B x K), layout copies and reshapes, container glue (a residual add), the SSA
+      retraction (every ``retract_every`` steps) and metric bookkeeping.
+
+    Bytes are elements x the model's itemsize.
+    """
+    in_shape = tuple(input_shape if input_shape is not None else model.input_shape)
+    params = dict(model.named_params())
+    size = int(np.dtype(next(iter(params.values())).dtype).itemsize) if params else 4
+    B = int(batch)
+    ops = []
+    if method in _TWO_FORWARDS:
+        ops += _net_ops(model, in_shape, B, size, backward=False)
+        ops += [dict(o, op=o["op"] + " (modulated)") for o in _net_ops(model, in_shape, B, size, backward=False)]
+        for key, layer, shape, new in leaf_shapes(model, in_shape):
+            if layer.kind == "linear":
+                m, n = (int(v) for v in layer.params["W"].shape)
+                ops.append(_gemm(f"{key} weight update", m, B, n, size))
+    elif method in _DIRECT or method in _LOCAL:
+        ops += _net_ops(model, in_shape, B, size, backward=True, dgrad="none")
+        if method in _DIRECT:
+            K = int(math.prod(leaf_shapes(model, in_shape)[-1][3]))
+            weights = [(k, new) for k, l, s, new in leaf_shapes(model, in_shape) if l.kind in _WEIGHT_KINDS]
+            for key, new in weights[:-1]:
+                ops.append(_gemm(f"{key} feedback e B", B, K, math.prod(new), size))
+        if rule is not None and method in _LOCAL:
+            for aux in rule.aux_networks():
+                ops += _net_ops(aux.net, aux.in_shape, B, size, backward=True, dgrad="all",
+                                prefix=f"aux {aux.layer}.{aux.name} ")
+    else:
+        ops += _net_ops(model, in_shape, B, size, backward=True)
+    for key, layer, _, _ in leaf_shapes(model, in_shape):
+        if layer.kind in ("svd_linear", "svd_conv2d") and method in _PROJ_GEMMS:
+            r = layer.rank
+            for name in ("U", "V"):
+                m = int(layer.params[name].shape[0])
+                for g in _PROJ_GEMMS[method]:
+                    if g == "XtG" and name == "V" and _batch_VtG_taken(rule, key, layer, B):
+                        # V^T g_V = z^T (dy U S) (SSA._batch_VtG): dy U (B, m, r), then z^T dz (r, B, r)
+                        ops += [_gemm(f"{key}.V dy U (for V^T G)", B, layer.dims[0], r, size),
+                                _gemm(f"{key}.V z^T dz", r, B, r, size)]
+                        continue
+                    if g == "gram":   # syrk: one triangle, r (r + 1) / 2 dot products of length m
+                        ops.append({"op": f"{key}.{name} Gram (syrk)", "kind": "gemm",
+                                    "flops": float(m * r * (r + 1)),
+                                    "bytes": float(size * (m * r + r * r))})
+                    else:
+                        ops.append(_gemm(f"{key}.{name} {g}", m, r, r, size))
+    n_params = sum(int(v.size) for v in params.values())
+    if rule is not None:   # rule-owned arrays the optimiser updates (KP's B, the auxiliary networks)
+        n_params += sum(int(l.array.size) for l in rule.learnable(model))
+    ops.append({"op": "optimiser (Adam)", "kind": "stream", "flops": 12.0 * n_params,
+                "bytes": float(7 * size * n_params)})
+    return ops
+
+
+def _batch_VtG_taken(rule, key, layer, B):
+    """Whether SSA's step takes ``V^T g_V`` from the batch for this layer (``SSA._batch_VtG``'s choice on NumPy)."""
+    if rule is None or not hasattr(rule, "_has_target") or layer.kind != "svd_linear":
+        return False
+    from .linalg import worth_fewer_flops
+
+    (m, n), r = layer.dims, layer.rank
+    return worth_fewer_flops(np, n * r * r - B * (m + r) * r) and (
+        rule.options["beta"] == 0 or not rule._has_target(key, "V"))
+
+
+def roofline(ops, peak_gflops, bandwidth_gbs):
+    """``{"flops", "bytes", "bound_ms", "bound_ops_ms", "intensity"}`` of counted ``ops``: the step bound
+    ``max(FLOPs / peak, bytes / bandwidth)`` of the totals, and the tighter per-op sum of the same bound."""
+    F = sum(o["flops"] for o in ops)
+    Q = sum(o["bytes"] for o in ops)
+    bound = max(F / (peak_gflops * 1e9), Q / (bandwidth_gbs * 1e9))
+    per_op = sum(max(o["flops"] / (peak_gflops * 1e9), o["bytes"] / (bandwidth_gbs * 1e9)) for o in ops)
+    return {"flops": F, "bytes": Q, "bound_ms": 1e3 * bound, "bound_ops_ms": 1e3 * per_op,
+            "intensity": F / Q if Q else math.inf}
+
+
+def stream_bandwidth(mib=256, repeats=5, xp=np):
+    """Measured memory bandwidth (GB/s) of a large float32 copy ``b[...] = a`` (``mib`` MiB each): 2 x the array's
+    bytes (one read, one write) over the median time of ``repeats`` copies after one warm-up."""
+    sync = _device_sync(xp)
+    n = int(mib) * 2**20 // 4
+    a = xp.ones(n, dtype=np.float32)
+    b = xp.empty_like(a)
+    b[...] = a
+    ts = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        b[...] = a
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return 2.0 * a.nbytes / statistics.median(ts) / 1e9
+
+
+def machine_limits(xp=np, gemm_n=2048, stream_mib=256, repeats=5):
+    """``{"sgemm_gflops", "stream_gbs", "gemm_n", "stream_mib"}``: the measured float32 rate of one large square
+    GEMM (``gemm_n``) and the copy bandwidth (``stream_bandwidth``), on ``xp``'s device."""
+    g = sgemm_peak([(gemm_n, gemm_n, gemm_n)], repeats=repeats, xp=xp)[0]["gflops"]
+    return {"sgemm_gflops": g, "stream_gbs": stream_bandwidth(stream_mib, repeats, xp), "gemm_n": gemm_n,
+            "stream_mib": stream_mib}
+
+
 # --------------------------------------------------------------------------------------------- timing
 def _input_for(name, inputs):
     return DATASET_INPUT.get(name, CIFAR_INPUT) if inputs is None else inputs
@@ -219,14 +454,22 @@ def _batch(shape, batch, k, seed):
     return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
 
-def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, **options):
+def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, **options):
     """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``method`` with Adam (lr 1e-4);
-    ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU)."""
+    ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
+    None: the current mode) what its convolutions keep for the backward."""
+    from .ops.conv import set_conv_save
+
     model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
     run = build_run(model, method, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
 
     def step():
-        run.train_step(x, y)
+        old = set_conv_save(conv_save) if conv_save else None
+        try:
+            run.train_step(x, y)
+        finally:
+            if old:
+                set_conv_save(old)
         if xp is not np:
             xp.cuda.Device().synchronize()   # every stream of the device: the step's kernels have finished
 
@@ -277,12 +520,17 @@ def _torch_engine(model, x_h, y_h, device="cpu"):
 
 
 def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=3, backend="numpy", seed=0,
-                 log=None, statistic="median"):
+                 log=None, statistic="median", conv_save=None, also_save=()):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
     rule of ``methods`` (BP always included, first), alternating step by step.
 
     Returns ``{"model", "input", "params", "torch_ms", "rows": [{"method", "ssaref_ms", "ratio", "vs_bp",
-    "status"}]}``; a rule that cannot train this model gets ``status`` "not supported: ..." and no times.
+    "status", "flops", "bytes", "cost_ops", "aux_params"}]}`` (``params``: the model's; ``aux_params``: the
+    rule's auxiliary networks'; ``flops``, ``bytes``: ``step_cost`` of the rule's step); a rule that cannot train
+    this model gets ``status`` "not supported: ..." and no times.  ``add_limits`` adds the limit column.
+    ``conv_save``: what the convolutions keep (``ops.conv.SAVE_MODES``; None: the current mode); every mode of
+    ``also_save`` adds a row per rule, ``"<rule>@<mode>"`` (``rule``, ``conv_save`` keys), timed in the same
+    alternation, its ``vs_bp`` against the primary BP row (models with a convolution only).
     """
     xp = resolve_backend(backend)
     k = 10
@@ -293,15 +541,29 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
     engines, rows = {}, {}
     for m in methods:
         try:
-            _, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed)
-            rows[m] = {"method": m, "status": "ok"}
+            run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save)
+            ops = step_cost(run.model, m, batch, shape, rule=run.rule)   # counted, for the limit column
+            rows[m] = {"method": m, "status": "ok", "flops": sum(o["flops"] for o in ops),
+                       "bytes": sum(o["bytes"] for o in ops), "cost_ops": ops,
+                       # the auxiliary networks' parameters (PredSim, AugLocal), apart from the model's
+                       "aux_params": int(sum(v.size for a in run.rule.aux_networks() for _, v in a.net.named_params()))}
         except (ValueError, NotImplementedError) as exc:
             if m == "bp":
                 raise
             rows[m] = {"method": m, "status": f"not supported: {exc}".splitlines()[0][:160],
                        "ssaref_ms": None, "ratio": None, "vs_bp": None}
+    extra = []
+    if any(layer.kind == "conv2d" for _, layer, _, _ in leaf_shapes(dense, shape)):
+        for mode in (mm for mm in also_save if mm != conv_save):
+            for m in [mm for mm in methods if mm in engines]:
+                label = f"{m}@{mode}"
+                run, engines[label] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode)
+                rows[label] = dict(rows[m], method=label, rule=m, conv_save=mode)
+                extra.append(label)
+    for m in methods:
+        rows[m].setdefault("conv_save", conv_save)
     _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
-    order = ["bp", "torch"] + [m for m in methods[1:] if m in engines]
+    order = ["bp", "torch"] + [m for m in methods[1:] if m in engines] + extra
     times = {m: [] for m in order}
     for i in range(warmup + repeats):
         for label in order:
@@ -320,7 +582,7 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
     out = {"model": name, "input": "x".join(map(str, shape)), "params": int(sum(v.size for _, v in
                                                                                   dense.named_params())),
            "torch_ms": 1e3 * med["torch"], "flops": step_flops(dense, batch, shape),
-           "rows": [rows[m] for m in methods]}
+           "rows": [rows[m] for m in methods + extra]}
     if xp is not np:   # peak device memory of one step of each engine, above what it holds between steps
         import torch
 
@@ -331,6 +593,23 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
             else:
                 rows[m]["ssaref_dev_mib"] = mib
     return out
+
+
+def add_limits(config, limits):
+    """The limit column of a ``bench_config`` result, in place: for every timed row ``bound_ms`` (the roofline
+    bound ``max(FLOPs / sgemm rate, bytes / bandwidth)`` of its counted step, ``roofline``), ``bound_ops_ms``
+    (the same bound op by op, summed) and ``limit`` = ``bound_ms / ssaref_ms``, the fraction of the machine's
+    limit the step reaches (1 = at the bound); the torch side against BP's counts (``torch_limit``)."""
+    peak, bw = limits["sgemm_gflops"], limits["stream_gbs"]
+    for r in config["rows"]:
+        if r.get("ssaref_ms") is None:
+            continue
+        rf = roofline(r["cost_ops"], peak, bw)
+        r.update({"bound_ms": rf["bound_ms"], "bound_ops_ms": rf["bound_ops_ms"], "intensity": rf["intensity"],
+                  "limit": rf["bound_ms"] / r["ssaref_ms"]})
+        if r["method"] == "bp":
+            config["torch_limit"] = rf["bound_ms"] / config["torch_ms"]
+    return config
 
 
 def device_step_mib(step, torch_mod, xp):
@@ -362,7 +641,8 @@ def _op_targets():
     out = []
     for mod in (conv, pool, activations, norm, linear):
         out += [(mod, n, f"{mod.__name__.rsplit('.', 1)[-1]}.{n}") for n in mod.__all__
-                if callable(getattr(mod, n, None))]
+                if callable(getattr(mod, n, None)) and not isinstance(getattr(mod, n), type)
+                and n not in ("set_conv_save", "conv_save")]   # settings, not ops
     out.append((conv, "im2col", "  im2col (inside conv2d_forward)"))
     out += [(rule_base, n, f"losses.{n}") for n in ("softmax_cross_entropy", "softmax_cross_entropy_backward")
             if hasattr(rule_base, n)]
@@ -481,6 +761,10 @@ def _probe(spec):
     if engine == "torch":
         import torch  # noqa: F401  (loaded before the thread limits are applied)
     apply_threads(spec.get("threads"))
+    if spec.get("conv_save"):
+        from .ops.conv import set_conv_save
+
+        set_conv_save(spec["conv_save"])
     dense = build_model(name, shape, 10, dtype=np.float32, seed=0, **spec.get("options", {}))
     x, y = _batch(shape, batch, 10, 0)
     if engine == "torch":
@@ -541,7 +825,8 @@ def _probe_main(arg):
         return 2
 
 
-def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900):
+def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900,
+                   conv_save=None):
     """Peak training memory of ``engine`` ("torch" = PyTorch BP, or an ssaref rule name) on model ``name``,
     input ``shape`` (``build_model`` ``options``), in a fresh Python process whose malloc returns every freed
     block above 64 KiB to the kernel
@@ -553,10 +838,11 @@ def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, opt
     lazily initialised autograd machinery); ``step_mib``, the high-water mark of the further steps above that
     (activations, caches, gradients, workspace of one step); for ssaref ``traced_mib``, the tracemalloc peak of
     one more step (the arrays it allocates).  ``None`` where ``/proc/self/clear_refs`` cannot reset the mark;
-    ``{"error": line}`` when the probe failed.
+    ``{"error": line}`` when the probe failed.  ``conv_save``: what ssaref's convolutions keep for the backward
+    (``ops.conv.set_conv_save``; None: the default).
     """
     spec = {"engine": engine, "model": name, "input": list(shape), "batch": batch, "threads": threads,
-            "steps": steps, "options": dict(options or {})}
+            "steps": steps, "options": dict(options or {}), "conv_save": conv_save}
     code = "import sys; from ssaref.bench import _probe_main; sys.exit(_probe_main(sys.argv[1]))"
     try:
         p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
@@ -643,15 +929,25 @@ def markdown(result):
                       f"{c['ssaref_gflops']:.0f} GFLOP/s ({100 * c['ssaref_frac']:.0f} % of peak), torch "
                       f"{c['torch_gflops']:.0f} GFLOP/s ({100 * c['torch_frac']:.0f} % of peak)."]
         lines.append("")
+    lim = result.get("limits")
+    if lim:
+        lines += [f"Limit column: the machine measured at the start of this run, float32 GEMM {lim['gemm_n']}^3 "
+                  f"**{lim['sgemm_gflops']:.1f} GFLOP/s**, copy bandwidth ({lim['stream_mib']} MiB, read + write) "
+                  f"**{lim['stream_gbs']:.1f} GB/s**.  Each step's FLOPs and bytes are counted from the layer "
+                  "shapes, op by op (`ssaref.bench.step_cost`, convention in docs/internals.md \"Cost model\"); "
+                  "`bound` = max(FLOPs / GEMM rate, bytes / bandwidth) of the step; `limit` = bound / measured step "
+                  "(100 % = at the machine's limit for that arithmetic and traffic; torch against BP's counts).", ""]
     lines += ["| model | input | params | ssaref BP ms | torch BP ms | ratio | ssaref MiB peak / step | "
-              "torch MiB peak / step |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "torch MiB peak / step | BP GFLOP | BP MB | bound ms | ssaref limit | torch limit |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for c in result["configs"]:
         bp = c["rows"][0]
         lines.append(f"| {c['model']} | {c['input']} | {c['params']:,} | {_fmt(bp['ssaref_ms'], '.1f')} | "
                      f"{c['torch_ms']:.1f} | **{_fmt(bp['ratio'], '.2f')}** | "
                      f"{_mem(bp.get('ssaref_mib'), bp.get('step_mib'))} | "
-                     f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |")
+                     f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} | "
+                     f"{_fmt(_scaled(bp.get('flops'), 1e9), '.3f')} | {_fmt(_scaled(bp.get('bytes'), 1e6), '.1f')} | "
+                     f"{_fmt(bp.get('bound_ms'), '.2f')} | {_pct(bp.get('limit'))} | {_pct(c.get('torch_limit'))} |")
     profiled = [c for c in result["configs"] if c.get("profile")]
     for c in profiled:
         pr = c["profile"]
@@ -659,6 +955,21 @@ def markdown(result):
                   f"per-op timers, {pr['step_ms']:.0f} ms a step): "
                   + ", ".join(f"{o['op'].strip()} {o['ms']:.0f} ms ({100 * o['fraction']:.0f} %)"
                               for o in pr["ops"] if o["fraction"] >= 0.01) + "."]
+    saved = [(c, r) for c in result["configs"] for r in c["rows"] if r.get("rule") and r.get("ssaref_ms")]
+    if saved:
+        lines += ["", "What a convolution keeps for its weight gradient (`--conv-save`): `columns` (the forward's "
+                  "im2col matrix) or `input` (the backward rebuilds the columns a kernel offset at a time); the same "
+                  "gradients up to round-off.  `vs columns` = step time / the same rule's step in columns mode "
+                  "(timed in the same alternation); memory MiB peak/step.", "",
+                  "| model | input | rule | columns ms | input ms | vs columns | columns MiB | input MiB | "
+                  "torch MiB |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for c, r in saved:
+            base = next(x for x in c["rows"] if x["method"] == r["rule"])
+            lines.append(f"| {c['model']} | {c['input']} | {r['rule']} | {base['ssaref_ms']:.1f} | "
+                         f"{r['ssaref_ms']:.1f} | {r['ssaref_ms'] / base['ssaref_ms']:.2f} | "
+                         f"{_mem(base.get('ssaref_mib'), base.get('step_mib'))} | "
+                         f"{_mem(r.get('ssaref_mib'), r.get('step_mib'))} | "
+                         f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |")
     methods = [m for m in result["settings"]["methods"] if m != "bp"]
     if methods:
         lines += ["", "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
@@ -675,7 +986,35 @@ def markdown(result):
                 else:
                     cells.append(f"{r['vs_bp']:.2f} ({r['ssaref_ms']:.0f} ms, {_fmt(r.get('ssaref_mib'), '.0f')})")
             lines.append(f"| {c['model']} | {c['input']} | " + " | ".join(cells) + " |")
+        lines += ["", "Each rule's counted step (`step_cost`): GFLOP, MB moved, the roofline bound (ms) and the "
+                  "limit column (bound / measured step); auxiliary-network parameters (PredSim, AugLocal) apart from "
+                  "the model's (the `params` column above counts the model only).", "",
+                  "| model | input | method | GFLOP | MB | bound ms | step ms | limit | aux params |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for c in result["configs"]:
+            for r in c["rows"]:
+                if r.get("flops") is None:
+                    continue
+                lines.append(f"| {c['model']} | {c['input']} | {r['method']} | {r['flops'] / 1e9:.3f} | "
+                             f"{r['bytes'] / 1e6:.1f} | {_fmt(r.get('bound_ms'), '.2f')} | "
+                             f"{_fmt(r.get('ssaref_ms'), '.1f')} | {_pct(r.get('limit'))} | "
+                             f"{r.get('aux_params', 0):,} |")
     return "\n".join(lines) + "\n"
+
+
+def _scaled(v, unit):
+    return None if v is None else v / unit
+
+
+def _pct(v):
+    return "—" if v is None else f"{100 * v:.0f} %"
+
+
+def _loadavg():
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
 
 
 def _fmt_load(load):
@@ -743,6 +1082,16 @@ def _parse(argv):
     p.add_argument("--memory-steps", type=_count(MAX_MEMORY_STEPS, "steps of each peak-memory subprocess"),
                    default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
+    p.add_argument("--conv-save", default="auto", choices=("auto", "columns", "input", "both"),
+                   help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save; default "
+                        "auto, its default); both: every rule timed and its memory measured in columns and input "
+                        "mode (conv models; the input-mode rows labelled <rule>@input)")
+    p.add_argument("--no-limit", action="store_true",
+                   help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)")
+    p.add_argument("--limit-gemm", type=positive(int), default=2048,
+                   help="size n of the square float32 GEMM whose rate is the limit column's peak (default 2048)")
+    p.add_argument("--limit-stream-mib", type=positive(int), default=256,
+                   help="MiB of the float32 copy whose rate is the limit column's bandwidth (default 256)")
     p.add_argument("--profile", default="auto", choices=("auto", "all", "none"),
                    help="per-op profile of ssaref's BP step: auto = where ssaref/torch > 1 (default), all, none")
     p.add_argument("--tf32", action="store_true",
@@ -806,14 +1155,25 @@ def _main(argv):
                                             "torch_device": torch_device(args.backend),
                                             "warmup": args.warmup, "backend": args.backend, "methods": args.methods,
                                             "memory_steps": args.memory_steps, "tuned_malloc": tuned,
+                                            "conv_save": args.conv_save,
                                             "threads": threads}, "configs": []}
     memory = not args.no_memory and args.backend == "numpy"
+    limits = None
+    if not args.no_limit:   # measured before the steps, in this run, on the engines' device
+        limits = machine_limits(resolve_backend(args.backend), gemm_n=args.limit_gemm,
+                                stream_mib=args.limit_stream_mib)
+        result["limits"] = limits
+        print(f"limits: sgemm {limits['sgemm_gflops']:.1f} GFLOP/s (n = {limits['gemm_n']}), copy bandwidth "
+              f"{limits['stream_gbs']:.1f} GB/s ({limits['stream_mib']} MiB); load {_fmt_load(_loadavg())}",
+              flush=True)
     print(f"{'model':<10} {'input':<8} {'method':<7} {'params':>9} {'ssaref ms':>10} {'torch ms':>9} {'ratio':>6} "
-          f"{'vs BP':>6} {'MiB peak/step':>13} {'torch MiB':>11}", flush=True)
+          f"{'vs BP':>6} {'MiB peak/step':>13} {'torch MiB':>11} {'limit':>6}", flush=True)
     for name, shape in configs:
         try:
+            primary = "columns" if args.conv_save == "both" else args.conv_save   # both: input rows beside
             c = bench_config(name, shape, args.methods, batch=args.batch_size, repeats=args.repeats,
-                             warmup=args.warmup, backend=args.backend, statistic=args.statistic)
+                             warmup=args.warmup, backend=args.backend, statistic=args.statistic, conv_save=primary,
+                             also_save=("input",) if args.conv_save == "both" else ())
         except ValueError as exc:
             if len(configs) > 1 and "does not fit" in str(exc):
                 print(f"{name:<10} {'x'.join(map(str, shape)):<8} skipped: {exc}", flush=True)
@@ -821,6 +1181,8 @@ def _main(argv):
             raise
         except NotImplementedError as exc:
             raise ValueError(str(exc)) from None
+        if limits:
+            add_limits(c, limits)
         bp = c["rows"][0]
         if args.profile == "all" or (args.profile == "auto" and bp["ratio"] > 1.0):
             ms, rows = op_profile(name, shape, "bp", batch=args.batch_size, backend=args.backend)
@@ -833,8 +1195,8 @@ def _main(argv):
             c["torch_mib"], c["torch_step_mib"], c["torch_memory"] = t.get("peak_mib"), t.get("step_mib"), t
         for r in c["rows"]:
             if memory and r["status"] == "ok":
-                mm = measure_memory(r["method"], name, shape, batch=args.batch_size, threads=threads["threads"],
-                                    steps=args.memory_steps)
+                mm = measure_memory(r.get("rule", r["method"]), name, shape, batch=args.batch_size,
+                                    threads=threads["threads"], steps=args.memory_steps, conv_save=r.get("conv_save"))
                 r.update({"ssaref_mib": mm.get("peak_mib"), "step_mib": mm.get("step_mib"),
                           "traced_mib": mm.get("traced_mib"), "memory": mm})
             if r["status"] != "ok":
@@ -843,8 +1205,9 @@ def _main(argv):
             print(f"{name:<10} {c['input']:<8} {r['method']:<7} {c['params']:>9} {r['ssaref_ms']:>10.2f} "
                   f"{c['torch_ms']:>9.2f} {r['ratio']:>6.2f} {r['vs_bp']:>6.2f} "
                   f"{_dev_or_host(r.get('ssaref_dev_mib'), r.get('ssaref_mib'), r.get('step_mib')):>13} "
-                  f"{_dev_or_host(c.get('torch_dev_mib'), c.get('torch_mib'), c.get('torch_step_mib')):>11}",
-                  flush=True)
+                  f"{_dev_or_host(c.get('torch_dev_mib'), c.get('torch_mib'), c.get('torch_step_mib')):>11} "
+                  f"{_pct(r.get('limit')):>6}"
+                  + (f"  (+{r['aux_params']:,} aux params)" if r.get("aux_params") else ""), flush=True)
         result["configs"].append(c)
     if not result["configs"]:
         raise ValueError("no model fits any --input shape")

@@ -28,7 +28,7 @@ __all__ = [
     "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
     "tangent_project", "complement_project", "relative_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
     "energy_rank", "retained_energy", "angle_deg", "landing_penalty", "landing_penalty_grad", "landing_field",
-    "landing_safe_step", "landing_step_fraction", "factor_condition",
+    "landing_safe_step", "landing_step_fraction", "factor_condition", "gram", "worth_fewer_flops",
 ]
 
 RETRACTIONS = ("polar", "qr", "none")
@@ -227,6 +227,49 @@ def _orthogonality_errors_batched(xp, Xs):
     for k, v in zip(order, vals):
         out[k] = float(v)
     return out
+
+
+def gram(X):
+    """The Gram matrix ``X^T X`` (r, r) of ``X`` (m, r) as a symmetric rank-k update (``syrk``: one triangle,
+    ``m r (r + 1) / 2`` multiply-adds instead of ``m r^2``), symmetric to the last bit.
+
+    NumPy: ``X.T @ X`` itself -- ``np.matmul`` recognises a matrix times its own transpose and calls BLAS
+    ``?syrk`` and mirrors the triangle (numpy's ``matmul.c.src``), so a SciPy ``ssyrk`` call would only repeat it.
+    CuPy: ``cupy.cublas.syrk`` (cuBLAS ``?syrk``, upper triangle) then the mirror, where the half GEMM it saves
+    outweighs its two extra launches (``worth_fewer_flops``); ``X.T @ X`` there is a full GEMM.  Other dtypes and
+    array kinds: ``X.T @ X``.
+    """
+    xp = get_array_module(X)
+    if xp is np or X.ndim != 2 or X.dtype not in (np.float32, np.float64):
+        return X.T @ X
+    m, r = X.shape
+    syrk = _device_syrk(xp) if worth_fewer_flops(xp, m * r * (r - 1) // 2, launches=2) else None
+    if syrk is None:
+        return X.T @ X
+    C = syrk("T", X)           # (r, r), F order, upper triangle of X^T X, zeros below
+    C += xp.triu(C, 1).T       # the mirror
+    return C.T                 # symmetric: its transpose is the same matrix, C-contiguous
+
+
+# on a device a launch costs about as much as this many multiply-adds of a float32 GEMM (~5 us at ~50 TFLOP/s:
+# an estimate, not measured here -- no device was lent): a reduction that saves fewer per extra launch is not taken
+DEVICE_MACS_PER_LAUNCH = 1 << 27
+
+
+def worth_fewer_flops(xp, saved_macs, launches=1):
+    """Whether a formulation that saves ``saved_macs`` multiply-adds at the price of ``launches`` more kernel
+    launches is worth it: always on the host (NumPy), on a device when the saving outweighs the launches
+    (``DEVICE_MACS_PER_LAUNCH`` each)."""
+    return saved_macs > 0 and (xp is np or saved_macs >= launches * DEVICE_MACS_PER_LAUNCH)
+
+
+def _device_syrk(xp):
+    """``cupy.cublas.syrk`` for CuPy (>= 9), the ``cublas.syrk`` a stand-in module carries, else None."""
+    if getattr(xp, "__name__", "") == "cupy":
+        from cupy import cublas
+
+        return cublas.syrk
+    return getattr(getattr(xp, "cublas", None), "syrk", None)
 
 
 def sym(M):

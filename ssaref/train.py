@@ -23,6 +23,7 @@ from .data import DATASETS, augment, load_dataset
 from .nn import MODELS, build_model
 from .ops.losses import softmax_cross_entropy
 from .optim import build_schedule
+from .ops.conv import DEFAULT_SAVE, SAVE_MODES, set_conv_save
 from .threads import apply_threads, threads_arg
 from .rules import RULES, build_rule
 from .run import build_run
@@ -81,6 +82,11 @@ def build_parser():
     a("--no-progress", action="store_true", help="no progress bar")
     a("--threads", type=threads_arg, default=None,
       help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
+    a("--conv-save", choices=list(SAVE_MODES), default=DEFAULT_SAVE,
+      help="what a convolution keeps for its weight gradient: input (its input, the backward rebuilds the "
+           "columns, a kernel offset at a time: less memory, a few per cent slower), columns (the forward's im2col "
+           "matrix) or auto (default: input on the CPU, columns on a GPU); the same gradients up to round-off; "
+           "docs/decisions.md D7")
     a("--data-on-device", choices=["auto", "on", "off"], default="auto",
       help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
            "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "
@@ -708,6 +714,7 @@ def _main(argv):
     if args.threads is None and args.distributed != "none":
         args.threads = distributed.default_threads_per_rank()   # the node's cores shared among its ranks
     args.threads = apply_threads(args.threads)["threads"]   # recorded in the run file's config
+    set_conv_save(args.conv_save)
     train(args)
     return 0
 

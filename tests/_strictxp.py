@@ -670,7 +670,21 @@ def _build():
     mod.lib.stride_tricks = _Namespace("strictxp.lib.stride_tricks")
     mod.lib.stride_tricks.as_strided = _as_strided
     mod.cuda = _build_cuda()
+    mod.cublas = _Namespace("strictxp.cublas")   # cupy.cublas (imported as a submodule by linalg.gram)
+    mod.cublas.syrk = _syrk
     return mod
+
+
+def _syrk(trans, a, out=None, alpha=1.0, beta=0.0, lower=False):
+    """``cupy.cublas.syrk``: ``alpha op(a) op(a)^T`` with op = transpose for "T", in Fortran order, only the upper
+    (or ``lower``) triangle written -- the other one is zeros, as cuBLAS leaves it in a fresh output."""
+    if out is not None or beta != 0.0:
+        raise NotImplementedError("stand-in syrk: out= and beta are not modelled")
+    COUNT.launches += 1
+    A = _un(a)
+    C = alpha * (A.T @ A if trans in ("T", "t") else A @ A.T)
+    C = np.tril(C) if lower else np.triu(C)
+    return StrictArray(np.asfortranarray(C))
 
 
 xp = _build()

@@ -345,3 +345,92 @@ def test_sgemm_peak_runs_on_the_engines_device_and_waits_for_the_gemm(monkeypatc
         rows = bench.sgemm_peak([(8, 16, 32)], repeats=3, xp=xp)
     assert S.COUNT.launches >= 4 and S.COUNT.device_syncs >= 6
     assert rows[0]["ms"] >= 5.0 and rows[0]["gflops"] > 0
+
+
+def _toy_mlp(B_in=6, hidden=5, out=3, dtype=np.float32):
+    from ssaref.nn.containers import Sequential
+    from ssaref.nn.layers import Linear, ReLU
+
+    rng = np.random.default_rng(0)
+    model = Sequential([Linear(B_in, hidden, xp=np, dtype=dtype, rng=rng), ReLU(),
+                        Linear(hidden, out, xp=np, dtype=dtype, rng=rng)])
+    model.input_shape = (B_in,)
+    return model
+
+
+def test_step_cost_of_a_two_layer_mlp_by_hand():
+    """BP on Linear(n0 -> n1), ReLU, Linear(n1 -> n2) at batch B, float32, counted by hand: forward 2 B m n per
+    linear, weight gradient 2 B m n each, input gradient 2 B m n for the second only; GEMM bytes (m k + k n + m n)
+    x 4; ReLU forward reads and writes B n1, backward reads 2 B n1 and writes B n1 (1 FLOP per element written);
+    Adam 12 FLOPs and 7 elements a parameter."""
+    B, n0, n1, n2 = 4, 6, 5, 3
+    model = _toy_mlp(n0, n1, n2)
+    ops = bench.step_cost(model, "bp", B, (n0,))
+    by = {o["op"]: o for o in ops}
+    assert by["0 forward"]["flops"] == 2 * B * n1 * n0 and by["0 forward"]["bytes"] == 4 * (B * n0 + n0 * n1 + B * n1)
+    assert by["0 weight gradient"]["flops"] == 2 * B * n1 * n0
+    assert by["0 weight gradient"]["bytes"] == 4 * (n1 * B + B * n0 + n1 * n0)
+    assert "0 input gradient" not in by
+    assert by["2 input gradient"]["flops"] == 2 * B * n2 * n1
+    assert by["2 input gradient"]["bytes"] == 4 * (B * n2 + n2 * n1 + B * n1)
+    assert by["1 relu forward"] == {"op": "1 relu forward", "kind": "stream", "flops": B * n1, "bytes": 4 * 2 * B * n1}
+    assert by["1 relu backward"]["bytes"] == 4 * 3 * B * n1 and by["1 relu backward"]["flops"] == B * n1
+    P = n1 * n0 + n1 + n2 * n1 + n2
+    assert by["optimiser (Adam)"]["flops"] == 12 * P and by["optimiser (Adam)"]["bytes"] == 4 * 7 * P
+    gemm = 2 * B * (2 * n1 * n0 + 3 * n2 * n1)
+    flops = gemm + 2 * B * n1 + 12 * P
+    byts = 4 * ((B * n0 + n0 * n1 + B * n1) + (n1 * B + B * n0 + n1 * n0) + (B * n1 + n1 * n2 + B * n2)
+                + (n2 * B + B * n1 + n2 * n1) + (B * n2 + n2 * n1 + B * n1) + 2 * B * n1 + 3 * B * n1 + 7 * P)
+    assert len(ops) == 8 and sum(o["flops"] for o in ops) == flops and sum(o["bytes"] for o in ops) == byts
+    assert bench.step_flops(model, B, (n0,)) == gemm
+    # the roofline: max of the two times of the totals; the per-op sum is never below it
+    rf = bench.roofline(ops, peak_gflops=2.0, bandwidth_gbs=0.5)
+    assert math.isclose(rf["bound_ms"], 1e3 * max(flops / 2e9, byts / 0.5e9))
+    assert rf["bound_ops_ms"] >= rf["bound_ms"] - 1e-12 and math.isclose(rf["intensity"], flops / byts)
+    # float64: bytes double; DFA: no input gradient, e B for the hidden layer (K = n2 classes)
+    ops64 = bench.step_cost(_toy_mlp(n0, n1, n2, np.float64), "bp", B, (n0,))
+    assert sum(o["bytes"] for o in ops64) == 2 * byts
+    dfa = {o["op"]: o for o in bench.step_cost(model, "dfa", B, (n0,))}
+    assert "2 input gradient" not in dfa and dfa["0 feedback e B"]["flops"] == 2 * B * n2 * n1
+
+
+def test_step_cost_of_svd_rules_and_a_conv_layer():
+    """SSA on the factored layers: per factor X (m, r) the syrk Gram m r (r + 1) and two (m, r, r) GEMMs; SVD-BP
+    the Gram and one; a conv layer's im2col GEMMs are 2 B C_out (C kh kw) Ho Wo each."""
+    model = _toy_mlp(6, 5, 3, np.float64)
+    run = build_run(model, "ssa", np.random.default_rng(0), optimizer=None)
+    by = {o["op"]: o for o in bench.step_cost(run.model, "ssa", 4, (6,), rule=run.rule)}
+    m, r = 6, 5        # layer 0: V (n = 6, r = 5)
+    assert by["0.V Gram (syrk)"]["flops"] == m * r * (r + 1) and by["0.V XtG"]["flops"] == 2 * m * r * r
+    assert by["0.V XK"]["flops"] == 2 * m * r * r and "0.V XM" not in by
+    # mlp at batch 128: layer 1's V^T g_V from the batch (SSA._batch_VtG), as the rule computes it
+    run = build_run(build_model("mlp", (1, 28, 28), 10), "ssa", np.random.default_rng(0), optimizer=None)
+    by = {o["op"]: o for o in bench.step_cost(run.model, "ssa", 128, (1, 28, 28), rule=run.rule)}
+    assert "1.V XtG" not in by and by["1.V z^T dz"]["flops"] == 2 * 256 * 128 * 256 and "3.V XtG" in by
+    run = build_run(_toy_mlp(6, 5, 3, np.float64), "svd-bp", np.random.default_rng(0), optimizer=None)
+    by = {o["op"]: o for o in bench.step_cost(run.model, "svd-bp", 4, (6,), rule=run.rule)}
+    assert by["2.U XM"]["flops"] == 2 * 3 * 3 * 3 and "2.U XtG" not in by
+    lenet = build_model("lenet", (1, 28, 28), 10)
+    by = {o["op"]: o for o in bench.step_cost(lenet, "bp", 2, (1, 28, 28))}
+    assert by["0 forward"]["flops"] == 2 * 6 * 25 * (2 * 28 * 28)
+    assert by["0 im2col"]["bytes"] == 4 * (2 * 28 * 28 + 25 * 2 * 28 * 28)
+    assert by["3 col2im"]["bytes"] == 4 * (6 * 25 * 2 * 10 * 10 + 2 * 6 * 14 * 14)
+
+
+def test_limit_column_in_the_cli(tmp_path, capsys):
+    j = tmp_path / "b.json"
+    argv = ["--models", "mlp", "--method", "bp,auglocal", "--batch-size", "8", "--repeats", "1", "--warmup", "1",
+            "--threads", "1", "--no-memory", "--no-sgemm", "--profile", "none", "--limit-gemm", "128",
+            "--limit-stream-mib", "4", "--json", str(j)]
+    assert bench.main(argv) == 0
+    res = json.loads(j.read_text())
+    lim = res["limits"]
+    assert lim["gemm_n"] == 128 and lim["sgemm_gflops"] > 0 and lim["stream_gbs"] > 0
+    bp, aug = res["configs"][0]["rows"]
+    for r in (bp, aug):
+        rf = bench.roofline(r["cost_ops"], lim["sgemm_gflops"], lim["stream_gbs"])
+        assert math.isclose(r["bound_ms"], rf["bound_ms"]) and math.isclose(r["limit"], r["bound_ms"] / r["ssaref_ms"])
+    assert bp["aux_params"] == 0 and aug["aux_params"] > 0
+    assert res["configs"][0]["params"] == sum(v.size for _, v in build_model("mlp", (1, 28, 28), 10).named_params())
+    assert aug["flops"] > sum(o["flops"] for o in aug["cost_ops"] if not o["op"].startswith("aux"))
+    assert "aux params" in capsys.readouterr().out

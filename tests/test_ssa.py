@@ -525,3 +525,69 @@ def test_update_norm_metrics_are_means_over_the_steps(rng):
     rule.step(model, x, y)                       # the accumulators restart each epoch
     m2 = rule.on_epoch_end(model, None, 2, 10)
     assert np.all(np.isfinite(m2["svd_upd_U"])) and rule._upd == {}
+
+
+@pytest.mark.parametrize("beta", [0.01, 0.0])
+def test_batch_VtG_gives_the_same_updates(beta, monkeypatch):
+    """``V^T g_V`` from the batch (``z^T dz``, chosen by shape) equals the direct ``V^T g_V``: the whole update of
+    every parameter agrees to round-off (float64), and the batch path is taken where it is cheaper and no
+    alignment term sits on ``V`` (mlp: every hidden layer at batch 8; never with a V target)."""
+    from ssaref.rules.ssa import SSA
+
+    model = build_model("mlp", (1, 28, 28), 10, dtype=np.float64, seed=0)
+    rule = build_rule("ssa", beta=beta)
+    model = rule.setup(model, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((8, 1, 28, 28)), rng.integers(0, 10, 8)
+    taken = []
+    real = SSA._batch_VtG
+    monkeypatch.setattr(SSA, "_batch_VtG", lambda self, *a: taken.append(real(self, *a) is not None) or real(self, *a))
+    fast = rule.step(model, x, y).updates
+    assert taken == [True, True, True]
+    monkeypatch.setattr(SSA, "_batch_VtG", lambda self, *a: None)
+    slow = rule.step(model, x, y).updates
+    assert fast.keys() == slow.keys()
+    for k in fast:
+        np.testing.assert_allclose(fast[k], slow[k], rtol=1e-11, atol=1e-13, err_msg=k)
+    # a V target (weight-mode alignment): the direct product, whatever the shape
+    rule = build_rule("ssa", align_target="weight")
+    model = rule.setup(build_model("mlp", (1, 28, 28), 10, dtype=np.float64, seed=0), np.random.default_rng(0))
+    p, layer = rule.layers[0]
+    dy, cache = np.ones((8, layer.dims[0])), (np.ones((8, layer.dims[1])), np.ones((8, layer.rank)))
+    assert real(rule, p, layer, dy, cache) is None
+
+
+def test_gram_is_the_symmetric_XtX(rng):
+    from ssaref.linalg import gram
+
+    for dt in (np.float32, np.float64):
+        X = rng.standard_normal((37, 11)).astype(dt)
+        G = gram(X)
+        assert G.dtype == dt and G.shape == (11, 11) and np.array_equal(G, G.T)
+        np.testing.assert_allclose(G, X.T.astype(np.float64) @ X.astype(np.float64),
+                                   rtol=1e-5 if dt == np.float32 else 1e-13, atol=1e-4 if dt == np.float32 else 1e-12)
+
+
+def test_gram_on_the_device_standin_takes_syrk_when_worth_it(monkeypatch):
+    """On a device ``gram`` is cuBLAS ``syrk`` (one triangle) plus the mirror where the saving outweighs the extra
+    launches, else ``X.T @ X``: both the same symmetric matrix (CuPy stand-in, its ``cublas.syrk`` leaves the lower
+    triangle zero as cuBLAS does)."""
+    import _strictxp as S
+
+    from ssaref import linalg
+
+    S.install()
+    X_h = np.random.default_rng(0).standard_normal((40, 7))
+    X = S.device(X_h)
+    calls = []
+    real = S.xp.cublas.syrk
+    monkeypatch.setattr(S.xp.cublas, "syrk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    small = linalg.gram(X)                                    # 40 * 21 multiply-adds saved: not worth 2 launches
+    monkeypatch.setattr(linalg, "DEVICE_MACS_PER_LAUNCH", 1)
+    big = linalg.gram(X)
+    assert len(calls) == 1
+    for G in (small, big):
+        G = G.get()
+        assert np.array_equal(G, G.T)
+        np.testing.assert_allclose(G, X_h.T @ X_h, rtol=1e-13, atol=1e-13)
+    assert linalg.worth_fewer_flops(np, 1) and not linalg.worth_fewer_flops(np, 0)

@@ -10,9 +10,10 @@ Per method (BP, DFA, SSA, SVD-BP) and model (mlp, lenet, smallconv, vgg13, resne
   and that of one step above the state kept between steps (``step``: activations, caches, gradients);
 * **auxiliary overhead** (analytic; PredSim, AugLocal): the forward FLOPs per example and the parameters of the
   rule's auxiliary networks (``Rule.aux_networks``), which training runs and inference drops;
-* **training FLOPs** (analytic estimate): 3 x (inference + auxiliary forward FLOPs) per example (one forward, two
-  backward passes of the same size); PredSim's B x B similarity matrices are not counted (2 B C per example and
-  block);
+* **training FLOPs** (counted): ``ssaref.bench.step_cost`` of one step at ``--batch-size`` divided by the batch
+  (the rule's own passes, auxiliary networks included, the SVD rules' per-factor products at the same ranks as the
+  inference column, the optimiser; the convention in docs/internals.md, "Cost model"; PredSim's B x B similarity
+  matrices are not counted);
 * **inference FLOPs and parameters** (analytic): 2 x the multiply-adds per example of the weight layers (Linear,
   Conv2d and their SVD forms; BN, activations and pooling are not counted) and the trained numbers (BN's gamma and
   beta included).  BP and DFA train dense layers.  SSA and SVD-BP hold every weight as ``U diag(s) V^T``: at the
@@ -139,8 +140,9 @@ def collect_runs(paths):
     return found, ignored
 
 
-def analytic(method, model, width_mult, runs):
-    """``{"flops", "params", "rank_source", "input"}`` of ``method`` on ``model`` (see ``inference_cost``)."""
+def analytic(method, model, width_mult, runs, batch=128):
+    """``{"flops", "params", "rank_source", "input", "aux_flops", "aux_params", "train_flops"}`` of ``method`` on
+    ``model`` (see ``inference_cost``, ``aux_cost``, ``train_cost``)."""
     svd = method in SVD_METHODS
     run = runs.get((method, model)) if svd else None
     shape, classes, opts = input_shape(model), 10, model_options(model, width_mult)
@@ -155,9 +157,28 @@ def analytic(method, model, width_mult, runs):
     dense = build_model(model, shape, classes, dtype=np.float32, seed=0, **opts)
     flops, params, layers = inference_cost(dense, shape, ranks, svd)
     aux_flops, aux_params = aux_cost(method, dense)
+    rank_of = {key: r for key, r, _ in layers} if svd and ranks else None
+    train = train_cost(method, build_model(model, shape, classes, dtype=np.float32, seed=0, **opts), shape, batch,
+                       rank_of)
     return {"flops": flops, "params": params, "rank_source": source, "input": "x".join(map(str, shape)),
             "ranks": [r for _, r, _ in layers] if svd else None, "aux_flops": aux_flops, "aux_params": aux_params,
-            "train_flops": 3 * (flops + aux_flops)}
+            "train_flops": train}
+
+
+def train_cost(method, dense, shape, batch, ranks=None):
+    """Training FLOPs per example: ``ssaref.bench.step_cost`` of one step of ``method`` at ``batch`` (forward,
+    the rule's error transport and weight gradients, its auxiliary networks, the SVD rules' per-factor products at
+    ``ranks`` -- layer key -> rank, default full -- and the optimiser), divided by ``batch``: the per-step work
+    (optimiser, projections) spread over the batch's examples."""
+    from ssaref.bench import step_cost
+    from ssaref.nn.svd_layers import svd_layers_of
+    from ssaref.run import build_run
+
+    run = build_run(dense, method, np.random.default_rng(0), optimizer=None)
+    for key, layer in svd_layers_of(run.model) if ranks else []:
+        if key in ranks and ranks[key] < layer.rank:
+            layer.truncate(np.arange(ranks[key]))
+    return sum(o["flops"] for o in step_cost(run.model, method, batch, shape, rule=run.rule)) / batch
 
 
 def aux_cost(method, dense):
@@ -214,7 +235,8 @@ def results_md(args, rows, ignored, info):
              "`U diag(s) V^T` at the ranks of `rank source` (a run file's checkpoint, after rank reduction, or "
              "full rank when no run file was given).  Auxiliary overhead (PredSim, AugLocal): `aux MFLOP` = forward "
              "FLOPs per example of the auxiliary networks, `aux params` their parameters (training only; step time "
-             "and memory include them); `train MFLOP` = 3 x (inference + aux) FLOPs per example, an estimate.", "",
+             "and memory include them); `train MFLOP` = the counted FLOPs of one training step "
+             "(`ssaref.bench.step_cost`, auxiliary networks and optimiser included) per example.", "",
              "| model | input | method | step ms | vs BP | peak MiB | step MiB | train MFLOP | aux MFLOP | "
              "aux params | inference MFLOP | params | rank source |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -304,7 +326,7 @@ def _main(argv):
                                      options=model_options(model, args.width_mult))
                 row["peak_mib"], row["step_mib"] = mem.get("peak_mib"), mem.get("step_mib")
                 row["memory_error"] = mem.get("error")
-            row.update(analytic(m, model, args.width_mult, args.found))
+            row.update(analytic(m, model, args.width_mult, args.found, args.batch_size))
             rows.append(row)
             print(f"{model:<10} {LABELS[m]:<7} step {times[m]:9.1f} ms  peak {_fmt(row['peak_mib'], '.0f'):>6} MiB  "
                   f"inference {row['flops'] / 1e6:10.2f} MFLOP  params {row['params']:>10,}  ({row['rank_source']})",

@@ -12,7 +12,9 @@ and adds each block into the image as soon as it is made (col2im fused with the 
 ``(K, M)`` temporary is never allocated: fresh large buffers cost page faults on every step.  The
 image is never padded (each offset adds only its in-image window; padding would be discarded), and
 the copies and adds are split over ssaref's op threads by channel (``ssaref.threads``).
-The weight gradient is computed as ``(col2 @ dy2.T).T``, the faster orientation for OpenBLAS.
+The weight gradient is computed as ``(col2 @ dy2.T).T``, the faster orientation for OpenBLAS.  What the forward
+keeps for it is ``set_conv_save``'s choice: the column matrix (``K`` values per output position) or the input
+(``C_in`` per input position, rebuilt into columns by the backward: one more im2col, kh kw times less memory).
 ``y`` and ``dx`` are NCHW views of batch-innermost buffers (see ``im2col.py``).
 
 Device (CuPy) path of the input gradient: the per-offset adds would be two or more launches per kernel offset,
@@ -35,9 +37,55 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from .im2col import BLOCK, as_pair, im2col, split_rows, valid_offsets, window_view
+from .im2col import BLOCK, _contiguous, _fill_outside, as_pair, im2col, split_rows, valid_offsets, window_view
 
-__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "batch_innermost"]
+__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "batch_innermost", "SAVE_MODES",
+           "DEFAULT_SAVE", "set_conv_save", "conv_save", "SavedInput"]
+
+# what a convolution keeps for its weight gradient (``set_conv_save``): "columns", the im2col matrix of the forward
+# (C_in kh kw values per output position; the backward reads it), or "input", the input itself (C_in H W values,
+# often held by the layer before anyway) and the backward rebuilds the columns (one more im2col a step)
+SAVE_MODES = ("auto", "columns", "input")
+# input mode on NumPy: below this many input channels the weight gradient rebuilds the whole column matrix instead
+# of one kernel offset at a time (the per-offset GEMMs (C_out, M) x (M, C_in) are too thin: measured 4x slower at
+# C_in = 3, 0.98-1.11x the whole rebuild at C_in = 16-192; that matrix is small there anyway)
+BY_OFFSET_MIN_CHANNELS = 16
+# the default, "auto": "input" on NumPy, measured (docs/decisions.md D7: step memory -30 % (smallconv) to -73 %
+# (resnet20) for a 3-11 % slower step); "columns" on a device, where the rebuild is 2-4 more launches per
+# convolution and no device has been lent to measure the trade
+DEFAULT_SAVE = "auto"
+_SAVE = {"mode": DEFAULT_SAVE}
+
+
+def set_conv_save(mode):
+    """Choose what every later ``conv2d_forward`` keeps for its backward (``SAVE_MODES``); returns the old mode.
+    The gradients are the same numbers either way (the rebuilt columns are the forward's, bit for bit)."""
+    if mode not in SAVE_MODES:
+        raise ValueError(f"conv save mode must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
+    old, _SAVE["mode"] = _SAVE["mode"], mode
+    return old
+
+
+def conv_save():
+    """The current save mode (``set_conv_save``)."""
+    return _SAVE["mode"]
+
+
+class SavedInput:
+    """The input of a convolution kept in place of its column matrix (save mode "input"): ``shape`` is the
+    column matrix's, (C_in, kh, kw, Ho, Wo, N); ``columns()`` rebuilds it (``im2col``)."""
+
+    __slots__ = ("x", "geometry", "shape")
+
+    def __init__(self, x, geometry, shape):
+        self.x, self.geometry, self.shape = x, geometry, tuple(shape)
+
+    @property
+    def dtype(self):
+        return self.x.dtype
+
+    def columns(self):
+        return im2col(self.x, *self.geometry)
 
 
 def batch_innermost(a):
@@ -59,7 +107,7 @@ def batch_innermost(a):
     return out.transpose(3, 0, 1, 2)
 
 
-def conv2d_forward(x, W, b=None, stride=1, padding=0):
+def conv2d_forward(x, W, b=None, stride=1, padding=0, save=None):
     """``y = W * x + b`` (cross-correlation).
 
     Parameters
@@ -75,7 +123,8 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     y : array, shape (N, C_out, Ho, Wo)
         ``Ho = (H + 2*ph - kh) // sy + 1``, likewise ``Wo``.
     cache : tuple
-        ``(col, x_shape, stride, padding, has_bias)``; ``col`` of shape (C_in, kh, kw, Ho, Wo, N).
+        ``(col, x_shape, stride, padding, has_bias)``; ``col`` of shape (C_in, kh, kw, Ho, Wo, N), or with
+        ``save`` "input" (default: ``set_conv_save``'s mode) a ``SavedInput`` that rebuilds it in the backward.
     """
     if x.ndim != 4 or W.ndim != 4:
         raise ValueError(f"conv2d expects x (N, C, H, W) and W (C_out, C_in, kh, kw), "
@@ -94,11 +143,15 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
     col = im2col(x, kh, kw, sy, sx, ph, pw)                      # (C_in, kh, kw, Ho, Wo, N)
     _, _, _, Ho, Wo, N = col.shape
     xp = get_array_module(col, W)
+    mode = save or _SAVE["mode"]
+    if mode == "auto":
+        mode = "input" if xp is np else "columns"
+    kept = col if mode == "columns" else SavedInput(x, (kh, kw, sy, sx, ph, pw), col.shape)
     if xp is not np:                  # a device: the same GEMM as one call, the bias as one launch
         y4 = xp.tensordot(W, col, axes=3)                        # (C_out, Ho, Wo, N)
         if b is not None:
             y4 += b[:, None, None, None]
-        return y4.transpose(3, 0, 1, 2), (col, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+        return y4.transpose(3, 0, 1, 2), (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
     y2 = W.reshape(C_out, -1) @ col.reshape(C_in * kh * kw, -1)  # y2 = W2 @ col2, (C_out, M)
     if b is not None:
         bias = b[:, None]
@@ -108,7 +161,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0):
 
         split_rows(xp, C_out, add_bias, y2.size)
     y = y2.reshape(C_out, Ho, Wo, N).transpose(3, 0, 1, 2)
-    return y, (col, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+    return y, (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
 
 
 def _check_dy(dy, cache):
@@ -214,6 +267,10 @@ def conv2d_backward_params(dy, cache):
     db : array, shape (C_out,), or None when the forward pass had no bias
     """
     col, _, _, _, has_bias = cache
+    if isinstance(col, SavedInput):   # save mode "input"
+        if get_array_module(dy) is np and col.shape[0] >= BY_OFFSET_MIN_CHANNELS:
+            return _backward_params_by_offset(dy, cache)
+        col = col.columns()           # the forward's columns, rebuilt from its input (a device; few channels)
     xp = get_array_module(dy, col)
     if xp is not np:                  # a device: the same GEMM as one call (contracting (Ho, Wo, N))
         _check_dy(dy, cache)
@@ -229,3 +286,33 @@ def conv2d_backward_params(dy, cache):
     else:
         dW = dy2 @ col2.T                                       # (C_out, K)
     return dW.reshape((dy.shape[1],) + col.shape[:3]), db       # C-contiguous (reshape copies a transpose)
+
+
+def _backward_params_by_offset(dy, cache):
+    """``conv2d_backward_params`` from the kept input (save mode "input", NumPy): one kernel offset (i, j) at a
+    time, its block of columns ``col[:, i, j]`` (C_in, Ho Wo N) copied from the input into one reused buffer and
+    ``dW[:, :, i, j] = dy2 @ block^T``: the column matrix is never whole (kh kw times less memory than "columns"),
+    the same products summed in the same order per output element up to the GEMM's blocking (round-off)."""
+    saved, _, _, _, has_bias = cache
+    x, (kh, kw, sy, sx, ph, pw) = saved.x, saved.geometry
+    C_in, _, _, Ho, Wo, N = saved.shape
+    H, Wd = x.shape[2], x.shape[3]
+    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
+    C_out = dy2.shape[0]
+    xc = x.transpose(1, 2, 3, 0)                                 # (C, H, W, N), no copy for batch-innermost x
+    if not xc.flags.c_contiguous:
+        xc = _contiguous(np, xc)
+    block = np.empty((C_in, Ho, Wo, N), dtype=x.dtype)
+    b2 = block.reshape(C_in, -1)
+    dW = np.empty((C_out, C_in, kh, kw), dtype=dy2.dtype)
+    for i, j, orow, ocol, irow, icol in valid_offsets(kh, kw, sy, sx, ph, pw, H, Wd, Ho, Wo):
+        def part(lo, hi):
+            dst = block[lo:hi]
+            dst[:, orow, ocol] = xc[lo:hi, irow, icol]
+            _fill_outside(dst, orow, ocol, Ho, Wo)
+
+        split_rows(np, C_in, part, block.size, block=BLOCK)
+        # the faster orientation for OpenBLAS: the taller factor first (conv2d_backward_params)
+        dW[:, :, i, j] = (b2 @ dy2.T).T if C_in >= C_out else dy2 @ b2.T
+    db = dy2.sum(axis=1) if has_bias else None
+    return dW, db

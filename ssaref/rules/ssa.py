@@ -79,7 +79,15 @@ import math
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
-from ..linalg import angle_deg, complement_project, randomized_svd, relative_project, tangent_project
+from ..linalg import (
+    angle_deg,
+    complement_project,
+    gram,
+    randomized_svd,
+    relative_project,
+    tangent_project,
+    worth_fewer_flops,
+)
 from ._feedback import (
     Segment,
     check_choice,
@@ -343,6 +351,7 @@ class SSA(SVDRuleBase):
                 TU[:], Ts[:], TV[:], mU[:], mV[:] = 0.0, 0.0, 0.0, 0.0, 0.0  # the same, so rng stays in step)
             for key, arr in (("TU", TU), ("Ts", Ts), ("TV", TV), ("mU", mU), ("mV", mV)):
                 self.state[f"{key}/{p}"] = place(model, arr)
+            self._note_zero_masks({f"mU/{p}": mU, f"mV/{p}": mV})
 
     @property
     def paper(self):
@@ -362,22 +371,87 @@ class SSA(SVDRuleBase):
             return complement_project(X, G)  # (I - X X^T) G, eq. (12) / section 5.2
         if proj == "paper":  # V as printed in eq. (13): (I_r - V^T V) on V^T
             xp = get_array_module(X)
-            M = -(X.T @ X)
+            M = -gram(X)
             M[xp.diag_indices(M.shape[0])] += 1.0
             return G @ M  # dV = [(I_r - V^T V) dV^T]^T = dV (I_r - V^T V)
         return G
 
-    def _tangent_plus_ortho(self, X, G):
+    def _tangent_plus_ortho(self, X, G, XtG=None):
         """``P_X(G) + 4 gamma X (X^T X - I)`` (``linalg.tangent_project`` plus the gradient of eq. (9) times
         gamma) in the form ``G - X (sym(X^T G) - 4 gamma (X^T X - I))``: the two terms share one product with
-        ``X``, so three (m, r, r) GEMMs instead of four (the same sums up to rounding)."""
+        ``X``, so three (m, r, r) GEMMs instead of four (the same sums up to rounding), the Gram ``X^T X`` a
+        symmetric rank-k update (``linalg.gram``).  ``XtG``: ``X^T G`` when the caller has it cheaper
+        (``_batch_VtG``)."""
         xp = get_array_module(X)
-        M = X.T @ X
+        M = gram(X)
         M[xp.diag_indices(M.shape[0])] -= 1.0  # X^T X - I
-        K = X.T @ G
+        K = X.T @ G if XtG is None else XtG
         K = K + K.T  # 2 sym(X^T G)
         K -= (8.0 * self.options["gamma"]) * M  # 2 (sym(X^T G) - 4 gamma (X^T X - I))
-        return G - 0.5 * (X @ K)
+        K *= -0.5  # on the (r, r) factor: one (m, r) pass instead of two (a power of two: the same bits)
+        out = X @ K
+        out += G
+        return out  # G - 0.5 X K
+
+    def _batch_VtG(self, p, layer, dy, cache):
+        """``V^T g_V`` from the batch (or None where that is not cheaper): with ``g_V = alpha x^T dz`` (the task
+        gradient of ``V``, ``dz = dy U S`` the gradient at the forward's ``z = x V``) and no alignment term on
+        ``V`` (mask ``mV`` all zero, or beta = 0), ``V^T g_V = alpha (x V)^T dz = alpha z^T dz``: ``B m r + B r^2``
+        multiply-adds (``dy U``, ``z^T dz``) instead of ``n r^2``, chosen by shape (an SVDLinear whose
+        ``B (m + r) < n r``, e.g. mlp's first layer, the classifier input of SmallConv).  The same sums as
+        ``V^T g_V`` in another order (round-off)."""
+        if dy is None or cache is None or layer.kind != "svd_linear":
+            return None
+        (m, n), r, B = layer.dims, layer.rank, int(dy.shape[0])
+        if not worth_fewer_flops(get_array_module(dy), n * r * r - B * (m + r) * r, launches=2) or (
+            self.options["beta"] != 0 and self._has_target(p, "V")
+        ):
+            return None
+        P = layer.params
+        dz = (dy @ P["U"]) * P["s"]  # (B, r): the gradient at z = x V (SVDLinear.backward's dz)
+        K = cache[1].T @ dz
+        a = self.options["alpha"]
+        if a != 1.0:
+            K *= a
+        return K
+
+    def _has_target(self, p, name):
+        """Whether the alignment mask ``m<name>/<p>`` may have a non-zero entry, without a host read: False for a
+        mask array known to be all zero where it was made on the host (``_note_zero_masks``: ``init_state``,
+        ``load_state_dict``, a rank cut of such a mask), a NumPy mask is looked at, any other device array counts as
+        a target (the direct product, always right)."""
+        arr = self.state[f"m{name}/{p}"]
+        if arr is self.__dict__.get("_zero_masks", {}).get((p, name)):
+            return False
+        if get_array_module(arr) is np:
+            return bool(arr.any())
+        return True
+
+    def _note_zero_masks(self, host):
+        """Remember which mask arrays of ``self.state`` are all zero, from their host copies ``host`` (key ->
+        array)."""
+        zm = self.__dict__.setdefault("_zero_masks", {})
+        for key, a in host.items():
+            if key.startswith(("mU/", "mV/")) and key in self.state:
+                p, name = key[3:], key[1]
+                if not np.any(np.asarray(asnumpy(a)) != 0):
+                    zm[(p, name)] = self.state[key]
+                else:
+                    zm.pop((p, name), None)
+
+    def load_state_dict(self, d, xp):
+        """``SVDRuleBase.load_state_dict``, then the zero masks noted again (arrays may be overwritten in place)."""
+        super().load_state_dict(d, xp)
+        self._note_zero_masks(d)
+
+    def truncate_layer(self, model, optimizer, prefix, layer, keep):
+        """``SVDRuleBase.truncate_layer``; a cut of an all-zero mask is noted as all zero."""
+        zero = {n: self.state[f"m{n}/{prefix}"] is self.__dict__.get("_zero_masks", {}).get((prefix, n))
+                for n in ("U", "V")}
+        super().truncate_layer(model, optimizer, prefix, layer, keep)
+        for n, z in zero.items():
+            if z:
+                self._zero_masks[(prefix, n)] = self.state[f"m{n}/{prefix}"]
 
     def task_signals(self, model, caches, e):
         """DFA pass: ``(task grads of every parameter, signal at every top-level layer's output)``."""
@@ -411,7 +485,8 @@ class SSA(SVDRuleBase):
             gU = a * task["U"] + alU  # alpha G V S + 2 beta (U - B_U)
             gV = a * task["V"] + alV  # alpha G^T U S + 2 beta (V - B_V)
         if self.projection == "tangent" and not self.project_ortho:  # the default: P_X(g) + 4 gamma X (X^T X - I)
-            dU, dV = self._tangent_plus_ortho(U, gU), self._tangent_plus_ortho(V, gV)
+            VtG = None if self.paper else self._batch_VtG(p, layer, dy, cache)
+            dU, dV = self._tangent_plus_ortho(U, gU), self._tangent_plus_ortho(V, gV, VtG)
         else:
             oU, oV = self._ortho_grads(layer)  # d/dU gamma ||U^T U - I||^2 = 4 gamma U (U^T U - I)
             if self.project_ortho:
@@ -436,7 +511,7 @@ class SSA(SVDRuleBase):
         for p, layer in self.layers:
             task = {n: updates[f"{p}.{n}"] for n in ("U", "s", "V")}
             dy = cache = None
-            if self.paper:
+            if self.paper or p in top:  # the signal at the layer's output and its forward cache
                 k = int(p)
                 dy, cache = signals[k], caches[k]
             upd = self.layer_update(p, layer, task, dy, cache)

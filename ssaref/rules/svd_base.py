@@ -20,6 +20,7 @@ import numpy as np
 from ..backend import asnumpy, get_array_module
 from ..linalg import (
     factor_condition,
+    gram,
     hoyer,
     hoyer_grad,
     landing_step_fraction,
@@ -267,7 +268,7 @@ class SVDRuleBase(Rule):
         for name in ("U", "V"):
             X = layer.params[name]
             xp = get_array_module(X)
-            M = X.T @ X
+            M = gram(X)
             M[xp.diag_indices(M.shape[0])] -= 1.0
             out.append((4.0 * g) * (X @ M))
         return out
