@@ -1089,9 +1089,9 @@ def _parse(argv):
                         "mode (conv models; the input-mode rows labelled <rule>@input)")
     p.add_argument("--no-limit", action="store_true",
                    help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)")
-    p.add_argument("--limit-gemm", type=_count(MAX_LIMIT_GEMM, "three n x n float32 matrices must fit in memory"), default=2048,
+    p.add_argument("--limit-gemm", type=_count(MAX_LIMIT_GEMM, "three n x n float32 matrices"), default=2048,
                    help="size n of the square float32 GEMM whose rate is the limit column's peak (default 2048)")
-    p.add_argument("--limit-stream-mib", type=_count(MAX_LIMIT_STREAM_MIB, "two arrays of this size must fit in memory"), default=256,
+    p.add_argument("--limit-stream-mib", type=_count(MAX_LIMIT_STREAM_MIB, "two arrays of it"), default=256,
                    help="MiB of the float32 copy whose rate is the limit column's bandwidth (default 256)")
     p.add_argument("--profile", default="auto", choices=("auto", "all", "none"),
                    help="per-op profile of ssaref's BP step: auto = where ssaref/torch > 1 (default), all, none")
