@@ -291,7 +291,10 @@ def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> 
     if not os.path.isdir(folder):
         raise RunFileError(f"{path}: folder {folder} does not exist")
     with deferred_signals():   # Ctrl-C or SIGTERM now is acted on once the new file is in place (or the write failed)
-        image = _hdf5_image(path, config, metrics, checkpoint)
+        try:
+            image = _hdf5_image(path, config, metrics, checkpoint)
+        except OSError as exc:   # HDF5 (in memory) could not build it: one error naming the run file
+            raise OSError(exc.errno, f"{path}: cannot build the run file ({exc.strerror or exc})") from None
         _check_free_space(folder, len(image) + 65536, path)   # a full disk fails here, cleanly, before any write
         lock = _HELD.get(os.path.abspath(path))
         previous = None

@@ -372,12 +372,14 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
                                f"{args.model!r} expects {tuple(v.shape)}")
         if k.endswith("running_var") and (buffers[k] < 0).any():
             raise RunFileError(f"{path}: /checkpoint/buffers/{k} holds a negative variance")
-    try:   # the optimiser and the rule check their own state (keys, shapes, dtypes, values) before taking it
-        optimizer.load_state_dict(ck["optimizer"])
-        rule.load_state_dict(ck["rule_state"], xp)
-        rng.bit_generator.state = ck["rng"]
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
-        raise RunFileError(f"{path}: checkpoint cannot be restored: {one_line(exc)}") from None
+    # the optimiser and the rule check their own state (keys, shapes, dtypes, values) before taking it
+    for group, load in (("optimizer", lambda: optimizer.load_state_dict(ck["optimizer"])),
+                        ("rule_state", lambda: rule.load_state_dict(ck["rule_state"], xp)),
+                        ("rng", lambda: setattr(rng.bit_generator, "state", ck["rng"]))):
+        try:
+            load()
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise RunFileError(f"{path}: /checkpoint/{group} cannot be restored: {one_line(exc)}") from None
     for k, v in params.items():
         v[...] = xp.asarray(saved[k], dtype=v.dtype)
     for k, v in model.buffers.items():
