@@ -372,6 +372,10 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
                                f"{args.model!r} expects {tuple(v.shape)}")
         if k.endswith("running_var") and (buffers[k] < 0).any():
             raise RunFileError(f"{path}: /checkpoint/buffers/{k} holds a negative variance")
+    unknown = sorted(set(ck["rule_state"]) - set(rule.state_dict()))
+    if unknown:   # the rule drew all its state at set-up: a key it does not know is not its own
+        raise RunFileError(f"{path}: /checkpoint/rule_state holds unknown state {unknown[:4]} for method "
+                           f"{args.method!r}")
     # the optimiser and the rule check their own state (keys, shapes, dtypes, values) before taking it
     for group, load in (("optimizer", lambda: optimizer.load_state_dict(ck["optimizer"])),
                         ("rule_state", lambda: rule.load_state_dict(ck["rule_state"], xp)),

@@ -190,6 +190,7 @@ RESUME_CASES = [
     ("feedback_wrong_shape", "fa", _reshape(lambda a: a[:-1], "rule_state"), "shape"),
     ("feedback_int", "fa", _retype(np.int64, "rule_state"), "dtype"),
     ("unknown_rule_state_key", "fa", _unknown_rule_state, "unknown state"),
+    ("rule_state_for_a_rule_without_any", "bp", _unknown_rule_state, "unknown state"),
     ("epoch_negative", "bp", _attr("epoch", -5), "not a non-negative integer"),
     ("epoch_fraction", "bp", _attr("epoch", 0.7), "not a non-negative integer"),
     ("epoch_string", "bp", _attr("epoch", "one"), "not a non-negative integer"),
