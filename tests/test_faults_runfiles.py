@@ -232,6 +232,23 @@ def test_resume_of_an_invalid_checkpoint_is_refused_before_any_step(name, base, 
     assert _digest(p) == before and not (runs / f"out_{name}.h5").exists()
 
 
+READER_CASES = ["param_nan", "param_bool", "param_huge_declared", "adam_m_nan", "feedback_inf", "bn_var_nan",
+                "epoch_fraction", "rng_negative", "rng_not_a_bit_generator"]
+
+
+@pytest.mark.parametrize("entry", ["plot", "fig5"])
+@pytest.mark.parametrize("name", READER_CASES)
+def test_the_other_readers_refuse_the_same_checkpoints(name, entry, runs, crafted, capsys):
+    """``ssaref.plot`` and ``validation.fig5_cost --runs`` share the reader: the same one line, nothing written."""
+    p = runs / f"{name}.h5"
+    before = _digest(p)
+    argv = {"plot": [str(p), "--out", str(runs / "fig_r.png")],
+            "fig5": ["--runs", str(p), "--out-dir", str(runs / "fig5_r")]}[entry]
+    rc, out, err = _main(entry, argv, capsys)
+    _one_error_line(rc, err, [str(p), crafted[name]])
+    assert _digest(p) == before and not (runs / "fig_r.png").exists() and not (runs / "fig5_r").exists()
+
+
 def test_a_good_checkpoint_still_resumes_and_a_finished_one_is_left_alone(runs, capsys):
     p = runs / "bp_copy.h5"
     shutil.copy(runs / "bp.h5", p)
