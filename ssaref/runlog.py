@@ -245,7 +245,7 @@ def _hdf5_image(path, config, metrics, checkpoint) -> bytes:
     never writes to the disk, so a full disk cannot fail inside it (where h5py's finalisers print pages of
     "Exception ignored" and may crash the process); every h5py object is closed when this returns."""
     name = f"ssaref-run-image-{os.getpid()}-{id(config)}"
-    f = h5py.File(name, "w", driver="core", backing_store=False, track_order=True)
+    f = h5py.File(name, "w", driver="core", backing_store=False, block_size=1 << 24, track_order=True)
     try:
         _write_contents(f, path, config, metrics, checkpoint)
         f.flush()
