@@ -6,15 +6,21 @@ normally the temporary file is given ordinary permissions and ``os.replace``d ov
 (Ctrl-C included) it is removed and an existing ``path`` is left as it was.  ``durable=True`` also fsyncs the
 file before the rename and the folder after it.
 
+``deferred_signals()`` holds SIGINT and SIGTERM back over a critical write: one that arrives meanwhile is
+recorded and delivered when the block ends (the file is then in place, or the old one untouched), so Ctrl-C is
+never raised inside a library's finaliser, where Python prints and swallows it.
+
 (``ssaref/golden/check.py`` keeps a copy of its own: it must run with NumPy and h5py alone.)
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import tempfile
+import threading
 
-__all__ = ["atomic_path", "write_text"]
+__all__ = ["atomic_path", "write_text", "deferred_signals", "write_bytes", "write_all"]
 
 
 def _fsync(path, flags=os.O_RDONLY):
@@ -58,3 +64,51 @@ def write_text(path, text: str, *, durable=False):
     with atomic_path(path, durable=durable) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     return path
+
+
+@contextlib.contextmanager
+def deferred_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Hold ``signals`` back for the block: a handler records each one that arrives, and when the block ends
+    (normally or by an exception) the previous handlers come back and every recorded signal is delivered to
+    them (SIGINT: ``KeyboardInterrupt`` raised here; SIGTERM's default: the process ends).  Outside the main
+    thread (where Python cannot set handlers) the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = {}
+    for sig in signals:
+        try:
+            previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
+        except (ValueError, OSError):   # pragma: no cover - a platform without this signal
+            pass
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(pending):
+            signal.raise_signal(sig)
+
+
+def write_bytes(path, data, *, durable=False):
+    """Write ``data`` (bytes-like) to ``path`` atomically with plain ``os.write`` calls, so a full disk is an
+    ``OSError`` (ENOSPC) naming ``path``; returns ``path``."""
+    with atomic_path(path, durable=durable) as tmp:
+        write_all(tmp, data, path)
+    return path
+
+
+def write_all(tmp, data, path):
+    """Write ``data`` into the temporary file ``tmp`` (of ``path``) with ``os.write``; a failure (ENOSPC) is an
+    ``OSError`` naming ``path``."""
+    view = memoryview(data).cast("B")
+    fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+    try:
+        done = 0
+        while done < len(view):
+            done += os.write(fd, view[done:done + (1 << 24)])
+    except OSError as exc:
+        raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)

@@ -108,6 +108,7 @@ class Optimizer:
     """
 
     _state_names: tuple[str, ...] = ()
+    _nonnegative_states: tuple[str, ...] = ()   # state names whose values are never negative (checked on load)
 
     def __init__(self, params, lr):
         self.lr = _positive("lr", lr)
@@ -295,6 +296,10 @@ class Optimizer:
                     raise ValueError(f"state {name}/{k} has shape {shape}, parameter {k!r} has shape {p.shape}")
                 if np.dtype(getattr(a, "dtype", np.float64)).kind not in "fiu":
                     raise ValueError(f"state {name}/{k} has non-numeric dtype {a.dtype}")
+                if not bool(self.xp.isfinite(self.xp.asarray(a)).all()):
+                    raise ValueError(f"state {name}/{k} holds NaN or inf")
+                if name in self._nonnegative_states and bool((self.xp.asarray(a) < 0).any()):
+                    raise ValueError(f"state {name}/{k} holds negative values (a second moment is >= 0)")
                 arrays[(name, k)] = self.xp.asarray(a, dtype=p.dtype)
         self.step_count = step
         self._t.update(ts)
@@ -438,6 +443,7 @@ class Adam(Optimizer):
     """
 
     _state_names = ("m", "v")
+    _nonnegative_states = ("v",)   # a second-moment estimate: a negative one makes sqrt(v) NaN
     _moment_name = "m"
 
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):

@@ -23,9 +23,16 @@ A CuPy generator's state lives on the device and has no JSON form; a caller on t
 stream on the host (``numpy.random.Generator``, as ``ssaref.train`` does) or stores whatever JSON-expressible
 description (seed, draw count) it can re-create the stream from; ``write_run`` refuses anything else.
 
-``write_run`` is atomic: it writes a temporary file in the target folder, flushes and fsyncs it, and
-``os.replace``s it over ``path``; on any error the temporary file is removed and an existing ``path`` is left
-as it was.
+``write_run`` is atomic: it builds the file's bytes in memory, checks the device has room for them, writes them
+to a temporary file in the target folder with plain ``os.write`` (a full disk is one ``OSError``), fsyncs it and
+``os.replace``s it over ``path``; on any error the temporary file is removed and an existing ``path`` is left as
+it was.  SIGINT and SIGTERM are held back meanwhile (``atomic.deferred_signals``) and acted on after it.
+
+``read_run`` is the one reader: every object is checked against this layout (groups, datasets, real-number
+dtypes, the model's arrays floating point, sizes against the file's before reading, finiteness of the
+checkpoint's arrays, epoch/step non-negative integers, the random state, the ranks of the metrics the tools
+read: ``SCALAR_METRICS`` (E,), ``LAYER_METRICS`` and ``svd_*`` rows (E, L)); the checks that need the model are
+``ssaref.train``'s (shapes, buffers, optimiser and rule state).
 """
 from __future__ import annotations
 
@@ -40,7 +47,7 @@ import shutil
 import h5py
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, deferred_signals, write_all
 
 __all__ = ["RunFileError", "SCHEMA", "write_run", "read_run", "generator_from_state", "RunLock",
            "remove_stale_temporaries"]
@@ -48,6 +55,15 @@ __all__ = ["RunFileError", "SCHEMA", "write_run", "read_run", "generator_from_st
 SCHEMA = "ssaref-run/1"
 _RESERVED = ("schema", "ssaref_version", "config")
 _PYTYPE = "pytype"  # dataset attr marking a Python scalar stored as a 0-d dataset
+
+# metrics the tools read, with the ranks the schema gives them: one value per epoch -> (E,); one value per layer
+# per epoch -> (E, L), L the length of the config's column list named here (``svd_*`` rows: "svd_layers")
+SCALAR_METRICS = frozenset({"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                            "seconds", "lr", "svd_total_params", "svd_total_flops", "svd_rank_ok_all"})
+LAYER_METRICS = {f"align.{k}": "align_layers" for k in ("grad_mean", "grad_std", "grad_frac_gt90", "signal_mean",
+                                                        "signal_std")}
+_FLOAT_GROUPS = ("params", "buffers")   # checkpoint groups whose arrays are floating point (the model's)
+_ARRAY_GROUPS = ("params", "buffers", "optimizer", "rule_state")   # and every array of these is finite
 
 
 class RunFileError(ValueError):
@@ -224,25 +240,26 @@ def _write_contents(f, path, config, metrics, checkpoint):
                                f"got {type(value).__name__}")
 
 
-def _estimated_bytes(metrics, checkpoint) -> int:
-    """A generous estimate of the run file's size: every array's bytes plus HDF5's per-object overhead."""
-    total, count = 0, 0
+def _hdf5_image(path, config, metrics, checkpoint) -> bytes:
+    """The run file's bytes, built in memory (HDF5's ``core`` driver without a backing file): the HDF5 library
+    never writes to the disk, so a full disk cannot fail inside it (where h5py's finalisers print pages of
+    "Exception ignored" and may crash the process); every h5py object is closed when this returns."""
+    name = f"ssaref-run-image-{os.getpid()}-{id(config)}"
+    f = h5py.File(name, "w", driver="core", backing_store=False, block_size=1 << 24, track_order=True)
+    try:
+        _write_contents(f, path, config, metrics, checkpoint)
+        f.flush()
+        return f.id.get_file_image()
+    finally:
+        f.close()
 
-    def add(v):
-        nonlocal total, count
-        count += 1
-        if isinstance(v, (str, dict)):
-            total += 64 * (1 + len(v))
-        else:
-            total += int(getattr(v, "nbytes", None) or np.asarray(v).nbytes)
 
-    for values in metrics.values():
-        for v in (values if isinstance(values, (list, tuple)) else [values]):
-            add(v)
-    for value in (checkpoint or {}).values():
-        for v in (value.values() if isinstance(value, dict) else [value]):
-            add(v)
-    return total + 2048 * count + 65536
+def _check_free_space(folder, need, path):
+    """Refuse a write of ``need`` bytes into ``folder`` that its device has no room for (``OSError`` ENOSPC)."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise OSError(errno.ENOSPC, f"{path}: no space left on the device of {folder} for the run file "
+                                    f"(needs {need} bytes, {free} free)")
 
 
 def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> None:
@@ -273,27 +290,26 @@ def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise RunFileError(f"{path}: folder {folder} does not exist")
-    need = _estimated_bytes(metrics, checkpoint)
-    free = shutil.disk_usage(folder).free
-    if free < need:   # a full disk fails here, cleanly, not inside the HDF5 library
-        raise OSError(errno.ENOSPC, f"{path}: no space left on the device of {folder} for the run file "
-                                    f"(needs about {need} bytes, {free} free)")
-    lock = _HELD.get(os.path.abspath(path))
-    previous = None
-    try:
-        with atomic_path(path, durable=True) as tmp:
-            with h5py.File(tmp, "w", track_order=True) as f:
-                _write_contents(f, path, config, metrics, checkpoint)
-                f.flush()
-            if lock is not None:   # the lock moves onto the new file before it takes the name, and the old
-                previous = lock._hold_file(tmp, keep_previous=True)   # version's is let go only after that
-    except BaseException:
-        if previous is not None:   # the old version kept its name: it keeps the lock
-            lock._file_fd, previous = previous, lock._file_fd
-        raise
-    finally:
-        if previous is not None:
-            os.close(previous)
+    with deferred_signals():   # Ctrl-C or SIGTERM now is acted on once the new file is in place (or the write failed)
+        try:
+            image = _hdf5_image(path, config, metrics, checkpoint)
+        except OSError as exc:   # HDF5 (in memory) could not build it: one error naming the run file
+            raise OSError(exc.errno, f"{path}: cannot build the run file ({exc.strerror or exc})") from None
+        _check_free_space(folder, len(image) + 65536, path)   # a full disk fails here, cleanly, before any write
+        lock = _HELD.get(os.path.abspath(path))
+        previous = None
+        try:
+            with atomic_path(path, durable=True) as tmp:
+                write_all(tmp, image, path)
+                if lock is not None:   # the lock moves onto the new file before it takes the name, and the old
+                    previous = lock._hold_file(tmp, keep_previous=True)   # version's is let go only after that
+        except BaseException:
+            if previous is not None:   # the old version kept its name: it keeps the lock
+                lock._file_fd, previous = previous, lock._file_fd
+            raise
+        finally:
+            if previous is not None:
+                os.close(previous)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -348,7 +364,7 @@ def read_run(path):
     if not is_h5:
         raise RunFileError(f"run file {path} is not an HDF5 file")
     try:
-        with h5py.File(path, "r") as f:
+        with deferred_signals(), h5py.File(path, "r") as f:   # Ctrl-C never lands in an h5py finaliser
             return _read_contents(f, path)
     except RunFileError:
         raise
@@ -367,15 +383,74 @@ def _member(parent, name, want, path):
     return obj
 
 
-def _numeric(ds, path):
-    """A dataset's data, refused unless it is a real number array (bool, int, uint or float)."""
-    if ds.dtype.kind not in "biuf":
-        raise RunFileError(f"run file {path} is damaged: {ds.name} has dtype {ds.dtype}, not a real number type")
+def _damaged(path, what):
+    return RunFileError(f"run file {path} is damaged: {what}")
+
+
+def _numeric(ds, path, limit, kinds="biuf"):
+    """A dataset's data, refused unless it is a real number array (bool, int, uint or float; ``kinds``) whose
+    declared size fits in the file (``limit`` bytes: ssaref stores every array uncompressed, so a larger one is
+    crafted), checked before anything is allocated."""
+    if ds.dtype.kind not in kinds:
+        want = "a real number type" + {"f": " of floating point", "iuf": " (int or float)"}.get(kinds, "")
+        raise _damaged(path, f"{ds.name} has dtype {ds.dtype}, not {want}")
+    if ds.shape is None:
+        raise _damaged(path, f"{ds.name} has no data (an empty dataspace)")
+    nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
+    if nbytes > limit:
+        raise _damaged(path, f"{ds.name} declares shape {ds.shape} ({nbytes} bytes), more than the whole file "
+                             f"({limit} bytes)")
     return _read_dataset(ds)
+
+
+def _check_metrics(metrics, config, path):
+    """Ranks of the metrics against the schema: every metric is stacked on an epoch axis; the per-epoch scalars
+    are (E,), the per-layer rows (E, L) with L the length of the config's column list."""
+    for attr in ("svd_layers", "align_layers"):
+        cols = config.get(attr)
+        if cols is not None and not (isinstance(cols, list) and all(isinstance(c, str) for c in cols)):
+            raise _damaged(path, f"its config's {attr} is {cols!r}, not a list of layer names")
+    for name, arr in metrics.items():
+        where = f"/metrics/{_encode_key(name)}"
+        if arr.ndim == 0:
+            raise _damaged(path, f"{where} is 0-d; a metric holds one entry per epoch (axis 0)")
+        attr = LAYER_METRICS.get(name, "svd_layers" if name.startswith("svd_") else None)
+        if name in SCALAR_METRICS and arr.ndim != 1:
+            raise _damaged(path, f"{where} has shape {arr.shape}; a per-epoch value is stored as (epochs,)")
+        if name not in SCALAR_METRICS and attr is not None:
+            cols = config.get(attr)
+            if arr.ndim != 2 or (cols is not None and arr.shape[1] != len(cols)):
+                want = f"(epochs, {len(cols)})" if cols is not None else "(epochs, layers)"
+                raise _damaged(path, f"{where} has shape {arr.shape}; a per-layer value is stored as {want}"
+                                     + (f" (the config's {attr} names {len(cols)} layers)" if cols is not None else ""))
+
+
+def _check_checkpoint(ck, path):
+    """The checkpoint's scalars and arrays against the schema: epoch and step non-negative integers, model/method/
+    dataset strings, the model's arrays floating point, every array finite (``ssaref.train`` writes a checkpoint
+    only when all are), the random state one NumPy can continue."""
+    for key in ("epoch", "step"):
+        v = ck.get(key)
+        if key in ck and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise _damaged(path, f"/checkpoint attribute {key} = {v!r} is not a non-negative integer")
+    for key in ("model", "method", "dataset"):
+        if key in ck and not isinstance(ck[key], str):
+            raise _damaged(path, f"/checkpoint attribute {key} = {ck[key]!r} is not a string")
+    for group in _ARRAY_GROUPS:
+        for k, v in (ck.get(group) or {}).items():
+            if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all():
+                raise _damaged(path, f"/checkpoint/{group}/{_encode_key(k)} holds NaN or inf (a checkpoint is "
+                                     f"written only when every value is finite)")
+    if "rng" in ck:
+        try:
+            generator_from_state(ck["rng"])
+        except RunFileError as exc:
+            raise _damaged(path, f"/checkpoint/rng state: {exc}") from None
 
 
 def _read_contents(f, path):
     """The one reader of a run file's layout: every object checked against the schema (module docstring)."""
+    limit = os.path.getsize(path)
     schema = _py(f.attrs.get("schema"))
     if schema is None:
         raise RunFileError(f"run file {path} is not an ssaref run (HDF5 without a 'schema' attribute)")
@@ -392,8 +467,10 @@ def _read_contents(f, path):
         raise RunFileError(f"run file {path} is damaged: its config is JSON {raw[:40]!r}, not an object")
     metrics = {}
     if "metrics" in f:
-        for name, ds in _member(f, "metrics", h5py.Group, path).items():
-            metrics[_decode_key(name)] = np.asarray(_numeric(_member(f["metrics"], name, h5py.Dataset, path), path))
+        g = _member(f, "metrics", h5py.Group, path)
+        for name in g:
+            metrics[_decode_key(name)] = np.asarray(_numeric(_member(g, name, h5py.Dataset, path), path, limit))
+    _check_metrics(metrics, config, path)
     checkpoint = None
     if "checkpoint" in f:
         ck = _member(f, "checkpoint", h5py.Group, path)
@@ -408,18 +485,23 @@ def _read_contents(f, path):
                     raise RunFileError(f"run file {path} is damaged: {obj.name} state is not a JSON object")
                 checkpoint["rng"] = state
             else:
-                checkpoint[name] = {_decode_key(k): _numeric(_member(obj, k, h5py.Dataset, path), path)
+                kinds = "f" if name in _FLOAT_GROUPS else "iuf" if name in _ARRAY_GROUPS else "biuf"
+                checkpoint[name] = {_decode_key(k): _numeric(_member(obj, k, h5py.Dataset, path), path, limit, kinds)
                                     for k in obj}
+        _check_checkpoint(checkpoint, path)
     return config, metrics, checkpoint
 
 
 def generator_from_state(state: dict) -> np.random.Generator:
     """A ``numpy.random.Generator`` continuing exactly from ``state`` (a ``bit_generator.state`` dict)."""
     try:
-        bg_cls = getattr(np.random, state["bit_generator"])
+        name = state["bit_generator"]
+        bg_cls = getattr(np.random, name) if isinstance(name, str) else None
+        if not (isinstance(bg_cls, type) and issubclass(bg_cls, np.random.BitGenerator)):
+            raise ValueError(f"{name!r} is not a NumPy bit generator")
         bg = bg_cls()
-        bg.state = state
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        bg.state = state   # PCG64: state and increment must fit 128 unsigned bits (OverflowError otherwise)
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
         raise RunFileError(f"not a NumPy bit generator state ({type(exc).__name__}: {exc})") from None
     return np.random.Generator(bg)
 

@@ -340,6 +340,9 @@ def _checkpoint(model, optimizer, rule, rng, epoch, step, args):
 
 
 def _restore(path, args, model, optimizer, rule, rng, xp):
+    """Load the checkpoint of run file ``path`` into the freshly built run; every value is checked first (the
+    reader: types, ranks, finiteness, the random state; here: against this model, optimiser and rule), so a bad
+    file is refused with one line naming it and the entry, before any training step."""
     config, metrics, ck = read_run(path)
     if ck is None:
         raise RunFileError(f"{path}: run file holds no checkpoint to resume from")
@@ -350,6 +353,10 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
     for key in ("model", "method", "dataset"):
         if str(ck.get(key)) != str(getattr(args, key)):
             raise RunFileError(f"{path}: run belongs to {key} {ck.get(key)!r}, not {getattr(args, key)!r}")
+    epoch, step = ck["epoch"], ck["step"]   # non-negative integers (the reader checked them)
+    if epoch > args.epochs:
+        raise RunFileError(f"{path}: its checkpoint is at the end of epoch {epoch}, beyond --epochs {args.epochs}; "
+                           f"pass --epochs {epoch} or more to continue it")
     saved = ck["params"]
     rule.adapt_to_checkpoint(model, optimizer, {k: tuple(v.shape) for k, v in saved.items()})
     params = dict(model.named_params())
@@ -358,24 +365,35 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
                            f"{args.model!r} ({sorted(params)[:4]}...)")
     for k, v in params.items():
         if tuple(saved[k].shape) != tuple(v.shape):
-            raise RunFileError(f"{path}: parameter {k} has shape {tuple(saved[k].shape)} in the checkpoint, "
-                               f"model {args.model!r} expects {tuple(v.shape)}")
-        v[...] = xp.asarray(saved[k], dtype=v.dtype)
-    missing = sorted(set(model.buffers) - set(ck["buffers"]))
-    if missing:
-        raise RunFileError(f"{path}: checkpoint lacks buffers {missing}")
+            raise RunFileError(f"{path}: /checkpoint/params/{k} has shape {tuple(saved[k].shape)}, model "
+                               f"{args.model!r} expects {tuple(v.shape)}")
+    buffers = ck["buffers"]
+    missing, unknown = sorted(set(model.buffers) - set(buffers)), sorted(set(buffers) - set(model.buffers))
+    if missing or unknown:
+        raise RunFileError(f"{path}: checkpoint buffers do not match model {args.model!r}"
+                           + (f"; lacks {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
     for k, v in model.buffers.items():
-        v[...] = xp.asarray(ck["buffers"][k], dtype=v.dtype)
-    try:
-        optimizer.load_state_dict(ck["optimizer"])
-        rule.load_state_dict(ck["rule_state"], xp)
-        rng.bit_generator.state = ck["rng"]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise RunFileError(f"{path}: checkpoint cannot be restored: {one_line(exc)}") from None
-    try:
-        epoch, step = int(ck["epoch"]), int(ck["step"])
-    except (TypeError, ValueError):
-        raise RunFileError(f"{path}: checkpoint epoch/step {ck['epoch']!r}/{ck['step']!r} are not integers") from None
+        if tuple(buffers[k].shape) != tuple(v.shape):   # a scalar would broadcast to every channel
+            raise RunFileError(f"{path}: /checkpoint/buffers/{k} has shape {tuple(buffers[k].shape)}, model "
+                               f"{args.model!r} expects {tuple(v.shape)}")
+        if k.endswith("running_var") and (buffers[k] < 0).any():
+            raise RunFileError(f"{path}: /checkpoint/buffers/{k} holds a negative variance")
+    unknown = sorted(set(ck["rule_state"]) - set(rule.state_dict()))
+    if unknown:   # the rule drew all its state at set-up: a key it does not know is not its own
+        raise RunFileError(f"{path}: /checkpoint/rule_state holds unknown state {unknown[:4]} for method "
+                           f"{args.method!r}")
+    # the optimiser and the rule check their own state (keys, shapes, dtypes, values) before taking it
+    for group, load in (("optimizer", lambda: optimizer.load_state_dict(ck["optimizer"])),
+                        ("rule_state", lambda: rule.load_state_dict(ck["rule_state"], xp)),
+                        ("rng", lambda: setattr(rng.bit_generator, "state", ck["rng"]))):
+        try:
+            load()
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+            raise RunFileError(f"{path}: /checkpoint/{group} cannot be restored: {one_line(exc)}") from None
+    for k, v in params.items():
+        v[...] = xp.asarray(saved[k], dtype=v.dtype)
+    for k, v in model.buffers.items():
+        v[...] = xp.asarray(buffers[k], dtype=v.dtype)
     return {k: list(v) for k, v in metrics.items()}, epoch, step
 
 

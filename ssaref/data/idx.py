@@ -124,6 +124,9 @@ def load_idx_pair(images_path, labels_path, num_classes: int):
         )
     if images.shape[0] == 0:
         raise DatasetError(f"{images_path}: holds no images")
+    if images.ndim != 3 or min(images.shape[1:]) == 0:
+        raise DatasetError(f"{images_path}: images of shape {images.shape[1:]}; expected (rows, cols) with at least "
+                           f"one pixel each")
     y = labels.astype(np.int64)
     bad = (y < 0) | (y >= num_classes)
     if bad.any():

@@ -206,6 +206,8 @@ def normalise(x_train, x_test, *, scale: float, dtype, chunk: int = 8192):
     """
     n, c = x_train.shape[:2]
     count = n * x_train.shape[2] * x_train.shape[3]
+    if count == 0 or c == 0:   # no statistics to take (the divisions below would warn, then make NaN)
+        raise DatasetError(f"the training split holds no pixels (images of shape {x_train.shape[1:]}, {n} of them)")
     total = np.zeros(c)
     for i in range(0, n, chunk):
         total += x_train[i : i + chunk].sum(axis=(0, 2, 3), dtype=np.float64)

@@ -339,6 +339,14 @@ class Rule:
         if missing:
             raise ValueError(f"rule {self.name!r}: checkpoint lacks feedback arrays {sorted(missing)}")
         for k, v in d.items():
+            kind = np.dtype(getattr(v, "dtype", np.float64)).kind
+            want = np.dtype(self.state[k].dtype).kind if k in self.state else kind
+            if kind not in "iuf" or (kind == "f") != (want == "f"):
+                raise ValueError(f"rule {self.name!r}: state {k!r} has dtype {getattr(v, 'dtype', type(v))}, "
+                                 f"expected {self.state[k].dtype if k in self.state else 'a real number type'}")
+            if kind == "f" and not bool(np.isfinite(asnumpy(v)).all()):
+                raise ValueError(f"rule {self.name!r}: state {k!r} holds NaN or inf")
+        for k, v in d.items():
             if k in self.state and tuple(self.state[k].shape) != tuple(v.shape):
                 raise ValueError(
                     f"rule {self.name!r}: feedback {k!r} has shape {tuple(v.shape)} in the "
