@@ -65,9 +65,8 @@ class Run:
     def settings(self) -> dict:
         """The config without the keys in ``IGNORED_KEYS`` and the derived column lists, a rule option left at
         its default (``None`` in the config) replaced by that default: equal settings = the same experiment."""
+        from .config import filled_config
         from .rules import RULES
-
-        from .train import filled_config
 
         opts = getattr(RULES.get(str(self.config.get("method")), None), "OPTIONS", {})
         out = {}

@@ -1,12 +1,12 @@
 """``python -m ssaref.train``: train a model with one learning rule and log the run.
 
 Every flag can also come from ``--config FILE.toml`` (keys mirror the flags,
-``-`` or ``_`` alike); flags given on the command line win over the file.
+``-`` or ``_`` alike); flags given on the command line win over the file.  The flags, their validation and
+defaults, and the run file's config are ``ssaref.config``'s.
 The last line printed is ``final test_acc=<float>``.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -16,285 +16,26 @@ import time
 import numpy as np
 
 from . import __version__, distributed
-from .cli import (Diverged, OneLineParser, check_output_path, int64, int_list, nonnegative_int, one_line, positive,
-                  run_main)
+from . import config as config_mod
+from .cli import Diverged, check_output_path, one_line, run_main
 from .backend import asnumpy, get_array_module, keep_large_allocations, parse_dtype, resolve_backend, to_device
-from .data import DATASETS, augment, load_dataset
-from .nn import MODELS, build_model
+from .config import build_parser, filled_config, parse_args, run_config
+from .data import augment, load_dataset
+from .nn import build_model
 from .ops.losses import softmax_cross_entropy
 from .optim import build_schedule
-from .threads import apply_threads, threads_arg
-from .rules import RULES, build_rule
+from .threads import apply_threads
+from .rules import build_rule
 from .run import build_run
 from .runlog import RunFileError, RunLock, read_run, remove_stale_temporaries, write_run
 
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["main", "build_parser", "parse_args", "run_config", "train", "TrainingError", "EXIT_CODES"]
+__all__ = ["main", "build_parser", "parse_args", "run_config", "filled_config", "train", "TrainingError", "EXIT_CODES"]
 
 TrainingError = Diverged  # training cannot go on (a non-finite loss, parameter or state); exit 3
 
 EXIT_CODES = {0: "finished", 1: "a bug (traceback printed)", 2: "bad input or an I/O error (one error line)",
               3: "diverged: a non-finite loss, parameter or state (the message names the epoch, the step and the "
                  "checkpoint left intact)", 130: "interrupted"}
-
-
-def build_parser():
-    p = OneLineParser(prog="python -m ssaref.train", description=__doc__.splitlines()[0])
-    a = p.add_argument
-    a("--config", help="TOML file whose keys mirror these flags")
-    a("--backend", default="auto", help="auto (cupy when a GPU is usable), numpy or cupy")
-    a("--method", default="ssa", help=f"learning rule: {', '.join(sorted(RULES))}")
-    a("--model", default="mlp", help=f"one of {', '.join(sorted(MODELS))}")
-    a("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
-    a("--data-dir", default=None, help="dataset root searched first (then $SSAREF_DATA, ./data, /usr/share/datasets)")
-    a("--no-download", action="store_true", help="never download a missing dataset")
-    a("--epochs", type=positive(int), default=10)
-    a("--batch-size", type=positive(int), default=128)
-    a("--lr", type=positive(float), default=1e-3)
-    a("--optimizer", default="adam", help="sgd, adam or adamw")
-    a("--momentum", type=float, default=0.9, help="SGD momentum")
-    a("--nesterov", action="store_true")
-    a("--weight-decay", type=float, default=0.0)
-    a("--schedule", default="constant", help="constant, step or cosine")
-    a("--seed", type=nonnegative_int, default=0)
-    a("--train-limit", type=positive(int), default=None, help="use the first N training examples")
-    a("--test-limit", type=positive(int), default=None, help="use the first N test examples")
-    a("--dtype", default="float32", help="float32 (training) or float64")
-    a("--hidden", type=int_list, default=None, help="mlp hidden widths, e.g. 256,256")
-    a("--activation", default=None, choices=["relu", "tanh", "sigmoid"],
-      help="hidden non-linearity of mlp (default relu)")
-    a("--width-mult", type=positive(float), default=1.0, help="scale channel counts of conv models")
-    a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
-    a("--eval-batch-size", type=positive(int), default=1000)
-    a("--align-every", type=int64, default=0,
-      help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)")
-    a("--val-split", type=_fraction, default=0.0,
-      help="hold out this fraction of the training set (stratified by class, seeded) as a validation split, "
-           "evaluated every epoch (val_loss, val_acc); 0: none")
-    a("--out", default=None, help="HDF5 run file (config, per-epoch metrics, checkpoint)")
-    a("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
-    a("--resume", default=None, help="continue the run stored in this file")
-    a("--no-progress", action="store_true", help="no progress bar")
-    a("--threads", type=threads_arg, default=None,
-      help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
-    a("--data-on-device", choices=["auto", "on", "off"], default="auto",
-      help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
-           "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "
-           "when they take at most a quarter of the device's free memory")
-    a("--log-every", type=positive(int), default=1,
-      help="read the training loss back every K steps (one device->host transfer per K steps; a non-finite loss "
-           "still stops the run naming its own step)")
-    a("--distributed", default="none", choices=["none", "mpi"],
-      help="data-parallel over MPI ranks (mpiexec -n N / srun): each rank takes a shard of every global batch of "
-           "--batch-size, one allreduce per step; rank 0 prints and writes (docs/scaling.md)")
-    a("--mpi-timeout", type=positive(float), default=600.0,
-      help="seconds a collective may wait for the other ranks before the job is aborted")
-    a("--sync-bn", action="store_true",
-      help="with --distributed: BatchNorm uses the global batch's statistics (reduced across ranks) instead of each "
-           "rank's own")
-    a("--check-replicas", type=nonnegative_int, default=0,
-      help="every K epochs check that all ranks hold identical parameters and rule state (0: never)")
-    g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
-    for opt, (typ, defaults, help_, owners) in _rule_options().items():
-        if len(set(map(repr, defaults.values()))) == 1:
-            default = f"default {next(iter(defaults.values()))}"
-        else:  # the methods declare different defaults
-            default = "default " + ", ".join(f"{v} ({m})" for m, v in defaults.items())
-        g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
-                       type=str if typ is bool else int64 if typ is int else typ,
-                       help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"))
-    return p
-
-
-def _fraction(s):
-    """Argument type: a float in [0, 1)."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
-    return v
-
-
-def _rule_options():
-    """Union of every registered rule's OPTIONS: name -> (type, {method: default}, help, [methods])."""
-    out = {}
-    for mname, cls in sorted(RULES.items()):
-        for opt, (typ, default, help_) in cls.OPTIONS.items():
-            if opt in out:
-                out[opt][1][mname] = default
-                out[opt][3].append(mname)
-            else:
-                out[opt] = (typ, {mname: default}, help_, [mname])
-    return out
-
-
-def _rule_kwargs(args):
-    """Rule options the user set; an option the chosen method does not take is an error."""
-    given = {k[len("rule_"):]: v for k, v in vars(args).items() if k.startswith("rule_") and v is not None}
-    cls = RULES[args.method]
-    foreign = sorted(set(given) - set(cls.OPTIONS))
-    if foreign:
-        raise ValueError(f"method {args.method!r} takes no option --{foreign[0].replace('_', '-')}; "
-                         f"its options: {', '.join('--' + o.replace('_', '-') for o in cls.OPTIONS) or 'none'}")
-    return given
-
-
-def _config_defaults(parser, path):
-    """The ``--config`` TOML file as parser defaults, every value checked like the flag it mirrors."""
-    try:
-        with open(path, "rb") as f:
-            cfg = tomllib.load(f)
-    except FileNotFoundError:
-        parser.error(f"config file {path!r} not found")
-    except IsADirectoryError:
-        parser.error(f"config file {path!r} is a folder, not a TOML file")
-    except UnicodeDecodeError as exc:
-        parser.error(f"config file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})")
-    except tomllib.TOMLDecodeError as exc:
-        parser.error(f"config file {path!r} is not valid TOML: {exc}")
-    except OSError as exc:
-        parser.error(f"config file {path!r} cannot be read: {exc.strerror or exc}")
-    return _checked_defaults(parser, cfg, f"config file {path!r}")
-
-
-_NOT_FROM_RUN = ("out", "resume", "config", "help", "overwrite")
-
-
-def _checked_defaults(parser, cfg, where, *, run_file=False):
-    """``cfg`` (TOML keys, or a resumed run file's config) as parser defaults, every value checked like the flag
-    it mirrors; a bad one is the parser's one-line error naming ``where``.  A run file's config also holds
-    entries that are not flags (skipped) and None where a flag's default is None."""
-    actions = {a.dest: a for a in parser._actions}
-    defaults = {}
-    for k, v in cfg.items():
-        dest = k.replace("-", "_")
-        if dest not in actions and "rule_" + dest in actions:
-            dest = "rule_" + dest
-        if run_file and (dest not in actions or dest in _NOT_FROM_RUN):
-            continue
-        if dest not in actions or dest in ("config", "help"):
-            parser.error(f"{where}: unknown key {k!r}")
-        action = actions[dest]
-        flag = action.option_strings[0] if action.option_strings else dest
-        if run_file and v is None and action.default is None:
-            pass
-        elif action.nargs == 0:  # store_true flags take a TOML boolean
-            if not isinstance(v, bool):
-                parser.error(f"{where}: {k} must be true or false, got {v!r}")
-        elif action.type is int_list and isinstance(v, list):
-            if not all(isinstance(e, int) and not isinstance(e, bool) for e in v):
-                parser.error(f"{where}: {k} must be a list of integers, got {v!r}")
-        elif isinstance(v, (list, dict)) or (isinstance(v, bool) and action.type not in (str, None)):
-            parser.error(f"{where}: {k} must be a single value like {flag} takes, got {v!r}")
-        elif action.type is not None:
-            try:
-                v = action.type(str(v).lower() if isinstance(v, bool) else str(v))
-            except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-                parser.error(f"{where}: {k} = {v!r}: {exc}")
-        elif not isinstance(v, str):
-            parser.error(f"{where}: {k} must be a string, got {v!r}")
-        defaults[dest] = v
-    return defaults
-
-
-def parse_args(argv=None):
-    """Parse flags.  Precedence: flags given now > ``--config`` TOML keys > the resumed run's own settings >
-    built-in defaults.  ``resume`` may come from the flag or the TOML file alike."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    config = _config_defaults(parser, args.config) if args.config else {}
-    resume = args.resume or config.get("resume")
-    if resume:  # the run's own settings become the defaults
-        try:
-            run_config, _, _ = read_run(resume)
-        except RunFileError:
-            run_config = {}  # train() reports the unreadable file with its one-line error
-        parser.set_defaults(**_checked_defaults(parser, run_config, f"run file {resume}", run_file=True))
-        parser.set_defaults(**_earlier_defaults(run_config))
-    parser.set_defaults(**config)
-    return parser.parse_args(argv)
-
-
-def _version(text):
-    try:
-        return tuple(int(part) for part in str(text).split(".")[:3])
-    except ValueError:
-        return (0,)
-
-
-def _earlier_defaults(run_config):
-    """Rule options a run written by an earlier ssaref ran with without recording them: the defaults of its
-    version (``Rule.DEFAULTS_BEFORE``) for every option its file leaves unset, so a resume continues that run
-    and not one with today's defaults."""
-    cls = RULES.get(run_config.get("method"))
-    written = _version(run_config.get("ssaref_version", "0.1.0"))
-    out = {}
-    for version, defaults in sorted(getattr(cls, "DEFAULTS_BEFORE", {}).items(), key=lambda kv: _version(kv[0])):
-        if written < _version(version):
-            out.update({f"rule_{k}": v for k, v in defaults.items()
-                        if run_config.get(f"rule_{k}") is None and f"rule_{k}" not in out})
-    return out
-
-
-def filled_config(run_config):
-    """A run file's config with every rule option of its method given: an option the file leaves unset (null:
-    files of ssaref 0.1.0) takes the default of the version that wrote it (``_earlier_defaults``), then today's.
-    What a run computed, comparable between files of any version (plots, sweep caches)."""
-    cfg = dict(run_config, **_earlier_defaults(run_config))
-    cls = RULES.get(cfg.get("method"))
-    if cls is None:
-        return cfg
-    given = {k: cfg[f"rule_{k}"] for k in cls.OPTIONS if cfg.get(f"rule_{k}") is not None}
-    try:
-        options = cls(**given).options   # the rule resolves what is unset (SSA's paper variant: its own defaults)
-    except ValueError:
-        options = {k: spec[1] for k, spec in cls.OPTIONS.items()}
-    for k, v in options.items():
-        if cfg.get(f"rule_{k}") is None:
-            cfg[f"rule_{k}"] = v
-    return cfg
-
-
-def _check_choices(args):
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ValueError(f"--data-dir {args.data_dir!r} is not an existing folder (create it, or leave the flag "
-                         f"out to search $SSAREF_DATA, ./data and /usr/share/datasets)")
-    if args.method not in RULES:
-        raise ValueError(f"unknown method {args.method!r}; choose one of {', '.join(sorted(RULES))}")
-    if args.model not in MODELS:
-        raise ValueError(f"unknown model {args.model!r}; choose one of {', '.join(sorted(MODELS))}")
-    if args.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-
-
-def run_config(args):
-    """The run's effective configuration as stored in the run file's ``config`` (every setting that shapes the
-    run; not where it is written, nor ``--config``/``--resume``/``--overwrite``/``--no-progress``)."""
-    cfg = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress", "overwrite")}
-    cfg["ssaref_version"] = __version__
-    if args.method in RULES:
-        _rule_kwargs(args)   # refuses an option the method does not take
-    return filled_config(cfg)   # every option the rule runs with, defaults included (a resume keeps them all)
-
-
-def _model_options(args):
-    opts = {}
-    if args.model == "mlp":
-        if args.hidden is not None:
-            opts["hidden"] = tuple(args.hidden)
-        if args.activation is not None:
-            opts["activation"] = args.activation
-    elif args.activation is not None:
-        raise ValueError(f"--activation applies to mlp only, not {args.model!r}")
-    elif args.width_mult != 1.0:
-        opts["width_mult"] = args.width_mult
-    return opts
 
 
 def _metric_name(key):
@@ -473,7 +214,7 @@ def train(args, log=print):
     a checkpoint is written only when all of them are finite.  Bad input raises ValueError/OSError (exit 2)
     before any training step.
     """
-    _check_choices(args)
+    config_mod.validate(args)
     out = args.out or args.resume
     if out:  # before any work: refuse to destroy another run, fail now rather than after an epoch
         check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,), create=False)
@@ -511,10 +252,11 @@ def _setup(args, log, out, stack, xp, comm):
                       test_limit=args.test_limit, download=not args.no_download, seed=args.seed)
     val = _split_validation(ds, args.val_split, args.seed) if args.val_split > 0 else None
     model = build_model(args.model, ds.input_shape, ds.num_classes, xp=xp, dtype=dtype, seed=args.seed,
-                        **_model_options(args))
+                        **config_mod.model_options(args))
     rng = np.random.default_rng(args.seed + 1)  # data order and augmentation, host side
     opt_kw = ({"momentum": args.momentum, "nesterov": args.nesterov} if args.optimizer == "sgd" else {})
-    run = build_run(model, build_rule(args.method, **_rule_kwargs(args)), np.random.default_rng(args.seed + 2),
+    rule = build_rule(args.method, **config_mod.rule_options(args))
+    run = build_run(model, rule, np.random.default_rng(args.seed + 2),
                     optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **opt_kw)
     model, rule, optimizer = run.model, run.rule, run.optimizer
     n = len(ds.x_train)
@@ -529,8 +271,6 @@ def _setup(args, log, out, stack, xp, comm):
     use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
 
     tracker = None
-    if args.align_every < 0:
-        raise ValueError(f"--align-every must be >= 0, got {args.align_every}")
     if args.align_every > 0:
         from .metrics import AlignmentTracker
         tracker = AlignmentTracker(model, args.align_every)

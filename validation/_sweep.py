@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from ssaref import train as train_mod
+from ssaref import commands, config
 from ssaref.atomic import atomic_path, write_text
 from ssaref.cli import OneLineParser, positive, run_main
 from ssaref.data import DATASETS
@@ -52,7 +52,7 @@ from ssaref.runlog import RunFileError, read_run
 __all__ = ["Config", "RunStatus", "SeedResult", "Script", "Sweep", "run_script", "PAPER_LR", "QUICK_FLAGS",
            "QUICK_WIDTH", "build_parser", "parse_args", "parse_seeds", "split_passthrough", "pick_methods",
            "add_models_option", "pick_models", "grid", "select_methods", "train_flags", "run_one", "launch",
-           "run_sweep",
+           "check_runs", "run_sweep",
            "summarise", "mean_std", "fmt_mean_std", "fmt_num", "results_table", "write_atomic", "save_figure",
            "short_layer", "run_path", "settings_line", "pyplot", "write_results", "layer_series", "ArgParser",
            "check_datasets", "failed_runs", "exit_code", "BACKENDS", "FIGURE_ONLY", "paper_values"]
@@ -228,10 +228,29 @@ def add_mpi_options(p) -> None:
                    help="BLAS/OpenMP threads of every run (default: the cores available; one per rank with --mpi)")
 
 
+_CHECKING: list = []   # while check_runs runs: [errors]; launch then only checks its run's arguments
+
+
+def check_runs(jobs: list, fn) -> None:
+    """Check the ``ssaref.train`` arguments of every run ``fn(job)`` would launch (``ssaref.config``: parsed and
+    validated, nothing trained nor written); the first refused one raises ValueError naming its run (exit 2)."""
+    _CHECKING[:] = [[]]
+    try:
+        for job in jobs:
+            fn(job)
+        errors = _CHECKING[0]
+    finally:
+        _CHECKING[:] = []
+    if errors:
+        more = f" (and {len(errors) - 1} more runs refused)" if len(errors) > 1 else ""
+        raise ValueError(f"{errors[0]}{more}; no run was started")
+
+
 def map_runs(jobs: list, fn, args, log=print) -> dict:
     """``{key: RunStatus}`` of ``fn(job) -> (key, RunStatus)`` over ``jobs``, in job order; with ``--mpi`` rank r
     runs jobs r, r + N, r + 2N, ... (each writing its own run file atomically) and every rank gets all the
     statuses, so rank 0 can write results.md.  Sets ``args.rank`` (0 without MPI)."""
+    check_runs(jobs, fn)   # every run's ssaref.train arguments are checked before the first run starts
     args.rank, size = 0, 1
     comm = None
     if getattr(args, "mpi", False):
@@ -371,8 +390,8 @@ def settings_mismatch(path: Path, argv: list) -> str | None:
     ``ssaref.train`` settings but the epoch count), else a one-line description of the first differences.  An
     unreadable file or argv is a mismatch."""
     try:
-        have = json.loads(json.dumps(train_mod.filled_config(read_run(path)[0])))   # 0.1.0 files: their defaults
-        want = json.loads(json.dumps(train_mod.run_config(train_mod.parse_args(list(argv)))))
+        have = json.loads(json.dumps(config.read_config(path)))   # 0.1.0 files: their defaults
+        want = json.loads(json.dumps(config.run_config(config.parse_args(list(argv)))))
     except (RunFileError, ValueError, TypeError, SystemExit) as exc:
         return f"cannot compare settings ({exc})"
     keys = sorted((set(have) | set(want)) - _NOT_SETTINGS)
@@ -386,6 +405,11 @@ def launch(out: Path, argv: list, epochs: int, label: str, log=print) -> RunStat
     nor replaced (the run fails with a message naming the differences).  Never raises on a failed run: an
     exception inside ``ssaref.train.main`` is reported as exit code 1 with its ``error: Type: message`` line."""
     argv = list(argv) + (["--threads", str(_THREADS[0])] if _THREADS and "--threads" not in argv else [])
+    if _CHECKING:   # check_runs: the arguments only
+        err = config.check_argv(argv)
+        if err is not None:
+            _CHECKING[0].append(f"run {label}: {err.removeprefix('error: ')}")
+        return RunStatus(out, 0 if err is None else 2, err or "")
     if out.exists():
         done = _epochs_in(out)
         differ = settings_mismatch(out, argv) if done > 0 else None
@@ -407,7 +431,7 @@ def launch(out: Path, argv: list, epochs: int, label: str, log=print) -> RunStat
     tee = _Tee(sys.stderr)
     with contextlib.redirect_stderr(tee):
         try:
-            rc = train_mod.main(argv)
+            rc = commands.main(["train", *argv])
         except SystemExit as exc:  # ssaref.train's argparse rejected a flag (one "error:" line already printed)
             rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         except Exception as exc:  # a crash inside training is a failed run: the sweep goes on, the row says so

@@ -62,9 +62,11 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
+from ..options import Option, resolve
 
 __all__ = [
     "Rule",
+    "Option",
     "StepResult",
     "Batch",
     "AlignmentPair",
@@ -209,8 +211,9 @@ def chain_updates(model, caches, e, feedback=None):
 class Rule:
     """Base class; see the module docstring for the calls and their order.
 
-    Subclasses set ``name``, declare ``OPTIONS`` (``name -> (type, default, help)``; the training CLI turns each
-    into a flag ``--name`` and a TOML key) and implement ``updates``; they may override the other hooks.
+    Subclasses set ``name``, declare ``OPTIONS`` (``name -> Option(type, default, help)`` or a plain tuple; the
+    configuration module ``ssaref.config`` turns each into a flag ``--name`` and a TOML key) and implement
+    ``updates``; they may override the other hooks.
     ``step`` is not overridden: it is the same for every rule.
     """
 
@@ -220,9 +223,9 @@ class Rule:
     # (rule options, plain-SGD warm-up steps on the batch before the recorded step[, {"models", "warmup_options",
     # "optimizer", "steps"}]); a "default" entry may only set the models (docs/golden-vectors.md)
     GOLDEN_VARIANTS: dict = {}
-    # option defaults that changed: {"X.Y.Z": {option: the default before version X.Y.Z}}; a resumed run written by
-    # an earlier version (which did not record unset options) continues with the defaults it ran with
-    DEFAULTS_BEFORE: dict = {}
+    # {(option, value): "X.Y.Z"}: with ``option`` at ``value`` the unset options take the defaults of version X.Y.Z
+    # (their history is declared with each ``Option``; ssaref/options.py)
+    DEFAULTS_OF: dict = {}
 
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)
@@ -231,15 +234,16 @@ class Rule:
                 f"method {self.name!r} takes no option(s) {sorted(unknown)}; "
                 f"its options are {sorted(self.OPTIONS) or 'none'}"
             )
-        self.options = {k: spec[1] for k, spec in self.OPTIONS.items()}
+        given = {}
         for k, v in options.items():
             typ = self.OPTIONS[k][0]
             try:
-                self.options[k] = _coerce(typ, v)
+                given[k] = _coerce(typ, v)
             except (TypeError, ValueError):
                 raise ValueError(
                     f"method {self.name!r}: option {k}={v!r} is not a valid {getattr(typ, '__name__', typ)}"
                 ) from None
+        self.options = resolve(self.OPTIONS, given, defaults_of=self.DEFAULTS_OF)
         self.state: dict = {}  # drawn arrays (feedback matrices); saved in checkpoints
         self.group = None  # distributed.BatchGroup in a run over several ranks (module docstring)
 

@@ -33,7 +33,7 @@ Variants (``ssa_variant``):
     term ``G^T U S^-1`` (n x r) is transposed to fit the r x n bracket (the nearest evaluable reading); no
     retraction (section 5.2 "avoids costly retractions").  ``alpha`` does not appear in eqs. (11)-(13) and has
     no effect in this variant.  Options left unset take the engine's defaults from before the study
-    (``PAPER_DEFAULTS``: beta 0.001, gamma 0.01, orthogonality retract, rank_reading every, parity false), so
+    (``DEFAULTS_OF``: beta 0.001, gamma 0.01, orthogonality retract, rank_reading every, parity false), so
     this variant runs as it always did.
 
 ``G`` is ``dL_CE/dW`` for the task signal; ``G V`` and ``G^T U`` come from the layer without forming ``G``.
@@ -91,7 +91,7 @@ from ._feedback import (
     segment_dim,
     segments,
 )
-from .base import AlignmentPair, FeedbackExport, chain_updates
+from .base import AlignmentPair, FeedbackExport, Option, chain_updates
 from .svd_base import RANK_OPTIONS, SVDRuleBase
 
 __all__ = ["SSA"]
@@ -137,28 +137,34 @@ class SSA(SVDRuleBase):
         ),
     }
     # D4.15: the defaults chosen by the study (validation/results/ssa_study.md, on validation accuracy); the paper
-    # variant keeps the engine's earlier defaults (PAPER_DEFAULTS), so ``--ssa-variant paper`` runs as before
+    # variant keeps the engine's earlier defaults (DEFAULTS_OF), so ``--ssa-variant paper`` runs as before
     OPTIONS = {
         "alpha": (float, 1.0, "weight of the task (DFA cross-entropy) term of the local loss, eq. (6)"),
-        "beta": (float, 1e-2, "weight of the alignment loss, eq. (8) (ssa_variant paper: 0.001)"),
+        "beta": Option(
+            float, 1e-2, "weight of the alignment loss, eq. (8) (ssa_variant paper: 0.001)", before={"0.2.0": 1e-3}
+        ),
         **RANK_OPTIONS,
-        "gamma": (
+        "gamma": Option(
             float,
             1e-1,
             "weight of the orthogonality regulariser ||U^T U - I||^2 + ||V^T V - I||^2 (eq. (9)) "
             "(ssa_variant paper: 0.01)",
+            before={"0.2.0": 1e-2},
         ),
-        "rank_reading": (
+        "rank_reading": Option(
             str,
             "none",
             RANK_OPTIONS["rank_reading"][2] + " (ssa_variant paper: every)",
+            before={"0.2.0": "every"},
+            added="0.2.0",
         ),
         # D4.17 (0.3.0): section 4.4's r < mn/(m+n) for every layer is part of the method, not a knob
-        "parity": (
+        "parity": Option(
             bool,
             True,
             RANK_OPTIONS["parity"][2] + " (default true since 0.3.0, D4.17; ssa_variant paper: false; "
             "false is the uncompressed reading of 0.2.0)",
+            before={"0.3.0": False},
         ),
         "ssa_variant": (
             str,
@@ -185,7 +191,7 @@ class SSA(SVDRuleBase):
             "none; auto: polar (default), none (paper; orthogonality landing)",
         ),
         # D4.12: section 5.2 "avoids costly retractions" and cites the landing method [1]; eq. (9) is a penalty
-        "orthogonality": (
+        "orthogonality": Option(
             str,
             "retract-every",
             "orthogonality handling of U, V: retract (retraction after every optimiser step), landing (the "
@@ -193,9 +199,13 @@ class SSA(SVDRuleBase):
             "(9)'s unprojected penalty gradient 4 gamma X (X^T X - I), i.e. lambda = 4 gamma; no retraction; "
             "every step shrunk so that ||X^T X - I||_F stays <= landing_eps), retract-every (the retraction "
             "after every retract_every-th optimiser step only) (ssa_variant paper: retract)",
+            before={"0.2.0": "retract"},
+            added="0.2.0",
         ),
         # D4.12: the retraction of section 5.2's "costly retractions", applied every K-th step only
-        "retract_every": (int, 10, "with orthogonality retract-every: retract after every K-th optimiser step"),
+        "retract_every": Option(
+            int, 10, "with orthogonality retract-every: retract after every K-th optimiser step", added="0.2.0"
+        ),
         # D4.16 (issue 21): with Adam and orthogonality retract, Riemannian Adam (Becigneul & Ganea 2019)
         "transport": (
             bool,
@@ -206,17 +216,19 @@ class SSA(SVDRuleBase):
             "2019, per-entry second moments as geoopt's)",
         ),
         # D4.12: the eps of Ablin & Peyre's safe step (their section 3; Stiefel form D4.12)
-        "landing_eps": (
+        "landing_eps": Option(
             float,
             0.5,
             "with orthogonality landing: the safeguard's bound eps on ||X^T X - I||_F (Ablin & Peyre 2022; in (0, 1))",
+            added="0.2.0",
         ),
         # D4.13: the classifier's B_N (d_N x d_N) is defined nowhere in the paper
-        "align_last": (
+        "align_last": Option(
             bool,
             True,
             "give the output (classifier) layer an alignment target (the factors of a drawn d_N x d_N B_N, "
             "eq. (8)); false: the classifier has no alignment term",
+            added="0.2.0",
         ),
         "align_target": (
             str,
@@ -233,16 +245,12 @@ class SSA(SVDRuleBase):
         "rsvd_iters": (int, 4, "randomized SVD power iterations"),
     }
 
-    # D4.15: what an option left unset means with ssa_variant paper (the defaults before the study; D4.17: and
-    # before the rank constraint became the default)
-    PAPER_DEFAULTS = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every", "parity": False}
-    # runs written before ssaref X ran with these when the options were unset (a resume keeps them): before 0.2.0
-    # the study's four (D4.15), before 0.3.0 no rank constraint (D4.17)
-    DEFAULTS_BEFORE = {"0.2.0": {k: v for k, v in PAPER_DEFAULTS.items() if k != "parity"}, "0.3.0": {"parity": False}}
+    # D4.15: with ssa_variant paper an option left unset takes the engine's defaults before the study (0.2.0) and
+    # before the rank constraint became the default (0.3.0, D4.17): those of 0.1.0 (beta 0.001, gamma 0.01,
+    # orthogonality retract, rank_reading every, parity false; the history declared with each Option above)
+    DEFAULTS_OF = {("ssa_variant", "paper"): "0.1.0"}
 
     def __init__(self, **options):
-        if str(options.get("ssa_variant", "default")) == "paper":
-            options = {**self.PAPER_DEFAULTS, **options}
         super().__init__(**options)
         o = self.options
         check_choice(self.name, "ssa_variant", o["ssa_variant"], _VARIANTS)

@@ -33,7 +33,8 @@ from ..nn.models import BIAS_INITS, WEIGHT_INITS, reinitialise
 from ..nn.svd_layers import convert_model, recollect, svd_layers_of
 from ..rank import RankSchedule, keep_indices, parity_rank
 from ._feedback import check_choice, place
-from .base import Rule
+from ..options import first_defaults
+from .base import Option, Rule
 
 __all__ = ["SVDRuleBase", "RANK_OPTIONS"]
 
@@ -72,60 +73,48 @@ RANK_OPTIONS = {
         "classifier keeps its rank, except for the parity cap when parity is on",
     ),
     # D4.9: readings of section 4.4's threshold rule (the paper does not say whether it is re-applied)
-    "rank_reading": (
+    "rank_reading": Option(
         str,
         "every",
         "threshold rule of the rank schedule (section 4.4): every (95% energy rule re-applied at every epoch "
         "end of the threshold phase, compounding), once (applied at the first epoch end of the threshold phase "
         "only), relative (energy measured against the spectrum at the start of the threshold phase), none (no "
         "threshold phase)",
+        added="0.2.0",
     ),
     # D4.10: section 4.4 states r < mn/(m+n) for every layer; false exempts the classifier
-    "parity_last": (
+    "parity_last": Option(
         bool,
         True,
         "with parity on, cap the classifier too (section 4.4's rule for every layer); false: the classifier "
         "is exempt from parity (it then keeps its rank, or follows the schedule without the cap with reduce_last)",
+        added="0.2.0",
     ),
     # D4.11: the dense initialisation the factors are the SVD of (section 4.1 starts from the usual one)
-    "svd_init": (
+    "svd_init": Option(
         str,
         "default",
         "dense initialisation the SVD factors are taken from (section 4.1): default (the model's own draw, "
         "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which is torch's default), kaiming_uniform_a5 (the same "
         "distribution, torch's kaiming_uniform_(a=sqrt(5)), drawn afresh from a generator jumped off the "
         "rule's), orthogonal (torch's orthogonal_, gain 1, on the weight viewed as (out, fan_in))",
+        added="0.2.0",
     ),
     # D4.11: the bias of eq. (1)'s layers, drawn as the dense layer's (the paper is silent)
-    "bias_init": (
+    "bias_init": Option(
         str,
         "uniform",
         "bias initialisation of the SVD layers: uniform (the model's own draw, U(-1/sqrt(fan_in), "
         "1/sqrt(fan_in)), torch's default) or zero",
+        added="0.2.0",
     ),
 }
 
 SVD_INITS = WEIGHT_INITS  # ("default", "kaiming_uniform_a5", "orthogonal")
 
-# Options added after golden-vector schema 1, with the behaviour a golden file without them describes (ssaref 0.1.0's
-# defaults): ``resolved_options`` lists them (all of them) only when one differs from that value, so files whose
-# steps these options do not change stay byte-identical, and a reader may take an absent option to mean this value.
-# SSA's defaults since 0.2.0 (D4.15: orthogonality retract-every, rank_reading none) differ, so SSA's default
-# golden files list them all.
 #: with ``orthogonality retract`` (a retraction after every step) ``svd_retract_jump`` is measured at every
 #: JUMP_EVERY-th step of the epoch; ``retract-every`` measures each of its retractions (D4.7)
 JUMP_EVERY = 10
-
-LATER_OPTIONS = {
-    "rank_reading": "every",
-    "parity_last": True,
-    "svd_init": "default",
-    "bias_init": "uniform",
-    "orthogonality": "retract",
-    "retract_every": 10,
-    "landing_eps": 0.5,
-    "align_last": True,
-}
 
 
 class SVDRuleBase(Rule):
@@ -430,8 +419,12 @@ class SVDRuleBase(Rule):
 
     def resolved_options(self, model):
         out = dict(self.options, hoyer_active=bool(self.hoyer_on()))
-        later = [k for k in LATER_OPTIONS if k in out and k in self.OPTIONS]
-        if all(out[k] == LATER_OPTIONS[k] for k in later):  # see LATER_OPTIONS: all as a file without them says
+        # options added after golden-vector schema 1 (``Option.added``) are listed (all of them) only when one
+        # differs from what ssaref 0.1.0 ran, so files whose steps they do not change stay byte-identical and a
+        # reader may take an absent option to mean that value; SSA's defaults since 0.2.0 (D4.15) differ, so SSA's
+        # default golden files list them all
+        later = first_defaults(self.OPTIONS)
+        if all(out[k] == v for k, v in later.items()):
             for k in later:
                 del out[k]
         return out
