@@ -27,19 +27,28 @@ from . import __version__
 from .cli import OneLineParser, int64, int_list, nonnegative_int, positive
 from .data import DATASETS
 from .nn import MODELS
-from .options import earlier_defaults, resolve
+from .options import coerce, earlier_defaults, resolve
 from .rules import RULES
-from .rules.base import _coerce
 from .runlog import RunFileError, read_run
 from .threads import threads_arg
 
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["build_parser", "parse_args", "validate", "check_argv", "rule_options", "model_options", "run_config",
-           "filled_config", "read_config", "ConfigError"]
+__all__ = [
+    "build_parser",
+    "parse_args",
+    "validate",
+    "check_argv",
+    "rule_options",
+    "model_options",
+    "run_config",
+    "filled_config",
+    "read_config",
+    "ConfigError",
+]
 
 PROG = "python -m ssaref.train"
 
@@ -48,10 +57,16 @@ class ConfigError(ValueError):
     """A run's arguments are refused (the one-line message, without ``error:``)."""
 
 
+class _Parser(OneLineParser):
+    """The option table: argparse's actions plus ``applies`` (dest -> where the flag has an effect)."""
+
+    applies: dict
+
+
 def build_parser():
     """The option table: every ``ssaref.train`` flag (and so every TOML key), rule options included."""
-    p = OneLineParser(prog=PROG, description="train a model with one learning rule and log the run")
-    p.applies = {}   # dest -> (setting, values, inverted, words): where a flag has an effect
+    p = _Parser(prog=PROG, description="train a model with one learning rule and log the run")
+    p.applies = {}  # dest -> (setting, values, inverted, words): where a flag has an effect
 
     def a(*names, applies=None, **kw):
         action = p.add_argument(*names, **kw)
@@ -81,50 +96,103 @@ def build_parser():
     a("--dtype", default="float32", help="float32 (training) or float64")
     mlp = ("model", ("mlp",), False, "--model mlp")
     a("--hidden", type=int_list, default=None, help="mlp hidden widths, e.g. 256,256", applies=mlp)
-    a("--activation", default=None, choices=["relu", "tanh", "sigmoid"],
-      help="hidden non-linearity of mlp (default relu)", applies=mlp)
-    a("--width-mult", type=positive(float), default=1.0, help="scale channel counts of conv models (not mlp)",
-      applies=("model", ("mlp",), True, "the conv models, not --model mlp"))
+    a(
+        "--activation",
+        default=None,
+        choices=["relu", "tanh", "sigmoid"],
+        help="hidden non-linearity of mlp (default relu)",
+        applies=mlp,
+    )
+    a(
+        "--width-mult",
+        type=positive(float),
+        default=1.0,
+        help="scale channel counts of conv models (not mlp)",
+        applies=("model", ("mlp",), True, "the conv models, not --model mlp"),
+    )
     a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
     a("--eval-batch-size", type=positive(int), default=1000)
-    a("--align-every", type=int64, default=0,
-      help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)")
-    a("--val-split", type=_fraction, default=0.0,
-      help="hold out this fraction of the training set (stratified by class, seeded) as a validation split, "
-           "evaluated every epoch (val_loss, val_acc); 0: none")
+    a(
+        "--align-every",
+        type=int64,
+        default=0,
+        help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)",
+    )
+    a(
+        "--val-split",
+        type=_fraction,
+        default=0.0,
+        help="hold out this fraction of the training set (stratified by class, seeded) as a validation split, "
+        "evaluated every epoch (val_loss, val_acc); 0: none",
+    )
     a("--out", type=_path, default=None, help="HDF5 run file (config, per-epoch metrics, checkpoint)")
     a("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
     a("--resume", type=_path, default=None, help="continue the run stored in this file")
     a("--no-progress", action="store_true", help="no progress bar")
-    a("--threads", type=threads_arg, default=None,
-      help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
-    a("--data-on-device", choices=["auto", "on", "off"], default="auto",
-      help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
-           "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "
-           "when they take at most a quarter of the device's free memory")
-    a("--log-every", type=positive(int), default=1,
-      help="read the training loss back every K steps (one device->host transfer per K steps; a non-finite loss "
-           "still stops the run naming its own step)")
-    a("--distributed", default="none", choices=["none", "mpi"],
-      help="data-parallel over MPI ranks (mpiexec -n N / srun): each rank takes a shard of every global batch of "
-           "--batch-size, one allreduce per step; rank 0 prints and writes (docs/scaling.md)")
+    a(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)",
+    )
+    a(
+        "--data-on-device",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
+        "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "
+        "when they take at most a quarter of the device's free memory",
+    )
+    a(
+        "--log-every",
+        type=positive(int),
+        default=1,
+        help="read the training loss back every K steps (one device->host transfer per K steps; a non-finite loss "
+        "still stops the run naming its own step)",
+    )
+    a(
+        "--distributed",
+        default="none",
+        choices=["none", "mpi"],
+        help="data-parallel over MPI ranks (mpiexec -n N / srun): each rank takes a shard of every global batch of "
+        "--batch-size, one allreduce per step; rank 0 prints and writes (docs/scaling.md)",
+    )
     mpi = ("distributed", ("mpi",), False, "--distributed mpi")
-    a("--mpi-timeout", type=positive(float), default=600.0, applies=mpi,
-      help="seconds a collective may wait for the other ranks before the job is aborted")
-    a("--sync-bn", action="store_true", applies=mpi,
-      help="with --distributed: BatchNorm uses the global batch's statistics (reduced across ranks) instead of each "
-           "rank's own")
-    a("--check-replicas", type=nonnegative_int, default=0, applies=mpi,
-      help="every K epochs check that all ranks hold identical parameters and rule state (0: never)")
+    a(
+        "--mpi-timeout",
+        type=positive(float),
+        default=600.0,
+        applies=mpi,
+        help="seconds a collective may wait for the other ranks before the job is aborted",
+    )
+    a(
+        "--sync-bn",
+        action="store_true",
+        applies=mpi,
+        help="with --distributed: BatchNorm uses the global batch's statistics (reduced across ranks) instead of each "
+        "rank's own",
+    )
+    a(
+        "--check-replicas",
+        type=nonnegative_int,
+        default=0,
+        applies=mpi,
+        help="every K epochs check that all ranks hold identical parameters and rule state (0: never)",
+    )
     g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
     for opt, (typ, defaults, help_, owners) in _rule_option_table().items():
         if len(set(map(repr, defaults.values()))) == 1:
             default = f"default {next(iter(defaults.values()))}"
         else:  # the methods declare different defaults
             default = "default " + ", ".join(f"{v} ({m})" for m, v in defaults.items())
-        g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
-                       type=str if typ is bool else int64 if typ is int else typ,
-                       help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"))
+        g.add_argument(
+            "--" + opt.replace("_", "-"),
+            dest="rule_" + opt,
+            default=None,
+            metavar=opt.upper(),
+            type=str if typ is bool else int64 if typ is int else typ,
+            help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"),
+        )
     return p
 
 
@@ -148,7 +216,7 @@ def _path(s):
 
 def _rule_option_table():
     """Union of every registered rule's OPTIONS: name -> (type, {method: default}, help, [methods])."""
-    out = {}
+    out: dict = {}
     for mname, cls in sorted(RULES.items()):
         for opt, (typ, default, help_) in cls.OPTIONS.items():
             if opt in out:
@@ -165,12 +233,14 @@ def _flag(dest):
 
 def rule_options(args):
     """Rule options the user set; an option the chosen method does not take is an error (ConfigError)."""
-    given = {k[len("rule_"):]: v for k, v in vars(args).items() if k.startswith("rule_") and v is not None}
+    given = {k[len("rule_") :]: v for k, v in vars(args).items() if k.startswith("rule_") and v is not None}
     cls = RULES[args.method]
     foreign = sorted(set(given) - set(cls.OPTIONS))
     if foreign:
-        raise ConfigError(f"method {args.method!r} takes no option {_flag(foreign[0])}; "
-                          f"its options: {', '.join(_flag(o) for o in cls.OPTIONS) or 'none'}")
+        raise ConfigError(
+            f"method {args.method!r} takes no option {_flag(foreign[0])}; "
+            f"its options: {', '.join(_flag(o) for o in cls.OPTIONS) or 'none'}"
+        )
     return given
 
 
@@ -200,7 +270,8 @@ def _checked_defaults(parser, cfg, where, *, run_file=False):
     it mirrors; a bad one is the parser's one-line error naming ``where``.  A run file's config also holds
     entries that are not flags (skipped) and None where a flag's default is None."""
     actions = {a.dest: a for a in parser._actions}
-    defaults, keys = {}, {}
+    defaults: dict = {}
+    keys: dict = {}
     for k, v in cfg.items():
         dest = k.replace("-", "_")
         if dest not in actions and "rule_" + dest in actions:
@@ -252,8 +323,10 @@ def _check_applicable(parser, args, explicit):
         setting, values, inverted, words = parser.applies[dest]
         value = getattr(args, setting)
         if (value in values) == inverted:
-            parser.error(f"{_flag(dest)} has no effect with --{setting.replace('_', '-')} {value} (it applies to "
-                         f"{words} only); leave it out")
+            parser.error(
+                f"{_flag(dest)} has no effect with --{setting.replace('_', '-')} {value} (it applies to "
+                f"{words} only); leave it out"
+            )
     if args.method in RULES:
         try:
             rule_options(args)
@@ -286,7 +359,7 @@ def _earlier_defaults(run_cfg):
     """Rule options a run written by an earlier ssaref ran with without recording them: the defaults of its version
     (each option's declared history, ssaref/options.py) for every option its file leaves unset, so a resume
     continues that run and not one with today's defaults."""
-    cls = RULES.get(run_cfg.get("method"))
+    cls = RULES.get(str(run_cfg.get("method")))
     if cls is None:
         return {}
     old = earlier_defaults(cls.OPTIONS, run_cfg.get("ssaref_version", "0.1.0"))
@@ -299,14 +372,14 @@ def filled_config(run_cfg):
     one its variant names (``Rule.DEFAULTS_OF``).  What a run computed, comparable between files of any version
     (plots, sweep caches)."""
     cfg = dict(run_cfg)
-    cls = RULES.get(cfg.get("method"))
+    cls = RULES.get(str(cfg.get("method")))
     if cls is None:
         return cfg
     given = {k: cfg[f"rule_{k}"] for k in cls.OPTIONS if cfg.get(f"rule_{k}") is not None}
     try:
-        given = {k: _coerce(cls.OPTIONS[k][0], v) for k, v in given.items()}
+        given = {k: coerce(cls.OPTIONS[k][0], v) for k, v in given.items()}
     except (TypeError, ValueError):
-        pass   # an invalid value stays as written (refused where it is used)
+        pass  # an invalid value stays as written (refused where it is used)
     options = resolve(cls.OPTIONS, given, version=cfg.get("ssaref_version", "0.1.0"), defaults_of=cls.DEFAULTS_OF)
     for k, v in options.items():
         if cfg.get(f"rule_{k}") is None:
@@ -323,8 +396,10 @@ def read_config(path) -> dict:
 def validate(args):
     """The checks that need the registries or the file system: a bad choice raises ConfigError (exit 2)."""
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir!r} is not an existing folder (create it, or leave the flag "
-                          f"out to search $SSAREF_DATA, ./data and /usr/share/datasets)")
+        raise ConfigError(
+            f"--data-dir {args.data_dir!r} is not an existing folder (create it, or leave the flag "
+            f"out to search $SSAREF_DATA, ./data and /usr/share/datasets)"
+        )
     if args.method not in RULES:
         raise ConfigError(f"unknown method {args.method!r}; choose one of {', '.join(sorted(RULES))}")
     if args.model not in MODELS:
@@ -357,7 +432,7 @@ def run_config(args):
     run; not where it is written, nor ``--config``/``--resume``/``--overwrite``/``--no-progress``)."""
     cfg = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress", "overwrite")}
     cfg["ssaref_version"] = __version__
-    return filled_config(cfg)   # every option the rule runs with, defaults included (a resume keeps them all)
+    return filled_config(cfg)  # every option the rule runs with, defaults included (a resume keeps them all)
 
 
 def model_options(args):

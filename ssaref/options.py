@@ -17,7 +17,16 @@ This module is a leaf (it imports nothing of ssaref): ``rules/base.py`` and ``ss
 
 from __future__ import annotations
 
-__all__ = ["Option", "version_tuple", "defaults", "earlier_defaults", "first_defaults", "resolve", "FIRST_VERSION"]
+__all__ = [
+    "Option",
+    "coerce",
+    "version_tuple",
+    "defaults",
+    "earlier_defaults",
+    "first_defaults",
+    "resolve",
+    "FIRST_VERSION",
+]
 
 #: the first released version; a run file that names no version was written by it
 FIRST_VERSION = "0.1.0"
@@ -38,6 +47,20 @@ class Option(tuple):
 
     def __getnewargs_ex__(self):
         return (tuple(self), {"before": self.before, "added": self.added})
+
+
+def coerce(typ, v):
+    """Convert a flag, TOML or run-file value to the option's type ('true'/'false' and the like for bools)."""
+    if v is None:
+        return None
+    if typ is bool and isinstance(v, str):
+        low = v.strip().lower()
+        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            raise ValueError(v)
+        return low in ("true", "1", "yes", "on")
+    if typ is str and not isinstance(v, str):
+        raise ValueError(v)
+    return typ(v)
 
 
 def version_tuple(text) -> tuple:
@@ -71,8 +94,11 @@ def defaults(options: dict, version=None) -> dict:
 
 def earlier_defaults(options: dict, version) -> dict:
     """The options whose default in ``version`` is not today's (a changed default), with that value."""
-    return {k: default_as_of(spec, version) for k, spec in options.items()
-            if any(version_tuple(version) < version_tuple(v) for v in _history(spec))}
+    return {
+        k: default_as_of(spec, version)
+        for k, spec in options.items()
+        if any(version_tuple(version) < version_tuple(v) for v in _history(spec))
+    }
 
 
 def first_defaults(options: dict) -> dict:

@@ -5,6 +5,7 @@ Every flag can also come from ``--config FILE.toml`` (keys mirror the flags,
 defaults, and the run file's config are ``ssaref.config``'s.
 The last line printed is ``final test_acc=<float>``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 import time
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +35,14 @@ __all__ = ["main", "build_parser", "parse_args", "run_config", "filled_config", 
 
 TrainingError = Diverged  # training cannot go on (a non-finite loss, parameter or state); exit 3
 
-EXIT_CODES = {0: "finished", 1: "a bug (traceback printed)", 2: "bad input or an I/O error (one error line)",
-              3: "diverged: a non-finite loss, parameter or state (the message names the epoch, the step and the "
-                 "checkpoint left intact)", 130: "interrupted"}
+EXIT_CODES = {
+    0: "finished",
+    1: "a bug (traceback printed)",
+    2: "bad input or an I/O error (one error line)",
+    3: "diverged: a non-finite loss, parameter or state (the message names the epoch, the step and the "
+    "checkpoint left intact)",
+    130: "interrupted",
+}
 
 
 def _metric_name(key):
@@ -54,8 +61,8 @@ def evaluate(model, x, y, batch_size, xp, dtype, comm=None):
         return float(tot[0]) / len(x), float(tot[1]) / len(x)
     total_loss, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        xb = to_device(x[i:i + batch_size].astype(dtype, copy=False), xp)
-        yb = to_device(y[i:i + batch_size], xp)
+        xb = to_device(x[i : i + batch_size].astype(dtype, copy=False), xp)
+        yb = to_device(y[i : i + batch_size], xp)
         logits, _ = model.forward(xb, train=False)
         loss, _ = softmax_cross_entropy(logits, yb)
         total_loss += float(loss) * len(yb)
@@ -65,7 +72,11 @@ def evaluate(model, x, y, batch_size, xp, dtype, comm=None):
 
 def _checkpoint(model, optimizer, rule, rng, epoch, step, args):
     return {
-        "epoch": epoch, "step": step, "model": args.model, "method": args.method, "dataset": args.dataset,
+        "epoch": epoch,
+        "step": step,
+        "model": args.model,
+        "method": args.method,
+        "dataset": args.dataset,
         "params": {k: asnumpy(v) for k, v in model.named_params()},
         "buffers": {k: asnumpy(v) for k, v in model.buffers.items()},
         "optimizer": optimizer.state_dict(),
@@ -78,8 +89,7 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
     config, metrics, ck = read_run(path)
     if ck is None:
         raise RunFileError(f"{path}: run file holds no checkpoint to resume from")
-    for key in ("epoch", "step", "params", "buffers", "optimizer", "rule_state", "rng", "model", "method",
-                "dataset"):
+    for key in ("epoch", "step", "params", "buffers", "optimizer", "rule_state", "rng", "model", "method", "dataset"):
         if key not in ck:
             raise RunFileError(f"{path}: checkpoint lacks {key!r}; the file is damaged or not from ssaref.train")
     for key in ("model", "method", "dataset"):
@@ -89,12 +99,16 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
     rule.adapt_to_checkpoint(model, optimizer, {k: tuple(v.shape) for k, v in saved.items()})
     params = dict(model.named_params())
     if set(saved) != set(params):
-        raise RunFileError(f"{path}: checkpoint parameters {sorted(saved)[:4]}... do not match model "
-                           f"{args.model!r} ({sorted(params)[:4]}...)")
+        raise RunFileError(
+            f"{path}: checkpoint parameters {sorted(saved)[:4]}... do not match model "
+            f"{args.model!r} ({sorted(params)[:4]}...)"
+        )
     for k, v in params.items():
         if tuple(saved[k].shape) != tuple(v.shape):
-            raise RunFileError(f"{path}: parameter {k} has shape {tuple(saved[k].shape)} in the checkpoint, "
-                               f"model {args.model!r} expects {tuple(v.shape)}")
+            raise RunFileError(
+                f"{path}: parameter {k} has shape {tuple(saved[k].shape)} in the checkpoint, "
+                f"model {args.model!r} expects {tuple(v.shape)}"
+            )
         v[...] = xp.asarray(saved[k], dtype=v.dtype)
     missing = sorted(set(model.buffers) - set(ck["buffers"]))
     if missing:
@@ -139,7 +153,7 @@ class _LossWindow:
 
     def __init__(self, every):
         self.every = int(every)
-        self.pending = []   # (loss value, batch size, step in epoch, global step)
+        self.pending = []  # (loss value, batch size, step in epoch, global step)
 
     def add(self, value, n, b, step):
         self.pending.append((value, n, b, step))
@@ -200,8 +214,10 @@ class _Keeper:
         if self.resume and os.path.abspath(self.resume) == os.path.abspath(self.out):
             return f"; the checkpoint resumed from (end of epoch {self.resume_epoch}) is unchanged in {self.out}"
         if self.resume:
-            return (f"; no checkpoint was written to {self.out}; {self.resume} (end of epoch {self.resume_epoch}) is "
-                    f"unchanged")
+            return (
+                f"; no checkpoint was written to {self.out}; {self.resume} (end of epoch {self.resume_epoch}) is "
+                f"unchanged"
+            )
         if self.existed:
             return f"; no checkpoint was written: {self.out} still holds the file that was there before"
         return f"; no checkpoint was written to {self.out}"
@@ -223,78 +239,23 @@ def train(args, log=print):
     if not comm.is_root:
         log = _quiet  # only rank 0 prints
     with contextlib.ExitStack() as stack:
-        return _train(args, log, out, stack, xp, comm)
+        try:
+            trainer = Trainer(args, log, out, stack, xp, comm)
+            err = None
+        except Exception as exc:  # the ranks agree on set-up errors, so none waits for a rank that gave up
+            err = exc
+        if comm.size > 1:
+            errs = comm.allgather(None if err is None else f"rank {comm.rank}: {one_line(err)}", "the set-up check")
+            failed = [e for e in errs if e is not None]
+            if failed and err is None:
+                raise ValueError(failed[0])
+        if err is not None:
+            raise err
+        return trainer.run()
 
 
 def _quiet(*args, **kwargs):
     pass
-
-
-def _train(args, log, out, stack, xp, comm):
-    try:
-        setup = _setup(args, log, out, stack, xp, comm)
-        err = None
-    except Exception as exc:   # the ranks agree on set-up errors, so none waits for a rank that gave up
-        err = exc
-    if comm.size > 1:
-        errs = comm.allgather(None if err is None else f"rank {comm.rank}: {one_line(err)}", "the set-up check")
-        failed = [e for e in errs if e is not None]
-        if failed and err is None:
-            raise ValueError(failed[0])
-    if err is not None:
-        raise err
-    return _loop(args, log, out, xp, comm, *setup)
-
-
-def _setup(args, log, out, stack, xp, comm):
-    dtype = parse_dtype(args.dtype)
-    ds = load_dataset(args.dataset, data_dir=args.data_dir, train_limit=args.train_limit,
-                      test_limit=args.test_limit, download=not args.no_download, seed=args.seed)
-    val = _split_validation(ds, args.val_split, args.seed) if args.val_split > 0 else None
-    model = build_model(args.model, ds.input_shape, ds.num_classes, xp=xp, dtype=dtype, seed=args.seed,
-                        **config_mod.model_options(args))
-    rng = np.random.default_rng(args.seed + 1)  # data order and augmentation, host side
-    opt_kw = ({"momentum": args.momentum, "nesterov": args.nesterov} if args.optimizer == "sgd" else {})
-    rule = build_rule(args.method, **config_mod.rule_options(args))
-    run = build_run(model, rule, np.random.default_rng(args.seed + 2),
-                    optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **opt_kw)
-    model, rule, optimizer = run.model, run.rule, run.optimizer
-    n = len(ds.x_train)
-    if comm.size > 1:
-        distributed.check_shards(n, args.batch_size, comm.size)
-    bn_stats = (distributed.sync_batchnorm(model, comm, [a.net for a in rule.aux_networks()])
-                if (args.sync_bn and comm.size > 1) else None)
-    if comm.size > 1:   # a rule whose loss couples a batch's examples sees the global batch (rules/base.py)
-        rule.group = distributed.BatchGroup(comm)
-    steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
-    schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
-    use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
-
-    tracker = None
-    if args.align_every > 0:
-        from .metrics import AlignmentTracker
-        tracker = AlignmentTracker(model, args.align_every)
-
-    metrics, start_epoch, step = {}, 0, 0
-    if args.resume:
-        metrics, start_epoch, step = _restore(args.resume, args, model, optimizer, rule, rng, xp)
-        log(f"resumed {args.resume} at epoch {start_epoch}")
-    if out and comm.is_root:  # everything is set up: take the run file (its folder created now: bad input leaves
-        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))   # nothing behind)
-        stack.enter_context(RunLock(out))   # one writer per run file
-        remove_stale_temporaries(out)       # left by a writer killed mid-write
-    keeper = _Keeper(out, args.resume, start_epoch, bool(out) and Path(out).exists())
-    config = run_config(args)
-    if tracker is not None:
-        config["align_layers"] = list(tracker.layer_keys)
-    if rule.metric_layers():
-        config["svd_layers"] = list(rule.metric_layers())
-    log(f"ssaref {__version__}: method={args.method} model={args.model} dataset={args.dataset} "
-        f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} "
-        + (f"val={len(val[1])} " if val is not None else "") + f"test={len(ds.x_test)}"
-        + (f" ranks={comm.size}" if comm.size > 1 else ""))
-    return (ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch, use_aug, tracker,
-            metrics, start_epoch, step, keeper, config, bn_stats)
 
 
 def _resident(choice, xp, arrays, dtype):
@@ -307,147 +268,271 @@ def _resident(choice, xp, arrays, dtype):
     if choice == "auto":
         try:
             free = xp.cuda.Device().mem_info[0]
-        except AttributeError:   # a device module without CUDA's memory query (the tests' stand-in): it fits
+        except AttributeError:  # a device module without CUDA's memory query (the tests' stand-in): it fits
             free = 4 * nbytes
         if nbytes > free / 4:
             return None
     return [(to_device(x.astype(dtype, copy=False), xp), to_device(y, xp)) for x, y in arrays]
 
 
-def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch,
-          use_aug, tracker, metrics, start_epoch, step, keeper, config, bn_stats):
-    from tqdm import tqdm
+_AFTER_STEP = "the optimiser step or the rule's after_step"
 
-    n = len(ds.x_train)
-    sets = [(ds.x_train, ds.y_train), (ds.x_test, ds.y_test)] + ([val] if val is not None else [])
-    resident = _resident(args.data_on_device, xp, sets, dtype)   # one copy now instead of one per batch
-    (x_train, y_train), (x_test, y_test), *rest = resident if resident is not None else sets
-    val_data = rest[0] if rest else None
-    keys = [k for k, _ in run.params()]   # the flat buffer's layout: the same on every rank
 
-    window = _LossWindow(args.log_every)
+class Trainer:
+    """One training run: everything set-up builds (data, model, rule, optimiser, schedule, tracker, the resumed
+    state, the run file), ``run()`` the epochs, ``train_step`` one step through ``Run.train_step``."""
 
-    def diverged(what, epoch, b, gstep=None):
-        gstep = step if gstep is None else gstep
-        where = f"epoch {epoch + 1}, step {b + 1} (global step {gstep + 1})" if b is not None else f"epoch {epoch + 1}"
-        return Diverged(f"{what} at {where}{keeper.note()}")
+    def __init__(self, args, log, out, stack, xp, comm):
+        self.args, self.log, self.out, self.xp, self.comm = args, log, out, xp, comm
+        self.dtype = dtype = parse_dtype(args.dtype)
+        self.ds = ds = load_dataset(
+            args.dataset,
+            data_dir=args.data_dir,
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
+            download=not args.no_download,
+            seed=args.seed,
+        )
+        self.val = _split_validation(ds, args.val_split, args.seed) if args.val_split > 0 else None
+        model = build_model(
+            args.model,
+            ds.input_shape,
+            ds.num_classes,
+            xp=xp,
+            dtype=dtype,
+            seed=args.seed,
+            **config_mod.model_options(args),
+        )
+        self.rng = np.random.default_rng(args.seed + 1)  # data order and augmentation, host side
+        opt_kw = {"momentum": args.momentum, "nesterov": args.nesterov} if args.optimizer == "sgd" else {}
+        rule = build_rule(args.method, **config_mod.rule_options(args))
+        self.run_ = run = build_run(
+            model,
+            rule,
+            np.random.default_rng(args.seed + 2),
+            optimizer=args.optimizer,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            **opt_kw,
+        )
+        self.model, self.rule, self.optimizer = model, rule, optimizer = run.model, run.rule, run.optimizer
+        self.n = n = len(ds.x_train)
+        if comm.size > 1:
+            distributed.check_shards(n, args.batch_size, comm.size)
+        self.bn_stats = (
+            distributed.sync_batchnorm(model, comm, [a.net for a in rule.aux_networks()])
+            if (args.sync_bn and comm.size > 1)
+            else None
+        )
+        if comm.size > 1:  # a rule whose loss couples a batch's examples sees the global batch (rules/base.py)
+            rule.group = distributed.BatchGroup(comm)
+        self.steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
+        self.schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=self.steps_per_epoch)
+        self.use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
+        self.tracker = None
+        if args.align_every > 0:
+            from .metrics import AlignmentTracker
 
-    def read_losses(epoch):
-        """Read the pending losses (one transfer); the first non-finite one stops the run at its own step."""
-        total, last, bad = window.flush()
-        if bad is not None:
-            value, b_bad, s_bad = bad
-            raise diverged(f"loss is {value}", epoch, b_bad, s_bad)
-        return total, last
+            self.tracker = AlignmentTracker(model, args.align_every)
+        self.metrics, self.start_epoch, self.step = {}, 0, 0
+        if args.resume:
+            self.metrics, self.start_epoch, self.step = _restore(
+                args.resume, args, model, optimizer, rule, self.rng, xp
+            )
+            log(f"resumed {args.resume} at epoch {self.start_epoch}")
+        if out and comm.is_root:  # everything is set up: take the run file (its folder created now: bad input
+            check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))  # leaves nothing)
+            stack.enter_context(RunLock(out))  # one writer per run file
+            remove_stale_temporaries(out)  # left by a writer killed mid-write
+        self.keeper = _Keeper(out, args.resume, self.start_epoch, bool(out) and Path(out).exists())
+        self.config = config = run_config(args)
+        if self.tracker is not None:
+            config["align_layers"] = list(self.tracker.layer_keys)
+        if rule.metric_layers():
+            config["svd_layers"] = list(rule.metric_layers())
+        val = self.val
+        log(
+            f"ssaref {__version__}: method={args.method} model={args.model} dataset={args.dataset} "
+            f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} "
+            + (f"val={len(val[1])} " if val is not None else "")
+            + f"test={len(ds.x_test)}"
+            + (f" ranks={comm.size}" if comm.size > 1 else "")
+        )
 
-    def guarded(fn, what, epoch, b):
-        """Run a rule hook; an error it raises on non-finite parameters is divergence, named with its place (the
-        first non-finite loss still pending, when there is one)."""
-        try:
-            return fn()
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
-            bad = _first_nonfinite({"param": dict(model.named_params())})
-            if bad is None:
-                raise
-            read_losses(epoch)
-            raise diverged(f"{what} failed ({one_line(exc)}) with non-finite {bad}", epoch, b) from None
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self):
+        """Train from the start (or resumed) epoch to ``--epochs``; returns the metrics dict."""
+        args, ds, val = self.args, self.ds, self.val
+        sets = [(ds.x_train, ds.y_train), (ds.x_test, ds.y_test)] + ([val] if val is not None else [])
+        self.resident = _resident(args.data_on_device, self.xp, sets, self.dtype)  # one copy instead of per batch
+        (self.x_train, self.y_train), self.test_data, *rest = self.resident if self.resident is not None else sets
+        self.val_data: Any = rest[0] if rest else None
+        self.keys = [k for k, _ in self.run_.params()]  # the flat buffer's layout: the same on every rank
+        self.window = _LossWindow(args.log_every)
+        for epoch in range(self.start_epoch, args.epochs):
+            t0 = time.perf_counter()
+            train_loss, train_acc, b = self.train_epoch(epoch)
+            self.end_epoch(epoch, train_loss, train_acc, b, t0)
+        final = self.metrics["test_acc"][-1] if self.metrics.get("test_acc") else float("nan")
+        self.log(f"final test_acc={final:.4f}")
+        return self.metrics
 
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.perf_counter()
-        perm = rng.permutation(n)
-        order = to_device(perm, xp) if resident is not None else perm   # one copy of the epoch's order
-        loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                   disable=True if (args.no_progress or not comm.is_root) else None, file=sys.stderr)
+    def train_epoch(self, epoch):
+        """One pass over the training set: ``(train loss, train accuracy, last step index)``."""
+        from tqdm import tqdm
+
+        args, n = self.args, self.n
+        perm = self.rng.permutation(n)
+        order = to_device(perm, self.xp) if self.resident is not None else perm  # one copy of the epoch's order
+        self.loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            leave=False,
+            disable=True if (args.no_progress or not self.comm.is_root) else None,
+            file=sys.stderr,
+        )
         b = 0
         for b in bar:
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            xb = x_train[idx]
-            if use_aug:
-                xb = augment(xb, rng)   # on the global batch: the same draws on every rank (offsets drawn on the host)
-            yb = y_train[idx]
-            if comm.size > 1:           # this rank's contiguous shard of the global batch
-                part = distributed.shard(np.arange(len(idx)), comm.rank, comm.size)
-                lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
-                xb, yb = xb[lo:hi], yb[lo:hi]
-                if bn_stats is not None:
-                    bn_stats.set_batch(len(part), len(idx))
-                rule.group.set_shard(len(idx))
-            xb = to_device(xb.astype(dtype, copy=False), xp)   # no copy when resident
-            yb = to_device(yb, xp)
-            res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)
-            if tracker is not None:
-                tracker.maybe_record(step, model, rule, xb, yb, res)
-            if comm.size > 1:   # one allreduce: the global batch's updates, loss and correct count
-                correct_b = distributed.average_step(comm, res, yb, len(idx), keys)
-            else:
-                correct_b = (res.logits.argmax(axis=1) == yb).sum()
-            window.add(res.loss_value, len(idx), b, step)   # stays on the device until read
-            if window.due():   # every --log-every steps: one read of the pending losses
-                total, last = read_losses(epoch)
-                loss_sum += total
-                bar.set_postfix(loss=f"{last:.4f}")
-            # optimiser step, then the rule's after_step (SSA: retraction)
-            guarded(lambda: run.apply(res, lr=schedule(step)), "the optimiser step or the rule's after_step",
-                    epoch, b)
-            step += 1
-            correct = correct + correct_b
-        loss_sum += read_losses(epoch)[0]
+            correct = correct + self.train_step(order[b * args.batch_size : (b + 1) * args.batch_size], epoch, b, bar)
+        self.loss_sum += self.read_losses(epoch)[0]
         bar.close()
-        bad = _first_nonfinite({"parameter": dict(model.named_params())})   # the epoch's last update included
+        bad = _first_nonfinite({"parameter": dict(self.model.named_params())})  # the epoch's last update included
         if bad is not None:
-            raise diverged(f"{bad} is not finite after the epoch's last update", epoch, b)
-        train_loss, train_acc = loss_sum / n, int(correct) / n
-        epoch_metrics = guarded(lambda: rule.on_epoch_end(model, optimizer, epoch + 1, args.epochs),
-                                "the rule's end of epoch (rank schedule)", epoch, None)
+            raise self.diverged(f"{bad} is not finite after the epoch's last update", epoch, b)
+        return self.loss_sum / n, int(correct) / n, b
+
+    def train_step(self, idx, epoch, b, bar):
+        """One step on the examples ``idx``: the batch, then ``Run.train_step`` (the rule's step; in between the
+        alignment tracker, the allreduce over ranks and the loss window; then the optimiser step and the rule's
+        after_step).  Returns the batch's correct count (on the device)."""
+        xb, yb, n_global = self.batch(idx)
+        phase: list = ["the rule's step"]
+        out: dict = {}
+
+        def between(res):  # not guarded: what runs here raises its own errors
+            phase[0] = None
+            if self.tracker is not None:
+                self.tracker.maybe_record(self.step, self.model, self.rule, xb, yb, res)
+            if self.comm.size > 1:  # one allreduce: the global batch's updates, loss and correct count
+                out["correct"] = distributed.average_step(self.comm, res, yb, n_global, self.keys)
+            else:
+                out["correct"] = (res.logits.argmax(axis=1) == yb).sum()
+            self.window.add(res.loss_value, n_global, b, self.step)  # stays on the device until read
+            if self.window.due():  # every --log-every steps: one read of the pending losses
+                total, last = self.read_losses(epoch)
+                self.loss_sum += total
+                bar.set_postfix(loss=f"{last:.4f}")
+            phase[0] = _AFTER_STEP
+
+        try:  # the rule's step, ``between``, the optimiser step and the rule's after_step (SSA: retraction)
+            self.run_.train_step(xb, yb, lr=self.schedule(self.step), between=between)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            if phase[0] is None:
+                raise
+            self.diverged_in(exc, phase[0], epoch, b)
+        self.step += 1
+        return out["correct"]
+
+    def batch(self, idx):
+        """``(x, y, global batch size)`` of the examples ``idx`` on the device: augmented (on the global batch:
+        the same draws on every rank, offsets drawn on the host), then this rank's contiguous shard."""
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        if self.use_aug:
+            xb = augment(xb, self.rng)
+        if self.comm.size > 1:
+            part = distributed.shard(np.arange(len(idx)), self.comm.rank, self.comm.size)
+            lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
+            xb, yb = xb[lo:hi], yb[lo:hi]
+            if self.bn_stats is not None:
+                self.bn_stats.set_batch(len(part), len(idx))
+            self.rule.group.set_shard(len(idx))  # type: ignore[union-attr]  # set for several ranks
+        return to_device(xb.astype(self.dtype, copy=False), self.xp), to_device(yb, self.xp), len(idx)
+
+    def end_epoch(self, epoch, train_loss, train_acc, b, t0):
+        """The rule's end of epoch, evaluation, the epoch's line and metrics, the replica check, the checkpoint."""
+        args, metrics = self.args, self.metrics
+        try:
+            epoch_metrics = self.rule.on_epoch_end(self.model, self.optimizer, epoch + 1, args.epochs)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            self.diverged_in(exc, "the rule's end of epoch (rank schedule)", epoch, None)
         for k, v in epoch_metrics.items():
             metrics.setdefault(_metric_name(k), []).append(v)
-        test_loss, test_acc = evaluate(model, x_test, y_test, args.eval_batch_size, xp, dtype, comm)
+        test_loss, test_acc = self.evaluate(*self.test_data)
         if not np.isfinite(test_loss):
-            raise diverged(f"test loss is {test_loss}", epoch, None)
+            raise self.diverged(f"test loss is {test_loss}", epoch, None)
         seconds = time.perf_counter() - t0
         scalars = [("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc)]
-        line = (f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} ")
-        if val is not None:
-            val_loss, val_acc = evaluate(model, val_data[0], val_data[1], args.eval_batch_size, xp, dtype, comm)
+        line = f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} "
+        if self.val is not None:
+            val_loss, val_acc = self.evaluate(*self.val_data)
             scalars += [("val_loss", val_loss), ("val_acc", val_acc)]
             line += f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} "
-        scalars += [("test_loss", test_loss), ("test_acc", test_acc), ("seconds", seconds),
-                    ("lr", schedule(max(step - 1, 0)))]
+        scalars += [
+            ("test_loss", test_loss),
+            ("test_acc", test_acc),
+            ("seconds", seconds),
+            ("lr", self.schedule(max(self.step - 1, 0))),
+        ]
         for k, v in scalars:
             metrics.setdefault(k, []).append(v)
         line += f"test_loss={test_loss:.4f} test_acc={test_acc:.4f} time={seconds:.1f}s"
-        if tracker is not None:
-            line += " " + tracker.summary_line()
-            for k, v in tracker.epoch_metrics().items():
+        if self.tracker is not None:
+            line += " " + self.tracker.summary_line()
+            for k, v in self.tracker.epoch_metrics().items():
                 metrics.setdefault(_metric_name(k), []).append(v)
-            for k, rows in tracker.pop_events().items():
+            for k, rows in self.tracker.pop_events().items():
                 metrics.setdefault(_metric_name(k), []).extend(rows)
-        log(line)
+        self.log(line)
+        comm = self.comm
         if args.check_replicas and comm.size > 1 and (epoch + 1) % args.check_replicas == 0:
-            digests = comm.allgather(distributed.replica_digest(model, rule), "the replica check")
+            digests = comm.allgather(distributed.replica_digest(self.model, self.rule), "the replica check")
             if len(set(digests)) > 1:
                 raise distributed.DistributedError(
-                    f"replicas differ after epoch {epoch + 1}: " + ", ".join(f"rank {r} {d[:12]}"
-                                                                           for r, d in enumerate(digests)))
-        if out and comm.is_root:
-            ck = _checkpoint(model, optimizer, rule, rng, epoch + 1, step, args)
+                    f"replicas differ after epoch {epoch + 1}: "
+                    + ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
+                )
+        if self.out and comm.is_root:
+            ck = _checkpoint(self.model, self.optimizer, self.rule, self.rng, epoch + 1, self.step, args)
             bad = _first_nonfinite({g: ck[g] for g in ("params", "buffers", "optimizer", "rule_state")})
             if bad is not None:
-                raise diverged(f"checkpoint entry {bad} is not finite (nothing written)", epoch, None)
-            write_run(out, config=config, metrics=metrics, checkpoint=ck)
-            keeper.saved_epoch = epoch + 1
-    final = metrics["test_acc"][-1] if metrics.get("test_acc") else float("nan")
-    log(f"final test_acc={final:.4f}")
-    return metrics
+                raise self.diverged(f"checkpoint entry {bad} is not finite (nothing written)", epoch, None)
+            write_run(self.out, config=self.config, metrics=metrics, checkpoint=ck)
+            self.keeper.saved_epoch = epoch + 1
+
+    def evaluate(self, x, y):
+        return evaluate(self.model, x, y, self.args.eval_batch_size, self.xp, self.dtype, self.comm)
+
+    # -- divergence ------------------------------------------------------------------------------------
+    def diverged(self, what, epoch, b, gstep=None):
+        gstep = self.step if gstep is None else gstep
+        where = f"epoch {epoch + 1}, step {b + 1} (global step {gstep + 1})" if b is not None else f"epoch {epoch + 1}"
+        return Diverged(f"{what} at {where}{self.keeper.note()}")
+
+    def read_losses(self, epoch):
+        """Read the pending losses (one transfer); the first non-finite one stops the run at its own step."""
+        total, last, bad = self.window.flush()
+        if bad is not None:
+            value, b_bad, s_bad = bad
+            raise self.diverged(f"loss is {value}", epoch, b_bad, s_bad)
+        return total, last
+
+    def diverged_in(self, exc, what, epoch, b):
+        """An error a rule hook raised: divergence when a parameter is not finite, named with its place (the first
+        non-finite loss still pending, when there is one); otherwise ``exc`` itself."""
+        bad = _first_nonfinite({"param": dict(self.model.named_params())})
+        if bad is None:
+            raise exc
+        self.read_losses(epoch)
+        raise self.diverged(f"{what} failed ({one_line(exc)}) with non-finite {bad}", epoch, b) from None
 
 
 def _main(argv):
     args = parse_args(argv)
     keep_large_allocations()  # reuse big activation buffers across steps (glibc), see backend
     if args.threads is None and args.distributed != "none":
-        args.threads = distributed.default_threads_per_rank()   # the node's cores shared among its ranks
-    args.threads = apply_threads(args.threads)["threads"]   # recorded in the run file's config
+        args.threads = distributed.default_threads_per_rank()  # the node's cores shared among its ranks
+    args.threads = apply_threads(args.threads)["threads"]  # recorded in the run file's config
     train(args)
     return 0
 

@@ -62,7 +62,7 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
-from ..options import Option, resolve
+from ..options import Option, coerce, resolve
 
 __all__ = [
     "Rule",
@@ -169,20 +169,6 @@ class AuxNetwork(NamedTuple):
     in_shape: tuple = ()
 
 
-def _coerce(typ, v):
-    """Convert a flag or TOML value to the option's type ('true'/'false' for bools)."""
-    if v is None:
-        return None
-    if typ is bool and isinstance(v, str):
-        low = v.strip().lower()
-        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            raise ValueError(v)
-        return low in ("true", "1", "yes", "on")
-    if typ is str and not isinstance(v, str):
-        raise ValueError(v)
-    return typ(v)
-
-
 def first_param_layer(model) -> int:
     """Index of the first top-level layer holding parameters (the error need not go below it)."""
     for i, layer in enumerate(model.layers):
@@ -238,7 +224,7 @@ class Rule:
         for k, v in options.items():
             typ = self.OPTIONS[k][0]
             try:
-                given[k] = _coerce(typ, v)
+                given[k] = coerce(typ, v)
             except (TypeError, ValueError):
                 raise ValueError(
                     f"method {self.name!r}: option {k}={v!r} is not a valid {getattr(typ, '__name__', typ)}"
