@@ -8,6 +8,7 @@ file before the rename and the folder after it.
 
 (``ssaref/golden/check.py`` keeps a copy of its own: it must run with NumPy and h5py alone.)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ __all__ = ["atomic_path", "write_text"]
 
 
 def _fsync(path, flags=os.O_RDONLY):
-    try:   # not every platform lets a folder be opened
+    try:  # not every platform lets a folder be opened
         fd = os.open(path, flags)
     except OSError:
         return
@@ -49,7 +50,7 @@ def atomic_path(path, *, durable=False):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if durable:   # make the rename itself durable
+    if durable:  # make the rename itself durable
         _fsync(folder)
 
 

@@ -70,7 +70,7 @@ class Run:
 
         opts = getattr(RULES.get(str(self.config.get("method")), None), "OPTIONS", {})
         out = {}
-        for k, v in filled_config(self.config).items():   # unset options: the writing version's defaults
+        for k, v in filled_config(self.config).items():  # unset options: the writing version's defaults
             if k in IGNORED_KEYS or k in _DERIVED:
                 continue
             if k.startswith("rule_"):
@@ -203,7 +203,7 @@ def make_figure(groups: list[Group], title: str | None = None):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    todo = []
+    todo: list = []
     for t, yl, items, scale in _SCALARS:
         if any(g.series(m) is not None for g in groups for m, _, _ in items):
             todo.append(("scalar", t, yl, items, scale))

@@ -4,6 +4,7 @@ Parameters of children are exposed under dotted names (``"3.W"``,
 ``"main.0.W"``); the dicts hold the very arrays the children own, so an
 in-place optimiser step on ``model.params[k]`` updates the child.
 """
+
 from __future__ import annotations
 
 from .layers import Layer, ReLU
@@ -16,7 +17,7 @@ def sub_dict(d, prefix):
     if not d:
         return None
     p = prefix + "."
-    out = {k[len(p):]: v for k, v in d.items() if k.startswith(p)}
+    out = {k[len(p) :]: v for k, v in d.items() if k.startswith(p)}
     return out or None
 
 
@@ -87,7 +88,8 @@ class Sequential(Layer):
             if signals is not None:
                 signals[i] = dy
             dy, g = self.layers[i].backward(
-                dy, caches[i], need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i)))
+                dy, caches[i], need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i))
+            )
             grads.update({f"{i}.{k}": v for k, v in g.items()})
         return dy, grads
 
