@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .layers import Layer, ReLU
 
-__all__ = ["Sequential", "ResidualBlock", "sub_dict", "leaf_shapes"]
+__all__ = ["Sequential", "ResidualBlock", "sub_dict", "leaf_shapes", "collect"]
 
 
 def sub_dict(d, prefix):
@@ -147,3 +147,13 @@ class ResidualBlock(Layer):
 
     def __repr__(self):
         return f"ResidualBlock(main={self.main!r}, shortcut={self.shortcut!r})"
+
+
+def collect(layer):
+    """Rebuild the flat param/buffer views of ``layer`` and of every container below it, bottom-up (after arrays or
+    children were replaced: SVD conversion, rank cuts)."""
+    children = getattr(layer, "children", None)
+    if children:
+        for c in children.values():
+            collect(c)
+        Sequential._collect(layer)

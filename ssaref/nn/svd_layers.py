@@ -25,10 +25,11 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..linalg import svd as _svd
+from .containers import collect
 from .layers import Layer, _pair
 
 __all__ = ["SVDLinear", "SVDConv2d", "SVD_KINDS", "kernel_to_matrix", "matrix_to_kernel", "to_svd_layer",
-           "convert_model", "svd_layers_of", "recollect"]
+           "convert_model", "svd_layers_of"]
 
 SVD_KINDS = ("svd_linear", "svd_conv2d")
 
@@ -325,16 +326,6 @@ def to_svd_layer(layer):
 # ---------------------------------------------------------------------------------------------------
 # model surgery: dense layers -> SVD-space layers
 # ---------------------------------------------------------------------------------------------------
-def recollect(layer):
-    """Rebuild the flat param/buffer views of every composite layer, bottom-up (after replacing arrays)."""
-    children = getattr(layer, "children", None)
-    if children:
-        for c in children.values():
-            recollect(c)
-        layer.params = {f"{n}.{k}": v for n, c in children.items() for k, v in c.params.items()}
-        layer.buffers = {f"{n}.{k}": v for n, c in children.items() for k, v in c.buffers.items()}
-
-
 def _convert(layer):
     children = getattr(layer, "children", None)
     if not children:
@@ -354,7 +345,7 @@ def _convert(layer):
 def convert_model(model):
     """Replace every ``Linear`` / ``Conv2d`` of ``model`` (recursively) by its full-rank SVD layer, in place."""
     _convert(model)
-    recollect(model)
+    collect(model)
     return model
 
 

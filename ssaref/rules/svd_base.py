@@ -30,7 +30,8 @@ from ..linalg import (
     tangent_project,
 )
 from ..nn.models import BIAS_INITS, WEIGHT_INITS, reinitialise
-from ..nn.svd_layers import convert_model, recollect, svd_layers_of
+from ..nn.containers import collect
+from ..nn.svd_layers import convert_model, svd_layers_of
 from ..rank import RankSchedule, keep_indices, parity_rank
 from ._feedback import check_choice, place
 from ..options import first_defaults
@@ -449,7 +450,7 @@ class SVDRuleBase(Rule):
         for key, axis in self._state_slices(prefix, keep).items():
             a = self.state[key]
             self.state[key] = xp.ascontiguousarray(a[kd] if axis == 0 else a[:, kd])
-        recollect(model)
+        collect(model)
 
     def _reduce_ranks(self, model, optimizer, epoch, num_epochs):
         energy = {}
