@@ -79,7 +79,17 @@ import math
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
-from ..linalg import angle_deg, complement_project, randomized_svd, relative_project, tangent_project
+from ..linalg import (
+    angle_deg,
+    complement_project,
+    landing_step_fraction,
+    orthogonality_error,
+    orthogonality_errors,
+    randomized_svd,
+    relative_project,
+    retract,
+    tangent_project,
+)
 from ._feedback import (
     Segment,
     check_choice,
@@ -103,6 +113,11 @@ _ORTHOGONALITY = ("retract", "landing", "retract-every")  # D4.12
 _RETRACTIONS = ("auto", "polar", "qr", "none")
 _TARGETS = ("auto", "feedback", "weight")
 _YESNO = ("auto", "true", "false")
+
+
+#: with ``orthogonality retract`` (a retraction after every step) ``svd_retract_jump`` is measured at every
+#: JUMP_EVERY-th step of the epoch; ``retract-every`` measures each of its retractions (D4.7)
+JUMP_EVERY = 10
 
 
 class SSA(SVDRuleBase):
@@ -252,6 +267,11 @@ class SSA(SVDRuleBase):
 
     def __init__(self, **options):
         super().__init__(**options)
+        # orthogonality handling of U, V (D4.12), set below from the options: "retract" (after every optimiser
+        # step, with ``retraction``), "retract-every" (every ``retract_every`` optimiser steps) or "landing" (no
+        # retraction, the landing safeguard of ``landing_eps`` on every step)
+        self._prev: dict = {}  # landing: (prefix, name) -> the factor before the optimiser step
+        self._opt_steps = 0  # retract-every: optimiser steps of the run (host copy of "meta/step")
         o = self.options
         check_choice(self.name, "ssa_variant", o["ssa_variant"], _VARIANTS)
         check_choice(self.name, "projection", o["projection"], _PROJECTIONS)
@@ -473,6 +493,161 @@ class SSA(SVDRuleBase):
 
     def _extra_metric_names(self):
         return ["angle", "angle_task"]
+
+    # -- orthogonality of U, V (D4.12): retraction, retract-every, landing ---------------------------------
+    @property
+    def retracts(self):
+        """Whether ``after_step`` retracts ``U``, ``V`` (after every step, or every ``retract_every`` steps)."""
+        return self.retraction != "none" and self.orthogonality in ("retract", "retract-every")
+
+    @property
+    def landing(self):
+        """Whether ``U``, ``V`` follow the landing field (no retraction, the step safeguard in ``after_step``)."""
+        return self.orthogonality == "landing"
+
+    def _retract_all(self, model, measure_jump=True):
+        """Retract every tall ``U``, ``V`` onto the Stiefel manifold.  One device->host transfer in all: the
+        errors ``||X^T X - I||_F`` of all factors are read back together (``orthogonality_errors``) and passed to
+        ``retract``, which then predicts the Newton-Schulz convergence instead of measuring it
+        (``check_every=None``; the exact eigh fallback, far from the manifold, still measures).
+        ``measure_jump``: also record the retraction's change of ``W`` (``_record_jumps``: a copy of each factor
+        and a few (r, r) products; ``after_step`` asks for it at sampled steps only with ``retract``)."""
+        if not self.retracts:
+            return
+        todo = [
+            (p, name, layer.params[name])
+            for p, layer in self._layers(model)
+            for name in ("U", "V")
+            if layer.params[name].shape[0] >= layer.params[name].shape[1]
+        ]
+        errs = orthogonality_errors([X for _, _, X in todo])
+        before = {}
+        for (p, name, X), e in zip(todo, errs):
+            Y, err = retract(X, self.retraction, return_error=True, check_every=None, error=e)
+            key = f"{p}/drift_{name}"
+            self._acc[key] = max(self._acc.get(key, 0.0), err)
+            if Y is not X:
+                if measure_jump:
+                    before[(p, name)] = X.copy()
+                X[...] = Y
+        self._record_jumps(before)
+
+    def _record_jumps(self, before):
+        """Keep, per layer, the largest relative change of ``W = U diag(s) V^T`` a retraction made in this epoch,
+        ``||W' - W||_F / ||W||_F`` (``svd_retract_jump``; issue 21: a retraction far from the manifold changes the
+        network's function).  ``before``: ``(prefix, "U"|"V")`` -> the factor before the retraction.  With
+        ``dU = U' - U``, ``dV = V' - V``: ``W' - W = dU S V'^T + U S dV^T``, whose squared norm is a sum of
+        (r, r) Gram products (no m x n matrix, no cancellation); the maximum stays on the device."""
+        for p, layer in self.layers:
+            if (p, "U") not in before and (p, "V") not in before:
+                continue
+            P = layer.params
+            s = P["s"]
+            xp = get_array_module(s)
+            U1, V1 = P["U"], P["V"]
+            U0, V0 = before.get((p, "U"), U1), before.get((p, "V"), V1)
+            dU, dV = U1 - U0, V1 - V0
+            ss = s[:, None] * s[None, :]
+            d2 = (
+                (ss * (dU.T @ dU) * (V1.T @ V1)).sum()
+                + (ss * (U0.T @ U0) * (dV.T @ dV)).sum()
+                + 2.0 * (ss * (dU.T @ U0) * (V1.T @ dV)).sum()
+            )
+            w2 = (ss * (U0.T @ U0) * (V0.T @ V0)).sum()
+            jump = xp.sqrt(xp.maximum(d2.astype(xp.float64), 0.0) / xp.maximum(w2.astype(xp.float64), 1e-300))
+            key = f"{p}/retract_jump"
+            prev = self._jump.get(key)
+            self._jump[key] = jump if prev is None else xp.maximum(prev, jump)
+
+    def after_step(self, model, optimizer):
+        """Orthogonality handling after the optimiser step (D4.12): ``retract`` -- retract ``U``, ``V`` onto the
+        Stiefel manifold (when ``retraction`` is not "none"), so the next forward pass, evaluation and
+        checkpoint see orthonormal factors; ``retract-every`` -- the same after every ``retract_every``-th
+        optimiser step of the run; ``landing`` -- no retraction: the step safeguard (``_landing_guard``)."""
+        if self.orthogonality == "retract":
+            # a retraction every step moves W by the drift of one step: its jump is sampled every JUMP_EVERY-th
+            # step (the launches of a per-step measurement cost a third of the step on a GPU)
+            self._retract_all(model, measure_jump=self._steps % JUMP_EVERY == 0)
+            if self.transport:
+                self._transport_moments(optimizer)
+        elif self.orthogonality == "retract-every":
+            self._opt_steps += 1
+            if "meta/step" in self.state:
+                self.state["meta/step"][...] = self._opt_steps
+            if self._opt_steps % self.retract_every == 0:
+                self._retract_all(model)
+                if self.transport:
+                    self._transport_moments(optimizer)
+        elif self.landing:
+            self._landing_guard(model)
+
+    def _transport_moments(self, optimizer):
+        """Vector transport of the optimiser's first moment (Adam's ``m``, SGD's momentum buffer) of every tall
+        ``U``, ``V`` to the tangent space at the retracted point, by projection, ``M <- M - X sym(X^T M)``
+        (``linalg.tangent_project``; Absil et al. 2008, section 8.1.3).  With ``orthogonality retract`` and the
+        tangent projection of the direction this makes Adam the Riemannian Adam of Becigneul & Ganea (ICLR
+        2019), with geoopt's per-entry second moments (issue 21, D4.16): the next step starts from a momentum that
+        lies in the tangent space instead of one that kept the normal components the retractions removed."""
+        if optimizer is None or not hasattr(optimizer, "first_moment"):
+            return
+        for p, layer in self.layers:
+            for name in ("U", "V"):
+                X = layer.params[name]
+                if X.shape[0] < X.shape[1]:
+                    continue
+                M = optimizer.first_moment(f"{p}.{name}")
+                if M is not None:
+                    M[...] = tangent_project(X, M)
+
+    def _keep_previous(self):
+        """Landing: remember every ``U``, ``V`` before the optimiser moves them (the safeguard scales the step)."""
+        if self.landing:
+            self._prev = {(p, n): layer.params[n].copy() for p, layer in self.layers for n in ("U", "V")}
+
+    def _landing_guard(self, model):
+        """The landing step-size safeguard on the realised step (Ablin & Peyre 2022, section 3.2; D4.12): every
+        ``U``, ``V`` whose step took ``||X^T X - I||_F`` above ``max(landing_eps, its distance before)`` is put
+        back to ``X0 + t (X - X0)`` with the largest safe ``t`` (``linalg.landing_step_fraction``).  One
+        device->host transfer of the distances per step; the per-factor quartic only where the bound is
+        crossed.  Records the largest distance of the epoch (``drift_*``) and the share of guarded steps
+        (``guard_*``)."""
+        todo = [(p, n, layer.params[n]) for p, layer in self._layers(model) for n in ("U", "V")]
+        prev = self._prev
+        self._prev = {}
+        errs = orthogonality_errors([X for _, _, X in todo])
+        eps = self.landing_eps
+        for (p, n, X), d in zip(todo, errs):
+            X0 = prev.get((p, n))
+            clipped = 0.0
+            if d > eps and X0 is not None and X0.shape == X.shape:
+                d0 = orthogonality_error(X0)
+                bound = max(eps, d0)
+                if d > bound:
+                    t = landing_step_fraction(X0, X - X0, bound)
+                    X[...] = X0 + t * (X - X0)
+                    d = orthogonality_error(X)
+                    clipped = 1.0
+            key = f"{p}/drift_{n}"
+            self._acc[key] = max(self._acc.get(key, 0.0), float(d))
+            self._record(p, f"guard_{n}", clipped)
+
+    def _init_step_count(self, model):
+        if self.orthogonality == "retract-every":  # the step count decides when to retract; a resume keeps it
+            self.state["meta/step"] = place(model, np.zeros(1))
+            self._opt_steps = 0
+
+    def _before_step(self):
+        self._keep_previous()
+
+    def _before_rank_schedule(self, model):
+        if self.orthogonality == "retract":  # retract-every and landing leave the factors as trained
+            self._retract_all(model)
+
+    def load_state_dict(self, d, xp):
+        """``SVDRuleBase.load_state_dict``, then the host copy of the optimiser step count (retract-every)."""
+        super().load_state_dict(d, xp)
+        if "meta/step" in self.state:
+            self._opt_steps = int(np.asarray(asnumpy(self.state["meta/step"])).reshape(-1)[0])
 
     # -- measurement and export --------------------------------------------------------------------------
     def resolved_options(self, model):
