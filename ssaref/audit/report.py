@@ -208,7 +208,7 @@ def render_markdown(doc, details, seed):
         "shapes); **wrong gradient** (not the gradient of the loss it claims to differentiate); **unjustified "
         "claim** (counterexamples or the stated reason is false); **ambiguous** (several readings, the paper does "
         "not say which).  Every verdict is derived from the item's evidence below with these thresholds "
-        "(`ssaref/audit/items.py`):",
+        "(`ssaref/audit/items/core.py`):",
         "",
         *[f"- `{k}` = {v:g}: {what}" for k, (v, what) in THRESHOLDS.items()],
         "",
