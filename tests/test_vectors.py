@@ -74,6 +74,14 @@ def test_every_rule_on_both_models(golden):
     assert names == {V.case_name(r, m, v) + ".h5" for r, m, v, _ in V.cases()}
 
 
+def test_every_registered_rule_has_a_torch_oracle():
+    """The oracle's dispatch (``_torch_rules.ORACLES``, one line per rule) covers the registry: a new rule without its
+    oracle fails here, not silently in a candidate check that skips it."""
+    from ssaref.rules import RULES
+
+    assert set(T.ORACLES) == set(RULES) and T.SUPPORTED == tuple(T.ORACLES)
+
+
 def test_export_is_deterministic(golden, tmp_path):
     again = tmp_path / "again"
     V.export(str(again))
