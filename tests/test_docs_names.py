@@ -66,7 +66,7 @@ def test_internals_names_exist():
     text = DOC.read_text(encoding="utf-8")
     ticks = re.findall(r"`([^`\n]+)`", text)
     modules, classes = _modules(), _classes()
-    files = {p.name for p in (ROOT / "ssaref").rglob("*.py")}
+    files = {p.name for d in ("ssaref", "validation") for p in (ROOT / d).rglob("*.py")}
     missing = []
     for t in ticks:
         for path in re.findall(r"\b(?:ssaref|tests|validation|docs)/[\w/.-]*\w", t):
