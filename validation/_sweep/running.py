@@ -14,7 +14,8 @@ from pathlib import Path
 from ssaref import commands, config
 from ssaref.runlog import RunFileError, read_run
 
-from .arguments import Config, run_path, train_flags
+from . import arguments
+from .arguments import Config, run_path
 
 
 
@@ -95,7 +96,7 @@ def _epochs_in(path: Path) -> int:
 def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
     """Train (or resume, or leave alone) one configuration for one seed; see :func:`launch`."""
     out = run_path(args.out_dir, cfg, seed)
-    return launch(out, train_flags(cfg, seed, args), args.epochs, f"{cfg.name} seed {seed}", log=log)
+    return launch(out, arguments.train_flags(cfg, seed, args), args.epochs, f"{cfg.name} seed {seed}", log=log)
 
 
 # settings that may differ between a cached run file and the run asked for (the epoch count is handled apart)
