@@ -1,2 +1,3 @@
 """ssaref: a NumPy/CuPy reference engine for local learning rules (SSA and its baselines)."""
+
 __version__ = "0.3.0"

@@ -1,4 +1,5 @@
 """``python -m ssaref`` is ``python -m ssaref.train``."""
+
 import sys
 
 from .train import main

@@ -12,6 +12,7 @@ never raised inside a library's finaliser, where Python prints and swallows it.
 
 (``ssaref/golden/check.py`` keeps a copy of its own: it must run with NumPy and h5py alone.)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,7 +25,7 @@ __all__ = ["atomic_path", "write_text", "deferred_signals", "write_bytes", "writ
 
 
 def _fsync(path, flags=os.O_RDONLY):
-    try:   # not every platform lets a folder be opened
+    try:  # not every platform lets a folder be opened
         fd = os.open(path, flags)
     except OSError:
         return
@@ -55,7 +56,7 @@ def atomic_path(path, *, durable=False):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if durable:   # make the rename itself durable
+    if durable:  # make the rename itself durable
         _fsync(folder)
 
 
@@ -80,7 +81,7 @@ def deferred_signals(signals=(signal.SIGINT, signal.SIGTERM)):
     for sig in signals:
         try:
             previous[sig] = signal.signal(sig, lambda signum, frame: pending.append(signum))
-        except (ValueError, OSError):   # pragma: no cover - a platform without this signal
+        except (ValueError, OSError):  # pragma: no cover - a platform without this signal
             pass
     try:
         yield
@@ -107,7 +108,7 @@ def write_all(tmp, data, path):
     try:
         done = 0
         while done < len(view):
-            done += os.write(fd, view[done:done + (1 << 24)])
+            done += os.write(fd, view[done : done + (1 << 24)])
     except OSError as exc:
         raise OSError(exc.errno, f"{path}: cannot write ({exc.strerror or exc})") from None
     finally:

@@ -21,6 +21,7 @@ asserted: speed is measured, not tested.
     python -m ssaref.bench --models all --method all --json bench.json --markdown validation/results/bench_cpu.md
     python -m ssaref.bench --models smallconv --input 1x28x28,3x32x32 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,24 @@ from .nn.containers import leaf_shapes
 from .run import build_run
 from .threads import apply_threads, blas_info, default_threads, threads_arg
 
-__all__ = ["torch_mirror", "bench_config", "ssaref_engine", "op_profile", "weight_macs", "step_flops", "sgemm_peak",
-           "step_cost", "roofline", "stream_bandwidth", "machine_limits", "add_limits", "measure_memory",
-           "DEFAULT_MODELS", "DATASET_INPUT", "main"]
+__all__ = [
+    "torch_mirror",
+    "bench_config",
+    "ssaref_engine",
+    "op_profile",
+    "weight_macs",
+    "step_flops",
+    "sgemm_peak",
+    "step_cost",
+    "roofline",
+    "stream_bandwidth",
+    "machine_limits",
+    "add_limits",
+    "measure_memory",
+    "DEFAULT_MODELS",
+    "DATASET_INPUT",
+    "main",
+]
 
 DEFAULT_MODELS = ("mlp", "lenet", "convnet", "smallconv")
 # the input shape of the data set each model is trained on in the paper (Fashion-MNIST, CIFAR)
@@ -119,8 +135,14 @@ def torch_mirror(model):
             m = nn.Linear(W.shape[1], W.shape[0], bias="b" in layer.params)
         elif kind == "conv2d":
             W = layer.params["W"]
-            m = nn.Conv2d(W.shape[1], W.shape[0], tuple(W.shape[2:]), stride=layer.stride,
-                          padding=layer.padding, bias="b" in layer.params)
+            m = nn.Conv2d(
+                W.shape[1],
+                W.shape[0],
+                tuple(W.shape[2:]),
+                stride=layer.stride,
+                padding=layer.padding,
+                bias="b" in layer.params,
+            )
         else:
             raise NotImplementedError(f"bench mirrors no {kind!r} layer")
         m = m.to(dtype)
@@ -216,10 +238,10 @@ def _device_sync(xp):
 
 # --------------------------------------------------------------------------------------------- step cost (roofline)
 # how each rule moves the error between weight layers (``step_cost``); a rule not named here is costed as BP
-_CHAIN = {"bp", "svd-bp", "fa", "kp", "usf", "brsf", "frsf"}      # dx of every weight layer past the first
-_DIRECT = {"dfa", "drtp", "ssa"}                                   # e B_l projected to every hidden layer
-_LOCAL = {"predsim", "auglocal"}                                   # local losses of auxiliary networks
-_TWO_FORWARDS = {"pepita"}                                          # standard and modulated forward, no backward
+_CHAIN = {"bp", "svd-bp", "fa", "kp", "usf", "brsf", "frsf"}  # dx of every weight layer past the first
+_DIRECT = {"dfa", "drtp", "ssa"}  # e B_l projected to every hidden layer
+_LOCAL = {"predsim", "auglocal"}  # local losses of auxiliary networks
+_TWO_FORWARDS = {"pepita"}  # standard and modulated forward, no backward
 # per-factor projection GEMMs of the SVD rules, in units of m r^2 multiply-adds (X of shape (m, r)): SSA's
 # P_X(G) + 4 gamma X (X^T X - I) = G - X (sym(X^T G) - 4 gamma (X^T X - I)): Gram X^T X (half of a GEMM with
 # syrk: r (r + 1) / 2 per row), X^T G, X K; SVD-BP's 4 gamma X (X^T X - I): Gram, X M.
@@ -228,14 +250,22 @@ _PROJ_GEMMS = {"ssa": ("gram", "XtG", "XK"), "svd-bp": ("gram", "XM")}
 
 def _gemm(op, m, k, n, size, count=1):
     """One ``(m, k) @ (k, n)`` GEMM: ``2 m k n`` FLOPs; bytes = each operand read once, the result written once."""
-    return {"op": op, "kind": "gemm", "flops": 2.0 * m * k * n * count,
-            "bytes": float(size * (m * k + k * n + m * n) * count)}
+    return {
+        "op": op,
+        "kind": "gemm",
+        "flops": 2.0 * m * k * n * count,
+        "bytes": float(size * (m * k + k * n + m * n) * count),
+    }
 
 
 def _stream(op, elements_read, elements_written, size, flops_per_element=1.0):
     """An element-wise pass: ``flops_per_element`` FLOPs per element written; bytes = reads + writes."""
-    return {"op": op, "kind": "stream", "flops": float(flops_per_element * elements_written),
-            "bytes": float(size * (elements_read + elements_written))}
+    return {
+        "op": op,
+        "kind": "stream",
+        "flops": float(flops_per_element * elements_written),
+        "bytes": float(size * (elements_read + elements_written)),
+    }
 
 
 def _conv_ops(key, B, cin, hw, cout, kernel, out_hw, size, passes):
@@ -268,30 +298,41 @@ def _layer_ops(key, layer, shape, new, B, size, passes):
         if "dgrad" in passes:
             out.append(_gemm(f"{key} input gradient", B, m, n, size))
         return out
-    if kind == "svd_linear":   # z = x V, y = z (U S)^T; GV = dy^T z, dz = dy U S, dV = x^T dz, dx = dz V^T
+    if kind == "svd_linear":  # z = x V, y = z (U S)^T; GV = dy^T z, dz = dy U S, dV = x^T dz, dx = dz V^T
         (m, n), r = layer.dims, layer.rank
         out = []
         if "fwd" in passes:
             out += [_gemm(f"{key} forward x V", B, n, r, size), _gemm(f"{key} forward z (US)^T", B, r, m, size)]
         if "wgrad" in passes:
-            out += [_gemm(f"{key} dy^T z", m, B, r, size), _gemm(f"{key} dy U", B, m, r, size),
-                    _gemm(f"{key} x^T dz", n, B, r, size)]
+            out += [
+                _gemm(f"{key} dy^T z", m, B, r, size),
+                _gemm(f"{key} dy U", B, m, r, size),
+                _gemm(f"{key} x^T dz", n, B, r, size),
+            ]
         if "dgrad" in passes:
             out.append(_gemm(f"{key} input gradient", B, r, n, size))
         return out
     if kind == "conv2d":
         co, ci, kh, kw = (int(v) for v in layer.params["W"].shape)
         return _conv_ops(key, B, ci, shape[1:], co, (kh, kw), new[1:], size, passes)
-    if kind == "svd_conv2d":   # the height pass K1 (r, C, kh, 1) on x, then the width pass K2 (N, r, 1, kw)
+    if kind == "svd_conv2d":  # the height pass K1 (r, C, kh, 1) on x, then the width pass K2 (N, r, 1, kw)
         (kh, kw), r = layer.kernel, layer.rank
-        mid = (new[1], shape[2])   # the width pass's input gradient feeds the height pass's weight gradient
-        return (_conv_ops(f"{key}.height", B, layer.c_in, shape[1:], r, (kh, 1), mid, size, passes)
-                + _conv_ops(f"{key}.width", B, r, mid, layer.c_out, (1, kw), new[1:], size,
-                            passes | ({"dgrad"} if "wgrad" in passes else set())))
-    out = []   # element-wise layers, pooling, BatchNorm: one read of the input, one write of the output a pass
+        mid = (new[1], shape[2])  # the width pass's input gradient feeds the height pass's weight gradient
+        return _conv_ops(f"{key}.height", B, layer.c_in, shape[1:], r, (kh, 1), mid, size, passes) + _conv_ops(
+            f"{key}.width",
+            B,
+            r,
+            mid,
+            layer.c_out,
+            (1, kw),
+            new[1:],
+            size,
+            passes | ({"dgrad"} if "wgrad" in passes else set()),
+        )
+    out = []  # element-wise layers, pooling, BatchNorm: one read of the input, one write of the output a pass
     if "fwd" in passes:
         out.append(_stream(f"{key} {kind} forward", a, o, size))
-    if "bwd" in passes:   # read the output's gradient and the cache (the input), write the input's gradient
+    if "bwd" in passes:  # read the output's gradient and the cache (the input), write the input's gradient
         out.append(_stream(f"{key} {kind} backward", o + a, a, size))
     return out
 
@@ -367,8 +408,9 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
                 ops.append(_gemm(f"{key} feedback e B", B, K, math.prod(new), size))
         if rule is not None and method in _LOCAL:
             for aux in rule.aux_networks():
-                ops += _net_ops(aux.net, aux.in_shape, B, size, backward=True, dgrad="all",
-                                prefix=f"aux {aux.layer}.{aux.name} ")
+                ops += _net_ops(
+                    aux.net, aux.in_shape, B, size, backward=True, dgrad="all", prefix=f"aux {aux.layer}.{aux.name} "
+                )
     else:
         ops += _net_ops(model, in_shape, B, size, backward=True)
     for key, layer, _, _ in leaf_shapes(model, in_shape):
@@ -379,20 +421,28 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
                 for g in _PROJ_GEMMS[method]:
                     if g == "XtG" and name == "V" and _batch_VtG_taken(rule, key, layer, B):
                         # V^T g_V = z^T (dy U S) (SSA._batch_VtG): dy U (B, m, r), then z^T dz (r, B, r)
-                        ops += [_gemm(f"{key}.V dy U (for V^T G)", B, layer.dims[0], r, size),
-                                _gemm(f"{key}.V z^T dz", r, B, r, size)]
+                        ops += [
+                            _gemm(f"{key}.V dy U (for V^T G)", B, layer.dims[0], r, size),
+                            _gemm(f"{key}.V z^T dz", r, B, r, size),
+                        ]
                         continue
-                    if g == "gram":   # syrk: one triangle, r (r + 1) / 2 dot products of length m
-                        ops.append({"op": f"{key}.{name} Gram (syrk)", "kind": "gemm",
-                                    "flops": float(m * r * (r + 1)),
-                                    "bytes": float(size * (m * r + r * r))})
+                    if g == "gram":  # syrk: one triangle, r (r + 1) / 2 dot products of length m
+                        ops.append(
+                            {
+                                "op": f"{key}.{name} Gram (syrk)",
+                                "kind": "gemm",
+                                "flops": float(m * r * (r + 1)),
+                                "bytes": float(size * (m * r + r * r)),
+                            }
+                        )
                     else:
                         ops.append(_gemm(f"{key}.{name} {g}", m, r, r, size))
     n_params = sum(int(v.size) for v in params.values())
-    if rule is not None:   # rule-owned arrays the optimiser updates (KP's B, the auxiliary networks)
+    if rule is not None:  # rule-owned arrays the optimiser updates (KP's B, the auxiliary networks)
         n_params += sum(int(l.array.size) for l in rule.learnable(model))
-    ops.append({"op": "optimiser (Adam)", "kind": "stream", "flops": 12.0 * n_params,
-                "bytes": float(7 * size * n_params)})
+    ops.append(
+        {"op": "optimiser (Adam)", "kind": "stream", "flops": 12.0 * n_params, "bytes": float(7 * size * n_params)}
+    )
     return ops
 
 
@@ -404,7 +454,8 @@ def _batch_VtG_taken(rule, key, layer, B):
 
     (m, n), r = layer.dims, layer.rank
     return worth_fewer_flops(np, n * r * r - B * (m + r) * r) and (
-        rule.options["beta"] == 0 or not rule._has_target(key, "V"))
+        rule.options["beta"] == 0 or not rule._has_target(key, "V")
+    )
 
 
 def roofline(ops, peak_gflops, bandwidth_gbs):
@@ -414,8 +465,13 @@ def roofline(ops, peak_gflops, bandwidth_gbs):
     Q = sum(o["bytes"] for o in ops)
     bound = max(F / (peak_gflops * 1e9), Q / (bandwidth_gbs * 1e9))
     per_op = sum(max(o["flops"] / (peak_gflops * 1e9), o["bytes"] / (bandwidth_gbs * 1e9)) for o in ops)
-    return {"flops": F, "bytes": Q, "bound_ms": 1e3 * bound, "bound_ops_ms": 1e3 * per_op,
-            "intensity": F / Q if Q else math.inf}
+    return {
+        "flops": F,
+        "bytes": Q,
+        "bound_ms": 1e3 * bound,
+        "bound_ops_ms": 1e3 * per_op,
+        "intensity": F / Q if Q else math.inf,
+    }
 
 
 def stream_bandwidth(mib=256, repeats=5, xp=np):
@@ -440,8 +496,12 @@ def machine_limits(xp=np, gemm_n=2048, stream_mib=256, repeats=5):
     """``{"sgemm_gflops", "stream_gbs", "gemm_n", "stream_mib"}``: the measured float32 rate of one large square
     GEMM (``gemm_n``) and the copy bandwidth (``stream_bandwidth``), on ``xp``'s device."""
     g = sgemm_peak([(gemm_n, gemm_n, gemm_n)], repeats=repeats, xp=xp)[0]["gflops"]
-    return {"sgemm_gflops": g, "stream_gbs": stream_bandwidth(stream_mib, repeats, xp), "gemm_n": gemm_n,
-            "stream_mib": stream_mib}
+    return {
+        "sgemm_gflops": g,
+        "stream_gbs": stream_bandwidth(stream_mib, repeats, xp),
+        "gemm_n": gemm_n,
+        "stream_mib": stream_mib,
+    }
 
 
 # --------------------------------------------------------------------------------------------- timing
@@ -471,7 +531,7 @@ def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, *
             if old:
                 set_conv_save(old)
         if xp is not np:
-            xp.cuda.Device().synchronize()   # every stream of the device: the step's kernels have finished
+            xp.cuda.Device().synchronize()  # every stream of the device: the step's kernels have finished
 
     return run, step
 
@@ -493,8 +553,9 @@ def set_tf32(enabled: bool, torch_side: bool = True) -> dict:
 
         torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
         torch.backends.cudnn.allow_tf32 = bool(enabled)
-        out.update({"torch.backends.cuda.matmul.allow_tf32": bool(enabled),
-                    "torch.backends.cudnn.allow_tf32": bool(enabled)})
+        out.update(
+            {"torch.backends.cuda.matmul.allow_tf32": bool(enabled), "torch.backends.cudnn.allow_tf32": bool(enabled)}
+        )
     return out
 
 
@@ -519,8 +580,21 @@ def _torch_engine(model, x_h, y_h, device="cpu"):
     return tmodel, step
 
 
-def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=3, backend="numpy", seed=0,
-                 log=None, statistic="median", conv_save=None, also_save=()):
+def bench_config(
+    name,
+    shape,
+    methods=("bp",),
+    *,
+    batch=128,
+    repeats=20,
+    warmup=3,
+    backend="numpy",
+    seed=0,
+    log=None,
+    statistic="median",
+    conv_save=None,
+    also_save=(),
+):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
     rule of ``methods`` (BP always included, first), alternating step by step.
 
@@ -534,7 +608,7 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
     """
     xp = resolve_backend(backend)
     k = 10
-    dense = build_model(name, shape, k, xp=np, dtype=np.float32, seed=seed)   # raises ValueError if it does not fit
+    dense = build_model(name, shape, k, xp=np, dtype=np.float32, seed=seed)  # raises ValueError if it does not fit
     x_h, y_h = _batch(shape, batch, k, seed)
     x, y = xp.asarray(x_h), xp.asarray(y_h)
     methods = ["bp"] + [m for m in methods if m != "bp"]
@@ -542,16 +616,26 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
     for m in methods:
         try:
             run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save)
-            ops = step_cost(run.model, m, batch, shape, rule=run.rule)   # counted, for the limit column
-            rows[m] = {"method": m, "status": "ok", "flops": sum(o["flops"] for o in ops),
-                       "bytes": sum(o["bytes"] for o in ops), "cost_ops": ops,
-                       # the auxiliary networks' parameters (PredSim, AugLocal), apart from the model's
-                       "aux_params": int(sum(v.size for a in run.rule.aux_networks() for _, v in a.net.named_params()))}
+            ops = step_cost(run.model, m, batch, shape, rule=run.rule)  # counted, for the limit column
+            rows[m] = {
+                "method": m,
+                "status": "ok",
+                "flops": sum(o["flops"] for o in ops),
+                "bytes": sum(o["bytes"] for o in ops),
+                "cost_ops": ops,
+                # the auxiliary networks' parameters (PredSim, AugLocal), apart from the model's
+                "aux_params": int(sum(v.size for a in run.rule.aux_networks() for _, v in a.net.named_params())),
+            }
         except (ValueError, NotImplementedError) as exc:
             if m == "bp":
                 raise
-            rows[m] = {"method": m, "status": f"not supported: {exc}".splitlines()[0][:160],
-                       "ssaref_ms": None, "ratio": None, "vs_bp": None}
+            rows[m] = {
+                "method": m,
+                "status": f"not supported: {exc}".splitlines()[0][:160],
+                "ssaref_ms": None,
+                "ratio": None,
+                "vs_bp": None,
+            }
     extra = []
     if any(layer.kind == "conv2d" for _, layer, _, _ in leaf_shapes(dense, shape)):
         for mode in (mm for mm in also_save if mm != conv_save):
@@ -579,11 +663,15 @@ def bench_config(name, shape, methods=("bp",), *, batch=128, repeats=20, warmup=
         if m == "torch":
             continue
         rows[m].update({"ssaref_ms": 1e3 * med[m], "ratio": med[m] / med["torch"], "vs_bp": med[m] / med["bp"]})
-    out = {"model": name, "input": "x".join(map(str, shape)), "params": int(sum(v.size for _, v in
-                                                                                  dense.named_params())),
-           "torch_ms": 1e3 * med["torch"], "flops": step_flops(dense, batch, shape),
-           "rows": [rows[m] for m in methods + extra]}
-    if xp is not np:   # peak device memory of one step of each engine, above what it holds between steps
+    out = {
+        "model": name,
+        "input": "x".join(map(str, shape)),
+        "params": int(sum(v.size for _, v in dense.named_params())),
+        "torch_ms": 1e3 * med["torch"],
+        "flops": step_flops(dense, batch, shape),
+        "rows": [rows[m] for m in methods + extra],
+    }
+    if xp is not np:  # peak device memory of one step of each engine, above what it holds between steps
         import torch
 
         for m in order:
@@ -605,8 +693,14 @@ def add_limits(config, limits):
         if r.get("ssaref_ms") is None:
             continue
         rf = roofline(r["cost_ops"], peak, bw)
-        r.update({"bound_ms": rf["bound_ms"], "bound_ops_ms": rf["bound_ops_ms"], "intensity": rf["intensity"],
-                  "limit": rf["bound_ms"] / r["ssaref_ms"]})
+        r.update(
+            {
+                "bound_ms": rf["bound_ms"],
+                "bound_ops_ms": rf["bound_ops_ms"],
+                "intensity": rf["intensity"],
+                "limit": rf["bound_ms"] / r["ssaref_ms"],
+            }
+        )
         if r["method"] == "bp":
             config["torch_limit"] = rf["bound_ms"] / config["torch_ms"]
     return config
@@ -640,13 +734,20 @@ def _op_targets():
 
     out = []
     for mod in (conv, pool, activations, norm, linear):
-        out += [(mod, n, f"{mod.__name__.rsplit('.', 1)[-1]}.{n}") for n in mod.__all__
-                if callable(getattr(mod, n, None)) and not isinstance(getattr(mod, n), type)
-                and n not in ("set_conv_save", "conv_save")]   # settings, not ops
+        out += [
+            (mod, n, f"{mod.__name__.rsplit('.', 1)[-1]}.{n}")
+            for n in mod.__all__
+            if callable(getattr(mod, n, None))
+            and not isinstance(getattr(mod, n), type)
+            and n not in ("set_conv_save", "conv_save")
+        ]  # settings, not ops
     out.append((conv, "im2col", "  im2col (inside conv2d_forward)"))
-    out += [(rule_base, n, f"losses.{n}") for n in ("softmax_cross_entropy", "softmax_cross_entropy_backward")
-            if hasattr(rule_base, n)]
-    for cls in vars(L).values():                # the layers' static op references (ReLU._fwd, MaxPool2d._bwd, ...)
+    out += [
+        (rule_base, n, f"losses.{n}")
+        for n in ("softmax_cross_entropy", "softmax_cross_entropy_backward")
+        if hasattr(rule_base, n)
+    ]
+    for cls in vars(L).values():  # the layers' static op references (ReLU._fwd, MaxPool2d._bwd, ...)
         if isinstance(cls, type) and issubclass(cls, L.Layer):
             for attr in ("_fwd", "_bwd"):
                 f = cls.__dict__.get(attr)
@@ -681,13 +782,14 @@ def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend=
     def wrap(fn, label):
         @functools.wraps(fn)
         def timed(*a, **k):
-            sync()           # the work queued before this op is not its time
+            sync()  # the work queued before this op is not its time
             t0 = time.perf_counter()
             try:
                 return fn(*a, **k)
             finally:
-                sync()       # this op's kernels have run
+                sync()  # this op's kernels have run
                 acc[label] = acc.get(label, 0.0) + time.perf_counter() - t0
+
         return timed
 
     try:
@@ -789,7 +891,8 @@ def _probe(spec):
 
         def step():
             run.train_step(x, y)
-    step()                                    # warm-up: optimiser state, lazy initialisation
+
+    step()  # warm-up: optimiser state, lazy initialisation
     gc.collect()
     settled = _proc_status().get("VmRSS")
     hwm_first = _proc_status().get("VmHWM") if reset else None
@@ -797,20 +900,25 @@ def _probe(spec):
     for _ in range(int(spec.get("steps", 2))):
         step()
     hwm = _proc_status().get("VmHWM") if reset else None
-    mib = lambda v: None if v is None else v / 2 ** 20
-    out = {"exact_malloc": exact, "base_rss": base, "settled_rss": settled, "hwm": hwm,
-           # set-up + warm-up + steps above the built model: the training run's peak
-           "peak_mib": mib(None if hwm is None else max(hwm, hwm_first or 0) - base),
-           # what persists between steps (optimiser and rule state, lazily initialised libraries)
-           "state_mib": mib(settled - base),
-           # what one step adds on top of that (activations, caches, gradients, workspace)
-           "step_mib": mib(None if hwm is None else hwm - settled)}
+    mib = lambda v: None if v is None else v / 2**20
+    out = {
+        "exact_malloc": exact,
+        "base_rss": base,
+        "settled_rss": settled,
+        "hwm": hwm,
+        # set-up + warm-up + steps above the built model: the training run's peak
+        "peak_mib": mib(None if hwm is None else max(hwm, hwm_first or 0) - base),
+        # what persists between steps (optimiser and rule state, lazily initialised libraries)
+        "state_mib": mib(settled - base),
+        # what one step adds on top of that (activations, caches, gradients, workspace)
+        "step_mib": mib(None if hwm is None else hwm - settled),
+    }
     if engine != "torch":
         gc.collect()
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         step()
-        out["traced_mib"] = (tracemalloc.get_traced_memory()[1] - before) / 2 ** 20
+        out["traced_mib"] = (tracemalloc.get_traced_memory()[1] - before) / 2**20
         tracemalloc.stop()
     return out
 
@@ -825,8 +933,7 @@ def _probe_main(arg):
         return 2
 
 
-def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900,
-                   conv_save=None):
+def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900, conv_save=None):
     """Peak training memory of ``engine`` ("torch" = PyTorch BP, or an ssaref rule name) on model ``name``,
     input ``shape`` (``build_model`` ``options``), in a fresh Python process whose malloc returns every freed
     block above 64 KiB to the kernel
@@ -841,12 +948,21 @@ def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, opt
     ``{"error": line}`` when the probe failed.  ``conv_save``: what ssaref's convolutions keep for the backward
     (``ops.conv.set_conv_save``; None: the default).
     """
-    spec = {"engine": engine, "model": name, "input": list(shape), "batch": batch, "threads": threads,
-            "steps": steps, "options": dict(options or {}), "conv_save": conv_save}
+    spec = {
+        "engine": engine,
+        "model": name,
+        "input": list(shape),
+        "batch": batch,
+        "threads": threads,
+        "steps": steps,
+        "options": dict(options or {}),
+        "conv_save": conv_save,
+    }
     code = "import sys; from ssaref.bench import _probe_main; sys.exit(_probe_main(sys.argv[1]))"
     try:
-        p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                           timeout=timeout)
+        p = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"memory probe timed out after {timeout} s"}
     if p.returncode != 0:
@@ -869,10 +985,18 @@ def machine_info(threads):
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"cpu": cpu, "cores_available": default_threads(), "threads": threads,
-            "numpy": np.__version__, "torch": torch.__version__, "python": platform.python_version(),
-            "blas": blas_info(), "torch_threads": torch.get_num_threads(), "loadavg_start": load,
-            "openblas_num_threads_env": os.environ.get("OPENBLAS_NUM_THREADS")}
+    return {
+        "cpu": cpu,
+        "cores_available": default_threads(),
+        "threads": threads,
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "blas": blas_info(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": load,
+        "openblas_num_threads_env": os.environ.get("OPENBLAS_NUM_THREADS"),
+    }
 
 
 def _mem(peak, step):
@@ -896,86 +1020,123 @@ def _blas_line(info):
         s = f"{p.get('internal_api', '?')} {p.get('version', '')}".strip()
         extra = ", ".join(str(p[k]) for k in ("architecture", "threading_layer") if p.get(k))
         parts.append(f"{s} ({extra}, {p.get('num_threads')} threads)" if extra else s)
-    omp = [f"{p.get('prefix', p.get('internal_api', '?'))} ({p.get('num_threads')} threads)"
-           for p in info.get("blas", []) if p.get("user_api") == "openmp"]
+    omp = [
+        f"{p.get('prefix', p.get('internal_api', '?'))} ({p.get('num_threads')} threads)"
+        for p in info.get("blas", [])
+        if p.get("user_api") == "openmp"
+    ]
     return ("; ".join(parts) or "unknown") + (f"; OpenMP: {', '.join(omp)}" if omp else "")
 
 
 def markdown(result):
     """The short markdown table of a benchmark ``result`` (what ``--markdown`` writes)."""
     info, s = result["machine"], result["settings"]
-    lines = ["# ssaref vs PyTorch, CPU training step", "",
-             f"Machine: {info['cpu']}, {info['cores_available']} cores available; threads {info['threads']} "
-             f"(BLAS and torch); BLAS: {_blas_line(info)}; numpy {info['numpy']}, torch {info['torch']}, "
-             f"Python {info['python']}.  Load average (1, 5, 15 min) at start "
-             f"{_fmt_load(info.get('loadavg_start'))}, at end {_fmt_load(info.get('loadavg_end'))}.", "",
-             f"Batch {s['batch']}, float32, Adam, {s.get('statistic', 'median')} of {s['repeats']} steps after "
-             f"{s['warmup']} warm-up steps, "
-             f"engines alternating step by step in one process (ssaref {s['backend']}); the torch side is always BP.  "
-             "`ratio` = ssaref step / torch BP step; `vs BP` = the rule's step / ssaref's BP step.  Memory (MiB, "
-             "a fresh process per engine, malloc returning freed blocks to the kernel): `peak` = resident-set "
-             f"high-water mark over optimiser set-up, one warm-up step and {s['memory_steps']} steps above the "
-             "resident set of the built model; `step` = the high-water mark of the later steps above the resident "
-             "set between steps (activations, caches, gradients, workspace).", ""]
+    lines = [
+        "# ssaref vs PyTorch, CPU training step",
+        "",
+        f"Machine: {info['cpu']}, {info['cores_available']} cores available; threads {info['threads']} "
+        f"(BLAS and torch); BLAS: {_blas_line(info)}; numpy {info['numpy']}, torch {info['torch']}, "
+        f"Python {info['python']}.  Load average (1, 5, 15 min) at start "
+        f"{_fmt_load(info.get('loadavg_start'))}, at end {_fmt_load(info.get('loadavg_end'))}.",
+        "",
+        f"Batch {s['batch']}, float32, Adam, {s.get('statistic', 'median')} of {s['repeats']} steps after "
+        f"{s['warmup']} warm-up steps, "
+        f"engines alternating step by step in one process (ssaref {s['backend']}); the torch side is always BP.  "
+        "`ratio` = ssaref step / torch BP step; `vs BP` = the rule's step / ssaref's BP step.  Memory (MiB, "
+        "a fresh process per engine, malloc returning freed blocks to the kernel): `peak` = resident-set "
+        f"high-water mark over optimiser set-up, one warm-up step and {s['memory_steps']} steps above the "
+        "resident set of the built model; `step` = the high-water mark of the later steps above the resident "
+        "set between steps (activations, caches, gradients, workspace).",
+        "",
+    ]
     if result.get("sgemm"):
         g = result["sgemm"]
-        lines += [f"sgemm peak (float32 `A @ B` on {'the GPU (CuPy)' if g.get('backend') == 'cupy' else 'the CPU'}, "
-                  f"SmallConv's conv GEMM shapes at {g['input']}, batch {s['batch']}): "
-                  f"**{g['peak_gflops']:.0f} GFLOP/s** (" + ", ".join(
-                      f"{r['m']}x{r['k']} @ {r['k']}x{r['n']}: {r['gflops']:.0f}" for r in g["shapes"]) + ")."]
+        lines += [
+            f"sgemm peak (float32 `A @ B` on {'the GPU (CuPy)' if g.get('backend') == 'cupy' else 'the CPU'}, "
+            f"SmallConv's conv GEMM shapes at {g['input']}, batch {s['batch']}): "
+            f"**{g['peak_gflops']:.0f} GFLOP/s** ("
+            + ", ".join(f"{r['m']}x{r['k']} @ {r['k']}x{r['n']}: {r['gflops']:.0f}" for r in g["shapes"])
+            + ")."
+        ]
         if g.get("smallconv"):
             c = g["smallconv"]
-            lines += [f"SmallConv BP step ({c['input']}): {c['gflop']:.1f} GFLOP of GEMMs; ssaref "
-                      f"{c['ssaref_gflops']:.0f} GFLOP/s ({100 * c['ssaref_frac']:.0f} % of peak), torch "
-                      f"{c['torch_gflops']:.0f} GFLOP/s ({100 * c['torch_frac']:.0f} % of peak)."]
+            lines += [
+                f"SmallConv BP step ({c['input']}): {c['gflop']:.1f} GFLOP of GEMMs; ssaref "
+                f"{c['ssaref_gflops']:.0f} GFLOP/s ({100 * c['ssaref_frac']:.0f} % of peak), torch "
+                f"{c['torch_gflops']:.0f} GFLOP/s ({100 * c['torch_frac']:.0f} % of peak)."
+            ]
         lines.append("")
     lim = result.get("limits")
     if lim:
-        lines += [f"Limit column: the machine measured at the start of this run, float32 GEMM {lim['gemm_n']}^3 "
-                  f"**{lim['sgemm_gflops']:.1f} GFLOP/s**, copy bandwidth ({lim['stream_mib']} MiB, read + write) "
-                  f"**{lim['stream_gbs']:.1f} GB/s**.  Each step's FLOPs and bytes are counted from the layer "
-                  "shapes, op by op (`ssaref.bench.step_cost`, convention in docs/internals.md \"Cost model\"); "
-                  "`bound` = max(FLOPs / GEMM rate, bytes / bandwidth) of the step; `limit` = bound / measured step "
-                  "(100 % = at the machine's limit for that arithmetic and traffic; torch against BP's counts).", ""]
-    lines += ["| model | input | params | ssaref BP ms | torch BP ms | ratio | ssaref MiB peak / step | "
-              "torch MiB peak / step | BP GFLOP | BP MB | bound ms | ssaref limit | torch limit |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"Limit column: the machine measured at the start of this run, float32 GEMM {lim['gemm_n']}^3 "
+            f"**{lim['sgemm_gflops']:.1f} GFLOP/s**, copy bandwidth ({lim['stream_mib']} MiB, read + write) "
+            f"**{lim['stream_gbs']:.1f} GB/s**.  Each step's FLOPs and bytes are counted from the layer "
+            'shapes, op by op (`ssaref.bench.step_cost`, convention in docs/internals.md "Cost model"); '
+            "`bound` = max(FLOPs / GEMM rate, bytes / bandwidth) of the step; `limit` = bound / measured step "
+            "(100 % = at the machine's limit for that arithmetic and traffic; torch against BP's counts).",
+            "",
+        ]
+    lines += [
+        "| model | input | params | ssaref BP ms | torch BP ms | ratio | ssaref MiB peak / step | "
+        "torch MiB peak / step | BP GFLOP | BP MB | bound ms | ssaref limit | torch limit |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for c in result["configs"]:
         bp = c["rows"][0]
-        lines.append(f"| {c['model']} | {c['input']} | {c['params']:,} | {_fmt(bp['ssaref_ms'], '.1f')} | "
-                     f"{c['torch_ms']:.1f} | **{_fmt(bp['ratio'], '.2f')}** | "
-                     f"{_mem(bp.get('ssaref_mib'), bp.get('step_mib'))} | "
-                     f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} | "
-                     f"{_fmt(_scaled(bp.get('flops'), 1e9), '.3f')} | {_fmt(_scaled(bp.get('bytes'), 1e6), '.1f')} | "
-                     f"{_fmt(bp.get('bound_ms'), '.2f')} | {_pct(bp.get('limit'))} | {_pct(c.get('torch_limit'))} |")
+        lines.append(
+            f"| {c['model']} | {c['input']} | {c['params']:,} | {_fmt(bp['ssaref_ms'], '.1f')} | "
+            f"{c['torch_ms']:.1f} | **{_fmt(bp['ratio'], '.2f')}** | "
+            f"{_mem(bp.get('ssaref_mib'), bp.get('step_mib'))} | "
+            f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} | "
+            f"{_fmt(_scaled(bp.get('flops'), 1e9), '.3f')} | {_fmt(_scaled(bp.get('bytes'), 1e6), '.1f')} | "
+            f"{_fmt(bp.get('bound_ms'), '.2f')} | {_pct(bp.get('limit'))} | {_pct(c.get('torch_limit'))} |"
+        )
     profiled = [c for c in result["configs"] if c.get("profile")]
     for c in profiled:
         pr = c["profile"]
-        lines += ["", f"Where ssaref's BP step goes, {c['model']} {c['input']} (ratio {c['rows'][0]['ratio']:.2f}; "
-                  f"per-op timers, {pr['step_ms']:.0f} ms a step): "
-                  + ", ".join(f"{o['op'].strip()} {o['ms']:.0f} ms ({100 * o['fraction']:.0f} %)"
-                              for o in pr["ops"] if o["fraction"] >= 0.01) + "."]
+        lines += [
+            "",
+            f"Where ssaref's BP step goes, {c['model']} {c['input']} (ratio {c['rows'][0]['ratio']:.2f}; "
+            f"per-op timers, {pr['step_ms']:.0f} ms a step): "
+            + ", ".join(
+                f"{o['op'].strip()} {o['ms']:.0f} ms ({100 * o['fraction']:.0f} %)"
+                for o in pr["ops"]
+                if o["fraction"] >= 0.01
+            )
+            + ".",
+        ]
     saved = [(c, r) for c in result["configs"] for r in c["rows"] if r.get("rule") and r.get("ssaref_ms")]
     if saved:
-        lines += ["", "What a convolution keeps for its weight gradient (`--conv-save`): `columns` (the forward's "
-                  "im2col matrix) or `input` (the backward rebuilds the columns a kernel offset at a time); the same "
-                  "gradients up to round-off.  `vs columns` = step time / the same rule's step in columns mode "
-                  "(timed in the same alternation); memory MiB peak/step.", "",
-                  "| model | input | rule | columns ms | input ms | vs columns | columns MiB | input MiB | "
-                  "torch MiB |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "What a convolution keeps for its weight gradient (`--conv-save`): `columns` (the forward's "
+            "im2col matrix) or `input` (the backward rebuilds the columns a kernel offset at a time); the same "
+            "gradients up to round-off.  `vs columns` = step time / the same rule's step in columns mode "
+            "(timed in the same alternation); memory MiB peak/step.",
+            "",
+            "| model | input | rule | columns ms | input ms | vs columns | columns MiB | input MiB | torch MiB |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for c, r in saved:
             base = next(x for x in c["rows"] if x["method"] == r["rule"])
-            lines.append(f"| {c['model']} | {c['input']} | {r['rule']} | {base['ssaref_ms']:.1f} | "
-                         f"{r['ssaref_ms']:.1f} | {r['ssaref_ms'] / base['ssaref_ms']:.2f} | "
-                         f"{_mem(base.get('ssaref_mib'), base.get('step_mib'))} | "
-                         f"{_mem(r.get('ssaref_mib'), r.get('step_mib'))} | "
-                         f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |")
+            lines.append(
+                f"| {c['model']} | {c['input']} | {r['rule']} | {base['ssaref_ms']:.1f} | "
+                f"{r['ssaref_ms']:.1f} | {r['ssaref_ms'] / base['ssaref_ms']:.2f} | "
+                f"{_mem(base.get('ssaref_mib'), base.get('step_mib'))} | "
+                f"{_mem(r.get('ssaref_mib'), r.get('step_mib'))} | "
+                f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |"
+            )
     methods = [m for m in result["settings"]["methods"] if m != "bp"]
     if methods:
-        lines += ["", "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
-                  "— = the rule does not train this model.", "",
-                  "| model | input | " + " | ".join(methods) + " |",
-                  "| --- | --- | " + " | ".join("---:" for _ in methods) + " |"]
+        lines += [
+            "",
+            "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
+            "— = the rule does not train this model.",
+            "",
+            "| model | input | " + " | ".join(methods) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in methods) + " |",
+        ]
         for c in result["configs"]:
             by = {r["method"]: r for r in c["rows"]}
             cells = []
@@ -986,19 +1147,25 @@ def markdown(result):
                 else:
                     cells.append(f"{r['vs_bp']:.2f} ({r['ssaref_ms']:.0f} ms, {_fmt(r.get('ssaref_mib'), '.0f')})")
             lines.append(f"| {c['model']} | {c['input']} | " + " | ".join(cells) + " |")
-        lines += ["", "Each rule's counted step (`step_cost`): GFLOP, MB moved, the roofline bound (ms) and the "
-                  "limit column (bound / measured step); auxiliary-network parameters (PredSim, AugLocal) apart from "
-                  "the model's (the `params` column above counts the model only).", "",
-                  "| model | input | method | GFLOP | MB | bound ms | step ms | limit | aux params |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "Each rule's counted step (`step_cost`): GFLOP, MB moved, the roofline bound (ms) and the "
+            "limit column (bound / measured step); auxiliary-network parameters (PredSim, AugLocal) apart from "
+            "the model's (the `params` column above counts the model only).",
+            "",
+            "| model | input | method | GFLOP | MB | bound ms | step ms | limit | aux params |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for c in result["configs"]:
             for r in c["rows"]:
                 if r.get("flops") is None:
                     continue
-                lines.append(f"| {c['model']} | {c['input']} | {r['method']} | {r['flops'] / 1e9:.3f} | "
-                             f"{r['bytes'] / 1e6:.1f} | {_fmt(r.get('bound_ms'), '.2f')} | "
-                             f"{_fmt(r.get('ssaref_ms'), '.1f')} | {_pct(r.get('limit'))} | "
-                             f"{r.get('aux_params', 0):,} |")
+                lines.append(
+                    f"| {c['model']} | {c['input']} | {r['method']} | {r['flops'] / 1e9:.3f} | "
+                    f"{r['bytes'] / 1e6:.1f} | {_fmt(r.get('bound_ms'), '.2f')} | "
+                    f"{_fmt(r.get('ssaref_ms'), '.1f')} | {_pct(r.get('limit'))} | "
+                    f"{r.get('aux_params', 0):,} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -1030,6 +1197,7 @@ MAX_LIMIT_GEMM, MAX_LIMIT_STREAM_MIB = 16384, 16384  # a 16384^2 float32 GEMM is
 
 def _count(hi, why):
     """Argument type: an int in [1, hi] (``why``: what the bound is)."""
+
     def parse(s):
         try:
             v = int(s)
@@ -1040,6 +1208,7 @@ def _count(hi, why):
         if v > hi:
             raise argparse.ArgumentTypeError(f"must be at most {hi} ({why}), got {s}")
         return v
+
     return parse
 
 
@@ -1061,66 +1230,104 @@ def _parse(argv):
 
     p = OneLineParser(prog="python -m ssaref.bench", description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma list or 'all' ({', '.join(MODELS)})")
-    p.add_argument("--input", default="auto",
-                   help="comma list of CxHxW input shapes, or 'auto': each model on its paper data set's shape "
-                        "(1x28x28 for mlp, lenet, convnet; 3x32x32 for the others)")
-    p.add_argument("--method", default="bp", help=f"comma list of rules or 'all' ({', '.join(RULES)}); the torch "
-                                                   "side is BP")
+    p.add_argument(
+        "--input",
+        default="auto",
+        help="comma list of CxHxW input shapes, or 'auto': each model on its paper data set's shape "
+        "(1x28x28 for mlp, lenet, convnet; 3x32x32 for the others)",
+    )
+    p.add_argument(
+        "--method", default="bp", help=f"comma list of rules or 'all' ({', '.join(RULES)}); the torch side is BP"
+    )
     p.add_argument("--batch-size", type=_count(MAX_BATCH, "one batch must fit in memory"), default=128)
     p.add_argument("--repeats", type=_count(MAX_REPEATS, "timed steps per rule and model"), default=20)
     p.add_argument("--warmup", type=_count(MAX_WARMUP, "untimed steps per rule and model"), default=3)
-    p.add_argument("--statistic", default="median", choices=("median", "mean"),
-                   help="per-step statistic: median (default) or mean (every step counted: rules whose cost varies "
-                        "by step, e.g. SSA's retraction every 10th step, need --repeats a multiple of that period)")
-    p.add_argument("--threads", type=threads_arg, default=None,
-                   help="BLAS/OpenMP/torch threads (default: the cores this process may use, "
-                        f"here {default_threads()}); on a shared machine give the free cores")
+    p.add_argument(
+        "--statistic",
+        default="median",
+        choices=("median", "mean"),
+        help="per-step statistic: median (default) or mean (every step counted: rules whose cost varies "
+        "by step, e.g. SSA's retraction every 10th step, need --repeats a multiple of that period)",
+    )
+    p.add_argument(
+        "--threads",
+        type=threads_arg,
+        default=None,
+        help="BLAS/OpenMP/torch threads (default: the cores this process may use, "
+        f"here {default_threads()}); on a shared machine give the free cores",
+    )
     p.add_argument("--backend", default="numpy")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--markdown", default=None, help="also write a short markdown table to this file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--memory-steps", type=_count(MAX_MEMORY_STEPS, "steps of each peak-memory subprocess"),
-                   default=2)
+    p.add_argument("--memory-steps", type=_count(MAX_MEMORY_STEPS, "steps of each peak-memory subprocess"), default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
-    p.add_argument("--conv-save", default="auto", choices=("auto", "columns", "input", "both"),
-                   help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save; default "
-                        "auto, its default); both: every rule timed and its memory measured in columns and input "
-                        "mode (conv models; the input-mode rows labelled <rule>@input)")
-    p.add_argument("--no-limit", action="store_true",
-                   help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)")
-    p.add_argument("--limit-gemm", type=_count(MAX_LIMIT_GEMM, "three n x n float32 matrices"), default=2048,
-                   help="size n of the square float32 GEMM whose rate is the limit column's peak (default 2048)")
-    p.add_argument("--limit-stream-mib", type=_count(MAX_LIMIT_STREAM_MIB, "two arrays of it"), default=256,
-                   help="MiB of the float32 copy whose rate is the limit column's bandwidth (default 256)")
-    p.add_argument("--profile", default="auto", choices=("auto", "all", "none"),
-                   help="per-op profile of ssaref's BP step: auto = where ssaref/torch > 1 (default), all, none")
-    p.add_argument("--tf32", action="store_true",
-                   help="with --backend cupy: allow TF32 in float32 GEMMs and convolutions on both sides (CuPy's "
-                        "CUPY_TF32, torch's allow_tf32); off by default, recorded in --json")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc's mmap threshold alone (ssaref.train raises it, see "
-                        "backend.keep_large_allocations)")
+    p.add_argument(
+        "--conv-save",
+        default="auto",
+        choices=("auto", "columns", "input", "both"),
+        help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save; default "
+        "auto, its default); both: every rule timed and its memory measured in columns and input "
+        "mode (conv models; the input-mode rows labelled <rule>@input)",
+    )
+    p.add_argument(
+        "--no-limit",
+        action="store_true",
+        help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)",
+    )
+    p.add_argument(
+        "--limit-gemm",
+        type=_count(MAX_LIMIT_GEMM, "three n x n float32 matrices"),
+        default=2048,
+        help="size n of the square float32 GEMM whose rate is the limit column's peak (default 2048)",
+    )
+    p.add_argument(
+        "--limit-stream-mib",
+        type=_count(MAX_LIMIT_STREAM_MIB, "two arrays of it"),
+        default=256,
+        help="MiB of the float32 copy whose rate is the limit column's bandwidth (default 256)",
+    )
+    p.add_argument(
+        "--profile",
+        default="auto",
+        choices=("auto", "all", "none"),
+        help="per-op profile of ssaref's BP step: auto = where ssaref/torch > 1 (default), all, none",
+    )
+    p.add_argument(
+        "--tf32",
+        action="store_true",
+        help="with --backend cupy: allow TF32 in float32 GEMMs and convolutions on both sides (CuPy's "
+        "CUPY_TF32, torch's allow_tf32); off by default, recorded in --json",
+    )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc's mmap threshold alone (ssaref.train raises it, see backend.keep_large_allocations)",
+    )
     args = p.parse_args(argv)
     if args.json and args.markdown and os.path.realpath(args.json) == os.path.realpath(args.markdown):
-        raise ValueError(f"--json {args.json} and --markdown {args.markdown} are the same file; one would "
-                         f"overwrite the other")
+        raise ValueError(
+            f"--json {args.json} and --markdown {args.markdown} are the same file; one would overwrite the other"
+        )
     for path, flag in ((args.json, "--json"), (args.markdown, "--markdown")):
-        if path:   # before the benchmark runs, not after
+        if path:  # before the benchmark runs, not after
             check_output_path(path, flag=flag, overwrite=args.overwrite)
-    set_tf32(args.tf32, torch_side=False)   # before CuPy's first float32 matmul, which reads CUPY_TF32 once
+    set_tf32(args.tf32, torch_side=False)  # before CuPy's first float32 matmul, which reads CUPY_TF32 once
     resolve_backend(args.backend)
     names = list(MODELS) if args.models.strip() == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in names if m not in MODELS]
     if unknown or not names:
-        raise ValueError(f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
-                         f"{', '.join(sorted(MODELS))} or all")
-    methods = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",")
-                                                                 if m.strip()]
+        raise ValueError(
+            f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
+            f"{', '.join(sorted(MODELS))} or all"
+        )
+    methods = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     bad = [m for m in methods if m not in RULES]
     if bad or not methods:
-        raise ValueError(f"--method: unknown rule(s) {', '.join(bad) or '(none given)'}; choose from "
-                         f"{', '.join(RULES)} or all")
+        raise ValueError(
+            f"--method: unknown rule(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(RULES)} or all"
+        )
     args.names, args.methods = names, ["bp"] + [m for m in dict.fromkeys(methods) if m != "bp"]
     args.inputs = None if args.input.strip() == "auto" else [_shape(s) for s in args.input.split(",") if s.strip()]
     if args.inputs == []:
@@ -1138,43 +1345,71 @@ def _main(argv):
         return 2
     tf32 = set_tf32(args.tf32)
     if torch_device(args.backend) == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--backend cupy compares with PyTorch on CUDA, but this torch has no CUDA device "
-                         f"(torch {torch.__version__}); install a CUDA build of torch")
+        raise ValueError(
+            "--backend cupy compares with PyTorch on CUDA, but this torch has no CUDA device "
+            f"(torch {torch.__version__}); install a CUDA build of torch"
+        )
     threads = apply_threads(args.threads)
     info = machine_info(threads["threads"])
-    print(f"numpy {np.__version__}, torch {info['torch']}, threads {threads['threads']} "
-          f"({', '.join(threads['pools'])}), "
-          f"BLAS {_blas_line(info)}, backend {args.backend}, batch {args.batch_size}, float32, Adam, "
-          f"{args.statistic} of {args.repeats}, large-block reuse {'on' if tuned else 'off'}, "
-          f"load {_fmt_load(info['loadavg_start'])}")
+    print(
+        f"numpy {np.__version__}, torch {info['torch']}, threads {threads['threads']} "
+        f"({', '.join(threads['pools'])}), "
+        f"BLAS {_blas_line(info)}, backend {args.backend}, batch {args.batch_size}, float32, Adam, "
+        f"{args.statistic} of {args.repeats}, large-block reuse {'on' if tuned else 'off'}, "
+        f"load {_fmt_load(info['loadavg_start'])}"
+    )
     configs = []
     for name in args.names:
-        for shape in ([_input_for(name, None)] if args.inputs is None else args.inputs):
+        for shape in [_input_for(name, None)] if args.inputs is None else args.inputs:
             configs.append((name, tuple(shape)))
-    result = {"machine": info, "settings": {"batch": args.batch_size, "repeats": args.repeats,
-                                            "statistic": args.statistic, "tf32": tf32,
-                                            "torch_device": torch_device(args.backend),
-                                            "warmup": args.warmup, "backend": args.backend, "methods": args.methods,
-                                            "memory_steps": args.memory_steps, "tuned_malloc": tuned,
-                                            "conv_save": args.conv_save,
-                                            "threads": threads}, "configs": []}
+    result = {
+        "machine": info,
+        "settings": {
+            "batch": args.batch_size,
+            "repeats": args.repeats,
+            "statistic": args.statistic,
+            "tf32": tf32,
+            "torch_device": torch_device(args.backend),
+            "warmup": args.warmup,
+            "backend": args.backend,
+            "methods": args.methods,
+            "memory_steps": args.memory_steps,
+            "tuned_malloc": tuned,
+            "conv_save": args.conv_save,
+            "threads": threads,
+        },
+        "configs": [],
+    }
     memory = not args.no_memory and args.backend == "numpy"
     limits = None
-    if not args.no_limit:   # measured before the steps, in this run, on the engines' device
-        limits = machine_limits(resolve_backend(args.backend), gemm_n=args.limit_gemm,
-                                stream_mib=args.limit_stream_mib)
+    if not args.no_limit:  # measured before the steps, in this run, on the engines' device
+        limits = machine_limits(resolve_backend(args.backend), gemm_n=args.limit_gemm, stream_mib=args.limit_stream_mib)
         result["limits"] = limits
-        print(f"limits: sgemm {limits['sgemm_gflops']:.1f} GFLOP/s (n = {limits['gemm_n']}), copy bandwidth "
-              f"{limits['stream_gbs']:.1f} GB/s ({limits['stream_mib']} MiB); load {_fmt_load(_loadavg())}",
-              flush=True)
-    print(f"{'model':<10} {'input':<8} {'method':<7} {'params':>9} {'ssaref ms':>10} {'torch ms':>9} {'ratio':>6} "
-          f"{'vs BP':>6} {'MiB peak/step':>13} {'torch MiB':>11} {'limit':>6}", flush=True)
+        print(
+            f"limits: sgemm {limits['sgemm_gflops']:.1f} GFLOP/s (n = {limits['gemm_n']}), copy bandwidth "
+            f"{limits['stream_gbs']:.1f} GB/s ({limits['stream_mib']} MiB); load {_fmt_load(_loadavg())}",
+            flush=True,
+        )
+    print(
+        f"{'model':<10} {'input':<8} {'method':<7} {'params':>9} {'ssaref ms':>10} {'torch ms':>9} {'ratio':>6} "
+        f"{'vs BP':>6} {'MiB peak/step':>13} {'torch MiB':>11} {'limit':>6}",
+        flush=True,
+    )
     for name, shape in configs:
         try:
-            primary = "columns" if args.conv_save == "both" else args.conv_save   # both: input rows beside
-            c = bench_config(name, shape, args.methods, batch=args.batch_size, repeats=args.repeats,
-                             warmup=args.warmup, backend=args.backend, statistic=args.statistic, conv_save=primary,
-                             also_save=("input",) if args.conv_save == "both" else ())
+            primary = "columns" if args.conv_save == "both" else args.conv_save  # both: input rows beside
+            c = bench_config(
+                name,
+                shape,
+                args.methods,
+                batch=args.batch_size,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                backend=args.backend,
+                statistic=args.statistic,
+                conv_save=primary,
+                also_save=("input",) if args.conv_save == "both" else (),
+            )
         except ValueError as exc:
             if len(configs) > 1 and "does not fit" in str(exc):
                 print(f"{name:<10} {'x'.join(map(str, shape)):<8} skipped: {exc}", flush=True)
@@ -1188,27 +1423,46 @@ def _main(argv):
         if args.profile == "all" or (args.profile == "auto" and bp["ratio"] > 1.0):
             ms, rows = op_profile(name, shape, "bp", batch=args.batch_size, backend=args.backend)
             c["profile"] = {"step_ms": ms, "ops": [{"op": k, "ms": v, "fraction": f} for k, v, f in rows]}
-            print(f"{name} {c['input']}: where ssaref's BP step goes ({ms:.1f} ms, per-op timers): "
-                  + ", ".join(f"{k.strip()} {v:.1f} ms ({100 * f:.0f} %)" for k, v, f in rows[:8]), flush=True)
+            print(
+                f"{name} {c['input']}: where ssaref's BP step goes ({ms:.1f} ms, per-op timers): "
+                + ", ".join(f"{k.strip()} {v:.1f} ms ({100 * f:.0f} %)" for k, v, f in rows[:8]),
+                flush=True,
+            )
         if memory:
-            t = measure_memory("torch", name, shape, batch=args.batch_size, threads=threads["threads"],
-                               steps=args.memory_steps)
+            t = measure_memory(
+                "torch", name, shape, batch=args.batch_size, threads=threads["threads"], steps=args.memory_steps
+            )
             c["torch_mib"], c["torch_step_mib"], c["torch_memory"] = t.get("peak_mib"), t.get("step_mib"), t
         for r in c["rows"]:
             if memory and r["status"] == "ok":
-                mm = measure_memory(r.get("rule", r["method"]), name, shape, batch=args.batch_size,
-                                    threads=threads["threads"], steps=args.memory_steps, conv_save=r.get("conv_save"))
-                r.update({"ssaref_mib": mm.get("peak_mib"), "step_mib": mm.get("step_mib"),
-                          "traced_mib": mm.get("traced_mib"), "memory": mm})
+                mm = measure_memory(
+                    r.get("rule", r["method"]),
+                    name,
+                    shape,
+                    batch=args.batch_size,
+                    threads=threads["threads"],
+                    steps=args.memory_steps,
+                    conv_save=r.get("conv_save"),
+                )
+                r.update(
+                    {
+                        "ssaref_mib": mm.get("peak_mib"),
+                        "step_mib": mm.get("step_mib"),
+                        "traced_mib": mm.get("traced_mib"),
+                        "memory": mm,
+                    }
+                )
             if r["status"] != "ok":
                 print(f"{name:<10} {c['input']:<8} {r['method']:<7} {r['status']}", flush=True)
                 continue
-            print(f"{name:<10} {c['input']:<8} {r['method']:<7} {c['params']:>9} {r['ssaref_ms']:>10.2f} "
-                  f"{c['torch_ms']:>9.2f} {r['ratio']:>6.2f} {r['vs_bp']:>6.2f} "
-                  f"{_dev_or_host(r.get('ssaref_dev_mib'), r.get('ssaref_mib'), r.get('step_mib')):>13} "
-                  f"{_dev_or_host(c.get('torch_dev_mib'), c.get('torch_mib'), c.get('torch_step_mib')):>11} "
-                  f"{_pct(r.get('limit')):>6}"
-                  + (f"  (+{r['aux_params']:,} aux params)" if r.get("aux_params") else ""), flush=True)
+            print(
+                f"{name:<10} {c['input']:<8} {r['method']:<7} {c['params']:>9} {r['ssaref_ms']:>10.2f} "
+                f"{c['torch_ms']:>9.2f} {r['ratio']:>6.2f} {r['vs_bp']:>6.2f} "
+                f"{_dev_or_host(r.get('ssaref_dev_mib'), r.get('ssaref_mib'), r.get('step_mib')):>13} "
+                f"{_dev_or_host(c.get('torch_dev_mib'), c.get('torch_mib'), c.get('torch_step_mib')):>11} "
+                f"{_pct(r.get('limit')):>6}" + (f"  (+{r['aux_params']:,} aux params)" if r.get("aux_params") else ""),
+                flush=True,
+            )
         result["configs"].append(c)
     if not result["configs"]:
         raise ValueError("no model fits any --input shape")
@@ -1218,20 +1472,33 @@ def _main(argv):
         # conv1 (K = 27) is no GEMM-peak shape; on the engines' device (CuPy's GEMMs for --backend cupy)
         g = sgemm_peak(smallconv_gemms(shape, args.batch_size)[1:], xp=resolve_backend(args.backend))
         peak = max(r["gflops"] for r in g)
-        result["sgemm"] = {"input": "x".join(map(str, shape)), "shapes": g, "peak_gflops": peak,
-                           "backend": args.backend}
-        line = f"sgemm peak {peak:.0f} GFLOP/s (" + ", ".join(f"{r['m']}x{r['k']}x{r['n']}: {r['gflops']:.0f}"
-                                                               for r in g) + ")"
+        result["sgemm"] = {
+            "input": "x".join(map(str, shape)),
+            "shapes": g,
+            "peak_gflops": peak,
+            "backend": args.backend,
+        }
+        line = (
+            f"sgemm peak {peak:.0f} GFLOP/s ("
+            + ", ".join(f"{r['m']}x{r['k']}x{r['n']}: {r['gflops']:.0f}" for r in g)
+            + ")"
+        )
         if sc:
             gf, s_ms, t_ms = sc["flops"], sc["rows"][0]["ssaref_ms"], sc["torch_ms"]
             result["sgemm"]["smallconv"] = {
-                "input": sc["input"], "gflop": gf / 1e9, "ssaref_gflops": gf / s_ms / 1e6,
-                "torch_gflops": gf / t_ms / 1e6, "ssaref_frac": gf / s_ms / 1e6 / peak,
-                "torch_frac": gf / t_ms / 1e6 / peak}
+                "input": sc["input"],
+                "gflop": gf / 1e9,
+                "ssaref_gflops": gf / s_ms / 1e6,
+                "torch_gflops": gf / t_ms / 1e6,
+                "ssaref_frac": gf / s_ms / 1e6 / peak,
+                "torch_frac": gf / t_ms / 1e6 / peak,
+            }
             d = result["sgemm"]["smallconv"]
-            line += (f"; smallconv {sc['input']} step {d['gflop']:.1f} GFLOP: ssaref {d['ssaref_gflops']:.0f} GFLOP/s "
-                     f"({100 * d['ssaref_frac']:.0f} %), torch {d['torch_gflops']:.0f} GFLOP/s "
-                     f"({100 * d['torch_frac']:.0f} %)")
+            line += (
+                f"; smallconv {sc['input']} step {d['gflop']:.1f} GFLOP: ssaref {d['ssaref_gflops']:.0f} GFLOP/s "
+                f"({100 * d['ssaref_frac']:.0f} %), torch {d['torch_gflops']:.0f} GFLOP/s "
+                f"({100 * d['torch_frac']:.0f} %)"
+            )
         print(line, flush=True)
     try:
         info["loadavg_end"] = os.getloadavg()

@@ -1,12 +1,27 @@
 """Argument types and the one-line-error parser shared by every command-line entry point."""
+
 from __future__ import annotations
 
 import argparse
 import os
 from pathlib import Path
 
-__all__ = ["OneLineParser", "positive", "nonnegative_int", "int64", "int_list", "run_main", "Diverged", "one_line",
-           "EXIT_OK", "EXIT_BUG", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_INTERRUPTED", "check_output_path"]
+__all__ = [
+    "OneLineParser",
+    "positive",
+    "nonnegative_int",
+    "int64",
+    "int_list",
+    "run_main",
+    "Diverged",
+    "one_line",
+    "EXIT_OK",
+    "EXIT_BUG",
+    "EXIT_USAGE",
+    "EXIT_DIVERGED",
+    "EXIT_INTERRUPTED",
+    "check_output_path",
+]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -16,18 +31,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1   # a run file stores integers as HDF5 int64 attributes
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a run file stores integers as HDF5 int64 attributes
 
 
 def _bounded(v, s):
     if isinstance(v, int) and not INT64_MIN <= v <= INT64_MAX:
-        raise argparse.ArgumentTypeError(f"must be at most {INT64_MAX} in size (a run file stores it as a 64-bit "
-                                         f"integer), got {s}")
+        raise argparse.ArgumentTypeError(
+            f"must be at most {INT64_MAX} in size (a run file stores it as a 64-bit integer), got {s}"
+        )
     return v
 
 
 def positive(kind):
     """Argument type: a ``kind`` (int or float) that is > 0 (NaN refused; an int within the int64 range)."""
+
     def parse(s):
         try:
             v = kind(s)
@@ -36,6 +53,7 @@ def positive(kind):
         if not v > 0 or (kind is float and v == float("inf")):
             raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
         return _bounded(v, s)
+
     return parse
 
 
@@ -139,11 +157,12 @@ def check_output_path(path, *, flag="--out", overwrite=False, allowed_existing=(
     parent folder that cannot be created or written.  ``create=False`` only checks (the nearest existing
     ancestor must be a writable folder) and creates nothing.  Returns the path as a ``Path``."""
     p = Path(path)
-    try:   # a symbolic link loop (the path or a folder on it): Path.resolve raises RuntimeError (OSError on 3.13)
+    try:  # a symbolic link loop (the path or a folder on it): Path.resolve raises RuntimeError (OSError on 3.13)
         p.resolve()
     except (RuntimeError, OSError):
-        raise ValueError(f"{flag} {path}: a symbolic link loop (the path, or a folder on it, links back to "
-                         f"itself)") from None
+        raise ValueError(
+            f"{flag} {path}: a symbolic link loop (the path, or a folder on it, links back to itself)"
+        ) from None
     same = any(os.path.abspath(p) == os.path.abspath(a) for a in allowed_existing if a)
     if kind == "file":
         if p.is_dir():

@@ -27,6 +27,7 @@ reduced by NCCL (``cupy.cuda.nccl``, communicator id broadcast over MPI); withou
 ``nccl.available`` False: pip's CuPy without libnccl) the buffer is staged through host memory and reduced by MPI.
 This path is correct by construction and has not run on a multi-GPU machine (docs/scaling.md says what was run).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,9 +38,23 @@ import numpy as np
 
 from .backend import asnumpy, get_array_module
 
-__all__ = ["Comm", "SerialComm", "MPIComm", "DistributedError", "init", "abort_job", "shard", "check_shards",
-           "average_step", "replica_digest", "local_rank", "local_size", "default_threads_per_rank",
-           "CrossReplicaStats", "sync_batchnorm"]
+__all__ = [
+    "Comm",
+    "SerialComm",
+    "MPIComm",
+    "DistributedError",
+    "init",
+    "abort_job",
+    "shard",
+    "check_shards",
+    "average_step",
+    "replica_digest",
+    "local_rank",
+    "local_size",
+    "default_threads_per_rank",
+    "CrossReplicaStats",
+    "sync_batchnorm",
+]
 
 
 class DistributedError(RuntimeError):
@@ -100,8 +115,10 @@ class MPIComm(Comm):
         try:
             from mpi4py import MPI
         except ImportError as exc:
-            raise ValueError("--distributed mpi needs mpi4py and an MPI library: pip install 'ssaref[mpi]' "
-                             f"(mpi4py with the mpich wheel) ({exc})") from None
+            raise ValueError(
+                "--distributed mpi needs mpi4py and an MPI library: pip install 'ssaref[mpi]' "
+                f"(mpi4py with the mpich wheel) ({exc})"
+            ) from None
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
@@ -116,17 +133,21 @@ class MPIComm(Comm):
         pause = 1e-5
         while not self._test(req, what):
             if time.monotonic() > deadline:
-                raise DistributedError(f"rank {self.rank}: {what} did not complete within {self.timeout:g} s (another "
-                                       f"rank died, hangs or failed); aborting the job")
+                raise DistributedError(
+                    f"rank {self.rank}: {what} did not complete within {self.timeout:g} s (another "
+                    f"rank died, hangs or failed); aborting the job"
+                )
             time.sleep(pause)
             pause = min(pause * 2, 1e-3)
 
     def _test(self, req, what):
         try:
             return req.Test()
-        except self.MPI.Exception as exc:   # a peer died: MPI reports the broken communication
-            raise DistributedError(f"rank {self.rank}: {what} failed ({exc.Get_error_string().strip()}); another "
-                                   f"rank died; aborting the job") from None
+        except self.MPI.Exception as exc:  # a peer died: MPI reports the broken communication
+            raise DistributedError(
+                f"rank {self.rank}: {what} failed ({exc.Get_error_string().strip()}); another "
+                f"rank died; aborting the job"
+            ) from None
 
     def allreduce_sum(self, flat, what="allreduce"):
         xp = get_array_module(flat)
@@ -134,7 +155,7 @@ class MPIComm(Comm):
             nccl = self._nccl_comm()
             if nccl is not None:
                 return self._nccl_allreduce(nccl, flat)
-            host = np.ascontiguousarray(asnumpy(flat))   # host-staged fallback
+            host = np.ascontiguousarray(asnumpy(flat))  # host-staged fallback
             return xp.asarray(self.allreduce_sum(host, what))
         out = np.empty_like(flat)
         self._wait(self.comm.Iallreduce(np.ascontiguousarray(flat), out, op=self.MPI.SUM), what)
@@ -150,7 +171,7 @@ class MPIComm(Comm):
         buf = np.empty(int(sizes.sum()), dtype=np.uint8)
         displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
         self._wait(self.comm.Iallgatherv(data, [buf, sizes, displs, self.MPI.BYTE]), what)
-        return [pickle.loads(buf[o:o + n].tobytes()) for o, n in zip(displs, sizes)]
+        return [pickle.loads(buf[o : o + n].tobytes()) for o, n in zip(displs, sizes)]
 
     def abort(self, code: int) -> None:
         self.comm.Abort(int(code))
@@ -179,12 +200,13 @@ class MPIComm(Comm):
 
         dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[flat.dtype]
         out = cp.empty_like(flat)
-        nccl_comm.allReduce(flat.data.ptr, out.data.ptr, flat.size, dtype, nccl.NCCL_SUM,
-                            cp.cuda.get_current_stream().ptr)
+        nccl_comm.allReduce(
+            flat.data.ptr, out.data.ptr, flat.size, dtype, nccl.NCCL_SUM, cp.cuda.get_current_stream().ptr
+        )
         return out
 
 
-_ACTIVE: list = []   # the communicator of this process's run, for aborting the job on an error
+_ACTIVE: list = []  # the communicator of this process's run, for aborting the job on an error
 
 
 def abort_job(code: int) -> None:
@@ -216,9 +238,11 @@ def check_shards(n: int, batch_size: int, size: int) -> None:
     """Every rank must get at least one example of every global batch (the last, short one included)."""
     last = n % batch_size or batch_size
     if min(batch_size, last) < size:
-        raise ValueError(f"--batch-size {batch_size} over {n} examples leaves a batch of {min(batch_size, last)} "
-                         f"for {size} ranks; choose a batch size (and a --train-limit) so every batch has at least "
-                         f"one example per rank")
+        raise ValueError(
+            f"--batch-size {batch_size} over {n} examples leaves a batch of {min(batch_size, last)} "
+            f"for {size} ranks; choose a batch size (and a --train-limit) so every batch has at least "
+            f"one example per rank"
+        )
 
 
 def average_step(comm: Comm, result, y, n_global: int, keys):
@@ -236,9 +260,9 @@ def average_step(comm: Comm, result, y, n_global: int, keys):
     o = 0
     for k in keys:
         a = upd[k]
-        upd[k] = flat[o:o + a.size].reshape(a.shape)
+        upd[k] = flat[o : o + a.size].reshape(a.shape)
         o += a.size
-    result.loss_value = flat[o]         # the global mean loss, still an array (read with the step's others)
+    result.loss_value = flat[o]  # the global mean loss, still an array (read with the step's others)
     return flat[o + 1]
 
 
@@ -260,7 +284,7 @@ class CrossReplicaStats:
     def __init__(self, comm: Comm):
         self.comm = comm
         self.weight = 1.0 / comm.size
-        self._batch: tuple | None = None     # (n_local, n_global) examples of this step
+        self._batch: tuple | None = None  # (n_local, n_global) examples of this step
         self._count = None
 
     def set_batch(self, n_local: int, n_global: int) -> None:
@@ -316,7 +340,7 @@ class BatchGroup:
         xp = get_array_module(a)
         off = sum(self.sizes[: self.comm.rank])
         buf = xp.zeros((sum(self.sizes),) + tuple(a.shape[1:]), dtype=a.dtype)
-        buf[off:off + a.shape[0]] = a
+        buf[off : off + a.shape[0]] = a
         return self.comm.allreduce_sum(buf.reshape(-1), what).reshape(buf.shape), off
 
 

@@ -14,6 +14,7 @@ Conventions: a thin SVD is returned as ``(U (m, r), s (r,), V (n, r))`` with ``A
 (not ``V^T``) as in eq. (5); singular values in descending order; column signs fixed so that the entry of
 largest magnitude of every column of ``U`` is positive (``V`` flipped alongside, so the product is unchanged).
 """
+
 from __future__ import annotations
 
 import math
@@ -25,10 +26,31 @@ from .backend import get_array_module
 from .ops import kernels
 
 __all__ = [
-    "LinalgError", "sign_fix", "svd", "randomized_svd", "orthogonality_error", "orthogonality_errors", "sym",
-    "tangent_project", "complement_project", "relative_project", "retract", "RETRACTIONS", "hoyer", "hoyer_grad",
-    "energy_rank", "retained_energy", "angle_deg", "landing_penalty", "landing_penalty_grad", "landing_field",
-    "landing_safe_step", "landing_step_fraction", "factor_condition", "gram", "worth_fewer_flops",
+    "LinalgError",
+    "sign_fix",
+    "svd",
+    "randomized_svd",
+    "orthogonality_error",
+    "orthogonality_errors",
+    "sym",
+    "tangent_project",
+    "complement_project",
+    "relative_project",
+    "retract",
+    "RETRACTIONS",
+    "hoyer",
+    "hoyer_grad",
+    "energy_rank",
+    "retained_energy",
+    "angle_deg",
+    "landing_penalty",
+    "landing_penalty_grad",
+    "landing_field",
+    "landing_safe_step",
+    "landing_step_fraction",
+    "factor_condition",
+    "gram",
+    "worth_fewer_flops",
 ]
 
 RETRACTIONS = ("polar", "qr", "none")
@@ -144,12 +166,12 @@ def randomized_svd(A, k, *, oversample=10, n_iter=4, rng=None, seed=0):
     if l >= min(m, n):
         return svd(A, k)
     rng = np.random.default_rng(seed) if rng is None else rng
-    omega = xp.asarray(rng.standard_normal((n, l)).astype(A.dtype))   # host draw: same on CPU and GPU
-    Q = _orthonormal_basis(A @ omega)                                  # (m, l)
-    for _ in range(int(n_iter)):                                       # power iterations, re-orthonormalised
-        Q = _orthonormal_basis(A.T @ Q)                                # (n, l)
-        Q = _orthonormal_basis(A @ Q)                                  # (m, l)
-    Ub, s, Vt = xp.linalg.svd(Q.T @ A, full_matrices=False)            # small dense SVD of (l, n)
+    omega = xp.asarray(rng.standard_normal((n, l)).astype(A.dtype))  # host draw: same on CPU and GPU
+    Q = _orthonormal_basis(A @ omega)  # (m, l)
+    for _ in range(int(n_iter)):  # power iterations, re-orthonormalised
+        Q = _orthonormal_basis(A.T @ Q)  # (n, l)
+        Q = _orthonormal_basis(A @ Q)  # (m, l)
+    Ub, s, Vt = xp.linalg.svd(Q.T @ A, full_matrices=False)  # small dense SVD of (l, n)
     U, V = sign_fix(Q @ Ub[:, :k], Vt[:k].T)
     return xp.ascontiguousarray(U), s[:k].copy(), xp.ascontiguousarray(V)
 
@@ -158,7 +180,7 @@ def _orthogonality_error_device(X):
     """``||X^T X - I||_F`` for ``X`` (m, r) as a 0-d array of ``X``'s module (no device->host transfer)."""
     xp = get_array_module(X)
     G = X.T @ X
-    if xp is not np:                     # a device: one subtraction instead of an indexed read-modify-write
+    if xp is not np:  # a device: one subtraction instead of an indexed read-modify-write
         return xp.linalg.norm(G - xp.eye(G.shape[0], dtype=G.dtype))
     G[xp.diag_indices(G.shape[0])] -= 1.0
     return xp.linalg.norm(G)
@@ -217,12 +239,12 @@ def _orthogonality_errors_batched(xp, Xs):
         grams = [xp.stack([Xs[k].T @ Xs[k] for k in single])] if single else []
         for idx in shapes.values():
             if len(idx) >= 3:
-                S = xp.stack([Xs[k] for k in idx])                   # (g, m, r)
-                grams.append(S.transpose(0, 2, 1) @ S)                # (g, r, r), one batched GEMM
+                S = xp.stack([Xs[k] for k in idx])  # (g, m, r)
+                grams.append(S.transpose(0, 2, 1) @ S)  # (g, r, r), one batched GEMM
         G = grams[0] if len(grams) == 1 else xp.concatenate(grams)
         parts.append(xp.linalg.norm(G - xp.eye(r, dtype=dtype), axis=(1, 2)))
         order += single + [k for idx in shapes.values() if len(idx) >= 3 for k in idx]
-    vals = np.asarray(_host(xp.concatenate(parts).astype(xp.float64)))   # one device->host transfer
+    vals = np.asarray(_host(xp.concatenate(parts).astype(xp.float64)))  # one device->host transfer
     out = [0.0] * len(Xs)
     for k, v in zip(order, vals):
         out[k] = float(v)
@@ -246,9 +268,9 @@ def gram(X):
     syrk = _device_syrk(xp) if worth_fewer_flops(xp, m * r * (r - 1) // 2, launches=2) else None
     if syrk is None:
         return X.T @ X
-    C = syrk("T", X)           # (r, r), F order, upper triangle of X^T X, zeros below
-    C += xp.triu(C, 1).T       # the mirror
-    return C.T                 # symmetric: its transpose is the same matrix, C-contiguous
+    C = syrk("T", X)  # (r, r), F order, upper triangle of X^T X, zeros below
+    C += xp.triu(C, 1).T  # the mirror
+    return C.T  # symmetric: its transpose is the same matrix, C-contiguous
 
 
 # on a device a launch costs about as much as this many multiply-adds of a float32 GEMM (~5 us at ~50 TFLOP/s:
@@ -390,24 +412,30 @@ def landing_step_fraction(X0, D, bound):
     C = X0.T @ D
     S = C + C.T
     Q = D.T @ D
-    dots = _host(xp.stack([xp.asarray(v, dtype=xp.float64) for v in (
-        (E0 * E0).sum(), (E0 * S).sum(), (S * S).sum(), (E0 * Q).sum(), (S * Q).sum(), (Q * Q).sum())]))
+    dots = _host(
+        xp.stack(
+            [
+                xp.asarray(v, dtype=xp.float64)
+                for v in ((E0 * E0).sum(), (E0 * S).sum(), (S * S).sum(), (E0 * Q).sum(), (S * Q).sum(), (Q * Q).sum())
+            ]
+        )
+    )
     ee, es, ss, eq, sq, qq = (float(v) for v in np.asarray(dots))
     b2 = max(float(bound) ** 2, ee)  # a start a rounding error outside the bound counts as on it
-    coef = [qq, 2.0 * sq, ss + 2.0 * eq, 2.0 * es, ee - b2]   # ||E0 + t S + t^2 Q||^2 - bound^2
+    coef = [qq, 2.0 * sq, ss + 2.0 * eq, 2.0 * es, ee - b2]  # ||E0 + t S + t^2 Q||^2 - bound^2
     f = lambda t: float(np.polyval(coef, t))  # noqa: E731
     if f(1.0) <= 0.0 and qq == 0.0:
-        return 1.0                           # no step (D = 0), or a step that ends inside
+        return 1.0  # no step (D = 0), or a step that ends inside
     roots = np.roots(coef) if qq > 0.0 else np.array([])
     real = sorted(float(z.real) for z in roots if abs(z.imag) <= 1e-7 * (1.0 + abs(z)) and 0.0 < z.real <= 1.0)
-    for t in real:                           # the first root where the path leaves the ball
+    for t in real:  # the first root where the path leaves the ball
         if f(min(1.0, t + 1e-9 * t)) > 0.0 or (t >= 1.0 and f(1.0) > 0.0):
             return _inside(f, t)
     if coef[-1] == 0.0 and (coef[-2] > 0.0 or (coef[-2] == 0.0 and coef[-3] > 0.0)):
-        return 0.0                           # on the bound and heading out
+        return 0.0  # on the bound and heading out
     if f(1.0) <= 0.0:
         return 1.0
-    grid = np.linspace(0.0, 1.0, 1025)       # a root the polynomial solver missed: scan, then bisect
+    grid = np.linspace(0.0, 1.0, 1025)  # a root the polynomial solver missed: scan, then bisect
     k = next(i for i, t in enumerate(grid) if f(float(t)) > 0.0)
     if k == 0:
         return 0.0
@@ -469,8 +497,9 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
     m, r = X.shape
     if m < r:
         raise LinalgError(f"cannot retract X of shape {tuple(X.shape)} onto the Stiefel manifold: needs m >= r")
-    if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, numbers.Integral)
-                                    or check_every < 1):
+    if check_every is not None and (
+        isinstance(check_every, bool) or not isinstance(check_every, numbers.Integral) or check_every < 1
+    ):
         raise LinalgError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
     if error is not None and not float(error) >= 0.0:
         raise LinalgError(f"error must be a number >= 0 (||X^T X - I||_F), got {error!r}")
@@ -482,14 +511,14 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
         d = xp.where(d == 0, 1, d).astype(X.dtype)
         return (Q * d, err0) if return_error else Q * d
     tol = 50.0 * float(np.finfo(X.dtype).eps) * math.sqrt(r) if tol is None else float(tol)
-    fused = kernels.enabled(xp)   # a device: the Newton-Schulz step as one kernel, no identity matrix
+    fused = kernels.enabled(xp)  # a device: the Newton-Schulz step as one kernel, no identity matrix
     eye = None if fused else xp.eye(r, dtype=X.dtype)
     err = None if error is None else float(error)  # None: measure before the next step
     Y, err0 = X, err
-    since = 0                                        # Newton-Schulz steps since the last measurement
+    since = 0  # Newton-Schulz steps since the last measurement
     for _ in range(int(max_iter)):
         measure = err is None or (check_every is not None and since >= check_every)
-        if not measure and err <= tol:               # predicted converged: no Gram matrix needed
+        if not measure and err <= tol:  # predicted converged: no Gram matrix needed
             break
         G = Y.T @ Y
         if measure:
@@ -512,7 +541,7 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
             Y = Y @ (1.5 * eye - 0.5 * G)  # Newton-Schulz step towards the polar factor
         if err * err <= tol:
             break
-        err, since = 0.75 * err * err + 0.25 * err ** 3, since + 1  # bound on the new error
+        err, since = 0.75 * err * err + 0.25 * err**3, since + 1  # bound on the new error
     Y = X.copy() if Y is X else Y
     return (Y, err0) if return_error else Y
 
@@ -531,10 +560,10 @@ def hoyer_grad(s):
     xp = get_array_module(s)
     if kernels.enabled(xp):
         sg = xp.sign(s)
-        return kernels.launch(xp, kernels.HOYER_GRAD, sg, s, sg @ s, s @ s)   # ||s||_1 = sign(s).s, ||s||_2^2
+        return kernels.launch(xp, kernels.HOYER_GRAD, sg, s, sg @ s, s @ s)  # ||s||_1 = sign(s).s, ||s||_2^2
     n2 = xp.sqrt((s * s).sum())
     n1 = xp.abs(s).sum()
-    return xp.sign(s) / n2 - (n1 / n2 ** 3) * s
+    return xp.sign(s) / n2 - (n1 / n2**3) * s
 
 
 def retained_energy(s, keep):
@@ -568,6 +597,7 @@ def energy_rank(s, energy, total=None):
 
 def _host(a):
     from .backend import asnumpy
+
     return asnumpy(a)
 
 

@@ -15,6 +15,7 @@
   layers are compared parameter by parameter; SVD-space layers by the change of ``W`` the rule's factor updates
   induce, ``dU S V^T + U dS V^T + U S dV^T`` (``weight_change`` of the SVD layer), against BP's gradient of ``W``.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -38,8 +39,9 @@ def principal_angles_deg(A, B) -> np.ndarray:
     A = np.asarray(asnumpy(A), dtype=np.float64)
     B = np.asarray(asnumpy(B), dtype=np.float64)
     if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
-        raise ValueError(f"principal_angles_deg: need 2-D arrays with the same number of rows, "
-                         f"got {A.shape} and {B.shape}")
+        raise ValueError(
+            f"principal_angles_deg: need 2-D arrays with the same number of rows, got {A.shape} and {B.shape}"
+        )
     if A.shape[1] < B.shape[1]:  # the angles are symmetric; let A have the more columns
         A, B = B, A
     qa, _ = np.linalg.qr(A)
@@ -47,7 +49,7 @@ def principal_angles_deg(A, B) -> np.ndarray:
     cos = np.linalg.svd(qa.T @ qb, compute_uv=False)  # descending cosines -> ascending angles
     # small angles from the sines (singular values of the part of Q_B outside col(A)), as scipy does
     sin = np.sort(np.linalg.svd(qb - qa @ (qa.T @ qb), compute_uv=False))
-    ang = np.where(cos ** 2 >= 0.5, np.arcsin(np.clip(sin, 0.0, 1.0)), np.arccos(np.clip(cos, -1.0, 1.0)))
+    ang = np.where(cos**2 >= 0.5, np.arcsin(np.clip(sin, 0.0, 1.0)), np.arccos(np.clip(cos, -1.0, 1.0)))
     return np.degrees(ang)
 
 
@@ -71,7 +73,7 @@ def _downstream_product(model, start):
     """``W_N ... W_j`` over the layers after ``start`` (K x d), or None if any is not Linear (dense or SVD)
     or elementwise."""
     P = None
-    for layer in model.layers[start + 1:]:
+    for layer in model.layers[start + 1 :]:
         if layer.kind in ("linear", "svd_linear"):
             W = _dense_weight(layer)
             P = W if P is None else W @ P
@@ -114,7 +116,7 @@ def matrix_alignment(rule, model) -> dict:
             continue
         if pair.against != "downstream":
             raise ValueError(f"alignment pair {key!r}: unknown comparison {pair.against!r}")
-        P = _downstream_product(model, pair.inject) if pair.inject is not None else None   # (d_N, d_i)
+        P = _downstream_product(model, pair.inject) if pair.inject is not None else None  # (d_N, d_i)
         if P is None or P.shape[1] != B.shape[0]:
             out[f"flat/{key}"] = out[f"principal/{key}"] = float("nan")
             continue
@@ -154,7 +156,8 @@ class AlignmentTracker:
         self.model = model
         self.rule = None
         svd = {p for p, _ in svd_layers_of(model)}
-        self.layer_keys, self._svd = [], set()
+        self.layer_keys: list = []
+        self._svd: set = set()
         for k, _ in model.named_params():
             if k == "W" or k.endswith(".W"):
                 self.layer_keys.append(k)
@@ -162,8 +165,9 @@ class AlignmentTracker:
                 self._svd.add(k.rsplit(".", 1)[0])
                 self.layer_keys.append(k.rsplit(".", 1)[0])
         self._layer_index = [int(k.split(".")[0]) for k in self.layer_keys]
-        self._grad, self._signal = [], []
-        self._events = {"align_step/step": [], "align_step/grad_deg": [], "align_step/signal_deg": []}
+        self._grad: list = []
+        self._signal: list = []
+        self._events: dict = {"align_step/step": [], "align_step/grad_deg": [], "align_step/signal_deg": []}
         self._last = None
 
     def maybe_record(self, step: int, model, rule, x, y, result) -> None:
@@ -177,7 +181,7 @@ class AlignmentTracker:
         bp = BP()
         try:
             _, caches, _, e = bp.forward_loss(model, x, y)
-            bp_updates, bp_signals = bp.updates(model, caches, e, None)   # = BP().step, keeping the caches
+            bp_updates, bp_signals = bp.updates(model, caches, e, None)  # = BP().step, keeping the caches
         finally:
             for k, v in model.buffers.items():  # BP leaves no trace in the BN running statistics
                 v[...] = saved[k]
@@ -187,10 +191,10 @@ class AlignmentTracker:
         for j, (key, k) in enumerate(zip(self.layer_keys, self._layer_index)):
             if key in self._svd:
                 fac = [result.updates.get(f"{key}.{f}") for f in ("U", "s", "V")]
-                if "." not in key and all(u is not None for u in fac):   # top-level SVD layer
+                if "." not in key and all(u is not None for u in fac):  # top-level SVD layer
                     layer = model.layers[k]
-                    G = layer.dense_grad(bp_signals[k], caches[k])       # BP's dL/dW (m, n)
-                    g[j] = angle_deg(layer.weight_change(*fac), G)     # eq. (4) on the induced dW
+                    G = layer.dense_grad(bp_signals[k], caches[k])  # BP's dL/dW (m, n)
+                    g[j] = angle_deg(layer.weight_change(*fac), G)  # eq. (4) on the induced dW
             else:
                 upd = result.updates.get(key)
                 if upd is not None and key in bp_updates:

@@ -108,7 +108,7 @@ class Optimizer:
     """
 
     _state_names: tuple[str, ...] = ()
-    _nonnegative_states: tuple[str, ...] = ()   # state names whose values are never negative (checked on load)
+    _nonnegative_states: tuple[str, ...] = ()  # state names whose values are never negative (checked on load)
 
     def __init__(self, params, lr):
         self.lr = _positive("lr", lr)
@@ -443,7 +443,7 @@ class Adam(Optimizer):
     """
 
     _state_names = ("m", "v")
-    _nonnegative_states = ("v",)   # a second-moment estimate: a negative one makes sqrt(v) NaN
+    _nonnegative_states = ("v",)  # a second-moment estimate: a negative one makes sqrt(v) NaN
     _moment_name = "m"
 
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False):

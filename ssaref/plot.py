@@ -65,13 +65,12 @@ class Run:
     def settings(self) -> dict:
         """The config without the keys in ``IGNORED_KEYS`` and the derived column lists, a rule option left at
         its default (``None`` in the config) replaced by that default: equal settings = the same experiment."""
+        from .config import filled_config
         from .rules import RULES
-
-        from .train import filled_config
 
         opts = getattr(RULES.get(str(self.config.get("method")), None), "OPTIONS", {})
         out = {}
-        for k, v in filled_config(self.config).items():   # unset options: the writing version's defaults
+        for k, v in filled_config(self.config).items():  # unset options: the writing version's defaults
             if k in IGNORED_KEYS or k in _DERIVED:
                 continue
             if k.startswith("rule_"):
@@ -204,7 +203,7 @@ def make_figure(groups: list[Group], title: str | None = None):
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    todo = []
+    todo: list = []
     for t, yl, items, scale in _SCALARS:
         if any(g.series(m) is not None for g in groups for m, _, _ in items):
             todo.append(("scalar", t, yl, items, scale))

@@ -34,6 +34,7 @@ i.e. ``r < m n / (m + n)``) or ``"with_s"`` (``r (m + n + 1) < m n``: the singul
 paper's own inference cost ``r (m + n + 1)`` does).  The retained singular triplets are those with the largest
 ``|s_j|``, kept in their current order.
 """
+
 from __future__ import annotations
 
 import math
@@ -81,7 +82,7 @@ def keep_indices(s, r):
     """Indices (ascending) of the ``r`` largest ``|s_j|`` of ``s`` (r0,) (ties: lower index first)."""
     a = np.abs(np.asarray(asnumpy(s), dtype=np.float64))
     order = np.argsort(-a, kind="stable")
-    return np.sort(order[:int(r)])
+    return np.sort(order[: int(r)])
 
 
 @dataclass

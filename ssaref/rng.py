@@ -46,12 +46,12 @@ def _bits(xp, key: int, n: int):
     u64 = xp.uint64
     i = xp.arange(1, n + 1, dtype=u64)
     z = i * u64(_GAMMA)
-    z += u64(int(key) & _M64)                   # the state key + (i + 1) gamma (mod 2**64)
-    z ^= z // u64(1 << 30)                      # z ^= z >> 30
+    z += u64(int(key) & _M64)  # the state key + (i + 1) gamma (mod 2**64)
+    z ^= z // u64(1 << 30)  # z ^= z >> 30
     z *= u64(_C1)
-    z ^= z // u64(1 << 27)                      # z ^= z >> 27
+    z ^= z // u64(1 << 27)  # z ^= z >> 27
     z *= u64(_C2)
-    z ^= z // u64(1 << 31)                      # z ^= z >> 31
+    z ^= z // u64(1 << 31)  # z ^= z >> 31
     return z
 
 
@@ -63,7 +63,7 @@ def uniform(xp, key: int, shape, low=0.0, high=1.0, dtype=None):
     for s in shape:
         n *= s
     u = (_bits(xp, key, n) // xp.uint64(1 << 11)).astype(xp.float64)
-    u *= 2.0 ** -53
+    u *= 2.0**-53
     out = u * (float(high) - float(low)) + float(low) if (low, high) != (0.0, 1.0) else u
     out = out.reshape(shape)
     return out if dtype is None else out.astype(dtype)
@@ -74,6 +74,6 @@ def normal(xp, key: int, shape, dtype=None):
     shape = tuple(int(s) for s in shape)
     u1 = uniform(xp, stream_key(key, 1), shape)
     u2 = uniform(xp, stream_key(key, 2), shape)
-    r = xp.sqrt(-2.0 * xp.log1p(-u1))            # 1 - u1 in (0, 1]: log is finite
+    r = xp.sqrt(-2.0 * xp.log1p(-u1))  # 1 - u1 in (0, 1]: log is finite
     out = r * xp.cos((2.0 * 3.141592653589793) * u2)
     return out if dtype is None else out.astype(dtype)

@@ -5,9 +5,8 @@ train, bench, vectors, the audit and the tests all start a run here, so the set-
     model = rule.setup(model, rng)                      # conversion + drawn feedback (rules/base.py)
     optimizer over model.named_params() + rule.learnable(model)
 
-and one training step is ``Run.train_step`` (or ``rule.step`` then ``Run.apply`` where the caller looks at the
-result in between, as the training loop does): the rule's directions, the optimiser step, the rule's
-``after_step``.
+and one training step is ``Run.train_step`` (its ``between`` hook where the caller looks at the result before the
+update, as the training loop does): the rule's directions, the optimiser step, the rule's ``after_step``.
 """
 
 from __future__ import annotations
@@ -40,9 +39,13 @@ class Run:
         self.optimizer.step(result.updates, lr=lr)
         self.rule.after_step(self.model, self.optimizer)
 
-    def train_step(self, x, y, lr: float | None = None) -> StepResult:
-        """``step`` then ``apply``; returns the step's result (loss and logits from before the update)."""
+    def train_step(self, x, y, lr: float | None = None, between=None) -> StepResult:
+        """``step`` then ``apply``; returns the step's result (loss and logits from before the update).  A caller that
+        looks at the result before the update (the training loop: alignment angles, the allreduce over ranks, the
+        loss window) passes ``between(result)``, called in between."""
         result = self.step(x, y)
+        if between is not None:
+            between(result)
         self.apply(result, lr)
         return result
 

@@ -34,6 +34,7 @@ checkpoint's arrays, epoch/step non-negative integers, the random state, the ran
 read: ``SCALAR_METRICS`` (E,), ``LAYER_METRICS`` and ``svd_*`` rows (E, L)); the checks that need the model are
 ``ssaref.train``'s (shapes, buffers, optimiser and rule state).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,15 @@ import numpy as np
 
 from .atomic import atomic_path, deferred_signals, write_all
 
-__all__ = ["RunFileError", "SCHEMA", "write_run", "read_run", "generator_from_state", "RunLock",
-           "remove_stale_temporaries"]
+__all__ = [
+    "RunFileError",
+    "SCHEMA",
+    "write_run",
+    "read_run",
+    "generator_from_state",
+    "RunLock",
+    "remove_stale_temporaries",
+]
 
 SCHEMA = "ssaref-run/1"
 _RESERVED = ("schema", "ssaref_version", "config")
@@ -58,12 +66,27 @@ _PYTYPE = "pytype"  # dataset attr marking a Python scalar stored as a 0-d datas
 
 # metrics the tools read, with the ranks the schema gives them: one value per epoch -> (E,); one value per layer
 # per epoch -> (E, L), L the length of the config's column list named here (``svd_*`` rows: "svd_layers")
-SCALAR_METRICS = frozenset({"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                            "seconds", "lr", "svd_total_params", "svd_total_flops", "svd_rank_ok_all"})
-LAYER_METRICS = {f"align.{k}": "align_layers" for k in ("grad_mean", "grad_std", "grad_frac_gt90", "signal_mean",
-                                                        "signal_std")}
-_FLOAT_GROUPS = ("params", "buffers")   # checkpoint groups whose arrays are floating point (the model's)
-_ARRAY_GROUPS = ("params", "buffers", "optimizer", "rule_state")   # and every array of these is finite
+SCALAR_METRICS = frozenset(
+    {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+        "lr",
+        "svd_total_params",
+        "svd_total_flops",
+        "svd_rank_ok_all",
+    }
+)
+LAYER_METRICS = {
+    f"align.{k}": "align_layers" for k in ("grad_mean", "grad_std", "grad_frac_gt90", "signal_mean", "signal_std")
+}
+_FLOAT_GROUPS = ("params", "buffers")  # checkpoint groups whose arrays are floating point (the model's)
+_ARRAY_GROUPS = ("params", "buffers", "optimizer", "rule_state")  # and every array of these is finite
 
 
 class RunFileError(ValueError):
@@ -236,8 +259,10 @@ def _write_contents(f, path, config, metrics, checkpoint):
         elif _is_scalar(value):
             _set_attr(ck, key, value, path)
         else:
-            raise RunFileError(f"{path}: checkpoint entry {key!r} must be a scalar, a str or a dict of arrays, "
-                               f"got {type(value).__name__}")
+            raise RunFileError(
+                f"{path}: checkpoint entry {key!r} must be a scalar, a str or a dict of arrays, "
+                f"got {type(value).__name__}"
+            )
 
 
 def _hdf5_image(path, config, metrics, checkpoint) -> bytes:
@@ -258,8 +283,10 @@ def _check_free_space(folder, need, path):
     """Refuse a write of ``need`` bytes into ``folder`` that its device has no room for (``OSError`` ENOSPC)."""
     free = shutil.disk_usage(folder).free
     if free < need:
-        raise OSError(errno.ENOSPC, f"{path}: no space left on the device of {folder} for the run file "
-                                    f"(needs {need} bytes, {free} free)")
+        raise OSError(
+            errno.ENOSPC,
+            f"{path}: no space left on the device of {folder} for the run file (needs {need} bytes, {free} free)",
+        )
 
 
 def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> None:
@@ -290,21 +317,21 @@ def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> 
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise RunFileError(f"{path}: folder {folder} does not exist")
-    with deferred_signals():   # Ctrl-C or SIGTERM now is acted on once the new file is in place (or the write failed)
+    with deferred_signals():  # Ctrl-C or SIGTERM now is acted on once the new file is in place (or the write failed)
         try:
             image = _hdf5_image(path, config, metrics, checkpoint)
-        except OSError as exc:   # HDF5 (in memory) could not build it: one error naming the run file
+        except OSError as exc:  # HDF5 (in memory) could not build it: one error naming the run file
             raise OSError(exc.errno, f"{path}: cannot build the run file ({exc.strerror or exc})") from None
-        _check_free_space(folder, len(image) + 65536, path)   # a full disk fails here, cleanly, before any write
+        _check_free_space(folder, len(image) + 65536, path)  # a full disk fails here, cleanly, before any write
         lock = _HELD.get(os.path.abspath(path))
         previous = None
         try:
             with atomic_path(path, durable=True) as tmp:
                 write_all(tmp, image, path)
-                if lock is not None:   # the lock moves onto the new file before it takes the name, and the old
-                    previous = lock._hold_file(tmp, keep_previous=True)   # version's is let go only after that
+                if lock is not None:  # the lock moves onto the new file before it takes the name, and the old
+                    previous = lock._hold_file(tmp, keep_previous=True)  # version's is let go only after that
         except BaseException:
-            if previous is not None:   # the old version kept its name: it keeps the lock
+            if previous is not None:  # the old version kept its name: it keeps the lock
                 lock._file_fd, previous = previous, lock._file_fd
             raise
         finally:
@@ -364,7 +391,7 @@ def read_run(path):
     if not is_h5:
         raise RunFileError(f"run file {path} is not an HDF5 file")
     try:
-        with deferred_signals(), h5py.File(path, "r") as f:   # Ctrl-C never lands in an h5py finaliser
+        with deferred_signals(), h5py.File(path, "r") as f:  # Ctrl-C never lands in an h5py finaliser
             return _read_contents(f, path)
     except RunFileError:
         raise
@@ -398,8 +425,9 @@ def _numeric(ds, path, limit, kinds="biuf"):
         raise _damaged(path, f"{ds.name} has no data (an empty dataspace)")
     nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize
     if nbytes > limit:
-        raise _damaged(path, f"{ds.name} declares shape {ds.shape} ({nbytes} bytes), more than the whole file "
-                             f"({limit} bytes)")
+        raise _damaged(
+            path, f"{ds.name} declares shape {ds.shape} ({nbytes} bytes), more than the whole file ({limit} bytes)"
+        )
     return _read_dataset(ds)
 
 
@@ -421,8 +449,11 @@ def _check_metrics(metrics, config, path):
             cols = config.get(attr)
             if arr.ndim != 2 or (cols is not None and arr.shape[1] != len(cols)):
                 want = f"(epochs, {len(cols)})" if cols is not None else "(epochs, layers)"
-                raise _damaged(path, f"{where} has shape {arr.shape}; a per-layer value is stored as {want}"
-                                     + (f" (the config's {attr} names {len(cols)} layers)" if cols is not None else ""))
+                raise _damaged(
+                    path,
+                    f"{where} has shape {arr.shape}; a per-layer value is stored as {want}"
+                    + (f" (the config's {attr} names {len(cols)} layers)" if cols is not None else ""),
+                )
 
 
 def _check_checkpoint(ck, path):
@@ -439,8 +470,11 @@ def _check_checkpoint(ck, path):
     for group in _ARRAY_GROUPS:
         for k, v in (ck.get(group) or {}).items():
             if isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all():
-                raise _damaged(path, f"/checkpoint/{group}/{_encode_key(k)} holds NaN or inf (a checkpoint is "
-                                     f"written only when every value is finite)")
+                raise _damaged(
+                    path,
+                    f"/checkpoint/{group}/{_encode_key(k)} holds NaN or inf (a checkpoint is "
+                    f"written only when every value is finite)",
+                )
     if "rng" in ck:
         try:
             generator_from_state(ck["rng"])
@@ -486,8 +520,9 @@ def _read_contents(f, path):
                 checkpoint["rng"] = state
             else:
                 kinds = "f" if name in _FLOAT_GROUPS else "iuf" if name in _ARRAY_GROUPS else "biuf"
-                checkpoint[name] = {_decode_key(k): _numeric(_member(obj, k, h5py.Dataset, path), path, limit, kinds)
-                                    for k in obj}
+                checkpoint[name] = {
+                    _decode_key(k): _numeric(_member(obj, k, h5py.Dataset, path), path, limit, kinds) for k in obj
+                }
         _check_checkpoint(checkpoint, path)
     return config, metrics, checkpoint
 
@@ -500,7 +535,7 @@ def generator_from_state(state: dict) -> np.random.Generator:
         if not (isinstance(bg_cls, type) and issubclass(bg_cls, np.random.BitGenerator)):
             raise ValueError(f"{name!r} is not a NumPy bit generator")
         bg = bg_cls()
-        bg.state = state   # PCG64: state and increment must fit 128 unsigned bits (OverflowError otherwise)
+        bg.state = state  # PCG64: state and increment must fit 128 unsigned bits (OverflowError otherwise)
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
         raise RunFileError(f"not a NumPy bit generator state ({type(exc).__name__}: {exc})") from None
     return np.random.Generator(bg)
@@ -509,7 +544,7 @@ def generator_from_state(state: dict) -> np.random.Generator:
 # ----------------------------------------------------------------------------------------------------
 # one writer per run file
 # ----------------------------------------------------------------------------------------------------
-_HELD: dict = {}   # absolute path of a run file -> the RunLock this process holds on it (write_run moves it)
+_HELD: dict = {}  # absolute path of a run file -> the RunLock this process holds on it (write_run moves it)
 
 
 def _ofd_lock(path, *, keep):
@@ -526,19 +561,19 @@ def _ofd_lock(path, *, keep):
     cmd = getattr(fcntl, "F_OFD_SETLK", None)
     if cmd is None:
         return None
-    for _ in range(100):   # the holder may replace the file between our open and our lock: retry on the new one
+    for _ in range(100):  # the holder may replace the file between our open and our lock: retry on the new one
         try:
             fd = os.open(path, os.O_RDWR)
         except OSError:
             return None
-        try:   # struct flock: l_type, l_whence, l_start, l_len (0: to the end, whatever it grows to), l_pid (0)
+        try:  # struct flock: l_type, l_whence, l_start, l_len (0: to the end, whatever it grows to), l_pid (0)
             fcntl.fcntl(fd, cmd, struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise BlockingIOError(exc.errno, "locked") from None
             return None
-        if not _same_file(fd, path):   # we locked a version the holder has just let go of: not the file now
+        if not _same_file(fd, path):  # we locked a version the holder has just let go of: not the file now
             os.close(fd)
             continue
         if keep:
@@ -575,10 +610,12 @@ class RunLock:
         self._file_fd = None
 
     def _busy(self, owner=None):
-        who = (f"process {owner}, lock {self.lock_path}" if owner is not None else
-               "it holds a lock on the run file itself")
-        return RunFileError(f"run file {self.path} is being written by another run ({who}); wait for it or "
-                            f"choose another --out")
+        who = (
+            f"process {owner}, lock {self.lock_path}" if owner is not None else "it holds a lock on the run file itself"
+        )
+        return RunFileError(
+            f"run file {self.path} is being written by another run ({who}); wait for it or choose another --out"
+        )
 
     def acquire(self):
         import fcntl  # noqa: PLC0415  (POSIX)
@@ -586,8 +623,9 @@ class RunLock:
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise RunFileError(f"run file {self.path}: cannot create lock file {self.lock_path}: "
-                               f"{exc.strerror or exc}") from None
+            raise RunFileError(
+                f"run file {self.path}: cannot create lock file {self.lock_path}: {exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -599,7 +637,7 @@ class RunLock:
         try:
             if os.path.exists(self.path):
                 self._hold_file(self.path)
-        except RunFileError:   # the lock file was removed under a live run: drop the one made here
+        except RunFileError:  # the lock file was removed under a live run: drop the one made here
             with contextlib.suppress(OSError):
                 os.unlink(self.lock_path)
             os.close(fd)

@@ -45,8 +45,13 @@ def default_threads() -> int:
     return max(1, int(n))
 
 
+#: the most threads ``--threads`` takes (a fixed bound, not this machine's cores: a run file written on a large node
+#: must resume on a small one; OpenBLAS and OpenMP are capped at their own build limits below it)
+MAX_THREADS = 1024
+
+
 def threads_arg(s) -> int:
-    """argparse type of ``--threads``: an int >= 1."""
+    """argparse type of ``--threads``: an int in [1, ``MAX_THREADS``]."""
     import argparse  # noqa: PLC0415
 
     try:
@@ -55,6 +60,8 @@ def threads_arg(s) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer number of threads, got {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
+    if v > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {s}")
     return v
 
 

@@ -1,306 +1,49 @@
 """``python -m ssaref.train``: train a model with one learning rule and log the run.
 
 Every flag can also come from ``--config FILE.toml`` (keys mirror the flags,
-``-`` or ``_`` alike); flags given on the command line win over the file.
+``-`` or ``_`` alike); flags given on the command line win over the file.  The flags, their validation and
+defaults, and the run file's config are ``ssaref.config``'s.
 The last line printed is ``final test_acc=<float>``.
 """
+
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from pathlib import Path
 import time
+from typing import Any
 
 import numpy as np
 
 from . import __version__, distributed
-from .cli import (Diverged, OneLineParser, check_output_path, int64, int_list, nonnegative_int, one_line, positive,
-                  run_main)
+from . import config as config_mod
+from .cli import Diverged, check_output_path, one_line, run_main
 from .backend import asnumpy, get_array_module, keep_large_allocations, parse_dtype, resolve_backend, to_device
-from .data import DATASETS, augment, load_dataset
-from .nn import MODELS, build_model
+from .config import build_parser, filled_config, parse_args, run_config
+from .data import augment, load_dataset
+from .nn import build_model
 from .ops.losses import softmax_cross_entropy
 from .optim import build_schedule
-from .ops.conv import DEFAULT_SAVE, SAVE_MODES, set_conv_save
-from .threads import apply_threads, threads_arg
-from .rules import RULES, build_rule
+from .ops.conv import set_conv_save
+from .threads import apply_threads
+from .rules import build_rule
 from .run import build_run
 from .runlog import RunFileError, RunLock, read_run, remove_stale_temporaries, write_run
 
-try:  # Python >= 3.11
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["main", "build_parser", "parse_args", "run_config", "train", "TrainingError", "EXIT_CODES"]
+__all__ = ["main", "build_parser", "parse_args", "run_config", "filled_config", "train", "TrainingError", "EXIT_CODES"]
 
 TrainingError = Diverged  # training cannot go on (a non-finite loss, parameter or state); exit 3
 
-EXIT_CODES = {0: "finished", 1: "a bug (traceback printed)", 2: "bad input or an I/O error (one error line)",
-              3: "diverged: a non-finite loss, parameter or state (the message names the epoch, the step and the "
-                 "checkpoint left intact)", 130: "interrupted"}
-
-
-def build_parser():
-    p = OneLineParser(prog="python -m ssaref.train", description=__doc__.splitlines()[0])
-    a = p.add_argument
-    a("--config", help="TOML file whose keys mirror these flags")
-    a("--backend", default="auto", help="auto (cupy when a GPU is usable), numpy or cupy")
-    a("--method", default="ssa", help=f"learning rule: {', '.join(sorted(RULES))}")
-    a("--model", default="mlp", help=f"one of {', '.join(sorted(MODELS))}")
-    a("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
-    a("--data-dir", default=None, help="dataset root searched first (then $SSAREF_DATA, ./data, /usr/share/datasets)")
-    a("--no-download", action="store_true", help="never download a missing dataset")
-    a("--epochs", type=positive(int), default=10)
-    a("--batch-size", type=positive(int), default=128)
-    a("--lr", type=positive(float), default=1e-3)
-    a("--optimizer", default="adam", help="sgd, adam or adamw")
-    a("--momentum", type=float, default=0.9, help="SGD momentum")
-    a("--nesterov", action="store_true")
-    a("--weight-decay", type=float, default=0.0)
-    a("--schedule", default="constant", help="constant, step or cosine")
-    a("--seed", type=nonnegative_int, default=0)
-    a("--train-limit", type=positive(int), default=None, help="use the first N training examples")
-    a("--test-limit", type=positive(int), default=None, help="use the first N test examples")
-    a("--dtype", default="float32", help="float32 (training) or float64")
-    a("--hidden", type=int_list, default=None, help="mlp hidden widths, e.g. 256,256")
-    a("--activation", default=None, choices=["relu", "tanh", "sigmoid"],
-      help="hidden non-linearity of mlp (default relu)")
-    a("--width-mult", type=positive(float), default=1.0, help="scale channel counts of conv models")
-    a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
-    a("--eval-batch-size", type=positive(int), default=1000)
-    a("--align-every", type=int64, default=0,
-      help="every N steps, run BP on the same batch and log the eq. (4) angles per layer (0: off)")
-    a("--val-split", type=_fraction, default=0.0,
-      help="hold out this fraction of the training set (stratified by class, seeded) as a validation split, "
-           "evaluated every epoch (val_loss, val_acc); 0: none")
-    a("--out", default=None, help="HDF5 run file (config, per-epoch metrics, checkpoint)")
-    a("--overwrite", action="store_true", help="replace an existing --out file (refused otherwise)")
-    a("--resume", default=None, help="continue the run stored in this file")
-    a("--no-progress", action="store_true", help="no progress bar")
-    a("--threads", type=threads_arg, default=None,
-      help="BLAS/OpenMP threads (default: the cores this process may use; on a shared machine, the free ones)")
-    a("--conv-save", choices=list(SAVE_MODES), default=DEFAULT_SAVE,
-      help="what a convolution keeps for its weight gradient: input (its input, the backward rebuilds the "
-           "columns, a kernel offset at a time: less memory, a few per cent slower), columns (the forward's im2col "
-           "matrix) or auto (default: input on the CPU, columns on a GPU); the same gradients up to round-off; "
-           "docs/decisions.md D7")
-    a("--data-on-device", choices=["auto", "on", "off"], default="auto",
-      help="keep the training, validation and test sets on the device (GPU backends): one copy at the start, batches "
-           "gathered and augmented there from host-drawn indices and offsets (the same numbers as off); auto: on "
-           "when they take at most a quarter of the device's free memory")
-    a("--log-every", type=positive(int), default=1,
-      help="read the training loss back every K steps (one device->host transfer per K steps; a non-finite loss "
-           "still stops the run naming its own step)")
-    a("--distributed", default="none", choices=["none", "mpi"],
-      help="data-parallel over MPI ranks (mpiexec -n N / srun): each rank takes a shard of every global batch of "
-           "--batch-size, one allreduce per step; rank 0 prints and writes (docs/scaling.md)")
-    a("--mpi-timeout", type=positive(float), default=600.0,
-      help="seconds a collective may wait for the other ranks before the job is aborted")
-    a("--sync-bn", action="store_true",
-      help="with --distributed: BatchNorm uses the global batch's statistics (reduced across ranks) instead of each "
-           "rank's own")
-    a("--check-replicas", type=nonnegative_int, default=0,
-      help="every K epochs check that all ranks hold identical parameters and rule state (0: never)")
-    g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
-    for opt, (typ, defaults, help_, owners) in _rule_options().items():
-        if len(set(map(repr, defaults.values()))) == 1:
-            default = f"default {next(iter(defaults.values()))}"
-        else:  # the methods declare different defaults
-            default = "default " + ", ".join(f"{v} ({m})" for m, v in defaults.items())
-        g.add_argument("--" + opt.replace("_", "-"), dest="rule_" + opt, default=None, metavar=opt.upper(),
-                       type=str if typ is bool else int64 if typ is int else typ,
-                       help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"))
-    return p
-
-
-def _fraction(s):
-    """Argument type: a float in [0, 1)."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {s}")
-    return v
-
-
-def _rule_options():
-    """Union of every registered rule's OPTIONS: name -> (type, {method: default}, help, [methods])."""
-    out = {}
-    for mname, cls in sorted(RULES.items()):
-        for opt, (typ, default, help_) in cls.OPTIONS.items():
-            if opt in out:
-                out[opt][1][mname] = default
-                out[opt][3].append(mname)
-            else:
-                out[opt] = (typ, {mname: default}, help_, [mname])
-    return out
-
-
-def _rule_kwargs(args):
-    """Rule options the user set; an option the chosen method does not take is an error."""
-    given = {k[len("rule_"):]: v for k, v in vars(args).items() if k.startswith("rule_") and v is not None}
-    cls = RULES[args.method]
-    foreign = sorted(set(given) - set(cls.OPTIONS))
-    if foreign:
-        raise ValueError(f"method {args.method!r} takes no option --{foreign[0].replace('_', '-')}; "
-                         f"its options: {', '.join('--' + o.replace('_', '-') for o in cls.OPTIONS) or 'none'}")
-    return given
-
-
-def _config_defaults(parser, path):
-    """The ``--config`` TOML file as parser defaults, every value checked like the flag it mirrors."""
-    try:
-        with open(path, "rb") as f:
-            cfg = tomllib.load(f)
-    except FileNotFoundError:
-        parser.error(f"config file {path!r} not found")
-    except IsADirectoryError:
-        parser.error(f"config file {path!r} is a folder, not a TOML file")
-    except UnicodeDecodeError as exc:
-        parser.error(f"config file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})")
-    except tomllib.TOMLDecodeError as exc:
-        parser.error(f"config file {path!r} is not valid TOML: {exc}")
-    except OSError as exc:
-        parser.error(f"config file {path!r} cannot be read: {exc.strerror or exc}")
-    return _checked_defaults(parser, cfg, f"config file {path!r}")
-
-
-_NOT_FROM_RUN = ("out", "resume", "config", "help", "overwrite")
-
-
-def _checked_defaults(parser, cfg, where, *, run_file=False):
-    """``cfg`` (TOML keys, or a resumed run file's config) as parser defaults, every value checked like the flag
-    it mirrors; a bad one is the parser's one-line error naming ``where``.  A run file's config also holds
-    entries that are not flags (skipped) and None where a flag's default is None."""
-    actions = {a.dest: a for a in parser._actions}
-    defaults = {}
-    for k, v in cfg.items():
-        dest = k.replace("-", "_")
-        if dest not in actions and "rule_" + dest in actions:
-            dest = "rule_" + dest
-        if run_file and (dest not in actions or dest in _NOT_FROM_RUN):
-            continue
-        if dest not in actions or dest in ("config", "help"):
-            parser.error(f"{where}: unknown key {k!r}")
-        action = actions[dest]
-        flag = action.option_strings[0] if action.option_strings else dest
-        if run_file and v is None and action.default is None:
-            pass
-        elif action.nargs == 0:  # store_true flags take a TOML boolean
-            if not isinstance(v, bool):
-                parser.error(f"{where}: {k} must be true or false, got {v!r}")
-        elif action.type is int_list and isinstance(v, list):
-            if not all(isinstance(e, int) and not isinstance(e, bool) for e in v):
-                parser.error(f"{where}: {k} must be a list of integers, got {v!r}")
-        elif isinstance(v, (list, dict)) or (isinstance(v, bool) and action.type not in (str, None)):
-            parser.error(f"{where}: {k} must be a single value like {flag} takes, got {v!r}")
-        elif action.type is not None:
-            try:
-                v = action.type(str(v).lower() if isinstance(v, bool) else str(v))
-            except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
-                parser.error(f"{where}: {k} = {v!r}: {exc}")
-        elif not isinstance(v, str):
-            parser.error(f"{where}: {k} must be a string, got {v!r}")
-        defaults[dest] = v
-    return defaults
-
-
-def parse_args(argv=None):
-    """Parse flags.  Precedence: flags given now > ``--config`` TOML keys > the resumed run's own settings >
-    built-in defaults.  ``resume`` may come from the flag or the TOML file alike."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    config = _config_defaults(parser, args.config) if args.config else {}
-    resume = args.resume or config.get("resume")
-    if resume:  # the run's own settings become the defaults
-        try:
-            run_config, _, _ = read_run(resume)
-        except RunFileError:
-            run_config = {}  # train() reports the unreadable file with its one-line error
-        parser.set_defaults(**_checked_defaults(parser, run_config, f"run file {resume}", run_file=True))
-        parser.set_defaults(**_earlier_defaults(run_config))
-    parser.set_defaults(**config)
-    return parser.parse_args(argv)
-
-
-def _version(text):
-    try:
-        return tuple(int(part) for part in str(text).split(".")[:3])
-    except ValueError:
-        return (0,)
-
-
-def _earlier_defaults(run_config):
-    """Rule options a run written by an earlier ssaref ran with without recording them: the defaults of its
-    version (``Rule.DEFAULTS_BEFORE``) for every option its file leaves unset, so a resume continues that run
-    and not one with today's defaults."""
-    cls = RULES.get(run_config.get("method"))
-    written = _version(run_config.get("ssaref_version", "0.1.0"))
-    out = {}
-    for version, defaults in sorted(getattr(cls, "DEFAULTS_BEFORE", {}).items(), key=lambda kv: _version(kv[0])):
-        if written < _version(version):
-            out.update({f"rule_{k}": v for k, v in defaults.items()
-                        if run_config.get(f"rule_{k}") is None and f"rule_{k}" not in out})
-    return out
-
-
-def filled_config(run_config):
-    """A run file's config with every rule option of its method given: an option the file leaves unset (null:
-    files of ssaref 0.1.0) takes the default of the version that wrote it (``_earlier_defaults``), then today's.
-    What a run computed, comparable between files of any version (plots, sweep caches)."""
-    cfg = dict(run_config, **_earlier_defaults(run_config))
-    cls = RULES.get(cfg.get("method"))
-    if cls is None:
-        return cfg
-    given = {k: cfg[f"rule_{k}"] for k in cls.OPTIONS if cfg.get(f"rule_{k}") is not None}
-    try:
-        options = cls(**given).options   # the rule resolves what is unset (SSA's paper variant: its own defaults)
-    except ValueError:
-        options = {k: spec[1] for k, spec in cls.OPTIONS.items()}
-    for k, v in options.items():
-        if cfg.get(f"rule_{k}") is None:
-            cfg[f"rule_{k}"] = v
-    return cfg
-
-
-def _check_choices(args):
-    if args.data_dir is not None and not Path(args.data_dir).is_dir():
-        raise ValueError(f"--data-dir {args.data_dir!r} is not an existing folder (create it, or leave the flag "
-                         f"out to search $SSAREF_DATA, ./data and /usr/share/datasets)")
-    if args.method not in RULES:
-        raise ValueError(f"unknown method {args.method!r}; choose one of {', '.join(sorted(RULES))}")
-    if args.model not in MODELS:
-        raise ValueError(f"unknown model {args.model!r}; choose one of {', '.join(sorted(MODELS))}")
-    if args.dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-
-
-def run_config(args):
-    """The run's effective configuration as stored in the run file's ``config`` (every setting that shapes the
-    run; not where it is written, nor ``--config``/``--resume``/``--overwrite``/``--no-progress``)."""
-    cfg = {k: v for k, v in vars(args).items() if k not in ("config", "resume", "no_progress", "overwrite")}
-    cfg["ssaref_version"] = __version__
-    if args.method in RULES:
-        _rule_kwargs(args)   # refuses an option the method does not take
-    return filled_config(cfg)   # every option the rule runs with, defaults included (a resume keeps them all)
-
-
-def _model_options(args):
-    opts = {}
-    if args.model == "mlp":
-        if args.hidden is not None:
-            opts["hidden"] = tuple(args.hidden)
-        if args.activation is not None:
-            opts["activation"] = args.activation
-    elif args.activation is not None:
-        raise ValueError(f"--activation applies to mlp only, not {args.model!r}")
-    elif args.width_mult != 1.0:
-        opts["width_mult"] = args.width_mult
-    return opts
+EXIT_CODES = {
+    0: "finished",
+    1: "a bug (traceback printed)",
+    2: "bad input or an I/O error (one error line)",
+    3: "diverged: a non-finite loss, parameter or state (the message names the epoch, the step and the "
+    "checkpoint left intact)",
+    130: "interrupted",
+}
 
 
 def _metric_name(key):
@@ -319,8 +62,8 @@ def evaluate(model, x, y, batch_size, xp, dtype, comm=None):
         return float(tot[0]) / len(x), float(tot[1]) / len(x)
     total_loss, correct = 0.0, 0
     for i in range(0, len(x), batch_size):
-        xb = to_device(x[i:i + batch_size].astype(dtype, copy=False), xp)
-        yb = to_device(y[i:i + batch_size], xp)
+        xb = to_device(x[i : i + batch_size].astype(dtype, copy=False), xp)
+        yb = to_device(y[i : i + batch_size], xp)
         logits, _ = model.forward(xb, train=False)
         loss, _ = softmax_cross_entropy(logits, yb)
         total_loss += float(loss) * len(yb)
@@ -330,7 +73,11 @@ def evaluate(model, x, y, batch_size, xp, dtype, comm=None):
 
 def _checkpoint(model, optimizer, rule, rng, epoch, step, args):
     return {
-        "epoch": epoch, "step": step, "model": args.model, "method": args.method, "dataset": args.dataset,
+        "epoch": epoch,
+        "step": step,
+        "model": args.model,
+        "method": args.method,
+        "dataset": args.dataset,
         "params": {k: asnumpy(v) for k, v in model.named_params()},
         "buffers": {k: asnumpy(v) for k, v in model.buffers.items()},
         "optimizer": optimizer.state_dict(),
@@ -346,46 +93,59 @@ def _restore(path, args, model, optimizer, rule, rng, xp):
     config, metrics, ck = read_run(path)
     if ck is None:
         raise RunFileError(f"{path}: run file holds no checkpoint to resume from")
-    for key in ("epoch", "step", "params", "buffers", "optimizer", "rule_state", "rng", "model", "method",
-                "dataset"):
+    for key in ("epoch", "step", "params", "buffers", "optimizer", "rule_state", "rng", "model", "method", "dataset"):
         if key not in ck:
             raise RunFileError(f"{path}: checkpoint lacks {key!r}; the file is damaged or not from ssaref.train")
     for key in ("model", "method", "dataset"):
         if str(ck.get(key)) != str(getattr(args, key)):
             raise RunFileError(f"{path}: run belongs to {key} {ck.get(key)!r}, not {getattr(args, key)!r}")
-    epoch, step = ck["epoch"], ck["step"]   # non-negative integers (the reader checked them)
+    epoch, step = ck["epoch"], ck["step"]  # non-negative integers (the reader checked them)
     if epoch > args.epochs:
-        raise RunFileError(f"{path}: its checkpoint is at the end of epoch {epoch}, beyond --epochs {args.epochs}; "
-                           f"pass --epochs {epoch} or more to continue it")
+        raise RunFileError(
+            f"{path}: its checkpoint is at the end of epoch {epoch}, beyond --epochs {args.epochs}; "
+            f"pass --epochs {epoch} or more to continue it"
+        )
     saved = ck["params"]
     rule.adapt_to_checkpoint(model, optimizer, {k: tuple(v.shape) for k, v in saved.items()})
     params = dict(model.named_params())
     if set(saved) != set(params):
-        raise RunFileError(f"{path}: checkpoint parameters {sorted(saved)[:4]}... do not match model "
-                           f"{args.model!r} ({sorted(params)[:4]}...)")
+        raise RunFileError(
+            f"{path}: checkpoint parameters {sorted(saved)[:4]}... do not match model "
+            f"{args.model!r} ({sorted(params)[:4]}...)"
+        )
     for k, v in params.items():
         if tuple(saved[k].shape) != tuple(v.shape):
-            raise RunFileError(f"{path}: /checkpoint/params/{k} has shape {tuple(saved[k].shape)}, model "
-                               f"{args.model!r} expects {tuple(v.shape)}")
+            raise RunFileError(
+                f"{path}: /checkpoint/params/{k} has shape {tuple(saved[k].shape)}, model "
+                f"{args.model!r} expects {tuple(v.shape)}"
+            )
     buffers = ck["buffers"]
     missing, unknown = sorted(set(model.buffers) - set(buffers)), sorted(set(buffers) - set(model.buffers))
     if missing or unknown:
-        raise RunFileError(f"{path}: checkpoint buffers do not match model {args.model!r}"
-                           + (f"; lacks {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+        raise RunFileError(
+            f"{path}: checkpoint buffers do not match model {args.model!r}"
+            + (f"; lacks {missing}" if missing else "")
+            + (f"; unknown {unknown}" if unknown else "")
+        )
     for k, v in model.buffers.items():
-        if tuple(buffers[k].shape) != tuple(v.shape):   # a scalar would broadcast to every channel
-            raise RunFileError(f"{path}: /checkpoint/buffers/{k} has shape {tuple(buffers[k].shape)}, model "
-                               f"{args.model!r} expects {tuple(v.shape)}")
+        if tuple(buffers[k].shape) != tuple(v.shape):  # a scalar would broadcast to every channel
+            raise RunFileError(
+                f"{path}: /checkpoint/buffers/{k} has shape {tuple(buffers[k].shape)}, model "
+                f"{args.model!r} expects {tuple(v.shape)}"
+            )
         if k.endswith("running_var") and (buffers[k] < 0).any():
             raise RunFileError(f"{path}: /checkpoint/buffers/{k} holds a negative variance")
     unknown = sorted(set(ck["rule_state"]) - set(rule.state_dict()))
-    if unknown:   # the rule drew all its state at set-up: a key it does not know is not its own
-        raise RunFileError(f"{path}: /checkpoint/rule_state holds unknown state {unknown[:4]} for method "
-                           f"{args.method!r}")
+    if unknown:  # the rule drew all its state at set-up: a key it does not know is not its own
+        raise RunFileError(
+            f"{path}: /checkpoint/rule_state holds unknown state {unknown[:4]} for method {args.method!r}"
+        )
     # the optimiser and the rule check their own state (keys, shapes, dtypes, values) before taking it
-    for group, load in (("optimizer", lambda: optimizer.load_state_dict(ck["optimizer"])),
-                        ("rule_state", lambda: rule.load_state_dict(ck["rule_state"], xp)),
-                        ("rng", lambda: setattr(rng.bit_generator, "state", ck["rng"]))):
+    for group, load in (
+        ("optimizer", lambda: optimizer.load_state_dict(ck["optimizer"])),
+        ("rule_state", lambda: rule.load_state_dict(ck["rule_state"], xp)),
+        ("rng", lambda: setattr(rng.bit_generator, "state", ck["rng"])),
+    ):
         try:
             load()
         except (ValueError, TypeError, KeyError, OverflowError) as exc:
@@ -422,7 +182,7 @@ class _LossWindow:
 
     def __init__(self, every):
         self.every = int(every)
-        self.pending = []   # (loss value, batch size, step in epoch, global step)
+        self.pending = []  # (loss value, batch size, step in epoch, global step)
 
     def add(self, value, n, b, step):
         self.pending.append((value, n, b, step))
@@ -483,8 +243,10 @@ class _Keeper:
         if self.resume and os.path.abspath(self.resume) == os.path.abspath(self.out):
             return f"; the checkpoint resumed from (end of epoch {self.resume_epoch}) is unchanged in {self.out}"
         if self.resume:
-            return (f"; no checkpoint was written to {self.out}; {self.resume} (end of epoch {self.resume_epoch}) is "
-                    f"unchanged")
+            return (
+                f"; no checkpoint was written to {self.out}; {self.resume} (end of epoch {self.resume_epoch}) is "
+                f"unchanged"
+            )
         if self.existed:
             return f"; no checkpoint was written: {self.out} still holds the file that was there before"
         return f"; no checkpoint was written to {self.out}"
@@ -497,7 +259,7 @@ def train(args, log=print):
     a checkpoint is written only when all of them are finite.  Bad input raises ValueError/OSError (exit 2)
     before any training step.
     """
-    _check_choices(args)
+    config_mod.validate(args)
     out = args.out or args.resume
     if out:  # before any work: refuse to destroy another run, fail now rather than after an epoch
         check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,), create=False)
@@ -506,79 +268,23 @@ def train(args, log=print):
     if not comm.is_root:
         log = _quiet  # only rank 0 prints
     with contextlib.ExitStack() as stack:
-        return _train(args, log, out, stack, xp, comm)
+        try:
+            trainer = Trainer(args, log, out, stack, xp, comm)
+            err = None
+        except Exception as exc:  # the ranks agree on set-up errors, so none waits for a rank that gave up
+            err = exc
+        if comm.size > 1:
+            errs = comm.allgather(None if err is None else f"rank {comm.rank}: {one_line(err)}", "the set-up check")
+            failed = [e for e in errs if e is not None]
+            if failed and err is None:
+                raise ValueError(failed[0])
+        if err is not None:
+            raise err
+        return trainer.run()
 
 
 def _quiet(*args, **kwargs):
     pass
-
-
-def _train(args, log, out, stack, xp, comm):
-    try:
-        setup = _setup(args, log, out, stack, xp, comm)
-        err = None
-    except Exception as exc:   # the ranks agree on set-up errors, so none waits for a rank that gave up
-        err = exc
-    if comm.size > 1:
-        errs = comm.allgather(None if err is None else f"rank {comm.rank}: {one_line(err)}", "the set-up check")
-        failed = [e for e in errs if e is not None]
-        if failed and err is None:
-            raise ValueError(failed[0])
-    if err is not None:
-        raise err
-    return _loop(args, log, out, xp, comm, *setup)
-
-
-def _setup(args, log, out, stack, xp, comm):
-    dtype = parse_dtype(args.dtype)
-    ds = load_dataset(args.dataset, data_dir=args.data_dir, train_limit=args.train_limit,
-                      test_limit=args.test_limit, download=not args.no_download, seed=args.seed)
-    val = _split_validation(ds, args.val_split, args.seed) if args.val_split > 0 else None
-    model = build_model(args.model, ds.input_shape, ds.num_classes, xp=xp, dtype=dtype, seed=args.seed,
-                        **_model_options(args))
-    rng = np.random.default_rng(args.seed + 1)  # data order and augmentation, host side
-    opt_kw = ({"momentum": args.momentum, "nesterov": args.nesterov} if args.optimizer == "sgd" else {})
-    run = build_run(model, build_rule(args.method, **_rule_kwargs(args)), np.random.default_rng(args.seed + 2),
-                    optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, **opt_kw)
-    model, rule, optimizer = run.model, run.rule, run.optimizer
-    n = len(ds.x_train)
-    if comm.size > 1:
-        distributed.check_shards(n, args.batch_size, comm.size)
-    bn_stats = (distributed.sync_batchnorm(model, comm, [a.net for a in rule.aux_networks()])
-                if (args.sync_bn and comm.size > 1) else None)
-    if comm.size > 1:   # a rule whose loss couples a batch's examples sees the global batch (rules/base.py)
-        rule.group = distributed.BatchGroup(comm)
-    steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
-    schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch)
-    use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
-
-    tracker = None
-    if args.align_every < 0:
-        raise ValueError(f"--align-every must be >= 0, got {args.align_every}")
-    if args.align_every > 0:
-        from .metrics import AlignmentTracker
-        tracker = AlignmentTracker(model, args.align_every)
-
-    metrics, start_epoch, step = {}, 0, 0
-    if args.resume:
-        metrics, start_epoch, step = _restore(args.resume, args, model, optimizer, rule, rng, xp)
-        log(f"resumed {args.resume} at epoch {start_epoch}")
-    if out and comm.is_root:  # everything is set up: take the run file (its folder created now: bad input leaves
-        check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))   # nothing behind)
-        stack.enter_context(RunLock(out))   # one writer per run file
-        remove_stale_temporaries(out)       # left by a writer killed mid-write
-    keeper = _Keeper(out, args.resume, start_epoch, bool(out) and Path(out).exists())
-    config = run_config(args)
-    if tracker is not None:
-        config["align_layers"] = list(tracker.layer_keys)
-    if rule.metric_layers():
-        config["svd_layers"] = list(rule.metric_layers())
-    log(f"ssaref {__version__}: method={args.method} model={args.model} dataset={args.dataset} "
-        f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} "
-        + (f"val={len(val[1])} " if val is not None else "") + f"test={len(ds.x_test)}"
-        + (f" ranks={comm.size}" if comm.size > 1 else ""))
-    return (ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch, use_aug, tracker,
-            metrics, start_epoch, step, keeper, config, bn_stats)
 
 
 def _resident(choice, xp, arrays, dtype):
@@ -591,147 +297,271 @@ def _resident(choice, xp, arrays, dtype):
     if choice == "auto":
         try:
             free = xp.cuda.Device().mem_info[0]
-        except AttributeError:   # a device module without CUDA's memory query (the tests' stand-in): it fits
+        except AttributeError:  # a device module without CUDA's memory query (the tests' stand-in): it fits
             free = 4 * nbytes
         if nbytes > free / 4:
             return None
     return [(to_device(x.astype(dtype, copy=False), xp), to_device(y, xp)) for x, y in arrays]
 
 
-def _loop(args, log, out, xp, comm, ds, val, dtype, model, rule, optimizer, run, rng, schedule, steps_per_epoch,
-          use_aug, tracker, metrics, start_epoch, step, keeper, config, bn_stats):
-    from tqdm import tqdm
+_AFTER_STEP = "the optimiser step or the rule's after_step"
 
-    n = len(ds.x_train)
-    sets = [(ds.x_train, ds.y_train), (ds.x_test, ds.y_test)] + ([val] if val is not None else [])
-    resident = _resident(args.data_on_device, xp, sets, dtype)   # one copy now instead of one per batch
-    (x_train, y_train), (x_test, y_test), *rest = resident if resident is not None else sets
-    val_data = rest[0] if rest else None
-    keys = [k for k, _ in run.params()]   # the flat buffer's layout: the same on every rank
 
-    window = _LossWindow(args.log_every)
+class Trainer:
+    """One training run: everything set-up builds (data, model, rule, optimiser, schedule, tracker, the resumed
+    state, the run file), ``run()`` the epochs, ``train_step`` one step through ``Run.train_step``."""
 
-    def diverged(what, epoch, b, gstep=None):
-        gstep = step if gstep is None else gstep
-        where = f"epoch {epoch + 1}, step {b + 1} (global step {gstep + 1})" if b is not None else f"epoch {epoch + 1}"
-        return Diverged(f"{what} at {where}{keeper.note()}")
+    def __init__(self, args, log, out, stack, xp, comm):
+        self.args, self.log, self.out, self.xp, self.comm = args, log, out, xp, comm
+        self.dtype = dtype = parse_dtype(args.dtype)
+        self.ds = ds = load_dataset(
+            args.dataset,
+            data_dir=args.data_dir,
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
+            download=not args.no_download,
+            seed=args.seed,
+        )
+        self.val = _split_validation(ds, args.val_split, args.seed) if args.val_split > 0 else None
+        model = build_model(
+            args.model,
+            ds.input_shape,
+            ds.num_classes,
+            xp=xp,
+            dtype=dtype,
+            seed=args.seed,
+            **config_mod.model_options(args),
+        )
+        self.rng = np.random.default_rng(args.seed + 1)  # data order and augmentation, host side
+        opt_kw = {"momentum": args.momentum, "nesterov": args.nesterov} if args.optimizer == "sgd" else {}
+        rule = build_rule(args.method, **config_mod.rule_options(args))
+        self.run_ = run = build_run(
+            model,
+            rule,
+            np.random.default_rng(args.seed + 2),
+            optimizer=args.optimizer,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            **opt_kw,
+        )
+        self.model, self.rule, self.optimizer = model, rule, optimizer = run.model, run.rule, run.optimizer
+        self.n = n = len(ds.x_train)
+        if comm.size > 1:
+            distributed.check_shards(n, args.batch_size, comm.size)
+        self.bn_stats = (
+            distributed.sync_batchnorm(model, comm, [a.net for a in rule.aux_networks()])
+            if (args.sync_bn and comm.size > 1)
+            else None
+        )
+        if comm.size > 1:  # a rule whose loss couples a batch's examples sees the global batch (rules/base.py)
+            rule.group = distributed.BatchGroup(comm)
+        self.steps_per_epoch = (n + args.batch_size - 1) // args.batch_size
+        self.schedule = build_schedule(args.schedule, args.lr, epochs=args.epochs, steps_per_epoch=self.steps_per_epoch)
+        self.use_aug = args.augment == "on" or (args.augment == "auto" and args.dataset.startswith("cifar"))
+        self.tracker = None
+        if args.align_every > 0:
+            from .metrics import AlignmentTracker
 
-    def read_losses(epoch):
-        """Read the pending losses (one transfer); the first non-finite one stops the run at its own step."""
-        total, last, bad = window.flush()
-        if bad is not None:
-            value, b_bad, s_bad = bad
-            raise diverged(f"loss is {value}", epoch, b_bad, s_bad)
-        return total, last
+            self.tracker = AlignmentTracker(model, args.align_every)
+        self.metrics, self.start_epoch, self.step = {}, 0, 0
+        if args.resume:
+            self.metrics, self.start_epoch, self.step = _restore(
+                args.resume, args, model, optimizer, rule, self.rng, xp
+            )
+            log(f"resumed {args.resume} at epoch {self.start_epoch}")
+        if out and comm.is_root:  # everything is set up: take the run file (its folder created now: bad input
+            check_output_path(out, overwrite=args.overwrite, allowed_existing=(args.resume,))  # leaves nothing)
+            stack.enter_context(RunLock(out))  # one writer per run file
+            remove_stale_temporaries(out)  # left by a writer killed mid-write
+        self.keeper = _Keeper(out, args.resume, self.start_epoch, bool(out) and Path(out).exists())
+        self.config = config = run_config(args)
+        if self.tracker is not None:
+            config["align_layers"] = list(self.tracker.layer_keys)
+        if rule.metric_layers():
+            config["svd_layers"] = list(rule.metric_layers())
+        val = self.val
+        log(
+            f"ssaref {__version__}: method={args.method} model={args.model} dataset={args.dataset} "
+            f"({ds.source}) backend={xp.__name__} dtype={dtype.name} train={n} "
+            + (f"val={len(val[1])} " if val is not None else "")
+            + f"test={len(ds.x_test)}"
+            + (f" ranks={comm.size}" if comm.size > 1 else "")
+        )
 
-    def guarded(fn, what, epoch, b):
-        """Run a rule hook; an error it raises on non-finite parameters is divergence, named with its place (the
-        first non-finite loss still pending, when there is one)."""
-        try:
-            return fn()
-        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
-            bad = _first_nonfinite({"param": dict(model.named_params())})
-            if bad is None:
-                raise
-            read_losses(epoch)
-            raise diverged(f"{what} failed ({one_line(exc)}) with non-finite {bad}", epoch, b) from None
+    # -- the loop ------------------------------------------------------------------------------------
+    def run(self):
+        """Train from the start (or resumed) epoch to ``--epochs``; returns the metrics dict."""
+        args, ds, val = self.args, self.ds, self.val
+        sets = [(ds.x_train, ds.y_train), (ds.x_test, ds.y_test)] + ([val] if val is not None else [])
+        self.resident = _resident(args.data_on_device, self.xp, sets, self.dtype)  # one copy instead of per batch
+        (self.x_train, self.y_train), self.test_data, *rest = self.resident if self.resident is not None else sets
+        self.val_data: Any = rest[0] if rest else None
+        self.keys = [k for k, _ in self.run_.params()]  # the flat buffer's layout: the same on every rank
+        self.window = _LossWindow(args.log_every)
+        for epoch in range(self.start_epoch, args.epochs):
+            t0 = time.perf_counter()
+            train_loss, train_acc, b = self.train_epoch(epoch)
+            self.end_epoch(epoch, train_loss, train_acc, b, t0)
+        final = self.metrics["test_acc"][-1] if self.metrics.get("test_acc") else float("nan")
+        self.log(f"final test_acc={final:.4f}")
+        return self.metrics
 
-    for epoch in range(start_epoch, args.epochs):
-        t0 = time.perf_counter()
-        perm = rng.permutation(n)
-        order = to_device(perm, xp) if resident is not None else perm   # one copy of the epoch's order
-        loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False,
-                   disable=True if (args.no_progress or not comm.is_root) else None, file=sys.stderr)
+    def train_epoch(self, epoch):
+        """One pass over the training set: ``(train loss, train accuracy, last step index)``."""
+        from tqdm import tqdm
+
+        args, n = self.args, self.n
+        perm = self.rng.permutation(n)
+        order = to_device(perm, self.xp) if self.resident is not None else perm  # one copy of the epoch's order
+        self.loss_sum, correct = 0.0, 0  # correct stays on the device until the epoch ends
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{args.epochs}",
+            leave=False,
+            disable=True if (args.no_progress or not self.comm.is_root) else None,
+            file=sys.stderr,
+        )
         b = 0
         for b in bar:
-            idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-            xb = x_train[idx]
-            if use_aug:
-                xb = augment(xb, rng)   # on the global batch: the same draws on every rank (offsets drawn on the host)
-            yb = y_train[idx]
-            if comm.size > 1:           # this rank's contiguous shard of the global batch
-                part = distributed.shard(np.arange(len(idx)), comm.rank, comm.size)
-                lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
-                xb, yb = xb[lo:hi], yb[lo:hi]
-                if bn_stats is not None:
-                    bn_stats.set_batch(len(part), len(idx))
-                rule.group.set_shard(len(idx))
-            xb = to_device(xb.astype(dtype, copy=False), xp)   # no copy when resident
-            yb = to_device(yb, xp)
-            res = guarded(lambda: rule.step(model, xb, yb), "the rule's step", epoch, b)
-            if tracker is not None:
-                tracker.maybe_record(step, model, rule, xb, yb, res)
-            if comm.size > 1:   # one allreduce: the global batch's updates, loss and correct count
-                correct_b = distributed.average_step(comm, res, yb, len(idx), keys)
-            else:
-                correct_b = (res.logits.argmax(axis=1) == yb).sum()
-            window.add(res.loss_value, len(idx), b, step)   # stays on the device until read
-            if window.due():   # every --log-every steps: one read of the pending losses
-                total, last = read_losses(epoch)
-                loss_sum += total
-                bar.set_postfix(loss=f"{last:.4f}")
-            # optimiser step, then the rule's after_step (SSA: retraction)
-            guarded(lambda: run.apply(res, lr=schedule(step)), "the optimiser step or the rule's after_step",
-                    epoch, b)
-            step += 1
-            correct = correct + correct_b
-        loss_sum += read_losses(epoch)[0]
+            correct = correct + self.train_step(order[b * args.batch_size : (b + 1) * args.batch_size], epoch, b, bar)
+        self.loss_sum += self.read_losses(epoch)[0]
         bar.close()
-        bad = _first_nonfinite({"parameter": dict(model.named_params())})   # the epoch's last update included
+        bad = _first_nonfinite({"parameter": dict(self.model.named_params())})  # the epoch's last update included
         if bad is not None:
-            raise diverged(f"{bad} is not finite after the epoch's last update", epoch, b)
-        train_loss, train_acc = loss_sum / n, int(correct) / n
-        epoch_metrics = guarded(lambda: rule.on_epoch_end(model, optimizer, epoch + 1, args.epochs),
-                                "the rule's end of epoch (rank schedule)", epoch, None)
+            raise self.diverged(f"{bad} is not finite after the epoch's last update", epoch, b)
+        return self.loss_sum / n, int(correct) / n, b
+
+    def train_step(self, idx, epoch, b, bar):
+        """One step on the examples ``idx``: the batch, then ``Run.train_step`` (the rule's step; in between the
+        alignment tracker, the allreduce over ranks and the loss window; then the optimiser step and the rule's
+        after_step).  Returns the batch's correct count (on the device)."""
+        xb, yb, n_global = self.batch(idx)
+        phase: list = ["the rule's step"]
+        out: dict = {}
+
+        def between(res):  # not guarded: what runs here raises its own errors
+            phase[0] = None
+            if self.tracker is not None:
+                self.tracker.maybe_record(self.step, self.model, self.rule, xb, yb, res)
+            if self.comm.size > 1:  # one allreduce: the global batch's updates, loss and correct count
+                out["correct"] = distributed.average_step(self.comm, res, yb, n_global, self.keys)
+            else:
+                out["correct"] = (res.logits.argmax(axis=1) == yb).sum()
+            self.window.add(res.loss_value, n_global, b, self.step)  # stays on the device until read
+            if self.window.due():  # every --log-every steps: one read of the pending losses
+                total, last = self.read_losses(epoch)
+                self.loss_sum += total
+                bar.set_postfix(loss=f"{last:.4f}")
+            phase[0] = _AFTER_STEP
+
+        try:  # the rule's step, ``between``, the optimiser step and the rule's after_step (SSA: retraction)
+            self.run_.train_step(xb, yb, lr=self.schedule(self.step), between=between)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            if phase[0] is None:
+                raise
+            self.diverged_in(exc, phase[0], epoch, b)
+        self.step += 1
+        return out["correct"]
+
+    def batch(self, idx):
+        """``(x, y, global batch size)`` of the examples ``idx`` on the device: augmented (on the global batch:
+        the same draws on every rank, offsets drawn on the host), then this rank's contiguous shard."""
+        xb, yb = self.x_train[idx], self.y_train[idx]
+        if self.use_aug:
+            xb = augment(xb, self.rng)
+        if self.comm.size > 1:
+            part = distributed.shard(np.arange(len(idx)), self.comm.rank, self.comm.size)
+            lo, hi = (int(part[0]), int(part[-1]) + 1) if part.size else (0, 0)
+            xb, yb = xb[lo:hi], yb[lo:hi]
+            if self.bn_stats is not None:
+                self.bn_stats.set_batch(len(part), len(idx))
+            self.rule.group.set_shard(len(idx))  # type: ignore[union-attr]  # set for several ranks
+        return to_device(xb.astype(self.dtype, copy=False), self.xp), to_device(yb, self.xp), len(idx)
+
+    def end_epoch(self, epoch, train_loss, train_acc, b, t0):
+        """The rule's end of epoch, evaluation, the epoch's line and metrics, the replica check, the checkpoint."""
+        args, metrics = self.args, self.metrics
+        try:
+            epoch_metrics = self.rule.on_epoch_end(self.model, self.optimizer, epoch + 1, args.epochs)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+            self.diverged_in(exc, "the rule's end of epoch (rank schedule)", epoch, None)
         for k, v in epoch_metrics.items():
             metrics.setdefault(_metric_name(k), []).append(v)
-        test_loss, test_acc = evaluate(model, x_test, y_test, args.eval_batch_size, xp, dtype, comm)
+        test_loss, test_acc = self.evaluate(*self.test_data)
         if not np.isfinite(test_loss):
-            raise diverged(f"test loss is {test_loss}", epoch, None)
+            raise self.diverged(f"test loss is {test_loss}", epoch, None)
         seconds = time.perf_counter() - t0
         scalars = [("epoch", epoch + 1), ("train_loss", train_loss), ("train_acc", train_acc)]
-        line = (f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} ")
-        if val is not None:
-            val_loss, val_acc = evaluate(model, val_data[0], val_data[1], args.eval_batch_size, xp, dtype, comm)
+        line = f"epoch {epoch + 1}/{args.epochs} loss={train_loss:.4f} train_acc={train_acc:.4f} "
+        if self.val is not None:
+            val_loss, val_acc = self.evaluate(*self.val_data)
             scalars += [("val_loss", val_loss), ("val_acc", val_acc)]
             line += f"val_loss={val_loss:.4f} val_acc={val_acc:.4f} "
-        scalars += [("test_loss", test_loss), ("test_acc", test_acc), ("seconds", seconds),
-                    ("lr", schedule(max(step - 1, 0)))]
+        scalars += [
+            ("test_loss", test_loss),
+            ("test_acc", test_acc),
+            ("seconds", seconds),
+            ("lr", self.schedule(max(self.step - 1, 0))),
+        ]
         for k, v in scalars:
             metrics.setdefault(k, []).append(v)
         line += f"test_loss={test_loss:.4f} test_acc={test_acc:.4f} time={seconds:.1f}s"
-        if tracker is not None:
-            line += " " + tracker.summary_line()
-            for k, v in tracker.epoch_metrics().items():
+        if self.tracker is not None:
+            line += " " + self.tracker.summary_line()
+            for k, v in self.tracker.epoch_metrics().items():
                 metrics.setdefault(_metric_name(k), []).append(v)
-            for k, rows in tracker.pop_events().items():
+            for k, rows in self.tracker.pop_events().items():
                 metrics.setdefault(_metric_name(k), []).extend(rows)
-        log(line)
+        self.log(line)
+        comm = self.comm
         if args.check_replicas and comm.size > 1 and (epoch + 1) % args.check_replicas == 0:
-            digests = comm.allgather(distributed.replica_digest(model, rule), "the replica check")
+            digests = comm.allgather(distributed.replica_digest(self.model, self.rule), "the replica check")
             if len(set(digests)) > 1:
                 raise distributed.DistributedError(
-                    f"replicas differ after epoch {epoch + 1}: " + ", ".join(f"rank {r} {d[:12]}"
-                                                                           for r, d in enumerate(digests)))
-        if out and comm.is_root:
-            ck = _checkpoint(model, optimizer, rule, rng, epoch + 1, step, args)
+                    f"replicas differ after epoch {epoch + 1}: "
+                    + ", ".join(f"rank {r} {d[:12]}" for r, d in enumerate(digests))
+                )
+        if self.out and comm.is_root:
+            ck = _checkpoint(self.model, self.optimizer, self.rule, self.rng, epoch + 1, self.step, args)
             bad = _first_nonfinite({g: ck[g] for g in ("params", "buffers", "optimizer", "rule_state")})
             if bad is not None:
-                raise diverged(f"checkpoint entry {bad} is not finite (nothing written)", epoch, None)
-            write_run(out, config=config, metrics=metrics, checkpoint=ck)
-            keeper.saved_epoch = epoch + 1
-    final = metrics["test_acc"][-1] if metrics.get("test_acc") else float("nan")
-    log(f"final test_acc={final:.4f}")
-    return metrics
+                raise self.diverged(f"checkpoint entry {bad} is not finite (nothing written)", epoch, None)
+            write_run(self.out, config=self.config, metrics=metrics, checkpoint=ck)
+            self.keeper.saved_epoch = epoch + 1
+
+    def evaluate(self, x, y):
+        return evaluate(self.model, x, y, self.args.eval_batch_size, self.xp, self.dtype, self.comm)
+
+    # -- divergence ------------------------------------------------------------------------------------
+    def diverged(self, what, epoch, b, gstep=None):
+        gstep = self.step if gstep is None else gstep
+        where = f"epoch {epoch + 1}, step {b + 1} (global step {gstep + 1})" if b is not None else f"epoch {epoch + 1}"
+        return Diverged(f"{what} at {where}{self.keeper.note()}")
+
+    def read_losses(self, epoch):
+        """Read the pending losses (one transfer); the first non-finite one stops the run at its own step."""
+        total, last, bad = self.window.flush()
+        if bad is not None:
+            value, b_bad, s_bad = bad
+            raise self.diverged(f"loss is {value}", epoch, b_bad, s_bad)
+        return total, last
+
+    def diverged_in(self, exc, what, epoch, b):
+        """An error a rule hook raised: divergence when a parameter is not finite, named with its place (the first
+        non-finite loss still pending, when there is one); otherwise ``exc`` itself."""
+        bad = _first_nonfinite({"param": dict(self.model.named_params())})
+        if bad is None:
+            raise exc
+        self.read_losses(epoch)
+        raise self.diverged(f"{what} failed ({one_line(exc)}) with non-finite {bad}", epoch, b) from None
 
 
 def _main(argv):
     args = parse_args(argv)
     keep_large_allocations()  # reuse big activation buffers across steps (glibc), see backend
     if args.threads is None and args.distributed != "none":
-        args.threads = distributed.default_threads_per_rank()   # the node's cores shared among its ranks
-    args.threads = apply_threads(args.threads)["threads"]   # recorded in the run file's config
+        args.threads = distributed.default_threads_per_rank()  # the node's cores shared among its ranks
+    args.threads = apply_threads(args.threads)["threads"]  # recorded in the run file's config
     set_conv_save(args.conv_save)
     train(args)
     return 0

@@ -24,6 +24,7 @@ The cases: every registered rule's ``default`` (its default options) on the gold
 Warm-up steps: full training steps of the same rule on the same batch, each the rule's update direction,
 ``p <- p - WARMUP_LR * update`` (plain SGD, no momentum), then the rule's ``after_step`` (SSA's retraction).
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,19 @@ import numpy as np
 from .atomic import atomic_path, write_text
 
 from .golden import check as _check
-from .golden.check import (FEEDBACK_NAMES, GEOMETRY, LAYER_KINDS, PARAM_NAMES, REQUIRED_PARAMS, SCHEMAS,
-                           GoldenError, compare_arrays, compare_case, read_file, validate_file)
+from .golden.check import (
+    FEEDBACK_NAMES,
+    GEOMETRY,
+    LAYER_KINDS,
+    PARAM_NAMES,
+    REQUIRED_PARAMS,
+    SCHEMAS,
+    GoldenError,
+    compare_arrays,
+    compare_case,
+    read_file,
+    validate_file,
+)
 from .golden.coverage import coverage_of
 
 SCHEMA = _check.SCHEMA
@@ -47,23 +59,44 @@ NUM_CLASSES = 5
 DEFAULT_RTOL = _check.DEFAULT_RTOL
 DEFAULT_ATOL = _check.DEFAULT_ATOL
 
-MODELS = ("mlp", "conv")          # where every rule's default case runs
+MODELS = ("mlp", "conv")  # where every rule's default case runs
 # only for the variants that name them: ``res`` (a residual block), ``conv2`` (a second conv layer, so that the
 # FA family's conv feedback B is used)
 ALL_MODELS = MODELS + ("res", "conv2")
 WARMUP_LR = 0.5
 # optimisers of the multi-step cases (torch.optim.SGD / torch.optim.Adam semantics, ssaref/optim.py)
 OPTIMIZER_PRESETS = {
-    "momentum": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "dampening": 0.0, "nesterov": False,
-                 "weight_decay": 0.0},
+    "momentum": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
     "adam": {"name": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0},
 }
 _EXTRA_KEYS = ("models", "warmup_options", "optimizer", "steps")
 
-__all__ = ["SCHEMA", "SCHEMAS", "GoldenError", "build_model", "cases", "case_specs", "case_name", "compute_case",
-           "write_case", "export", "read_file", "validate_file", "compare_arrays", "compare_case", "check", "main",
-           "PARAM_NAMES", "FEEDBACK_NAMES", "LAYER_KINDS", "GEOMETRY", "REQUIRED_PARAMS", "MODELS", "ALL_MODELS",
-           "OPTIMIZER_PRESETS"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMAS",
+    "GoldenError",
+    "build_model",
+    "cases",
+    "case_specs",
+    "case_name",
+    "compute_case",
+    "write_case",
+    "export",
+    "read_file",
+    "validate_file",
+    "compare_arrays",
+    "compare_case",
+    "check",
+    "main",
+    "PARAM_NAMES",
+    "FEEDBACK_NAMES",
+    "LAYER_KINDS",
+    "GEOMETRY",
+    "REQUIRED_PARAMS",
+    "MODELS",
+    "ALL_MODELS",
+    "OPTIMIZER_PRESETS",
+]
 
 
 def _h5py():
@@ -96,19 +129,26 @@ def build_model(name, rng, xp=np):
         model = Sequential([Linear(12, 10, **ctx), ReLU(), Linear(10, 8, **ctx), ReLU(), Linear(8, 5, **ctx)])
         model.input_shape = (12,)
     elif name == "conv":
-        model = Sequential([Conv2d(1, 4, 3, padding=1, **ctx), ReLU(), MaxPool2d(2), Flatten(),
-                            Linear(64, 5, **ctx)])
+        model = Sequential([Conv2d(1, 4, 3, padding=1, **ctx), ReLU(), MaxPool2d(2), Flatten(), Linear(64, 5, **ctx)])
         model.input_shape = (1, 8, 8)
     elif name == "conv2":
-        model = Sequential([Conv2d(1, 4, 3, padding=1, **ctx), ReLU(), Conv2d(4, 4, 3, padding=1, **ctx), ReLU(),
-                            MaxPool2d(2), Flatten(), Linear(64, 5, **ctx)])
+        model = Sequential(
+            [
+                Conv2d(1, 4, 3, padding=1, **ctx),
+                ReLU(),
+                Conv2d(4, 4, 3, padding=1, **ctx),
+                ReLU(),
+                MaxPool2d(2),
+                Flatten(),
+                Linear(64, 5, **ctx),
+            ]
+        )
         model.input_shape = (1, 8, 8)
     elif name == "res":
         stem = Conv2d(1, 4, 3, padding=1, **ctx)
         main = Sequential([Conv2d(4, 6, 3, padding=1, **ctx), ReLU(), Conv2d(6, 6, 3, padding=1, **ctx)])
         shortcut = Sequential([Conv2d(4, 6, 1, **ctx)])
-        model = Sequential([stem, ReLU(), ResidualBlock(main, shortcut), MaxPool2d(2), Flatten(),
-                            Linear(96, 5, **ctx)])
+        model = Sequential([stem, ReLU(), ResidualBlock(main, shortcut), MaxPool2d(2), Flatten(), Linear(96, 5, **ctx)])
         model.input_shape = (1, 8, 8)
     else:
         raise ValueError(f"unknown golden model {name!r}; choose one of {', '.join(ALL_MODELS)}")
@@ -129,16 +169,24 @@ def _variant_spec(rule, variant, entry):
     bad = sorted(set(extra) - set(_EXTRA_KEYS))
     if bad:
         raise ValueError(f"{rule}.GOLDEN_VARIANTS[{variant!r}]: unknown key(s) {bad}; known: {', '.join(_EXTRA_KEYS)}")
-    spec = {"rule": rule, "variant": variant, "options": dict(entry[0]), "warmup": int(entry[1]),
-            "models": tuple(extra.get("models", MODELS)), "warmup_options": extra.get("warmup_options"),
-            "optimizer": None, "steps": 0}
+    spec = {
+        "rule": rule,
+        "variant": variant,
+        "options": dict(entry[0]),
+        "warmup": int(entry[1]),
+        "models": tuple(extra.get("models", MODELS)),
+        "warmup_options": extra.get("warmup_options"),
+        "optimizer": None,
+        "steps": 0,
+    }
     if "optimizer" in extra or "steps" in extra:
         name = extra.get("optimizer")
-        if (name not in OPTIMIZER_PRESETS or not 1 <= int(extra.get("steps", 0)) <= _check.MAX_STEPS
-                or spec["warmup"]):
-            raise ValueError(f"{rule}.GOLDEN_VARIANTS[{variant!r}]: a multi-step case names an optimizer of "
-                             f"{sorted(OPTIMIZER_PRESETS)}, steps in [1, {_check.MAX_STEPS}] (what a reader "
-                             f"accepts) and no warm-up")
+        if name not in OPTIMIZER_PRESETS or not 1 <= int(extra.get("steps", 0)) <= _check.MAX_STEPS or spec["warmup"]:
+            raise ValueError(
+                f"{rule}.GOLDEN_VARIANTS[{variant!r}]: a multi-step case names an optimizer of "
+                f"{sorted(OPTIMIZER_PRESETS)}, steps in [1, {_check.MAX_STEPS}] (what a reader "
+                f"accepts) and no warm-up"
+            )
         spec["optimizer"], spec["steps"] = dict(OPTIMIZER_PRESETS[name]), int(extra["steps"])
     unknown = sorted(set(spec["models"]) - set(ALL_MODELS))
     if unknown:
@@ -188,8 +236,10 @@ def case_specs():
             if supports(s["rule"], m, s["options"]):
                 out.append(dict(s, model=m))
             elif s["variant"] != "default" or m not in MODELS:
-                raise ValueError(f"golden case {case_name(s['rule'], m, s['variant'])} is declared but rule "
-                                 f"{s['rule']!r} cannot export it on model {m!r}")
+                raise ValueError(
+                    f"golden case {case_name(s['rule'], m, s['variant'])} is declared but rule "
+                    f"{s['rule']!r} cannot export it on model {m!r}"
+                )
     return out
 
 
@@ -202,8 +252,17 @@ def _spec_of(rule, model, variant):
     for s in _rule_specs():
         if s["rule"] == rule and s["variant"] == variant:
             return dict(s, model=model)
-    return {"rule": rule, "variant": variant, "options": {}, "warmup": 0, "models": MODELS,
-            "warmup_options": None, "optimizer": None, "steps": 0, "model": model}
+    return {
+        "rule": rule,
+        "variant": variant,
+        "options": {},
+        "warmup": 0,
+        "models": MODELS,
+        "warmup_options": None,
+        "optimizer": None,
+        "steps": 0,
+        "model": model,
+    }
 
 
 def _pair_list(v):
@@ -224,12 +283,23 @@ def _layer_attrs(layer):
         a.update(in_features=n, out_features=m, rank=layer.rank)
     elif kind == "conv2d":
         g = layer.geometry()
-        a.update(in_channels=int(p["W"].shape[1]), out_channels=int(p["W"].shape[0]),
-                 kernel=_pair_list(g["kernel"]), stride=_pair_list(g["stride"]), padding=_pair_list(g["padding"]))
+        a.update(
+            in_channels=int(p["W"].shape[1]),
+            out_channels=int(p["W"].shape[0]),
+            kernel=_pair_list(g["kernel"]),
+            stride=_pair_list(g["stride"]),
+            padding=_pair_list(g["padding"]),
+        )
     elif kind == "svd_conv2d":
         g = layer.geometry()
-        a.update(in_channels=int(g["c_in"]), out_channels=int(g["c_out"]), kernel=_pair_list(g["kernel"]),
-                 stride=_pair_list(g["stride"]), padding=_pair_list(g["padding"]), rank=layer.rank)
+        a.update(
+            in_channels=int(g["c_in"]),
+            out_channels=int(g["c_out"]),
+            kernel=_pair_list(g["kernel"]),
+            stride=_pair_list(g["stride"]),
+            padding=_pair_list(g["padding"]),
+            rank=layer.rank,
+        )
     elif kind in ("maxpool2d", "avgpool2d"):
         g = layer.geometry()
         a.update(kernel=_pair_list(g["kernel"]), stride=_pair_list(g["stride"]), padding=_pair_list(g["padding"]))
@@ -254,6 +324,7 @@ def _layer_groups(model):
 def _host(a):
     """A host float64 copy (never a view of a parameter the optimiser will change in place)."""
     from .backend import asnumpy
+
     return np.array(asnumpy(a), dtype=DTYPE, order="C", copy=True)
 
 
@@ -267,7 +338,7 @@ def _update_arrays(model, res, learn):
     out = {}
     for key in sorted((k for k in res.updates if k not in learn), key=lambda s: (int(s.split(".", 1)[0]), s)):
         out[_path(key)] = _host(res.updates[key])
-    for key, (k, n) in learn.items():   # rule-owned arrays the optimiser updates (KP's B, auxiliary networks)
+    for key, (k, n) in learn.items():  # rule-owned arrays the optimiser updates (KP's B, auxiliary networks)
         out[f"{int(k)}/{_path(n)}"] = _host(res.updates[key])
     return out
 
@@ -284,12 +355,26 @@ def _make_run(model_name, rule_name, seed, options, optimizer=None, xp=np):
     from .run import build_run
 
     model = build_model(model_name, np.random.default_rng([seed, 1]), xp)
-    if optimizer is None:   # plain SGD (no momentum, no decay) for the warm-up steps
-        return build_run(model, rule_name, np.random.default_rng([seed, 2]), options=options, optimizer="sgd",
-                         lr=WARMUP_LR, momentum=0.0)
+    if optimizer is None:  # plain SGD (no momentum, no decay) for the warm-up steps
+        return build_run(
+            model,
+            rule_name,
+            np.random.default_rng([seed, 2]),
+            options=options,
+            optimizer="sgd",
+            lr=WARMUP_LR,
+            momentum=0.0,
+        )
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in optimizer.items() if k not in ("name", "lr")}
-    return build_run(model, rule_name, np.random.default_rng([seed, 2]), options=options,
-                     optimizer=optimizer["name"], lr=optimizer["lr"], **kw)
+    return build_run(
+        model,
+        rule_name,
+        np.random.default_rng([seed, 2]),
+        options=options,
+        optimizer=optimizer["name"],
+        lr=optimizer["lr"],
+        **kw,
+    )
 
 
 def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED, xp=np):
@@ -349,7 +434,7 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
         for n in FEEDBACK_NAMES:
             if top and n in per.get(int(gp), {}):
                 ds[f"layers/{gp}/{n}"] = per[int(gp)][n]
-    for a in rule.aux_networks():   # a rule's auxiliary networks: layers/<k>/aux/<name>/<j>, as model layers
+    for a in rule.aux_networks():  # a rule's auxiliary networks: layers/<k>/aux/<name>/<j>, as model layers
         for gp, layer in _layer_groups(a.net):
             ap = f"layers/{int(a.layer)}/aux/{a.name}/{gp}"
             gattrs[ap] = _layer_attrs(layer)
@@ -387,7 +472,7 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
     if missing:
         raise RuntimeError(f"{rule_name}/{model_name}: the step gave no update for {missing}")
 
-    for t in range(1, steps + 1):   # multi-step cases: the optimiser step and after_step, same batch each time
+    for t in range(1, steps + 1):  # multi-step cases: the optimiser step and after_step, same batch each time
         if t > 1:
             res = run.step(x, y)
             upd = _update_arrays(model, res, learn)
@@ -401,11 +486,20 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
     extra_opts = {"warmup_sgd_steps": warmup, "warmup_lr": WARMUP_LR} if warmup else {}
     if warm_opts is not None:
         extra_opts["warmup_options"] = warm_resolved
-    attrs = {"schema": SCHEMA, "rule": rule_name, "model": model_name, "variant": variant,
-             "dtype": np.dtype(DTYPE).name, "seed": int(seed), "ssaref_version": __version__,
-             "options": json.dumps(dict(rule.resolved_options(model), loss="softmax_cross_entropy",
-                                        loss_reduction="mean", **extra_opts), sort_keys=True),
-             "coverage": json.dumps(list(coverage_of(case_name(rule_name, model_name, variant))))}
+    attrs = {
+        "schema": SCHEMA,
+        "rule": rule_name,
+        "model": model_name,
+        "variant": variant,
+        "dtype": np.dtype(DTYPE).name,
+        "seed": int(seed),
+        "ssaref_version": __version__,
+        "options": json.dumps(
+            dict(rule.resolved_options(model), loss="softmax_cross_entropy", loss_reduction="mean", **extra_opts),
+            sort_keys=True,
+        ),
+        "coverage": json.dumps(list(coverage_of(case_name(rule_name, model_name, variant)))),
+    }
     if steps:
         attrs["optimizer"] = json.dumps(opt, sort_keys=True)
         attrs["steps"] = int(steps)
@@ -469,8 +563,10 @@ def check_export_dir(out_dir, overwrite=False):
     if os.path.isdir(out_dir):
         held = sorted(n for n in os.listdir(out_dir) if n.endswith(".h5"))
         if held and not overwrite:
-            raise GoldenError(f"--out {out_dir} already holds {len(held)} .h5 file(s) (e.g. {held[0]}); pass "
-                              f"--overwrite to replace the golden files")
+            raise GoldenError(
+                f"--out {out_dir} already holds {len(held)} .h5 file(s) (e.g. {held[0]}); pass "
+                f"--overwrite to replace the golden files"
+            )
         if not os.access(out_dir, os.W_OK | os.X_OK):
             raise GoldenError(f"--out {out_dir}: folder is not writable")
     else:
@@ -502,9 +598,19 @@ def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False, xp=
         todo.append((name, compute_case(s["rule"], s["model"], s["variant"], s["options"], seed=seed, xp=xp)))
     os.makedirs(out_dir, exist_ok=True)
     marker = os.path.join(out_dir, _check.EXPORT_MARKER)
-    write_text(marker, json.dumps({"note": "an export by python -m ssaref.vectors export was writing these files "
-                                           "and did not finish; export again with --overwrite",
-                                   "schema": SCHEMA, "files": [name + ".h5" for name, _ in todo]}, indent=1) + "\n")
+    write_text(
+        marker,
+        json.dumps(
+            {
+                "note": "an export by python -m ssaref.vectors export was writing these files "
+                "and did not finish; export again with --overwrite",
+                "schema": SCHEMA,
+                "files": [name + ".h5" for name, _ in todo],
+            },
+            indent=1,
+        )
+        + "\n",
+    )
     paths = []
     for name, case in todo:
         paths.append(write_case(os.path.join(out_dir, name + ".h5"), case))
@@ -517,12 +623,21 @@ def export(out_dir, seed=DEFAULT_SEED, only=None, log=None, overwrite=False, xp=
 # ---------------------------------------------------------------------------------------------------
 # checking (the standalone checker, ssaref/golden/check.py)
 # ---------------------------------------------------------------------------------------------------
-def check(golden_dir, candidate_dir, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, out=None, failures_only=False,
-          report=None, overwrite=False):
+def check(
+    golden_dir,
+    candidate_dir,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    out=None,
+    failures_only=False,
+    report=None,
+    overwrite=False,
+):
     """``ssaref.golden.check.check``: print the table, write the markdown ``report`` if given; exit status
     0 all passed, 1 a failure.  Raises GoldenError when the check cannot run."""
-    return _check.check(golden_dir, candidate_dir, rtol, atol, out=out, failures_only=failures_only,
-                        report=report, overwrite=overwrite)
+    return _check.check(
+        golden_dir, candidate_dir, rtol, atol, out=out, failures_only=failures_only, report=report, overwrite=overwrite
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -537,8 +652,9 @@ def _seed(s):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}") from None
     if not 0 <= v <= _INT64_MAX:
-        raise argparse.ArgumentTypeError(f"must be in [0, {_INT64_MAX}] (a golden file stores it as a 64-bit "
-                                         f"integer), got {s}")
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, {_INT64_MAX}] (a golden file stores it as a 64-bit integer), got {s}"
+        )
     return v
 
 
@@ -556,23 +672,33 @@ def main(argv=None):
 def _main(argv):
     from .cli import OneLineParser
 
-    ap = OneLineParser(prog="python -m ssaref.vectors",
-                       description="Export golden per-layer update vectors, or check a candidate "
-                                   "implementation against them (docs/golden-vectors.md).")
+    ap = OneLineParser(
+        prog="python -m ssaref.vectors",
+        description="Export golden per-layer update vectors, or check a candidate "
+        "implementation against them (docs/golden-vectors.md).",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True, parser_class=OneLineParser)
     ex = sub.add_parser("export", help="write one HDF5 file per (rule, model, variant)")
     ex.add_argument("--out", required=True, help="output directory (created if needed)")
-    ex.add_argument("--overwrite", action="store_true",
-                    help="replace the golden files of an earlier export in --out (refused without it)")
-    ex.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
-                    help="seed of inputs, weights and feedback (0 .. 2**63 - 1)")
-    ex.add_argument("--only", nargs="*", default=None, metavar="CASE",
-                    help="export only these cases (<rule>__<model>__<variant>)")
-    ex.add_argument("--backend", default="numpy", choices=["numpy", "cupy", "auto"],
-                    help="compute the cases on this backend (cupy: on the GPU, for checking the GPU path against "
-                         "a CPU export; default numpy)")
-    ch = sub.add_parser("check", help="compare a candidate directory with a golden directory "
-                                      "(ssaref/golden/check.py)")
+    ex.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the golden files of an earlier export in --out (refused without it)",
+    )
+    ex.add_argument(
+        "--seed", type=_seed, default=DEFAULT_SEED, help="seed of inputs, weights and feedback (0 .. 2**63 - 1)"
+    )
+    ex.add_argument(
+        "--only", nargs="*", default=None, metavar="CASE", help="export only these cases (<rule>__<model>__<variant>)"
+    )
+    ex.add_argument(
+        "--backend",
+        default="numpy",
+        choices=["numpy", "cupy", "auto"],
+        help="compute the cases on this backend (cupy: on the GPU, for checking the GPU path against "
+        "a CPU export; default numpy)",
+    )
+    ch = sub.add_parser("check", help="compare a candidate directory with a golden directory (ssaref/golden/check.py)")
     _check.add_check_arguments(ch)
     va = sub.add_parser("validate", help="validate golden files against the schema")
     va.add_argument("paths", nargs="+", help="files or directories")
@@ -583,17 +709,25 @@ def _main(argv):
             if args.only is not None:
                 bad = sorted(set(args.only) - known)
                 if bad or not args.only:
-                    raise GoldenError(f"unknown case(s) {', '.join(bad) or '(none given)'}; known: "
-                                      f"{', '.join(sorted(known))}")
+                    raise GoldenError(
+                        f"unknown case(s) {', '.join(bad) or '(none given)'}; known: {', '.join(sorted(known))}"
+                    )
             from .backend import resolve_backend
 
-            xp = resolve_backend(args.backend)   # BackendError (no usable CuPy): one line, exit 2 (run_main)
+            xp = resolve_backend(args.backend)  # BackendError (no usable CuPy): one line, exit 2 (run_main)
             paths = export(args.out, seed=args.seed, only=args.only, overwrite=args.overwrite, xp=xp)
             print(f"wrote {len(paths)} golden files to {args.out}")
             return 0
         if args.cmd == "check":
-            return check(args.golden_dir, args.candidate_dir, args.rtol, args.atol,
-                         failures_only=args.failures_only, report=args.report, overwrite=args.overwrite)
+            return check(
+                args.golden_dir,
+                args.candidate_dir,
+                args.rtol,
+                args.atol,
+                failures_only=args.failures_only,
+                report=args.report,
+                overwrite=args.overwrite,
+            )
         return _check.validate_paths(args.paths)
     except (GoldenError, OSError) as exc:
         msg = str(exc) if isinstance(exc, GoldenError) else f"{exc.strerror or exc}: {exc.filename or ''}"

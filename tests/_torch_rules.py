@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 
 DT = torch.float64
-SUPPORTED = ("bp", "fa", "kp", "dfa", "usf", "brsf", "frsf", "drtp", "pepita", "svd-bp", "ssa", "predsim", "auglocal")
 PARAMS = ("W", "b", "U", "s", "V")
 # the mistakes ``wrong`` can make; the names are the coverage terms of docs/golden-vectors.md
 TERMS = ("batch_mean", "inject", "feedback", "usf_scale", "drtp_target", "pepita_error", "kp_decay", "alpha",
@@ -558,6 +557,42 @@ def _direct_dense(g, P, outs, e, wrong=None):
     return dense
 
 
+def _oracle_sign(g, P, x, y, outs, logits, e, o, wrong):
+    N = len(g["layers"]) - 1
+    return local_grads(g, P, 0, N, x, e, feedback=_sign_feedback(g, P, g["attrs"]["rule"], wrong))
+
+
+def _oracle_dfa(g, P, x, y, outs, logits, e, o, wrong):
+    src = e * x.shape[0] if _w(wrong, "dfa_scale") else e
+    return _direct(g, P, outs, e, src, o["dfa_output"] == "e", wrong)
+
+
+def _oracle_drtp(g, P, x, y, outs, logits, e, o, wrong):
+    t = F.one_hot(y, logits.shape[1]).to(DT)     # +y*, divided by B for the mean reduction
+    if (o["drtp_reduction"] == "mean") != (_w(wrong, "drtp_target")):
+        t = t / x.shape[0]
+    return _direct(g, P, outs, e, t, o["drtp_output"] == "e", wrong)
+
+
+#: rule name -> its oracle ``(g, P, x, y, outs, logits, e, options, wrong) -> (grads, signals)``: one line per rule
+ORACLES = {
+    "bp": lambda g, P, x, y, outs, logits, e, o, wrong: _bp(g, P, outs, e),
+    "fa": _oracle_sign,
+    "usf": _oracle_sign,
+    "brsf": _oracle_sign,
+    "frsf": _oracle_sign,
+    "kp": lambda g, P, x, y, outs, logits, e, o, wrong: _kp(g, P, x, e, wrong),
+    "dfa": _oracle_dfa,
+    "drtp": _oracle_drtp,
+    "pepita": lambda g, P, x, y, outs, logits, e, o, wrong: _pepita(g, P, x, y, logits, wrong),
+    "svd-bp": lambda g, P, x, y, outs, logits, e, o, wrong: _svd_bp(g, P, outs, e, wrong),
+    "ssa": lambda g, P, x, y, outs, logits, e, o, wrong: _ssa(g, P, outs, e, wrong),
+    "predsim": lambda g, P, x, y, outs, logits, e, o, wrong: _local(g, P, outs, e, wrong),
+    "auglocal": lambda g, P, x, y, outs, logits, e, o, wrong: _local(g, P, outs, e, wrong),
+}
+SUPPORTED = tuple(ORACLES)
+
+
 def step(g, P, wrong=None):
     """One step's directions at parameters ``P``: ``(loss, logits, outs, grads {(k, name)}, signals {k})``."""
     rule = g["attrs"]["rule"]
@@ -572,29 +607,7 @@ def step(g, P, wrong=None):
     logits = outs[-1]
     loss = cross_entropy(logits, y)
     e = output_error(logits, y, mean=not _w(wrong, "batch_mean"))      # eq. (7)
-    if rule == "bp":
-        grads, signals = _bp(g, P, outs, e)
-    elif rule in ("fa", "usf", "brsf", "frsf"):
-        N = len(g["layers"]) - 1
-        grads, signals = local_grads(g, P, 0, N, x, e, feedback=_sign_feedback(g, P, rule, wrong))
-    elif rule == "kp":
-        grads, signals = _kp(g, P, x, e, wrong)
-    elif rule == "dfa":
-        src = e * x.shape[0] if _w(wrong, "dfa_scale") else e
-        grads, signals = _direct(g, P, outs, e, src, o["dfa_output"] == "e", wrong)
-    elif rule == "drtp":
-        t = F.one_hot(y, logits.shape[1]).to(DT)     # +y*, divided by B for the mean reduction
-        if (o["drtp_reduction"] == "mean") != (_w(wrong, "drtp_target")):
-            t = t / x.shape[0]
-        grads, signals = _direct(g, P, outs, e, t, o["drtp_output"] == "e", wrong)
-    elif rule == "pepita":
-        grads, signals = _pepita(g, P, x, y, logits, wrong)
-    elif rule == "svd-bp":
-        grads, signals = _svd_bp(g, P, outs, e, wrong)
-    elif rule in ("predsim", "auglocal"):
-        grads, signals = _local(g, P, outs, e, wrong)
-    else:
-        grads, signals = _ssa(g, P, outs, e, wrong)
+    grads, signals = ORACLES[rule](g, P, x, y, outs, logits, e, o, wrong)
     return loss, logits, outs, grads, signals
 
 

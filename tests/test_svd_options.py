@@ -17,7 +17,7 @@ from ssaref import train as train_mod
 from ssaref.nn import build_model
 from ssaref.nn.models import dense_layers, reinitialise
 from ssaref.rules import build_rule
-from ssaref.rules.svd_base import LATER_OPTIONS
+from ssaref.options import first_defaults
 from ssaref.runlog import read_run
 
 
@@ -137,6 +137,21 @@ def test_init_option_validation():
 
 
 # ------------------------------------------------------------------------------------------ recording
+# the options added after golden-vector schema 1, with what a golden file without them describes (ssaref 0.1.0)
+LATER_OPTIONS = {"rank_reading": "every", "parity_last": True, "svd_init": "default", "bias_init": "uniform",
+                 "orthogonality": "retract", "retract_every": 10, "landing_eps": 0.5, "align_last": True}
+
+
+def test_later_options_derive_from_the_declared_history():
+    """The 0.1.0 behaviour of the options added since is read off their declarations (``Option.added`` and
+    ``before``), the same for SSA and SVD-BP."""
+    from ssaref.rules import RULES
+
+    assert first_defaults(RULES["ssa"].OPTIONS) == LATER_OPTIONS
+    assert first_defaults(RULES["svd-bp"].OPTIONS) == {k: v for k, v in LATER_OPTIONS.items()
+                                                       if k in RULES["svd-bp"].OPTIONS}
+
+
 def test_new_options_absent_from_resolved_options_at_default_present_when_set():
     """Absent = ssaref 0.1.0's behaviour (``LATER_OPTIONS``): SVD-BP's defaults and SSA at 0.1.0's values leave them
     out; SSA's defaults since 0.2.0 (D4.15) differ, so they are all listed."""

@@ -240,12 +240,16 @@ def test_log_every_reads_losses_in_windows_with_the_same_result(tmp_path, capsys
 
 def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defaults(tmp_path, capsys):
     """The run file holds every option the rule ran with (defaults included); a run written by ssaref 0.1.0, which
-    left unset options out, resumes with the defaults of 0.1.0 (``Rule.DEFAULTS_BEFORE``), not today's."""
+    left unset options out, resumes with the defaults of 0.1.0 (each option's declared history, ssaref/options.py),
+    not today's."""
     import json
 
-    from ssaref.rules import build_rule
+    from ssaref import config
+    from ssaref.options import earlier_defaults
+    from ssaref.rules import RULES, build_rule
 
-    old = {k: v for d in build_rule("ssa").DEFAULTS_BEFORE.values() for k, v in d.items()}   # 0.1.0's: all of them
+    old = earlier_defaults(RULES["ssa"].OPTIONS, "0.1.0")   # 0.1.0's: every changed default
+    assert old == {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every", "parity": False}
     old_flags = [x for k, v in old.items() for x in (f"--{k.replace('_', '-')}", str(v))]
     common = SYN + ["--method", "ssa", "--hidden", "12,10", "--seed", "3", "--batch-size", "64"]
     full, part = tmp_path / "full.h5", tmp_path / "part.h5"
@@ -259,9 +263,9 @@ def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defau
         c.update({f"rule_{k}": None for k in build_rule("ssa").options}, ssaref_version="0.1.0")
         f.attrs["config"] = json.dumps(c)
         f.attrs["ssaref_version"] = "0.1.0"
-    assert train_mod._earlier_defaults(c) == {f"rule_{k}": v for k, v in old.items()}
-    assert train_mod._earlier_defaults(dict(c, ssaref_version="0.2.0")) == {"rule_parity": False}
-    assert train_mod._earlier_defaults(dict(c, ssaref_version="0.3.0")) == {}
+    assert config._earlier_defaults(c) == {f"rule_{k}": v for k, v in old.items()}
+    assert config._earlier_defaults(dict(c, ssaref_version="0.2.0")) == {"rule_parity": False}
+    assert config._earlier_defaults(dict(c, ssaref_version="0.3.0")) == {}
     rc, _, err = run_cli(["--resume", str(part), "--epochs", "2", "--no-progress"], capsys)
     assert rc == 0, err
     np.testing.assert_array_equal(read_run(full)[1]["test_loss"], read_run(part)[1]["test_loss"])
@@ -269,7 +273,7 @@ def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defau
 
 def test_a_0_2_0_run_without_parity_resumes_with_parity_false(tmp_path, capsys):
     """SSA's default became ``parity = true`` in 0.3.0 (D4.17).  A run file written by 0.2.0 that does not record
-    ``parity`` ran without the rank constraint, so a resume continues without it (``DEFAULTS_BEFORE["0.3.0"]``):
+    ``parity`` ran without the rank constraint, so a resume continues without it (``before={"0.3.0": False}``):
     the same losses as the uninterrupted ``--parity false`` run, other losses than today's default."""
     import json
 
@@ -285,7 +289,9 @@ def test_a_0_2_0_run_without_parity_resumes_with_parity_false(tmp_path, capsys):
         c["ssaref_version"] = "0.2.0"
         f.attrs["config"] = json.dumps(c)
         f.attrs["ssaref_version"] = "0.2.0"
-    assert train_mod.filled_config(c)["rule_parity"] is False
+    from ssaref import config
+
+    assert config.filled_config(c)["rule_parity"] is False
     rc, _, err = run_cli(["--resume", str(part), "--epochs", "3", "--no-progress"], capsys)
     assert rc == 0, err
     cfg, m, _ = read_run(part)

@@ -31,8 +31,24 @@ SCRIPTS = ["table1_smallconv", "table2_deep", "table4_dfa_variants", "fig2_gradi
            "fig3_matrix_alignment", "fig4_error_curves", "fmnist_mlp_methods"]
 
 # tiny runs: 16 training images (one step), 8 test images, conv nets at 1/16 width, MLP 3072-16-16-10
-TINY = ["--", "--train-limit", "16", "--test-limit", "8", "--width-mult", "0.0625", "--hidden", "16,16",
-        "--no-download"]
+TINY = ["--", "--train-limit", "16", "--test-limit", "8", "--width-mult", "0.0625", "--no-download"]
+TINY_MLP = ["--", "--train-limit", "16", "--test-limit", "8", "--hidden", "16,16", "--no-download"]
+MLP_SCRIPTS = {"fig2_gradient_alignment", "fig4_error_curves"}   # ssaref.train refuses --width-mult on mlp
+
+
+def _failing(monkeypatch, method):
+    """``ssaref.train.main`` as it is, but every run of ``method`` diverges (exit 3 with its error line): a run that
+    fails after its arguments were accepted."""
+    from ssaref import train as train_mod
+
+    real = train_mod.main
+
+    def main(argv):
+        if argv[argv.index("--method") + 1] == method:
+            print("error: loss is nan at epoch 1, step 1 (simulated)", file=sys.stderr)
+            return 3
+        return real(argv)
+    monkeypatch.setattr(train_mod, "main", main)
 
 
 # ------------------------------------------------------------------------------------------ fabricated data
@@ -91,7 +107,8 @@ def _script(name):
     return importlib.import_module(f"validation.{name}")
 
 
-def _run(name, data_dir, out, *flags, tiny=TINY):
+def _run(name, data_dir, out, *flags, tiny=None):
+    tiny = tiny if tiny is not None else TINY_MLP if name in MLP_SCRIPTS else TINY
     rc = _script(name).main(["--quick", "--data-dir", str(data_dir), "--out-dir", str(out), *flags, *tiny])
     assert rc == 0
     text = (out / "results.md").read_text(encoding="utf-8")
@@ -288,13 +305,14 @@ def test_seed_parsing_and_defaults():
         sw.parse_args(p, ["--methods", "bp,nope"])
 
 
-def test_failed_run_is_reported_not_invented(data_dir, tmp_path):
+def test_failed_run_is_reported_not_invented(data_dir, tmp_path, monkeypatch):
     p = sw.build_parser("t", "", dataset="cifar10", epochs=1, seeds="0", methods=["bp"])
-    args = sw.parse_args(p, ["--quick", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY])
-    cfgs = [sw.Config("bad", "BP", "bp", "mlp", "cifar10", flags=["--ssa-variant", "paper"]),
+    args = sw.parse_args(p, ["--quick", "--data-dir", str(data_dir), "--out-dir", str(tmp_path / "o"), *TINY_MLP])
+    cfgs = [sw.Config("bad", "BP", "bp", "mlp", "cifar10"),
             sw.Config("skipped", "X", "bp", "mlp", "cifar10", skip="not run: no such rule")]
+    _failing(monkeypatch, "bp")
     status = sw.run_sweep(cfgs, args, log=lambda *a: None)
-    assert status[("bad", 0)].rc != 0 and "takes no option" in status[("bad", 0)].error
+    assert status[("bad", 0)].rc == 3 and "simulated" in status[("bad", 0)].error
     results = sw.summarise(cfgs, args, status)
     text, measured = sw.results_table(cfgs, results, args, paper={"bad": (1.0, 0.1), "skipped": 2.0})
     rows = _rows(text)
@@ -364,32 +382,51 @@ def test_bad_arguments_exit_2_before_any_run(name, bad, tmp_path, capsys):
     assert not out.exists()                                  # no run started, no file written
 
 
-def test_failed_run_makes_script_exit_1(tmp_path, capsys):
+def test_failed_run_makes_script_exit_1(tmp_path, capsys, monkeypatch):
     mod = _script("fmnist_mlp_methods")
     out = tmp_path / "fmf"
-    # --ssa-variant is an SSA option: the BP run rejects it (train exit code 2), the SSA run takes it
+    _failing(monkeypatch, "bp")   # the BP run diverges, the SSA run trains
     rc = mod.main(["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,ssa", "--align-every", "0",
-                   "--out-dir", str(out), *FM_TINY, "--ssa-variant", "paper"])
+                   "--out-dir", str(out), *FM_TINY])
     assert rc == 1
     err = capsys.readouterr().err
     assert "1 runs failed: bp/0" in err.splitlines()
     rows = _fm_rows((out / "results.md").read_text(encoding="utf-8"))
-    assert rows["BP"][1].startswith("failed: error:") and "takes no option" in rows["BP"][1]
+    assert rows["BP"][1].startswith("failed: error:") and "simulated" in rows["BP"][1]
     assert math.isfinite(float(rows["SSA (default)"][1]))
     assert not (out / "bp.h5").exists() and (out / "ssa.h5").exists()
-    # every run failing: still a results.md, still exit 1, all runs named
-    rc = mod.main(["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,dfa", "--out-dir", str(tmp_path / "all"),
-                   "--", "--lr", "-1"])
-    assert rc == 1
-    assert "2 runs failed: bp/0, dfa/0" in capsys.readouterr().err.splitlines()
-    rows = _fm_rows((tmp_path / "all" / "results.md").read_text(encoding="utf-8"))
-    assert all(r[1].startswith("failed: error:") for r in rows.values()) and len(rows) == 2
 
 
-def test_sweep_script_exits_1_on_failed_run(data_dir, tmp_path, capsys):
+# issue 24: a run's arguments that ssaref.train refuses stop the script before its first run (exit 2, one line)
+@pytest.mark.parametrize("name, argv, word", [
+    ("fmnist_mlp_methods", ["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,ssa", "--", "--lr", "nan"],
+     "--lr"),
+    ("fmnist_mlp_methods", ["--dataset", "synthetic", "--epochs", "1", "--methods", "bp,ssa", "--", "--ssa-variant",
+                            "paper"], "--ssa-variant"),   # an SSA option: BP takes none
+    ("fmnist_mlp_methods", ["--dataset", "synthetic", "--data-dir", "/nonexistent"], "/nonexistent"),
+    ("table1_smallconv", ["--quick", "--methods", "bp", "--", "--lr", "nan"], "--lr"),
+    ("table1_smallconv", ["--quick", "--methods", "bp", "--", "--hidden", "8"], "--hidden"),
+    ("fig4_error_curves", ["--quick", "--methods", "bp", "--", "--width-mult", "0.5"], "--width-mult"),
+])
+def test_runs_refused_by_train_stop_the_script_before_the_first_run(name, argv, word, tmp_path, monkeypatch, capsys):
+    from ssaref import train as train_mod
+
+    calls = []
+    monkeypatch.setattr(train_mod, "main", lambda a: calls.append(a) or 0)
+    out = tmp_path / "o"
+    rc = _script(name).main(["--out-dir", str(out), *argv])
+    assert rc == 2 and calls == []
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run ") and len(err.splitlines()) == 1 and word in err, err
+    assert "no run was started" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_sweep_script_exits_1_on_failed_run(data_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "f4f"
+    _failing(monkeypatch, "bp")
     rc = _script("fig4_error_curves").main(["--quick", "--data-dir", str(data_dir), "--out-dir", str(out),
-                                            "--methods", "bp", "--no-plot", *TINY, "--ssa-variant", "paper"])
+                                            "--methods", "bp", "--no-plot", *TINY_MLP])
     assert rc == 1
     assert "1 runs failed: cifar10-mlp-bp/0" in capsys.readouterr().err.splitlines()
     bp = next(r for r in _rows((out / "results.md").read_text(encoding="utf-8")) if r["method"] == "BP")
@@ -397,12 +434,14 @@ def test_sweep_script_exits_1_on_failed_run(data_dir, tmp_path, capsys):
 
 
 def test_crash_inside_training_is_a_failed_run(tmp_path, monkeypatch, capsys):
+    from ssaref import train as train_mod
+
     calls = []
 
     def boom(argv):
         calls.append(argv)
         raise TypeError("simulated crash")
-    monkeypatch.setattr(sw.train_mod, "main", boom)
+    monkeypatch.setattr(train_mod, "main", boom)
     p = sw.build_parser("t", "", dataset="synthetic", epochs=1, seeds="0", methods=["bp", "dfa"])
     args = sw.parse_args(p, ["--seeds", "0,1", "--out-dir", str(tmp_path / "o")])
     cfgs = [sw.Config(f"synthetic-mlp-{m}", m.upper(), m, "mlp", "synthetic") for m in ("bp", "dfa")]
@@ -417,7 +456,7 @@ def test_crash_inside_training_is_a_failed_run(tmp_path, monkeypatch, capsys):
     def reject(argv):
         print("error: argument --lr: must be > 0, got -1", file=sys.stderr)
         raise SystemExit(2)
-    monkeypatch.setattr(sw.train_mod, "main", reject)
+    monkeypatch.setattr(train_mod, "main", reject)
     st = sw.run_one(cfgs[0], 0, args, log=lambda *a: None)
     assert (st.rc, st.error) == (2, "error: argument --lr: must be > 0, got -1")
 

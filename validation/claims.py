@@ -31,6 +31,7 @@ Exit codes: 0 (the ledger was written, whatever its verdicts), 2 (bad arguments)
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from dataclasses import dataclass, field
@@ -270,7 +271,7 @@ def _mean_hidden_angle(r) -> float:
     a = np.asarray(r.metrics.get("align.grad_mean", np.empty((0, 0))), dtype=np.float64)
     if a.ndim != 2 or a.shape[1] < 2:
         return float("nan")
-    with sw._quiet():
+    with sw.quiet():
         return float(np.nanmean(a[:, :-1]))    # the output layer left out: DFA's receives e (angle 0 by design)
 
 
@@ -379,7 +380,7 @@ def parse_args(argv=None):
     p.add_argument("--select-epochs", default=None, help="as conv_claims (default 3)")
     p.add_argument("--ablation", default="runs/table3_ablation_lenet",
                    help="table3_ablation --model lenet --out-dir (default runs/table3_ablation_lenet)")
-    p.add_argument("--ablation-epochs", type=sw._positive_int, default=10)
+    p.add_argument("--ablation-epochs", type=sw.positive_int, default=10)
     p.add_argument("--ablation-seeds", default="0-4")
     p.add_argument("--out", default="validation/results/claims.md", help="the ledger (default validation/results/"
                    "claims.md)")
@@ -388,7 +389,7 @@ def parse_args(argv=None):
         try:
             if getattr(args, opt) is not None:
                 sw.parse_seeds(getattr(args, opt))
-        except sw.argparse.ArgumentTypeError as exc:
+        except argparse.ArgumentTypeError as exc:
             p.error(f"--{opt.replace('_', '-')}: {exc}".replace(": --seeds:", ":"))
     cargv = ["--out-dir", args.runs, "--dataset", args.dataset, "--phase", "final",
              "--models", "lenet,convnet,smallconv"]
@@ -400,7 +401,7 @@ def parse_args(argv=None):
     sweep = cc.parse_args(cargv)
     try:
         sweep.ablation_seeds = sw.parse_seeds(args.ablation_seeds)
-    except sw.argparse.ArgumentTypeError as exc:
+    except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
     sweep.ablation, sweep.ablation_epochs, sweep.ledger_out = Path(args.ablation), args.ablation_epochs, Path(args.out)
     return sweep

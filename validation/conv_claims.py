@@ -40,6 +40,7 @@ Exit codes: 0 all runs finished, 1 a run failed (its row says so), 2 bad argumen
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -134,18 +135,18 @@ def parse_args(argv=None):
     p.add_argument("--methods", default=",".join(RULE_KEYS), help=f"subset of {','.join(RULE_KEYS)}")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--backend", default="auto", choices=sw.BACKENDS)
-    p.add_argument("--select-epochs", type=sw._positive_int, default=None, help="default 3 (1 with --quick)")
+    p.add_argument("--select-epochs", type=sw.positive_int, default=None, help="default 3 (1 with --quick)")
     p.add_argument("--select-seeds", default=None, help="default 0,1 (0 with --quick)")
-    p.add_argument("--final-epochs", type=sw._positive_int, default=None, help="default 10 (1 with --quick)")
+    p.add_argument("--final-epochs", type=sw.positive_int, default=None, help="default 10 (1 with --quick)")
     p.add_argument("--final-seeds", default=None, help="LeNet, default 0-4 (0 with --quick)")
     p.add_argument("--convnet-seeds", default=None, help="default 0-2 (0 with --quick)")
     p.add_argument("--smallconv-seeds", default=None, help="default 0")
-    p.add_argument("--smallconv-epochs", type=sw._positive_int, default=None,
+    p.add_argument("--smallconv-epochs", type=sw.positive_int, default=None,
                    help="default --final-epochs")
-    p.add_argument("--align-every", type=sw._positive_int, default=100,
+    p.add_argument("--align-every", type=sw.positive_int, default=100,
                    help="final runs: eq. (4) angles with BP every N steps, matrix alignment at epoch ends "
                         "(default 100)")
-    p.add_argument("--batch-size", type=sw._positive_int, default=128)
+    p.add_argument("--batch-size", type=sw.positive_int, default=128)
     p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 epoch, tiny subsets, narrow nets, seed 0")
     p.add_argument("--no-plot", action="store_true")
@@ -167,7 +168,7 @@ def parse_args(argv=None):
                          ("convnet_seeds", "0" if q else "0-2"), ("smallconv_seeds", "0")):
         try:
             setattr(args, opt, sw.parse_seeds(getattr(args, opt) or default))
-        except sw.argparse.ArgumentTypeError as exc:
+        except argparse.ArgumentTypeError as exc:
             p.error(f"--{opt.replace('_', '-')}: {exc}".replace(": --seeds:", ":"))
     args.out_dir = Path(args.out_dir or (f"runs/{SCRIPT}_quick" if q else f"runs/{SCRIPT}"))
     return args

@@ -18,6 +18,7 @@ one line ``error: ...`` and exit code 2.  A run that stops with a non-zero exit 
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -166,9 +167,9 @@ def _nonnegative_int(text):
     try:
         v = int(text)
     except ValueError:
-        raise sw.argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if v < 0:
-        raise sw.argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
 
 
@@ -177,7 +178,7 @@ def parse_args(argv=None):
     argv, extra = sw.split_passthrough(argv)
     p = sw.ArgParser(prog="python -m validation.fmnist_mlp_methods", description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
-    p.add_argument("--epochs", type=sw._positive_int, default=10)
+    p.add_argument("--epochs", type=sw.positive_int, default=10)
     p.add_argument("--seed", type=_nonnegative_int, default=0, help="one seed (run files <method>.h5)")
     p.add_argument("--seeds", default=None,
                    help="several seeds, e.g. 0-4 (run files <method>-seed<s>.h5; the table gives mean ± std); "
@@ -191,7 +192,7 @@ def parse_args(argv=None):
     args.extra = extra
     try:
         args.seed_list = sw.parse_seeds(args.seeds) if args.seeds is not None else [args.seed]
-    except (ValueError, sw.argparse.ArgumentTypeError) as exc:
+    except (ValueError, argparse.ArgumentTypeError) as exc:
         p.error(f"--seeds: {exc}")
     if len(sw.check_datasets(p, args.dataset)) != 1:
         p.error(f"--dataset: one data set, got {args.dataset!r}")

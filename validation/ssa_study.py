@@ -34,6 +34,7 @@ Flags after a lone ``--`` go to every ``ssaref.train`` run.  Exit codes: 0 all r
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import sys
 from dataclasses import dataclass, field
@@ -114,19 +115,19 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default=None, help="default fashion-mnist (synthetic with --quick)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--backend", default="auto", choices=sw.BACKENDS)
-    p.add_argument("--screen-epochs", type=sw._positive_int, default=None, help="default 3 (1 with --quick)")
-    p.add_argument("--final-epochs", type=sw._positive_int, default=None, help="default 10 (2 with --quick)")
+    p.add_argument("--screen-epochs", type=sw.positive_int, default=None, help="default 3 (1 with --quick)")
+    p.add_argument("--final-epochs", type=sw.positive_int, default=None, help="default 10 (2 with --quick)")
     p.add_argument("--screen-seeds", default=None, help="default 0,1 (0 with --quick)")
     p.add_argument("--init-seeds", default=None, help="default 0,1,2 (0 with --quick)")
     p.add_argument("--final-seeds", default=None, help="default 0-4 (0,1 with --quick)")
     p.add_argument("--val-split", type=float, default=None, help="held-out fraction (default 0.1; 0.25 --quick)")
     p.add_argument("--lrs", default="1e-3", help="learning rates screened, comma-separated (default 1e-3)")
-    p.add_argument("--batch-size", type=sw._positive_int, default=128)
-    p.add_argument("--top", type=sw._positive_int, default=3, help="SSA settings taken to the final stage")
+    p.add_argument("--batch-size", type=sw.positive_int, default=128)
+    p.add_argument("--top", type=sw.positive_int, default=3, help="SSA settings taken to the final stage")
     p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic data, tiny runs, one seed")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--screen-train-limit", type=sw._positive_int, default=None,
+    p.add_argument("--screen-train-limit", type=sw.positive_int, default=None,
                    help="stages 1-2 (screening, initialisation) on the first N training examples only (the validation "
                         "split is taken from them); the final stage always uses the whole training set")
     sw.add_mpi_options(p)
@@ -142,7 +143,7 @@ def parse_args(argv=None):
         args.screen_seeds = sw.parse_seeds(args.screen_seeds or ("0" if q else "0,1"))
         args.init_seeds = sw.parse_seeds(args.init_seeds or ("0" if q else "0,1,2"))
         args.final_seeds = sw.parse_seeds(args.final_seeds or ("0,1" if q else "0-4"))
-    except sw.argparse.ArgumentTypeError as exc:
+    except argparse.ArgumentTypeError as exc:
         p.error(str(exc))
     args.val_split = args.val_split if args.val_split is not None else (0.25 if q else 0.1)
     if not 0.0 < args.val_split < 1.0:

@@ -38,6 +38,7 @@ a lone ``--`` go to every ``ssaref.train`` run.  Exit codes: 0, 1 (a run failed)
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from dataclasses import dataclass
@@ -99,11 +100,11 @@ def parse_args(argv=None):
                    help="results.md of the mlp ablation shown next to another model's rows (default the committed one)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--backend", default="auto", choices=sw.BACKENDS)
-    p.add_argument("--epochs", type=sw._positive_int, default=None, help="default 10 (1 with --quick)")
+    p.add_argument("--epochs", type=sw.positive_int, default=None, help="default 10 (1 with --quick)")
     p.add_argument("--seeds", default=None, help="default 0-4 (0 with --quick)")
     p.add_argument("--val-split", type=float, default=0.0, help="held-out fraction (also report val accuracy)")
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=sw._positive_int, default=128)
+    p.add_argument("--batch-size", type=sw.positive_int, default=128)
     p.add_argument("--rows", default=None, help="comma-separated subset of the row keys (full, no-ce, no-align, "
                    "no-ortho, no-ortho-handling, no-hoyer, no-rank, no-projection)")
     p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
@@ -123,7 +124,7 @@ def parse_args(argv=None):
     try:
         args.seeds = sw.parse_seeds(args.seeds or ("0" if q else "0-4"))
         args.base_flags = shlex.split(args.base)
-    except (sw.argparse.ArgumentTypeError, ValueError) as exc:
+    except (argparse.ArgumentTypeError, ValueError) as exc:
         p.error(str(exc))
     if "--method" in args.base_flags:
         p.error("--base: SSA flags only (the method is ssa)")
@@ -154,8 +155,11 @@ def train_argv(row: Row, seed: int, args) -> list[str]:
     if args.data_dir:
         argv += ["--data-dir", str(args.data_dir)]
     if args.quick:
-        argv += list(QUICK_FLAGS) + (["--width-mult", str(sw.QUICK_WIDTH[args.model])]
-                                     if args.model in sw.QUICK_WIDTH else [])
+        quick = list(QUICK_FLAGS)
+        if args.model != "mlp":   # --hidden is the MLP's (ssaref.train refuses it on a conv net)
+            i = quick.index("--hidden")
+            del quick[i:i + 2]
+        argv += quick + (["--width-mult", str(sw.QUICK_WIDTH[args.model])] if args.model in sw.QUICK_WIDTH else [])
     return argv + list(args.base_flags) + list(row.flags) + list(args.extra)
 
 

@@ -13,6 +13,7 @@ Public API::
     items.ITEMS, items.get_items(ids)
     report.validate_findings(doc)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,7 +42,7 @@ def run_audit(out, only=None, backend="numpy", seed=0, echo=False):
     from .items import Context, get_items
     from .report import build_findings, render_markdown, summary_table, validate_findings, write_atomic
 
-    items = get_items(only)              # validates --only before anything is written
+    items = get_items(only)  # validates --only before anything is written
     xp = resolve_backend(backend)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

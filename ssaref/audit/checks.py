@@ -10,6 +10,7 @@ formula and pass a correct one.
 * :func:`claim_search` draws seeded random cases, evaluates a claimed property on each, and reports how often it
   fails and the smallest counterexample (by a size key, then by the margin of the violation).
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["Sym", "ShapeResult", "shape_check", "GradResult", "numerical_grad", "gradient_check", "rel_error",
-           "cosine", "ClaimResult", "claim_search"]
+__all__ = [
+    "Sym",
+    "ShapeResult",
+    "shape_check",
+    "GradResult",
+    "numerical_grad",
+    "gradient_check",
+    "rel_error",
+    "cosine",
+    "ClaimResult",
+    "claim_search",
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -30,8 +41,9 @@ class _Ctx:
         self.ops = 0
 
     def fail(self, op, a, b, why):
-        self.failures.append({"op": op, "left": _lab(a), "left_shape": _shp(a), "right": _lab(b),
-                              "right_shape": _shp(b), "why": why})
+        self.failures.append(
+            {"op": op, "left": _lab(a), "left_shape": _shp(a), "right": _lab(b), "right_shape": _shp(b), "why": why}
+        )
 
 
 def _lab(x):
@@ -221,8 +233,12 @@ def shape_check(expr, shapes) -> ShapeResult:
         if X.shape is None:
             return Sym(None, lab, ctx)
         if math.prod(X.shape) != math.prod(shape):
-            ctx.fail("reshape", X, Sym(shape, str(shape), ctx),
-                     f"{math.prod(X.shape)} entries cannot fill {shape} ({math.prod(shape)} entries)")
+            ctx.fail(
+                "reshape",
+                X,
+                Sym(shape, str(shape), ctx),
+                f"{math.prod(X.shape)} entries cannot fill {shape} ({math.prod(shape)} entries)",
+            )
             return Sym(None, lab, ctx)
         return Sym(shape if len(shape) == 2 else (math.prod(shape), 1), lab, ctx)
 
@@ -273,7 +289,7 @@ def cosine(a, b) -> float:
 
 def numerical_grad(f, x, eps=1e-6):
     """Central-difference gradient of the scalar function ``f`` at the float64 array ``x`` (any shape)."""
-    x = np.array(x, dtype=np.float64, order="C")   # a C-contiguous copy: ``flat`` below is a view of it
+    x = np.array(x, dtype=np.float64, order="C")  # a C-contiguous copy: ``flat`` below is a view of it
     g = np.empty_like(x)
     flat, gf = x.reshape(-1), g.reshape(-1)
     for i in range(flat.size):
@@ -375,6 +391,8 @@ def claim_search(sample_fn, predicate, n, seed=0, size_fn=None) -> ClaimResult:
         if best_key is None or key < best_key:
             best_key, best = key, dict(case, margin=margin)
     if best is not None:
-        best = {k: (np.round(np.asarray(v, dtype=np.float64), 6).tolist() if isinstance(v, np.ndarray) else v)
-                for k, v in best.items()}
+        best = {
+            k: (np.round(np.asarray(v, dtype=np.float64), 6).tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in best.items()
+        }
     return ClaimResult(int(n), fails, fails / max(1, int(n)), best, worst)

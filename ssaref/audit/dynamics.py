@@ -12,6 +12,7 @@ Per step the runner records, for every SVD layer:
 * the eq. (4) angle between the first-order change of ``W = U diag(s) V^T`` along the rule's direction and the
   BP gradient ``dL/dW`` of the same batch (computed by an independent float64 transcription of the MLP).
 """
+
 from __future__ import annotations
 
 import math
@@ -51,10 +52,10 @@ def _bp_dense_grads(layers, x, y):
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
     p[np.arange(len(y)), y] -= 1.0
-    delta = p / len(y)                                  # eq. (7), batch mean
+    delta = p / len(y)  # eq. (7), batch mean
     grads = [None] * len(layers)
     for i in range(len(layers) - 1, -1, -1):
-        grads[i] = delta.T @ hs[i]                      # eq. (2): dW_i = delta_i h_{i-1}^T
+        grads[i] = delta.T @ hs[i]  # eq. (2): dW_i = delta_i h_{i-1}^T
         if i:
             delta = (delta @ layers[i][0]) * (as_[i - 1] > 0)
     return grads
@@ -72,8 +73,7 @@ def _ortho(X):
 AUDITED_SSA = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every"}
 
 
-def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, rank_frac=None, xp=np,
-            **options):
+def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, rank_frac=None, xp=np, **options):
     """Train the small MLP with SSA for ``steps`` steps; return per-step records.
 
     Parameters
@@ -94,9 +94,20 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
     from ..run import build_run
 
     model = build_model("mlp", IN_SHAPE, K, xp=xp, dtype=np.float64, seed=seed, hidden=MLP_HIDDEN)
-    run = build_run(model, "ssa", np.random.default_rng(seed + 2), optimizer=None,
-                    options={**AUDITED_SSA, "ssa_variant": variant, "rank_schedule": "none", "hoyer": 0.0,
-                             "angle_every": 0, **options})
+    run = build_run(
+        model,
+        "ssa",
+        np.random.default_rng(seed + 2),
+        optimizer=None,
+        options={
+            **AUDITED_SSA,
+            "ssa_variant": variant,
+            "rank_schedule": "none",
+            "hoyer": 0.0,
+            "angle_every": 0,
+            **options,
+        },
+    )
     model, rule = run.model, run.rule
     layers = svd_layers_of(model)
     if rank_frac is not None:
@@ -109,7 +120,7 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
         layers = svd_layers_of(model)
     from ..optim import build_optimizer
 
-    run.optimizer = build_optimizer(optimizer, run.params(), lr)   # after the rank cut: the truncated factors
+    run.optimizer = build_optimizer(optimizer, run.params(), lr)  # after the rank cut: the truncated factors
     rec = {"layers": [(p, *l.dims, l.rank) for p, l in layers], "loss": []}
     for key in ("upd_U", "upd_s", "upd_V", "chg_U", "chg_s", "chg_V", "ortho_U", "ortho_V", "angle"):
         for p, _ in layers:
@@ -135,10 +146,10 @@ def _step(run, layers, rec, x, y, xp):
     xb, yb = xp.asarray(x), xp.asarray(y)
     res = run.step(xb, yb)
     if not math.isfinite(float(res.loss)) or not all(
-            np.all(np.isfinite(asnumpy(l.params[n]))) for _, l in layers for n in ("U", "s", "V")):
+        np.all(np.isfinite(asnumpy(l.params[n]))) for _, l in layers for n in ("U", "s", "V")
+    ):
         return False
-    host = {p: {n: np.array(asnumpy(l.params[n]), dtype=np.float64) for n in ("U", "s", "V")}
-            for p, l in layers}
+    host = {p: {n: np.array(asnumpy(l.params[n]), dtype=np.float64) for n in ("U", "s", "V")} for p, l in layers}
     ortho = {p: (_ortho(host[p]["U"]), _ortho(host[p]["V"])) for p, _ in layers}
     if not all(math.isfinite(o) for pair in ortho.values() for o in pair):
         return False
@@ -158,9 +169,9 @@ def _step(run, layers, rec, x, y, xp):
         rec[f"ortho_V/{p}"].append(ortho[p][1])
         # first-order change of U diag(s) V^T along the rule's direction (the optimiser subtracts it)
         dW = (d["U"] * h["s"]) @ h["V"].T + (h["U"] * d["s"]) @ h["V"].T + (h["U"] * h["s"]) @ d["V"].T
-        rec[f"angle/{p}"].append(angle_deg(dW, g))   # eq. (4)
+        rec[f"angle/{p}"].append(angle_deg(dW, g))  # eq. (4)
     run.optimizer.step(res.updates)
-    for p, l in layers:   # the optimiser's change, before the rule's after_step (SSA's retraction)
+    for p, l in layers:  # the optimiser's change, before the rule's after_step (SSA's retraction)
         for n in ("U", "s", "V"):
             new = np.asarray(asnumpy(l.params[n]), dtype=np.float64)
             rec[f"chg_{n}/{p}"].append(float(np.linalg.norm(new - host[p][n])))
@@ -176,14 +187,20 @@ def run_rank_schedule(*, epochs=10, steps_per_epoch=10, seed=0, lr=1e-3, xp=np, 
     from ..run import build_run
 
     model = build_model("mlp", IN_SHAPE, K, xp=xp, dtype=np.float64, seed=seed, hidden=MLP_HIDDEN)
-    run = build_run(model, "ssa", np.random.default_rng(seed + 2), options={**AUDITED_SSA, "angle_every": 0, **options},
-                    optimizer="adam", lr=lr)
+    run = build_run(
+        model,
+        "ssa",
+        np.random.default_rng(seed + 2),
+        options={**AUDITED_SSA, "angle_every": 0, **options},
+        optimizer="adam",
+        lr=lr,
+    )
     model, rule, opt = run.model, run.rule, run.optimizer
     batches = synthetic_batches(seed, epochs * steps_per_epoch)
     layers0 = svd_layers_of(model)
     out = {"layers": [(p, *l.dims, l.rank) for p, l in layers0], "ranks": []}
     for ep in range(epochs):
-        for x, y in batches[ep * steps_per_epoch:(ep + 1) * steps_per_epoch]:
+        for x, y in batches[ep * steps_per_epoch : (ep + 1) * steps_per_epoch]:
             run.train_step(xp.asarray(x), xp.asarray(y))
         rule.on_epoch_end(model, opt, ep + 1, epochs)
         out["ranks"].append([l.rank for _, l in svd_layers_of(model)])

@@ -1,11 +1,26 @@
 """Independent float64 transcriptions used by the audit (no engine code): softmax cross-entropy, small MLPs
 with BP and DFA, generic SVD-space points, Stiefel projections, dense and two-pass convolutions."""
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["softmax", "ce", "ce_grad_logits", "linear_ce", "linear_ce_grad", "mlp_forward", "mlp_bp", "mlp_dfa",
-           "unit_col", "generic_factors", "tangent", "complement", "conv2d", "ortho_grad"]
+__all__ = [
+    "softmax",
+    "ce",
+    "ce_grad_logits",
+    "linear_ce",
+    "linear_ce_grad",
+    "mlp_forward",
+    "mlp_bp",
+    "mlp_dfa",
+    "unit_col",
+    "generic_factors",
+    "tangent",
+    "complement",
+    "conv2d",
+    "ortho_grad",
+]
 
 
 def softmax(Z):
@@ -39,8 +54,10 @@ def linear_ce_grad(W, X, y):
     return ce_grad_logits(X @ W.T, y).T @ X
 
 
-_ACT = {"tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
-        "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64))}
+_ACT = {
+    "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
+    "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64)),
+}
 
 
 def mlp_forward(Ws, X, act="tanh"):

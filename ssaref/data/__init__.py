@@ -5,6 +5,7 @@ Public API::
 
     DatasetError, DATASETS, Dataset, load_dataset, find_dataset_dir, augment
 """
+
 from .augment import augment
 from .errors import DatasetError
 from .registry import DATASETS, Dataset, find_dataset_dir, load_dataset

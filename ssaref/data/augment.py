@@ -1,4 +1,5 @@
 """Data augmentation on a batch, on whichever device the batch lives (numpy or cupy)."""
+
 from __future__ import annotations
 
 import numbers
@@ -47,7 +48,7 @@ def augment(x, rng, *, pad: int = 4, flip: bool = True):
         draws += [rng.integers(0, 2 * pad + 1, size=n), rng.integers(0, 2 * pad + 1, size=n)]
     if flip:
         draws.append(rng.random(n) < 0.5)
-    if draws and not isinstance(draws[0], np.ndarray):   # a device generator: its draws are there already
+    if draws and not isinstance(draws[0], np.ndarray):  # a device generator: its draws are there already
         drawn = draws
     else:
         drawn = list(xp.asarray(np.stack([np.asarray(d, dtype=np.int64) for d in draws]))) if draws else []

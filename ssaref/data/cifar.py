@@ -7,6 +7,7 @@ values, each a row-major 32x32 plane) and the labels.  Members are read straight
 extracted folder, with ``pickle`` (``encoding='bytes'``) through an unpickler that only admits the few numpy
 globals those files use, so a tampered file cannot run code.
 """
+
 from __future__ import annotations
 
 import io

@@ -4,6 +4,7 @@
 (``monkeypatch.setattr(ssaref.data.download, "_fetch", fake)``).  Nothing is left behind on failure: the
 temporary file is removed whether the fetch raised, the checksum differed or the process was interrupted.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,18 +43,28 @@ MIRRORS = {
 # published md5 of every downloadable file (MNIST / Fashion-MNIST as in torchvision/datasets/mnist.py,
 # CIFAR from https://www.cs.toronto.edu/~kriz/cifar.html)
 CHECKSUMS = {
-    "mnist": dict(zip(_MNIST_FILES, (
-        "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "d53e105ee54ea40749a09fcbcd1e9432",
-        "9fb629c4189551a2d022fa330f9573f3",
-        "ec29112dd5afa0611ce80d1b7f02629c",
-    ))),
-    "fashion-mnist": dict(zip(_MNIST_FILES, (
-        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "25c81989df183df01b3e8a0aad5dffbe",
-        "bef4ecab320f06d8554ea6380940ec79",
-        "bb300cfdad3c16e7a12a480ee83cd310",
-    ))),
+    "mnist": dict(
+        zip(
+            _MNIST_FILES,
+            (
+                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                "d53e105ee54ea40749a09fcbcd1e9432",
+                "9fb629c4189551a2d022fa330f9573f3",
+                "ec29112dd5afa0611ce80d1b7f02629c",
+            ),
+        )
+    ),
+    "fashion-mnist": dict(
+        zip(
+            _MNIST_FILES,
+            (
+                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                "25c81989df183df01b3e8a0aad5dffbe",
+                "bef4ecab320f06d8554ea6380940ec79",
+                "bb300cfdad3c16e7a12a480ee83cd310",
+            ),
+        )
+    ),
     "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
     "cifar100": {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
 }
@@ -100,15 +111,17 @@ def download_file(urls, dest, md5: str) -> Path:
     problems = []
     for url in urls:
         try:
-            with atomic_path(dest) as tmp:   # renamed to dest only when the block ends without an error
+            with atomic_path(dest) as tmp:  # renamed to dest only when the block ends without an error
                 try:
                     _fetch(url, Path(tmp))
                     got = md5_file(tmp)
                 except Exception as exc:  # network, HTTP, disk errors: try the next mirror
                     raise _Rejected(f"{url}: download failed ({type(exc).__name__}: {exc})") from None
                 if got != md5:
-                    raise _Rejected(f"{url}: checksum mismatch for {dest.name}, md5 expected {md5}, got {got} "
-                                    f"({os.path.getsize(tmp)} bytes)")
+                    raise _Rejected(
+                        f"{url}: checksum mismatch for {dest.name}, md5 expected {md5}, got {got} "
+                        f"({os.path.getsize(tmp)} bytes)"
+                    )
         except _Rejected as exc:
             problems.append(str(exc))
             continue

@@ -1,4 +1,5 @@
 """The one error class of the datasets package."""
+
 from __future__ import annotations
 
 __all__ = ["DatasetError"]

@@ -4,6 +4,7 @@ An IDX file is ``magic (4 bytes) | dims (ndim big-endian uint32) | data``.  The 
 ``0x00 0x00 <type code> <ndim>``; MNIST images are ``0x00000803`` (uint8, 3 dims: N, rows, cols) and labels
 ``0x00000801`` (uint8, 1 dim: N).  The reader checks every part of that against the bytes actually present.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -81,7 +82,7 @@ def read_idx(path, *, expect_magic: int | None = None) -> np.ndarray:
         )
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = IDX_TYPES[code]
-    expected = header + math.prod(dims) * dtype.itemsize   # exact integers: absurd header dims cannot overflow
+    expected = header + math.prod(dims) * dtype.itemsize  # exact integers: absurd header dims cannot overflow
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "oversized"
         raise DatasetError(
@@ -125,13 +126,12 @@ def load_idx_pair(images_path, labels_path, num_classes: int):
     if images.shape[0] == 0:
         raise DatasetError(f"{images_path}: holds no images")
     if images.ndim != 3 or min(images.shape[1:]) == 0:
-        raise DatasetError(f"{images_path}: images of shape {images.shape[1:]}; expected (rows, cols) with at least "
-                           f"one pixel each")
+        raise DatasetError(
+            f"{images_path}: images of shape {images.shape[1:]}; expected (rows, cols) with at least one pixel each"
+        )
     y = labels.astype(np.int64)
     bad = (y < 0) | (y >= num_classes)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DatasetError(
-            f"{labels_path}: label {int(y[i])} at index {i} is outside [0, {num_classes})"
-        )
+        raise DatasetError(f"{labels_path}: label {int(y[i])} at index {i} is outside [0, {num_classes})")
     return images[:, None, :, :], y

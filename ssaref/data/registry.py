@@ -11,6 +11,7 @@ If none holds it and ``download=True``, the files are downloaded (md5-checked) i
 first writable root among ``$SSAREF_DATA``, ``./data`` (into ``<data_dir>/<name>/`` when ``data_dir`` is given).
 A partial download (``*.part``) left by a killed process is removed before the next download starts.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,16 @@ from .errors import DatasetError
 from .idx import find_idx_file, load_idx_pair
 from .synthetic import DEFAULT_TEST, DEFAULT_TRAIN, SYNTHETIC_CLASSES, make_synthetic
 
-__all__ = ["DATASETS", "Dataset", "SYSTEM_DATA_ROOT", "ENV_VAR", "find_dataset_dir", "load_dataset",
-           "normalise", "search_locations"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "SYSTEM_DATA_ROOT",
+    "ENV_VAR",
+    "find_dataset_dir",
+    "load_dataset",
+    "normalise",
+    "search_locations",
+]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "synthetic")
 ENV_VAR = "SSAREF_DATA"
@@ -160,7 +169,7 @@ def _download_target(name: str, data_dir) -> Path:
 
 def _download(name: str, folder: Path) -> None:
     """Fetch into ``folder`` every file of ``name`` not already there (md5-checked)."""
-    for fname in _dl.CHECKSUMS[name]:   # a download killed mid-way (download.download_file's naming)
+    for fname in _dl.CHECKSUMS[name]:  # a download killed mid-way (download.download_file's naming)
         for stale in folder.glob(f".{fname}.*.part"):
             stale.unlink(missing_ok=True)
     for fname, md5 in _dl.CHECKSUMS[name].items():
@@ -206,7 +215,7 @@ def normalise(x_train, x_test, *, scale: float, dtype, chunk: int = 8192):
     """
     n, c = x_train.shape[:2]
     count = n * x_train.shape[2] * x_train.shape[3]
-    if count == 0 or c == 0:   # no statistics to take (the divisions below would warn, then make NaN)
+    if count == 0 or c == 0:  # no statistics to take (the divisions below would warn, then make NaN)
         raise DatasetError(f"the training split holds no pixels (images of shape {x_train.shape[1:]}, {n} of them)")
     total = np.zeros(c)
     for i in range(0, n, chunk):
@@ -242,8 +251,9 @@ def _read_idx_folder(name: str, folder: Path):
     return x_train, y_train, x_test, y_test, str(folder)
 
 
-def load_dataset(name, *, data_dir=None, train_limit=None, test_limit=None, download=True,
-                 dtype=np.float32, seed=0) -> Dataset:
+def load_dataset(
+    name, *, data_dir=None, train_limit=None, test_limit=None, download=True, dtype=np.float32, seed=0
+) -> Dataset:
     """Load, limit and normalise a named data set.
 
     Parameters
@@ -282,8 +292,10 @@ def load_dataset(name, *, data_dir=None, train_limit=None, test_limit=None, down
     if name == "synthetic":
         for label, n in (("train_limit", train_limit), ("test_limit", test_limit)):
             if n is not None and n > MAX_SYNTHETIC:
-                raise DatasetError(f"synthetic: {label}={n} is above the {MAX_SYNTHETIC} examples this "
-                                   f"generator makes per split (784 float64 pixels each)")
+                raise DatasetError(
+                    f"synthetic: {label}={n} is above the {MAX_SYNTHETIC} examples this "
+                    f"generator makes per split (784 float64 pixels each)"
+                )
         x_train, y_train, x_test, y_test = make_synthetic(
             seed, train_limit or DEFAULT_TRAIN, test_limit or DEFAULT_TEST
         )

@@ -15,12 +15,20 @@ Inputs live near a 16-dimensional subspace of the 784 pixels, so a few thousand 
 The teacher is genuinely non-linear: a least-squares linear classifier reaches roughly 60-70 % on the test
 split from 4000 examples (chance is 10 %); an MLP trained with BP does clearly better.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["SYNTHETIC_SHAPE", "SYNTHETIC_CLASSES", "SYNTHETIC_HIDDEN", "DEFAULT_TRAIN", "DEFAULT_TEST",
-           "teacher_weights", "make_synthetic"]
+__all__ = [
+    "SYNTHETIC_SHAPE",
+    "SYNTHETIC_CLASSES",
+    "SYNTHETIC_HIDDEN",
+    "DEFAULT_TRAIN",
+    "DEFAULT_TEST",
+    "teacher_weights",
+    "make_synthetic",
+]
 
 SYNTHETIC_SHAPE = (1, 28, 28)
 SYNTHETIC_CLASSES = 10
@@ -69,7 +77,7 @@ def make_synthetic(seed: int = 0, n_train: int = DEFAULT_TRAIN, n_test: int = DE
     def split(rng, n):
         g = rng.standard_normal((n, SYNTHETIC_LATENT + d))  # one row per example: limits only cut
         z, noise = g[:, :SYNTHETIC_LATENT], g[:, SYNTHETIC_LATENT:]
-        x = (z @ p + _NOISE * noise) / np.sqrt(SYNTHETIC_LATENT + _NOISE ** 2)  # unit variance
+        x = (z @ p + _NOISE * noise) / np.sqrt(SYNTHETIC_LATENT + _NOISE**2)  # unit variance
         y = np.argmax(np.tanh(z @ w1) @ w2, axis=1).astype(np.int64)
         return x.reshape((n,) + SYNTHETIC_SHAPE), y
 

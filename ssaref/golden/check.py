@@ -37,6 +37,7 @@ Exit status:
        folder holding ``EXPORT-INCOMPLETE.json`` (an export was interrupted there).
   130  interrupted (Ctrl-C): one line ``interrupted``, nothing written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,19 @@ DEFAULT_ATOL = 1e-10
 
 PARAM_NAMES = ("W", "b", "U", "s", "V")
 FEEDBACK_NAMES = ("B", "R", "B_U", "B_S", "B_V")
-LAYER_KINDS = ("linear", "conv2d", "svd_linear", "svd_conv2d", "maxpool2d", "avgpool2d", "flatten",
-               "relu", "tanh", "sigmoid", "residual")
+LAYER_KINDS = (
+    "linear",
+    "conv2d",
+    "svd_linear",
+    "svd_conv2d",
+    "maxpool2d",
+    "avgpool2d",
+    "flatten",
+    "relu",
+    "tanh",
+    "sigmoid",
+    "residual",
+)
 BRANCHES = ("main", "shortcut")  # sub-layers of a ``residual`` layer (schema 2)
 # geometry attributes each layer kind must carry (beyond ``kind``)
 GEOMETRY = {
@@ -69,23 +81,41 @@ GEOMETRY = {
     "maxpool2d": ("kernel", "stride", "padding"),
     "avgpool2d": ("kernel", "stride", "padding"),
 }
-REQUIRED_PARAMS = {"linear": ("W",), "conv2d": ("W",), "svd_linear": ("U", "s", "V"),
-                   "svd_conv2d": ("U", "s", "V")}
+REQUIRED_PARAMS = {"linear": ("W",), "conv2d": ("W",), "svd_linear": ("U", "s", "V"), "svd_conv2d": ("U", "s", "V")}
 TOP_GROUPS = ("input", "layers", "feedback", "forward", "signal", "update", "steps")
 # Bounds checked before anything is allocated or looped over (a crafted file may declare any shape or count):
 # ssaref's largest golden file holds about 18,000 numbers and records at most 10 optimiser steps.
-MAX_ELEMENTS = 2**24   # numbers in all the datasets of one file (128 MiB as float64)
-MAX_STEPS = 100        # root attribute ``steps``: optimiser steps a multi-step case may record
+MAX_ELEMENTS = 2**24  # numbers in all the datasets of one file (128 MiB as float64)
+MAX_STEPS = 100  # root attribute ``steps``: optimiser steps a multi-step case may record
 # Written by ``python -m ssaref.vectors export`` into its folder before the first case file and removed after the
 # last: a folder that holds it is an interrupted export, and check/validate refuse it (exit 2).
 EXPORT_MARKER = "EXPORT-INCOMPLETE.json"
 
-EXIT_OK, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130   # 130: Ctrl-C, as ssaref's other commands
+EXIT_OK, EXIT_FAIL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130: Ctrl-C, as ssaref's other commands
 
-__all__ = ["SCHEMA", "SCHEMAS", "GoldenError", "EXPORT_MARKER", "MAX_ELEMENTS", "MAX_STEPS", "check_complete",
-           "read_file", "validate_file", "compare_arrays", "compare_case",
-           "read_golden", "required_fields", "optional_fields", "run_check", "check", "format_table", "format_report",
-           "write_report", "one_line", "main"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMAS",
+    "GoldenError",
+    "EXPORT_MARKER",
+    "MAX_ELEMENTS",
+    "MAX_STEPS",
+    "check_complete",
+    "read_file",
+    "validate_file",
+    "compare_arrays",
+    "compare_case",
+    "read_golden",
+    "required_fields",
+    "optional_fields",
+    "run_check",
+    "check",
+    "format_table",
+    "format_report",
+    "write_report",
+    "one_line",
+    "main",
+]
 
 
 class GoldenError(Exception):
@@ -145,25 +175,29 @@ def read_file(path):
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
-            found = []   # (name, dataset), in visiting order: the declared dtypes and shapes come first
+            found = []  # (name, dataset), in visiting order: the declared dtypes and shapes come first
 
             def visit(name, obj):
                 if isinstance(obj, h5py.Dataset):
                     found.append((name, obj))
                 elif len(obj.attrs):
                     gattrs[name] = {k: _decode(v) for k, v in obj.attrs.items()}
+
             f.visititems(visit)
             total = 0
             for name, obj in found:
                 if obj.shape is None:
-                    raise GoldenError(f"{path}: dataset /{name} has no dataspace (an empty HDF5 dataset), not a "
-                                      f"real number array")
+                    raise GoldenError(
+                        f"{path}: dataset /{name} has no dataspace (an empty HDF5 dataset), not a real number array"
+                    )
                 if not _numeric(obj):
                     raise GoldenError(f"{path}: dataset /{name} has dtype {obj.dtype}, not a real number array")
                 total += math.prod(int(d) for d in obj.shape)
                 if total > MAX_ELEMENTS:
-                    raise GoldenError(f"{path}: dataset /{name} declares shape {tuple(obj.shape)}; a golden file "
-                                      f"holds at most {MAX_ELEMENTS} numbers in all")
+                    raise GoldenError(
+                        f"{path}: dataset /{name} declares shape {tuple(obj.shape)}; a golden file "
+                        f"holds at most {MAX_ELEMENTS} numbers in all"
+                    )
             for name, obj in found:
                 a = np.asarray(obj[()])
                 if not _numeric(a):
@@ -182,7 +216,7 @@ def _str_attr(attrs, key, path, required=True):
         return None
     v = attrs[key]
     if not isinstance(v, str):
-        what = (f"an array of shape {v.shape}" if isinstance(v, np.ndarray) else type(v).__name__)
+        what = f"an array of shape {v.shape}" if isinstance(v, np.ndarray) else type(v).__name__
         raise GoldenError(f"{path}: root attribute {key!r} must be a single string, got {what}")
     return v
 
@@ -254,7 +288,7 @@ def _children(ds, gattrs, prefix):
     out = set()
     for p in list(ds) + list(gattrs):
         if p.startswith(prefix + "/"):
-            out.add(p[len(prefix) + 1:].split("/", 1)[0])
+            out.add(p[len(prefix) + 1 :].split("/", 1)[0])
     return out
 
 
@@ -286,7 +320,7 @@ def _layer_groups(ds, gattrs, prefix, errs, nested=False, aux=False):
                 else:
                     out += _layer_groups(ds, gattrs, f"{gp}/{br}", errs, nested=True)
         if not nested and not aux and "aux" in _children(ds, gattrs, gp) and f"{gp}/aux" not in ds:
-            for name in sorted(_children(ds, gattrs, f"{gp}/aux")):   # a rule's auxiliary networks (schema 2)
+            for name in sorted(_children(ds, gattrs, f"{gp}/aux")):  # a rule's auxiliary networks (schema 2)
                 out += _layer_groups(ds, gattrs, f"{gp}/aux/{name}", errs, aux=True)
     return out
 
@@ -298,7 +332,8 @@ def validate_file(path, candidate=False):
     ``/update`` array (every field present must still have the documented type).
     Raises GoldenError for a file that cannot be read (see ``read_file``).
     """
-    return _problems(*read_file(path), candidate=candidate)
+    attrs, ds, gattrs = read_file(path)
+    return _problems(attrs, ds, gattrs, candidate=candidate)
 
 
 def read_golden(path):
@@ -339,8 +374,7 @@ def _problems(attrs, ds, gattrs, candidate=False):
     if candidate:
         return errs
 
-    for k in ("rule", "model", "variant", "dtype", "seed", "ssaref_version", "options") + (("coverage",) if v2
-                                                                                          else ()):
+    for k in ("rule", "model", "variant", "dtype", "seed", "ssaref_version", "options") + (("coverage",) if v2 else ()):
         if k not in attrs:
             errs.append(f"missing root attribute {k!r}")
     for k in ("rule", "model", "variant", "dtype", "ssaref_version", "options", "coverage", "optimizer"):
@@ -376,10 +410,10 @@ def _problems(attrs, ds, gattrs, candidate=False):
     if not groups:
         return errs
     top = [gp for gp, _ in groups if gp.count("/") == 1]
-    params = []   # (layer path without "layers/", name)
+    params = []  # (layer path without "layers/", name)
     for gp, kind in groups:
         ga = gattrs.get(gp, {})
-        lp = gp[len("layers/"):]
+        lp = gp[len("layers/") :]
         if kind not in LAYER_KINDS:
             errs.append(f"/{gp} has kind {kind!r}, not one of {', '.join(LAYER_KINDS)}")
             continue
@@ -414,8 +448,9 @@ def _problems(attrs, ds, gattrs, candidate=False):
                 if q is None:
                     errs.append(f"missing /steps/{t}/params/{lp}/{n}")
                 elif q.shape != ds[f"{gp}/{n}"].shape:
-                    errs.append(f"/steps/{t}/params/{lp}/{n} has shape {q.shape}, parameter has "
-                                f"{ds[f'{gp}/{n}'].shape}")
+                    errs.append(
+                        f"/steps/{t}/params/{lp}/{n} has shape {q.shape}, parameter has {ds[f'{gp}/{n}'].shape}"
+                    )
     for gp in top:
         k = gp.split("/")[1]
         if f"forward/{k}/out" not in ds:
@@ -425,7 +460,7 @@ def _problems(attrs, ds, gattrs, candidate=False):
         s = ds.get(f"signal/{k}")
         if s is not None and f"forward/{k}/out" in ds and s.shape != ds[f"forward/{k}/out"].shape:
             errs.append(f"/signal/{k} has shape {s.shape}, layer output has {ds[f'forward/{k}/out'].shape}")
-    layer_paths = {gp[len("layers/"):] for gp, _ in groups}
+    layer_paths = {gp[len("layers/") :] for gp, _ in groups}
     for p in ds:
         parts = p.split("/")
         if parts[0] == "signal" and (len(parts) != 2 or f"layers/{parts[1]}" not in top):
@@ -433,9 +468,15 @@ def _problems(attrs, ds, gattrs, candidate=False):
         elif parts[0] == "update" and "/".join(parts[1:-1]) not in layer_paths:
             errs.append(f"/{p} names no layer")
         elif parts[0] == "steps" and steps_known:
-            ok = (len(parts) >= 3 and _is_index(parts[1]) and 1 <= int(parts[1]) <= nsteps
-                  and ((parts[2] == "loss" and len(parts) == 3)
-                       or (parts[2] in ("params", "update") and "/".join(parts[3:-1]) in layer_paths)))
+            ok = (
+                len(parts) >= 3
+                and _is_index(parts[1])
+                and 1 <= int(parts[1]) <= nsteps
+                and (
+                    (parts[2] == "loss" and len(parts) == 3)
+                    or (parts[2] in ("params", "update") and "/".join(parts[3:-1]) in layer_paths)
+                )
+            )
             if not ok:
                 errs.append(f"unexpected dataset /{p}")
     for t in range(1, nsteps + 1):
@@ -448,8 +489,9 @@ def _problems(attrs, ds, gattrs, candidate=False):
         errs.append("missing /forward/logits")
     elif ds["forward/logits"].ndim != 2 or ds["forward/logits"].shape[1] < 1:
         errs.append(f"/forward/logits has shape {ds['forward/logits'].shape}, expected (B, K)")
-    elif f"forward/{len(top) - 1}/out" in ds and not np.array_equal(ds["forward/logits"],
-                                                                   ds[f"forward/{len(top) - 1}/out"]):
+    elif f"forward/{len(top) - 1}/out" in ds and not np.array_equal(
+        ds["forward/logits"], ds[f"forward/{len(top) - 1}/out"]
+    ):
         errs.append("/forward/logits differs from the last layer's output")
     elif ds["forward/logits"].shape[0] != x.shape[0]:
         errs.append("/forward/logits has a different batch size from /input/x")
@@ -471,8 +513,10 @@ def _steps_of(attrs, errs):
         return 0
     s = attrs["steps"]
     if isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_STEPS:
-        errs.append(f"root attribute steps is {str(s)[:80]}, expected an integer in [1, {MAX_STEPS}] (the /steps "
-                    f"datasets are not checked)")
+        errs.append(
+            f"root attribute steps is {str(s)[:80]}, expected an integer in [1, {MAX_STEPS}] (the /steps "
+            f"datasets are not checked)"
+        )
         return None
     try:
         o = json.loads(attrs["optimizer"])
@@ -493,16 +537,23 @@ def _field_key(p):
 def required_fields(gold_ds):
     """Fields a candidate must provide: ``/forward/loss``, every ``/update``, and (schema 2, multi-step cases)
     every ``/steps/<t>/loss`` and ``/steps/<t>/params``."""
-    req = [p for p in gold_ds if p.startswith("update/")
-           or (p.startswith("steps/") and p.split("/")[2:3] in (["loss"], ["params"]))]
+    req = [
+        p
+        for p in gold_ds
+        if p.startswith("update/") or (p.startswith("steps/") and p.split("/")[2:3] in (["loss"], ["params"]))
+    ]
     return ["forward/loss"] + sorted(req, key=_field_key)
 
 
 def optional_fields(gold_ds):
     """Fields compared when the candidate has them: ``/forward/*`` (but the loss), ``/signal/*``,
     ``/steps/<t>/update/*``."""
-    opt = [p for p in gold_ds if (p.startswith(("forward/", "signal/")) and p != "forward/loss")
-           or (p.startswith("steps/") and p.split("/")[2:3] == ["update"])]
+    opt = [
+        p
+        for p in gold_ds
+        if (p.startswith(("forward/", "signal/")) and p != "forward/loss")
+        or (p.startswith("steps/") and p.split("/")[2:3] == ["update"])
+    ]
     return sorted(opt, key=_field_key)
 
 
@@ -524,7 +575,7 @@ def compare_arrays(cand, gold, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL):
         same = c == g
         finite = np.isfinite(c) & np.isfinite(g)
         d = np.where(same, 0.0, np.abs(c - g))
-        d = np.where(same | finite, d, math.inf)          # NaN or a mismatched infinity: infinitely wrong
+        d = np.where(same | finite, d, math.inf)  # NaN or a mismatched infinity: infinitely wrong
         ag = np.abs(g)
         rel_term = np.where(g != 0, rtol * np.where(finite, ag, 0.0), 0.0)
         ok = bool(np.all(same | (finite & (d <= atol + rel_term))))
@@ -579,8 +630,10 @@ def check_complete(folder, what="folder"):
     is incomplete (each file present is whole: every file is written atomically)."""
     marker = os.path.join(os.fspath(folder), EXPORT_MARKER)
     if os.path.lexists(marker):
-        raise GoldenError(f"{what} {os.fspath(folder)!r} holds an interrupted export ({EXPORT_MARKER} is there: "
-                          f"it lists the files the export was writing); export again with --overwrite")
+        raise GoldenError(
+            f"{what} {os.fspath(folder)!r} holds an interrupted export ({EXPORT_MARKER} is there: "
+            f"it lists the files the export was writing); export again with --overwrite"
+        )
 
 
 def _golden_files(golden):
@@ -620,8 +673,10 @@ def check_report_path(path, inputs=(), overwrite=False):
         inside = os.path.isdir(inp) and os.path.commonpath([inp, real]) == inp
         same = os.path.exists(path) and os.path.exists(inp) and os.path.samefile(path, inp)
         if real == inp or inside or same:
-            raise GoldenError(f"--report {path}: is {'inside ' if inside and real != inp else ''}the {what} "
-                              f"{given}; the report never replaces an input, write it elsewhere")
+            raise GoldenError(
+                f"--report {path}: is {'inside ' if inside and real != inp else ''}the {what} "
+                f"{given}; the report never replaces an input, write it elsewhere"
+            )
     if os.path.isdir(path):
         raise GoldenError(f"--report {path}: is a folder, not a file")
     if os.path.lexists(path) and not overwrite:
@@ -676,8 +731,10 @@ def _result(ok, note):
 def summary_line(table, case_ok, rtol, atol):
     npass = sum(1 for r in table if r[4])
     cpass = sum(case_ok.values())
-    return (f"fields: {npass} passed / {len(table) - npass} failed; cases: {cpass} passed / "
-            f"{len(case_ok) - cpass} failed (rtol={rtol:g}, atol={atol:g})")
+    return (
+        f"fields: {npass} passed / {len(table) - npass} failed; cases: {cpass} passed / "
+        f"{len(case_ok) - cpass} failed (rtol={rtol:g}, atol={atol:g})"
+    )
 
 
 def format_table(table, case_ok, rtol, atol, failures_only=False):
@@ -696,12 +753,20 @@ def format_table(table, case_ok, rtol, atol, failures_only=False):
 def format_report(table, case_ok, rtol, atol, golden="", candidate=""):
     """The markdown conformance report: summary per case, then one table per case (every field)."""
     ok_all = all(case_ok.values()) and all(r[4] for r in table)
-    out = ["# Golden-vector conformance report", "",
-           f"- golden: `{golden}`", f"- candidate: `{candidate}`",
-           f"- tolerances: rtol = {rtol:g}, atol = {atol:g} (element passes when cand == gold, or both finite and "
-           f"\\|cand - gold\\| <= atol + rtol \\|gold\\|, the rtol term 0 where gold == 0)",
-           f"- result: **{'PASS' if ok_all else 'FAIL'}** ({summary_line(table, case_ok, rtol, atol)})", "",
-           "## Cases", "", "| case | fields | passed | failed | result |", "| --- | ---: | ---: | ---: | --- |"]
+    out = [
+        "# Golden-vector conformance report",
+        "",
+        f"- golden: `{golden}`",
+        f"- candidate: `{candidate}`",
+        f"- tolerances: rtol = {rtol:g}, atol = {atol:g} (element passes when cand == gold, or both finite and "
+        f"\\|cand - gold\\| <= atol + rtol \\|gold\\|, the rtol term 0 where gold == 0)",
+        f"- result: **{'PASS' if ok_all else 'FAIL'}** ({summary_line(table, case_ok, rtol, atol)})",
+        "",
+        "## Cases",
+        "",
+        "| case | fields | passed | failed | result |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     by_case = {c: [r for r in table if r[0] == c] for c in case_ok}
     for c, rows in by_case.items():
         npass = sum(1 for r in rows if r[4])
@@ -730,8 +795,16 @@ def write_report(path, text):
     return path
 
 
-def check(golden_dir, candidate_dir, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, out=None, failures_only=False,
-          report=None, overwrite=False):
+def check(
+    golden_dir,
+    candidate_dir,
+    rtol=DEFAULT_RTOL,
+    atol=DEFAULT_ATOL,
+    out=None,
+    failures_only=False,
+    report=None,
+    overwrite=False,
+):
     """Compare, print the table and the summary to ``out`` (stdout), write ``report`` (markdown) if given.
 
     Returns the exit status: 0 all passed, 1 some field or case failed or is missing.
@@ -739,14 +812,14 @@ def check(golden_dir, candidate_dir, rtol=DEFAULT_RTOL, atol=DEFAULT_ATOL, out=N
     """
     out = out if out is not None else sys.stdout
     check_tolerances(rtol, atol)
-    report = check_report_path(report, (("golden input", golden_dir), ("candidate input", candidate_dir)),
-                               overwrite)
+    report = check_report_path(report, (("golden input", golden_dir), ("candidate input", candidate_dir)), overwrite)
     table, case_ok = run_check(golden_dir, candidate_dir, rtol, atol)
     text = format_table(table, case_ok, rtol, atol, failures_only)
     if report is not None:
         try:
-            write_report(report, format_report(table, case_ok, rtol, atol, os.fspath(golden_dir),
-                                               os.fspath(candidate_dir)))
+            write_report(
+                report, format_report(table, case_ok, rtol, atol, os.fspath(golden_dir), os.fspath(candidate_dir))
+            )
         except OSError as exc:
             raise GoldenError(f"--report {report}: cannot write ({exc.strerror or exc})") from None
     out.write(text)
@@ -770,7 +843,7 @@ def validate_paths(paths, out=None):
             files.append(p)
         else:
             raise GoldenError(f"{p!r} does not exist")
-    results = [(f, validate_file(f)) for f in files]   # every file read before anything is printed
+    results = [(f, validate_file(f)) for f in files]  # every file read before anything is printed
     bad = 0
     for f, errs in results:
         out.write(f"{f}: {'ok' if not errs else 'INVALID'}\n")
@@ -807,8 +880,12 @@ def add_check_arguments(ap):
     ap.add_argument("--rtol", type=_tolerance, default=DEFAULT_RTOL, help=f"relative tolerance ({DEFAULT_RTOL:g})")
     ap.add_argument("--atol", type=_tolerance, default=DEFAULT_ATOL, help=f"absolute tolerance ({DEFAULT_ATOL:g})")
     ap.add_argument("--failures-only", action="store_true", help="print only the failing rows")
-    ap.add_argument("--report", metavar="FILE.md", default=None,
-                    help="also write a per-case, per-field markdown conformance report (never one of the inputs)")
+    ap.add_argument(
+        "--report",
+        metavar="FILE.md",
+        default=None,
+        help="also write a per-case, per-field markdown conformance report (never one of the inputs)",
+    )
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --report file")
 
 
@@ -825,22 +902,32 @@ def main(argv=None, prog=None):
             return validate_paths(args.paths)
         if argv[:1] == ["check"]:
             argv = argv[1:]
-        ap = _Parser(prog=prog, description="Compare a candidate implementation's golden-vector files with the "
-                                            "golden ones, field by field (docs/golden-vectors.md).",
-                     epilog=f"'{prog} validate PATH...' checks golden files against the schema.  Exit status: 0 "
-                            "all passed (valid), 1 a field or case failed (a file is invalid), 2 cannot run "
-                            "(one 'error: ...' line on stderr).")
+        ap = _Parser(
+            prog=prog,
+            description="Compare a candidate implementation's golden-vector files with the "
+            "golden ones, field by field (docs/golden-vectors.md).",
+            epilog=f"'{prog} validate PATH...' checks golden files against the schema.  Exit status: 0 "
+            "all passed (valid), 1 a field or case failed (a file is invalid), 2 cannot run "
+            "(one 'error: ...' line on stderr).",
+        )
         add_check_arguments(ap)
         args = ap.parse_args(argv)
-        return check(args.golden_dir, args.candidate_dir, args.rtol, args.atol, failures_only=args.failures_only,
-                     report=args.report, overwrite=args.overwrite)
+        return check(
+            args.golden_dir,
+            args.candidate_dir,
+            args.rtol,
+            args.atol,
+            failures_only=args.failures_only,
+            report=args.report,
+            overwrite=args.overwrite,
+        )
     except GoldenError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except MemoryError as exc:
         print(f"error: out of memory: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:   # nothing half-written: the report is written atomically, the inputs only read
+    except KeyboardInterrupt:  # nothing half-written: the report is written atomically, the inputs only read
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 

@@ -4,11 +4,12 @@ Parameters of children are exposed under dotted names (``"3.W"``,
 ``"main.0.W"``); the dicts hold the very arrays the children own, so an
 in-place optimiser step on ``model.params[k]`` updates the child.
 """
+
 from __future__ import annotations
 
 from .layers import Layer, ReLU
 
-__all__ = ["Sequential", "ResidualBlock", "sub_dict", "leaf_shapes"]
+__all__ = ["Sequential", "ResidualBlock", "sub_dict", "leaf_shapes", "collect"]
 
 
 def sub_dict(d, prefix):
@@ -16,7 +17,7 @@ def sub_dict(d, prefix):
     if not d:
         return None
     p = prefix + "."
-    out = {k[len(p):]: v for k, v in d.items() if k.startswith(p)}
+    out = {k[len(p) :]: v for k, v in d.items() if k.startswith(p)}
     return out or None
 
 
@@ -87,7 +88,8 @@ class Sequential(Layer):
             if signals is not None:
                 signals[i] = dy
             dy, g = self.layers[i].backward(
-                dy, caches[i], need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i)))
+                dy, caches[i], need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i))
+            )
             grads.update({f"{i}.{k}": v for k, v in g.items()})
         return dy, grads
 
@@ -145,3 +147,13 @@ class ResidualBlock(Layer):
 
     def __repr__(self):
         return f"ResidualBlock(main={self.main!r}, shortcut={self.shortcut!r})"
+
+
+def collect(layer):
+    """Rebuild the flat param/buffer views of ``layer`` and of every container below it, bottom-up (after arrays or
+    children were replaced: SVD conversion, rank cuts)."""
+    children = getattr(layer, "children", None)
+    if children:
+        for c in children.values():
+            collect(c)
+        Sequential._collect(layer)

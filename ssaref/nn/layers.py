@@ -8,7 +8,10 @@ weight by another matrix *only* for transporting the error to the input, which
 is all that feedback-alignment rules need from a layer (see docs/internals.md);
 layers know nothing about rules.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import math
 
@@ -19,8 +22,17 @@ from ..ops import norm
 from ..ops import pool
 
 __all__ = [
-    "Layer", "Linear", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
-    "ReLU", "Tanh", "Sigmoid", "Flatten", "BatchNorm",
+    "Layer",
+    "Linear",
+    "Conv2d",
+    "MaxPool2d",
+    "AvgPool2d",
+    "GlobalAvgPool",
+    "ReLU",
+    "Tanh",
+    "Sigmoid",
+    "Flatten",
+    "BatchNorm",
 ]
 
 
@@ -79,8 +91,7 @@ class Linear(Layer):
 
     def forward(self, x, train=True):
         if x.ndim != 2 or x.shape[1] != self.params["W"].shape[1]:
-            raise ValueError(
-                f"Linear expects input (B, {self.params['W'].shape[1]}), got {tuple(x.shape)}")
+            raise ValueError(f"Linear expects input (B, {self.params['W'].shape[1]}), got {tuple(x.shape)}")
         return lin.linear_forward(x, self.params["W"], self.params.get("b")), x
 
     def backward(self, dy, cache, need_dx=True, feedback=None):
@@ -121,7 +132,7 @@ class Conv2d(Layer):
 
     def backward(self, dy, cache, need_dx=True, feedback=None):
         if dy.ndim == 4:
-            dy = conv_ops.batch_innermost(dy)    # one layout copy (if any) for both GEMMs below
+            dy = conv_ops.batch_innermost(dy)  # one layout copy (if any) for both GEMMs below
         dW, db = conv_ops.conv2d_backward_params(dy, cache)
         grads = {"W": dW}
         if db is not None:
@@ -139,12 +150,12 @@ class Conv2d(Layer):
         return (co, (h + 2 * py - kh) // sy + 1, (w + 2 * px - kw) // sx + 1)
 
     def geometry(self):
-        return {"stride": self.stride, "padding": self.padding,
-                "kernel": tuple(self.params["W"].shape[2:])}
+        return {"stride": self.stride, "padding": self.padding, "kernel": tuple(self.params["W"].shape[2:])}
 
 
 class _Pool(Layer):
-    _fwd = _bwd = None
+    _fwd: Any = None
+    _bwd: Any = None
 
     def __init__(self, kernel, stride=None, padding=0):
         super().__init__()
@@ -182,7 +193,8 @@ class AvgPool2d(_Pool):
 class _Elementwise(Layer):
     """A parameter-free layer given by a forward/backward pair of ops."""
 
-    _fwd = _bwd = None
+    _fwd: Any = None
+    _bwd: Any = None
 
     def forward(self, x, train=True):
         return type(self)._fwd(x)
@@ -245,23 +257,30 @@ class BatchNorm(Layer):
         self.params["beta"] = xp.zeros(num_features, dtype=dtype)
         self.buffers["running_mean"] = xp.zeros(num_features, dtype=dtype)
         self.buffers["running_var"] = xp.ones(num_features, dtype=dtype)
-        self.group = None   # cross-replica statistics (--sync-bn), see ops.norm.batchnorm_forward
+        self.group = None  # cross-replica statistics (--sync-bn), see ops.norm.batchnorm_forward
 
     def forward(self, x, train=True):
         C = self.params["gamma"].shape[0]
         if x.ndim not in (2, 4) or x.shape[1] != C:
             raise ValueError(f"BatchNorm expects (N, {C}) or (N, {C}, H, W), got {tuple(x.shape)}")
         y, cache, mean, var = norm.batchnorm_forward(
-            x, self.params["gamma"], self.params["beta"],
-            self.buffers["running_mean"], self.buffers["running_var"],
-            train=train, momentum=self.momentum, eps=self.eps, group=self.group)
+            x,
+            self.params["gamma"],
+            self.params["beta"],
+            self.buffers["running_mean"],
+            self.buffers["running_var"],
+            train=train,
+            momentum=self.momentum,
+            eps=self.eps,
+            group=self.group,
+        )
         if train:
             self.buffers["running_mean"][...] = mean
             self.buffers["running_var"][...] = var
         return y, cache
 
     def backward(self, dy, cache, need_dx=True, feedback=None):
-        dx, dgamma, dbeta = norm.batchnorm_backward(dy, cache, need_dx)   # one pass for both (same numbers)
+        dx, dgamma, dbeta = norm.batchnorm_backward(dy, cache, need_dx)  # one pass for both (same numbers)
         return dx, {"gamma": dgamma, "beta": dbeta}
 
     def geometry(self):

@@ -4,6 +4,7 @@ Architecture choices the paper leaves open are recorded in docs/decisions.md
 ("Model definitions").  ``width_mult`` scales every channel count (tests use
 narrow versions of the same graphs).
 """
+
 from __future__ import annotations
 
 import math
@@ -12,8 +13,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .containers import ResidualBlock, Sequential
-from .layers import (BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU,
-                     Sigmoid, Tanh)
+from .layers import BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 
 __all__ = ["MODELS", "build_model", "WEIGHT_INITS", "BIAS_INITS", "reinitialise", "dense_layers"]
 
@@ -52,21 +52,36 @@ def _conv_stack(spec, c, ctx, *, kernel=3, batchnorm=False, width_mult=1.0):
 
 def _lenet(in_shape, k, ctx, width_mult=1.0, **_):
     c1, c2 = _ch(6, width_mult), _ch(16, width_mult)
-    return [Conv2d(in_shape[0], c1, 5, padding=2, **ctx), ReLU(), MaxPool2d(2),
-            Conv2d(c1, c2, 5, **ctx), ReLU(), MaxPool2d(2), Flatten(),
-            "fc", _ch(120, width_mult), _ch(84, width_mult)]
+    return [
+        Conv2d(in_shape[0], c1, 5, padding=2, **ctx),
+        ReLU(),
+        MaxPool2d(2),
+        Conv2d(c1, c2, 5, **ctx),
+        ReLU(),
+        MaxPool2d(2),
+        Flatten(),
+        "fc",
+        _ch(120, width_mult),
+        _ch(84, width_mult),
+    ]
 
 
 def _smallconv(in_shape, k, ctx, width_mult=1.0, kernel=3, **_):
     # conv96-pool-conv192-pool-conv512-pool-fc1024 (paper section 6)
-    return _conv_stack([96, "M", 192, "M", 512, "M"], in_shape[0], ctx, kernel=kernel,
-                       width_mult=width_mult) + [Flatten(), "fc", _ch(1024, width_mult)]
+    return _conv_stack([96, "M", 192, "M", 512, "M"], in_shape[0], ctx, kernel=kernel, width_mult=width_mult) + [
+        Flatten(),
+        "fc",
+        _ch(1024, width_mult),
+    ]
 
 
 def _convnet(in_shape, k, ctx, width_mult=1.0, **_):
     # a small Fashion-MNIST conv net: conv32-pool-conv64-pool-fc128
     return _conv_stack([32, "M", 64, "M"], in_shape[0], ctx, width_mult=width_mult) + [
-        Flatten(), "fc", _ch(128, width_mult)]
+        Flatten(),
+        "fc",
+        _ch(128, width_mult),
+    ]
 
 
 def _vgg13(in_shape, k, ctx, width_mult=1.0, batchnorm=True, **_):
@@ -76,14 +91,20 @@ def _vgg13(in_shape, k, ctx, width_mult=1.0, batchnorm=True, **_):
 
 def _basic_block(c_in, c_out, stride, ctx):
     xp, dtype = ctx["xp"], ctx["dtype"]
-    main = Sequential([Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, **ctx),
-                       BatchNorm(c_out, xp=xp, dtype=dtype), ReLU(),
-                       Conv2d(c_out, c_out, 3, padding=1, bias=False, **ctx),
-                       BatchNorm(c_out, xp=xp, dtype=dtype)])
+    main = Sequential(
+        [
+            Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False, **ctx),
+            BatchNorm(c_out, xp=xp, dtype=dtype),
+            ReLU(),
+            Conv2d(c_out, c_out, 3, padding=1, bias=False, **ctx),
+            BatchNorm(c_out, xp=xp, dtype=dtype),
+        ]
+    )
     shortcut = None
     if stride != 1 or c_in != c_out:  # projection shortcut (option B of He et al.)
-        shortcut = Sequential([Conv2d(c_in, c_out, 1, stride=stride, bias=False, **ctx),
-                               BatchNorm(c_out, xp=xp, dtype=dtype)])
+        shortcut = Sequential(
+            [Conv2d(c_in, c_out, 1, stride=stride, bias=False, **ctx), BatchNorm(c_out, xp=xp, dtype=dtype)]
+        )
     return ResidualBlock(main, shortcut)
 
 
@@ -102,6 +123,7 @@ def _resnet(in_shape, ctx, stages, blocks, width_mult):
 def _cifar_resnet(depth):
     def build(in_shape, k, ctx, width_mult=1.0, **_):
         return _resnet(in_shape, ctx, (16, 32, 64), (depth - 2) // 6, width_mult)
+
     return build
 
 
@@ -110,8 +132,14 @@ def _resnet18(in_shape, k, ctx, width_mult=1.0, **_):
 
 
 MODELS = {
-    "mlp": _mlp, "lenet": _lenet, "smallconv": _smallconv, "convnet": _convnet, "vgg13": _vgg13,
-    "resnet20": _cifar_resnet(20), "resnet32": _cifar_resnet(32), "resnet56": _cifar_resnet(56),
+    "mlp": _mlp,
+    "lenet": _lenet,
+    "smallconv": _smallconv,
+    "convnet": _convnet,
+    "vgg13": _vgg13,
+    "resnet20": _cifar_resnet(20),
+    "resnet32": _cifar_resnet(32),
+    "resnet56": _cifar_resnet(56),
     "resnet18": _resnet18,
 }
 
@@ -136,7 +164,7 @@ def build_model(name, input_shape, num_classes, *, xp=np, dtype=np.float32, seed
     layers, shape = [], input_shape
     for i, item in enumerate(spec):
         if item == "fc":  # the remaining ints are hidden widths of a ReLU MLP head
-            for h in spec[i + 1:]:
+            for h in spec[i + 1 :]:
                 layers += [Linear(shape[0], int(h), **ctx), ReLU()]
                 shape = (int(h),)
             break
@@ -145,8 +173,10 @@ def build_model(name, input_shape, num_classes, *, xp=np, dtype=np.float32, seed
         except Exception as exc:  # pragma: no cover - defensive
             raise ValueError(f"model {name!r} does not fit input shape {input_shape}: {exc}") from None
         if min(shape) < 1:
-            raise ValueError(f"model {name!r} does not fit input shape {input_shape}: "
-                             f"layer {i} ({type(item).__name__}) would output {shape}")
+            raise ValueError(
+                f"model {name!r} does not fit input shape {input_shape}: "
+                f"layer {i} ({type(item).__name__}) would output {shape}"
+            )
         layers.append(item)
     if len(shape) != 1:
         raise ValueError(f"model {name!r}: features before the classifier have shape {shape}, expected 1-D")

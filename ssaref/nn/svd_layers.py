@@ -18,6 +18,7 @@ works with the generic chain).  With ``G = dL/dW`` the gradient w.r.t. the recon
 ``dU = G V diag(s)``, ``ds = diag(U^T G V)``, ``dV = G^T U diag(s)``; ``dense_products`` returns ``G V`` and
 ``G^T U`` themselves (eqs. (11)-(13) are written with them) without forming ``G``.
 """
+
 from __future__ import annotations
 
 
@@ -25,10 +26,19 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..linalg import svd as _svd
+from .containers import collect
 from .layers import Layer, _pair
 
-__all__ = ["SVDLinear", "SVDConv2d", "SVD_KINDS", "kernel_to_matrix", "matrix_to_kernel", "to_svd_layer",
-           "convert_model", "svd_layers_of", "recollect"]
+__all__ = [
+    "SVDLinear",
+    "SVDConv2d",
+    "SVD_KINDS",
+    "kernel_to_matrix",
+    "matrix_to_kernel",
+    "to_svd_layer",
+    "convert_model",
+    "svd_layers_of",
+]
 
 SVD_KINDS = ("svd_linear", "svd_conv2d")
 
@@ -107,8 +117,10 @@ class _SVDBase(Layer):
         xp = get_array_module(U, s, V, b)
         r = int(s.shape[0])
         if U.ndim != 2 or V.ndim != 2 or s.ndim != 1 or U.shape[1] != r or V.shape[1] != r:
-            raise ValueError(f"SVD factors must be U (m, r), s (r,), V (n, r); got U{tuple(U.shape)}, "
-                             f"s{tuple(s.shape)}, V{tuple(V.shape)}")
+            raise ValueError(
+                f"SVD factors must be U (m, r), s (r,), V (n, r); got U{tuple(U.shape)}, "
+                f"s{tuple(s.shape)}, V{tuple(V.shape)}"
+            )
         if r < 1 or r > min(U.shape[0], V.shape[0]):
             raise ValueError(f"rank r={r} must be in [1, min(m, n) = {min(U.shape[0], V.shape[0])}]")
         self.params["U"] = xp.ascontiguousarray(U)
@@ -150,8 +162,8 @@ class SVDLinear(_SVDBase):
         p = self.params
         if x.ndim != 2 or x.shape[1] != p["V"].shape[0]:
             raise ValueError(f"SVDLinear expects input (B, {p['V'].shape[0]}), got {tuple(x.shape)}")
-        z = x @ p["V"]                       # (B, r)
-        y = z @ (p["U"] * p["s"]).T          # (B, m): y = x V diag(s) U^T
+        z = x @ p["V"]  # (B, r)
+        y = z @ (p["U"] * p["s"]).T  # (B, m): y = x V diag(s) U^T
         if "b" in p:
             y += p["b"]
         return y, (x, z)
@@ -162,10 +174,10 @@ class SVDLinear(_SVDBase):
         ``dx = dz V^T`` (or ``dy @ feedback["W"]``);  ``db = sum_batch dy``."""
         x, z = cache
         p = self.params
-        GV = dy.T @ z                                   # (m, r)
+        GV = dy.T @ z  # (m, r)
         grads = {"U": GV * p["s"], "s": (p["U"] * GV).sum(axis=0)}
-        dz = (dy @ p["U"]) * p["s"]                     # (B, r)
-        grads["V"] = x.T @ dz                           # (n, r)
+        dz = (dy @ p["U"]) * p["s"]  # (B, r)
+        grads["V"] = x.T @ dz  # (n, r)
         if "b" in p:
             grads["b"] = dy.sum(axis=0)
         dx = None
@@ -173,7 +185,7 @@ class SVDLinear(_SVDBase):
             if feedback and "W" in feedback:
                 dx = dy @ feedback["W"]
             else:
-                dx = dz @ p["V"].T                      # (B, n)
+                dx = dz @ p["V"].T  # (B, n)
         return dx, grads
 
     def dense_products(self, dy, cache):
@@ -191,6 +203,7 @@ class SVDLinear(_SVDBase):
 
 def _conv_ops():
     from ..ops import conv as conv_ops  # imported lazily: the op module is optional for linear-only use
+
     return conv_ops
 
 
@@ -215,8 +228,10 @@ class SVDConv2d(_SVDBase):
         self.c_out, self.c_in = int(c_out), int(c_in)
         kh, kw = self.kernel
         if U.shape[0] != self.c_out * kw or V.shape[0] != self.c_in * kh:
-            raise ValueError(f"SVDConv2d: U must have N*kw = {self.c_out * kw} rows and V C*kh = "
-                             f"{self.c_in * kh} rows, got U{tuple(U.shape)}, V{tuple(V.shape)}")
+            raise ValueError(
+                f"SVDConv2d: U must have N*kw = {self.c_out * kw} rows and V C*kh = "
+                f"{self.c_in * kh} rows, got U{tuple(U.shape)}, V{tuple(V.shape)}"
+            )
         self._init_params(U, s, V, b)
 
     @classmethod
@@ -226,8 +241,17 @@ class SVDConv2d(_SVDBase):
         N, C, kh, kw = K.shape
         U, s, V = _host_svd(kernel_to_matrix(K))
         b = layer.params.get("b")
-        return cls(U, s, V, None if b is None else b.copy(), c_out=N, c_in=C, kernel=(kh, kw),
-                   stride=layer.stride, padding=layer.padding)
+        return cls(
+            U,
+            s,
+            V,
+            None if b is None else b.copy(),
+            c_out=N,
+            c_in=C,
+            kernel=(kh, kw),
+            stride=layer.stride,
+            padding=layer.padding,
+        )
 
     def kernels(self):
         """``(K1 (r, C, kh, 1), K2 (N, r, 1, kw))`` with ``K2`` built from ``U`` alone (no ``s``)."""
@@ -246,8 +270,8 @@ class SVDConv2d(_SVDBase):
         ops = _conv_ops()
         (sy, sx), (ph, pw) = self.stride, self.padding
         K1, K2 = self.kernels()
-        z, c1 = ops.conv2d_forward(x, K1, None, (sy, 1), (ph, 0))          # (B, r, Ho, W): height pass
-        K2s = K2 * self.params["s"][None, :, None, None]                     # s folded into the 2nd kernel
+        z, c1 = ops.conv2d_forward(x, K1, None, (sy, 1), (ph, 0))  # (B, r, Ho, W): height pass
+        K2s = K2 * self.params["s"][None, :, None, None]  # s folded into the 2nd kernel
         y, c2 = ops.conv2d_forward(z, K2s, self.params.get("b"), (1, sx), (0, pw))  # width pass
         return y, (c1, c2, z, x)
 
@@ -291,11 +315,12 @@ class SVDConv2d(_SVDBase):
     def dense_grad(self, dy, cache):
         """``G`` (N*kw, C*kh): gradient w.r.t. ``K'`` of the dense convolution (metrics only)."""
         from ..ops.im2col import im2col
+
         x = cache[3]
         (kh, kw), (sy, sx), (ph, pw) = self.kernel, self.stride, self.padding
-        col = im2col(x, kh, kw, sy, sx, ph, pw)                      # (C, kh, kw, Ho, Wo, B)
+        col = im2col(x, kh, kw, sy, sx, ph, pw)  # (C, kh, kw, Ho, Wo, B)
         col2 = col.reshape(self.c_in * kh * kw, -1)
-        dy2 = dy.transpose(1, 2, 3, 0).reshape(self.c_out, -1)       # (N, Ho*Wo*B)
+        dy2 = dy.transpose(1, 2, 3, 0).reshape(self.c_out, -1)  # (N, Ho*Wo*B)
         dK = (dy2 @ col2.T).reshape(self.c_out, self.c_in, kh, kw)
         return kernel_to_matrix(dK)
 
@@ -305,12 +330,19 @@ class SVDConv2d(_SVDBase):
         return (self.c_out, (h + 2 * py - kh) // sy + 1, (w + 2 * px - kw) // sx + 1)
 
     def geometry(self):
-        return {"stride": self.stride, "padding": self.padding, "kernel": self.kernel,
-                "c_in": self.c_in, "c_out": self.c_out}
+        return {
+            "stride": self.stride,
+            "padding": self.padding,
+            "kernel": self.kernel,
+            "c_in": self.c_in,
+            "c_out": self.c_out,
+        }
 
     def __repr__(self):
-        return (f"SVDConv2d({self.c_in}->{self.c_out}, kernel={self.kernel}, stride={self.stride}, "
-                f"padding={self.padding}, r={self.rank}/{self.full_rank})")
+        return (
+            f"SVDConv2d({self.c_in}->{self.c_out}, kernel={self.kernel}, stride={self.stride}, "
+            f"padding={self.padding}, r={self.rank}/{self.full_rank})"
+        )
 
 
 def to_svd_layer(layer):
@@ -325,16 +357,6 @@ def to_svd_layer(layer):
 # ---------------------------------------------------------------------------------------------------
 # model surgery: dense layers -> SVD-space layers
 # ---------------------------------------------------------------------------------------------------
-def recollect(layer):
-    """Rebuild the flat param/buffer views of every composite layer, bottom-up (after replacing arrays)."""
-    children = getattr(layer, "children", None)
-    if children:
-        for c in children.values():
-            recollect(c)
-        layer.params = {f"{n}.{k}": v for n, c in children.items() for k, v in c.params.items()}
-        layer.buffers = {f"{n}.{k}": v for n, c in children.items() for k, v in c.buffers.items()}
-
-
 def _convert(layer):
     children = getattr(layer, "children", None)
     if not children:
@@ -347,14 +369,14 @@ def _convert(layer):
         children[name] = new
         if hasattr(layer, "layers"):  # Sequential: keep ``layers`` and ``children`` in step
             layer.layers[int(name)] = new
-        elif hasattr(layer, name):    # ResidualBlock-style attribute children
+        elif hasattr(layer, name):  # ResidualBlock-style attribute children
             setattr(layer, name, new)
 
 
 def convert_model(model):
     """Replace every ``Linear`` / ``Conv2d`` of ``model`` (recursively) by its full-rank SVD layer, in place."""
     _convert(model)
-    recollect(model)
+    collect(model)
     return model
 
 

@@ -4,6 +4,7 @@ Each forward returns ``(y, cache)``; the cache of the activations is the output 
 from which each derivative follows (``relu' = [y > 0]``, ``tanh' = 1 - y^2``,
 ``sigmoid' = y (1 - y)``).  Element-wise results keep the memory order of their input.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,12 +14,20 @@ import numpy as np
 from ..backend import get_array_module
 from .im2col import split_rows
 
-__all__ = ["relu_forward", "relu_backward", "tanh_forward", "tanh_backward",
-           "sigmoid_forward", "sigmoid_backward", "flatten_forward", "flatten_backward"]
+__all__ = [
+    "relu_forward",
+    "relu_backward",
+    "tanh_forward",
+    "tanh_backward",
+    "sigmoid_forward",
+    "sigmoid_backward",
+    "flatten_forward",
+    "flatten_backward",
+]
 
 
-_BLOCK = 1 << 16           # elements per NumPy call in the blocked loops (fits the L2 cache)
-_ZEROS = {}                # dtype -> a block of zeros (np.maximum is SIMD only with two array operands)
+_BLOCK = 1 << 16  # elements per NumPy call in the blocked loops (fits the L2 cache)
+_ZEROS = {}  # dtype -> a block of zeros (np.maximum is SIMD only with two array operands)
 
 
 def dense_flat(a):
@@ -58,7 +67,7 @@ def relu_forward(x):
     if xf is None:
         y = xp.maximum(x, 0)
         return y, y
-    y = np.empty_like(x)                                      # x's memory order
+    y = np.empty_like(x)  # x's memory order
     yf = dense_flat(y)
     if yf is None or not _same_memory_order(x, y):
         y = np.maximum(x, 0)
@@ -67,10 +76,10 @@ def relu_forward(x):
     if zeros is None:
         zeros = _ZEROS[x.dtype] = np.zeros(_BLOCK, dtype=x.dtype)
 
-    def part(lo, hi):      # np.maximum(x, zeros) == np.maximum(x, 0) bit for bit (+0.0 for -0.0, NaN kept)
+    def part(lo, hi):  # np.maximum(x, zeros) == np.maximum(x, 0) bit for bit (+0.0 for -0.0, NaN kept)
         for a in range(lo * _BLOCK, min(hi * _BLOCK, xf.size), _BLOCK):
             b = min(a + _BLOCK, xf.size)
-            np.maximum(xf[a:b], zeros[:b - a], out=yf[a:b])
+            np.maximum(xf[a:b], zeros[: b - a], out=yf[a:b])
 
     split_rows(np, -(-xf.size // _BLOCK), part, xf.size)
     return y, y
@@ -93,7 +102,7 @@ def relu_backward(dy, cache):
     xp = get_array_module(dy, cache)
     if xp is not np:
         return dy * (cache > 0)
-    dx = np.empty_like(cache)          # the forward layout, whatever layout dy arrives in (direct rules' signals)
+    dx = np.empty_like(cache)  # the forward layout, whatever layout dy arrives in (direct rules' signals)
     df, yf, of = dense_flat(dy), dense_flat(cache), dense_flat(dx)
     if df is None or yf is None or of is None or not _same_memory_order(dy, cache, dx):
         np.multiply(dy, cache > 0, out=dx)

@@ -32,6 +32,7 @@ one window gather (``im2col.window_view``), one copy of the flipped kernel and o
 padding.  The device's forward and weight-gradient GEMMs are the same products as ``tensordot`` calls (no reshape
 of their operands).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -39,8 +40,17 @@ import numpy as np
 from ..backend import get_array_module
 from .im2col import BLOCK, _contiguous, _fill_outside, as_pair, im2col, split_rows, valid_offsets, window_view
 
-__all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_params", "batch_innermost", "SAVE_MODES",
-           "DEFAULT_SAVE", "set_conv_save", "conv_save", "SavedInput"]
+__all__ = [
+    "conv2d_forward",
+    "conv2d_backward_input",
+    "conv2d_backward_params",
+    "batch_innermost",
+    "SAVE_MODES",
+    "DEFAULT_SAVE",
+    "set_conv_save",
+    "conv_save",
+    "SavedInput",
+]
 
 # what a convolution keeps for its weight gradient (``set_conv_save``): "columns", the im2col matrix of the forward
 # (C_in kh kw values per output position; the backward reads it), or "input", the input itself (C_in H W values,
@@ -50,7 +60,7 @@ SAVE_MODES = ("auto", "columns", "input")
 # of one kernel offset at a time (the per-offset GEMMs (C_out, M) x (M, C_in) are too thin: measured 4x slower at
 # C_in = 3, 0.98-1.11x the whole rebuild at C_in = 16-192; that matrix is small there anyway)
 BY_OFFSET_MIN_CHANNELS = 16
-# the default, "auto": "input" on NumPy, measured (docs/decisions.md D7: step memory -30 % (smallconv) to -73 %
+# the default, "auto": "input" on NumPy, measured (docs/decisions.md D8: step memory -30 % (smallconv) to -73 %
 # (resnet20) for a 3-11 % slower step); "columns" on a device, where the rebuild is 2-4 more launches per
 # convolution and no device has been lent to measure the trade
 DEFAULT_SAVE = "auto"
@@ -93,7 +103,7 @@ def batch_innermost(a):
     the layout every conv GEMM reads.  A layer hands its ``dy`` through this once for both backward GEMMs.  On a
     device ``a`` itself: the device's backward ops read any memory order."""
     xp = get_array_module(a)
-    if xp is not np:                  # a device: the backward ops read any layout, a copy would be a launch more
+    if xp is not np:  # a device: the backward ops read any layout, a copy would be a launch more
         return a
     t = a.transpose(1, 2, 3, 0)
     if t.flags.c_contiguous:
@@ -127,28 +137,29 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, save=None):
         ``save`` "input" (default: ``set_conv_save``'s mode) a ``SavedInput`` that rebuilds it in the backward.
     """
     if x.ndim != 4 or W.ndim != 4:
-        raise ValueError(f"conv2d expects x (N, C, H, W) and W (C_out, C_in, kh, kw), "
-                         f"got x {tuple(x.shape)} and W {tuple(W.shape)}")
+        raise ValueError(
+            f"conv2d expects x (N, C, H, W) and W (C_out, C_in, kh, kw), got x {tuple(x.shape)} and W {tuple(W.shape)}"
+        )
     C_out, C_in, kh, kw = W.shape
     if x.shape[1] != C_in:
-        raise ValueError(f"conv2d: x has {x.shape[1]} channels but W of shape {tuple(W.shape)} "
-                         f"expects {C_in}")
+        raise ValueError(f"conv2d: x has {x.shape[1]} channels but W of shape {tuple(W.shape)} expects {C_in}")
     if b is not None and tuple(b.shape) != (C_out,):
         raise ValueError(f"conv2d: bias must have shape ({C_out},), got {tuple(b.shape)}")
     if x.dtype != W.dtype or (b is not None and b.dtype != W.dtype):
-        raise ValueError(f"conv2d: dtypes differ (x {x.dtype}, W {W.dtype}"
-                         f"{'' if b is None else f', b {b.dtype}'}); cast explicitly")
+        raise ValueError(
+            f"conv2d: dtypes differ (x {x.dtype}, W {W.dtype}{'' if b is None else f', b {b.dtype}'}); cast explicitly"
+        )
     sy, sx = as_pair(stride, "stride", 1)
     ph, pw = as_pair(padding, "padding", 0)
-    col = im2col(x, kh, kw, sy, sx, ph, pw)                      # (C_in, kh, kw, Ho, Wo, N)
+    col = im2col(x, kh, kw, sy, sx, ph, pw)  # (C_in, kh, kw, Ho, Wo, N)
     _, _, _, Ho, Wo, N = col.shape
     xp = get_array_module(col, W)
     mode = save or _SAVE["mode"]
     if mode == "auto":
         mode = "input" if xp is np else "columns"
     kept = col if mode == "columns" else SavedInput(x, (kh, kw, sy, sx, ph, pw), col.shape)
-    if xp is not np:                  # a device: the same GEMM as one call, the bias as one launch
-        y4 = xp.tensordot(W, col, axes=3)                        # (C_out, Ho, Wo, N)
+    if xp is not np:  # a device: the same GEMM as one call, the bias as one launch
+        y4 = xp.tensordot(W, col, axes=3)  # (C_out, Ho, Wo, N)
         if b is not None:
             y4 += b[:, None, None, None]
         return y4.transpose(3, 0, 1, 2), (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
@@ -168,14 +179,16 @@ def _check_dy(dy, cache):
     col, (N, _, _, _), _, _, _ = cache
     _, _, _, Ho, Wo, _ = col.shape
     if dy.ndim != 4 or (dy.shape[0], dy.shape[2], dy.shape[3]) != (N, Ho, Wo):
-        raise ValueError(f"conv2d backward: dy of shape {tuple(dy.shape)} does not match the "
-                         f"forward output (N, C_out, Ho, Wo) = ({N}, C_out, {Ho}, {Wo})")
+        raise ValueError(
+            f"conv2d backward: dy of shape {tuple(dy.shape)} does not match the "
+            f"forward output (N, C_out, Ho, Wo) = ({N}, C_out, {Ho}, {Wo})"
+        )
 
 
 def _dy_matrix(dy, cache):
     """``dy`` (N, C_out, Ho, Wo) as the (C_out, Ho*Wo*N) matrix matching ``col``'s columns."""
     _check_dy(dy, cache)
-    return dy.transpose(1, 2, 3, 0).reshape(dy.shape[1], -1)   # a view when dy is batch-innermost
+    return dy.transpose(1, 2, 3, 0).reshape(dy.shape[1], -1)  # a view when dy is batch-innermost
 
 
 def conv2d_backward_input(dy, W, cache):
@@ -197,26 +210,28 @@ def conv2d_backward_input(dy, W, cache):
     _, kh, kw, Ho, Wo, _ = col.shape
     _check_dy(dy, cache)
     if W.ndim != 4 or tuple(W.shape) != (dy.shape[1], C_in, kh, kw):
-        raise ValueError(f"conv2d backward: W of shape {tuple(W.shape)} does not match "
-                         f"(C_out, C_in, kh, kw) = {(dy.shape[1], C_in, kh, kw)}")
+        raise ValueError(
+            f"conv2d backward: W of shape {tuple(W.shape)} does not match "
+            f"(C_out, C_in, kh, kw) = {(dy.shape[1], C_in, kh, kw)}"
+        )
     if W.dtype != dy.dtype:
         raise ValueError(f"conv2d backward: dtypes differ (dy {dy.dtype}, W {W.dtype}); cast explicitly")
     xp = get_array_module(dy, W)
     if xp is not np:
         return _backward_input_device(xp, dy, W, (N, C_in, H, Wd), (sy, sx), (ph, pw))
-    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
+    dy2 = _dy_matrix(dy, cache)  # (C_out, M)
     # W2.T with its rows ordered (i, j, c): one block of kw*C_in rows per kernel row i
     Wk = xp.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh, kw * C_in, -1)
     # the image gradient itself, unpadded: what a kernel offset would add to the padding is never added
     dx = xp.zeros((C_in, H, Wd, N), dtype=dy.dtype)
     block = xp.empty((kw * C_in, dy2.shape[1]), dtype=dy.dtype)
-    dcol_i = block.reshape(kw, C_in, Ho, Wo, N)                 # = dcol[:, i, :] moved axes
+    dcol_i = block.reshape(kw, C_in, Ho, Wo, N)  # = dcol[:, i, :] moved axes
     offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, Wd, Ho, Wo))
     for i in range(kh):
-        xp.matmul(Wk[i], dy2, out=block)                        # dcol[:, i, :] = W[:, :, i, :].T @ dy2
+        xp.matmul(Wk[i], dy2, out=block)  # dcol[:, i, :] = W[:, :, i, :].T @ dy2
         row = [o for o in offsets if o[0] == i]
 
-        def add(lo, hi):                                        # col2im of kernel row i, offsets j in order
+        def add(lo, hi):  # col2im of kernel row i, offsets j in order
             for _, j, orow, ocol, irow, icol in row:
                 dx[lo:hi, irow, icol] += dcol_i[j, lo:hi, orow, ocol]
 
@@ -226,7 +241,7 @@ def conv2d_backward_input(dy, W, cache):
 
 def _dilated_span(a, s, n_out, length):
     """The outputs ``oy`` in ``[lo, hi)`` whose position ``s*oy + a`` lies in ``[0, length)`` (module docstring)."""
-    lo = max(0, -(a // s)) if a < 0 else 0                    # ceil(-a / s)
+    lo = max(0, -(a // s)) if a < 0 else 0  # ceil(-a / s)
     hi = min(n_out, (length - 1 - a) // s + 1) if length - 1 - a >= 0 else 0
     return lo, max(lo, hi)
 
@@ -237,19 +252,19 @@ def _backward_input_device(xp, dy, W, x_shape, stride, padding):
     (sy, sx), (ph, pw) = stride, padding
     C_out, _, kh, kw = W.shape
     _, _, Ho, Wo = dy.shape
-    if (kh, kw, sy, sx, ph, pw) == (1, 1, 1, 1, 0, 0):         # a 1x1 conv: E is dy itself
-        dyc = dy.transpose(1, 2, 3, 0)                            # (C_out, H, W, N)
+    if (kh, kw, sy, sx, ph, pw) == (1, 1, 1, 1, 0, 0):  # a 1x1 conv: E is dy itself
+        dyc = dy.transpose(1, 2, 3, 0)  # (C_out, H, W, N)
         return xp.tensordot(W[:, :, 0, 0], dyc, axes=([0], [0])).transpose(3, 0, 1, 2)
     ay, ax = kh - 1 - ph, kw - 1 - pw
     Hl, Wl = H + kh - 1, Wd + kw - 1
     (ylo, yhi), (xlo, xhi) = _dilated_span(ay, sy, Ho, Hl), _dilated_span(ax, sx, Wo, Wl)
-    E = xp.zeros((N, C_out, Hl, Wl), dtype=dy.dtype)            # dy dilated by the stride, padded
+    E = xp.zeros((N, C_out, Hl, Wl), dtype=dy.dtype)  # dy dilated by the stride, padded
     if ylo < yhi and xlo < xhi:
         d = dy if (ylo, yhi, xlo, xhi) == (0, Ho, 0, Wo) else dy[:, :, ylo:yhi, xlo:xhi]
-        E[:, :, ay + sy * ylo:ay + sy * (yhi - 1) + 1:sy, ax + sx * xlo:ax + sx * (xhi - 1) + 1:sx] = d
-    colE = xp.ascontiguousarray(window_view(E, kh, kw, 1, 1, H, Wd, batch_first=True))   # (C_out, kh, kw, H, W, N)
-    Wf = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])         # (C_in, C_out, kh, kw)
-    return xp.tensordot(Wf, colE, axes=3).transpose(3, 0, 1, 2)                  # (C_in, H, W, N) as NCHW
+        E[:, :, ay + sy * ylo : ay + sy * (yhi - 1) + 1 : sy, ax + sx * xlo : ax + sx * (xhi - 1) + 1 : sx] = d
+    colE = xp.ascontiguousarray(window_view(E, kh, kw, 1, 1, H, Wd, batch_first=True))  # (C_out, kh, kw, H, W, N)
+    Wf = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C_in, C_out, kh, kw)
+    return xp.tensordot(Wf, colE, axes=3).transpose(3, 0, 1, 2)  # (C_in, H, W, N) as NCHW
 
 
 def conv2d_backward_params(dy, cache):
@@ -267,25 +282,25 @@ def conv2d_backward_params(dy, cache):
     db : array, shape (C_out,), or None when the forward pass had no bias
     """
     col, _, _, _, has_bias = cache
-    if isinstance(col, SavedInput):   # save mode "input"
+    if isinstance(col, SavedInput):  # save mode "input"
         if get_array_module(dy) is np and col.shape[0] >= BY_OFFSET_MIN_CHANNELS:
             return _backward_params_by_offset(dy, cache)
-        col = col.columns()           # the forward's columns, rebuilt from its input (a device; few channels)
+        col = col.columns()  # the forward's columns, rebuilt from its input (a device; few channels)
     xp = get_array_module(dy, col)
-    if xp is not np:                  # a device: the same GEMM as one call (contracting (Ho, Wo, N))
+    if xp is not np:  # a device: the same GEMM as one call (contracting (Ho, Wo, N))
         _check_dy(dy, cache)
-        dW = xp.tensordot(dy, col, axes=([2, 3, 0], [3, 4, 5]))   # (C_out, C_in, kh, kw)
+        dW = xp.tensordot(dy, col, axes=([2, 3, 0], [3, 4, 5]))  # (C_out, C_in, kh, kw)
         return dW, (dy.sum(axis=(0, 2, 3)) if has_bias else None)
-    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
-    col2 = col.reshape(-1, dy2.shape[1])                         # (K, M)
+    dy2 = _dy_matrix(dy, cache)  # (C_out, M)
+    col2 = col.reshape(-1, dy2.shape[1])  # (K, M)
     db = dy2.sum(axis=1) if has_bias else None
     # dW = dy2 @ col2.T; OpenBLAS is fastest with the taller factor first (measured: K=864, C_out=192:
     # 97 vs 304 ms; K=9, C_out=96: 4 vs 13 ms), so for K >= C_out compute the transpose col2 @ dy2.T
     if col2.shape[0] >= dy2.shape[0]:
-        dW = (col2 @ dy2.T).T                                   # dW.T = col2 @ dy2.T, (K, C_out)
+        dW = (col2 @ dy2.T).T  # dW.T = col2 @ dy2.T, (K, C_out)
     else:
-        dW = dy2 @ col2.T                                       # (C_out, K)
-    return dW.reshape((dy.shape[1],) + col.shape[:3]), db       # C-contiguous (reshape copies a transpose)
+        dW = dy2 @ col2.T  # (C_out, K)
+    return dW.reshape((dy.shape[1],) + col.shape[:3]), db  # C-contiguous (reshape copies a transpose)
 
 
 def _backward_params_by_offset(dy, cache):
@@ -297,15 +312,16 @@ def _backward_params_by_offset(dy, cache):
     x, (kh, kw, sy, sx, ph, pw) = saved.x, saved.geometry
     C_in, _, _, Ho, Wo, N = saved.shape
     H, Wd = x.shape[2], x.shape[3]
-    dy2 = _dy_matrix(dy, cache)                                  # (C_out, M)
+    dy2 = _dy_matrix(dy, cache)  # (C_out, M)
     C_out = dy2.shape[0]
-    xc = x.transpose(1, 2, 3, 0)                                 # (C, H, W, N), no copy for batch-innermost x
+    xc = x.transpose(1, 2, 3, 0)  # (C, H, W, N), no copy for batch-innermost x
     if not xc.flags.c_contiguous:
         xc = _contiguous(np, xc)
     block = np.empty((C_in, Ho, Wo, N), dtype=x.dtype)
     b2 = block.reshape(C_in, -1)
     dW = np.empty((C_out, C_in, kh, kw), dtype=dy2.dtype)
     for i, j, orow, ocol, irow, icol in valid_offsets(kh, kw, sy, sx, ph, pw, H, Wd, Ho, Wo):
+
         def part(lo, hi):
             dst = block[lo:hi]
             dst[:, orow, ocol] = xc[lo:hi, irow, icol]

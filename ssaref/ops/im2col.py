@@ -31,6 +31,7 @@ view ``(C, kh, kw, Ho, Wo, N)`` of the padded image whose element ``[c, i, j, oy
 ``xpad[n, c, i + sy*oy, j + sx*ox]`` (strides ``(s_c, s_y, s_x, sy*s_y, sx*s_x, s_n)``, whatever the
 image's memory order): 2-4 launches instead of two or more per kernel offset.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -40,8 +41,18 @@ import numpy as np
 from ..backend import get_array_module
 from ..threads import parallel_ranges
 
-__all__ = ["as_pair", "conv_output_size", "kernel_offsets", "valid_offsets", "pad_hw", "pad_nchw", "window_view",
-           "im2col", "col2im", "split_rows"]
+__all__ = [
+    "as_pair",
+    "conv_output_size",
+    "kernel_offsets",
+    "valid_offsets",
+    "pad_hw",
+    "pad_nchw",
+    "window_view",
+    "im2col",
+    "col2im",
+    "split_rows",
+]
 
 # the element count below which an op is not split over threads (the hand-off costs tens of microseconds)
 PARALLEL_MIN = 1 << 16
@@ -65,6 +76,7 @@ def split_rows(xp, n, fn, work=0, block=None):
         def body(lo, hi):
             for a in range(lo, hi, per):
                 fn(a, min(hi, a + per))
+
     if work >= PARALLEL_MIN and n > 1:
         parallel_ranges(n, body, min_chunk=max(1, (PARALLEL_MIN * n) // max(work, 1)))
     else:
@@ -74,8 +86,7 @@ def split_rows(xp, n, fn, work=0, block=None):
 def as_pair(value, name, minimum=0):
     """``int`` or ``(int, int)`` -> ``(int, int)``, each ``>= minimum``; ValueError otherwise."""
     pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
-                                 for v in pair):
+    if len(pair) != 2 or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if min(pair) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
@@ -104,12 +115,14 @@ def valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo):
     """Yield ``(i, j, out_rows, out_cols, in_rows, in_cols)`` per kernel offset: the output window positions
     ``(oy, ox)`` whose input pixel ``(i + sy*oy - ph, j + sx*ox - pw)`` lies inside the unpadded image, and those
     input pixels, as slices (empty slices where none does).  Everything else of that offset reads padding."""
+
     def span(k, s, p, size, out):
-        lo = max(0, -((k - p) // s)) if k < p else 0                 # ceil((p - k) / s)
+        lo = max(0, -((k - p) // s)) if k < p else 0  # ceil((p - k) / s)
         hi = min(out, (size - 1 + p - k) // s + 1) if size - 1 + p - k >= 0 else 0
         hi = max(hi, lo)
         start = k + s * lo - p
         return slice(lo, hi), slice(start, start + s * (hi - lo - 1) + 1 if hi > lo else start, s)
+
     for i in range(kh):
         orow, irow = span(i, sy, ph, H, Ho)
         for j in range(kw):
@@ -120,13 +133,13 @@ def valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo):
 def _fill_outside(dst, orow, ocol, Ho, Wo, value=0.0):
     """Set ``dst[:, oy, ox]`` (axes 1, 2 = output rows, columns) to ``value`` outside ``orow`` x ``ocol``."""
     if orow.start > 0:
-        dst[:, :orow.start] = value
+        dst[:, : orow.start] = value
     if orow.stop < Ho:
-        dst[:, orow.stop:] = value
+        dst[:, orow.stop :] = value
     if ocol.start > 0:
-        dst[:, orow, :ocol.start] = value
+        dst[:, orow, : ocol.start] = value
     if ocol.stop < Wo:
-        dst[:, orow, ocol.stop:] = value
+        dst[:, orow, ocol.stop :] = value
 
 
 def pad_hw(a, ph, pw, value=0.0):
@@ -152,9 +165,9 @@ def pad_hw(a, ph, pw, value=0.0):
     A, H, W, B = a.shape
     apad = xp.empty((A, H + 2 * ph, W + 2 * pw, B), dtype=a.dtype)
 
-    def part(lo, hi):                       # the border only is filled, the interior is copied once
+    def part(lo, hi):  # the border only is filled, the interior is copied once
         d = apad[lo:hi]
-        d[:, ph:ph + H, pw:pw + W] = a[lo:hi]
+        d[:, ph : ph + H, pw : pw + W] = a[lo:hi]
         _fill_outside(d, slice(ph, ph + H), slice(pw, pw + W), H + 2 * ph, W + 2 * pw, value)
 
     split_rows(xp, A, part, apad.size)
@@ -189,8 +202,9 @@ def window_view(a, kh, kw, sy, sx, Ho, Wo, batch_first=False):
     if kh + sy * (Ho - 1) > Hp or kw + sx * (Wo - 1) > Wp:
         raise ValueError(f"window_view: {Ho}x{Wo} windows of {kh}x{kw}, stride {(sy, sx)}, do not fit {(Hp, Wp)}")
     xp = get_array_module(a)
-    return xp.lib.stride_tricks.as_strided(a, shape=(A, kh, kw, Ho, Wo, B),
-                                           strides=(s_a, s_y, s_x, sy * s_y, sx * s_x, s_b))
+    return xp.lib.stride_tricks.as_strided(
+        a, shape=(A, kh, kw, Ho, Wo, B), strides=(s_a, s_y, s_x, sy * s_y, sx * s_x, s_b)
+    )
 
 
 def pad_nchw(x, ph, pw, value=0.0):
@@ -201,7 +215,7 @@ def pad_nchw(x, ph, pw, value=0.0):
         return x
     N, C, H, W = x.shape
     xpad = get_array_module(x).full((N, C, H + 2 * ph, W + 2 * pw), value, dtype=x.dtype)
-    xpad[:, :, ph:ph + H, pw:pw + W] = x
+    xpad[:, :, ph : ph + H, pw : pw + W] = x
     return xpad
 
 
@@ -226,15 +240,15 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     xp = get_array_module(x)
-    if xp is not np:                  # a device: one padded copy (if padded), then one gather of every window
+    if xp is not np:  # a device: one padded copy (if padded), then one gather of every window
         return xp.ascontiguousarray(window_view(pad_nchw(x, ph, pw), kh, kw, sy, sx, Ho, Wo, batch_first=True))
-    xc = x.transpose(1, 2, 3, 0)                                # (C, H, W, N), no copy for batch-innermost x
+    xc = x.transpose(1, 2, 3, 0)  # (C, H, W, N), no copy for batch-innermost x
     col = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
-    if not xc.flags.c_contiguous:     # one transposing copy instead of one strided gather per kernel offset
+    if not xc.flags.c_contiguous:  # one transposing copy instead of one strided gather per kernel offset
         xc = _contiguous(xp, xc)
     offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo))
 
-    def part(lo, hi):   # the padding is never materialised: each offset copies its in-image window, zeros the rest
+    def part(lo, hi):  # the padding is never materialised: each offset copies its in-image window, zeros the rest
         for i, j, orow, ocol, irow, icol in offsets:
             dst = col[lo:hi, i, j]
             dst[:, orow, ocol] = xc[lo:hi, irow, icol]
@@ -274,10 +288,12 @@ def col2im(col, sy, sx, ph, pw, H, W):
     """
     C, kh, kw, Ho, Wo, N = col.shape
     if (conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)) != (Ho, Wo):
-        raise ValueError(f"col of shape {col.shape} does not match an image of size {(H, W)} "
-                         f"with stride {(sy, sx)} and padding {(ph, pw)}")
+        raise ValueError(
+            f"col of shape {col.shape} does not match an image of size {(H, W)} "
+            f"with stride {(sy, sx)} and padding {(ph, pw)}"
+        )
     xp = get_array_module(col)
-    dx = xp.zeros((C, H, W, N), dtype=col.dtype)     # padding positions would be discarded: never added
+    dx = xp.zeros((C, H, W, N), dtype=col.dtype)  # padding positions would be discarded: never added
 
     def part(lo, hi):
         for i, j, orow, ocol, irow, icol in valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo):

@@ -22,14 +22,30 @@ Parameters follow CuPy: ``"T x, T y"`` (``T`` a type placeholder bound by the ar
 argument is cast to it), inputs read-only, outputs read-write (an output passed in is updated in place; all
 outputs omitted: they are allocated with the broadcast shape).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Kernel", "enabled", "launch", "adam", "sgd", "BN_SQDEV", "BN_STATS", "BN_NORMALISE", "BN_GRAD_INPUT",
-           "NEWTON_SCHULZ", "EIGEN_SCALE", "SYM", "HOYER_GRAD", "PROBE", "catalogue"]
+__all__ = [
+    "Kernel",
+    "enabled",
+    "launch",
+    "adam",
+    "sgd",
+    "BN_SQDEV",
+    "BN_STATS",
+    "BN_NORMALISE",
+    "BN_GRAD_INPUT",
+    "NEWTON_SCHULZ",
+    "EIGEN_SCALE",
+    "SYM",
+    "HOYER_GRAD",
+    "PROBE",
+    "catalogue",
+]
 
 
 @dataclass(frozen=True)
@@ -48,7 +64,7 @@ def enabled(xp) -> bool:
     return xp is not np and hasattr(xp, "ElementwiseKernel")
 
 
-_BUILT: dict = {}   # (array module, Kernel) -> xp.ElementwiseKernel
+_BUILT: dict = {}  # (array module, Kernel) -> xp.ElementwiseKernel
 
 
 def launch(xp, kernel: Kernel, *args):
@@ -73,11 +89,13 @@ _ADAM_IN = "T c1, T b2, T c2, T bc2, T eps, T step"
 _ADAM = {
     "none": Kernel("ssaref_adam", "T g, " + _ADAM_IN, "T p, T m, T v", _ADAM_MOMENTS.format(g="g")),
     # Adam's L2 term: the gradient is g + wd p (gw = p * wd; gw = gw + g)
-    "l2": Kernel("ssaref_adam_l2", "T g, T wd, " + _ADAM_IN, "T p, T m, T v",
-                 "T gw = p * wd + g;" + _ADAM_MOMENTS.format(g="gw")),
+    "l2": Kernel(
+        "ssaref_adam_l2", "T g, T wd, " + _ADAM_IN, "T p, T m, T v", "T gw = p * wd + g;" + _ADAM_MOMENTS.format(g="gw")
+    ),
     # AdamW: p = p * (1 - lr wd) first, then Adam on g
-    "decoupled": Kernel("ssaref_adamw", "T g, T decay, " + _ADAM_IN, "T p, T m, T v",
-                        "p = p * decay;" + _ADAM_MOMENTS.format(g="g")),
+    "decoupled": Kernel(
+        "ssaref_adamw", "T g, T decay, " + _ADAM_IN, "T p, T m, T v", "p = p * decay;" + _ADAM_MOMENTS.format(g="g")
+    ),
 }
 
 
@@ -92,8 +110,11 @@ def adam(decay: str) -> Kernel:
 #   p = p - lr (d + momentum buf) (Nesterov), p - lr buf (momentum), p - lr d (plain)
 _SGD_DECAY = {False: "T d = g;", True: "T d = p * wd + g;"}
 _SGD_BUF = {"first": "buf = d;", "later": "buf = buf * mom + d;", "damped": "buf = buf * mom + d * damp;"}
-_SGD_APPLY = {"plain": "p = p - d * lr;", "momentum": "p = p - buf * lr;",
-              "nesterov": "p = p - d * lr;\np = p - buf * lrmom;"}
+_SGD_APPLY = {
+    "plain": "p = p - d * lr;",
+    "momentum": "p = p - buf * lr;",
+    "nesterov": "p = p - d * lr;\np = p - buf * lrmom;",
+}
 
 
 def sgd(decay: bool, buf: str | None, apply: str) -> Kernel:
@@ -102,9 +123,11 @@ def sgd(decay: bool, buf: str | None, apply: str) -> Kernel:
     d``), ``apply`` in {"plain", "momentum", "nesterov"}.  Arguments ``(g, wd, lr, p)`` without momentum, else
     ``(g, wd, mom, 1 - dampening, lr, lr * momentum, p, buf)``.  ``buf=None`` goes with ``"plain"`` only (the
     other two read the buffer; a kernel without it would not compile): any other pairing is a ``ValueError``."""
-    if (buf is None) != (apply == "plain"):   # momentum/Nesterov read the buffer; plain SGD has none
-        raise ValueError(f"kernels.sgd: apply={apply!r} with buf={buf!r}: momentum and nesterov need a buffer "
-                         "update ('first', 'later' or 'damped'), plain SGD takes none")
+    if (buf is None) != (apply == "plain"):  # momentum/Nesterov read the buffer; plain SGD has none
+        raise ValueError(
+            f"kernels.sgd: apply={apply!r} with buf={buf!r}: momentum and nesterov need a buffer "
+            "update ('first', 'later' or 'damped'), plain SGD takes none"
+        )
     body = _SGD_DECAY[decay] + "\n" + ("" if buf is None else _SGD_BUF[buf] + "\n") + _SGD_APPLY[apply]
     name = f"ssaref_sgd_{'wd_' if decay else ''}{buf or 'nobuf'}_{apply}"
     if buf is None:
@@ -118,18 +141,28 @@ BN_SQDEV = Kernel("ssaref_bn_sqdev", "T x, T mean", "T sq", "T xc = x - mean;\ns
 # the running statistics and 1/sqrt(var + eps), per channel:
 #   new_mean = (1 - momentum) running_mean + momentum mean
 #   new_var  = (1 - momentum) running_var + momentum var n/(n - 1);   inv_std = 1 / sqrt(var + eps)
-BN_STATS = Kernel("ssaref_bn_stats", "T rm, T rv, T mean, T var, T keep, T mom, T unbias, T eps, T one",
-                  "T new_mean, T new_var, T inv_std",
-                  "new_mean = keep * rm + mom * mean;\nnew_var = keep * rv + mom * (var * unbias);\n"
-                  "inv_std = one / sqrt(var + eps);")
+BN_STATS = Kernel(
+    "ssaref_bn_stats",
+    "T rm, T rv, T mean, T var, T keep, T mom, T unbias, T eps, T one",
+    "T new_mean, T new_var, T inv_std",
+    "new_mean = keep * rm + mom * mean;\nnew_var = keep * rv + mom * (var * unbias);\ninv_std = one / sqrt(var + eps);",
+)
 # xhat = (x - mean) inv_std;  y = gamma xhat + beta
-BN_NORMALISE = Kernel("ssaref_bn_normalise", "T x, T mean, T inv_std, T gamma, T beta", "T xhat, T y",
-                      "xhat = (x - mean) * inv_std;\ny = xhat * gamma + beta;")
+BN_NORMALISE = Kernel(
+    "ssaref_bn_normalise",
+    "T x, T mean, T inv_std, T gamma, T beta",
+    "T xhat, T y",
+    "xhat = (x - mean) * inv_std;\ny = xhat * gamma + beta;",
+)
 # norm.batchnorm_backward_input (train): dx = gamma inv_std (dy - mean(dy) - xhat mean(dy xhat)), the means
 # taken from the per-channel sums dbeta = sum(dy), dgamma = sum(dy xhat) over the count values of a channel
 # (``n`` and ``i`` are reserved names in CuPy kernels)
-BN_GRAD_INPUT = Kernel("ssaref_bn_grad_input", "T dy, T xhat, T dbeta, T dgamma, T count, T scale", "T dx",
-                       "dx = (dy - dbeta / count - xhat * (dgamma / count)) * scale;")
+BN_GRAD_INPUT = Kernel(
+    "ssaref_bn_grad_input",
+    "T dy, T xhat, T dbeta, T dgamma, T count, T scale",
+    "T dx",
+    "dx = (dy - dbeta / count - xhat * (dgamma / count)) * scale;",
+)
 
 # ------------------------------------------------------------------------------------------ linear algebra
 # linalg.retract, one Newton-Schulz step towards the polar factor, Y <- Y (a I - b G) with a = 3/2, b = 1/2,
@@ -142,8 +175,9 @@ EIGEN_SCALE = Kernel("ssaref_eigen_scale", "T Q, T w, T one", "T Z", "Z = Q * (o
 SYM = Kernel("ssaref_sym", "T M, T Mt, T half", "T S", "S = half * (M + Mt);")
 # linalg.hoyer_grad: d(||s||_1 / ||s||_2)/ds = sign(s) / ||s||_2 - ||s||_1 s / ||s||_2^3, from sg = sign(s),
 # n1 = ||s||_1 = sign(s) . s and n2sq = ||s||_2^2 = s . s
-HOYER_GRAD = Kernel("ssaref_hoyer_grad", "T sg, T s, T n1, T n2sq", "T h",
-                    "T n2 = sqrt(n2sq);\nh = sg / n2 - n1 / (n2 * n2 * n2) * s;")
+HOYER_GRAD = Kernel(
+    "ssaref_hoyer_grad", "T sg, T s, T n1, T n2sq", "T h", "T n2 = sqrt(n2sq);\nh = sg / n2 - n1 / (n2 * n2 * n2) * s;"
+)
 
 # ------------------------------------------------------------------------------------------ backend probe
 # backend.resolve_backend: before choosing CuPy, compile and run this (NVRTC, the CUDA headers and a launch work)

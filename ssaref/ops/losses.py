@@ -4,14 +4,14 @@ Everything goes through the log-sum-exp with the row maximum subtracted, so no l
 exponentiated above 0.  The error that BP backpropagates and DFA broadcasts is eq. (7),
 ``dL/dlogits = y_predict - y_label = softmax - onehot``, here divided by B for the batch mean.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_array_module
 
-__all__ = ["softmax", "log_softmax", "one_hot", "softmax_cross_entropy",
-           "softmax_cross_entropy_backward"]
+__all__ = ["softmax", "log_softmax", "one_hot", "softmax_cross_entropy", "softmax_cross_entropy_backward"]
 
 
 def log_softmax(z):
@@ -77,7 +77,7 @@ def one_hot(y, K, dtype, *, check_labels=True):
     array, shape (B, K)
     """
     xp = get_array_module(y) if hasattr(y, "dtype") else np
-    if check_labels:   # two host reads on a GPU: callers with labels already checked on the host pass False
+    if check_labels:  # two host reads on a GPU: callers with labels already checked on the host pass False
         y = _check_labels(y, len(y), K, xp)
     return (y[:, None] == xp.arange(K)).astype(dtype)
 
@@ -128,6 +128,6 @@ def softmax_cross_entropy_backward(cache):
     p, y = cache
     B = p.shape[0]
     dlogits = p.copy()
-    dlogits[get_array_module(p).arange(B), y] -= 1.0            # eq. (7): y_predict - y_label
-    dlogits /= B                                                # ... of the batch-mean loss
+    dlogits[get_array_module(p).arange(B), y] -= 1.0  # eq. (7): y_predict - y_label
+    dlogits /= B  # ... of the batch-mean loss
     return dlogits

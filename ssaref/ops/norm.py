@@ -11,6 +11,7 @@ as new arrays; evaluation normalises with the running statistics and returns the
 On a device (CuPy) the elementwise chains are fused kernels (``kernels.BN_*``: the same operations in the same
 order): training forward is two reductions and three kernels, training backward three reductions and one kernel.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,7 @@ from .im2col import split_rows
 
 __all__ = ["batchnorm_forward", "batchnorm_backward_input", "batchnorm_backward_params", "batchnorm_backward"]
 
-_BLOCK = 1 << 18   # elements per channel block of the row-wise (NumPy) path
+_BLOCK = 1 << 18  # elements per channel block of the row-wise (NumPy) path
 
 
 def _rows(a):
@@ -62,8 +63,7 @@ def _check(x, vectors):
     C = x.shape[1]
     for name, v in vectors.items():
         if tuple(v.shape) != (C,):
-            raise ValueError(f"batchnorm: {name} must have shape ({C},) for x {tuple(x.shape)}, "
-                             f"got {tuple(v.shape)}")
+            raise ValueError(f"batchnorm: {name} must have shape ({C},) for x {tuple(x.shape)}, got {tuple(v.shape)}")
         if v.dtype != x.dtype:
             raise ValueError(f"batchnorm: {name} has dtype {v.dtype} but x has {x.dtype}; cast explicitly")
 
@@ -97,11 +97,10 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
     new_mean, new_var : array, shape (C,)
         Updated running statistics (train) or the given ones (eval).
     """
-    _check(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean,
-               "running_var": running_var})
+    _check(x, {"gamma": gamma, "beta": beta, "running_mean": running_mean, "running_var": running_var})
     xp = get_array_module(x, gamma, beta, running_mean, running_var)
     axes, shape = _axes(x.ndim)
-    rows = _rows(x) if (xp is np and group is None) else None   # the blocked fast path: one replica's batch
+    rows = _rows(x) if (xp is np and group is None) else None  # the blocked fast path: one replica's batch
     if rows is not None:
         return _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, momentum, eps)
     if train and group is None and kernels.enabled(xp):
@@ -109,13 +108,14 @@ def batchnorm_forward(x, gamma, beta, running_mean, running_var, *, train, momen
     if train:
         n = x.size // x.shape[1]
         if n < 2:
-            raise ValueError(f"batchnorm: training needs more than one value per channel, "
-                             f"got x of shape {tuple(x.shape)}")
+            raise ValueError(
+                f"batchnorm: training needs more than one value per channel, got x of shape {tuple(x.shape)}"
+            )
         if group is None:
             mean = x.mean(axis=axes)
             xhat = x - mean.reshape(shape)
-            var = (xhat * xhat).mean(axis=axes)               # biased: used to normalise
-        else:                                                 # the global batch's statistics (two passes)
+            var = (xhat * xhat).mean(axis=axes)  # biased: used to normalise
+        else:  # the global batch's statistics (two passes)
             mean = group.mean(x.sum(axis=axes)[None], n)[0]
             xhat = x - mean.reshape(shape)
             var = group.mean((xhat * xhat).sum(axis=axes)[None], n)[0]
@@ -140,11 +140,13 @@ def _forward_fused(xp, x, gamma, beta, running_mean, running_var, momentum, eps)
         raise ValueError(f"batchnorm: training needs more than one value per channel, got x of shape {tuple(x.shape)}")
     mean = x.mean(axis=axes)
     mean_c = mean.reshape(shape)
-    var = kernels.launch(xp, kernels.BN_SQDEV, x, mean_c).mean(axis=axes)     # biased: used to normalise
-    new_mean, new_var, inv_std = kernels.launch(xp, kernels.BN_STATS, running_mean, running_var, mean, var,
-                                                1.0 - momentum, momentum, n / (n - 1), eps, 1.0)
-    xhat, y = kernels.launch(xp, kernels.BN_NORMALISE, x, mean_c, inv_std.reshape(shape), gamma.reshape(shape),
-                             beta.reshape(shape))
+    var = kernels.launch(xp, kernels.BN_SQDEV, x, mean_c).mean(axis=axes)  # biased: used to normalise
+    new_mean, new_var, inv_std = kernels.launch(
+        xp, kernels.BN_STATS, running_mean, running_var, mean, var, 1.0 - momentum, momentum, n / (n - 1), eps, 1.0
+    )
+    xhat, y = kernels.launch(
+        xp, kernels.BN_NORMALISE, x, mean_c, inv_std.reshape(shape), gamma.reshape(shape), beta.reshape(shape)
+    )
     return y, (xhat, gamma, inv_std, True, None), new_mean, new_var
 
 
@@ -167,7 +169,7 @@ def _forward_rows(x, rows, gamma, beta, running_mean, running_var, train, moment
             mean[lo:hi] = rows[lo:hi].mean(axis=1)
         np.subtract(rows[lo:hi], mean[lo:hi, None], out=xr[lo:hi])
         if train:
-            var[lo:hi] = (xr[lo:hi] * xr[lo:hi]).mean(axis=1)            # biased: used to normalise
+            var[lo:hi] = (xr[lo:hi] * xr[lo:hi]).mean(axis=1)  # biased: used to normalise
         inv_std[lo:hi] = 1.0 / np.sqrt(var[lo:hi] + eps)
         xr[lo:hi] *= inv_std[lo:hi, None]
         np.multiply(xr[lo:hi], gamma[lo:hi, None], out=yr[lo:hi])
@@ -186,17 +188,25 @@ def batchnorm_backward(dy, cache, need_dx=True):
     """``(dx or None, dgamma, dbeta)``: :func:`batchnorm_backward_input` and :func:`batchnorm_backward_params` in
     one pass over ``dy`` (the per-channel sums are shared; the same bits as the two calls)."""
     xhat, gamma, inv_std, train = cache[:4]
-    group = cache[4] if len(cache) > 4 else None   # cross-replica statistics (--sync-bn): the general path
+    group = cache[4] if len(cache) > 4 else None  # cross-replica statistics (--sync-bn): the general path
     if dy.shape != xhat.shape:
         raise ValueError(f"batchnorm backward: dy of shape {tuple(dy.shape)}, expected {tuple(xhat.shape)}")
     xp = get_array_module(dy, xhat)
-    if train and group is None and kernels.enabled(xp):   # a device: the three sums, then one kernel for dx
+    if train and group is None and kernels.enabled(xp):  # a device: the three sums, then one kernel for dx
         axes, shape = _axes(dy.ndim)
         dgamma, dbeta = (dy * xhat).sum(axis=axes), dy.sum(axis=axes)
         if not need_dx:
             return None, dgamma, dbeta
-        dx = kernels.launch(xp, kernels.BN_GRAD_INPUT, dy, xhat, dbeta.reshape(shape), dgamma.reshape(shape),
-                            dy.size // dy.shape[1], (gamma * inv_std).reshape(shape))
+        dx = kernels.launch(
+            xp,
+            kernels.BN_GRAD_INPUT,
+            dy,
+            xhat,
+            dbeta.reshape(shape),
+            dgamma.reshape(shape),
+            dy.size // dy.shape[1],
+            (gamma * inv_std).reshape(shape),
+        )
         return dx, dgamma, dbeta
     dr, xr = (_rows(dy), _rows(xhat)) if xp is np else (None, None)
     if dr is None or xr is None or group is not None:
@@ -218,8 +228,8 @@ def batchnorm_backward(dy, cache, need_dx=True):
         if not train:
             np.multiply(d, scale[lo:hi, None], out=out)
             return
-        np.subtract(d, _mean_of_sum(dbeta[lo:hi], L)[:, None], out=out)   # dy - mean(dy)
-        out -= xh * _mean_of_sum(dgamma[lo:hi], L)[:, None]                 # - xhat mean(dy xhat)
+        np.subtract(d, _mean_of_sum(dbeta[lo:hi], L)[:, None], out=out)  # dy - mean(dy)
+        out -= xh * _mean_of_sum(dgamma[lo:hi], L)[:, None]  # - xhat mean(dy xhat)
         out *= scale[lo:hi, None]
 
     _channel_blocks(C, L, block)
@@ -253,7 +263,7 @@ def batchnorm_backward_input(dy, cache):
     if group is None:
         centred = dy - dy.mean(axis=axes, keepdims=True)
         centred -= xhat * (dy * xhat).mean(axis=axes, keepdims=True)
-    else:   # both means over every replica's examples, in this replica's units (one reduction)
+    else:  # both means over every replica's examples, in this replica's units (one reduction)
         xp = get_array_module(dy)
         n = dy.size // dy.shape[1]
         m = group.grad_mean(xp.stack([dy.sum(axis=axes), (dy * xhat).sum(axis=axes)]), n)

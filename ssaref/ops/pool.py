@@ -25,6 +25,7 @@ window order, the tie rule above) and one ``max``; avg-pool sums the window view
 passes of disjoint windows write through the window view of ``dx`` in one launch.  Overlapping
 windows keep the per-offset scatter (their gradients add up).
 """
+
 from __future__ import annotations
 
 from collections import namedtuple
@@ -35,10 +36,16 @@ import numpy as np
 from ..backend import get_array_module
 from .im2col import as_pair, conv_output_size, kernel_offsets, pad_hw, pad_nchw, split_rows, window_view
 
-__all__ = ["maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward",
-           "global_avgpool_forward", "global_avgpool_backward"]
+__all__ = [
+    "maxpool2d_forward",
+    "maxpool2d_backward",
+    "avgpool2d_forward",
+    "avgpool2d_backward",
+    "global_avgpool_forward",
+    "global_avgpool_backward",
+]
 
-_BLOCK = 1 << 16   # input elements per slice of rows: the kernel-offset passes over a slice run in cache
+_BLOCK = 1 << 16  # input elements per slice of rows: the kernel-offset passes over a slice run in cache
 
 _Geometry = namedtuple("_Geometry", "x_shape batch_last kh kw sy sx ph pw Ho Wo")
 
@@ -52,7 +59,7 @@ def _geometry(x, kernel, stride, padding, op):
     if 2 * ph > kh or 2 * pw > kw:
         raise ValueError(f"{op}: padding {(ph, pw)} must be at most half the kernel {(kh, kw)}")
     Ho, Wo = conv_output_size(x.shape[2], kh, sy, ph), conv_output_size(x.shape[3], kw, sx, pw)
-    batch_last = x.strides[0] < min(x.strides[1:])            # memory (C, H, W, N)
+    batch_last = x.strides[0] < min(x.strides[1:])  # memory (C, H, W, N)
     return _Geometry(tuple(x.shape), batch_last, kh, kw, sy, sx, ph, pw, Ho, Wo)
 
 
@@ -103,10 +110,10 @@ def _disjoint_device(dy, g, op, fill):
         raise ValueError(f"{op} backward: dy of shape {tuple(dy.shape)}, expected {(N, C, g.Ho, g.Wo)}")
     Hp, Wp = H + 2 * g.ph, W + 2 * g.pw
     xp = get_array_module(dy)
-    tiled = (Hp, Wp) == (g.Ho * g.kh, g.Wo * g.kw)               # every element in a window: nothing left to zero
+    tiled = (Hp, Wp) == (g.Ho * g.kh, g.Wo * g.kw)  # every element in a window: nothing left to zero
     dpad = (xp.empty if tiled else xp.zeros)((N, C, Hp, Wp), dtype=dy.dtype)
     fill(_windows(dpad, g), dy.transpose(1, 2, 3, 0)[:, None, None])
-    return dpad[:, :, g.ph:g.ph + H, g.pw:g.pw + W] if (g.ph or g.pw) else dpad
+    return dpad[:, :, g.ph : g.ph + H, g.pw : g.pw + W] if (g.ph or g.pw) else dpad
 
 
 def _scatter(g, dyw, window_grad):
@@ -125,15 +132,15 @@ def _scatter(g, dyw, window_grad):
     dpad = (xp.empty if tiled else xp.zeros)((A, Hp, Wp, B), dtype=dyw.dtype)
     offsets = list(enumerate(_offsets(g)))
 
-    def part(lo, hi):                                          # rows lo:hi of the working layout
+    def part(lo, hi):  # rows lo:hi of the working layout
         for k, (_, _, rows, cols) in offsets:
             if disjoint:
-                window_grad(k, lo, hi, out=dpad[lo:hi, rows, cols])   # each input element in one window
+                window_grad(k, lo, hi, out=dpad[lo:hi, rows, cols])  # each input element in one window
             else:
                 dpad[lo:hi, rows, cols] += window_grad(k, lo, hi)
 
     split_rows(xp, A, part, dpad.size, block=_BLOCK)
-    return _from_work(dpad[:, g.ph:g.ph + H, g.pw:g.pw + W], g)
+    return _from_work(dpad[:, g.ph : g.ph + H, g.pw : g.pw + W], g)
 
 
 def maxpool2d_forward(x, kernel, stride=None, padding=0):
@@ -158,11 +165,11 @@ def maxpool2d_forward(x, kernel, stride=None, padding=0):
     """
     g = _geometry(x, kernel, stride, padding, "maxpool2d")
     xp = get_array_module(x)
-    if xp is not np:                  # a device: gather the windows once, one argmax and one max over them
+    if xp is not np:  # a device: gather the windows once, one argmax and one max over them
         N, C = g.x_shape[:2]
         xpad = pad_nchw(x, g.ph, g.pw, float("-inf"))
         win = xp.ascontiguousarray(_windows(xpad, g)).reshape(C, g.kh * g.kw, g.Ho, g.Wo, N)
-        argmax = win.argmax(axis=1)                              # (C, Ho, Wo, N): first maximum, row-major
+        argmax = win.argmax(axis=1)  # (C, Ho, Wo, N): first maximum, row-major
         return win.max(axis=1).transpose(3, 0, 1, 2), (argmax, g)
     xpad = pad_hw(_to_work(x, g), g.ph, g.pw, float("-inf"))
     offsets = list(_offsets(g))
@@ -174,7 +181,7 @@ def maxpool2d_forward(x, kernel, stride=None, padding=0):
     def part(lo, hi):
         _, _, rows, cols = offsets[0]
         yb, ab, sb = y[lo:hi], argmax[lo:hi], step[lo:hi]
-        yb[...] = xpad[lo:hi, rows, cols]                      # (hi - lo, Ho, Wo, B)
+        yb[...] = xpad[lo:hi, rows, cols]  # (hi - lo, Ho, Wo, B)
         for k, (_, _, rows, cols) in enumerate(offsets[1:], start=1):
             window = xpad[lo:hi, rows, cols]
             # the last k at which the running max grows strictly is the first argmax: max_k k*[win > y]
@@ -203,9 +210,9 @@ def maxpool2d_backward(dy, cache):
     xp = get_array_module(dy)
     if xp is not np and (g.kh, g.kw) == (g.sy, g.sx):
         offset = xp.arange(g.kh * g.kw, dtype=argmax.dtype).reshape(1, g.kh, g.kw, 1, 1, 1)
-        hit = argmax[:, None, None] == offset                   # (C, kh, kw, Ho, Wo, N): the window's argmax
+        hit = argmax[:, None, None] == offset  # (C, kh, kw, Ho, Wo, N): the window's argmax
         return _disjoint_device(dy, g, "maxpool2d", lambda view, d: xp.multiply(d, hit, out=view))
-    if xp is not np:                  # overlapping windows: the per-offset scatter, argmax in its working layout
+    if xp is not np:  # overlapping windows: the per-offset scatter, argmax in its working layout
         argmax = _to_work(argmax.transpose(3, 0, 1, 2), g)
     dyw = _dy_work(dy, g, "maxpool2d")
     kk = argmax.dtype.type
@@ -232,8 +239,8 @@ def avgpool2d_forward(x, kernel, stride=None, padding=0):
     """
     g = _geometry(x, kernel, stride, padding, "avgpool2d")
     xp = get_array_module(x)
-    if xp is not np:                  # a device: one sum over the window view
-        y = _windows(pad_nchw(x, g.ph, g.pw, 0.0), g).sum(axis=(1, 2))     # (C, Ho, Wo, N)
+    if xp is not np:  # a device: one sum over the window view
+        y = _windows(pad_nchw(x, g.ph, g.pw, 0.0), g).sum(axis=(1, 2))  # (C, Ho, Wo, N)
         y *= 1.0 / (g.kh * g.kw)
         return y.transpose(3, 0, 1, 2), (g,)
     xpad = pad_hw(_to_work(x, g), g.ph, g.pw, 0.0)
@@ -243,7 +250,7 @@ def avgpool2d_forward(x, kernel, stride=None, padding=0):
     def part(lo, hi):
         _, _, rows, cols = offsets[0]
         yb = y[lo:hi]
-        yb[...] = xpad[lo:hi, rows, cols]                      # (hi - lo, Ho, Wo, B)
+        yb[...] = xpad[lo:hi, rows, cols]  # (hi - lo, Ho, Wo, B)
         for _, _, rows, cols in offsets[1:]:
             yb += xpad[lo:hi, rows, cols]
         yb *= 1.0 / (g.kh * g.kw)
@@ -270,9 +277,9 @@ def avgpool2d_backward(dy, cache):
     if xp is not np and (g.kh, g.kw) == (g.sy, g.sx):
         return _disjoint_device(dy, g, "avgpool2d", lambda view, d: xp.multiply(d, scale, out=view))
     dyw = _dy_work(dy, g, "avgpool2d")
-    if (g.kh, g.kw) == (g.sy, g.sx):                           # disjoint: scale into place
+    if (g.kh, g.kw) == (g.sy, g.sx):  # disjoint: scale into place
         return _scatter(g, dyw, lambda k, lo, hi, out=None: xp.multiply(dyw[lo:hi], scale, out=out))
-    share = dyw * scale                                        # overlapping: scale once, add often
+    share = dyw * scale  # overlapping: scale once, add often
     return _scatter(g, dyw, lambda k, lo, hi, out=None: share[lo:hi])
 
 
@@ -308,7 +315,7 @@ def global_avgpool_backward(dy, cache):
     dx : array, shape (N, C, H, W)
         Batch-innermost memory, like the conv outputs it flows back into.
     """
-    (N, C, H, W), = cache
+    ((N, C, H, W),) = cache
     if tuple(dy.shape) != (N, C):
         raise ValueError(f"global_avgpool backward: dy of shape {tuple(dy.shape)}, expected {(N, C)}")
     xp = get_array_module(dy)

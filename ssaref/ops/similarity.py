@@ -16,12 +16,18 @@ row (``distributed.BatchGroup.gather_rows``); ``R`` is then this shard's rows of
 (B_r x B), the loss this shard's part of the global sum (divided by B^2), and the backward the global loss's
 gradient for this shard's examples (``R`` is symmetric: ``dxn = 2 dR xn_all``).
 """
+
 from __future__ import annotations
 
 from ..backend import get_array_module
 
-__all__ = ["SIM_EPS", "similarity_forward", "similarity_backward", "similarity_matching",
-           "similarity_matching_backward"]
+__all__ = [
+    "SIM_EPS",
+    "similarity_forward",
+    "similarity_backward",
+    "similarity_matching",
+    "similarity_matching_backward",
+]
 
 SIM_EPS = 1e-8
 
@@ -35,7 +41,7 @@ def similarity_forward(a, channel_std=True, gather=None):
         L = a.shape[2] * a.shape[3]
         z = a.reshape(B, a.shape[1], L)
         zc = z - z.mean(axis=2, keepdims=True)
-        s = xp.sqrt((zc * zc).sum(axis=2) / (L - 1))          # unbiased std over space: (B, C)
+        s = xp.sqrt((zc * zc).sum(axis=2) / (L - 1))  # unbiased std over space: (B, C)
         x = s
     else:
         zc = s = None
@@ -53,7 +59,7 @@ def similarity_forward(a, channel_std=True, gather=None):
 def similarity_backward(dR, cache):
     """``da`` from ``dR = dL/dR`` (B, B)."""
     shape, std, zc, s, xc, n, r, xn, G, xn_all = cache
-    dG = dR * ((G >= -1.0) & (G <= 1.0))                      # clamp passes the gradient inside [-1, 1]
+    dG = dR * ((G >= -1.0) & (G <= 1.0))  # clamp passes the gradient inside [-1, 1]
     dxn = (dG + dG.T) @ xn if xn_all is False else 2.0 * (dG @ xn_all)
     # xn = xc / (eps + n), n = ||xc||:  dxc = dxn / r - xc <dxn, xc> / (r^2 n)
     dot = (dxn * xc).sum(axis=1, keepdims=True)

@@ -44,17 +44,15 @@ def aux_context(model, rng):
 
 
 class LocalLossRule(Rule):
-    """Base of PredSim and AugLocal (module docstring).  Subclasses set ``prefix`` (their option prefix) and
+    """Base of PredSim and AugLocal (module docstring).  Subclasses set ``INJECT`` (the name of their inject option) and
     implement ``build_aux(model, seg, shape, rng)`` -> ``{head name: Sequential}`` and
     ``local_loss(seg, h, batch, ctx)`` -> ``(loss, dL/dh, {head: {param key: gradient}})``."""
 
-    prefix = "local"
+    INJECT = "local_inject"
 
     def __init__(self, **options):
         super().__init__(**options)
-        check_choice(
-            self.name, f"{self.prefix}_inject", self.options[f"{self.prefix}_inject"], ("before_pool", "segment")
-        )
+        check_choice(self.name, self.INJECT, self.options[self.INJECT], ("before_pool", "segment"))
         self.heads: dict = {}  # segment key -> {head name: Sequential}
         self._segs: list = []
         self._in_shapes: dict = {}  # segment key -> per-example shape of its block output
@@ -62,7 +60,7 @@ class LocalLossRule(Rule):
     # -- set-up ----------------------------------------------------------------------------------------
     def segments_of(self, model):
         """The hidden segments this rule trains (``_feedback.segments``, residual blocks whole)."""
-        return segments(model, self.name, inject=self.options[f"{self.prefix}_inject"], residual="block")
+        return segments(model, self.name, inject=self.options[self.INJECT], residual="block")
 
     def init_state(self, model, rng):
         require_model(model, self.name)

@@ -101,7 +101,7 @@ class AugLocal(LocalLossRule):
     """AugLocal (module docstring): each hidden layer learns from its own auxiliary network's cross-entropy."""
 
     name = "auglocal"
-    prefix = "auglocal"
+    INJECT = "auglocal_inject"
     GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")})}  # res: a residual block copied
     OPTIONS = {
         "aux_depth": (

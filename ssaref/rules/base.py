@@ -62,9 +62,11 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
+from ..options import Option, coerce, resolve
 
 __all__ = [
     "Rule",
+    "Option",
     "StepResult",
     "Batch",
     "AlignmentPair",
@@ -167,20 +169,6 @@ class AuxNetwork(NamedTuple):
     in_shape: tuple = ()
 
 
-def _coerce(typ, v):
-    """Convert a flag or TOML value to the option's type ('true'/'false' for bools)."""
-    if v is None:
-        return None
-    if typ is bool and isinstance(v, str):
-        low = v.strip().lower()
-        if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-            raise ValueError(v)
-        return low in ("true", "1", "yes", "on")
-    if typ is str and not isinstance(v, str):
-        raise ValueError(v)
-    return typ(v)
-
-
 def first_param_layer(model) -> int:
     """Index of the first top-level layer holding parameters (the error need not go below it)."""
     for i, layer in enumerate(model.layers):
@@ -209,8 +197,9 @@ def chain_updates(model, caches, e, feedback=None):
 class Rule:
     """Base class; see the module docstring for the calls and their order.
 
-    Subclasses set ``name``, declare ``OPTIONS`` (``name -> (type, default, help)``; the training CLI turns each
-    into a flag ``--name`` and a TOML key) and implement ``updates``; they may override the other hooks.
+    Subclasses set ``name``, declare ``OPTIONS`` (``name -> Option(type, default, help)`` or a plain tuple; the
+    configuration module ``ssaref.config`` turns each into a flag ``--name`` and a TOML key) and implement
+    ``updates``; they may override the other hooks.
     ``step`` is not overridden: it is the same for every rule.
     """
 
@@ -220,9 +209,9 @@ class Rule:
     # (rule options, plain-SGD warm-up steps on the batch before the recorded step[, {"models", "warmup_options",
     # "optimizer", "steps"}]); a "default" entry may only set the models (docs/golden-vectors.md)
     GOLDEN_VARIANTS: dict = {}
-    # option defaults that changed: {"X.Y.Z": {option: the default before version X.Y.Z}}; a resumed run written by
-    # an earlier version (which did not record unset options) continues with the defaults it ran with
-    DEFAULTS_BEFORE: dict = {}
+    # {(option, value): "X.Y.Z"}: with ``option`` at ``value`` the unset options take the defaults of version X.Y.Z
+    # (their history is declared with each ``Option``; ssaref/options.py)
+    DEFAULTS_OF: dict = {}
 
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)
@@ -231,15 +220,16 @@ class Rule:
                 f"method {self.name!r} takes no option(s) {sorted(unknown)}; "
                 f"its options are {sorted(self.OPTIONS) or 'none'}"
             )
-        self.options = {k: spec[1] for k, spec in self.OPTIONS.items()}
+        given = {}
         for k, v in options.items():
             typ = self.OPTIONS[k][0]
             try:
-                self.options[k] = _coerce(typ, v)
+                given[k] = coerce(typ, v)
             except (TypeError, ValueError):
                 raise ValueError(
                     f"method {self.name!r}: option {k}={v!r} is not a valid {getattr(typ, '__name__', typ)}"
                 ) from None
+        self.options = resolve(self.OPTIONS, given, defaults_of=self.DEFAULTS_OF)
         self.state: dict = {}  # drawn arrays (feedback matrices); saved in checkpoints
         self.group = None  # distributed.BatchGroup in a run over several ranks (module docstring)
 
@@ -342,8 +332,10 @@ class Rule:
             kind = np.dtype(getattr(v, "dtype", np.float64)).kind
             want = np.dtype(self.state[k].dtype).kind if k in self.state else kind
             if kind not in "iuf" or (kind == "f") != (want == "f"):
-                raise ValueError(f"rule {self.name!r}: state {k!r} has dtype {getattr(v, 'dtype', type(v))}, "
-                                 f"expected {self.state[k].dtype if k in self.state else 'a real number type'}")
+                raise ValueError(
+                    f"rule {self.name!r}: state {k!r} has dtype {getattr(v, 'dtype', type(v))}, "
+                    f"expected {self.state[k].dtype if k in self.state else 'a real number type'}"
+                )
             if kind == "f" and not bool(np.isfinite(asnumpy(v)).all()):
                 raise ValueError(f"rule {self.name!r}: state {k!r} holds NaN or inf")
         for k, v in d.items():

@@ -67,22 +67,31 @@ class DFA(Rule):
         ),
         "dfa_bn": (str, "local", "BatchNorm gamma/beta: local (gradient from the segment's signal) or frozen"),
     }
-    prefix = "dfa"  # option-name prefix (DRTP shares this class under "drtp")
+    # the option of each role (DRTP shares this class with its own option names)
+    ROLES = {
+        "init": "dfa_init",
+        "inject": "dfa_inject",
+        "output": "dfa_output",
+        "residual": "dfa_residual",
+        "bn": "dfa_bn",
+    }
 
     def __init__(self, **options):
         super().__init__(**options)
-        p = self.prefix
-        check_choice(self.name, f"{p}_init", self._opt("init"), ("unit_col", "gaussian", "kaiming_uniform"))
-        check_choice(self.name, f"{p}_inject", self._opt("inject"), ("segment", "before_pool"))
-        check_choice(self.name, f"{p}_output", self._opt("output"), ("e", "frozen"))
-        check_choice(self.name, f"{p}_residual", self._opt("residual"), ("block", "layer"))
-        check_choice(self.name, f"{p}_bn", self._opt("bn"), ("local", "frozen"))
+        for role, choices in (
+            ("init", ("unit_col", "gaussian", "kaiming_uniform")),
+            ("inject", ("segment", "before_pool")),
+            ("output", ("e", "frozen")),
+            ("residual", ("block", "layer")),
+            ("bn", ("local", "frozen")),
+        ):
+            check_choice(self.name, self.ROLES[role], self._opt(role), choices)
         self.segments = None  # the model's hidden segments, found at init_state (or at the first step of a
         self.shapes = None  # rule restored from a checkpoint) with the per-example output shapes
         self.frozen = ()  # BatchNorm parameter keys that get no update (dfa_bn=frozen)
 
-    def _opt(self, name):
-        return self.options[f"{self.prefix}_{name}"]
+    def _opt(self, role):
+        return self.options[self.ROLES[role]]
 
     def init_state(self, model, rng):
         """Draw ``B_i`` (d_i, d_N) per hidden segment, in forward order; state key ``"B/<lead>"`` with lead the
@@ -143,7 +152,8 @@ class DFA(Rule):
         for seg in self._segments(model):
             if not isinstance(seg.lead, int):
                 raise ValueError(
-                    f"golden vectors describe top-level segments only, not {seg.lead!r} ({self.prefix}_residual=layer)"
+                    f"golden vectors describe top-level segments only, not {seg.lead!r} "
+                    f"({self.ROLES['residual']}=layer)"
                 )
             out.put(seg.lead, "B", self.state[f"B/{seg.key}"])
             out.layer_attrs.setdefault(seg.lead, {})["inject"] = int(seg.inject)

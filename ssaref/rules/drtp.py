@@ -51,7 +51,13 @@ class DRTP(DFA):
             "ssaref's e) or not (sum, the authors' code)",
         ),
     }
-    prefix = "drtp"
+    ROLES = {
+        "init": "drtp_init",
+        "inject": "drtp_inject",
+        "output": "drtp_output",
+        "residual": "drtp_residual",
+        "bn": "drtp_bn",
+    }
 
     def __init__(self, **options):
         super().__init__(**options)

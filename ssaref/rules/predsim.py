@@ -58,7 +58,7 @@ class PredSim(LocalLossRule):
     """PredSim (module docstring): every hidden block learns from its own prediction + similarity-matching loss."""
 
     name = "predsim"
-    prefix = "predsim"
+    INJECT = "predsim_inject"
     # the classifiers start at zero: after two warm-up steps the prediction loss reaches the blocks too
     GOLDEN_VARIANTS = {"warm2": ({}, 2)}
     OPTIONS = {

@@ -37,7 +37,7 @@ from ._feedback import (
     require_model,
     transport_keys,
 )
-from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
+from .base import AlignmentPair, FeedbackExport, Option, Rule, chain_updates
 
 __all__ = ["USF", "BRSF", "FRSF", "init_std"]
 
@@ -122,14 +122,14 @@ class BRSF(_SignConcordant):
     name = "brsf"
     OPTIONS = {
         "sf_init": _SF_INIT,
-        "brsf_rng": (
+        "brsf_rng": Option(
             str,
             "device",
             "where brSF draws |R_t|: device (a counter-based stream in xp, the same bits on CPU and GPU, no copy) "
             "or host (numpy default_rng([seed, t]) copied to the device every step: the draws of ssaref 0.1.0)",
+            before={"0.2.0": "host"},
         ),
     }
-    DEFAULTS_BEFORE = {"0.2.0": {"brsf_rng": "host"}}
 
     def __init__(self, **options):
         super().__init__(**options)

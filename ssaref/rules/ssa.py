@@ -33,7 +33,7 @@ Variants (``ssa_variant``):
     term ``G^T U S^-1`` (n x r) is transposed to fit the r x n bracket (the nearest evaluable reading); no
     retraction (section 5.2 "avoids costly retractions").  ``alpha`` does not appear in eqs. (11)-(13) and has
     no effect in this variant.  Options left unset take the engine's defaults from before the study
-    (``PAPER_DEFAULTS``: beta 0.001, gamma 0.01, orthogonality retract, rank_reading every, parity false), so
+    (``DEFAULTS_OF``: beta 0.001, gamma 0.01, orthogonality retract, rank_reading every, parity false), so
     this variant runs as it always did.
 
 ``G`` is ``dL_CE/dW`` for the task signal; ``G V`` and ``G^T U`` come from the layer without forming ``G``.
@@ -83,8 +83,12 @@ from ..linalg import (
     angle_deg,
     complement_project,
     gram,
+    landing_step_fraction,
+    orthogonality_error,
+    orthogonality_errors,
     randomized_svd,
     relative_project,
+    retract,
     tangent_project,
     worth_fewer_flops,
 )
@@ -99,7 +103,7 @@ from ._feedback import (
     segment_dim,
     segments,
 )
-from .base import AlignmentPair, FeedbackExport, chain_updates
+from .base import AlignmentPair, FeedbackExport, Option, chain_updates
 from .svd_base import RANK_OPTIONS, SVDRuleBase
 
 __all__ = ["SSA"]
@@ -111,6 +115,11 @@ _ORTHOGONALITY = ("retract", "landing", "retract-every")  # D4.12
 _RETRACTIONS = ("auto", "polar", "qr", "none")
 _TARGETS = ("auto", "feedback", "weight")
 _YESNO = ("auto", "true", "false")
+
+
+#: with ``orthogonality retract`` (a retraction after every step) ``svd_retract_jump`` is measured at every
+#: JUMP_EVERY-th step of the epoch; ``retract-every`` measures each of its retractions (D4.7)
+JUMP_EVERY = 10
 
 
 class SSA(SVDRuleBase):
@@ -145,28 +154,34 @@ class SSA(SVDRuleBase):
         ),
     }
     # D4.15: the defaults chosen by the study (validation/results/ssa_study.md, on validation accuracy); the paper
-    # variant keeps the engine's earlier defaults (PAPER_DEFAULTS), so ``--ssa-variant paper`` runs as before
+    # variant keeps the engine's earlier defaults (DEFAULTS_OF), so ``--ssa-variant paper`` runs as before
     OPTIONS = {
         "alpha": (float, 1.0, "weight of the task (DFA cross-entropy) term of the local loss, eq. (6)"),
-        "beta": (float, 1e-2, "weight of the alignment loss, eq. (8) (ssa_variant paper: 0.001)"),
+        "beta": Option(
+            float, 1e-2, "weight of the alignment loss, eq. (8) (ssa_variant paper: 0.001)", before={"0.2.0": 1e-3}
+        ),
         **RANK_OPTIONS,
-        "gamma": (
+        "gamma": Option(
             float,
             1e-1,
             "weight of the orthogonality regulariser ||U^T U - I||^2 + ||V^T V - I||^2 (eq. (9)) "
             "(ssa_variant paper: 0.01)",
+            before={"0.2.0": 1e-2},
         ),
-        "rank_reading": (
+        "rank_reading": Option(
             str,
             "none",
             RANK_OPTIONS["rank_reading"][2] + " (ssa_variant paper: every)",
+            before={"0.2.0": "every"},
+            added="0.2.0",
         ),
         # D4.17 (0.3.0): section 4.4's r < mn/(m+n) for every layer is part of the method, not a knob
-        "parity": (
+        "parity": Option(
             bool,
             True,
             RANK_OPTIONS["parity"][2] + " (default true since 0.3.0, D4.17; ssa_variant paper: false; "
             "false is the uncompressed reading of 0.2.0)",
+            before={"0.3.0": False},
         ),
         "ssa_variant": (
             str,
@@ -193,7 +208,7 @@ class SSA(SVDRuleBase):
             "none; auto: polar (default), none (paper; orthogonality landing)",
         ),
         # D4.12: section 5.2 "avoids costly retractions" and cites the landing method [1]; eq. (9) is a penalty
-        "orthogonality": (
+        "orthogonality": Option(
             str,
             "retract-every",
             "orthogonality handling of U, V: retract (retraction after every optimiser step), landing (the "
@@ -201,9 +216,13 @@ class SSA(SVDRuleBase):
             "(9)'s unprojected penalty gradient 4 gamma X (X^T X - I), i.e. lambda = 4 gamma; no retraction; "
             "every step shrunk so that ||X^T X - I||_F stays <= landing_eps), retract-every (the retraction "
             "after every retract_every-th optimiser step only) (ssa_variant paper: retract)",
+            before={"0.2.0": "retract"},
+            added="0.2.0",
         ),
         # D4.12: the retraction of section 5.2's "costly retractions", applied every K-th step only
-        "retract_every": (int, 10, "with orthogonality retract-every: retract after every K-th optimiser step"),
+        "retract_every": Option(
+            int, 10, "with orthogonality retract-every: retract after every K-th optimiser step", added="0.2.0"
+        ),
         # D4.16 (issue 21): with Adam and orthogonality retract, Riemannian Adam (Becigneul & Ganea 2019)
         "transport": (
             bool,
@@ -214,17 +233,19 @@ class SSA(SVDRuleBase):
             "2019, per-entry second moments as geoopt's)",
         ),
         # D4.12: the eps of Ablin & Peyre's safe step (their section 3; Stiefel form D4.12)
-        "landing_eps": (
+        "landing_eps": Option(
             float,
             0.5,
             "with orthogonality landing: the safeguard's bound eps on ||X^T X - I||_F (Ablin & Peyre 2022; in (0, 1))",
+            added="0.2.0",
         ),
         # D4.13: the classifier's B_N (d_N x d_N) is defined nowhere in the paper
-        "align_last": (
+        "align_last": Option(
             bool,
             True,
             "give the output (classifier) layer an alignment target (the factors of a drawn d_N x d_N B_N, "
             "eq. (8)); false: the classifier has no alignment term",
+            added="0.2.0",
         ),
         "align_target": (
             str,
@@ -241,17 +262,18 @@ class SSA(SVDRuleBase):
         "rsvd_iters": (int, 4, "randomized SVD power iterations"),
     }
 
-    # D4.15: what an option left unset means with ssa_variant paper (the defaults before the study; D4.17: and
-    # before the rank constraint became the default)
-    PAPER_DEFAULTS = {"beta": 1e-3, "gamma": 1e-2, "orthogonality": "retract", "rank_reading": "every", "parity": False}
-    # runs written before ssaref X ran with these when the options were unset (a resume keeps them): before 0.2.0
-    # the study's four (D4.15), before 0.3.0 no rank constraint (D4.17)
-    DEFAULTS_BEFORE = {"0.2.0": {k: v for k, v in PAPER_DEFAULTS.items() if k != "parity"}, "0.3.0": {"parity": False}}
+    # D4.15: with ssa_variant paper an option left unset takes the engine's defaults before the study (0.2.0) and
+    # before the rank constraint became the default (0.3.0, D4.17): those of 0.1.0 (beta 0.001, gamma 0.01,
+    # orthogonality retract, rank_reading every, parity false; the history declared with each Option above)
+    DEFAULTS_OF = {("ssa_variant", "paper"): "0.1.0"}
 
     def __init__(self, **options):
-        if str(options.get("ssa_variant", "default")) == "paper":
-            options = {**self.PAPER_DEFAULTS, **options}
         super().__init__(**options)
+        # orthogonality handling of U, V (D4.12), set below from the options: "retract" (after every optimiser
+        # step, with ``retraction``), "retract-every" (every ``retract_every`` optimiser steps) or "landing" (no
+        # retraction, the landing safeguard of ``landing_eps`` on every step)
+        self._prev: dict = {}  # landing: (prefix, name) -> the factor before the optimiser step
+        self._opt_steps = 0  # retract-every: optimiser steps of the run (host copy of "meta/step")
         o = self.options
         check_choice(self.name, "ssa_variant", o["ssa_variant"], _VARIANTS)
         check_choice(self.name, "projection", o["projection"], _PROJECTIONS)
@@ -439,19 +461,15 @@ class SSA(SVDRuleBase):
                 else:
                     zm.pop((p, name), None)
 
-    def load_state_dict(self, d, xp):
-        """``SVDRuleBase.load_state_dict``, then the zero masks noted again (arrays may be overwritten in place)."""
-        super().load_state_dict(d, xp)
-        self._note_zero_masks(d)
-
     def truncate_layer(self, model, optimizer, prefix, layer, keep):
         """``SVDRuleBase.truncate_layer``; a cut of an all-zero mask is noted as all zero."""
-        zero = {n: self.state[f"m{n}/{prefix}"] is self.__dict__.get("_zero_masks", {}).get((prefix, n))
-                for n in ("U", "V")}
+        zero = {
+            n: self.state[f"m{n}/{prefix}"] is self.__dict__.get("_zero_masks", {}).get((prefix, n)) for n in ("U", "V")
+        }
         super().truncate_layer(model, optimizer, prefix, layer, keep)
         for n, z in zero.items():
             if z:
-                self._zero_masks[(prefix, n)] = self.state[f"m{n}/{prefix}"]
+                self.__dict__.setdefault("_zero_masks", {})[(prefix, n)] = self.state[f"m{n}/{prefix}"]
 
     def task_signals(self, model, caches, e):
         """DFA pass: ``(task grads of every parameter, signal at every top-level layer's output)``."""
@@ -540,6 +558,163 @@ class SSA(SVDRuleBase):
 
     def _extra_metric_names(self):
         return ["angle", "angle_task"]
+
+    # -- orthogonality of U, V (D4.12): retraction, retract-every, landing ---------------------------------
+    @property
+    def retracts(self):
+        """Whether ``after_step`` retracts ``U``, ``V`` (after every step, or every ``retract_every`` steps)."""
+        return self.retraction != "none" and self.orthogonality in ("retract", "retract-every")
+
+    @property
+    def landing(self):
+        """Whether ``U``, ``V`` follow the landing field (no retraction, the step safeguard in ``after_step``)."""
+        return self.orthogonality == "landing"
+
+    def _retract_all(self, model, measure_jump=True):
+        """Retract every tall ``U``, ``V`` onto the Stiefel manifold.  One device->host transfer in all: the
+        errors ``||X^T X - I||_F`` of all factors are read back together (``orthogonality_errors``) and passed to
+        ``retract``, which then predicts the Newton-Schulz convergence instead of measuring it
+        (``check_every=None``; the exact eigh fallback, far from the manifold, still measures).
+        ``measure_jump``: also record the retraction's change of ``W`` (``_record_jumps``: a copy of each factor
+        and a few (r, r) products; ``after_step`` asks for it at sampled steps only with ``retract``)."""
+        if not self.retracts:
+            return
+        todo = [
+            (p, name, layer.params[name])
+            for p, layer in self._layers(model)
+            for name in ("U", "V")
+            if layer.params[name].shape[0] >= layer.params[name].shape[1]
+        ]
+        errs = orthogonality_errors([X for _, _, X in todo])
+        before = {}
+        for (p, name, X), e in zip(todo, errs):
+            Y, err = retract(X, self.retraction, return_error=True, check_every=None, error=e)
+            key = f"{p}/drift_{name}"
+            self._acc[key] = max(self._acc.get(key, 0.0), err)
+            if Y is not X:
+                if measure_jump:
+                    before[(p, name)] = X.copy()
+                X[...] = Y
+        self._record_jumps(before)
+
+    def _record_jumps(self, before):
+        """Keep, per layer, the largest relative change of ``W = U diag(s) V^T`` a retraction made in this epoch,
+        ``||W' - W||_F / ||W||_F`` (``svd_retract_jump``; issue 21: a retraction far from the manifold changes the
+        network's function).  ``before``: ``(prefix, "U"|"V")`` -> the factor before the retraction.  With
+        ``dU = U' - U``, ``dV = V' - V``: ``W' - W = dU S V'^T + U S dV^T``, whose squared norm is a sum of
+        (r, r) Gram products (no m x n matrix, no cancellation); the maximum stays on the device."""
+        for p, layer in self.layers:
+            if (p, "U") not in before and (p, "V") not in before:
+                continue
+            P = layer.params
+            s = P["s"]
+            xp = get_array_module(s)
+            U1, V1 = P["U"], P["V"]
+            U0, V0 = before.get((p, "U"), U1), before.get((p, "V"), V1)
+            dU, dV = U1 - U0, V1 - V0
+            ss = s[:, None] * s[None, :]
+            d2 = (
+                (ss * (dU.T @ dU) * (V1.T @ V1)).sum()
+                + (ss * (U0.T @ U0) * (dV.T @ dV)).sum()
+                + 2.0 * (ss * (dU.T @ U0) * (V1.T @ dV)).sum()
+            )
+            w2 = (ss * (U0.T @ U0) * (V0.T @ V0)).sum()
+            jump = xp.sqrt(xp.maximum(d2.astype(xp.float64), 0.0) / xp.maximum(w2.astype(xp.float64), 1e-300))
+            key = f"{p}/retract_jump"
+            prev = self._jump.get(key)
+            self._jump[key] = jump if prev is None else xp.maximum(prev, jump)
+
+    def after_step(self, model, optimizer):
+        """Orthogonality handling after the optimiser step (D4.12): ``retract`` -- retract ``U``, ``V`` onto the
+        Stiefel manifold (when ``retraction`` is not "none"), so the next forward pass, evaluation and
+        checkpoint see orthonormal factors; ``retract-every`` -- the same after every ``retract_every``-th
+        optimiser step of the run; ``landing`` -- no retraction: the step safeguard (``_landing_guard``)."""
+        if self.orthogonality == "retract":
+            # a retraction every step moves W by the drift of one step: its jump is sampled every JUMP_EVERY-th
+            # step (the launches of a per-step measurement cost a third of the step on a GPU)
+            self._retract_all(model, measure_jump=self._steps % JUMP_EVERY == 0)
+            if self.transport:
+                self._transport_moments(optimizer)
+        elif self.orthogonality == "retract-every":
+            self._opt_steps += 1
+            if "meta/step" in self.state:
+                self.state["meta/step"][...] = self._opt_steps
+            if self._opt_steps % self.retract_every == 0:
+                self._retract_all(model)
+                if self.transport:
+                    self._transport_moments(optimizer)
+        elif self.landing:
+            self._landing_guard(model)
+
+    def _transport_moments(self, optimizer):
+        """Vector transport of the optimiser's first moment (Adam's ``m``, SGD's momentum buffer) of every tall
+        ``U``, ``V`` to the tangent space at the retracted point, by projection, ``M <- M - X sym(X^T M)``
+        (``linalg.tangent_project``; Absil et al. 2008, section 8.1.3).  With ``orthogonality retract`` and the
+        tangent projection of the direction this makes Adam the Riemannian Adam of Becigneul & Ganea (ICLR
+        2019), with geoopt's per-entry second moments (issue 21, D4.16): the next step starts from a momentum that
+        lies in the tangent space instead of one that kept the normal components the retractions removed."""
+        if optimizer is None or not hasattr(optimizer, "first_moment"):
+            return
+        for p, layer in self.layers:
+            for name in ("U", "V"):
+                X = layer.params[name]
+                if X.shape[0] < X.shape[1]:
+                    continue
+                M = optimizer.first_moment(f"{p}.{name}")
+                if M is not None:
+                    M[...] = tangent_project(X, M)
+
+    def _keep_previous(self):
+        """Landing: remember every ``U``, ``V`` before the optimiser moves them (the safeguard scales the step)."""
+        if self.landing:
+            self._prev = {(p, n): layer.params[n].copy() for p, layer in self.layers for n in ("U", "V")}
+
+    def _landing_guard(self, model):
+        """The landing step-size safeguard on the realised step (Ablin & Peyre 2022, section 3.2; D4.12): every
+        ``U``, ``V`` whose step took ``||X^T X - I||_F`` above ``max(landing_eps, its distance before)`` is put
+        back to ``X0 + t (X - X0)`` with the largest safe ``t`` (``linalg.landing_step_fraction``).  One
+        device->host transfer of the distances per step; the per-factor quartic only where the bound is
+        crossed.  Records the largest distance of the epoch (``drift_*``) and the share of guarded steps
+        (``guard_*``)."""
+        todo = [(p, n, layer.params[n]) for p, layer in self._layers(model) for n in ("U", "V")]
+        prev = self._prev
+        self._prev = {}
+        errs = orthogonality_errors([X for _, _, X in todo])
+        eps = self.landing_eps
+        for (p, n, X), d in zip(todo, errs):
+            X0 = prev.get((p, n))
+            clipped = 0.0
+            if d > eps and X0 is not None and X0.shape == X.shape:
+                d0 = orthogonality_error(X0)
+                bound = max(eps, d0)
+                if d > bound:
+                    t = landing_step_fraction(X0, X - X0, bound)
+                    X[...] = X0 + t * (X - X0)
+                    d = orthogonality_error(X)
+                    clipped = 1.0
+            key = f"{p}/drift_{n}"
+            self._acc[key] = max(self._acc.get(key, 0.0), float(d))
+            self._record(p, f"guard_{n}", clipped)
+
+    def _init_step_count(self, model):
+        if self.orthogonality == "retract-every":  # the step count decides when to retract; a resume keeps it
+            self.state["meta/step"] = place(model, np.zeros(1))
+            self._opt_steps = 0
+
+    def _before_step(self):
+        self._keep_previous()
+
+    def _before_rank_schedule(self, model):
+        if self.orthogonality == "retract":  # retract-every and landing leave the factors as trained
+            self._retract_all(model)
+
+    def load_state_dict(self, d, xp):
+        """``SVDRuleBase.load_state_dict``, then the host copy of the optimiser step count (retract-every) and the
+        zero masks noted again (arrays may be overwritten in place)."""
+        super().load_state_dict(d, xp)
+        if "meta/step" in self.state:
+            self._opt_steps = int(np.asarray(asnumpy(self.state["meta/step"])).reshape(-1)[0])
+        self._note_zero_masks(d)
 
     # -- measurement and export --------------------------------------------------------------------------
     def resolved_options(self, model):

@@ -3,9 +3,9 @@ section 4.4 with the truncation of the optimiser and rule state, the orthogonali
 per-epoch ``svd_*`` metrics, and resume across rank cuts.
 
 A subclass implements ``svd_updates(model, caches, e, batch)``; ``updates`` wraps it to accumulate the update norms.
-``after_step`` handles orthogonality as the subclass sets ``orthogonality`` (D4.12): ``retract`` -- retract ``U``,
-``V`` onto the Stiefel manifold after every step when ``retraction`` is not "none" (SSA's default);
-``retract-every`` -- every ``retract_every`` steps; ``landing`` -- the landing step safeguard, no retraction.
+The orthogonality handling of ``U``, ``V`` (retraction, retract-every, landing; D4.12) is SSA's (rules/ssa.py); it
+reaches this base through the hooks ``_init_step_count``, ``_before_step``, ``_before_rank_schedule`` and the
+flags ``retracts`` / ``landing`` (SVD-BP keeps the factors as the optimiser leaves them).
 Shared options added for issue 10: ``rank_reading`` (D4.9), ``parity_last`` (D4.10), ``svd_init`` /
 ``bias_init`` (D4.11).
 """
@@ -23,18 +23,16 @@ from ..linalg import (
     gram,
     hoyer,
     hoyer_grad,
-    landing_step_fraction,
     orthogonality_error,
-    orthogonality_errors,
     retained_energy,
-    retract,
-    tangent_project,
 )
 from ..nn.models import BIAS_INITS, WEIGHT_INITS, reinitialise
-from ..nn.svd_layers import convert_model, recollect, svd_layers_of
+from ..nn.containers import collect
+from ..nn.svd_layers import convert_model, svd_layers_of
 from ..rank import RankSchedule, keep_indices, parity_rank
 from ._feedback import check_choice, place
-from .base import Rule
+from ..options import first_defaults
+from .base import Option, Rule
 
 __all__ = ["SVDRuleBase", "RANK_OPTIONS"]
 
@@ -73,60 +71,44 @@ RANK_OPTIONS = {
         "classifier keeps its rank, except for the parity cap when parity is on",
     ),
     # D4.9: readings of section 4.4's threshold rule (the paper does not say whether it is re-applied)
-    "rank_reading": (
+    "rank_reading": Option(
         str,
         "every",
         "threshold rule of the rank schedule (section 4.4): every (95% energy rule re-applied at every epoch "
         "end of the threshold phase, compounding), once (applied at the first epoch end of the threshold phase "
         "only), relative (energy measured against the spectrum at the start of the threshold phase), none (no "
         "threshold phase)",
+        added="0.2.0",
     ),
     # D4.10: section 4.4 states r < mn/(m+n) for every layer; false exempts the classifier
-    "parity_last": (
+    "parity_last": Option(
         bool,
         True,
         "with parity on, cap the classifier too (section 4.4's rule for every layer); false: the classifier "
         "is exempt from parity (it then keeps its rank, or follows the schedule without the cap with reduce_last)",
+        added="0.2.0",
     ),
     # D4.11: the dense initialisation the factors are the SVD of (section 4.1 starts from the usual one)
-    "svd_init": (
+    "svd_init": Option(
         str,
         "default",
         "dense initialisation the SVD factors are taken from (section 4.1): default (the model's own draw, "
         "U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which is torch's default), kaiming_uniform_a5 (the same "
         "distribution, torch's kaiming_uniform_(a=sqrt(5)), drawn afresh from a generator jumped off the "
         "rule's), orthogonal (torch's orthogonal_, gain 1, on the weight viewed as (out, fan_in))",
+        added="0.2.0",
     ),
     # D4.11: the bias of eq. (1)'s layers, drawn as the dense layer's (the paper is silent)
-    "bias_init": (
+    "bias_init": Option(
         str,
         "uniform",
         "bias initialisation of the SVD layers: uniform (the model's own draw, U(-1/sqrt(fan_in), "
         "1/sqrt(fan_in)), torch's default) or zero",
+        added="0.2.0",
     ),
 }
 
 SVD_INITS = WEIGHT_INITS  # ("default", "kaiming_uniform_a5", "orthogonal")
-
-# Options added after golden-vector schema 1, with the behaviour a golden file without them describes (ssaref 0.1.0's
-# defaults): ``resolved_options`` lists them (all of them) only when one differs from that value, so files whose
-# steps these options do not change stay byte-identical, and a reader may take an absent option to mean this value.
-# SSA's defaults since 0.2.0 (D4.15: orthogonality retract-every, rank_reading none) differ, so SSA's default
-# golden files list them all.
-#: with ``orthogonality retract`` (a retraction after every step) ``svd_retract_jump`` is measured at every
-#: JUMP_EVERY-th step of the epoch; ``retract-every`` measures each of its retractions (D4.7)
-JUMP_EVERY = 10
-
-LATER_OPTIONS = {
-    "rank_reading": "every",
-    "parity_last": True,
-    "svd_init": "default",
-    "bias_init": "uniform",
-    "orthogonality": "retract",
-    "retract_every": 10,
-    "landing_eps": 0.5,
-    "align_last": True,
-}
 
 
 class SVDRuleBase(Rule):
@@ -154,16 +136,6 @@ class SVDRuleBase(Rule):
         )
         check_choice(self.name, "svd_init", o["svd_init"], SVD_INITS)
         check_choice(self.name, "bias_init", o["bias_init"], BIAS_INITS)
-        self.retraction = "none"  # after_step maps U, V back to the Stiefel manifold unless "none" (SSA sets it)
-        # orthogonality handling (SSA sets it, D4.12): "retract" (after every optimiser step, with
-        # ``retraction``), "retract-every" (every ``retract_every`` optimiser steps) or "landing" (no retraction,
-        # the landing safeguard of ``landing_eps`` on every step)
-        self.orthogonality = "retract"
-        self.retract_every = 1
-        self.landing_eps = 0.5
-        self.transport = False  # SSA's ``transport`` (D4.16): project the optimiser's momentum after a retraction
-        self._prev: dict = {}  # landing: (prefix, name) -> the factor before the optimiser step
-        self._opt_steps = 0  # retract-every: optimiser steps of the run (host copy of "meta/step")
         self.layers: list[tuple[str, Any]] = []  # [(prefix, SVD layer)] in forward order, set by prepare_model
         self.r0 = {}  # prefix -> full rank at conversion
         self._acc = {}
@@ -172,15 +144,25 @@ class SVDRuleBase(Rule):
         self._steps = 0
         self._epoch, self._num_epochs = 1, 0  # host copies of "meta/epoch", "meta/num_epochs"
 
+    # the orthogonality handling of U, V (SSA's, rules/ssa.py, D4.12) reaches the shared machinery through these
     @property
     def retracts(self):
-        """Whether ``after_step`` retracts ``U``, ``V`` (after every step, or every ``retract_every`` steps)."""
-        return self.retraction != "none" and self.orthogonality in ("retract", "retract-every")
+        """Whether ``after_step`` retracts ``U``, ``V`` (the svd_drift_* and svd_retract_jump metrics); SSA's."""
+        return False
 
     @property
     def landing(self):
-        """Whether ``U``, ``V`` follow the landing field (no retraction, the step safeguard in ``after_step``)."""
-        return self.orthogonality == "landing"
+        """Whether ``U``, ``V`` follow the landing field (the svd_drift_* and svd_guard_* metrics); SSA's."""
+        return False
+
+    def _init_step_count(self, model):
+        """Hook of ``_init_meta``: state that counts optimiser steps (SSA's retract-every)."""
+
+    def _before_step(self):
+        """Hook of ``updates``, before the subclass's directions (SSA's landing keeps the factors)."""
+
+    def _before_rank_schedule(self, model):
+        """Hook of ``on_epoch_end``, before the rank schedule (SSA's retraction)."""
 
     # -- model ------------------------------------------------------------------------------------
     def setup(self, model, rng):
@@ -223,9 +205,7 @@ class SVDRuleBase(Rule):
         self.state["meta/epoch"] = place(model, np.ones(1))
         self.state["meta/num_epochs"] = place(model, np.zeros(1))
         self._epoch, self._num_epochs = 1, 0
-        if self.orthogonality == "retract-every":  # the step count decides when to retract; a resume keeps it
-            self.state["meta/step"] = place(model, np.zeros(1))
-            self._opt_steps = 0
+        self._init_step_count(model)
         if self.schedule.reading == "relative":
             # reference energy of the "relative" reading: the initial spectrum (the reference of "energy"); the
             # hybrid schedule replaces it at the end of epoch T1 (``_reduce_ranks``)
@@ -254,8 +234,6 @@ class SVDRuleBase(Rule):
             if "meta/num_epochs" in self.state
             else 0
         )
-        if "meta/step" in self.state:
-            self._opt_steps = int(np.asarray(asnumpy(self.state["meta/step"])).reshape(-1)[0])
 
     # -- per-step pieces ----------------------------------------------------------------------------
     def hoyer_on(self):
@@ -276,60 +254,6 @@ class SVDRuleBase(Rule):
     def _hoyer_term(self, s):
         return self.options["hoyer"] * hoyer_grad(s) if self.hoyer_on() else None
 
-    def _retract_all(self, model, measure_jump=True):
-        """Retract every tall ``U``, ``V`` onto the Stiefel manifold.  One device->host transfer in all: the
-        errors ``||X^T X - I||_F`` of all factors are read back together (``orthogonality_errors``) and passed to
-        ``retract``, which then predicts the Newton-Schulz convergence instead of measuring it
-        (``check_every=None``; the exact eigh fallback, far from the manifold, still measures).
-        ``measure_jump``: also record the retraction's change of ``W`` (``_record_jumps``: a copy of each factor
-        and a few (r, r) products; ``after_step`` asks for it at sampled steps only with ``retract``)."""
-        if not self.retracts:
-            return
-        todo = [
-            (p, name, layer.params[name])
-            for p, layer in self._layers(model)
-            for name in ("U", "V")
-            if layer.params[name].shape[0] >= layer.params[name].shape[1]
-        ]
-        errs = orthogonality_errors([X for _, _, X in todo])
-        before = {}
-        for (p, name, X), e in zip(todo, errs):
-            Y, err = retract(X, self.retraction, return_error=True, check_every=None, error=e)
-            key = f"{p}/drift_{name}"
-            self._acc[key] = max(self._acc.get(key, 0.0), err)
-            if Y is not X:
-                if measure_jump:
-                    before[(p, name)] = X.copy()
-                X[...] = Y
-        self._record_jumps(before)
-
-    def _record_jumps(self, before):
-        """Keep, per layer, the largest relative change of ``W = U diag(s) V^T`` a retraction made in this epoch,
-        ``||W' - W||_F / ||W||_F`` (``svd_retract_jump``; issue 21: a retraction far from the manifold changes the
-        network's function).  ``before``: ``(prefix, "U"|"V")`` -> the factor before the retraction.  With
-        ``dU = U' - U``, ``dV = V' - V``: ``W' - W = dU S V'^T + U S dV^T``, whose squared norm is a sum of
-        (r, r) Gram products (no m x n matrix, no cancellation); the maximum stays on the device."""
-        for p, layer in self.layers:
-            if (p, "U") not in before and (p, "V") not in before:
-                continue
-            P = layer.params
-            s = P["s"]
-            xp = get_array_module(s)
-            U1, V1 = P["U"], P["V"]
-            U0, V0 = before.get((p, "U"), U1), before.get((p, "V"), V1)
-            dU, dV = U1 - U0, V1 - V0
-            ss = s[:, None] * s[None, :]
-            d2 = (
-                (ss * (dU.T @ dU) * (V1.T @ V1)).sum()
-                + (ss * (U0.T @ U0) * (dV.T @ dV)).sum()
-                + 2.0 * (ss * (dU.T @ U0) * (V1.T @ dV)).sum()
-            )
-            w2 = (ss * (U0.T @ U0) * (V0.T @ V0)).sum()
-            jump = xp.sqrt(xp.maximum(d2.astype(xp.float64), 0.0) / xp.maximum(w2.astype(xp.float64), 1e-300))
-            key = f"{p}/retract_jump"
-            prev = self._jump.get(key)
-            self._jump[key] = jump if prev is None else xp.maximum(prev, jump)
-
     def _record(self, p, name, value):
         self._acc.setdefault(f"{p}/{name}", []).append(float(value))
 
@@ -347,7 +271,7 @@ class SVDRuleBase(Rule):
     def updates(self, model, caches, e, batch):
         """``svd_updates`` (the subclass's update directions), with the norms of the factor updates accumulated
         (landing: the factors are remembered first, for the step safeguard of ``after_step``)."""
-        self._keep_previous()
+        self._before_step()
         updates, signals = self.svd_updates(model, caches, e, batch)
         self._record_updates(updates)
         self._steps += 1
@@ -357,82 +281,14 @@ class SVDRuleBase(Rule):
         """The rule's ``(updates, signals)``; see ``Rule.updates``."""
         raise NotImplementedError
 
-    def after_step(self, model, optimizer):
-        """Orthogonality handling after the optimiser step (D4.12): ``retract`` -- retract ``U``, ``V`` onto the
-        Stiefel manifold (when ``retraction`` is not "none"), so the next forward pass, evaluation and
-        checkpoint see orthonormal factors; ``retract-every`` -- the same after every ``retract_every``-th
-        optimiser step of the run; ``landing`` -- no retraction: the step safeguard (``_landing_guard``)."""
-        if self.orthogonality == "retract":
-            # a retraction every step moves W by the drift of one step: its jump is sampled every JUMP_EVERY-th
-            # step (the launches of a per-step measurement cost a third of the step on a GPU)
-            self._retract_all(model, measure_jump=self._steps % JUMP_EVERY == 0)
-            if self.transport:
-                self._transport_moments(optimizer)
-        elif self.orthogonality == "retract-every":
-            self._opt_steps += 1
-            if "meta/step" in self.state:
-                self.state["meta/step"][...] = self._opt_steps
-            if self._opt_steps % self.retract_every == 0:
-                self._retract_all(model)
-                if self.transport:
-                    self._transport_moments(optimizer)
-        elif self.landing:
-            self._landing_guard(model)
-
-    def _transport_moments(self, optimizer):
-        """Vector transport of the optimiser's first moment (Adam's ``m``, SGD's momentum buffer) of every tall
-        ``U``, ``V`` to the tangent space at the retracted point, by projection, ``M <- M - X sym(X^T M)``
-        (``linalg.tangent_project``; Absil et al. 2008, section 8.1.3).  With ``orthogonality retract`` and the
-        tangent projection of the direction this makes Adam the Riemannian Adam of Becigneul & Ganea (ICLR
-        2019), with geoopt's per-entry second moments (issue 21, D4.16): the next step starts from a momentum that
-        lies in the tangent space instead of one that kept the normal components the retractions removed."""
-        if optimizer is None or not hasattr(optimizer, "first_moment"):
-            return
-        for p, layer in self.layers:
-            for name in ("U", "V"):
-                X = layer.params[name]
-                if X.shape[0] < X.shape[1]:
-                    continue
-                M = optimizer.first_moment(f"{p}.{name}")
-                if M is not None:
-                    M[...] = tangent_project(X, M)
-
-    def _keep_previous(self):
-        """Landing: remember every ``U``, ``V`` before the optimiser moves them (the safeguard scales the step)."""
-        if self.landing:
-            self._prev = {(p, n): layer.params[n].copy() for p, layer in self.layers for n in ("U", "V")}
-
-    def _landing_guard(self, model):
-        """The landing step-size safeguard on the realised step (Ablin & Peyre 2022, section 3.2; D4.12): every
-        ``U``, ``V`` whose step took ``||X^T X - I||_F`` above ``max(landing_eps, its distance before)`` is put
-        back to ``X0 + t (X - X0)`` with the largest safe ``t`` (``linalg.landing_step_fraction``).  One
-        device->host transfer of the distances per step; the per-factor quartic only where the bound is
-        crossed.  Records the largest distance of the epoch (``drift_*``) and the share of guarded steps
-        (``guard_*``)."""
-        todo = [(p, n, layer.params[n]) for p, layer in self._layers(model) for n in ("U", "V")]
-        prev = self._prev
-        self._prev = {}
-        errs = orthogonality_errors([X for _, _, X in todo])
-        eps = self.landing_eps
-        for (p, n, X), d in zip(todo, errs):
-            X0 = prev.get((p, n))
-            clipped = 0.0
-            if d > eps and X0 is not None and X0.shape == X.shape:
-                d0 = orthogonality_error(X0)
-                bound = max(eps, d0)
-                if d > bound:
-                    t = landing_step_fraction(X0, X - X0, bound)
-                    X[...] = X0 + t * (X - X0)
-                    d = orthogonality_error(X)
-                    clipped = 1.0
-            key = f"{p}/drift_{n}"
-            self._acc[key] = max(self._acc.get(key, 0.0), float(d))
-            self._record(p, f"guard_{n}", clipped)
-
     def resolved_options(self, model):
         out = dict(self.options, hoyer_active=bool(self.hoyer_on()))
-        later = [k for k in LATER_OPTIONS if k in out and k in self.OPTIONS]
-        if all(out[k] == LATER_OPTIONS[k] for k in later):  # see LATER_OPTIONS: all as a file without them says
+        # options added after golden-vector schema 1 (``Option.added``) are listed (all of them) only when one
+        # differs from what ssaref 0.1.0 ran, so files whose steps they do not change stay byte-identical and a
+        # reader may take an absent option to mean that value; SSA's defaults since 0.2.0 (D4.15) differ, so SSA's
+        # default golden files list them all
+        later = first_defaults(self.OPTIONS)
+        if all(out[k] == v for k, v in later.items()):
             for k in later:
                 del out[k]
         return out
@@ -457,7 +313,7 @@ class SVDRuleBase(Rule):
         for key, axis in self._state_slices(prefix, keep).items():
             a = self.state[key]
             self.state[key] = xp.ascontiguousarray(a[kd] if axis == 0 else a[:, kd])
-        recollect(model)
+        collect(model)
 
     def _reduce_ranks(self, model, optimizer, epoch, num_epochs):
         energy = {}
@@ -489,8 +345,7 @@ class SVDRuleBase(Rule):
         if "meta/epoch" not in self.state:
             self._init_meta(model)
         self.state["meta/num_epochs"][...] = int(num_epochs)
-        if self.orthogonality == "retract":  # retract-every and landing leave the factors as trained
-            self._retract_all(model)
+        self._before_rank_schedule(model)
         self._num_epochs = int(num_epochs)
         energy = self._reduce_ranks(model, optimizer, int(epoch), int(num_epochs))
         metrics = self._epoch_metrics(model, energy)
