@@ -447,15 +447,9 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
 
 
 def _batch_VtG_taken(rule, key, layer, B):
-    """Whether SSA's step takes ``V^T g_V`` from the batch for this layer (``SSA._batch_VtG``'s choice on NumPy)."""
-    if rule is None or not hasattr(rule, "_has_target") or layer.kind != "svd_linear":
-        return False
-    from .linalg import worth_fewer_flops
-
-    (m, n), r = layer.dims, layer.rank
-    return worth_fewer_flops(np, n * r * r - B * (m + r) * r) and (
-        rule.options["beta"] == 0 or not rule._has_target(key, "V")
-    )
+    """Whether SSA's step takes ``V^T g_V`` from the batch for this layer (the rule's own choice, on NumPy)."""
+    choose = getattr(rule, "takes_VtG_from_batch", None)
+    return choose is not None and choose(key, layer, B)
 
 
 def roofline(ops, peak_gflops, bandwidth_gbs):

@@ -109,7 +109,7 @@ def build_parser():
         type=positive(float),
         default=1.0,
         help="scale channel counts of conv models (not mlp)",
-        applies=("model", ("mlp",), True, "the conv models, not --model mlp"),
+        applies=("model", ("mlp",), True, "the conv models"),
     )
     a("--augment", choices=["auto", "on", "off"], default="auto", help="crop+flip (auto: on for CIFAR)")
     a("--eval-batch-size", type=positive(int), default=1000)
@@ -144,7 +144,7 @@ def build_parser():
         "columns, a kernel offset at a time: less memory, a few per cent slower), columns (the forward's im2col "
         "matrix) or auto (default: input on the CPU, columns on a GPU); the same gradients up to round-off; "
         "docs/decisions.md D8",
-        applies=("model", ("mlp",), True, "the conv models, not --model mlp"),
+        applies=("model", ("mlp",), True, "the conv models"),
     )
     a(
         "--data-on-device",

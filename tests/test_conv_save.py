@@ -93,5 +93,8 @@ def test_train_cli_takes_the_mode(capsys):
     with pytest.raises(SystemExit) as exc:
         train.main(["--conv-save", "bad", "--epochs", "1"])
     assert exc.value.code == 2 and "conv-save" in capsys.readouterr().err
-    assert train.parse_args(["--conv-save", "input"]).conv_save == "input"
+    assert train.parse_args(["--model", "lenet", "--conv-save", "input"]).conv_save == "input"
+    with pytest.raises(SystemExit) as exc:   # no convolution to save for: refused like every flag without effect
+        train.parse_args(["--conv-save", "input"])
+    assert exc.value.code == 2 and "--conv-save has no effect with --model mlp" in capsys.readouterr().err
     assert train.parse_args([]).conv_save == conv.DEFAULT_SAVE == "auto"

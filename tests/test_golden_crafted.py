@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import shutil
 from pathlib import Path
 
@@ -393,7 +394,9 @@ def test_a_real_sigint_during_export(gold, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-c", code, "export", "--out", str(out), "--only", *CASES],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+                       capture_output=True, text=True, env=env, cwd=tmp_path,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # even where the test
+    # itself runs with SIGINT ignored (a background job, nohup): Python then installs its KeyboardInterrupt handler
     assert r.returncode == 130 and r.stderr == "interrupted\n" and r.stdout == "", r
     assert sorted(os.listdir(out)) == sorted([C.EXPORT_MARKER, f"{CASES[0]}.h5"])
     r = subprocess.run([sys.executable, str(root / "ssaref" / "golden" / "check.py"), "validate", str(out)],

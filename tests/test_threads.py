@@ -98,6 +98,7 @@ def test_ops_give_the_same_bits_on_one_and_two_threads(restore_threads, monkeypa
     import ssaref.ops.im2col as i2c
 
     monkeypatch.setattr(i2c, "PARALLEL_MIN", 1024)   # split even these small arrays
+    monkeypatch.setitem(conv._SAVE, "mode", "columns")  # the convolution keeps its columns: col2im of them below
     threads.apply_threads(1)                          # BLAS on one thread throughout (its own results depend
     one = _ops(5)                                     # on its thread count); ssaref's op threads 1, then 2
     monkeypatch.setattr(threads, "_OPS_THREADS", 2)

@@ -422,11 +422,10 @@ class SSA(SVDRuleBase):
         multiply-adds (``dy U``, ``z^T dz``) instead of ``n r^2``, chosen by shape (an SVDLinear whose
         ``B (m + r) < n r``, e.g. mlp's first layer, the classifier input of SmallConv).  The same sums as
         ``V^T g_V`` in another order (round-off)."""
-        if dy is None or cache is None or layer.kind != "svd_linear":
-            return None
-        (m, n), r, B = layer.dims, layer.rank, int(dy.shape[0])
-        if not worth_fewer_flops(get_array_module(dy), n * r * r - B * (m + r) * r, launches=2) or (
-            self.options["beta"] != 0 and self._has_target(p, "V")
+        if (
+            dy is None
+            or cache is None
+            or not self.takes_VtG_from_batch(p, layer, int(dy.shape[0]), get_array_module(dy))
         ):
             return None
         P = layer.params
@@ -436,6 +435,18 @@ class SSA(SVDRuleBase):
         if a != 1.0:
             K *= a
         return K
+
+    def takes_VtG_from_batch(self, p, layer, B, xp=np):
+        """Whether the step takes ``V^T g_V`` of layer ``p`` from the batch (``_batch_VtG``) at batch size ``B`` on
+        array module ``xp``: an SVDLinear where that is fewer multiply-adds (``B (m + r) r < n r^2``, worth its two
+        launches on a device) and ``V`` has no alignment term.  The one place of this choice (the bench's cost
+        model asks it too)."""
+        if layer.kind != "svd_linear":
+            return False
+        (m, n), r = layer.dims, layer.rank
+        return worth_fewer_flops(xp, n * r * r - B * (m + r) * r, launches=2) and not (
+            self.options["beta"] != 0 and self._has_target(p, "V")
+        )
 
     def _has_target(self, p, name):
         """Whether the alignment mask ``m<name>/<p>`` may have a non-zero entry, without a host read: False for a
