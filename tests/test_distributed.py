@@ -191,6 +191,7 @@ def test_a_sweep_over_two_ranks_writes_the_serial_results(tmp_path):
 
 
 _NCCL_SCRIPT = """
+import sys
 import numpy as np
 from tests import _strictxp as S
 from ssaref import distributed
@@ -200,7 +201,8 @@ flat = S.device(np.arange(4.0) + comm.rank)
 out = comm.allreduce_sum(flat, "test")
 assert isinstance(out, S.StrictArray), type(out)
 from cupy.cuda import nccl
-print("rank", comm.rank, "nccl.available", nccl.available, "sum", out.get().tolist(), "nccl", comm._nccl)
+line = f"rank {comm.rank} nccl.available {nccl.available} sum {out.get().tolist()} nccl {comm._nccl}\\n"
+sys.stdout.write(line); sys.stdout.flush()   # one write per rank: print()'s pieces interleave across ranks
 """
 
 
