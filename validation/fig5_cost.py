@@ -10,7 +10,7 @@ Per method (BP, DFA, SSA, SVD-BP) and model (mlp, lenet, smallconv, vgg13, resne
   and that of one step above the state kept between steps (``step``: activations, caches, gradients);
 * **auxiliary overhead** (analytic; PredSim, AugLocal): the forward FLOPs per example and the parameters of the
   rule's auxiliary networks (``Rule.aux_networks``), which training runs and inference drops;
-* **training FLOPs** (counted): ``ssaref.bench.step_cost`` of one step at ``--batch-size`` divided by the batch
+* **training FLOPs** (counted): ``ssaref.cost.step_cost`` of one step at ``--batch-size`` divided by the batch
   (the rule's own passes, auxiliary networks included, the SVD rules' per-factor products at the same ranks as the
   inference column, the optimiser; the convention in docs/internals.md, "Cost model"; PredSim's B x B similarity
   matrices are not counted);
@@ -166,11 +166,11 @@ def analytic(method, model, width_mult, runs, batch=128):
 
 
 def train_cost(method, dense, shape, batch, ranks=None):
-    """Training FLOPs per example: ``ssaref.bench.step_cost`` of one step of ``method`` at ``batch`` (forward,
+    """Training FLOPs per example: ``ssaref.cost.step_cost`` of one step of ``method`` at ``batch`` (forward,
     the rule's error transport and weight gradients, its auxiliary networks, the SVD rules' per-factor products at
     ``ranks`` -- layer key -> rank, default full -- and the optimiser), divided by ``batch``: the per-step work
     (optimiser, projections) spread over the batch's examples."""
-    from ssaref.bench import step_cost
+    from ssaref.cost import step_cost
     from ssaref.nn.svd_layers import svd_layers_of
     from ssaref.run import build_run
 
@@ -236,7 +236,7 @@ def results_md(args, rows, ignored, info):
              "full rank when no run file was given).  Auxiliary overhead (PredSim, AugLocal): `aux MFLOP` = forward "
              "FLOPs per example of the auxiliary networks, `aux params` their parameters (training only; step time "
              "and memory include them); `train MFLOP` = the counted FLOPs of one training step "
-             "(`ssaref.bench.step_cost`, auxiliary networks and optimiser included) per example.", "",
+             "(`ssaref.cost.step_cost`, auxiliary networks and optimiser included) per example.", "",
              "| model | input | method | step ms | vs BP | peak MiB | step MiB | train MFLOP | aux MFLOP | "
              "aux params | inference MFLOP | params | rank source |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
