@@ -88,7 +88,8 @@ def deferred_signals(signals=(signal.SIGINT, signal.SIGTERM)):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for sig in dict.fromkeys(pending):
+        # SIGINT last: its handler raises KeyboardInterrupt at once, which would leave a SIGTERM behind undelivered
+        for sig in sorted(dict.fromkeys(pending), key=lambda s: s == signal.SIGINT):
             signal.raise_signal(sig)
 
 

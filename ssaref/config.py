@@ -313,6 +313,9 @@ def _checked_defaults(parser, cfg, where, *, run_file=False):
                 parser.error(f"{where}: {k} = {v!r}: {exc}")
         elif not isinstance(v, str):
             parser.error(f"{where}: {k} must be a string, got {v!r}")
+        if action.choices is not None and v not in action.choices and not (v is None and action.default is None):
+            # argparse checks the flags' values, not defaults (a TOML value, a resumed run's setting)
+            parser.error(f"{where}: {k} = {v!r}: choose one of {', '.join(map(str, action.choices))}")
         defaults[dest] = v
     return defaults
 

@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from .backend import get_array_module
 from .nn.containers import leaf_shapes
 
 __all__ = ["weight_macs", "step_flops", "step_cost", "roofline"]
@@ -263,9 +264,10 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
 
 
 def _batch_VtG_taken(rule, key, layer, B):
-    """Whether SSA's step takes ``V^T g_V`` from the batch for this layer (the rule's own choice, on NumPy)."""
+    """Whether SSA's step takes ``V^T g_V`` from the batch for this layer (the rule's own choice, on the array
+    module the layer lives on: a device takes it only where the saving outweighs the extra launches)."""
     choose = getattr(rule, "takes_VtG_from_batch", None)
-    return choose is not None and choose(key, layer, B)
+    return choose is not None and choose(key, layer, B, get_array_module(layer.params["V"]))
 
 
 def roofline(ops, peak_gflops, bandwidth_gbs):

@@ -26,7 +26,7 @@ from .data import augment, load_dataset
 from .nn import build_model
 from .ops.losses import softmax_cross_entropy
 from .optim import build_schedule
-from .ops.conv import set_conv_save
+from .ops.conv import conv_save, set_conv_save
 from .threads import apply_threads
 from .rules import build_rule
 from .run import build_run
@@ -259,6 +259,14 @@ def train(args, log=print):
     a checkpoint is written only when all of them are finite.  Bad input raises ValueError/OSError (exit 2)
     before any training step.
     """
+    old = set_conv_save(getattr(args, "conv_save", conv_save()))  # what the run's convolutions keep (in its config)
+    try:
+        return _train(args, log)
+    finally:
+        set_conv_save(old)
+
+
+def _train(args, log):
     config_mod.validate(args)
     out = args.out or args.resume
     if out:  # before any work: refuse to destroy another run, fail now rather than after an epoch
@@ -562,7 +570,6 @@ def _main(argv):
     if args.threads is None and args.distributed != "none":
         args.threads = distributed.default_threads_per_rank()  # the node's cores shared among its ranks
     args.threads = apply_threads(args.threads)["threads"]  # recorded in the run file's config
-    set_conv_save(args.conv_save)
     train(args)
     return 0
 

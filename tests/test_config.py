@@ -53,6 +53,8 @@ def test_flags_without_effect_and_bad_values_are_refused(flags, word, tmp_path, 
     ("batch-size = 32\nbatch_size = 64\n", "batch_size"),
     ("threads = 1000000\n", "threads"),
     ('out = ""\n', "out"),
+    ('model = "lenet"\nconv-save = "bogus"\n', "conv-save = 'bogus'"),   # a TOML value is held to the choices
+    ('augment = "sometimes"\n', "augment"),
 ])
 def test_config_file_is_held_to_the_same_rule(toml, word, tmp_path, capsys):
     cfg = tmp_path / "c.toml"
@@ -117,3 +119,15 @@ def test_rule_options_become_flags_and_toml_keys(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('method = "ssa"\nssa-variant = "paper"\n')
     assert config.parse_args(["--config", str(cfg)]).rule_ssa_variant == "paper"
+
+
+def test_train_runs_with_its_conv_save_and_restores_the_process_mode(monkeypatch):
+    """``train(args)`` (not only the command line) runs with ``args.conv_save`` and leaves the mode as it was."""
+    from ssaref.ops import conv
+
+    seen = []
+    monkeypatch.setattr(train_mod, "_train", lambda args, log: seen.append(conv.conv_save()))
+    before = conv.conv_save()
+    mode = "columns" if before != "columns" else "input"
+    train_mod.train(train_mod.parse_args(["--model", "lenet", "--conv-save", mode]))
+    assert seen == [mode] and conv.conv_save() == before

@@ -536,7 +536,8 @@ def test_a_cached_run_file_of_ssaref_0_1_0_is_recognised(tmp_path, capsys):
     assert sw.settings_mismatch(out, argv) is None
     with h5py.File(out, "r+") as f:
         c = json.loads(f.attrs["config"])
-        c = {k: (None if k.startswith("rule_") else v) for k, v in c.items() if k != "data_on_device"}
+        new_keys = ("data_on_device", "conv_save")   # settings added since 0.1.0
+        c = {k: (None if k.startswith("rule_") else v) for k, v in c.items() if k not in new_keys}
         f.attrs["config"] = json.dumps(dict(c, ssaref_version="0.1.0"))
     assert sw.settings_mismatch(out, argv) is None
     assert sw.settings_mismatch(out, argv + ["--data-on-device", "off"]) is None   # the same numbers either way

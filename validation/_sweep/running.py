@@ -100,7 +100,10 @@ def run_one(cfg: Config, seed: int, args, log=print) -> RunStatus:
 
 
 # settings that may differ between a cached run file and the run asked for (the epoch count is handled apart)
-_NOT_SETTINGS = {"epochs", "out", "ssaref_version", "align_layers", "svd_layers", "threads", "data_on_device"}
+# not settings of the result: where it is written, bookkeeping, and what changes it by round-off only (threads, data
+# on the device, what a convolution keeps for its weight gradient: a run cached before --conv-save existed is reused)
+_NOT_SETTINGS = {"epochs", "out", "ssaref_version", "align_layers", "svd_layers", "threads", "data_on_device",
+                 "conv_save"}
 
 
 _THREADS: list = []   # --threads of the script, passed on to every run (run_script sets it)
