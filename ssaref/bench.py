@@ -24,7 +24,6 @@ asserted: speed is measured, not tested.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,7 +37,7 @@ import numpy as np
 
 from .atomic import write_text
 from .backend import asnumpy, keep_large_allocations, resolve_backend
-from .cli import OneLineParser, check_output_path, run_main
+from .cli import OneLineParser, check_output_path, count, run_main
 from .cost import roofline, step_cost, step_flops, weight_macs
 from .nn.containers import leaf_shapes
 from .nn import build_model
@@ -924,23 +923,6 @@ MAX_BATCH, MAX_REPEATS, MAX_WARMUP, MAX_MEMORY_STEPS, MAX_INPUT_SIDE = 65536, 10
 MAX_LIMIT_GEMM, MAX_LIMIT_STREAM_MIB = 16384, 16384  # a 16384^2 float32 GEMM is 3 GiB; 16 GiB of copy
 
 
-def _count(hi, why):
-    """Argument type: an int in [1, hi] (``why``: what the bound is)."""
-
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be a number > 0, got {s}")
-        if v > hi:
-            raise argparse.ArgumentTypeError(f"must be at most {hi} ({why}), got {s}")
-        return v
-
-    return parse
-
-
 def _shape(text):
     try:
         shape = tuple(int(v) for v in text.lower().split("x"))
@@ -968,9 +950,9 @@ def _parse(argv):
     p.add_argument(
         "--method", default="bp", help=f"comma list of rules or 'all' ({', '.join(RULES)}); the torch side is BP"
     )
-    p.add_argument("--batch-size", type=_count(MAX_BATCH, "one batch must fit in memory"), default=128)
-    p.add_argument("--repeats", type=_count(MAX_REPEATS, "timed steps per rule and model"), default=20)
-    p.add_argument("--warmup", type=_count(MAX_WARMUP, "untimed steps per rule and model"), default=3)
+    p.add_argument("--batch-size", type=count(MAX_BATCH, "one batch must fit in memory"), default=128)
+    p.add_argument("--repeats", type=count(MAX_REPEATS, "timed steps per rule and model"), default=20)
+    p.add_argument("--warmup", type=count(MAX_WARMUP, "untimed steps per rule and model"), default=3)
     p.add_argument(
         "--statistic",
         default="median",
@@ -990,7 +972,7 @@ def _parse(argv):
     p.add_argument("--markdown", default=None, help="also write a short markdown table to this file")
     p.add_argument("--overwrite", action="store_true", help="replace existing --json / --markdown files")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--memory-steps", type=_count(MAX_MEMORY_STEPS, "steps of each peak-memory subprocess"), default=2)
+    p.add_argument("--memory-steps", type=count(MAX_MEMORY_STEPS, "steps of each peak-memory subprocess"), default=2)
     p.add_argument("--no-sgemm", action="store_true", help="skip the sgemm peak measurement")
     p.add_argument(
         "--conv-save",
@@ -1007,13 +989,13 @@ def _parse(argv):
     )
     p.add_argument(
         "--limit-gemm",
-        type=_count(MAX_LIMIT_GEMM, "three n x n float32 matrices"),
+        type=count(MAX_LIMIT_GEMM, "three n x n float32 matrices"),
         default=2048,
         help="size n of the square float32 GEMM whose rate is the limit column's peak (default 2048)",
     )
     p.add_argument(
         "--limit-stream-mib",
-        type=_count(MAX_LIMIT_STREAM_MIB, "two arrays of it"),
+        type=count(MAX_LIMIT_STREAM_MIB, "two arrays of it"),
         default=256,
         help="MiB of the float32 copy whose rate is the limit column's bandwidth (default 256)",
     )

@@ -57,6 +57,23 @@ def positive(kind):
     return parse
 
 
+def count(hi, why):
+    """Argument type: an int in [1, ``hi``] (``why``: what the bound is, named in the error)."""
+
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"must be a number > 0, got {s}")
+        if v > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi} ({why}), got {s}")
+        return v
+
+    return parse
+
+
 def nonnegative_int(s):
     """Argument type: an int >= 0 (within the int64 range)."""
     try:

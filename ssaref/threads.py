@@ -32,6 +32,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .cli import count
+
 __all__ = ["default_threads", "apply_threads", "blas_info", "threads_arg", "ops_threads", "parallel_ranges"]
 
 
@@ -50,19 +52,8 @@ def default_threads() -> int:
 MAX_THREADS = 1024
 
 
-def threads_arg(s) -> int:
-    """argparse type of ``--threads``: an int in [1, ``MAX_THREADS``]."""
-    import argparse  # noqa: PLC0415
-
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer number of threads, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {s}")
-    if v > MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, got {s}")
-    return v
+#: argparse type of ``--threads``: an int in [1, ``MAX_THREADS``]
+threads_arg = count(MAX_THREADS, "a fixed bound, so that a run file from a large node resumes on a small one")
 
 
 def blas_info() -> list[dict]:
