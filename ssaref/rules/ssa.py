@@ -419,9 +419,9 @@ class SSA(SVDRuleBase):
         """``V^T g_V`` for the tangent step of eq. (9)/(10) from the batch (or None where that is not cheaper): with
         ``g_V = alpha x^T dz`` (eq. (13)'s task gradient of ``V``, ``dz = dy U S`` the gradient at the forward's
         ``z = x V``) and no alignment term on ``V`` (mask ``mV`` all zero, or beta = 0),
-        ``V^T g_V = alpha (x V)^T dz = alpha z^T dz``: ``B m r + B r^2`` multiply-adds (``dy U``, ``z^T dz``) instead of ``n r^2``, chosen by shape (an SVDLinear whose
-        ``B (m + r) < n r``, e.g. mlp's first layer, the classifier input of SmallConv).  The same sums as
-        ``V^T g_V`` in another order (round-off)."""
+        ``V^T g_V = alpha (x V)^T dz = alpha z^T dz``: ``B m r + B r^2`` multiply-adds (``dy U``, ``z^T dz``)
+        instead of ``n r^2``, chosen by shape (an SVDLinear whose ``B (m + r) < n r``, e.g. mlp's first layer, the
+        classifier input of SmallConv).  The same sums as ``V^T g_V`` in another order (round-off)."""
         if (
             dy is None
             or cache is None
