@@ -54,11 +54,26 @@ def step_flops(model, batch, input_shape=None):
 
 
 # --------------------------------------------------------------------------------------------- step cost (roofline)
-# how each rule moves the error between weight layers (``step_cost``); a rule not named here is costed as BP
-_CHAIN = {"bp", "svd-bp", "fa", "kp", "usf", "brsf", "frsf"}  # dx of every weight layer past the first
-_DIRECT = {"dfa", "drtp", "ssa"}  # e B_l projected to every hidden layer
-_LOCAL = {"predsim", "auglocal"}  # local losses of auxiliary networks
-_TWO_FORWARDS = {"pepita"}  # standard and modulated forward, no backward
+# how a rule moves the error between weight layers (``step_cost``): each rule class declares one
+# (``Rule.ERROR_TRANSPORT``): "chain" (dx of every weight layer past the first), "direct" (e B_l projected to every
+# hidden layer), "local" (local losses of auxiliary networks), "two_forwards" (standard and modulated forward, no
+# backward)
+TRANSPORTS = ("chain", "direct", "local", "two_forwards")
+
+
+def error_transport(method):
+    """The ``ERROR_TRANSPORT`` the registered rule ``method`` declares (ValueError for an unknown rule or a rule
+    that declares none of ``TRANSPORTS``)."""
+    from .rules import RULES
+
+    cls = RULES.get(method)
+    if cls is None:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(RULES))}")
+    if cls.ERROR_TRANSPORT not in TRANSPORTS:
+        raise ValueError(f"rule {method!r} declares ERROR_TRANSPORT {cls.ERROR_TRANSPORT!r}, not one of {TRANSPORTS}")
+    return cls.ERROR_TRANSPORT
+
+
 # per-factor projection GEMMs of the SVD rules, in units of m r^2 multiply-adds (X of shape (m, r)): SSA's
 # P_X(G) + 4 gamma X (X^T X - I) = G - X (sym(X^T G) - 4 gamma (X^T X - I)): Gram X^T X (half of a GEMM with
 # syrk: r (r + 1) / 2 per row), X^T G, X K; SVD-BP's 4 gamma X (X^T X - I): Gram, X M.
@@ -209,21 +224,22 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
     size = int(np.dtype(next(iter(params.values())).dtype).itemsize) if params else 4
     B = int(batch)
     ops = []
-    if method in _TWO_FORWARDS:
+    transport = error_transport(method)
+    if transport == "two_forwards":
         ops += _net_ops(model, in_shape, B, size, backward=False)
         ops += [dict(o, op=o["op"] + " (modulated)") for o in _net_ops(model, in_shape, B, size, backward=False)]
         for key, layer, shape, new in leaf_shapes(model, in_shape):
             if layer.kind == "linear":
                 m, n = (int(v) for v in layer.params["W"].shape)
                 ops.append(_gemm(f"{key} weight update", m, B, n, size))
-    elif method in _DIRECT or method in _LOCAL:
+    elif transport in ("direct", "local"):
         ops += _net_ops(model, in_shape, B, size, backward=True, dgrad="none")
-        if method in _DIRECT:
+        if transport == "direct":
             K = int(math.prod(leaf_shapes(model, in_shape)[-1][3]))
             weights = [(k, new) for k, l, s, new in leaf_shapes(model, in_shape) if l.kind in _WEIGHT_KINDS]
             for key, new in weights[:-1]:
                 ops.append(_gemm(f"{key} feedback e B", B, K, math.prod(new), size))
-        if rule is not None and method in _LOCAL:
+        if rule is not None and transport == "local":
             for aux in rule.aux_networks():
                 ops += _net_ops(
                     aux.net, aux.in_shape, B, size, backward=True, dgrad="all", prefix=f"aux {aux.layer}.{aux.name} "

@@ -126,6 +126,27 @@ def test_no_rule_overrides_step():
     assert {n for n, cls in RULES.items() if cls.step is not Rule.step} == set()
 
 
+def test_every_rule_declares_its_error_transport(monkeypatch):
+    """The step cost model reads each rule's declared ``ERROR_TRANSPORT`` (ssaref/cost.py keeps no list of rule
+    names); a rule that declares none is refused there rather than costed as some other rule."""
+    from ssaref import cost
+
+    mlp = lambda: build_model("mlp", (1, 8, 8), 10, seed=0, hidden=(12, 10), dtype=np.float64)  # noqa: E731
+    for name in RULES:
+        assert cost.error_transport(name) in cost.TRANSPORTS, name
+        run = build_run(mlp(), name, np.random.default_rng(2), optimizer=None)
+        assert sum(o["flops"] for o in cost.step_cost(run.model, name, 4, (1, 8, 8), rule=run.rule)) > 0, name
+
+    class Undeclared(Rule):
+        name = "undeclared"
+
+    monkeypatch.setitem(RULES, "undeclared", Undeclared)
+    with pytest.raises(ValueError, match="declares ERROR_TRANSPORT ''"):
+        cost.step_cost(mlp(), "undeclared", 4, (1, 8, 8))
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        cost.error_transport("nope")
+
+
 # -------------------------------------------------------------------------------------- every registered rule
 SYN = ["--dataset", "synthetic", "--train-limit", "96", "--test-limit", "48", "--batch-size", "32", "--hidden",
        "12,10", "--no-progress", "--no-download", "--lr", "3e-3", "--align-every", "1"]

@@ -48,6 +48,8 @@ class LocalLossRule(Rule):
     implement ``build_aux(model, seg, shape, rng)`` -> ``{head name: Sequential}`` and
     ``local_loss(seg, h, batch, ctx)`` -> ``(loss, dL/dh, {head: {param key: gradient}})``."""
 
+    ERROR_TRANSPORT = "local"
+
     INJECT = "local_inject"
 
     def __init__(self, **options):

@@ -212,6 +212,11 @@ class Rule:
     # {(option, value): "X.Y.Z"}: with ``option`` at ``value`` the unset options take the defaults of version X.Y.Z
     # (their history is declared with each ``Option``; ssaref/options.py)
     DEFAULTS_OF: dict = {}
+    # how the rule moves the error between weight layers, for the step cost model (ssaref/cost.py, ``TRANSPORTS``):
+    # "chain" (an input gradient through every weight layer past the first: BP, SVD-BP, the FA family), "direct"
+    # (``e B_l`` to every hidden layer: DFA, DRTP, SSA), "local" (the local losses of ``aux_networks()``: PredSim,
+    # AugLocal) or "two_forwards" (PEPITA); a rule must declare it
+    ERROR_TRANSPORT = ""
 
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)

@@ -15,6 +15,7 @@ __all__ = ["BP"]
 
 class BP(Rule):
     name = "bp"
+    ERROR_TRANSPORT = "chain"
     GOLDEN_VARIANTS = {
         "default": ({}, 0, {"models": ("mlp", "conv", "res")}),
         "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),

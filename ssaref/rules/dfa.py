@@ -50,6 +50,7 @@ __all__ = ["DFA"]
 
 class DFA(Rule):
     name = "dfa"
+    ERROR_TRANSPORT = "direct"
     GOLDEN_VARIANTS = {
         "default": ({}, 0, {"models": ("mlp", "conv", "res")}),
         "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),

@@ -124,6 +124,7 @@ JUMP_EVERY = 10
 
 class SSA(SVDRuleBase):
     name = "ssa"
+    ERROR_TRANSPORT = "direct"
     # paper-sgd1 starts one SGD step away from the exact SVD, where U^T U != I and eq. (9)'s term shows
     GOLDEN_VARIANTS = {
         "paper": ({"ssa_variant": "paper"}, 0),

@@ -18,6 +18,7 @@ __all__ = ["SVDBP"]
 
 class SVDBP(SVDRuleBase):
     name = "svd-bp"
+    ERROR_TRANSPORT = "chain"
     OPTIONS = dict(RANK_OPTIONS)
     GOLDEN_VARIANTS = {"sgd1": ({}, 1)}  # one SGD step off the exact SVD: the orthogonality term shows
 
