@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 import ast
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,8 @@ from ssaref.rules import RULES, build_rule
 from ssaref.rules.base import Rule
 from ssaref.run import build_run
 from ssaref.runlog import read_run
+
+sys.path.insert(0, os.path.dirname(__file__))
 
 ROOT = Path(__file__).resolve().parents[1]
 RULE_NAMES = frozenset(RULES)
@@ -145,6 +149,20 @@ def test_every_rule_declares_its_error_transport(monkeypatch):
         cost.step_cost(mlp(), "undeclared", 4, (1, 8, 8))
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         cost.error_transport("nope")
+
+
+def test_every_rule_declares_its_summary_and_readme_lists_it():
+    """README's table of rules is generated from the registry and each rule's ``SUMMARY`` (``python -m
+    tests.gen_tables --docs``), which the rule declares in its own module (KP must not inherit FA's line)."""
+    import gen_tables as G
+
+    for name, cls in RULES.items():
+        owner = next(k for k in cls.__mro__ if "SUMMARY" in vars(k))
+        assert cls.SUMMARY and owner.__module__ == cls.__module__, f"{name}: declare SUMMARY in {cls.__module__}"
+    readme = G.README.read_text(encoding="utf-8")
+    assert G.committed_block(readme, "rules") == G.render_rules(), f"README.md's rules table: run {G.COMMAND} --docs"
+    for name in RULES:
+        assert f"`{name}`" in G.render_rules(), name
 
 
 # -------------------------------------------------------------------------------------- every registered rule

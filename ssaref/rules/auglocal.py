@@ -101,6 +101,10 @@ class AugLocal(LocalLossRule):
     """AugLocal (module docstring): each hidden layer learns from its own auxiliary network's cross-entropy."""
 
     name = "auglocal"
+    SUMMARY = (
+        "every hidden layer trained by the cross-entropy of an auxiliary net of uniformly selected copies of later "
+        "layers, pyramidal depth (`--aux-depth 2 --pyramid-coeff 0.5`; Ma et al. 2024)"
+    )
     INJECT = "auglocal_inject"
     GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")})}  # res: a residual block copied
     OPTIONS = {

@@ -217,6 +217,9 @@ class Rule:
     # (``e B_l`` to every hidden layer: DFA, DRTP, SSA), "local" (the local losses of ``aux_networks()``: PredSim,
     # AugLocal) or "two_forwards" (PEPITA); a rule must declare it
     ERROR_TRANSPORT = ""
+    # one line for README's table of rules (``python -m tests.gen_tables --docs`` writes it), declared in the rule's
+    # own module (rules that share a module and a summary share a row)
+    SUMMARY = ""
 
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)

@@ -15,6 +15,7 @@ __all__ = ["BP"]
 
 class BP(Rule):
     name = "bp"
+    SUMMARY = "backpropagation, eq. (2)"
     ERROR_TRANSPORT = "chain"
     GOLDEN_VARIANTS = {
         "default": ({}, 0, {"models": ("mlp", "conv", "res")}),

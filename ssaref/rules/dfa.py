@@ -50,6 +50,7 @@ __all__ = ["DFA"]
 
 class DFA(Rule):
     name = "dfa"
+    SUMMARY = "direct feedback alignment, eq. (3)"
     ERROR_TRANSPORT = "direct"
     GOLDEN_VARIANTS = {
         "default": ({}, 0, {"models": ("mlp", "conv", "res")}),

@@ -28,6 +28,7 @@ __all__ = ["DRTP"]
 
 class DRTP(DFA):
     name = "drtp"
+    SUMMARY = "direct random target projection (Frenkel et al. 2021)"
     GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "res")})}
     OPTIONS = {
         "drtp_init": (

@@ -20,6 +20,7 @@ class FA(Rule):
     """Feedback alignment: fixed random B of each weight's shape, drawn once from the run's seed."""
 
     name = "fa"
+    SUMMARY = "feedback alignment (Lillicrap et al. 2016)"
     ERROR_TRANSPORT = "chain"
     # conv2: a conv layer above the first, so a conv-shaped B carries the error (docs/golden-vectors.md)
     GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "conv2")})}

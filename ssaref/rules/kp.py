@@ -38,6 +38,7 @@ class KP(FA):
     """Kolen-Pollack: FA whose ``B`` gets ``W``'s update (and decay), so ``B -> W^T``."""
 
     name = "kp"
+    SUMMARY = "Kolen-Pollack: FA whose B learns W's update and decay, so B -> W^T (Akrout et al. 2019)"
     GOLDEN_VARIANTS = {
         "default": FA.GOLDEN_VARIANTS["default"],
         "decay": ({"kp_decay": 0.1}, 0),

@@ -31,6 +31,7 @@ __all__ = ["PEPITA"]
 
 class PEPITA(Rule):
     name = "pepita"
+    SUMMARY = "two forward passes, input modulated by F e (Dellaferrera & Kreiman 2022), MLPs"
     ERROR_TRANSPORT = "two_forwards"
     OPTIONS = {
         "pepita_F_scale": (float, 0.05, "PEPITA: F ~ scale * U(+-sqrt(6/d_in)), d_in the input size"),

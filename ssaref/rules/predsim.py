@@ -58,6 +58,10 @@ class PredSim(LocalLossRule):
     """PredSim (module docstring): every hidden block learns from its own prediction + similarity-matching loss."""
 
     name = "predsim"
+    SUMMARY = (
+        "every hidden block trained by its own prediction + similarity-matching loss, beta 0.99 (Nokland & "
+        "Eidnes 2019), mlp and conv nets"
+    )
     INJECT = "predsim_inject"
     # the classifiers start at zero: after two warm-up steps the prediction loss reaches the blocks too
     GOLDEN_VARIANTS = {"warm2": ({}, 2)}

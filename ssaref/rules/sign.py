@@ -60,6 +60,7 @@ class _SignConcordant(Rule):
     """Shared walk: BP's chain with ``B(W)`` in place of every transported weight."""
 
     ERROR_TRANSPORT = "chain"
+    SUMMARY = "sign-concordant feedback (Liao et al.; Sanfiz & Akrout)"
 
     # conv2: a conv layer above the first, so a conv-shaped B carries the error (docs/golden-vectors.md)
     GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "conv2")})}

@@ -124,6 +124,7 @@ JUMP_EVERY = 10
 
 class SSA(SVDRuleBase):
     name = "ssa"
+    SUMMARY = "SVD-space alignment, eqs. (5)-(13), rank schedule of section 4.4"
     ERROR_TRANSPORT = "direct"
     # paper-sgd1 starts one SGD step away from the exact SVD, where U^T U != I and eq. (9)'s term shows
     GOLDEN_VARIANTS = {

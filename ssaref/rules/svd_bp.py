@@ -18,6 +18,7 @@ __all__ = ["SVDBP"]
 
 class SVDBP(SVDRuleBase):
     name = "svd-bp"
+    SUMMARY = "BP on SVD-factored layers + orthogonality and Hoyer terms (Yang et al. 2020)"
     ERROR_TRANSPORT = "chain"
     OPTIONS = dict(RANK_OPTIONS)
     GOLDEN_VARIANTS = {"sgd1": ({}, 1)}  # one SGD step off the exact SVD: the orthogonality term shows

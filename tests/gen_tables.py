@@ -1,20 +1,20 @@
-"""The golden vectors' derived tables, generated: nobody types them when a rule or a case is added.
+"""Derived tables, generated: nobody types them when a rule or a golden case is added.
 
-* ``COVERAGE`` in ``ssaref/golden/coverage.py`` (case -> the terms it pins) is **measured** here with the
+* ``COVERAGE`` in ``ssaref/golden/coverage.py`` (golden case -> the terms it pins) is **measured** here with the
   independent PyTorch candidate (``tests/_torch_rules.py``, whose ``wrong=<term>`` makes the term's mistake):
   a term is pinned when its mistake changes a required field by more than ``MARGIN`` times the default
   tolerance, unpinned when the mistake leaves every compared field within the default tolerance; anything in
   between is a problem (the case neither pins the term clearly nor leaves it untested).
-* The marked blocks of ``docs/golden-vectors.md`` (``<!-- generated: NAME begin -->`` ... ``end``): the table of
-  cases (from ``vectors.case_specs()``, i.e. each rule's ``GOLDEN_VARIANTS``), the file count, and the table of
-  each case's coverage.
+* The marked blocks (``<!-- generated: NAME begin -->`` ... ``end``) of ``docs/golden-vectors.md``: the table of
+  golden cases (from ``vectors.case_specs()``, i.e. each rule's ``GOLDEN_VARIANTS``), the file count, and each
+  case's coverage; and of ``README.md``: the table of rules (the registry ``RULES`` and each rule's ``SUMMARY``).
 
-``tests/test_golden_coverage.py`` runs the same measurement (``measure``) and fails, naming this command, when
-the committed table or docs differ from what is generated::
+``tests/test_golden_coverage.py`` runs the same measurement (``measure``); it and ``tests/test_interface.py`` fail,
+naming this command, when the committed table or blocks differ from what is generated::
 
-    python -m tests.golden_tables            # re-measure COVERAGE (minutes), then rewrite the docs blocks
-    python -m tests.golden_tables --docs     # only the docs blocks, from the committed COVERAGE (seconds)
-    python -m tests.golden_tables --check    # write nothing; exit 1 and name what differs
+    python -m tests.gen_tables            # re-measure COVERAGE (seconds), then rewrite the docs blocks
+    python -m tests.gen_tables --docs     # only the docs blocks, from the committed COVERAGE
+    python -m tests.gen_tables --check    # write nothing; exit 1 and name what differs
 
 ``TERMS`` (what each term means) and the prose around the blocks stay hand-written: they are documentation.
 """
@@ -22,6 +22,7 @@ the committed table or docs differ from what is generated::
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # ``python tests/golden_tables.py`` as well as ``python -m tests.golden_tables``
+if str(ROOT) not in sys.path:  # ``python tests/gen_tables.py`` as well as ``python -m tests.gen_tables``
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,9 +42,10 @@ from ssaref import vectors as V  # noqa: E402
 from ssaref.golden import coverage as COV  # noqa: E402
 from ssaref.golden.check import optional_fields, required_fields  # noqa: E402
 
-COMMAND = "python -m tests.golden_tables"
+COMMAND = "python -m tests.gen_tables"
 COVERAGE_PY = ROOT / "ssaref" / "golden" / "coverage.py"
 DOC = ROOT / "docs" / "golden-vectors.md"
+README = ROOT / "README.md"
 MARGIN = 100.0  # a pinned term's mistake exceeds MARGIN x the default tolerance somewhere
 LINE = 120  # ruff's line-length (pyproject.toml)
 
@@ -205,9 +207,29 @@ def render_coverage_table(coverage=None):
     return "\n".join(out)
 
 
+def render_rules():
+    """README's table of rules: the registry's names in order, each rule's ``SUMMARY`` and file (rules of one
+    module with one summary share a row)."""
+    from ssaref.rules import RULES
+
+    rows: list = []
+    for name, cls in RULES.items():
+        path = Path(inspect.getsourcefile(cls) or "").resolve().relative_to(ROOT).as_posix()
+        if rows and rows[-1][1:] == [cls.SUMMARY, path]:
+            rows[-1][0].append(name)
+        else:
+            rows.append([[name], cls.SUMMARY, path])
+    out = ["| method | what | file |", "| --- | --- | --- |"]
+    out += [f"| {', '.join(f'`{n}`' for n in names)} | {summary} | `{path}` |" for names, summary, path in rows]
+    return "\n".join(out)
+
+
 def docs_blocks(coverage=None):
-    """``{block name: generated text}`` of docs/golden-vectors.md."""
-    return {"golden-cases": render_cases(), "golden-coverage": render_coverage_table(coverage)}
+    """``{file: {block name: generated text}}``."""
+    return {
+        DOC: {"golden-cases": render_cases(), "golden-coverage": render_coverage_table(coverage)},
+        README: {"rules": render_rules()},
+    }
 
 
 def _block_re(name):
@@ -227,14 +249,20 @@ def replace_blocks(text, blocks):
     for name, body in blocks.items():
         pat = _block_re(name)
         if not pat.search(text):
-            raise ValueError(f"docs/golden-vectors.md has no block '<!-- generated: {name} begin -->'")
+            raise ValueError(f"no block '<!-- generated: {name} begin -->'")
         text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text, count=1)
     return text
 
 
-def docs_diff(text, coverage=None):
-    """Names of the blocks whose committed text differs from the generated one."""
-    return [n for n, body in docs_blocks(coverage).items() if committed_block(text, n) != body]
+def docs_diff(coverage=None, texts=None):
+    """``"<file>: block <name>"`` of every block whose committed text differs from the generated one (``texts``:
+    ``{file: text}`` in place of the files' contents)."""
+    out = []
+    for path, blocks in docs_blocks(coverage).items():
+        text = (texts or {}).get(path) or path.read_text(encoding="utf-8")
+        rel = path.relative_to(ROOT).as_posix()
+        out += [f"{rel}: block {n}" for n, body in blocks.items() if committed_block(text, n) != body]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- command
@@ -265,15 +293,15 @@ def main(argv=None):
             differs += [f"ssaref/golden/coverage.py: {line}" for line in diff]
         else:
             _write(COVERAGE_PY, replace_coverage(COVERAGE_PY.read_text(encoding="utf-8"), coverage))
-    doc = DOC.read_text(encoding="utf-8")
     if args.check:
-        differs += [f"docs/golden-vectors.md: block {n}" for n in docs_diff(doc, coverage)]
+        differs += docs_diff(coverage)
         for line in differs:
             print(line)
         if differs:
             print(f"regenerate with: {COMMAND}")
         return 1 if differs else 0
-    _write(DOC, replace_blocks(doc, docs_blocks(coverage)))
+    for path, blocks in docs_blocks(coverage).items():
+        _write(path, replace_blocks(path.read_text(encoding="utf-8"), blocks))
     return 0
 
 
