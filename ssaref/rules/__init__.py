@@ -1,6 +1,7 @@
 """Learning rules, one file each (the interface: ``base.py``); ``build_rule(name, **options)`` selects one.
 
-Adding a rule: its file, one entry in ``RULES`` below, its oracle test."""
+Adding a rule: its file, one entry in ``RULES`` below, its oracle test; then ``python -m tests.gen_tables``
+regenerates the tables derived from the registry (docs/internals.md, "Adding a rule")."""
 
 from __future__ import annotations
 

@@ -37,6 +37,8 @@ never a rule's name or private attributes):
   per-step draw included);
 * ``resolved_options(model)``: every option that affects a step, ``auto`` values resolved;
 * ``GOLDEN_VARIANTS``: golden-vector cases beyond the default options;
+* ``ERROR_TRANSPORT``: how the rule moves the error between weight layers (the step cost model, ``cost.py``);
+* ``SUMMARY``: its line in README's table of rules (generated: ``python -m tests.gen_tables --docs``);
 * ``learnable(model)``: rule-owned arrays the optimiser updates like parameters (KP's B, the auxiliary networks of
   PredSim and AugLocal); ``updates`` returns a direction for each of their keys;
 * ``aux_networks()``: ``AuxNetwork`` per rule-owned layer graph (PredSim's and AugLocal's auxiliary networks,
