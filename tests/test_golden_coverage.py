@@ -103,7 +103,10 @@ def test_terms_are_the_candidates_mistakes_and_documented():
 
 def test_every_case_has_its_coverage_recorded(golden):
     names = _names(golden)
-    assert sorted(COV.COVERAGE) == names
+    assert sorted(COV.COVERAGE) == names, (
+        f"cases without a COVERAGE row {sorted(set(names) - set(COV.COVERAGE))}, rows without a case "
+        f"{sorted(set(COV.COVERAGE) - set(names))}: run {G.COMMAND}"
+    )
     covered = set()
     for n in names:
         attrs, _, _ = V.read_file(golden / f"{n}.h5")
