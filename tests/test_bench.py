@@ -1,7 +1,9 @@
 """python -m ssaref.bench: the torch mirrors of every layer kind, the analytic FLOP counts, the memory probe and the
 command line (tiny batches: what is checked is that the benchmark measures the right thing, not how fast)."""
+import ast
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +73,7 @@ def test_weight_macs_and_step_flops_of_lenet():
 
 
 def test_smallconv_gemms_and_sgemm_rate():
-    g = bench.smallconv_gemms((1, 28, 28), 4)
+    g = bench.limits.smallconv_gemms((1, 28, 28), 4)
     assert g == [(96, 9, 28 * 28 * 4), (192, 864, 14 * 14 * 4), (512, 1728, 7 * 7 * 4)]
     rows = bench.sgemm_peak([(8, 16, 32)], repeats=2)
     assert rows[0]["gflops"] > 0 and rows[0]["m"] == 8
@@ -189,16 +191,16 @@ def test_integers_are_bounded_before_the_benchmark(flag, value, needle, capsys, 
     before the first step -- checked by making any timing step a failure of the test."""
     def no_step(*a, **k):
         raise AssertionError("the benchmark ran")
-    monkeypatch.setattr(bench, "bench_config", no_step)
-    monkeypatch.setattr(bench, "apply_threads", no_step)
+    monkeypatch.setattr(bench.cli, "bench_config", no_step)
+    monkeypatch.setattr(bench.cli, "apply_threads", no_step)
     assert _exit_code(["--models", "mlp", "--no-memory", "--no-sgemm", flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
 
 
 def test_largest_accepted_integers_parse():
-    a = bench._parse(["--repeats", "100000", "--warmup", "10000", "--batch-size", "65536", "--memory-steps", "1000",
-                      "--input", "4096x1x1"])
+    a = bench.cli._parse(["--repeats", "100000", "--warmup", "10000", "--batch-size", "65536", "--memory-steps", "1000",
+                          "--input", "4096x1x1"])
     assert (a.repeats, a.warmup, a.batch_size, a.memory_steps, a.inputs) == (100000, 10000, 65536, 1000, [(4096, 1, 1)])
 
 
@@ -230,7 +232,7 @@ def test_gpu_comparison_picks_cuda_for_torch_and_sets_tf32_alike_on_both_sides(m
     (The CUDA side itself needs a GPU: tests/test_gpu_equivalence.py and validation/gpu_check.sh.)"""
     import torch
 
-    assert bench.torch_device("cupy") == "cuda" and bench.torch_device("numpy") == "cpu"
+    assert bench.engines.torch_device("cupy") == "cuda" and bench.engines.torch_device("numpy") == "cpu"
     # torch provides ``cuda.matmul.allow_tf32`` through a module ``__getattr__``/``__setattr__`` pair, not as an
     # attribute: monkeypatch.setattr would try to delattr it at teardown (an error on pytest >= 9.2).  Save and
     # restore through the public switches instead.
@@ -239,9 +241,9 @@ def test_gpu_comparison_picks_cuda_for_torch_and_sets_tf32_alike_on_both_sides(m
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        on = bench.set_tf32(True)
+        on = bench.engines.set_tf32(True)
         assert on["CUPY_TF32"] == "1" and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
-        off = bench.set_tf32(False)
+        off = bench.engines.set_tf32(False)
         assert off["CUPY_TF32"] == "0" and not torch.backends.cuda.matmul.allow_tf32
         assert not torch.backends.cudnn.allow_tf32
     finally:
@@ -290,7 +292,7 @@ def test_device_step_memory_reads_the_allocators_high_water_mark():
     def cupy_step():
         pool.total = pool.used + 3 * MiB   # the pool grew to the step's transient high-water mark
 
-    assert bench.device_step_mib(cupy_step, None, FakeCupy) == 3.0
+    assert bench.timing.device_step_mib(cupy_step, None, FakeCupy) == 3.0
 
     class Cuda:
         alloc, peak = 7 * MiB, 20 * MiB
@@ -312,7 +314,7 @@ def test_device_step_memory_reads_the_allocators_high_water_mark():
     def torch_step():
         fake_torch.cuda.peak = fake_torch.cuda.alloc + 3 * MiB
 
-    assert bench.device_step_mib(torch_step, fake_torch, None) == 3.0
+    assert bench.timing.device_step_mib(torch_step, fake_torch, None) == 3.0
 
 
 # ------------------------------------------------------------------------------------------ device timing
@@ -323,7 +325,7 @@ def test_op_profile_on_a_device_times_the_work_not_the_launches(monkeypatch):
     from tests import _strictxp as S
 
     xp = S.install()
-    monkeypatch.setattr(bench, "resolve_backend", lambda name: xp)
+    monkeypatch.setattr(bench.profile, "resolve_backend", lambda name: xp)
     S.reset()
     with S.simulate_async(1e-3):
         ms, rows = bench.op_profile("mlp", (1, 28, 28), "bp", batch=8, steps=2, backend="cupy")
@@ -434,3 +436,37 @@ def test_limit_column_in_the_cli(tmp_path, capsys):
     assert res["configs"][0]["params"] == sum(v.size for _, v in build_model("mlp", (1, 28, 28), 10).named_params())
     assert aug["flops"] > sum(o["flops"] for o in aug["cost_ops"] if not o["op"].startswith("aux"))
     assert "aux params" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ package layout
+# ssaref.bench, one idea a module; each imports only the modules before it, so nothing imports the command line
+BENCH_ORDER = ("mirror", "limits", "engines", "timing", "profile", "memory", "report", "cli")
+
+
+def _sibling_imports(source):
+    """The modules of ssaref.bench that ``source`` imports (relative or absolute)."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            out |= {node.module} if node.module else {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ssaref.bench"):
+            parts = node.module.split(".")
+            out |= {parts[2]} if len(parts) > 2 else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name.split(".")[2] for a in node.names if a.name.startswith("ssaref.bench.")}
+    return out & set(BENCH_ORDER)
+
+
+def test_bench_modules_import_one_way_and_none_imports_the_command_line():
+    folder = Path(bench.__file__).parent
+    assert {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__"} == set(BENCH_ORDER)
+    for i, name in enumerate(BENCH_ORDER):
+        above = set(BENCH_ORDER[:i])
+        deps = _sibling_imports((folder / f"{name}.py").read_text(encoding="utf-8"))
+        assert deps <= above, f"ssaref/bench/{name}.py imports {sorted(deps - above)}, not above it in BENCH_ORDER"
+
+
+def test_the_bench_import_scan_sees_every_spelling():
+    src = "from .cli import main\nfrom . import report\nimport ssaref.bench.timing\nfrom ssaref.bench import memory\n"
+    assert _sibling_imports(src) == {"cli", "report", "timing", "memory"}
+    assert _sibling_imports("from ..cli import OneLineParser\nfrom . import __doc__\n") == set()

@@ -1,0 +1,92 @@
+"""The training step every measurement runs: the batch, the optimiser (Adam, lr 1e-4), the ssaref engine and the
+torch engine (BP on the mirror), the torch side's device and the TF32 switches of both sides."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..nn import build_model
+from ..run import build_run
+from .mirror import torch_mirror
+
+# the input shape of the data set each model is trained on in the paper (Fashion-MNIST, CIFAR)
+DATASET_INPUT = {"mlp": (1, 28, 28), "lenet": (1, 28, 28), "convnet": (1, 28, 28)}
+CIFAR_INPUT = (3, 32, 32)
+LR = 1e-4
+
+
+def _input_for(name, inputs):
+    return DATASET_INPUT.get(name, CIFAR_INPUT) if inputs is None else inputs
+
+
+def _batch(shape, batch, k, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
+
+
+def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, **options):
+    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``method`` with Adam (lr 1e-4);
+    ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
+    None: the current mode) what its convolutions keep for the backward."""
+    from ..ops.conv import set_conv_save
+
+    model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
+    run = build_run(model, method, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
+
+    def step():
+        old = set_conv_save(conv_save) if conv_save else None
+        try:
+            run.train_step(x, y)
+        finally:
+            if old:
+                set_conv_save(old)
+        if xp is not np:
+            xp.cuda.Device().synchronize()  # every stream of the device: the step's kernels have finished
+
+    return run, step
+
+
+def torch_device(backend) -> str:
+    """The torch side's device: ``"cuda"`` when ssaref runs on CuPy (a fair GPU comparison), else ``"cpu"``."""
+    return "cuda" if backend == "cupy" else "cpu"
+
+
+def set_tf32(enabled: bool, torch_side: bool = True) -> dict:
+    """TF32 for float32 GEMMs and convolutions, the same on both sides, before any GPU work: CuPy reads
+    ``CUPY_TF32`` (cuBLAS math mode) lazily at its first float32 matmul and caches it (batched matmul ignores it),
+    torch its ``allow_tf32`` switches (``torch_side``).
+    Returns what was set (recorded in the results)."""
+    os.environ["CUPY_TF32"] = "1" if enabled else "0"
+    out = {"CUPY_TF32": os.environ["CUPY_TF32"]}
+    if torch_side:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+        torch.backends.cudnn.allow_tf32 = bool(enabled)
+        out.update(
+            {"torch.backends.cuda.matmul.allow_tf32": bool(enabled), "torch.backends.cudnn.allow_tf32": bool(enabled)}
+        )
+    return out
+
+
+def _torch_engine(model, x_h, y_h, device="cpu"):
+    import torch
+
+    tmodel = torch_mirror(model).to(device)
+    tmodel.train()
+    tx = torch.from_numpy(x_h).to(device)
+    ty = torch.from_numpy(np.asarray(y_h, dtype=np.int64)).to(device)
+    topt = torch.optim.Adam(tmodel.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    cuda = str(device).startswith("cuda")
+
+    def step():
+        topt.zero_grad(set_to_none=True)
+        loss_fn(tmodel(tx), ty).backward()
+        topt.step()
+        if cuda:
+            torch.cuda.synchronize()
+
+    return tmodel, step
