@@ -59,7 +59,7 @@ def set_tf32(enabled: bool, torch_side: bool = True) -> dict:
     torch its ``allow_tf32`` switches (``torch_side``).
     Returns what was set (recorded in the results)."""
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
-    out = {"CUPY_TF32": os.environ["CUPY_TF32"]}
+    out: dict = {"CUPY_TF32": os.environ["CUPY_TF32"]}
     if torch_side:
         import torch
 

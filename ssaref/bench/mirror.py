@@ -59,16 +59,16 @@ def torch_mirror(model):
         if kind == "flatten":
             return nn.Flatten()
         if kind == "batchnorm":
-            m = BatchNorm(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum).to(dtype)
+            bn = BatchNorm(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum).to(dtype)
             with torch.no_grad():
-                m.weight.copy_(t(layer.params["gamma"]))
-                m.bias.copy_(t(layer.params["beta"]))
-                m.running_mean.copy_(t(layer.buffers["running_mean"]))
-                m.running_var.copy_(t(layer.buffers["running_var"]))
-            return m
+                bn.weight.copy_(t(layer.params["gamma"]))
+                bn.bias.copy_(t(layer.params["beta"]))
+                bn.get_buffer("running_mean").copy_(t(layer.buffers["running_mean"]))
+                bn.get_buffer("running_var").copy_(t(layer.buffers["running_var"]))
+            return bn
         if kind == "linear":
             W = layer.params["W"]
-            m = nn.Linear(W.shape[1], W.shape[0], bias="b" in layer.params)
+            m: nn.Linear | nn.Conv2d = nn.Linear(W.shape[1], W.shape[0], bias="b" in layer.params)
         elif kind == "conv2d":
             W = layer.params["W"]
             m = nn.Conv2d(
@@ -85,7 +85,7 @@ def torch_mirror(model):
         with torch.no_grad():
             m.weight.copy_(t(layer.params["W"]))
             if "b" in layer.params:
-                m.bias.copy_(t(layer.params["b"]))
+                m.get_parameter("bias").copy_(t(layer.params["b"]))
         return m
 
     return build(model)

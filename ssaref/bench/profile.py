@@ -15,7 +15,7 @@ def _op_targets():
     from ..ops import activations, conv, linear, norm, pool
     from ..rules import base as rule_base
 
-    out = []
+    out: list = []
     for mod in (conv, pool, activations, norm, linear):
         out += [
             (mod, n, f"{mod.__name__.rsplit('.', 1)[-1]}.{n}")
@@ -82,7 +82,7 @@ def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend=
             fn = raw.__func__ if isinstance(raw, staticmethod) else raw
             setattr(owner, attr, staticmethod(wrap(fn, label)) if isinstance(raw, staticmethod) else wrap(fn, label))
         saved.append((Optimizer, "step", Optimizer.__dict__["step"]))
-        Optimizer.step = wrap(Optimizer.__dict__["step"], "optimiser step (Adam)")
+        setattr(Optimizer, "step", wrap(Optimizer.__dict__["step"], "optimiser step (Adam)"))
         step()
         acc.clear()
         t0 = time.perf_counter()

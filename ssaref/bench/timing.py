@@ -83,7 +83,7 @@ def bench_config(
         rows[m].setdefault("conv_save", conv_save)
     _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
     order = ["bp", "torch"] + [m for m in methods[1:] if m in engines] + extra
-    times = {m: [] for m in order}
+    times: dict = {m: [] for m in order}
     for i in range(warmup + repeats):
         for label in order:
             t0 = time.perf_counter()
