@@ -242,14 +242,14 @@ def _batch(shape, batch, k, seed):
     return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
 
-def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, **options):
-    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``method`` with Adam (lr 1e-4);
+def ssaref_engine(name, shape, rule, x, y, *, xp=np, seed=0, conv_save=None, **options):
+    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``rule`` with Adam (lr 1e-4);
     ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
     None: the current mode) what its convolutions keep for the backward."""
     from .ops.conv import set_conv_save
 
     model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
-    run = build_run(model, method, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
+    run = build_run(model, rule, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
 
     def step():
         old = set_conv_save(conv_save) if conv_save else None
@@ -311,7 +311,7 @@ def _torch_engine(model, x_h, y_h, device="cpu"):
 def bench_config(
     name,
     shape,
-    methods=("bp",),
+    rules=("bp",),
     *,
     batch=128,
     repeats=20,
@@ -324,7 +324,7 @@ def bench_config(
     also_save=(),
 ):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
-    rule of ``methods`` (BP always included, first), alternating step by step.
+    rule of ``rules`` (BP always included, first), alternating step by step.
 
     Returns ``{"model", "input", "params", "torch_ms", "rows": [{"method", "ssaref_ms", "ratio", "vs_bp",
     "status", "flops", "bytes", "cost_ops", "aux_params"}]}`` (``params``: the model's; ``aux_params``: the
@@ -339,9 +339,9 @@ def bench_config(
     dense = build_model(name, shape, k, xp=np, dtype=np.float32, seed=seed)  # raises ValueError if it does not fit
     x_h, y_h = _batch(shape, batch, k, seed)
     x, y = xp.asarray(x_h), xp.asarray(y_h)
-    methods = ["bp"] + [m for m in methods if m != "bp"]
+    rules = ["bp"] + [m for m in rules if m != "bp"]
     engines, rows = {}, {}
-    for m in methods:
+    for m in rules:
         try:
             run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save)
             ops = step_cost(run.model, m, batch, shape, rule=run.rule)  # counted, for the limit column
@@ -367,15 +367,15 @@ def bench_config(
     extra = []
     if any(layer.kind == "conv2d" for _, layer, _, _ in leaf_shapes(dense, shape)):
         for mode in (mm for mm in also_save if mm != conv_save):
-            for m in [mm for mm in methods if mm in engines]:
+            for m in [mm for mm in rules if mm in engines]:
                 label = f"{m}@{mode}"
                 run, engines[label] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode)
                 rows[label] = dict(rows[m], method=label, rule=m, conv_save=mode)
                 extra.append(label)
-    for m in methods:
+    for m in rules:
         rows[m].setdefault("conv_save", conv_save)
     _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
-    order = ["bp", "torch"] + [m for m in methods[1:] if m in engines] + extra
+    order = ["bp", "torch"] + [m for m in rules[1:] if m in engines] + extra
     times = {m: [] for m in order}
     for i in range(warmup + repeats):
         for label in order:
@@ -397,7 +397,7 @@ def bench_config(
         "params": int(sum(v.size for _, v in dense.named_params())),
         "torch_ms": 1e3 * med["torch"],
         "flops": step_flops(dense, batch, shape),
-        "rows": [rows[m] for m in methods + extra],
+        "rows": [rows[m] for m in rules + extra],
     }
     if xp is not np:  # peak device memory of one step of each engine, above what it holds between steps
         import torch
@@ -485,8 +485,8 @@ def _op_targets():
     return out
 
 
-def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend="numpy", **options):
-    """Where one ssaref training step of ``method`` on ``name`` goes: ``(step_ms, [(label, ms, fraction)])``.
+def op_profile(name, shape, rule="bp", *, batch=128, steps=3, seed=0, backend="numpy", **options):
+    """Where one ssaref training step of ``rule`` on ``name`` goes: ``(step_ms, [(label, ms, fraction)])``.
 
     Every op function (ops.conv, pool, activations, norm, linear, the loss) and the optimiser's ``step`` are
     wrapped with a timer (inclusive wall time, mean over ``steps`` steps after one warm-up step); ``im2col`` is
@@ -502,7 +502,7 @@ def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend=
 
     xp = resolve_backend(backend)
     x_h, y_h = _batch(shape, batch, 10, seed)
-    _, step = ssaref_engine(name, shape, method, xp.asarray(x_h), xp.asarray(y_h), xp=xp, seed=seed, **options)
+    _, step = ssaref_engine(name, shape, rule, xp.asarray(x_h), xp.asarray(y_h), xp=xp, seed=seed, **options)
     acc: dict = {}
     saved = []
     sync = _device_sync(xp)
@@ -855,20 +855,20 @@ def markdown(result):
                 f"{_mem(r.get('ssaref_mib'), r.get('step_mib'))} | "
                 f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |"
             )
-    methods = [m for m in result["settings"]["methods"] if m != "bp"]
-    if methods:
+    rules = [m for m in result["settings"]["methods"] if m != "bp"]
+    if rules:
         lines += [
             "",
             "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
             "— = the rule does not train this model.",
             "",
-            "| model | input | " + " | ".join(methods) + " |",
-            "| --- | --- | " + " | ".join("---:" for _ in methods) + " |",
+            "| model | input | " + " | ".join(rules) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in rules) + " |",
         ]
         for c in result["configs"]:
             by = {r["method"]: r for r in c["rows"]}
             cells = []
-            for m in methods:
+            for m in rules:
                 r = by.get(m)
                 if r is None or r.get("vs_bp") is None:
                     cells.append("—")
@@ -1033,13 +1033,13 @@ def _parse(argv):
             f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
             f"{', '.join(sorted(MODELS))} or all"
         )
-    methods = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
-    bad = [m for m in methods if m not in RULES]
-    if bad or not methods:
+    rules = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    bad = [m for m in rules if m not in RULES]
+    if bad or not rules:
         raise ValueError(
             f"--method: unknown rule(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(RULES)} or all"
         )
-    args.names, args.methods = names, ["bp"] + [m for m in dict.fromkeys(methods) if m != "bp"]
+    args.names, args.rules = names, ["bp"] + [m for m in dict.fromkeys(rules) if m != "bp"]
     args.inputs = None if args.input.strip() == "auto" else [_shape(s) for s in args.input.split(",") if s.strip()]
     if args.inputs == []:
         raise ValueError("--input: no shape given")
@@ -1083,7 +1083,7 @@ def _main(argv):
             "torch_device": torch_device(args.backend),
             "warmup": args.warmup,
             "backend": args.backend,
-            "methods": args.methods,
+            "methods": args.rules,
             "memory_steps": args.memory_steps,
             "tuned_malloc": tuned,
             "conv_save": args.conv_save,
@@ -1112,7 +1112,7 @@ def _main(argv):
             c = bench_config(
                 name,
                 shape,
-                args.methods,
+                args.rules,
                 batch=args.batch_size,
                 repeats=args.repeats,
                 warmup=args.warmup,

@@ -1,6 +1,6 @@
 """The counted cost of a training step: FLOPs and bytes moved, op by op, from the layer shapes alone.
 
-``step_cost(model, method, batch)`` lists every op of one step of a rule (its docstring is the counting
+``step_cost(model, rule_name, batch)`` lists every op of one step of a rule (its docstring is the counting
 convention; docs/internals.md, "Cost model"); ``roofline(ops, peak, bandwidth)`` turns the counts into the step's
 lower bound on a machine; ``weight_macs`` and ``step_flops`` are the inference and BP-step GEMM counts that
 Figure 5 and the bench report.  Nothing here runs a step or times anything: ``ssaref.bench`` measures, this
@@ -173,8 +173,8 @@ def _net_ops(model, in_shape, B, size, *, backward=True, dgrad="chain", prefix="
     return ops
 
 
-def step_cost(model, method, batch, input_shape=None, rule=None):
-    """The counted ops of one training step of ``method`` on ``model`` (the model the rule trains: factored for
+def step_cost(model, rule_name, batch, input_shape=None, rule=None):
+    """The counted ops of one training step of ``rule_name`` on ``model`` (the model the rule trains: factored for
     SSA / SVD-BP): ``[{"op", "flops", "bytes"}]``, from the layer shapes alone.
 
     Counting convention (the roofline's numerator; docs/internals.md, "Cost model"):
@@ -209,21 +209,21 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
     size = int(np.dtype(next(iter(params.values())).dtype).itemsize) if params else 4
     B = int(batch)
     ops = []
-    if method in _TWO_FORWARDS:
+    if rule_name in _TWO_FORWARDS:
         ops += _net_ops(model, in_shape, B, size, backward=False)
         ops += [dict(o, op=o["op"] + " (modulated)") for o in _net_ops(model, in_shape, B, size, backward=False)]
         for key, layer, shape, new in leaf_shapes(model, in_shape):
             if layer.kind == "linear":
                 m, n = (int(v) for v in layer.params["W"].shape)
                 ops.append(_gemm(f"{key} weight update", m, B, n, size))
-    elif method in _DIRECT or method in _LOCAL:
+    elif rule_name in _DIRECT or rule_name in _LOCAL:
         ops += _net_ops(model, in_shape, B, size, backward=True, dgrad="none")
-        if method in _DIRECT:
+        if rule_name in _DIRECT:
             K = int(math.prod(leaf_shapes(model, in_shape)[-1][3]))
             weights = [(k, new) for k, l, s, new in leaf_shapes(model, in_shape) if l.kind in _WEIGHT_KINDS]
             for key, new in weights[:-1]:
                 ops.append(_gemm(f"{key} feedback e B", B, K, math.prod(new), size))
-        if rule is not None and method in _LOCAL:
+        if rule is not None and rule_name in _LOCAL:
             for aux in rule.aux_networks():
                 ops += _net_ops(
                     aux.net, aux.in_shape, B, size, backward=True, dgrad="all", prefix=f"aux {aux.layer}.{aux.name} "
@@ -231,11 +231,11 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
     else:
         ops += _net_ops(model, in_shape, B, size, backward=True)
     for key, layer, _, _ in leaf_shapes(model, in_shape):
-        if layer.kind in ("svd_linear", "svd_conv2d") and method in _PROJ_GEMMS:
+        if layer.kind in ("svd_linear", "svd_conv2d") and rule_name in _PROJ_GEMMS:
             r = layer.rank
             for name in ("U", "V"):
                 m = int(layer.params[name].shape[0])
-                for g in _PROJ_GEMMS[method]:
+                for g in _PROJ_GEMMS[rule_name]:
                     if g == "XtG" and name == "V" and _batch_VtG_taken(rule, key, layer, B):
                         # V^T g_V = z^T (dy U S) (SSA._batch_VtG): dy U (B, m, r), then z^T dz (r, B, r)
                         ops += [

@@ -1,7 +1,7 @@
 """Shared machinery of the local-loss rules (PredSim, AugLocal): rules whose hidden segments learn from a loss of
 their own, computed by auxiliary networks the rule owns.
 
-* The hidden segments are DFA's (``_feedback.segments``: a weight layer and the layers after it up to the next
+* The hidden segments are DFA's (``feedback.segments``: a weight layer and the layers after it up to the next
   weight layer; a residual block is one segment).  Each segment's *block output* is the output of its injection
   point (``inject="before_pool"``: before its pooling/flatten layers, as the reference codes' blocks end before
   the pooling layer that follows them).
@@ -10,7 +10,7 @@ their own, computed by auxiliary networks the rule owns.
   parameters, checkpoints save them with the rule state, MPI ranks average their directions like every update.
 * ``LocalLossRule.updates``: the output layer learns from ``e`` (eq. (7)) as in BP; every hidden segment receives
   ``dL_i/dh_i``, the gradient of its own local loss at its block output, carried back through the segment's own
-  layers only (``_feedback.local_updates``), so no gradient crosses segments; the auxiliary networks get the
+  layers only (``feedback.local_updates``), so no gradient crosses segments; the auxiliary networks get the
   gradient of the same local loss.  A subclass builds the auxiliary networks (``build_aux``) and defines the
   local loss (``local_loss``).
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..nn.containers import Sequential
-from ._feedback import check_choice, layer_output_shapes, local_updates, require_model, segments
+from .feedback import check_choice, layer_output_shapes, local_updates, require_model, segments
 from .base import AuxNetwork, FeedbackExport, Learnable, Rule
 
 __all__ = ["ForwardRecord", "LocalLossRule", "aux_context"]
@@ -59,7 +59,7 @@ class LocalLossRule(Rule):
 
     # -- set-up ----------------------------------------------------------------------------------------
     def segments_of(self, model):
-        """The hidden segments this rule trains (``_feedback.segments``, residual blocks whole)."""
+        """The hidden segments this rule trains (``feedback.segments``, residual blocks whole)."""
         return segments(model, self.name, inject=self.options[self.INJECT], residual="block")
 
     def init_state(self, model, rng):
