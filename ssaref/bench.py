@@ -123,13 +123,14 @@ def torch_mirror(model):
         if kind == "flatten":
             return nn.Flatten()
         if kind == "batchnorm":
-            m = BatchNorm(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum).to(dtype)
+            bn = BatchNorm(layer.params["gamma"].shape[0], eps=layer.eps, momentum=layer.momentum).to(dtype)
             with torch.no_grad():
-                m.weight.copy_(t(layer.params["gamma"]))
-                m.bias.copy_(t(layer.params["beta"]))
-                m.running_mean.copy_(t(layer.buffers["running_mean"]))
-                m.running_var.copy_(t(layer.buffers["running_var"]))
-            return m
+                bn.weight.copy_(t(layer.params["gamma"]))
+                bn.bias.copy_(t(layer.params["beta"]))
+                bn.get_buffer("running_mean").copy_(t(layer.buffers["running_mean"]))
+                bn.get_buffer("running_var").copy_(t(layer.buffers["running_var"]))
+            return bn
+        m: nn.Linear | nn.Conv2d
         if kind == "linear":
             W = layer.params["W"]
             m = nn.Linear(W.shape[1], W.shape[0], bias="b" in layer.params)
@@ -148,7 +149,7 @@ def torch_mirror(model):
         m = m.to(dtype)
         with torch.no_grad():
             m.weight.copy_(t(layer.params["W"]))
-            if "b" in layer.params:
+            if m.bias is not None:  # built with bias="b" in layer.params
                 m.bias.copy_(t(layer.params["b"]))
         return m
 
@@ -275,7 +276,7 @@ def set_tf32(enabled: bool, torch_side: bool = True) -> dict:
     torch its ``allow_tf32`` switches (``torch_side``).
     Returns what was set (recorded in the results)."""
     os.environ["CUPY_TF32"] = "1" if enabled else "0"
-    out = {"CUPY_TF32": os.environ["CUPY_TF32"]}
+    out: dict[str, str | bool] = {"CUPY_TF32": os.environ["CUPY_TF32"]}
     if torch_side:
         import torch
 
@@ -376,7 +377,7 @@ def bench_config(
         rows[m].setdefault("conv_save", conv_save)
     _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
     order = ["bp", "torch"] + [m for m in rules[1:] if m in engines] + extra
-    times = {m: [] for m in order}
+    times: dict[str, list[float]] = {m: [] for m in order}
     for i in range(warmup + repeats):
         for label in order:
             t0 = time.perf_counter()
@@ -460,7 +461,7 @@ def _op_targets():
     from .ops import activations, conv, linear, norm, pool
     from .rules import base as rule_base
 
-    out = []
+    out: list[tuple[object, str, str]] = []
     for mod in (conv, pool, activations, norm, linear):
         out += [
             (mod, n, f"{mod.__name__.rsplit('.', 1)[-1]}.{n}")
@@ -527,7 +528,7 @@ def op_profile(name, shape, rule="bp", *, batch=128, steps=3, seed=0, backend="n
             fn = raw.__func__ if isinstance(raw, staticmethod) else raw
             setattr(owner, attr, staticmethod(wrap(fn, label)) if isinstance(raw, staticmethod) else wrap(fn, label))
         saved.append((Optimizer, "step", Optimizer.__dict__["step"]))
-        Optimizer.step = wrap(Optimizer.__dict__["step"], "optimiser step (Adam)")
+        setattr(Optimizer, "step", wrap(Optimizer.__dict__["step"], "optimiser step (Adam)"))
         step()
         acc.clear()
         t0 = time.perf_counter()

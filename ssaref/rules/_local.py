@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_array_module
-from ..nn.containers import Sequential
+from ..nn.containers import Sequential, collect
 from .feedback import check_choice, layer_output_shapes, local_updates, require_model, segments
 from .base import AuxNetwork, FeedbackExport, Learnable, Rule
 
@@ -114,6 +114,7 @@ class LocalLossRule(Rule):
         for seg in self._segs:
             for hname, net in self.heads[seg.key].items():
                 _rebind(net, "", lambda key, s=seg.key, h=hname: self.state[f"aux/{s}/{h}.{key}"])
+                collect(net)
 
     # -- one step --------------------------------------------------------------------------------------
     def forward(self, model, x):
@@ -164,8 +165,8 @@ class LocalLossRule(Rule):
 
 
 def _rebind(layer, prefix, array_of):
-    """Set every leaf layer's parameter ``name`` under ``layer`` to ``array_of(prefix + name)``; containers
-    (``Sequential``, ``ResidualBlock``) recollect their flat views afterwards."""
+    """Set every leaf layer's parameter ``name`` under ``layer`` to ``array_of(prefix + name)`` (the containers'
+    flat views are stale until ``collect``)."""
     children = getattr(layer, "children", None)
     if not children:
         for name in layer.params:
@@ -173,7 +174,6 @@ def _rebind(layer, prefix, array_of):
         return
     for cname, child in children.items():
         _rebind(child, f"{prefix}{cname}.", array_of)
-    Sequential._collect(layer)
 
 
 class _Batch(NamedTuple):
