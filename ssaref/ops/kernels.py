@@ -70,7 +70,7 @@ class Kernel:
 
 def enabled(xp) -> bool:
     """Whether ops on ``xp`` arrays use the fused kernels: a device module with ``ElementwiseKernel`` (CuPy, the
-    tests' stand-in).  NumPy keeps its ufunc sequences."""
+    tests' stand-in).  NumPy runs ufuncs instead (``evaluate`` for the optimiser updates)."""
     return xp is not np and hasattr(xp, "ElementwiseKernel")
 
 
@@ -111,13 +111,13 @@ class _Compiler:
     (operands left before right), so the values are the body's, elementwise, in the outputs' dtype.  A value goes
     into the statement's target when nothing evaluated after it reads the target's old value, else into a scratch
     array, free again once its value is used; a local ``T x = expr;`` holds a scratch array until its last use (a
-    local that names an input or a local is that array: inputs are const and a local is assigned once)."""
+    local that names an input is that input's array: inputs are const)."""
 
     def __init__(self, kernel: Kernel):
         self.kernel = kernel
         ins, outs = _param_names(kernel.in_params), _param_names(kernel.out_params)
         self.slots = {name: k for k, name in enumerate(ins + outs)}
-        self.outputs = set(outs)
+        self.inputs, self.outputs = set(ins), set(outs)
         self.first_scratch = len(self.slots)
         self.free: list[int] = []  # scratch slots free for a temporary
         self.temps: set[int] = set()  # scratch slots holding a temporary now
@@ -195,8 +195,8 @@ class _Compiler:
         if declared is not None:  # a local
             if target in self.slots:
                 raise self.error(f"{target!r} is already declared")
-            if isinstance(expr, ast.Name) and expr.id not in self.outputs:
-                self.slots[target] = self.value(expr, None, set())  # a const array under a second name
+            if isinstance(expr, ast.Name) and expr.id in self.inputs:
+                self.slots[target] = self.slots[expr.id]  # a const array under a second name
                 return
             slot = self.scratch()  # held until the local's last use
             if isinstance(expr, ast.Name):
@@ -246,25 +246,37 @@ def program(kernel: Kernel) -> Program:
     return p
 
 
+_RUNNERS: dict = {}  # (array module, Kernel) -> (number of arguments, Program, [(function, operands, out)])
+
+
 def evaluate(xp, kernel: Kernel, args, scratch) -> None:
     """Run ``kernel`` on ``args`` (its inputs, then every output, updated in place) with ``xp``'s ufuncs and
     ``out=``: ``program(kernel)``'s calls, with ``scratch`` (at least ``program(kernel).n_scratch`` arrays of the
     outputs' shape and dtype) for the intermediate values, so nothing the size of an output is allocated.  The
     arrays share one dtype, and every operation has an array operand (a Python scalar takes the array's dtype,
     as in the kernel, where it is cast to ``T``)."""
-    prog = program(kernel)
-    n = len(_param_names(kernel.in_params)) + len(_param_names(kernel.out_params))
+    runner = _RUNNERS.get((xp, kernel))
+    if runner is None:
+        prog = program(kernel)
+        copy = lambda src, out: xp.copyto(out, src)
+        calls = [  # (function, first operand, second operand or -1, out)
+            (copy if f == "copyto" else getattr(xp, f), ops[0], ops[1] if len(ops) == 2 else -1, out)
+            for f, ops, out in prog.steps
+        ]
+        n = len(_param_names(kernel.in_params)) + len(_param_names(kernel.out_params))
+        runner = _RUNNERS[(xp, kernel)] = (n, prog, calls)
+    n, prog, calls = runner
     if len(args) != n or len(scratch) < prog.n_scratch:
         raise ValueError(
             f"kernel {kernel.name}: evaluate takes {n} arguments (every output given) and {prog.n_scratch} "
             f"scratch arrays, got {len(args)} and {len(scratch)}"
         )
     env = [*args, *scratch]
-    for function, operands, out in prog.steps:
-        if function == "copyto":
-            xp.copyto(env[out], env[operands[0]])
+    for function, a, b, out in calls:
+        if b < 0:
+            function(env[a], out=env[out])
         else:
-            getattr(xp, function)(*(env[k] for k in operands), out=env[out])
+            function(env[a], env[b], out=env[out])
 
 
 # -------------------------------------------------------------------------------------------- optimisers
