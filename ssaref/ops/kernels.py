@@ -33,6 +33,7 @@ from __future__ import annotations
 import ast
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -258,8 +259,8 @@ def evaluate(xp, kernel: Kernel, args, scratch) -> None:
     runner = _RUNNERS.get((xp, kernel))
     if runner is None:
         prog = program(kernel)
-        copy = lambda src, out: xp.copyto(out, src)
-        calls = [  # (function, first operand, second operand or -1, out)
+        copy = lambda src, *, out: xp.copyto(out, src)
+        calls: list[tuple[Callable[..., object], int, int, int]] = [  # (function, operand, operand or -1, out)
             (copy if f == "copyto" else getattr(xp, f), ops[0], ops[1] if len(ops) == 2 else -1, out)
             for f, ops, out in prog.steps
         ]
