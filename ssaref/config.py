@@ -5,7 +5,7 @@
   learning rule declares its own options (``Rule.OPTIONS``, ssaref/rules/); each becomes a flag here.  A flag that
   only acts in some settings declares where (``applies=``): given explicitly (on the command line or in the TOML
   file) where it has no effect, it is refused with one ``error:`` line and exit 2, as a rule option the chosen
-  method does not take is (one rule for every flag, docs/decisions.md D7).
+  rule does not take is (one rule for every flag, docs/decisions.md D7).
 * **Validation** happens here, once: :func:`parse_args` (types, ranges, applicability) and :func:`validate` (the
   choices that need the registries or the file system); :func:`check_argv` runs both without training (the
   validation scripts check every run of a sweep before the first starts).
@@ -190,11 +190,11 @@ def build_parser():
         applies=mpi,
         help="every K epochs check that all ranks hold identical parameters and rule state (0: never)",
     )
-    g = p.add_argument_group("learning-rule options (each applies to the methods that declare it)")
+    g = p.add_argument_group("learning-rule options (each applies to the rules that declare it)")
     for opt, (typ, defaults, help_, owners) in _rule_option_table().items():
         if len(set(map(repr, defaults.values()))) == 1:
             default = f"default {next(iter(defaults.values()))}"
-        else:  # the methods declare different defaults
+        else:  # the rules declare different defaults
             default = "default " + ", ".join(f"{v} ({m})" for m, v in defaults.items())
         g.add_argument(
             "--" + opt.replace("_", "-"),
@@ -202,7 +202,7 @@ def build_parser():
             default=None,
             metavar=opt.upper(),
             type=str if typ is bool else int64 if typ is int else typ,
-            help=f"{help_} ({default}; methods: {', '.join(owners)})".replace("%", "%%"),
+            help=f"{help_} ({default}; rules: {', '.join(owners)})".replace("%", "%%"),
         )
     return p
 
@@ -226,7 +226,7 @@ def _path(s):
 
 
 def _rule_option_table():
-    """Union of every registered rule's OPTIONS: name -> (type, {method: default}, help, [methods])."""
+    """Union of every registered rule's OPTIONS: name -> (type, {rule: default}, help, [rules])."""
     out: dict = {}
     for mname, cls in sorted(RULES.items()):
         for opt, (typ, default, help_) in cls.OPTIONS.items():
@@ -243,7 +243,7 @@ def _flag(dest):
 
 
 def rule_options(args):
-    """Rule options the user set; an option the chosen method does not take is an error (ConfigError)."""
+    """Rule options the user set; an option the chosen rule does not take is an error (ConfigError)."""
     given = {k[len("rule_") :]: v for k, v in vars(args).items() if k.startswith("rule_") and v is not None}
     cls = RULES[args.method]
     foreign = sorted(set(given) - set(cls.OPTIONS))
@@ -329,7 +329,7 @@ def _explicit(argv) -> set:
 
 
 def _check_applicable(parser, args, explicit):
-    """Refuse a flag given explicitly (``explicit``: dests) where it has no effect: a rule option the method does
+    """Refuse a flag given explicitly (``explicit``: dests) where it has no effect: a rule option the rule does
     not take, or a flag whose ``applies`` declaration excludes the setting in force."""
     for dest in sorted(explicit):
         if dest not in parser.applies:
@@ -381,7 +381,7 @@ def _earlier_defaults(run_cfg):
 
 
 def filled_config(run_cfg):
-    """A run file's config with every rule option of its method given: an option the file leaves unset (null:
+    """A run file's config with every option of its rule given: an option the file leaves unset (null:
     files of ssaref 0.1.0) takes the default of the version that wrote it (the options' declared history), or the
     one its variant names (``Rule.DEFAULTS_OF``).  What a run computed, comparable between files of any version
     (plots, sweep caches)."""

@@ -1,6 +1,6 @@
 """The counted cost of a training step: FLOPs and bytes moved, op by op, from the layer shapes alone.
 
-``step_cost(model, method, batch)`` lists every op of one step of a rule (its docstring is the counting
+``step_cost(model, rule_name, batch)`` lists every op of one step of a rule (its docstring is the counting
 convention; docs/internals.md, "Cost model"); ``roofline(ops, peak, bandwidth)`` turns the counts into the step's
 lower bound on a machine; ``weight_macs`` and ``step_flops`` are the inference and BP-step GEMM counts that
 Figure 5 and the bench report.  Nothing here runs a step or times anything: ``ssaref.bench`` measures, this
@@ -61,16 +61,18 @@ def step_flops(model, batch, input_shape=None):
 TRANSPORTS = ("chain", "direct", "local", "two_forwards")
 
 
-def error_transport(method):
-    """The ``ERROR_TRANSPORT`` the registered rule ``method`` declares (ValueError for an unknown rule or a rule
+def error_transport(rule_name):
+    """The ``ERROR_TRANSPORT`` the registered rule ``rule_name`` declares (ValueError for an unknown rule or a rule
     that declares none of ``TRANSPORTS``)."""
     from .rules import RULES
 
-    cls = RULES.get(method)
+    cls = RULES.get(rule_name)
     if cls is None:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(sorted(RULES))}")
+        raise ValueError(f"unknown method {rule_name!r}; choose one of {', '.join(sorted(RULES))}")
     if cls.ERROR_TRANSPORT not in TRANSPORTS:
-        raise ValueError(f"rule {method!r} declares ERROR_TRANSPORT {cls.ERROR_TRANSPORT!r}, not one of {TRANSPORTS}")
+        raise ValueError(
+            f"rule {rule_name!r} declares ERROR_TRANSPORT {cls.ERROR_TRANSPORT!r}, not one of {TRANSPORTS}"
+        )
     return cls.ERROR_TRANSPORT
 
 
@@ -188,8 +190,8 @@ def _net_ops(model, in_shape, B, size, *, backward=True, dgrad="chain", prefix="
     return ops
 
 
-def step_cost(model, method, batch, input_shape=None, rule=None):
-    """The counted ops of one training step of ``method`` on ``model`` (the model the rule trains: factored for
+def step_cost(model, rule_name, batch, input_shape=None, rule=None):
+    """The counted ops of one training step of ``rule_name`` on ``model`` (the model the rule trains: factored for
     SSA / SVD-BP): ``[{"op", "flops", "bytes"}]``, from the layer shapes alone.
 
     Counting convention (the roofline's numerator; docs/internals.md, "Cost model"):
@@ -224,7 +226,7 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
     size = int(np.dtype(next(iter(params.values())).dtype).itemsize) if params else 4
     B = int(batch)
     ops = []
-    transport = error_transport(method)
+    transport = error_transport(rule_name)
     if transport == "two_forwards":
         ops += _net_ops(model, in_shape, B, size, backward=False)
         ops += [dict(o, op=o["op"] + " (modulated)") for o in _net_ops(model, in_shape, B, size, backward=False)]
@@ -247,11 +249,11 @@ def step_cost(model, method, batch, input_shape=None, rule=None):
     else:
         ops += _net_ops(model, in_shape, B, size, backward=True)
     for key, layer, _, _ in leaf_shapes(model, in_shape):
-        if layer.kind in ("svd_linear", "svd_conv2d") and method in _PROJ_GEMMS:
+        if layer.kind in ("svd_linear", "svd_conv2d") and rule_name in _PROJ_GEMMS:
             r = layer.rank
             for name in ("U", "V"):
                 m = int(layer.params[name].shape[0])
-                for g in _PROJ_GEMMS[method]:
+                for g in _PROJ_GEMMS[rule_name]:
                     if g == "XtG" and name == "V" and _batch_VtG_taken(rule, key, layer, B):
                         # V^T g_V = z^T (dy U S) (SSA._batch_VtG): dy U (B, m, r), then z^T dz (r, B, r)
                         ops += [

@@ -125,7 +125,7 @@ class MPIComm(Comm):
         self.timeout = float(timeout)
         if not self.timeout > 0:
             raise ValueError(f"--mpi-timeout must be > 0 seconds, got {timeout}")
-        self._nccl = None
+        self._nccl: object = None  # not tried yet; False: no NCCL here; else the NcclCommunicator
 
     # -- waiting with a deadline -------------------------------------------------------------------------
     def _wait(self, req, what):
@@ -285,7 +285,7 @@ class CrossReplicaStats:
         self.comm = comm
         self.weight = 1.0 / comm.size
         self._batch: tuple | None = None  # (n_local, n_global) examples of this step
-        self._count = None
+        self._count: int | None = None
 
     def set_batch(self, n_local: int, n_global: int) -> None:
         """This step's shard size and global batch size (the training loop calls this before the forward pass)."""
@@ -328,7 +328,7 @@ class BatchGroup:
     def __init__(self, comm: Comm):
         self.comm = comm
         self.weight = 1.0 / comm.size
-        self.sizes = None
+        self.sizes: list[int] | None = None  # every rank's shard size, from set_shard
 
     def set_shard(self, n_global: int) -> None:
         self.sizes = [len(p) for p in np.array_split(np.arange(int(n_global)), self.comm.size)]

@@ -501,6 +501,7 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
         isinstance(check_every, bool) or not isinstance(check_every, numbers.Integral) or check_every < 1
     ):
         raise LinalgError(f"check_every must be an integer >= 1 or None, got {check_every!r}")
+    check_every = None if check_every is None else int(check_every)
     if error is not None and not float(error) >= 0.0:
         raise LinalgError(f"error must be a number >= 0 (||X^T X - I||_F), got {error!r}")
     xp = get_array_module(X)
@@ -512,18 +513,20 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
         return (Q * d, err0) if return_error else Q * d
     tol = 50.0 * float(np.finfo(X.dtype).eps) * math.sqrt(r) if tol is None else float(tol)
     fused = kernels.enabled(xp)  # a device: the Newton-Schulz step as one kernel, no identity matrix
-    eye = None if fused else xp.eye(r, dtype=X.dtype)
+    eye = None  # the identity (r, r), made at its first use (the fused Newton-Schulz step needs none)
     err = None if error is None else float(error)  # None: measure before the next step
     Y, err0 = X, err
     since = 0  # Newton-Schulz steps since the last measurement
     for _ in range(int(max_iter)):
-        measure = err is None or (check_every is not None and since >= check_every)
-        if not measure and err <= tol:  # predicted converged: no Gram matrix needed
-            break
-        G = Y.T @ Y
-        if measure:
+        if err is not None and (check_every is None or since < check_every):  # the bound stands for a measurement
+            if err <= tol:  # predicted converged: no Gram matrix needed
+                break
+            G = Y.T @ Y
+        else:
+            G = Y.T @ Y
             eye = xp.eye(r, dtype=X.dtype) if eye is None else eye
-            err, since = float(xp.linalg.norm(G - eye)), 0
+            err = float(xp.linalg.norm(G - eye))
+            since = 0
         err0 = err if err0 is None else err0
         if err <= tol:
             break
@@ -538,6 +541,7 @@ def retract(X, method="polar", *, tol=None, max_iter=8, return_error=False, chec
         if fused:  # Newton-Schulz step towards the polar factor, Y (1.5 I - 0.5 G) as 1.5 Y - 0.5 Y G
             Y = kernels.launch(xp, kernels.NEWTON_SCHULZ, Y, Y @ G, 1.5, 0.5)
         else:
+            eye = xp.eye(r, dtype=X.dtype) if eye is None else eye
             Y = Y @ (1.5 * eye - 0.5 * G)  # Newton-Schulz step towards the polar factor
         if err * err <= tol:
             break
@@ -592,7 +596,7 @@ def energy_rank(s, energy, total=None):
         return 1
     cum = np.cumsum(e) / tot
     # tolerance so that energy=1.0 is reachable despite rounding in the cumulative sum
-    return int(min(len(e), np.searchsorted(cum, float(energy) - 1e-12) + 1))
+    return min(len(e), int(np.searchsorted(cum, float(energy) - 1e-12)) + 1)
 
 
 def _host(a):

@@ -7,11 +7,11 @@ gradient); keys absent from the dict (or mapped to ``None``) are left untouched 
 PyTorch skips a parameter whose ``.grad`` is ``None`` (its Adam step counter does not advance either).
 
 Arithmetic follows ``torch.optim.SGD`` / ``torch.optim.Adam`` / ``torch.optim.AdamW`` (single-tensor
-implementation) term by term.  On NumPy every step runs on ufuncs with ``out=`` into preallocated per-parameter
-scratch buffers, so a step allocates no temporary the size of a parameter; on a device (CuPy) each parameter's
-whole update is one fused elementwise kernel (``ssaref.ops.kernels``: the same operations in the same order, one
-launch instead of up to thirteen, no scratch at all).  The parameters' array module and dtype are kept
-throughout.
+implementation) term by term, and is written once: each update is a body of ``ssaref.ops.kernels`` (``adam``,
+``sgd``), which a device (CuPy) runs as one fused elementwise kernel per parameter (one launch instead of up to
+thirteen, no scratch at all) and NumPy as ufuncs with ``out=`` into per-parameter scratch buffers
+(``kernels.evaluate``), so a step allocates no temporary the size of a parameter.  The parameters' array module
+and dtype are kept throughout.
 
 Checkpoints use ``state_dict()``: a flat dict of host NumPy arrays and Python ints,
 
@@ -103,8 +103,8 @@ class Optimizer:
     lr : float
         Default learning rate (> 0), used when ``step`` gets no ``lr``.
 
-    Subclasses list their per-parameter state buffers in ``_state_names`` (zero-initialised, param-shaped),
-    the number of scratch buffers in ``_n_scratch()``, and implement ``_update(key, p, g, lr)``.
+    Subclasses list their per-parameter state buffers in ``_state_names`` (zero-initialised, param-shaped) and
+    implement ``_update(key, p, g, lr)``, which hands a ``kernels`` update to ``_run``.
     """
 
     _state_names: tuple[str, ...] = ()
@@ -132,7 +132,7 @@ class Optimizer:
         self.step_count = 0
         self._t = {k: 0 for k in self._params}
         self._state = {name: {k: self.xp.zeros_like(p) for k, p in self._params.items()} for name in self._state_names}
-        self._scratch = {k: [self.xp.empty_like(p) for _ in range(self._n_scratch())] for k, p in self._params.items()}
+        self._scratch: dict[str, list] = {}  # key -> the NumPy path's scratch arrays (made on first use)
 
     # -- parameters ------------------------------------------------------------------------------
     @staticmethod
@@ -178,18 +178,12 @@ class Optimizer:
         """Apply the index ``slicer`` (e.g. ``(slice(None), slice(0, r))``) to every state array of ``key``.
 
         The sliced state is copied (contiguous, no view keeping the old buffer alive); scratch buffers are
-        reallocated to the new shape.
+        dropped (made again, of the new shape, at the next step).
         """
         self._known(key)
-        shape = None
         for name in self._state_names:
-            new = self._state[name][key][slicer].copy()
-            self._state[name][key] = new
-            shape = new.shape
-        if shape is None:  # no state (plain SGD): learn the new shape from a dummy slice
-            shape = self.xp.empty(self._params[key].shape, dtype=np.int8)[slicer].shape
-        dtype = self._params[key].dtype
-        self._scratch[key] = [self.xp.empty(shape, dtype=dtype) for _ in range(self._n_scratch())]
+            self._state[name][key] = self._state[name][key][slicer].copy()
+        self._scratch.pop(key, None)
 
     _moment_name: str | None = None  # the state buffer holding the first moment (momentum), if any
 
@@ -203,18 +197,18 @@ class Optimizer:
         return self._state[name][self._known(key)]
 
     # -- stepping --------------------------------------------------------------------------------
-    def _n_scratch(self) -> int:
-        """Scratch buffers per parameter of the ufunc (NumPy) path; the fused kernels need none."""
-        return 0 if self._fused else self._n_ufunc_scratch()
-
-    def _n_ufunc_scratch(self) -> int:
-        return 1
-
-    def _scratch_for(self, key, p):
-        bufs = self._scratch[key]
-        if any(b.shape != p.shape or b.dtype != p.dtype for b in bufs):  # only after replace/resize
-            bufs = self._scratch[key] = [self.xp.empty_like(p) for _ in range(self._n_scratch())]
-        return bufs
+    def _run(self, key, update: kernels.Kernel, *args) -> None:
+        """Apply ``update`` (a ``kernels`` body; ``args``: its inputs, then its outputs, parameter ``key``'s
+        arrays) in place: one fused kernel on a device, its ufunc program on NumPy."""
+        if self._fused:
+            kernels.launch(self.xp, update, *args)
+            return
+        need = kernels.program(update).n_scratch
+        p = self._params[key]
+        bufs = self._scratch.get(key, [])
+        if len(bufs) < need or any(b.shape != p.shape or b.dtype != p.dtype for b in bufs):  # first use, resize
+            bufs = self._scratch[key] = [self.xp.empty_like(p) for _ in range(max(need, len(bufs)))]
+        kernels.evaluate(self.xp, update, args, bufs)
 
     def step(self, updates: dict, lr: float | None = None) -> None:
         """Apply one update to every parameter named in ``updates``.
@@ -319,14 +313,8 @@ class Optimizer:
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum, Nesterov, weight decay and dampening (``torch.optim.SGD``).
 
-    Per parameter ``p`` with update ``g`` and learning rate ``lr``::
-
-        d = g + weight_decay * p
-        if momentum:
-            buf = d                                     (first update of p)
-            buf = momentum * buf + (1 - dampening) * d  (afterwards)
-            d = d + momentum * buf  if nesterov  else buf
-        p = p - lr * d
+    The update (``d = g + weight_decay p``; the momentum buffer; ``p = p - lr d``) is written once, with its
+    equations, as the bodies of ``ssaref.ops.kernels.sgd``, which both array modules run.
 
     Parameters
     ----------
@@ -360,53 +348,17 @@ class SGD(Optimizer):
         super().__init__(params, lr)
 
     def _update(self, key, p, g, lr):
-        xp = self.xp
-        if self._fused:
-            self._update_fused(key, p, g, lr)
-            return
-        (s,) = self._scratch_for(key, p)
-        if self.weight_decay != 0.0:
-            xp.multiply(p, self.weight_decay, out=s)  # d = g + wd * p
-            xp.add(s, g, out=s)
-        else:
-            xp.copyto(s, g)  # d = g
-        if self.momentum != 0.0:
-            buf = self._state["buf"][key]
-            if self._t[key] == 1:
-                xp.copyto(buf, s)  # buf = d (first update)
-            else:
-                xp.multiply(buf, self.momentum, out=buf)  # buf = momentum * buf + (1 - dampening) * d
-                if self.nesterov or self.dampening == 0.0:
-                    xp.add(buf, s, out=buf)
-                else:
-                    xp.multiply(s, 1.0 - self.dampening, out=s)
-                    xp.add(buf, s, out=buf)
-            if self.nesterov:
-                # d = d + momentum * buf, folded into p -= lr * d as two axpys through the one scratch buffer
-                xp.multiply(s, lr, out=s)
-                xp.subtract(p, s, out=p)
-                xp.multiply(buf, lr * self.momentum, out=s)
-                xp.subtract(p, s, out=p)
-                return
-            xp.multiply(buf, lr, out=s)  # d = buf
-        else:
-            xp.multiply(s, lr, out=s)
-        xp.subtract(p, s, out=p)  # p = p - lr * d
-
-    def _update_fused(self, key, p, g, lr):
-        """``_update`` as one kernel (``kernels.sgd``: the same operations in the same order)."""
         wd = self.weight_decay
         if self.momentum == 0.0:
-            kernels.launch(self.xp, kernels.sgd(wd != 0.0, None, "plain"), g, wd, lr, p)
+            self._run(key, kernels.sgd(wd != 0.0, None, "plain"), g, wd, lr, p)
             return
         if self._t[key] == 1:
             buf = "first"
         else:
             buf = "later" if (self.nesterov or self.dampening == 0.0) else "damped"
-        apply = "nesterov" if self.nesterov else "momentum"
-        k = kernels.sgd(wd != 0.0, buf, apply)
+        update = kernels.sgd(wd != 0.0, buf, "nesterov" if self.nesterov else "momentum")
         mom = self.momentum
-        kernels.launch(self.xp, k, g, wd, mom, 1.0 - self.dampening, lr, lr * mom, p, self._state["buf"][key])
+        self._run(key, update, g, wd, mom, 1.0 - self.dampening, lr, lr * mom, p, self._state["buf"][key])
 
     def __repr__(self):
         return (
@@ -418,14 +370,9 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam (``torch.optim.Adam``) and, with ``decoupled=True``, AdamW (``torch.optim.AdamW``).
 
-    Per parameter ``p`` with update ``g``, its own step count ``t`` (updates it received) and learning rate
-    ``lr``::
-
-        p = p * (1 - lr * weight_decay)                  (AdamW)
-        g = g + weight_decay * p                         (Adam, L2)
-        m = beta1 * m + (1 - beta1) * g                  (torch: m.lerp_(g, 1 - beta1))
-        v = beta2 * v + (1 - beta2) * g * g
-        p = p - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+    The update (the moments ``m``, ``v``, their bias corrections by each parameter's own step count, and the
+    weight decay: none, L2 or decoupled) is written once, with its equations, as the bodies of
+    ``ssaref.ops.kernels.adam``, which both array modules run.
 
     Parameters
     ----------
@@ -459,58 +406,17 @@ class Adam(Optimizer):
         self.decoupled = bool(decoupled)
         super().__init__(params, lr)
 
-    def _n_ufunc_scratch(self) -> int:
-        return 2 if (self.weight_decay != 0.0 and not self.decoupled) else 1
-
     def _update(self, key, p, g, lr):
-        xp = self.xp
-        b1, b2 = self.betas
-        m, v = self._state["m"][key], self._state["v"][key]
-        if self._fused:
-            self._update_fused(key, p, g, lr, m, v)
-            return
-        scratch = self._scratch_for(key, p)
-        s = scratch[0]
-        if self.weight_decay != 0.0:
-            if self.decoupled:
-                xp.multiply(p, 1.0 - lr * self.weight_decay, out=p)  # AdamW: p *= 1 - lr * wd
-            else:
-                gw = scratch[1]  # Adam: g = g + wd * p
-                xp.multiply(p, self.weight_decay, out=gw)
-                xp.add(gw, g, out=gw)
-                g = gw
-        # m = m + (1 - beta1) * (g - m)   (lerp, as torch)
-        xp.subtract(g, m, out=s)
-        xp.multiply(s, 1.0 - b1, out=s)
-        xp.add(m, s, out=m)
-        # v = beta2 * v + (1 - beta2) * g * g
-        xp.multiply(v, b2, out=v)
-        xp.multiply(g, g, out=s)
-        xp.multiply(s, 1.0 - b2, out=s)
-        xp.add(v, s, out=v)
-        t = self._t[key]
-        bias_correction1 = 1.0 - b1**t
-        bias_correction2_sqrt = math.sqrt(1.0 - b2**t)
-        step_size = lr / bias_correction1
-        # denom = sqrt(v) / sqrt(1 - beta2^t) + eps ;  p = p - step_size * m / denom
-        xp.sqrt(v, out=s)
-        xp.divide(s, bias_correction2_sqrt, out=s)
-        xp.add(s, self.eps, out=s)
-        xp.divide(m, s, out=s)
-        xp.multiply(s, step_size, out=s)
-        xp.subtract(p, s, out=p)
-
-    def _update_fused(self, key, p, g, lr, m, v):
-        """``_update`` as one kernel (``kernels.adam``: the same operations in the same order)."""
         b1, b2 = self.betas
         t = self._t[key]
         consts = (1.0 - b1, b2, 1.0 - b2, math.sqrt(1.0 - b2**t), self.eps, lr / (1.0 - b1**t))
+        m, v = self._state["m"][key], self._state["v"][key]
         if self.weight_decay == 0.0:
-            kernels.launch(self.xp, kernels.adam("none"), g, *consts, p, m, v)
+            self._run(key, kernels.adam("none"), g, *consts, p, m, v)
         elif self.decoupled:
-            kernels.launch(self.xp, kernels.adam("decoupled"), g, 1.0 - lr * self.weight_decay, *consts, p, m, v)
+            self._run(key, kernels.adam("decoupled"), g, 1.0 - lr * self.weight_decay, *consts, p, m, v)
         else:
-            kernels.launch(self.xp, kernels.adam("l2"), g, self.weight_decay, *consts, p, m, v)
+            self._run(key, kernels.adam("l2"), g, self.weight_decay, *consts, p, m, v)
 
     def __repr__(self):
         name = "AdamW" if self.decoupled else "Adam"

@@ -10,7 +10,7 @@ its default as of 0.1.0).  Everything version-dependent is derived from these de
 * a rule's ``DEFAULTS_OF`` -- ``{(option, value): "X.Y.Z"}``: when ``option`` is ``value`` (SSA's ``ssa_variant
   paper``), unset options take the defaults of version X.Y.Z (:func:`resolve`);
 * :func:`first_defaults` -- the behaviour of ssaref 0.1.0 for the options added since, which a golden file of
-  schema 1 describes by leaving them out (``SVDRuleBase.resolved_options``).
+  schema 1 describes by leaving them out (``SVDRule.resolved_options``).
 
 This module is a leaf (it imports nothing of ssaref): ``rules/base.py`` and ``ssaref.config`` both use it.
 """

@@ -11,7 +11,7 @@ One figure, one panel per quantity the runs logged (a panel is left out when no 
 
 Runs whose settings differ only in ``--seed`` (and in where they were written or read from) form one group,
 drawn as the mean over the seeds with a band of +- one sample standard deviation (epochs cut to the group's
-shortest run); the legend names each group by its method and the settings in which the groups differ.  Per-layer
+shortest run); the legend names each group by its rule and the settings in which the groups differ.  Per-layer
 quantities use one colour per group and one line style per layer.
 
 Errors (a missing file, one that is not an ssaref run, an existing ``--out`` without ``--overwrite``): one line
@@ -76,7 +76,7 @@ class Run:
             if k.startswith("rule_"):
                 name = k[len("rule_") :]
                 if name not in opts:
-                    continue  # an option of another method: not part of this run
+                    continue  # an option of another rule: not part of this run
                 v = _as_option(opts[name][0], opts[name][1] if v is None else v)
             out[k] = v
         return out
@@ -132,7 +132,7 @@ def _fmt(v):
 
 
 def group_runs(runs: list[Run]) -> list[Group]:
-    """Runs grouped by ``settings`` (first-seen order); each group labelled by its method and the settings that
+    """Runs grouped by ``settings`` (first-seen order); each group labelled by its rule and the settings that
     differ between the groups (``rule_`` prefixes dropped), with its number of seeds."""
     groups: list[Group] = []
     keys: list[dict] = []
@@ -145,8 +145,8 @@ def group_runs(runs: list[Run]) -> list[Group]:
         else:
             groups.append(Group([r]))
             keys.append(s)
-    # a setting is named where two groups that both have it differ in it (a rule option only its method has is
-    # told by the method name)
+    # a setting is named where two groups that both have it differ in it (a rule option only its rule has is
+    # told by the rule name)
     varying = sorted({k for s in keys for k in s if any(k in s2 and s2[k] != s[k] for s2 in keys)} - {"method"})
     for g, s in zip(groups, keys):
         parts = [str(s.get("method", "?"))]

@@ -331,7 +331,7 @@ def write_run(path, *, config: dict, metrics: dict, checkpoint: dict | None) -> 
                 if lock is not None:  # the lock moves onto the new file before it takes the name, and the old
                     previous = lock._hold_file(tmp, keep_previous=True)  # version's is let go only after that
         except BaseException:
-            if previous is not None:  # the old version kept its name: it keeps the lock
+            if lock is not None and previous is not None:  # the old version kept its name: it keeps the lock
                 lock._file_fd, previous = previous, lock._file_fd
             raise
         finally:
@@ -442,17 +442,17 @@ def _check_metrics(metrics, config, path):
         where = f"/metrics/{_encode_key(name)}"
         if arr.ndim == 0:
             raise _damaged(path, f"{where} is 0-d; a metric holds one entry per epoch (axis 0)")
-        attr = LAYER_METRICS.get(name, "svd_layers" if name.startswith("svd_") else None)
+        columns = LAYER_METRICS.get(name, "svd_layers" if name.startswith("svd_") else None)
         if name in SCALAR_METRICS and arr.ndim != 1:
             raise _damaged(path, f"{where} has shape {arr.shape}; a per-epoch value is stored as (epochs,)")
-        if name not in SCALAR_METRICS and attr is not None:
-            cols = config.get(attr)
+        if name not in SCALAR_METRICS and columns is not None:
+            cols = config.get(columns)
             if arr.ndim != 2 or (cols is not None and arr.shape[1] != len(cols)):
                 want = f"(epochs, {len(cols)})" if cols is not None else "(epochs, layers)"
                 raise _damaged(
                     path,
                     f"{where} has shape {arr.shape}; a per-layer value is stored as {want}"
-                    + (f" (the config's {attr} names {len(cols)} layers)" if cols is not None else ""),
+                    + (f" (the config's {columns} names {len(cols)} layers)" if cols is not None else ""),
                 )
 
 
@@ -701,7 +701,7 @@ def remove_stale_temporaries(path) -> list:
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     pattern = re.compile(r"^\." + re.escape(name) + r"\.[A-Za-z0-9_]+\.tmp$")
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(folder)
     except OSError:

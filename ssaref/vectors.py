@@ -418,7 +418,8 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
         run = rec
     model, rule = run.model, run.rule
 
-    ds, gattrs = {}, {}
+    ds: dict[str, np.ndarray] = {}
+    gattrs: dict = {}
     ds["input/x"], ds["input/y"] = x_host, y_host
     fb = rule.feedback_export(model)
     per = {k: {n: _host(a) for n, a in d.items()} for k, d in fb.layers.items()}

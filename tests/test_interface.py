@@ -104,8 +104,8 @@ def test_no_module_outside_rules_reaches_into_a_rule():
 
 @pytest.mark.parametrize("planted, what", [
     ("from ssaref.rules.sign import _init_std\n", "private name"),
-    ("from .rules._feedback import draw\n", "private module"),
-    ("import ssaref.rules._feedback\n", "private module"),
+    ("from .rules._local import LocalRule\n", "private module"),
+    ("import ssaref.rules._local\n", "private module"),
     ("def f(rule, m):\n    return rule._segments(m)\n", "private attribute"),
     ("def f(self):\n    return self.rule._projection\n", "private attribute"),
     ("def f(rule):\n    return getattr(rule, '_last', None)\n", "private rule attribute"),

@@ -10,7 +10,7 @@ import _strictxp as S
 from ssaref import rng
 from ssaref.nn import build_model
 from ssaref.rules import build_rule
-from ssaref.rules._feedback import draw_on
+from ssaref.rules.feedback import draw_on
 
 M64 = (1 << 64) - 1
 
@@ -98,7 +98,7 @@ def test_brsf_host_option_keeps_the_old_draws_and_device_is_the_default():
     assert build_rule("brsf").options["brsf_rng"] == "device"
     params = dict(model.named_params())
     seed = int(rule.state["brsf_seed"][0])
-    from ssaref.rules._feedback import draw, fan_in_out, transport_keys
+    from ssaref.rules.feedback import draw, fan_in_out, transport_keys
     for t in range(2):
         g = np.random.default_rng([seed, t])
         for key, _, _ in transport_keys(model):

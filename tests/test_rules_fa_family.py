@@ -527,6 +527,8 @@ def test_rules_on_cupy_match_numpy(rname):
 
     if not backend.cupy_available():
         pytest.skip("cupy with a CUDA device is not available")
+    from ssaref.nn.containers import collect
+
     cp = backend.resolve_backend("cupy")
     mname = "mlp" if rname == "pepita" else "convbn"
     m_np = make(mname)
@@ -534,7 +536,7 @@ def test_rules_on_cupy_match_numpy(rname):
     for layer in m_cp.layers:
         layer.params = {k: cp.asarray(v) for k, v in layer.params.items()}
         layer.buffers = {k: cp.asarray(v) for k, v in layer.buffers.items()}
-    m_cp._collect()
+    collect(m_cp)
     x, y = batch(m_np)
     r_np, r_cp = rule_for(rname, m_np), rule_for(rname, m_cp)
     for k, v in r_np.state.items():

@@ -188,7 +188,7 @@ def shape_check(expr, shapes) -> ShapeResult:
     ShapeResult
     """
     ctx = _Ctx()
-    ns = {}
+    ns: dict[str, object] = {}  # the formula's names: numbers, symbolic matrices, the functions below
     for name, shp in shapes.items():
         if isinstance(shp, (int, np.integer)):
             ns[name] = int(shp)
@@ -312,7 +312,7 @@ class GradResult:
     cosine: float
     norm_ratio: float
     ok: bool
-    fd: np.ndarray = field(repr=False, default=None)
+    fd: np.ndarray = field(repr=False)  # the finite-difference gradient
 
 
 def gradient_check(f, grad, x, eps=1e-6, tol=1e-6) -> GradResult:

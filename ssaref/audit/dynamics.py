@@ -16,6 +16,7 @@ Per step the runner records, for every SVD layer:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,7 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
     """
     from ..nn import build_model
     from ..nn.svd_layers import svd_layers_of
+    from ..rules.svd_rule import SVDRule
     from ..run import build_run
 
     model = build_model("mlp", IN_SHAPE, K, xp=xp, dtype=np.float64, seed=seed, hidden=MLP_HIDDEN)
@@ -109,6 +111,8 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
         },
     )
     model, rule = run.model, run.rule
+    if not isinstance(rule, SVDRule):  # SSA is one: its rank cuts below
+        raise TypeError(f"run_ssa needs an SVD-space rule, got {type(rule).__name__}")
     layers = svd_layers_of(model)
     if rank_frac is not None:
         last = str(len(model.layers) - 1)
@@ -121,7 +125,7 @@ def run_ssa(variant="default", *, steps=200, seed=0, optimizer="adam", lr=1e-3, 
     from ..optim import build_optimizer
 
     run.optimizer = build_optimizer(optimizer, run.params(), lr)  # after the rank cut: the truncated factors
-    rec = {"layers": [(p, *l.dims, l.rank) for p, l in layers], "loss": []}
+    rec: dict[str, Any] = {"layers": [(p, *l.dims, l.rank) for p, l in layers], "loss": []}
     for key in ("upd_U", "upd_s", "upd_V", "chg_U", "chg_s", "chg_V", "ortho_U", "ortho_V", "angle"):
         for p, _ in layers:
             rec[f"{key}/{p}"] = []
@@ -198,7 +202,7 @@ def run_rank_schedule(*, epochs=10, steps_per_epoch=10, seed=0, lr=1e-3, xp=np, 
     model, rule, opt = run.model, run.rule, run.optimizer
     batches = synthetic_batches(seed, epochs * steps_per_epoch)
     layers0 = svd_layers_of(model)
-    out = {"layers": [(p, *l.dims, l.rank) for p, l in layers0], "ranks": []}
+    out: dict[str, Any] = {"layers": [(p, *l.dims, l.rank) for p, l in layers0], "ranks": []}
     for ep in range(epochs):
         for x, y in batches[ep * steps_per_epoch : (ep + 1) * steps_per_epoch]:
             run.train_step(xp.asarray(x), xp.asarray(y))

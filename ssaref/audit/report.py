@@ -164,7 +164,7 @@ def _config_table():
     ]
     for c in CONFIGS:
         m, n, r, di = c["m"], c["n"], c["r"], c["d_i"]
-        k = min(r, di, D_N) if di else None  # type: ignore[call-overload]
+        k = min(r, di, D_N) if di else None
         b = f"{di}x{D_N} | {di}x{k} | {k}x{k} | {k}x{D_N}" if di else "- (receives e) | - | - | -"
         L.append(f"| {c['name']} | {m}x{n} | {m}x{r} | {r}x{r} | {n}x{r} | {m}x{n} | {b} |")
     return L + [""]

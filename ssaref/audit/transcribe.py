@@ -3,6 +3,8 @@ with BP and DFA, generic SVD-space points, Stiefel projections, dense and two-pa
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 __all__ = [
@@ -54,7 +56,7 @@ def linear_ce_grad(W, X, y):
     return ce_grad_logits(X @ W.T, y).T @ X
 
 
-_ACT = {
+_ACT: dict[str, tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]] = {  # f, f'
     "tanh": (np.tanh, lambda a: 1.0 - np.tanh(a) ** 2),
     "relu": (lambda a: np.maximum(a, 0.0), lambda a: (a > 0).astype(np.float64)),
 }

@@ -140,13 +140,13 @@ def _parse(argv):
             f"--models: unknown model(s) {', '.join(unknown) or '(none given)'}; choose from "
             f"{', '.join(sorted(MODELS))} or all"
         )
-    methods = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
-    bad = [m for m in methods if m not in RULES]
-    if bad or not methods:
+    rules = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
+    bad = [m for m in rules if m not in RULES]
+    if bad or not rules:
         raise ValueError(
             f"--method: unknown rule(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(RULES)} or all"
         )
-    args.names, args.methods = names, ["bp"] + [m for m in dict.fromkeys(methods) if m != "bp"]
+    args.names, args.rules = names, ["bp"] + [m for m in dict.fromkeys(rules) if m != "bp"]
     args.inputs = None if args.input.strip() == "auto" else [_shape(s) for s in args.input.split(",") if s.strip()]
     if args.inputs == []:
         raise ValueError("--input: no shape given")
@@ -190,7 +190,7 @@ def _main(argv):
             "torch_device": torch_device(args.backend),
             "warmup": args.warmup,
             "backend": args.backend,
-            "methods": args.methods,
+            "methods": args.rules,
             "memory_steps": args.memory_steps,
             "tuned_malloc": tuned,
             "conv_save": args.conv_save,
@@ -219,7 +219,7 @@ def _main(argv):
             c = bench_config(
                 name,
                 shape,
-                args.methods,
+                args.rules,
                 batch=args.batch_size,
                 repeats=args.repeats,
                 warmup=args.warmup,

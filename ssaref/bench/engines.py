@@ -26,14 +26,14 @@ def _batch(shape, batch, k, seed):
     return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
 
-def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, **options):
-    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``method`` with Adam (lr 1e-4);
+def ssaref_engine(name, shape, rule, x, y, *, xp=np, seed=0, conv_save=None, **options):
+    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``rule`` with Adam (lr 1e-4);
     ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
     None: the current mode) what its convolutions keep for the backward."""
     from ..ops.conv import set_conv_save
 
     model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
-    run = build_run(model, method, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
+    run = build_run(model, rule, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
 
     def step():
         old = set_conv_save(conv_save) if conv_save else None

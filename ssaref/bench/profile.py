@@ -40,8 +40,8 @@ def _op_targets():
     return out
 
 
-def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend="numpy", **options):
-    """Where one ssaref training step of ``method`` on ``name`` goes: ``(step_ms, [(label, ms, fraction)])``.
+def op_profile(name, shape, rule="bp", *, batch=128, steps=3, seed=0, backend="numpy", **options):
+    """Where one ssaref training step of ``rule`` on ``name`` goes: ``(step_ms, [(label, ms, fraction)])``.
 
     Every op function (ops.conv, pool, activations, norm, linear, the loss) and the optimiser's ``step`` are
     wrapped with a timer (inclusive wall time, mean over ``steps`` steps after one warm-up step); ``im2col`` is
@@ -57,7 +57,7 @@ def op_profile(name, shape, method="bp", *, batch=128, steps=3, seed=0, backend=
 
     xp = resolve_backend(backend)
     x_h, y_h = _batch(shape, batch, 10, seed)
-    _, step = ssaref_engine(name, shape, method, xp.asarray(x_h), xp.asarray(y_h), xp=xp, seed=seed, **options)
+    _, step = ssaref_engine(name, shape, rule, xp.asarray(x_h), xp.asarray(y_h), xp=xp, seed=seed, **options)
     acc: dict = {}
     saved = []
     sync = _device_sync(xp)

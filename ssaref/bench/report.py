@@ -165,20 +165,20 @@ def markdown(result):
                 f"{_mem(r.get('ssaref_mib'), r.get('step_mib'))} | "
                 f"{_mem(c.get('torch_mib'), c.get('torch_step_mib'))} |"
             )
-    methods = [m for m in result["settings"]["methods"] if m != "bp"]
-    if methods:
+    rules = [m for m in result["settings"]["methods"] if m != "bp"]
+    if rules:
         lines += [
             "",
             "Each rule's step relative to ssaref's BP step (`vs BP`; ms and peak MiB in brackets); "
             "— = the rule does not train this model.",
             "",
-            "| model | input | " + " | ".join(methods) + " |",
-            "| --- | --- | " + " | ".join("---:" for _ in methods) + " |",
+            "| model | input | " + " | ".join(rules) + " |",
+            "| --- | --- | " + " | ".join("---:" for _ in rules) + " |",
         ]
         for c in result["configs"]:
             by = {r["method"]: r for r in c["rows"]}
             cells = []
-            for m in methods:
+            for m in rules:
                 r = by.get(m)
                 if r is None or r.get("vs_bp") is None:
                     cells.append("—")

@@ -18,7 +18,7 @@ from .engines import _batch, _torch_engine, ssaref_engine, torch_device
 def bench_config(
     name,
     shape,
-    methods=("bp",),
+    rules=("bp",),
     *,
     batch=128,
     repeats=20,
@@ -31,7 +31,7 @@ def bench_config(
     also_save=(),
 ):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
-    rule of ``methods`` (BP always included, first), alternating step by step.
+    rule of ``rules`` (BP always included, first), alternating step by step.
 
     Returns ``{"model", "input", "params", "torch_ms", "rows": [{"method", "ssaref_ms", "ratio", "vs_bp",
     "status", "flops", "bytes", "cost_ops", "aux_params"}]}`` (``params``: the model's; ``aux_params``: the
@@ -46,9 +46,9 @@ def bench_config(
     dense = build_model(name, shape, k, xp=np, dtype=np.float32, seed=seed)  # raises ValueError if it does not fit
     x_h, y_h = _batch(shape, batch, k, seed)
     x, y = xp.asarray(x_h), xp.asarray(y_h)
-    methods = ["bp"] + [m for m in methods if m != "bp"]
+    rules = ["bp"] + [m for m in rules if m != "bp"]
     engines, rows = {}, {}
-    for m in methods:
+    for m in rules:
         try:
             run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save)
             ops = step_cost(run.model, m, batch, shape, rule=run.rule)  # counted, for the limit column
@@ -74,15 +74,15 @@ def bench_config(
     extra = []
     if any(layer.kind == "conv2d" for _, layer, _, _ in leaf_shapes(dense, shape)):
         for mode in (mm for mm in also_save if mm != conv_save):
-            for m in [mm for mm in methods if mm in engines]:
+            for m in [mm for mm in rules if mm in engines]:
                 label = f"{m}@{mode}"
                 run, engines[label] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode)
                 rows[label] = dict(rows[m], method=label, rule=m, conv_save=mode)
                 extra.append(label)
-    for m in methods:
+    for m in rules:
         rows[m].setdefault("conv_save", conv_save)
     _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
-    order = ["bp", "torch"] + [m for m in methods[1:] if m in engines] + extra
+    order = ["bp", "torch"] + [m for m in rules[1:] if m in engines] + extra
     times: dict = {m: [] for m in order}
     for i in range(warmup + repeats):
         for label in order:
@@ -104,7 +104,7 @@ def bench_config(
         "params": int(sum(v.size for _, v in dense.named_params())),
         "torch_ms": 1e3 * med["torch"],
         "flops": step_flops(dense, batch, shape),
-        "rows": [rows[m] for m in methods + extra],
+        "rows": [rows[m] for m in rules + extra],
     }
     if xp is not np:  # peak device memory of one step of each engine, above what it holds between steps
         import torch

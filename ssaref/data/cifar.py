@@ -144,6 +144,8 @@ def _read_members_from_tar(tar_path: Path, layout: CifarLayout) -> dict:
                         f"(has: {', '.join(sorted(members)) or 'nothing'})"
                     )
                 fh = tf.extractfile(member)
+                if fh is None:  # a directory, link or device entry under the member's name
+                    raise DatasetError(f"{tar_path}: CIFAR tarball member {key!r} is not a regular file")
                 out[name] = _unpickle(io.BytesIO(fh.read()), f"{tar_path}:{key}")
     except DatasetError:
         raise

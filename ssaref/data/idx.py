@@ -19,7 +19,7 @@ from .errors import DatasetError
 __all__ = ["IDX_TYPES", "read_idx", "find_idx_file", "load_idx_pair"]
 
 # type code -> big-endian element dtype
-IDX_TYPES = {
+IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),

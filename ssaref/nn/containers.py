@@ -44,21 +44,28 @@ def leaf_shapes(model, in_shape):
     return out
 
 
+def _gather(container: Sequential | ResidualBlock) -> None:
+    """(Re)build a container's flat views of its children's parameters and buffers (``"3.W"``, ``"main.0.W"``)."""
+    container.params = {f"{n}.{k}": v for n, c in container.children.items() for k, v in c.params.items()}
+    container.buffers = {f"{n}.{k}": v for n, c in container.children.items() for k, v in c.buffers.items()}
+
+
 class Sequential(Layer):
-    """Layers applied in order.  ``forward`` returns ``(y, caches)``: one cache per layer."""
+    """Layers applied in order.  ``forward`` returns ``(y, caches)``: one cache per layer.
+
+    A whole model (``nn.build_model``, the golden vectors' models) also carries ``name``, ``input_shape`` (per
+    example) and ``num_classes``, set by its builder."""
 
     kind = "sequential"
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
 
     def __init__(self, layers):
         super().__init__()
         self.layers = list(layers)
         self.children = {str(i): l for i, l in enumerate(self.layers)}
-        self._collect()
-
-    def _collect(self):
-        """(Re)build the flat views of the children's parameters and buffers."""
-        self.params = {f"{n}.{k}": v for n, c in self.children.items() for k, v in c.params.items()}
-        self.buffers = {f"{n}.{k}": v for n, c in self.children.items() for k, v in c.buffers.items()}
+        _gather(self)
 
     def __len__(self):
         return len(self.layers)
@@ -95,7 +102,7 @@ class Sequential(Layer):
 
     def named_params(self):
         """``[(key, array)]`` in forward order; the optimiser updates these arrays in place."""
-        self._collect()
+        _gather(self)
         return list(self.params.items())
 
     def output_shape(self, in_shape):
@@ -122,7 +129,7 @@ class ResidualBlock(Layer):
         self.shortcut = shortcut if shortcut is not None else Sequential([])
         self.relu = ReLU()
         self.children = {"main": self.main, "shortcut": self.shortcut}
-        Sequential._collect(self)
+        _gather(self)
 
     def forward(self, x, train=True):
         h, c_main = self.main.forward(x, train)
@@ -156,4 +163,4 @@ def collect(layer):
     if children:
         for c in children.values():
             collect(c)
-        Sequential._collect(layer)
+        _gather(layer)

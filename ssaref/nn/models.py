@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from .containers import ResidualBlock, Sequential
-from .layers import BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
+from .layers import BatchNorm, Conv2d, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, ReLU, Sigmoid, Tanh
 
 __all__ = ["MODELS", "build_model", "WEIGHT_INITS", "BIAS_INITS", "reinitialise", "dense_layers"]
 
@@ -27,7 +27,8 @@ def _ch(c, width_mult):
 def _mlp(in_shape, k, ctx, hidden=(256, 256), activation="relu", **_):
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(_ACTIVATIONS)}")
-    layers, d = [Flatten()], int(math.prod(in_shape))
+    layers: list[Layer] = [Flatten()]
+    d = int(math.prod(in_shape))
     for h in hidden:
         layers += [Linear(d, int(h), **ctx), _ACTIVATIONS[activation]()]
         d = int(h)
@@ -36,7 +37,7 @@ def _mlp(in_shape, k, ctx, hidden=(256, 256), activation="relu", **_):
 
 def _conv_stack(spec, c, ctx, *, kernel=3, batchnorm=False, width_mult=1.0):
     """spec: channel counts and 'M' (2x2 max-pool)."""
-    layers = []
+    layers: list[Layer] = []
     for s in spec:
         if s == "M":
             layers.append(MaxPool2d(2))

@@ -64,7 +64,7 @@ def matrix_to_kernel(M, N, C, kh, kw):
     return M.reshape(N, kw, C, kh).transpose(0, 2, 3, 1)
 
 
-class _SVDBase(Layer):
+class SVDLayer(Layer):
     """Shared bookkeeping: dims, rank, counts, truncation."""
 
     @property
@@ -134,7 +134,7 @@ class _SVDBase(Layer):
         return f"{type(self).__name__}(m={m}, n={n}, r={self.rank}, bias={'b' in self.params})"
 
 
-class SVDLinear(_SVDBase):
+class SVDLinear(SVDLayer):
     """``y = x W^T + b`` with ``W = U diag(s) V^T`` (eq. (5)), ``W`` of shape (m, n) = (d_i, d_{i-1}).
 
     Parameters
@@ -207,7 +207,7 @@ def _conv_ops():
     return conv_ops
 
 
-class SVDConv2d(_SVDBase):
+class SVDConv2d(SVDLayer):
     """Convolution with kernel ``K`` (N, C, kh, kw) held as the SVD of ``K'`` (N*kw, C*kh) (module doc).
 
     Parameters

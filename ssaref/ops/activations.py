@@ -27,7 +27,7 @@ __all__ = [
 
 
 _BLOCK = 1 << 16  # elements per NumPy call in the blocked loops (fits the L2 cache)
-_ZEROS = {}  # dtype -> a block of zeros (np.maximum is SIMD only with two array operands)
+_ZEROS: dict[np.dtype, np.ndarray] = {}  # dtype -> a block of zeros (np.maximum is SIMD only with two array operands)
 
 
 def dense_flat(a):

@@ -224,6 +224,8 @@ def batchnorm_backward(dy, cache, need_dx=True):
         dgamma[lo:hi] = (d * xh).sum(axis=1)
         if not need_dx:
             return
+        if dxr is None:  # cannot happen: empty_like keeps xhat's batch-innermost layout, which _rows views
+            raise RuntimeError("batchnorm backward: the input gradient lost the batch-innermost layout")
         out = dxr[lo:hi]
         if not train:
             np.multiply(d, scale[lo:hi, None], out=out)

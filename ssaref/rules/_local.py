@@ -1,7 +1,7 @@
 """Shared machinery of the local-loss rules (PredSim, AugLocal): rules whose hidden segments learn from a loss of
 their own, computed by auxiliary networks the rule owns.
 
-* The hidden segments are DFA's (``_feedback.segments``: a weight layer and the layers after it up to the next
+* The hidden segments are DFA's (``feedback.segments``: a weight layer and the layers after it up to the next
   weight layer; a residual block is one segment).  Each segment's *block output* is the output of its injection
   point (``inject="before_pool"``: before its pooling/flatten layers, as the reference codes' blocks end before
   the pooling layer that follows them).
@@ -10,7 +10,7 @@ their own, computed by auxiliary networks the rule owns.
   parameters, checkpoints save them with the rule state, MPI ranks average their directions like every update.
 * ``LocalLossRule.updates``: the output layer learns from ``e`` (eq. (7)) as in BP; every hidden segment receives
   ``dL_i/dh_i``, the gradient of its own local loss at its block output, carried back through the segment's own
-  layers only (``_feedback.local_updates``), so no gradient crosses segments; the auxiliary networks get the
+  layers only (``feedback.local_updates``), so no gradient crosses segments; the auxiliary networks get the
   gradient of the same local loss.  A subclass builds the auxiliary networks (``build_aux``) and defines the
   local loss (``local_loss``).
 """
@@ -22,8 +22,8 @@ from typing import NamedTuple
 import numpy as np
 
 from ..backend import get_array_module
-from ..nn.containers import Sequential
-from ._feedback import check_choice, layer_output_shapes, local_updates, require_model, segments
+from ..nn.containers import Sequential, collect
+from .feedback import check_choice, layer_output_shapes, local_updates, require_model, segments
 from .base import AuxNetwork, FeedbackExport, Learnable, Rule
 
 __all__ = ["ForwardRecord", "LocalLossRule", "aux_context"]
@@ -61,7 +61,7 @@ class LocalLossRule(Rule):
 
     # -- set-up ----------------------------------------------------------------------------------------
     def segments_of(self, model):
-        """The hidden segments this rule trains (``_feedback.segments``, residual blocks whole)."""
+        """The hidden segments this rule trains (``feedback.segments``, residual blocks whole)."""
         return segments(model, self.name, inject=self.options[self.INJECT], residual="block")
 
     def init_state(self, model, rng):
@@ -116,6 +116,7 @@ class LocalLossRule(Rule):
         for seg in self._segs:
             for hname, net in self.heads[seg.key].items():
                 _rebind(net, "", lambda key, s=seg.key, h=hname: self.state[f"aux/{s}/{h}.{key}"])
+                collect(net)
 
     # -- one step --------------------------------------------------------------------------------------
     def forward(self, model, x):
@@ -166,8 +167,8 @@ class LocalLossRule(Rule):
 
 
 def _rebind(layer, prefix, array_of):
-    """Set every leaf layer's parameter ``name`` under ``layer`` to ``array_of(prefix + name)``; containers
-    (``Sequential``, ``ResidualBlock``) recollect their flat views afterwards."""
+    """Set every leaf layer's parameter ``name`` under ``layer`` to ``array_of(prefix + name)`` (the containers'
+    flat views are stale until ``collect``)."""
     children = getattr(layer, "children", None)
     if not children:
         for name in layer.params:
@@ -175,7 +176,6 @@ def _rebind(layer, prefix, array_of):
         return
     for cname, child in children.items():
         _rebind(child, f"{prefix}{cname}.", array_of)
-    Sequential._collect(layer)
 
 
 class _Batch(NamedTuple):

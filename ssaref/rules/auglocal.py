@@ -1,7 +1,7 @@
 """AugLocal: local learning with augmented auxiliary networks (Ma, Wu, Sun, Tan & Qiao, "Scaling supervised local
 learning with augmented auxiliary networks", ICLR 2024; reference code ChenxiangMA/AugLocal).
 
-The primary network's hidden *layers* are its hidden segments (``_feedback.segments``: a weight layer or a residual
+The primary network's hidden *layers* are its hidden segments (``feedback.segments``: a weight layer or a residual
 block with the BN/activation/pooling layers after it), ``n`` of them.  Hidden layer ``i < n - 1`` is trained by the
 cross-entropy of its own auxiliary network ``A_i`` applied to its output ``h_i``; the last hidden layer and the
 output layer form the last module, trained by the task loss (the reference's last local module: the last block and
@@ -29,7 +29,7 @@ import math
 from ..nn.containers import ResidualBlock, Sequential
 from ..nn.layers import AvgPool2d, BatchNorm, Conv2d, Flatten, GlobalAvgPool, Linear, MaxPool2d
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
-from ._feedback import num_classes
+from .feedback import num_classes
 from ._local import LocalLossRule, aux_context, run_head
 
 __all__ = ["AugLocal", "pyramid_depths", "selected_layers"]

@@ -19,7 +19,7 @@ drives every rule through the same calls, in this order::
   transposing its own weight (``Sequential.backward``, the one chain of the engine).
 * FA, uSF, brSF, frSF, KP: the same chain with ``feedback={weight key: B}``: each layer carries the error to
   its input with ``B`` in place of its weight (``chain_updates(model, caches, e, feedback)``).
-* DFA, DRTP, SSA (eq. (3)): ``_feedback.direct_updates``: the output layer gets ``e``; every hidden segment gets
+* DFA, DRTP, SSA (eq. (3)): ``feedback.direct_updates``: the output layer gets ``e``; every hidden segment gets
   ``B_i e`` (DRTP: ``B_i y*`` from ``batch.y``) injected at the segment's output and carried back through the
   segment's own layers.
 * PEPITA: ``forward`` also keeps every layer's output; ``updates`` runs the second, modulated forward pass on

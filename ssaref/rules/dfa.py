@@ -3,7 +3,7 @@
 Each hidden layer receives the output error through its own fixed random matrix instead of the chain:
 ``delta W_i = [(B_i delta a_N) o f_i'(a_i)] h_{i-1}^T`` (eq. (3)) with ``delta a_N = e`` (eq. (7)).
 
-On networks that are not plain MLPs ssaref applies eq. (3) per *segment* (see ``_feedback.segments``): a
+On networks that are not plain MLPs ssaref applies eq. (3) per *segment* (see ``feedback.segments``): a
 weight layer (Linear, Conv2d, or a whole ResidualBlock) and the BatchNorm/activation/pool/flatten layers up
 to the next weight layer.  ``B_i`` (d_i x d_N, d_i = size of the injection point's output, e.g. C*H*W)
 maps ``e`` to the injection point; the signal is then carried back to the weight layer through the
@@ -32,7 +32,7 @@ Options (defaults first):
 
 from __future__ import annotations
 
-from ._feedback import (
+from .feedback import (
     check_choice,
     direct_updates,
     draw,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops.losses import one_hot
-from ._feedback import check_choice
+from .feedback import check_choice
 from .dfa import DFA
 
 __all__ = ["DRTP"]

@@ -10,7 +10,7 @@ gets no B.  The output layer receives ``e`` itself, so its update equals BP's.
 
 from __future__ import annotations
 
-from ._feedback import check_choice, draw_weight_shaped, require_model, transport_keys
+from .feedback import check_choice, draw_weight_shaped, require_model, transport_keys
 from .base import AlignmentPair, FeedbackExport, Rule, chain_updates
 
 __all__ = ["FA"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 
-from ._feedback import transport_keys
+from .feedback import transport_keys
 from .base import Learnable, chain_updates
 from .fa import FA
 

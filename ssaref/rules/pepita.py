@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from ._feedback import ACT_KINDS, draw, num_classes, place, require_model
+from .feedback import ACT_KINDS, draw, num_classes, place, require_model
 from .base import AlignmentPair, FeedbackExport, Rule
 
 __all__ = ["PEPITA"]

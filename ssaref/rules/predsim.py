@@ -27,7 +27,7 @@ from ..nn.containers import Sequential
 from ..nn.layers import AvgPool2d, Conv2d, Flatten, Layer, Linear
 from ..ops.losses import one_hot, softmax_cross_entropy, softmax_cross_entropy_backward
 from ..ops.similarity import similarity_forward, similarity_matching, similarity_matching_backward
-from ._feedback import check_choice, num_classes
+from .feedback import check_choice, num_classes
 from ._local import LocalLossRule, aux_context, labels_checked, run_head
 
 __all__ = ["PredSim", "decoder_pool"]

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..backend import asnumpy, get_array_module
 from ..rng import stream_key
-from ._feedback import (
+from .feedback import (
     check_choice,
     draw,
     draw_on,

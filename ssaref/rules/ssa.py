@@ -92,7 +92,7 @@ from ..linalg import (
     tangent_project,
     worth_fewer_flops,
 )
-from ._feedback import (
+from .feedback import (
     Segment,
     check_choice,
     direct_updates,
@@ -104,7 +104,7 @@ from ._feedback import (
     segments,
 )
 from .base import AlignmentPair, FeedbackExport, Option, chain_updates
-from .svd_base import RANK_OPTIONS, SVDRuleBase
+from .svd_rule import RANK_OPTIONS, SVDRule
 
 __all__ = ["SSA"]
 
@@ -122,7 +122,7 @@ _YESNO = ("auto", "true", "false")
 JUMP_EVERY = 10
 
 
-class SSA(SVDRuleBase):
+class SSA(SVDRule):
     name = "ssa"
     SUMMARY = "SVD-space alignment, eqs. (5)-(13), rank schedule of section 4.4"
     ERROR_TRANSPORT = "direct"
@@ -318,7 +318,7 @@ class SSA(SVDRuleBase):
                 f"orthogonality retract or retract-every with a retraction (got orthogonality={self.orthogonality!r}, "
                 f"retraction={self.retraction!r})"
             )
-        self.segments: list[Segment] = []  # hidden segments (``_feedback.segments``), found at init_state
+        self.segments: list[Segment] = []  # hidden segments (``feedback.segments``), found at init_state
         self.shapes = None  # per-example output shape of every top-level layer
 
     # -- feedback and targets ----------------------------------------------------------------------
@@ -475,7 +475,7 @@ class SSA(SVDRuleBase):
                     zm.pop((p, name), None)
 
     def truncate_layer(self, model, optimizer, prefix, layer, keep):
-        """``SVDRuleBase.truncate_layer``; a cut of an all-zero mask is noted as all zero."""
+        """``SVDRule.truncate_layer``; a cut of an all-zero mask is noted as all zero."""
         zero = {
             n: self.state[f"m{n}/{prefix}"] is self.__dict__.get("_zero_masks", {}).get((prefix, n)) for n in ("U", "V")
         }
@@ -722,7 +722,7 @@ class SSA(SVDRuleBase):
             self._retract_all(model)
 
     def load_state_dict(self, d, xp):
-        """``SVDRuleBase.load_state_dict``, then the host copy of the optimiser step count (retract-every) and the
+        """``SVDRule.load_state_dict``, then the host copy of the optimiser step count (retract-every) and the
         zero masks noted again (arrays may be overwritten in place)."""
         super().load_state_dict(d, xp)
         if "meta/step" in self.state:

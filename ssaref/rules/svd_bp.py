@@ -5,18 +5,18 @@ The loss is ``L_CE + gamma * sum_i (||U_i^T U_i - I||^2 + ||V_i^T V_i - I||^2) +
 (the Hoyer term on the epochs the rank schedule says, as for SSA), its gradient is plain BP through the factored
 layers (their ``backward`` returns the true gradients w.r.t. ``U``, ``s``, ``V``, ``b``) plus the regularisers'
 gradients; no projection, no retraction.  The rank schedule, its options, the truncation of the optimiser state and
-the per-epoch metrics are those of SSA (``rules/svd_base.py``: ``SVDRuleBase``).
+the per-epoch metrics are those of SSA (``rules/svd_rule.py``: ``SVDRule``).
 """
 
 from __future__ import annotations
 
 from .base import chain_updates
-from .svd_base import RANK_OPTIONS, SVDRuleBase
+from .svd_rule import RANK_OPTIONS, SVDRule
 
 __all__ = ["SVDBP"]
 
 
-class SVDBP(SVDRuleBase):
+class SVDBP(SVDRule):
     name = "svd-bp"
     SUMMARY = "BP on SVD-factored layers + orthogonality and Hoyer terms (Yang et al. 2020)"
     ERROR_TRANSPORT = "chain"

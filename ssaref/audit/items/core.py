@@ -5,6 +5,7 @@ from __future__ import annotations
 
 
 import zlib
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,7 +70,7 @@ D_N = 10  # CIFAR-10 classes
 #: docs/decisions.md D1) and the second SmallConv layer (conv96 -> conv192, 3x3, on 16x16 maps, pooled to 8x8).
 #: ``m, n``: rows of U and of V (K' = NW x CH for the conv layer); ``d_i``: size of the layer's DFA injection
 #: point (None for the output layer, which receives e).
-CONFIGS = [
+CONFIGS: list[dict[str, Any]] = [
     {"name": "mlp.W1 3072->256", "m": 256, "n": 3072, "d_i": 256, "kind": "linear"},
     {"name": "mlp.W2 256->256", "m": 256, "n": 256, "d_i": 256, "kind": "linear"},
     {"name": "mlp.W3 256->10 (output)", "m": 10, "n": 256, "d_i": None, "kind": "linear"},

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from .. import transcribe as T
-from ..checks import claim_search, cosine, gradient_check
+from ..checks import GradResult, claim_search, cosine, gradient_check
 from .core import (
     AMB,
     CLAIM_FAIL_RATE,
@@ -57,7 +57,7 @@ def _eq14(ctx, grad=_eq14_grad_printed):
     W = rng.standard_normal((m, n))
     Bm = rng.standard_normal((m, n))
     X, y = rng.standard_normal((6, n)), rng.integers(0, m, 6)
-    res = {}
+    res: dict[float | tuple[str, float], GradResult] = {}  # alpha -> the claimed gradient; ("ok", alpha) -> correct
     beta = 0.3
     for alpha in (1.0, 0.7):
         f = lambda w: alpha * T.linear_ce(w, X, y) + beta * np.sum((w - Bm) ** 2)
@@ -359,15 +359,15 @@ def _v_dfa_true(ev):
 def _dfa_true(ctx, feedback=T.mlp_dfa):
     """``feedback(Ws, Bs, X, y)``: the updates the claim calls grad_W L_CE (DFA's, eq. (3))."""
     rng = ctx.rng("dfa-true-grad")
-    cs = []
+    draws = []
     n_draws = 300
     for _ in range(n_draws):
         d = [int(rng.integers(3, 9)) for _ in range(3)] + [int(rng.integers(2, 5))]
         Ws = [rng.uniform(-1, 1, (d[i + 1], d[i])) / math.sqrt(d[i]) for i in range(3)]
         Bs = [T.unit_col(rng, (d[i + 1], d[3])) for i in range(2)]
         X, y = rng.standard_normal((8, d[0])), rng.integers(0, d[3], 8)
-        cs.append(cosine(feedback(Ws, Bs, X, y)[0], T.mlp_bp(Ws, X, y)[0]))
-    cs = np.asarray(cs)
+        draws.append(cosine(feedback(Ws, Bs, X, y)[0], T.mlp_bp(Ws, X, y)[0]))
+    cs = np.asarray(draws)
     ev = _ev(
         mean_cos=float(cs.mean()), frac_cos_le_0=float(np.mean(cs <= 0)), frac_cos_ge_0p9=float(np.mean(cs >= 0.9))
     )
@@ -405,14 +405,14 @@ def _v_angle_sign(ev):
 def _angle_sign(ctx, condition=lambda ang: ang > 0):
     """``condition(angle_deg)``: the alignment condition as stated ("angle > 0 degrees")."""
     rng = ctx.rng("angle-sign")
-    ang, cos = [], []
+    angles, cosines = [], []
     n_pairs = 1000
     for _ in range(n_pairs):
         a, b = rng.standard_normal(20), rng.standard_normal(20)
         c = cosine(a, b)
-        cos.append(c)
-        ang.append(math.degrees(math.acos(np.clip(c, -1, 1))))
-    ang, cos = np.asarray(ang), np.asarray(cos)
+        cosines.append(c)
+        angles.append(math.degrees(math.acos(np.clip(c, -1, 1))))
+    ang, cos = np.asarray(angles), np.asarray(cosines)
     met = np.asarray([bool(condition(x)) for x in ang])
     ev = _ev(
         frac_random_pairs_angle_gt_0=float(np.mean(met)),

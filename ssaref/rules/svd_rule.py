@@ -30,11 +30,11 @@ from ..nn.models import BIAS_INITS, WEIGHT_INITS, reinitialise
 from ..nn.containers import collect
 from ..nn.svd_layers import convert_model, svd_layers_of
 from ..rank import RankSchedule, keep_indices, parity_rank
-from ._feedback import check_choice, place
+from .feedback import check_choice, place
 from ..options import first_defaults
 from .base import Option, Rule
 
-__all__ = ["SVDRuleBase", "RANK_OPTIONS"]
+__all__ = ["SVDRule", "RANK_OPTIONS"]
 
 
 def _as_host_index(keep):
@@ -111,7 +111,7 @@ RANK_OPTIONS = {
 SVD_INITS = WEIGHT_INITS  # ("default", "kaiming_uniform_a5", "orthogonal")
 
 
-class SVDRuleBase(Rule):
+class SVDRule(Rule):
     """Common machinery of the rules that train SVD-space layers."""
 
     name = "svd-base"
