@@ -261,7 +261,12 @@ def docs_diff(coverage=None, texts=None):
     for path, blocks in docs_blocks(coverage).items():
         text = (texts or {}).get(path) or path.read_text(encoding="utf-8")
         rel = path.relative_to(ROOT).as_posix()
-        out += [f"{rel}: block {n}" for n, body in blocks.items() if committed_block(text, n) != body]
+        for n, body in blocks.items():
+            got = committed_block(text, n)
+            if got is None:
+                out.append(f"{rel}: block {n}: markers missing (restore '<!-- generated: {n} begin -->' ... end)")
+            elif got != body:
+                out.append(f"{rel}: block {n}")
     return out
 
 
@@ -297,11 +302,19 @@ def main(argv=None):
         differs += docs_diff(coverage)
         for line in differs:
             print(line)
-        if differs:
+        if any("markers missing" in line for line in differs):
+            print("restore the markers, then regenerate")
+        elif differs:
             print(f"regenerate with: {COMMAND}")
         return 1 if differs else 0
-    for path, blocks in docs_blocks(coverage).items():
-        _write(path, replace_blocks(path.read_text(encoding="utf-8"), blocks))
+    try:
+        texts = {path: replace_blocks(path.read_text(encoding="utf-8"), blocks)
+                 for path, blocks in docs_blocks(coverage).items()}
+    except ValueError as exc:  # a marker was edited away: nothing is written
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path, text in texts.items():
+        _write(path, text)
     return 0
 
 

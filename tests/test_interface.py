@@ -151,6 +151,54 @@ def test_every_rule_declares_its_error_transport(monkeypatch):
         cost.error_transport("nope")
 
 
+def test_declared_error_transport_is_what_the_step_does(monkeypatch):
+    """A rule's ``ERROR_TRANSPORT`` (which the cost model trusts) matches its step: the outermost error pass a
+    step calls is ``chain_updates`` ("chain"), ``direct_updates`` ("direct") or ``local_updates`` with auxiliary
+    networks ("local"); "two_forwards" calls none of them and runs the rule's forward pass twice."""
+    import importlib
+    import pkgutil
+
+    import ssaref.rules as R
+
+    passes = ("chain_updates", "direct_updates", "local_updates")
+    outer, depth = [], [0]
+
+    def counted(fn_name, fn):
+        def wrapper(*a, **k):
+            if depth[0] == 0:
+                outer.append(fn_name)
+            depth[0] += 1
+            try:
+                return fn(*a, **k)
+            finally:
+                depth[0] -= 1
+
+        return wrapper
+
+    for info in pkgutil.iter_modules(R.__path__):
+        mod = importlib.import_module(f"ssaref.rules.{info.name}")
+        for fn_name in passes:
+            if callable(getattr(mod, fn_name, None)):
+                monkeypatch.setattr(mod, fn_name, counted(fn_name, getattr(mod, fn_name)))
+    expected = {"chain": ["chain_updates"], "direct": ["direct_updates"], "local": ["local_updates"]}
+    expected["two_forwards"] = []
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 1, 8, 8)), rng.integers(0, 10, 4)
+    for name, cls in RULES.items():
+        model = build_model("mlp", (1, 8, 8), 10, seed=0, hidden=(12, 10), dtype=np.float64)
+        # SSA's eq. (4) angle logging runs BP's chain as a measurement, not as its transport: switched off here
+        options = {"angle_every": 0} if "angle_every" in cls.OPTIONS else None
+        run = build_run(model, name, np.random.default_rng(2), options=options, optimizer=None)
+        forwards = []
+        inner_forward = run.rule.forward
+        run.rule.forward = lambda m, xx: forwards.append(1) or inner_forward(m, xx)  # type: ignore[method-assign]
+        outer.clear()
+        run.rule.step(run.model, x, y)
+        assert outer == expected[cls.ERROR_TRANSPORT], (name, cls.ERROR_TRANSPORT, outer)
+        assert len(forwards) == (2 if cls.ERROR_TRANSPORT == "two_forwards" else 1), (name, len(forwards))
+        assert bool(run.rule.aux_networks()) == (cls.ERROR_TRANSPORT == "local"), name
+
+
 def test_every_rule_declares_its_summary_and_readme_lists_it():
     """README's table of rules is generated from the registry and each rule's ``SUMMARY`` (``python -m
     tests.gen_tables --docs``), which the rule declares in its own module (KP must not inherit FA's line)."""
@@ -160,9 +208,10 @@ def test_every_rule_declares_its_summary_and_readme_lists_it():
         owner = next(k for k in cls.__mro__ if "SUMMARY" in vars(k))
         assert cls.SUMMARY and owner.__module__ == cls.__module__, f"{name}: declare SUMMARY in {cls.__module__}"
     readme = G.README.read_text(encoding="utf-8")
-    assert G.committed_block(readme, "rules") == G.render_rules(), f"README.md's rules table: run {G.COMMAND} --docs"
-    for name in RULES:
-        assert f"`{name}`" in G.render_rules(), name
+    block = G.committed_block(readme, "rules")
+    assert block == G.render_rules(), f"README.md's rules table: run {G.COMMAND} --docs"
+    for name in RULES:  # the committed block, not the renderer's own output, names every registered rule
+        assert f"`{name}`" in block, name
 
 
 # -------------------------------------------------------------------------------------- every registered rule
