@@ -242,22 +242,26 @@ def _batch(shape, batch, k, seed):
     return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
 
-def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, **options):
+def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, conv_chunk=None, **options):
     """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``method`` with Adam (lr 1e-4);
     ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
-    None: the current mode) what its convolutions keep for the backward."""
-    from .ops.conv import set_conv_save
+    None: the current mode) what its convolutions keep for the backward and ``conv_chunk`` (MiB,
+    ``ops.conv.set_conv_chunk``; None: the current bound) the bound on their transient column matrices."""
+    from .ops.conv import set_conv_chunk, set_conv_save
 
     model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
     run = build_run(model, method, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
 
     def step():
         old = set_conv_save(conv_save) if conv_save else None
+        old_chunk = set_conv_chunk(conv_chunk) if conv_chunk is not None else None
         try:
             run.train_step(x, y)
         finally:
             if old:
                 set_conv_save(old)
+            if old_chunk is not None:
+                set_conv_chunk(old_chunk)
         if xp is not np:
             xp.cuda.Device().synchronize()  # every stream of the device: the step's kernels have finished
 
@@ -467,7 +471,7 @@ def _op_targets():
             for n in mod.__all__
             if callable(getattr(mod, n, None))
             and not isinstance(getattr(mod, n), type)
-            and n not in ("set_conv_save", "conv_save")
+            and n not in ("set_conv_save", "conv_save", "set_conv_chunk", "conv_chunk")
         ]  # settings, not ops
     out.append((conv, "im2col", "  im2col (inside conv2d_forward)"))
     out += [
@@ -595,6 +599,10 @@ def _probe(spec):
         from .ops.conv import set_conv_save
 
         set_conv_save(spec["conv_save"])
+    if spec.get("conv_chunk") is not None:
+        from .ops.conv import set_conv_chunk
+
+        set_conv_chunk(spec["conv_chunk"])
     dense = build_model(name, shape, 10, dtype=np.float32, seed=0, **spec.get("options", {}))
     x, y = _batch(shape, batch, 10, 0)
     if engine == "torch":
@@ -661,7 +669,9 @@ def _probe_main(arg):
         return 2
 
 
-def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900, conv_save=None):
+def measure_memory(
+    engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900, conv_save=None, conv_chunk=None
+):
     """Peak training memory of ``engine`` ("torch" = PyTorch BP, or an ssaref rule name) on model ``name``,
     input ``shape`` (``build_model`` ``options``), in a fresh Python process whose malloc returns every freed
     block above 64 KiB to the kernel
@@ -674,7 +684,8 @@ def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, opt
     (activations, caches, gradients, workspace of one step); for ssaref ``traced_mib``, the tracemalloc peak of
     one more step (the arrays it allocates).  ``None`` where ``/proc/self/clear_refs`` cannot reset the mark;
     ``{"error": line}`` when the probe failed.  ``conv_save``: what ssaref's convolutions keep for the backward
-    (``ops.conv.set_conv_save``; None: the default).
+    (``ops.conv.set_conv_save``; None: the default); ``conv_chunk``: the bound on their transient column matrices
+    (MiB, ``ops.conv.set_conv_chunk``; None: the default).
     """
     spec = {
         "engine": engine,
@@ -685,6 +696,7 @@ def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, opt
         "steps": steps,
         "options": dict(options or {}),
         "conv_save": conv_save,
+        "conv_chunk": conv_chunk,
     }
     code = "import sys; from ssaref.bench import _probe_main; sys.exit(_probe_main(sys.argv[1]))"
     try:
