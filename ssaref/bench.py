@@ -37,7 +37,7 @@ import numpy as np
 
 from .atomic import write_text
 from .backend import asnumpy, keep_large_allocations, resolve_backend
-from .cli import OneLineParser, check_output_path, count, run_main
+from .cli import OneLineParser, check_output_path, count, nonnegative_float, run_main
 from .cost import roofline, step_cost, step_flops, weight_macs
 from .nn.containers import leaf_shapes
 from .nn import build_model
@@ -326,6 +326,7 @@ def bench_config(
     statistic="median",
     conv_save=None,
     also_save=(),
+    conv_chunk=None,
 ):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
     rule of ``methods`` (BP always included, first), alternating step by step.
@@ -336,7 +337,8 @@ def bench_config(
     this model gets ``status`` "not supported: ..." and no times.  ``add_limits`` adds the limit column.
     ``conv_save``: what the convolutions keep (``ops.conv.SAVE_MODES``; None: the current mode); every mode of
     ``also_save`` adds a row per rule, ``"<rule>@<mode>"`` (``rule``, ``conv_save`` keys), timed in the same
-    alternation, its ``vs_bp`` against the primary BP row (models with a convolution only).
+    alternation, its ``vs_bp`` against the primary BP row (models with a convolution only).  ``conv_chunk``: the
+    bound on the convolutions' transient column matrices (MiB, ``ops.conv.set_conv_chunk``; None: the current one).
     """
     xp = resolve_backend(backend)
     k = 10
@@ -347,7 +349,9 @@ def bench_config(
     engines, rows = {}, {}
     for m in methods:
         try:
-            run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save)
+            run, engines[m] = ssaref_engine(
+                name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save, conv_chunk=conv_chunk
+            )
             ops = step_cost(run.model, m, batch, shape, rule=run.rule)  # counted, for the limit column
             rows[m] = {
                 "method": m,
@@ -373,7 +377,9 @@ def bench_config(
         for mode in (mm for mm in also_save if mm != conv_save):
             for m in [mm for mm in methods if mm in engines]:
                 label = f"{m}@{mode}"
-                run, engines[label] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode)
+                run, engines[label] = ssaref_engine(
+                    name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode, conv_chunk=conv_chunk
+                )
                 rows[label] = dict(rows[m], method=label, rule=m, conv_save=mode)
                 extra.append(label)
     for m in methods:
@@ -995,6 +1001,14 @@ def _parse(argv):
         "mode (conv models; the input-mode rows labelled <rule>@input)",
     )
     p.add_argument(
+        "--conv-chunk",
+        type=nonnegative_float,
+        default=None,
+        metavar="MIB",
+        help="bound on a convolution's transient column matrix, made a band of output rows at a time above it "
+        "(ops.conv.set_conv_chunk; 0: always whole; default: 8 on NumPy, 0 on a GPU; docs/decisions.md D9)",
+    )
+    p.add_argument(
         "--no-limit",
         action="store_true",
         help="skip the limit column (the machine's GEMM rate and bandwidth, measured at the start)",
@@ -1099,6 +1113,7 @@ def _main(argv):
             "memory_steps": args.memory_steps,
             "tuned_malloc": tuned,
             "conv_save": args.conv_save,
+            "conv_chunk": args.conv_chunk,
             "threads": threads,
         },
         "configs": [],
@@ -1132,6 +1147,7 @@ def _main(argv):
                 statistic=args.statistic,
                 conv_save=primary,
                 also_save=("input",) if args.conv_save == "both" else (),
+                conv_chunk=args.conv_chunk,
             )
         except ValueError as exc:
             if len(configs) > 1 and "does not fit" in str(exc):
@@ -1166,6 +1182,7 @@ def _main(argv):
                     threads=threads["threads"],
                     steps=args.memory_steps,
                     conv_save=r.get("conv_save"),
+                    conv_chunk=args.conv_chunk,
                 )
                 r.update(
                     {

@@ -29,7 +29,7 @@ def chunk(mib, mode=None):
         conv.set_conv_save(mode)
     calls = []
     real = conv._bands
-    conv._bands = lambda rows, row_bytes: calls.append(real(rows, row_bytes)) or calls[-1]
+    conv._bands = lambda *args: calls.append(real(*args)) or calls[-1]
     try:
         yield calls
     finally:
@@ -179,11 +179,25 @@ def test_a_training_step_is_the_same_banded(name, shape, opts, method):
                                    err_msg=k)
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "8", True, None])
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "8", True])
 def test_bad_bounds_are_refused(bad):
     with pytest.raises(ValueError, match="conv chunk must be a number of MiB >= 0"):
         conv.set_conv_chunk(bad)
-    assert conv.conv_chunk() == conv.DEFAULT_CHUNK_MIB
+    assert conv.conv_chunk() is None  # the default, unchanged
+
+
+def test_the_default_bound_is_per_backend():
+    """None: ``DEFAULT_CHUNK_MIB`` on NumPy, whole on a device (docs/decisions.md D9)."""
+    import _strictxp as S
+
+    row = 2**20  # one MiB a row
+    rows = int(conv.DEFAULT_CHUNK_MIB) + 1
+    assert conv.conv_chunk() is None
+    assert conv._bands(rows, row) == [(0, rows - 1), (rows - 1, rows)]
+    assert conv._bands(rows - 1, row) is None
+    assert conv._bands(rows, row, S.xp) is None
+    with chunk(1):
+        assert conv._bands(3, row, S.xp) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_device_path_banded_matches_numpy():

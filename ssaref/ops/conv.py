@@ -80,9 +80,11 @@ BY_OFFSET_MIN_CHANNELS = 16
 DEFAULT_SAVE = "auto"
 # the transient column matrices of a convolution (the forward's in input mode, the backward's rebuilt one, the input
 # gradient's blocks) are made a band of output rows at a time when the whole would take more than this many MiB
-# (``set_conv_chunk``; 0: always whole), docs/decisions.md D9
+# (``set_conv_chunk``; 0: always whole).  The default, None ("auto"): DEFAULT_CHUNK_MIB on NumPy, measured (D9: less
+# memory and a faster step than whole), 0 on a device, where each band is two or more launches more and no device
+# has been lent to measure the trade (``bench --backend cupy --conv-chunk 8`` measures it)
 DEFAULT_CHUNK_MIB = 8.0
-_SAVE = {"mode": DEFAULT_SAVE, "chunk": DEFAULT_CHUNK_MIB}
+_SAVE = {"mode": DEFAULT_SAVE, "chunk": None}
 
 
 def set_conv_save(mode):
@@ -101,23 +103,31 @@ def conv_save():
 
 def set_conv_chunk(mib):
     """Bound every later convolution's transient column matrix to ``mib`` MiB (a band of output rows at a time; at
-    least one row; 0: always the whole matrix); returns the old bound.  The same numbers up to round-off (a band's
-    GEMM blocks its sums differently); below the bound nothing changes, bit for bit."""
-    if isinstance(mib, bool) or not isinstance(mib, (int, float)) or not mib >= 0 or mib == float("inf"):
-        raise ValueError(f"conv chunk must be a number of MiB >= 0, got {mib!r}")
-    old, _SAVE["chunk"] = _SAVE["chunk"], float(mib)
+    least one row; 0: always the whole matrix; None: the default, ``DEFAULT_CHUNK_MIB`` on NumPy, 0 on a device);
+    returns the old setting.  The same numbers up to round-off (a band's GEMM blocks its sums differently); below
+    the bound nothing changes, bit for bit."""
+    if mib is not None and (
+        isinstance(mib, bool) or not isinstance(mib, (int, float)) or not mib >= 0 or mib == float("inf")
+    ):
+        raise ValueError(f"conv chunk must be a number of MiB >= 0 (or None: the default), got {mib!r}")
+    old, _SAVE["chunk"] = _SAVE["chunk"], None if mib is None else float(mib)
     return old
 
 
 def conv_chunk():
-    """The current bound on a convolution's transient column matrix in MiB (``set_conv_chunk``)."""
+    """The current bound on a convolution's transient column matrix in MiB, None for the default
+    (``set_conv_chunk``)."""
     return _SAVE["chunk"]
 
 
-def _bands(rows, row_bytes):
+def _bands(rows, row_bytes, xp=np):
     """The bands ``[(r0, r1), ...]`` of ``rows`` output rows, each at most ``conv_chunk()`` MiB at ``row_bytes`` a
-    row (at least one row a band), or None when the whole takes no more (or the bound is 0): the unbanded path."""
-    budget = _SAVE["chunk"] * 2**20
+    row (at least one row a band), or None when the whole takes no more (or the bound is 0): the unbanded path.
+    ``xp``: the arrays' module (the default bound depends on it)."""
+    mib = _SAVE["chunk"]
+    if mib is None:
+        mib = DEFAULT_CHUNK_MIB if xp is np else 0.0
+    budget = mib * 2**20
     if budget <= 0 or rows * row_bytes <= budget:
         return None
     per = max(1, int(budget // row_bytes))
@@ -201,7 +211,7 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, save=None):
     if mode == "input":  # the columns are not kept: made a band of output rows at a time where they are large
         N, H, Wd = x.shape[0], x.shape[2], x.shape[3]
         Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(Wd, kw, sx, pw)
-        bands = _bands(Ho, C_in * kh * kw * Wo * N * x.dtype.itemsize)
+        bands = _bands(Ho, C_in * kh * kw * Wo * N * x.dtype.itemsize, xp)
         if bands is not None:
             kept = SavedInput(x, (kh, kw, sy, sx, ph, pw), (C_in, kh, kw, Ho, Wo, N))
             return _forward_bands(x, W, b, kept, bands), (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
@@ -305,7 +315,7 @@ def conv2d_backward_input(dy, W, cache):
     dx = xp.zeros((C_in, H, Wd, N), dtype=dy.dtype)
     # a band of output rows at a time where a block would be large (``_bands``): the adds of a band go to the
     # image rows its windows read (overlapping the next band's where kh > sy: added, as within a band)
-    bands = _bands(Ho, kw * C_in * Wo * N * dy.dtype.itemsize) or [(0, Ho)]
+    bands = _bands(Ho, kw * C_in * Wo * N * dy.dtype.itemsize, xp) or [(0, Ho)]
     rows = bands[0][1] - bands[0][0]
     buf = xp.empty(kw * C_in * rows * Wo * N, dtype=dy.dtype)
     for r0, r1 in bands:
@@ -349,7 +359,7 @@ def _backward_input_device(xp, dy, W, x_shape, stride, padding):
         E[:, :, ay + sy * ylo : ay + sy * (yhi - 1) + 1 : sy, ax + sx * xlo : ax + sx * (xhi - 1) + 1 : sx] = d
     windows = window_view(E, kh, kw, 1, 1, H, Wd, batch_first=True)  # (C_out, kh, kw, H, W, N)
     Wf = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C_in, C_out, kh, kw)
-    bands = _bands(H, C_out * kh * kw * Wd * N * dy.dtype.itemsize)
+    bands = _bands(H, C_out * kh * kw * Wd * N * dy.dtype.itemsize, xp)
     if bands is None:
         return xp.tensordot(Wf, xp.ascontiguousarray(windows), axes=3).transpose(3, 0, 1, 2)  # (C_in, H, W, N)
     # a band of image rows at a time (``_bands``): each band's GEMM writes its own columns of dx2 in place
@@ -379,7 +389,7 @@ def conv2d_backward_params(dy, cache):
     col, _, _, _, has_bias = cache
     if isinstance(col, SavedInput):  # save mode "input"
         C_in, kh, kw, Ho, Wo, N = col.shape
-        bands = _bands(Ho, C_in * kh * kw * Wo * N * col.dtype.itemsize)
+        bands = _bands(Ho, C_in * kh * kw * Wo * N * col.dtype.itemsize, get_array_module(dy))
         if bands is not None:
             return _backward_params_bands(dy, cache, bands)
         if get_array_module(dy) is np and col.shape[0] >= BY_OFFSET_MIN_CHANNELS:
