@@ -254,13 +254,13 @@ def ssaref_engine(name, shape, method, x, y, *, xp=np, seed=0, conv_save=None, c
 
     def step():
         old = set_conv_save(conv_save) if conv_save else None
-        old_chunk = set_conv_chunk(conv_chunk) if conv_chunk is not None else None
+        old_chunk = set_conv_chunk(conv_chunk) if conv_chunk is not None else ()  # (): left as it was
         try:
             run.train_step(x, y)
         finally:
             if old:
                 set_conv_save(old)
-            if old_chunk is not None:
+            if old_chunk != ():
                 set_conv_chunk(old_chunk)
         if xp is not np:
             xp.cuda.Device().synchronize()  # every stream of the device: the step's kernels have finished

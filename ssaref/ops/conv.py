@@ -17,6 +17,17 @@ keeps for it is ``set_conv_save``'s choice: the column matrix (``K`` values per 
 (``C_in`` per input position, rebuilt into columns by the backward: one more im2col, kh kw times less memory).
 ``y`` and ``dx`` are NCHW views of batch-innermost buffers (see ``im2col.py``).
 
+Bands (``set_conv_chunk``, docs/decisions.md D9): where a transient column matrix would take more than a bound, it
+is made a band of output rows ``[r0, r1)`` at a time, the contiguous columns ``r0*Wo*N .. r1*Wo*N`` of ``col2``
+(``im2col.im2col_bands``)::
+
+    forward          y2[:, band] = W2 @ col2[:, band]           (written in place)
+    backward params  dW = sum over bands of dy2[:, band] @ col2[:, band].T
+    backward input   the blocks W2.T @ dy2[:, band], added into the image rows the band's windows read
+
+(the device's transposed convolution likewise in bands of image rows).  Below the bound, the unbanded code, bit
+for bit.
+
 Device (CuPy) path of the input gradient: the per-offset adds would be two or more launches per kernel offset,
 so there the transposed convolution is computed as a forward one (the identity behind every deconvolution).
 Per spatial axis, with ``a = kh - 1 - ph``, let ``E`` (length ``H + kh - 1``) hold ``dy[oy]`` at
@@ -84,7 +95,7 @@ DEFAULT_SAVE = "auto"
 # memory and a faster step than whole), 0 on a device, where each band is two or more launches more and no device
 # has been lent to measure the trade (``bench --backend cupy --conv-chunk 8`` measures it)
 DEFAULT_CHUNK_MIB = 8.0
-_SAVE = {"mode": DEFAULT_SAVE, "chunk": None}
+_SAVE: dict = {"mode": DEFAULT_SAVE, "chunk": None}
 
 
 def set_conv_save(mode):
@@ -465,5 +476,6 @@ def _backward_params_bands(dy, cache, bands):
             part = xp.matmul(a, c, out=part)
             acc += part
         del col, a, c  # before the next band's is made
+    assert acc is not None  # bands: at least one
     dW = (acc.T if tall else acc).reshape(C_out, C_in, kh, kw)  # C-contiguous (reshape copies a transpose)
     return dW, (dy2.sum(axis=1) if has_bias else None)
