@@ -221,3 +221,19 @@ def test_device_path_banded_matches_numpy():
             assert any(c is not None for c in calls)
             for d, h in zip(got, want):
                 np.testing.assert_allclose(S.xp.asnumpy(d), h, rtol=1e-12, atol=1e-12)
+
+
+def test_the_validation_script_measures_a_table(tmp_path, capsys):
+    from validation import conv_chunk as vc
+
+    out = tmp_path / "t.md"
+    assert vc.main(["--models", "resnet20", "--chunks", "0.01", "--rounds", "2", "--batch-size", "4",
+                    "--out", str(out)]) == 0
+    row = next(line for line in out.read_text().splitlines() if line.startswith("| resnet20 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 1 + 4 + 1 and all(c[0].isdigit() for c in cells[1:]), cells   # 4 memory columns, a ratio
+    for argv, needle in ((["--chunks", "0"], "--chunks"), (["--chunks", "-1"], "--chunks"),
+                         (["--models", "mlp"], "--models")):
+        with pytest.raises(SystemExit) as exc:
+            vc.main(argv)
+        assert exc.value.code == 2 and needle in capsys.readouterr().err
