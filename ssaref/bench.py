@@ -1160,7 +1160,9 @@ def _main(argv):
             add_limits(c, limits)
         bp = c["rows"][0]
         if args.profile == "all" or (args.profile == "auto" and bp["ratio"] > 1.0):
-            ms, rows = op_profile(name, shape, "bp", batch=args.batch_size, backend=args.backend)
+            ms, rows = op_profile(
+                name, shape, "bp", batch=args.batch_size, backend=args.backend, conv_chunk=args.conv_chunk
+            )
             c["profile"] = {"step_ms": ms, "ops": [{"op": k, "ms": v, "fraction": f} for k, v, f in rows]}
             print(
                 f"{name} {c['input']}: where ssaref's BP step goes ({ms:.1f} ms, per-op timers): "
