@@ -10,6 +10,7 @@ __all__ = [
     "OneLineParser",
     "positive",
     "nonnegative_int",
+    "nonnegative_float",
     "int64",
     "int_list",
     "run_main",
@@ -83,6 +84,17 @@ def nonnegative_int(s):
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
     return _bounded(v, s)
+
+
+def nonnegative_float(s):
+    """Argument type: a finite float >= 0 (NaN refused)."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {s}")
+    return v
 
 
 def int64(s):

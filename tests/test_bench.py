@@ -90,6 +90,21 @@ def test_memory_probe_measures_a_training_step():
     assert "does not fit" in bad["error"]
 
 
+def test_engines_and_the_memory_probe_take_the_conv_chunk_bound(monkeypatch):
+    """``conv_chunk`` (``--conv-chunk``) is in effect during each step of the engine, and restored after it."""
+    from ssaref.ops import conv
+
+    seen, real = [], conv._bands
+    monkeypatch.setattr(conv, "_bands", lambda *a: seen.append(conv.conv_chunk()) or real(*a))
+    x, y = bench.engines._batch((1, 28, 28), 4, 10, 0)
+    before = conv.conv_chunk()
+    _, step = bench.ssaref_engine("lenet", (1, 28, 28), "bp", x, y, conv_save="input", conv_chunk=0.001)
+    step()
+    assert seen and set(seen) == {0.001} and conv.conv_chunk() == before
+    m = bench.measure_memory("bp", "lenet", (1, 28, 28), batch=8, threads=1, steps=1, conv_chunk=0.001)
+    assert "error" not in m and m["step_mib"] >= 0, m
+
+
 def test_cli_times_every_rule_writes_json_and_markdown(tmp_path, capsys):
     j, md = tmp_path / "b.json", tmp_path / "b.md"
     argv = ["--models", "mlp,lenet", "--method", "bp,dfa,pepita", "--batch-size", "8", "--repeats", "1",
@@ -167,6 +182,8 @@ def _exit_code(argv):
     (["--threads", "0"], "--threads"),
     (["--statistic", "mode"], "--statistic"),
     (["--models", "vgg13", "--input", "1x28x28", "--no-memory"], "does not fit"),
+    (["--conv-chunk", "-1"], "--conv-chunk"),
+    (["--conv-chunk", "nan"], "--conv-chunk"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert _exit_code(argv + ["--repeats", "1", "--warmup", "1", "--batch-size", "2"]) == 2

@@ -156,6 +156,29 @@ def test_conv2d_geometries(cp, rng):
                             conv.conv2d_backward_params(dy, cache))
 
 
+@pytest.mark.parametrize("mode", ["input", "columns"])
+def test_conv2d_in_bands(cp, rng, mode):
+    """The column matrices made a band of output rows at a time on the device (``set_conv_chunk`` below one row:
+    cupy's ``matmul(out=)`` into a non-contiguous slice of the output, the transposed convolution's bands): the
+    host's whole-matrix numbers (docs/decisions.md D9)."""
+    old = conv.set_conv_chunk(1e-12)
+    try:
+        for kernel, stride, padding in (((3, 3), 1, 1), ((3, 2), (2, 1), (1, 2)), ((5, 5), 2, 4), ((1, 1), 2, 0)):
+            x, b = rng.standard_normal((3, 4, 9, 8)), rng.standard_normal(5)
+            W = rng.standard_normal((5, 4) + kernel)
+            conv.set_conv_chunk(0)
+            y, cache = conv.conv2d_forward(x, W, b, stride, padding, save=mode)
+            dy = rng.standard_normal(y.shape)
+            want = (y, conv.conv2d_backward_input(dy, W, cache), conv.conv2d_backward_params(dy, cache))
+            conv.set_conv_chunk(1e-12)
+            yg, cache_g = conv.conv2d_forward(*on(cp, x, W, b), stride, padding, save=mode)
+            got = (yg, conv.conv2d_backward_input(cp.asarray(dy), cp.asarray(W), cache_g),
+                   conv.conv2d_backward_params(cp.asarray(dy), cache_g))
+            assert_same(got, want)
+    finally:
+        conv.set_conv_chunk(old)
+
+
 @pytest.mark.parametrize("name, kw", [
     ("adam", {}), ("adam", {"weight_decay": 0.1}), ("adamw", {}), ("sgd", {"weight_decay": 0.1}),
     ("sgd", {"momentum": 0.9, "dampening": 0.3}), ("sgd", {"momentum": 0.8, "nesterov": True, "weight_decay": 0.1}),

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..atomic import write_text
 from ..backend import keep_large_allocations, resolve_backend
-from ..cli import OneLineParser, check_output_path, count, run_main
+from ..cli import OneLineParser, check_output_path, count, nonnegative_float, run_main
 from ..threads import apply_threads, default_threads, threads_arg
 from . import __doc__ as PACKAGE_DOC
 from .engines import CIFAR_INPUT, _input_for, set_tf32, torch_device
@@ -88,6 +88,14 @@ def _parse(argv):
         help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save; default "
         "auto, its default); both: every rule timed and its memory measured in columns and input "
         "mode (conv models; the input-mode rows labelled <rule>@input)",
+    )
+    p.add_argument(
+        "--conv-chunk",
+        type=nonnegative_float,
+        default=None,
+        metavar="MIB",
+        help="bound on a convolution's transient column matrix, made a band of output rows at a time above it "
+        "(ops.conv.set_conv_chunk; 0: always whole; default: 8 on NumPy, 0 on a GPU; docs/decisions.md D9)",
     )
     p.add_argument(
         "--no-limit",
@@ -194,6 +202,7 @@ def _main(argv):
             "memory_steps": args.memory_steps,
             "tuned_malloc": tuned,
             "conv_save": args.conv_save,
+            "conv_chunk": args.conv_chunk,
             "threads": threads,
         },
         "configs": [],
@@ -227,6 +236,7 @@ def _main(argv):
                 statistic=args.statistic,
                 conv_save=primary,
                 also_save=("input",) if args.conv_save == "both" else (),
+                conv_chunk=args.conv_chunk,
             )
         except ValueError as exc:
             if len(configs) > 1 and "does not fit" in str(exc):
@@ -239,7 +249,9 @@ def _main(argv):
             add_limits(c, limits)
         bp = c["rows"][0]
         if args.profile == "all" or (args.profile == "auto" and bp["ratio"] > 1.0):
-            ms, rows = op_profile(name, shape, "bp", batch=args.batch_size, backend=args.backend)
+            ms, rows = op_profile(
+                name, shape, "bp", batch=args.batch_size, backend=args.backend, conv_chunk=args.conv_chunk
+            )
             c["profile"] = {"step_ms": ms, "ops": [{"op": k, "ms": v, "fraction": f} for k, v, f in rows]}
             print(
                 f"{name} {c['input']}: where ssaref's BP step goes ({ms:.1f} ms, per-op timers): "
@@ -261,6 +273,7 @@ def _main(argv):
                     threads=threads["threads"],
                     steps=args.memory_steps,
                     conv_save=r.get("conv_save"),
+                    conv_chunk=args.conv_chunk,
                 )
                 r.update(
                     {

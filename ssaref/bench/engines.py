@@ -26,22 +26,26 @@ def _batch(shape, batch, k, seed):
     return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
 
-def ssaref_engine(name, shape, rule, x, y, *, xp=np, seed=0, conv_save=None, **options):
+def ssaref_engine(name, shape, rule, x, y, *, xp=np, seed=0, conv_save=None, conv_chunk=None, **options):
     """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``rule`` with Adam (lr 1e-4);
     ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
-    None: the current mode) what its convolutions keep for the backward."""
-    from ..ops.conv import set_conv_save
+    None: the current mode) what its convolutions keep for the backward and ``conv_chunk`` (MiB,
+    ``ops.conv.set_conv_chunk``; None: the current bound) the bound on their transient column matrices."""
+    from ..ops.conv import set_conv_chunk, set_conv_save
 
     model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
     run = build_run(model, rule, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
 
     def step():
         old = set_conv_save(conv_save) if conv_save else None
+        old_chunk = set_conv_chunk(conv_chunk) if conv_chunk is not None else ()  # (): left as it was
         try:
             run.train_step(x, y)
         finally:
             if old:
                 set_conv_save(old)
+            if old_chunk != ():
+                set_conv_chunk(old_chunk)
         if xp is not np:
             xp.cuda.Device().synchronize()  # every stream of the device: the step's kernels have finished
 

@@ -67,6 +67,10 @@ def _probe(spec):
         from ..ops.conv import set_conv_save
 
         set_conv_save(spec["conv_save"])
+    if spec.get("conv_chunk") is not None:
+        from ..ops.conv import set_conv_chunk
+
+        set_conv_chunk(spec["conv_chunk"])
     dense = build_model(name, shape, 10, dtype=np.float32, seed=0, **spec.get("options", {}))
     x, y = _batch(shape, batch, 10, 0)
     if engine == "torch":
@@ -133,7 +137,9 @@ def _probe_main(arg):
         return 2
 
 
-def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900, conv_save=None):
+def measure_memory(
+    engine, name, shape, *, batch=128, threads=None, steps=2, options=None, timeout=900, conv_save=None, conv_chunk=None
+):
     """Peak training memory of ``engine`` ("torch" = PyTorch BP, or an ssaref rule name) on model ``name``,
     input ``shape`` (``build_model`` ``options``), in a fresh Python process whose malloc returns every freed
     block above 64 KiB to the kernel
@@ -146,7 +152,8 @@ def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, opt
     (activations, caches, gradients, workspace of one step); for ssaref ``traced_mib``, the tracemalloc peak of
     one more step (the arrays it allocates).  ``None`` where ``/proc/self/clear_refs`` cannot reset the mark;
     ``{"error": line}`` when the probe failed.  ``conv_save``: what ssaref's convolutions keep for the backward
-    (``ops.conv.set_conv_save``; None: the default).
+    (``ops.conv.set_conv_save``; None: the default); ``conv_chunk``: the bound on their transient column matrices
+    (MiB, ``ops.conv.set_conv_chunk``; None: the default).
     """
     spec = {
         "engine": engine,
@@ -157,6 +164,7 @@ def measure_memory(engine, name, shape, *, batch=128, threads=None, steps=2, opt
         "steps": steps,
         "options": dict(options or {}),
         "conv_save": conv_save,
+        "conv_chunk": conv_chunk,
     }
     code = "import sys; from ssaref.bench.memory import _probe_main; sys.exit(_probe_main(sys.argv[1]))"
     try:

@@ -22,7 +22,7 @@ def _op_targets():
             for n in mod.__all__
             if callable(getattr(mod, n, None))
             and not isinstance(getattr(mod, n), type)
-            and n not in ("set_conv_save", "conv_save")
+            and n not in ("set_conv_save", "conv_save", "set_conv_chunk", "conv_chunk")
         ]  # settings, not ops
     out.append((conv, "im2col", "  im2col (inside conv2d_forward)"))
     out += [

@@ -29,6 +29,7 @@ def bench_config(
     statistic="median",
     conv_save=None,
     also_save=(),
+    conv_chunk=None,
 ):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
     rule of ``rules`` (BP always included, first), alternating step by step.
@@ -39,7 +40,8 @@ def bench_config(
     this model gets ``status`` "not supported: ..." and no times.  ``add_limits`` adds the limit column.
     ``conv_save``: what the convolutions keep (``ops.conv.SAVE_MODES``; None: the current mode); every mode of
     ``also_save`` adds a row per rule, ``"<rule>@<mode>"`` (``rule``, ``conv_save`` keys), timed in the same
-    alternation, its ``vs_bp`` against the primary BP row (models with a convolution only).
+    alternation, its ``vs_bp`` against the primary BP row (models with a convolution only).  ``conv_chunk``: the
+    bound on the convolutions' transient column matrices (MiB, ``ops.conv.set_conv_chunk``; None: the current one).
     """
     xp = resolve_backend(backend)
     k = 10
@@ -50,7 +52,9 @@ def bench_config(
     engines, rows = {}, {}
     for m in rules:
         try:
-            run, engines[m] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save)
+            run, engines[m] = ssaref_engine(
+                name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save, conv_chunk=conv_chunk
+            )
             ops = step_cost(run.model, m, batch, shape, rule=run.rule)  # counted, for the limit column
             rows[m] = {
                 "method": m,
@@ -76,7 +80,9 @@ def bench_config(
         for mode in (mm for mm in also_save if mm != conv_save):
             for m in [mm for mm in rules if mm in engines]:
                 label = f"{m}@{mode}"
-                run, engines[label] = ssaref_engine(name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode)
+                run, engines[label] = ssaref_engine(
+                    name, shape, m, x, y, xp=xp, seed=seed, conv_save=mode, conv_chunk=conv_chunk
+                )
                 rows[label] = dict(rows[m], method=label, rule=m, conv_save=mode)
                 extra.append(label)
     for m in rules:

@@ -17,6 +17,17 @@ keeps for it is ``set_conv_save``'s choice: the column matrix (``K`` values per 
 (``C_in`` per input position, rebuilt into columns by the backward: one more im2col, kh kw times less memory).
 ``y`` and ``dx`` are NCHW views of batch-innermost buffers (see ``im2col.py``).
 
+Bands (``set_conv_chunk``, docs/decisions.md D9): where a transient column matrix would take more than a bound, it
+is made a band of output rows ``[r0, r1)`` at a time, the contiguous columns ``r0*Wo*N .. r1*Wo*N`` of ``col2``
+(``im2col.im2col_bands``)::
+
+    forward          y2[:, band] = W2 @ col2[:, band]           (written in place)
+    backward params  dW = sum over bands of dy2[:, band] @ col2[:, band].T
+    backward input   the blocks W2.T @ dy2[:, band], added into the image rows the band's windows read
+
+(the device's transposed convolution likewise in bands of image rows).  Below the bound, the unbanded code, bit
+for bit.
+
 Device (CuPy) path of the input gradient: the per-offset adds would be two or more launches per kernel offset,
 so there the transposed convolution is computed as a forward one (the identity behind every deconvolution).
 Per spatial axis, with ``a = kh - 1 - ph``, let ``E`` (length ``H + kh - 1``) hold ``dy[oy]`` at
@@ -38,7 +49,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from .im2col import BLOCK, _contiguous, _fill_outside, as_pair, im2col, split_rows, valid_offsets, window_view
+from .im2col import (
+    BLOCK,
+    _contiguous,
+    _fill_outside,
+    as_pair,
+    conv_output_size,
+    im2col,
+    im2col_bands,
+    split_rows,
+    valid_offsets,
+    window_view,
+)
 
 __all__ = [
     "conv2d_forward",
@@ -50,6 +72,9 @@ __all__ = [
     "set_conv_save",
     "conv_save",
     "SavedInput",
+    "DEFAULT_CHUNK_MIB",
+    "set_conv_chunk",
+    "conv_chunk",
 ]
 
 # what a convolution keeps for its weight gradient (``set_conv_save``): "columns", the im2col matrix of the forward
@@ -64,7 +89,13 @@ BY_OFFSET_MIN_CHANNELS = 16
 # (resnet20) for a 3-11 % slower step); "columns" on a device, where the rebuild is 2-4 more launches per
 # convolution and no device has been lent to measure the trade
 DEFAULT_SAVE = "auto"
-_SAVE = {"mode": DEFAULT_SAVE}
+# the transient column matrices of a convolution (the forward's in input mode, the backward's rebuilt one, the input
+# gradient's blocks) are made a band of output rows at a time when the whole would take more than this many MiB
+# (``set_conv_chunk``; 0: always whole).  The default, None ("auto"): DEFAULT_CHUNK_MIB on NumPy, measured (D9: less
+# memory and a faster step than whole), 0 on a device, where each band is two or more launches more and no device
+# has been lent to measure the trade (``bench --backend cupy --conv-chunk 8`` measures it)
+DEFAULT_CHUNK_MIB = 8.0
+_SAVE: dict = {"mode": DEFAULT_SAVE, "chunk": None}
 
 
 def set_conv_save(mode):
@@ -79,6 +110,39 @@ def set_conv_save(mode):
 def conv_save():
     """The current save mode (``set_conv_save``)."""
     return _SAVE["mode"]
+
+
+def set_conv_chunk(mib):
+    """Bound every later convolution's transient column matrix to ``mib`` MiB (a band of output rows at a time; at
+    least one row; 0: always the whole matrix; None: the default, ``DEFAULT_CHUNK_MIB`` on NumPy, 0 on a device);
+    returns the old setting.  The same numbers up to round-off (a band's GEMM blocks its sums differently); below
+    the bound nothing changes, bit for bit."""
+    if mib is not None and (
+        isinstance(mib, bool) or not isinstance(mib, (int, float)) or not mib >= 0 or mib == float("inf")
+    ):
+        raise ValueError(f"conv chunk must be a number of MiB >= 0 (or None: the default), got {mib!r}")
+    old, _SAVE["chunk"] = _SAVE["chunk"], None if mib is None else float(mib)
+    return old
+
+
+def conv_chunk():
+    """The current bound on a convolution's transient column matrix in MiB, None for the default
+    (``set_conv_chunk``)."""
+    return _SAVE["chunk"]
+
+
+def _bands(rows, row_bytes, xp=np):
+    """The bands ``[(r0, r1), ...]`` of ``rows`` output rows, each at most ``conv_chunk()`` MiB at ``row_bytes`` a
+    row (at least one row a band), or None when the whole takes no more (or the bound is 0): the unbanded path.
+    ``xp``: the arrays' module (the default bound depends on it)."""
+    mib = _SAVE["chunk"]
+    if mib is None:
+        mib = DEFAULT_CHUNK_MIB if xp is np else 0.0
+    budget = mib * 2**20
+    if budget <= 0 or rows * row_bytes <= budget:
+        return None
+    per = max(1, int(budget // row_bytes))
+    return [(r, min(rows, r + per)) for r in range(0, rows, per)]
 
 
 class SavedInput:
@@ -151,28 +215,64 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, save=None):
         )
     sy, sx = as_pair(stride, "stride", 1)
     ph, pw = as_pair(padding, "padding", 0)
-    col = im2col(x, kh, kw, sy, sx, ph, pw)  # (C_in, kh, kw, Ho, Wo, N)
-    _, _, _, Ho, Wo, N = col.shape
-    xp = get_array_module(col, W)
+    xp = get_array_module(x, W)
     mode = save or _SAVE["mode"]
     if mode == "auto":
         mode = "input" if xp is np else "columns"
+    if mode == "input":  # the columns are not kept: made a band of output rows at a time where they are large
+        N, H, Wd = x.shape[0], x.shape[2], x.shape[3]
+        Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(Wd, kw, sx, pw)
+        bands = _bands(Ho, C_in * kh * kw * Wo * N * x.dtype.itemsize, xp)
+        if bands is not None:
+            kept = SavedInput(x, (kh, kw, sy, sx, ph, pw), (C_in, kh, kw, Ho, Wo, N))
+            return _forward_bands(x, W, b, kept, bands), (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+    col = im2col(x, kh, kw, sy, sx, ph, pw)  # (C_in, kh, kw, Ho, Wo, N)
+    _, _, _, Ho, Wo, N = col.shape
     kept = col if mode == "columns" else SavedInput(x, (kh, kw, sy, sx, ph, pw), col.shape)
     if xp is not np:  # a device: the same GEMM as one call, the bias as one launch
         y4 = xp.tensordot(W, col, axes=3)  # (C_out, Ho, Wo, N)
         if b is not None:
-            y4 += b[:, None, None, None]
+            _add_bias(y4, b)
         return y4.transpose(3, 0, 1, 2), (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
     y2 = W.reshape(C_out, -1) @ col.reshape(C_in * kh * kw, -1)  # y2 = W2 @ col2, (C_out, M)
     if b is not None:
-        bias = b[:, None]
-
-        def add_bias(lo, hi):
-            y2[lo:hi] += bias[lo:hi]
-
-        split_rows(xp, C_out, add_bias, y2.size)
+        _add_bias(y2.reshape(C_out, Ho, Wo, N), b)
     y = y2.reshape(C_out, Ho, Wo, N).transpose(3, 0, 1, 2)
     return y, (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+
+
+def _forward_bands(x, W, b, saved, bands):
+    """``conv2d_forward``'s ``y`` with the column matrix made a band of output rows at a time (``_bands``): each
+    band's GEMM ``W2 @ col2[:, band]`` writes its own columns of ``y2`` in place.  NumPy and a device alike."""
+    xp = get_array_module(x, W)
+    C_out = W.shape[0]
+    _, _, _, Ho, Wo, N = saved.shape
+    _, _, band = im2col_bands(x, *saved.geometry)
+    W2 = W.reshape(C_out, -1)
+    y4 = xp.empty((C_out, Ho, Wo, N), dtype=x.dtype)  # batch-innermost, as the unbanded path's
+    y2 = y4.reshape(C_out, -1)
+    for r0, r1 in bands:
+        col = band(r0, r1)
+        xp.matmul(W2, col.reshape(W2.shape[1], -1), out=y2[:, r0 * Wo * N : r1 * Wo * N])
+        del col  # before the next band's is made
+    if b is not None:
+        _add_bias(y4, b)
+    return y4.transpose(3, 0, 1, 2)
+
+
+def _add_bias(y4, b):
+    """``y4 += b`` over the channels (axis 0) of a (C_out, Ho, Wo, N) output: split over the op threads by channel
+    on NumPy, one launch on a device."""
+    xp = get_array_module(y4)
+    if xp is not np:
+        y4 += b[:, None, None, None]
+        return
+    y2, bias = y4.reshape(y4.shape[0], -1), b[:, None]
+
+    def add_bias(lo, hi):
+        y2[lo:hi] += bias[lo:hi]
+
+    split_rows(xp, y2.shape[0], add_bias, y2.size)
 
 
 def _check_dy(dy, cache):
@@ -224,18 +324,24 @@ def conv2d_backward_input(dy, W, cache):
     Wk = xp.ascontiguousarray(W.transpose(2, 3, 1, 0)).reshape(kh, kw * C_in, -1)
     # the image gradient itself, unpadded: what a kernel offset would add to the padding is never added
     dx = xp.zeros((C_in, H, Wd, N), dtype=dy.dtype)
-    block = xp.empty((kw * C_in, dy2.shape[1]), dtype=dy.dtype)
-    dcol_i = block.reshape(kw, C_in, Ho, Wo, N)  # = dcol[:, i, :] moved axes
-    offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, Wd, Ho, Wo))
-    for i in range(kh):
-        xp.matmul(Wk[i], dy2, out=block)  # dcol[:, i, :] = W[:, :, i, :].T @ dy2
-        row = [o for o in offsets if o[0] == i]
+    # a band of output rows at a time where a block would be large (``_bands``): the adds of a band go to the
+    # image rows its windows read (overlapping the next band's where kh > sy: added, as within a band)
+    bands = _bands(Ho, kw * C_in * Wo * N * dy.dtype.itemsize, xp) or [(0, Ho)]
+    rows = bands[0][1] - bands[0][0]
+    buf = xp.empty(kw * C_in * rows * Wo * N, dtype=dy.dtype)
+    for r0, r1 in bands:
+        block = buf[: kw * C_in * (r1 - r0) * Wo * N].reshape(kw * C_in, -1)
+        dcol_i = block.reshape(kw, C_in, r1 - r0, Wo, N)  # = dcol[:, i, :, band] moved axes
+        offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, Wd, Ho, Wo, rows=(r0, r1)))
+        for i in range(kh):
+            xp.matmul(Wk[i], dy2[:, r0 * Wo * N : r1 * Wo * N], out=block)  # dcol[:, i, :] = W[:, :, i, :].T @ dy2
+            row = [o for o in offsets if o[0] == i]
 
-        def add(lo, hi):  # col2im of kernel row i, offsets j in order
-            for _, j, orow, ocol, irow, icol in row:
-                dx[lo:hi, irow, icol] += dcol_i[j, lo:hi, orow, ocol]
+            def add(lo, hi):  # col2im of kernel row i, offsets j in order
+                for _, j, orow, ocol, irow, icol in row:
+                    dx[lo:hi, irow, icol] += dcol_i[j, lo:hi, orow, ocol]
 
-        split_rows(xp, C_in, add, block.size, block=BLOCK)
+            split_rows(xp, C_in, add, block.size, block=BLOCK)
     return dx.transpose(3, 0, 1, 2)
 
 
@@ -262,9 +368,19 @@ def _backward_input_device(xp, dy, W, x_shape, stride, padding):
     if ylo < yhi and xlo < xhi:
         d = dy if (ylo, yhi, xlo, xhi) == (0, Ho, 0, Wo) else dy[:, :, ylo:yhi, xlo:xhi]
         E[:, :, ay + sy * ylo : ay + sy * (yhi - 1) + 1 : sy, ax + sx * xlo : ax + sx * (xhi - 1) + 1 : sx] = d
-    colE = xp.ascontiguousarray(window_view(E, kh, kw, 1, 1, H, Wd, batch_first=True))  # (C_out, kh, kw, H, W, N)
+    windows = window_view(E, kh, kw, 1, 1, H, Wd, batch_first=True)  # (C_out, kh, kw, H, W, N)
     Wf = xp.ascontiguousarray(W.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])  # (C_in, C_out, kh, kw)
-    return xp.tensordot(Wf, colE, axes=3).transpose(3, 0, 1, 2)  # (C_in, H, W, N) as NCHW
+    bands = _bands(H, C_out * kh * kw * Wd * N * dy.dtype.itemsize, xp)
+    if bands is None:
+        return xp.tensordot(Wf, xp.ascontiguousarray(windows), axes=3).transpose(3, 0, 1, 2)  # (C_in, H, W, N)
+    # a band of image rows at a time (``_bands``): each band's GEMM writes its own columns of dx2 in place
+    dx4 = xp.empty((C_in, H, Wd, N), dtype=dy.dtype)
+    dx2, Wf2 = dx4.reshape(C_in, -1), Wf.reshape(C_in, -1)
+    for y0, y1 in bands:
+        colE = xp.ascontiguousarray(windows[:, :, :, y0:y1])
+        xp.matmul(Wf2, colE.reshape(Wf2.shape[1], -1), out=dx2[:, y0 * Wd * N : y1 * Wd * N])
+        del colE  # before the next band's is made
+    return dx4.transpose(3, 0, 1, 2)
 
 
 def conv2d_backward_params(dy, cache):
@@ -283,6 +399,10 @@ def conv2d_backward_params(dy, cache):
     """
     col, _, _, _, has_bias = cache
     if isinstance(col, SavedInput):  # save mode "input"
+        C_in, kh, kw, Ho, Wo, N = col.shape
+        bands = _bands(Ho, C_in * kh * kw * Wo * N * col.dtype.itemsize, get_array_module(dy))
+        if bands is not None:
+            return _backward_params_bands(dy, cache, bands)
         if get_array_module(dy) is np and col.shape[0] >= BY_OFFSET_MIN_CHANNELS:
             return _backward_params_by_offset(dy, cache)
         col = col.columns()  # the forward's columns, rebuilt from its input (a device; few channels)
@@ -332,3 +452,30 @@ def _backward_params_by_offset(dy, cache):
         dW[:, :, i, j] = (b2 @ dy2.T).T if C_in >= C_out else dy2 @ b2.T
     db = dy2.sum(axis=1) if has_bias else None
     return dW, db
+
+
+def _backward_params_bands(dy, cache, bands):
+    """``conv2d_backward_params`` from the kept input, the column matrix rebuilt a band of output rows at a time
+    (``_bands``): ``dW = sum over bands of dy2[:, band] @ col2[:, band]^T``, in the faster orientation for OpenBLAS
+    (``conv2d_backward_params``).  NumPy and a device alike."""
+    saved, _, _, _, has_bias = cache
+    C_in, kh, kw, Ho, Wo, N = saved.shape
+    _, _, band = im2col_bands(saved.x, *saved.geometry)
+    dy2 = _dy_matrix(dy, cache)  # (C_out, M); a view for batch-innermost dy
+    xp = get_array_module(dy2)
+    C_out, K = dy2.shape[0], C_in * kh * kw
+    tall = K >= C_out  # accumulate dW.T = sum col2 @ dy2.T
+    acc = part = None
+    for r0, r1 in bands:
+        col = band(r0, r1).reshape(K, -1)
+        d = dy2[:, r0 * Wo * N : r1 * Wo * N]
+        a, c = (col, d.T) if tall else (d, col.T)
+        if acc is None:
+            acc = xp.matmul(a, c)
+        else:
+            part = xp.matmul(a, c, out=part)
+            acc += part
+        del col, a, c  # before the next band's is made
+    assert acc is not None  # bands: at least one
+    dW = (acc.T if tall else acc).reshape(C_out, C_in, kh, kw)  # C-contiguous (reshape copies a transpose)
+    return dW, (dy2.sum(axis=1) if has_bias else None)

@@ -50,6 +50,7 @@ __all__ = [
     "pad_nchw",
     "window_view",
     "im2col",
+    "im2col_bands",
     "col2im",
     "split_rows",
 ]
@@ -111,22 +112,24 @@ def kernel_offsets(kh, kw, sy, sx, Ho, Wo):
             yield i, j, rows, slice(j, j + sx * (Wo - 1) + 1, sx)
 
 
-def valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo):
+def valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo, rows=None):
     """Yield ``(i, j, out_rows, out_cols, in_rows, in_cols)`` per kernel offset: the output window positions
     ``(oy, ox)`` whose input pixel ``(i + sy*oy - ph, j + sx*ox - pw)`` lies inside the unpadded image, and those
-    input pixels, as slices (empty slices where none does).  Everything else of that offset reads padding."""
+    input pixels, as slices (empty slices where none does).  Everything else of that offset reads padding.
+    ``rows = (r0, r1)``: only the output rows ``r0 <= oy < r1`` (a band), ``out_rows`` counted from ``r0``."""
 
-    def span(k, s, p, size, out):
-        lo = max(0, -((k - p) // s)) if k < p else 0  # ceil((p - k) / s)
-        hi = min(out, (size - 1 + p - k) // s + 1) if size - 1 + p - k >= 0 else 0
+    def span(k, s, p, size, first, last):
+        lo = max(first, -((k - p) // s)) if k < p else first  # ceil((p - k) / s)
+        hi = min(last, (size - 1 + p - k) // s + 1) if size - 1 + p - k >= 0 else first
         hi = max(hi, lo)
         start = k + s * lo - p
-        return slice(lo, hi), slice(start, start + s * (hi - lo - 1) + 1 if hi > lo else start, s)
+        return slice(lo - first, hi - first), slice(start, start + s * (hi - lo - 1) + 1 if hi > lo else start, s)
 
+    r0, r1 = rows or (0, Ho)
     for i in range(kh):
-        orow, irow = span(i, sy, ph, H, Ho)
+        orow, irow = span(i, sy, ph, H, r0, r1)
         for j in range(kw):
-            ocol, icol = span(j, sx, pw, W, Wo)
+            ocol, icol = span(j, sx, pw, W, 0, Wo)
             yield i, j, orow, ocol, irow, icol
 
 
@@ -237,25 +240,40 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
     col : array, shape (C, kh, kw, Ho, Wo, N), C-contiguous
         ``col[c, i, j, oy, ox, n] = xpad[n, c, i + sy*oy, j + sx*ox]``.
     """
+    Ho, _, band = im2col_bands(x, kh, kw, sy, sx, ph, pw)
+    return band(0, Ho)
+
+
+def im2col_bands(x, kh, kw, sy, sx, ph, pw):
+    """``(Ho, Wo, band)``: ``band(r0, r1)`` is ``im2col(x, ...)[:, :, :, r0:r1]``, the columns of the output rows
+    ``r0 <= oy < r1`` only (C-contiguous, shape (C, kh, kw, r1 - r0, Wo, N): a contiguous range of the column
+    matrix's ``Ho*Wo*N`` columns), the same numbers; the input's layout copy or padding is made once for every
+    band.  A convolution builds its column matrix a band at a time to bound the temporary (``ops.conv``)."""
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     xp = get_array_module(x)
-    if xp is not np:  # a device: one padded copy (if padded), then one gather of every window
-        return xp.ascontiguousarray(window_view(pad_nchw(x, ph, pw), kh, kw, sy, sx, Ho, Wo, batch_first=True))
+    if xp is not np:  # a device: one padded copy (if padded), then one gather of every window of the band
+        windows = window_view(pad_nchw(x, ph, pw), kh, kw, sy, sx, Ho, Wo, batch_first=True)
+        return Ho, Wo, lambda r0, r1: xp.ascontiguousarray(windows if (r0, r1) == (0, Ho) else windows[:, :, :, r0:r1])
     xc = x.transpose(1, 2, 3, 0)  # (C, H, W, N), no copy for batch-innermost x
-    col = xp.empty((C, kh, kw, Ho, Wo, N), dtype=x.dtype)
     if not xc.flags.c_contiguous:  # one transposing copy instead of one strided gather per kernel offset
         xc = _contiguous(xp, xc)
-    offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo))
 
-    def part(lo, hi):  # the padding is never materialised: each offset copies its in-image window, zeros the rest
-        for i, j, orow, ocol, irow, icol in offsets:
-            dst = col[lo:hi, i, j]
-            dst[:, orow, ocol] = xc[lo:hi, irow, icol]
-            _fill_outside(dst, orow, ocol, Ho, Wo)
+    def band(r0, r1):
+        col = xp.empty((C, kh, kw, r1 - r0, Wo, N), dtype=x.dtype)
+        offsets = list(valid_offsets(kh, kw, sy, sx, ph, pw, H, W, Ho, Wo, rows=(r0, r1)))
 
-    split_rows(xp, C, part, col.size, block=BLOCK)
-    return col
+        # the padding is never materialised: each offset copies its in-image window, zeros the rest
+        def part(lo, hi):
+            for i, j, orow, ocol, irow, icol in offsets:
+                dst = col[lo:hi, i, j]
+                dst[:, orow, ocol] = xc[lo:hi, irow, icol]
+                _fill_outside(dst, orow, ocol, r1 - r0, Wo)
+
+        split_rows(xp, C, part, col.size, block=BLOCK)
+        return col
+
+    return Ho, Wo, band
 
 
 def _contiguous(xp, a):
