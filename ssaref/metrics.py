@@ -134,7 +134,9 @@ def _nan_stats(rows, fn):
 class AlignmentTracker:
     """Angles between a rule's updates/signals and BP's on the same batch, every ``every`` steps.
 
-    Call ``maybe_record`` after ``rule.step`` and *before* the optimiser step, so BP sees the same parameters.
+    Call ``maybe_record`` after ``rule.step`` and *before* the optimiser step, so BP sees the same parameters; for
+    the signal angles, the step must have kept its signals: set ``rule.keep_signals = tracker.due(step)`` before it
+    (the training loop does).
 
     Columns (``layer_keys``, forward order): every dense weight key (``"1.W"``, ``"4.main.0.W"``) and every
     SVD-space layer's prefix (``"1"``).  For an SVD layer the update angle is between the rule's induced change
@@ -170,15 +172,20 @@ class AlignmentTracker:
         self._events: dict = {"align_step/step": [], "align_step/grad_deg": [], "align_step/signal_deg": []}
         self._last = None
 
+    def due(self, step: int) -> bool:
+        """Whether ``maybe_record`` records at ``step`` (so the rule's step there must keep its signals)."""
+        return self.every > 0 and step % self.every == 0
+
     def maybe_record(self, step: int, model, rule, x, y, result) -> None:
         """BP on batch ``(x, y)`` with the current parameters; angles per weight key (eq. (4))."""
         self.model, self.rule = model, rule
-        if self.every <= 0 or step % self.every != 0:
+        if not self.due(step):
             return
         from .rules.bp import BP  # noqa: PLC0415  (the reference rule)
 
         saved = {k: v.copy() for k, v in model.buffers.items()}
         bp = BP()
+        bp.keep_signals = True  # its signals and caches are read below (a plain list: none is released)
         try:
             _, caches, _, e = bp.forward_loss(model, x, y)
             bp_updates, bp_signals = bp.updates(model, caches, e, None)  # = BP().step, keeping the caches

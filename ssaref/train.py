@@ -462,6 +462,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{last:.4f}")
             phase[0] = _AFTER_STEP
 
+        if self.tracker is not None:  # the recording steps keep the rule's error signals (rules/base.py)
+            self.rule.keep_signals = self.tracker.due(self.step)
         try:  # the rule's step, ``between``, the optimiser step and the rule's after_step (SSA: retraction)
             self.run_.train_step(xb, yb, lr=self.schedule(self.step), between=between)
         except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:

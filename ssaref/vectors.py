@@ -450,6 +450,7 @@ def compute_case(rule_name, model_name, variant, options=None, seed=DEFAULT_SEED
         h, _ = layer.forward(h, train=True)
         outs.append(_host(h))
 
+    rule.keep_signals = True  # the recorded step's signals are exported (signal/<k>)
     res = rule.step(model, x, y)
 
     # the step must have used exactly the recorded parameters and forward pass

@@ -195,10 +195,14 @@ def test_tracker_dfa_records_summarises_and_resets():
     rows = []
     for step in range(5):
         x, y = data(model, seed=step)
+        dfa.keep_signals = tr.due(step)  # as the training loop: the recording steps keep the signals
         res = dfa.step(model, x, y)
+        assert bool(res.signals) == (step % 2 == 0)
         tr.maybe_record(step, model, dfa, x, y, res)
         if step % 2 == 0:  # recompute the expected angles independently
-            bpres = build_rule("bp").step(model, x, y)
+            bp = build_rule("bp")
+            bp.keep_signals = True
+            bpres = bp.step(model, x, y)
             rows.append(([angle_deg(res.updates[k], bpres.updates[k]) for k in ("1.W", "3.W", "5.W")],
                          [angle_deg(res.signals[i], bpres.signals[i]) for i in (1, 3, 5)]))
     ev = tr.pop_events()

@@ -240,6 +240,7 @@ def test_dfa_mlp_is_equation_3():
     model = make("mlp")
     x, y = batch(model, n=9)
     rule = rule_for("dfa", model)
+    rule.keep_signals = True  # the signals are checked below
     res = rule.step(model, x, y)
     W1, b1 = np.asarray(model.layers[1].params["W"]), np.asarray(model.layers[1].params["b"])
     W2, b2 = np.asarray(model.layers[3].params["W"]), np.asarray(model.layers[3].params["b"])

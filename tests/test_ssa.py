@@ -260,6 +260,7 @@ def test_ssa_task_signal_is_dfa(rng):
     """alpha=1, beta=gamma=hoyer=0, no projection: SSA's b-update and the W-gradient it induces are DFA's."""
     model, rule = _prepared("ssa", beta=0.0, gamma=0.0, hoyer=0.0, projection="none", retraction="none")
     x, y = rng.standard_normal((5, 1, 6, 6)), rng.integers(0, 4, 5)
+    rule.keep_signals = True
     res = rule.step(model, x, y)
     e = res.signals[5]
     logits, caches = model.forward(x)
@@ -451,6 +452,7 @@ def test_default_bias_update_is_alpha_times_fd_gradient(alpha, seed):
     model, rule = _prepared("ssa", seed=seed % 1000, alpha=alpha)
     rng = np.random.default_rng(seed)
     x, y = rng.standard_normal((5, 1, 6, 6)), rng.integers(0, 4, 5)
+    rule.keep_signals = True
     res = rule.step(model, x, y)
     h, inputs = x, {}
     for k, layer in enumerate(model.layers):

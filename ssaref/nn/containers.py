@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from .layers import Layer, ReLU
 
-__all__ = ["Sequential", "ResidualBlock", "sub_dict", "leaf_shapes", "collect"]
+__all__ = ["Sequential", "ResidualBlock", "ReleasableCaches", "sub_dict", "leaf_shapes", "collect"]
+
+
+class ReleasableCaches(list):
+    """A forward pass's top-level caches that the backward may drop as it goes: ``Sequential.backward`` (and the
+    direct rules' injection pass, ``rules.feedback``) sets ``caches[i] = None`` once layer ``i``'s backward has
+    run, so each layer's cache is freed then instead of when the step ends (issue 26: the step's peak memory).
+    Only ``Rule.step`` hands these out, to a rule that declares it reads no cache afterwards
+    (``Rule.RELEASES_CACHES``); a plain list (the alignment tracker's BP pass, SSA's) is never changed."""
 
 
 def sub_dict(d, prefix):
@@ -87,16 +95,20 @@ class Sequential(Layer):
         nested container).  ``feedback``: flat weight key -> matrix used in place of that weight when the error
         is carried to the layer's input (FA-type rules; the parameter gradients stay the true local ones).
         ``stop``: the lowest layer run; the error is carried below it only when ``need_dx``.  ``signals``: if a
-        dict, receives the error at the output of every layer run (``signals[i] = delta a_i``).
+        dict, receives the error at the output of every layer run (``signals[i] = delta a_i``).  ``caches`` a
+        ``ReleasableCaches``: ``caches[i]`` is dropped once layer ``i``'s backward has run.
         Returns ``(dx or None, grads)`` with grads keyed ``"<i>.<name>"``.
         """
         grads = {}
+        release = isinstance(caches, ReleasableCaches)
         for i in range(len(self.layers) - 1, stop - 1, -1):
             if signals is not None:
                 signals[i] = dy
-            dy, g = self.layers[i].backward(
-                dy, caches[i], need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i))
-            )
+            cache = caches[i]
+            if release:
+                caches[i] = None  # read by this layer's backward only (Rule.RELEASES_CACHES)
+            dy, g = self.layers[i].backward(dy, cache, need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i)))
+            del cache  # not held over the layers below
             grads.update({f"{i}.{k}": v for k, v in g.items()})
         return dy, grads
 

@@ -143,7 +143,7 @@ class LocalLossRule(Rule):
         def signal(seg):
             return self.segment_signal(model, seg, rec, e, batch, ctx, aux_updates)
 
-        updates, signals = local_updates(model, rec.caches, e, self._segs, signal)
+        updates, signals = local_updates(model, rec.caches, e, self._segs, signal, keep_signals=self.keep_signals)
         updates.update(aux_updates)
         return updates, signals
 

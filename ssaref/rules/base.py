@@ -25,6 +25,11 @@ drives every rule through the same calls, in this order::
 * PEPITA: ``forward`` also keeps every layer's output; ``updates`` runs the second, modulated forward pass on
   ``batch.x + F e``.
 
+**What a step holds.**  A rule that declares ``RELEASES_CACHES`` (its ``updates`` reads each forward cache only in
+that layer's backward: BP, SVD-BP, the FA family, DFA, DRTP) gets its caches from ``step`` as
+``nn.containers.ReleasableCaches``, and the chain / injection pass frees each one once its layer has run; any
+other caller's plain list (the alignment tracker's BP pass) is left whole (docs/decisions.md D10).
+
 **What runs after the optimiser step.**  ``after_step(model, optimizer)``: nothing by default; SSA retracts
 ``U``, ``V`` onto the Stiefel manifold there (``ssa_variant=default``), so every forward pass, evaluation and
 checkpoint sees orthonormal factors.  ``on_epoch_end`` runs after the epoch's last ``after_step``.
@@ -45,6 +50,9 @@ never a rule's name or private attributes):
   whose arrays are ``learnable`` under the names ``aux.<name>.<param key>``) that the engine treats like the
   model's layers where it walks them (``--sync-bn``'s BatchNorm statistics, golden vectors, Figure 5's costs);
 * ``metric_layers()``: names indexing the per-layer metric columns ``on_epoch_end`` returns;
+* ``keep_signals`` (set by the reader): the step returns the per-layer error signals ``StepResult.signals``; off
+  by default, so a training step holds none (the alignment tracker sets it on its recording steps, the golden
+  export on its step);
 * ``state`` / ``state_dict`` / ``load_state_dict`` / ``adapt_to_checkpoint``: drawn arrays and resume.
 
 **Data-parallel runs.**  Each rank's ``step`` sees its shard of the global batch and the ranks average their
@@ -63,6 +71,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import asnumpy, get_array_module
+from ..nn.containers import ReleasableCaches
 from ..ops.losses import softmax_cross_entropy, softmax_cross_entropy_backward
 from ..options import Option, coerce, resolve
 
@@ -179,7 +188,7 @@ def first_param_layer(model) -> int:
     return len(model.layers)
 
 
-def chain_updates(model, caches, e, feedback=None):
+def chain_updates(model, caches, e, feedback=None, *, keep_signals=True):
     """BP's chain (eq. (2)) from ``delta a_N = e`` down to the first layer with parameters.
 
     ``feedback`` (FA-type rules): flat weight key -> matrix of that weight's shape used in its place when the
@@ -187,13 +196,14 @@ def chain_updates(model, caches, e, feedback=None):
     gradients stay the true local ones, ``delta W_i = delta a_i h_{i-1}^T``.
 
     Returns ``(updates, signals)``: every parameter's gradient given the error its layer received, and the error
-    delivered to each top-level layer's output.
+    delivered to each top-level layer's output -- empty unless ``keep_signals`` (a rule passes its
+    ``keep_signals``: each layer's error is then freed once the layer below has its own).
     """
-    signals: dict = {}
+    signals: dict | None = {} if keep_signals else None
     _, updates = model.backward(
         e, caches, need_dx=False, feedback=feedback or None, stop=first_param_layer(model), signals=signals
     )
-    return updates, signals
+    return updates, signals or {}
 
 
 class Rule:
@@ -222,6 +232,16 @@ class Rule:
     # one line for README's table of rules (``python -m tests.gen_tables --docs`` writes it), declared in the rule's
     # own module (rules that share a module and a summary share a row)
     SUMMARY = ""
+    # the rule's ``updates`` reads each forward cache only in that layer's backward (the chain, the injection pass),
+    # so ``step`` hands it ``nn.containers.ReleasableCaches`` and each cache is freed once its layer's backward has
+    # run (issue 26, docs/decisions.md D10); a rule that reads caches afterwards (SSA, PEPITA, the local-loss rules)
+    # leaves it False
+    RELEASES_CACHES = False
+    # whether ``step`` returns the per-layer error signals (``StepResult.signals``).  Off for training, where nothing
+    # reads them and each one would be held to the end of the backward (D10); whoever reads them sets it on the
+    # rule first: the alignment tracker on its recording steps, the golden-vector export, tests.  A rule whose
+    # own updates use its signals (SSA) computes them either way.
+    keep_signals = False
 
     def __init__(self, **options):
         unknown = set(options) - set(self.OPTIONS)
@@ -287,12 +307,15 @@ class Rule:
     def step(self, model, x, y) -> StepResult:
         """One step's update directions (the parameters are not changed; the optimiser applies them)."""
         logits, caches, loss, e = self.forward_loss(model, x, y)
+        if self.RELEASES_CACHES:  # nothing but the backward reads them: each is freed once used
+            caches = ReleasableCaches(caches)
         updates, signals = self.updates(model, caches, e, Batch(x, y))
-        return StepResult(loss, logits, updates, signals)
+        return StepResult(loss, logits, updates, signals if self.keep_signals else {})
 
     def updates(self, model, caches, e, batch):
         """Return ``(updates, signals)`` (see ``StepResult``) from the forward ``caches``, the output error
-        ``e`` (eq. (7)) and the ``batch`` (``batch.y``: the labels, for rules that use the target)."""
+        ``e`` (eq. (7)) and the ``batch`` (``batch.y``: the labels, for rules that use the target).  ``signals``
+        may be empty unless ``keep_signals`` (the chain and the injection pass take it as ``keep_signals=``)."""
         raise NotImplementedError
 
     def after_step(self, model, optimizer) -> None:

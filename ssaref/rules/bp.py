@@ -17,6 +17,7 @@ class BP(Rule):
     name = "bp"
     SUMMARY = "backpropagation, eq. (2)"
     ERROR_TRANSPORT = "chain"
+    RELEASES_CACHES = True  # each cache is read by its layer's backward only (base.py)
     GOLDEN_VARIANTS = {
         "default": ({}, 0, {"models": ("mlp", "conv", "res")}),
         "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
@@ -25,4 +26,4 @@ class BP(Rule):
 
     def updates(self, model, caches, e, batch):
         # eq. (2): dW_k = delta_k h_{k-1}^T ; delta_{k-1} = (W_k^T delta_k) o f'(a_{k-1}), from delta a_N = e
-        return chain_updates(model, caches, e)
+        return chain_updates(model, caches, e, keep_signals=self.keep_signals)

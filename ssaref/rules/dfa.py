@@ -52,6 +52,7 @@ class DFA(Rule):
     name = "dfa"
     SUMMARY = "direct feedback alignment, eq. (3)"
     ERROR_TRANSPORT = "direct"
+    RELEASES_CACHES = True  # each cache is read by its layer's backward only (base.py)
     GOLDEN_VARIANTS = {
         "default": ({}, 0, {"models": ("mlp", "conv", "res")}),
         "momentum3": ({}, 0, {"optimizer": "momentum", "steps": 3}),
@@ -133,6 +134,7 @@ class DFA(Rule):
             self.shapes,
             train_output=self._opt("output") == "e",
             frozen=self.frozen,
+            keep_signals=self.keep_signals,
         )
 
     def alignment_pairs(self, model):

@@ -22,6 +22,7 @@ class FA(Rule):
     name = "fa"
     SUMMARY = "feedback alignment (Lillicrap et al. 2016)"
     ERROR_TRANSPORT = "chain"
+    RELEASES_CACHES = True  # each cache is read by its layer's backward only (base.py)
     # conv2: a conv layer above the first, so a conv-shaped B carries the error (docs/golden-vectors.md)
     GOLDEN_VARIANTS = {"default": ({}, 0, {"models": ("mlp", "conv", "conv2")})}
     OPTIONS = {
@@ -55,7 +56,9 @@ class FA(Rule):
         return {k[2:]: v for k, v in self.state.items() if k.startswith("B/")}
 
     def updates(self, model, caches, e, batch):
-        return chain_updates(model, caches, e, self.feedback(model))  # B_k in place of W_k in eq. (2)
+        return chain_updates(  # B_k in place of W_k in eq. (2)
+            model, caches, e, self.feedback(model), keep_signals=self.keep_signals
+        )
 
     def alignment_pairs(self, model):
         return [AlignmentPair(key, B, "weight") for key, B in self.feedback(model).items()]

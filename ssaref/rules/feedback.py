@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import rng as rng_mod
 from ..backend import get_array_module
+from ..nn.containers import ReleasableCaches
 from .base import first_param_layer
 
 __all__ = [
@@ -400,24 +401,31 @@ def _carry(model, caches, delta, route, updates, signals, frozen):
     path, hi, lo, enter = route
     seq, cs = _container(model, caches, path)
     prefix = "".join(f"{p}." for p in path)
+    release = not path and isinstance(caches, ReleasableCaches)  # top-level caches, each used by one segment
     for k in range(hi, lo - 1, -1):
         layer, cache = seq.layers[k], cs[k]
-        if not path:
+        if not path and signals is not None:
             signals[k] = delta
         if k == lo and enter is not None:
             # y = relu(main(x) + shortcut(x)): dz = dy o relu'(z), passed unchanged to both branches
             dz, _ = layer.relu.backward(delta, cache[2])
+            del cache
             for sub in enter:
                 _carry(model, caches, dz, sub, updates, signals, frozen)
+            if release:
+                caches[k] = None
             return
+        if release:
+            caches[k] = None  # read by this layer's backward only (Rule.RELEASES_CACHES)
         # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
         delta, grads = layer.backward(delta, cache, need_dx=k > lo)
+        del cache
         updates.update(
             {key: g for key, g in ((f"{prefix}{k}.{name}", g) for name, g in grads.items()) if key not in frozen}
         )
 
 
-def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=True, frozen=()):
+def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=True, frozen=(), *, keep_signals=True):
     """DFA's pass (eq. (3)): the output layer from ``e``, every hidden segment from ``B_i src``.
 
     Parameters
@@ -431,6 +439,7 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
     shapes : list of per-example output shapes of every top-level layer (``layer_output_shapes``).
     frozen : collection of flat parameter keys that get no update (their keys are absent from ``updates``);
         the signal still passes through their layers' backward.
+    keep_signals : collect ``signals`` (else it is empty, and each signal is freed once carried on).
 
     Returns
     -------
@@ -443,24 +452,30 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
         delta = src @ feedback[seg.lead].T  # B_i delta a_N for every example: (B, d_i)
         return delta.reshape((delta.shape[0],) + tuple(shape))
 
-    return local_updates(model, caches, e, segs, signal, train_output, frozen)
+    return local_updates(model, caches, e, segs, signal, train_output, frozen, keep_signals=keep_signals)
 
 
-def local_updates(model, caches, e, segs, signal, train_output=True, frozen=()):
+def local_updates(model, caches, e, segs, signal, train_output=True, frozen=(), *, keep_signals=True):
     """The one injection pass of the direct and local rules: the output layer from ``e`` (when ``train_output``),
     every hidden segment from ``signal(seg)``, an array of the batch's shape at the segment's injection point
     (DFA: ``B_i e``; PredSim/AugLocal: the gradient of the segment's own local loss), carried back through the
-    segment's own layers only (no error passes between segments).  ``frozen``: as ``direct_updates``.
+    segment's own layers only (no error passes between segments).  ``frozen``, ``keep_signals``: as
+    ``direct_updates``.  ``caches`` a ``nn.containers.ReleasableCaches``: each top-level cache is dropped once
+    its layer's backward has run.
 
     Returns ``(updates, signals)`` as ``direct_updates``.
     """
-    updates, signals = {}, {}
+    updates: dict = {}
+    signals: dict | None = {} if keep_signals else None
     frozen = frozenset(frozen)
     N = len(model.layers) - 1
     if train_output:  # output layer: delta W_N = e h_{N-1}^T, as BP
-        signals[N] = e
+        if signals is not None:
+            signals[N] = e
         _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
+        if isinstance(caches, ReleasableCaches):
+            caches[N] = None
         updates.update({f"{N}.{k}": g for k, g in grads.items()})
     for seg in segs:
         _carry(model, caches, signal(seg), seg.route, updates, signals, frozen)
-    return updates, signals
+    return updates, signals or {}

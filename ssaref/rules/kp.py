@@ -70,7 +70,7 @@ class KP(FA):
 
     def updates(self, model, caches, e, batch):
         B = self.feedback(model)
-        updates, signals = chain_updates(model, caches, e, B)  # FA's chain: B_k in place of W_k in eq. (2)
+        updates, signals = chain_updates(model, caches, e, B, keep_signals=self.keep_signals)  # FA's chain, eq. (2)
         lam = self.options["kp_decay"]
         params = dict(model.named_params())
         for key, W in params.items():

@@ -60,6 +60,7 @@ class _SignConcordant(Rule):
     """Shared walk: BP's chain with ``B(W)`` in place of every transported weight."""
 
     ERROR_TRANSPORT = "chain"
+    RELEASES_CACHES = True  # each cache is read by its layer's backward only (base.py)
     SUMMARY = "sign-concordant feedback (Liao et al.; Sanfiz & Akrout)"
 
     # conv2: a conv layer above the first, so a conv-shaped B carries the error (docs/golden-vectors.md)
@@ -78,7 +79,9 @@ class _SignConcordant(Rule):
         return None
 
     def updates(self, model, caches, e, batch):
-        return chain_updates(model, caches, e, self.feedback(model))  # B in place of W in eq. (2)
+        return chain_updates(  # B in place of W in eq. (2)
+            model, caches, e, self.feedback(model), keep_signals=self.keep_signals
+        )
 
     def alignment_pairs(self, model):
         return [AlignmentPair(key, B, "weight") for key, B in self.feedback(model).items()]

@@ -20,6 +20,7 @@ class SVDBP(SVDRule):
     name = "svd-bp"
     SUMMARY = "BP on SVD-factored layers + orthogonality and Hoyer terms (Yang et al. 2020)"
     ERROR_TRANSPORT = "chain"
+    RELEASES_CACHES = True  # each cache is read by its layer's backward only (base.py)
     OPTIONS = dict(RANK_OPTIONS)
     GOLDEN_VARIANTS = {"sgd1": ({}, 1)}  # one SGD step off the exact SVD: the orthogonality term shows
 
@@ -29,7 +30,8 @@ class SVDBP(SVDRule):
         self._init_meta(model)
 
     def svd_updates(self, model, caches, e, batch):
-        updates, signals = chain_updates(model, caches, e)  # BP's chain (eq. (2)) through the factored layers
+        # BP's chain (eq. (2)) through the factored layers
+        updates, signals = chain_updates(model, caches, e, keep_signals=self.keep_signals)
         for p, layer in self._layers(model):
             oU, oV = self._ortho_grads(layer)  # 4 gamma U (U^T U - I), 4 gamma V (V^T V - I)
             updates[f"{p}.U"] = updates[f"{p}.U"] + oU
