@@ -237,6 +237,8 @@ def test_every_rule_trains_logs_alignment_and_resumes_exactly(name, tmp_path, ca
     # alignment logging: an eq. (4) angle per weight layer, every epoch
     grad = m_full["align.grad_mean"]
     assert grad.shape == (2, len(config["align_layers"])) and np.isfinite(grad).any()
+    # and a signal angle: the training loop has the rule keep its signals on the recording steps (rules/base.py)
+    assert np.isfinite(m_full["align.signal_mean"]).any()
     # a rule that declares alignment pairs gets matrix-alignment columns
     rule = build_rule(name)
     model = rule.setup(build_model("mlp", (1, 8, 8), 10, seed=0, hidden=(12, 10)), np.random.default_rng(2))

@@ -176,6 +176,7 @@ def test_tracker_bp_is_zero_and_bn_stats_untouched():
     tr = AlignmentTracker(model, every=1)
     assert tr.layer_keys == ["0.W", "5.W", "7.W"]
     bp = build_rule("bp")
+    bp.keep_signals = tr.due(0)  # as the training loop: a recording step keeps its signals
     res = bp.step(model, x, y)
     before = {k: v.copy() for k, v in model.buffers.items()}
     tr.maybe_record(0, model, bp, x, y, res)
@@ -332,6 +333,7 @@ def test_tracker_svd_layers_compare_induced_dW_with_bp_gradient():
     expect = []
     for step in range(2):
         x, y = data(model, seed=step)
+        ssa.keep_signals = tr.due(step)
         res = ssa.step(model, x, y)
         tr.maybe_record(step, model, ssa, x, y, res)
         # independent: dense model with W = U diag(s) V^T, BP's gradient of W, dW from the factor updates
