@@ -151,10 +151,21 @@ def test_op_profile_times_every_op_and_removes_its_timers():
     ms, rows = bench.op_profile("lenet", (1, 28, 28), "dfa", batch=4, steps=1)
     labels = {k for k, _, _ in rows}
     assert {"conv.conv2d_forward", "conv.conv2d_backward_params", "pool.maxpool2d_backward",
-            "activations.relu_backward", "optimiser step (Adam)", "  im2col (inside conv2d_forward)"} <= labels
+            "activations.relu_backward", "optimiser step (Adam)", "  im2col (inside the conv ops)"} <= labels
     assert "conv.conv2d_backward_input" not in labels          # DFA carries no error between segments
     assert ms > 0 and abs(sum(f for k, _, f in rows if not k.startswith("  ")) - 1) < 1e-6
     assert (conv.conv2d_forward, L.ReLU.__dict__["_fwd"], L.MaxPool2d.__dict__["_bwd"]) == before
+
+
+def test_op_profile_times_the_banded_columns_too():
+    """Above the band bound (``--conv-chunk``) the columns are made a band at a time; their time stays in the
+    im2col row, and the timers are removed afterwards."""
+    from ssaref.ops import conv
+
+    before = conv.im2col_bands
+    _, rows = bench.op_profile("lenet", (1, 28, 28), "bp", batch=4, steps=1, conv_chunk=0.001)
+    assert dict((k, ms) for k, ms, _ in rows).get("  im2col (inside the conv ops)", 0) > 0
+    assert conv.im2col_bands is before
 
 
 def test_models_all_skips_a_model_that_does_not_fit(capsys):

@@ -24,7 +24,8 @@ def _op_targets():
             and not isinstance(getattr(mod, n), type)
             and n not in ("set_conv_save", "conv_save", "set_conv_chunk", "conv_chunk")
         ]  # settings, not ops
-    out.append((conv, "im2col", "  im2col (inside conv2d_forward)"))
+    out.append((conv, "im2col", "  im2col (inside the conv ops)"))
+    out.append((conv, "im2col_bands", "  im2col (inside the conv ops)"))  # banded: its bands are timed (op_profile)
     out += [
         (rule_base, n, f"losses.{n}")
         for n in ("softmax_cross_entropy", "softmax_cross_entropy_backward")
@@ -44,12 +45,13 @@ def op_profile(name, shape, rule="bp", *, batch=128, steps=3, seed=0, backend="n
     """Where one ssaref training step of ``rule`` on ``name`` goes: ``(step_ms, [(label, ms, fraction)])``.
 
     Every op function (ops.conv, pool, activations, norm, linear, the loss) and the optimiser's ``step`` are
-    wrapped with a timer (inclusive wall time, mean over ``steps`` steps after one warm-up step); ``im2col`` is
-    also shown inside ``conv2d_forward``; the rest of the step (the rule's own code, containers, Python) is the
-    last row.  The wrappers are removed afterwards.  On a device (CuPy) each timer synchronises the device before
-    it starts and before it stops, so an op's row holds its kernels' run time, not only their launch (the
-    synchronisations make the profiled step slower than an unprofiled one: the rows are where the time goes,
-    ``step_ms`` is the profiled step's).
+    wrapped with a timer (inclusive wall time, mean over ``steps`` steps after one warm-up step); ``im2col`` (the
+    whole column matrix, or each band of it: ``ops.conv.set_conv_chunk``) is also shown inside the conv ops that
+    build columns (the forward, and the backward of input mode); the rest of the step (the rule's own code,
+    containers, Python) is the last row.  The wrappers are removed afterwards.  On a device (CuPy) each timer
+    synchronises the device before it starts and before it stops, so an op's row holds its kernels' run time, not
+    only their launch (the synchronisations make the profiled step slower than an unprofiled one: the rows are
+    where the time goes, ``step_ms`` is the profiled step's).
     """
     import functools
 
@@ -63,6 +65,15 @@ def op_profile(name, shape, rule="bp", *, batch=128, steps=3, seed=0, backend="n
     sync = _device_sync(xp)
 
     def wrap(fn, label):
+        if fn.__name__ == "im2col_bands":  # returns (Ho, Wo, band): the time is in the band calls
+
+            @functools.wraps(fn)
+            def banded(*a, **k):
+                Ho, Wo, band = fn(*a, **k)
+                return Ho, Wo, wrap(band, label)
+
+            return banded
+
         @functools.wraps(fn)
         def timed(*a, **k):
             sync()  # the work queued before this op is not its time
