@@ -130,12 +130,14 @@ def _claims() -> list[Claim]:
                      "Table 3 (CIFAR-10): full 92.70, without alignment 83.12 (−9.58)", "above", 0.0))
     out.append(Claim("no-ortho", "Removing the orthogonality term costs accuracy (lenet)",
                      "Table 3 (CIFAR-10): full 92.70, without orthogonality 85.44 (−7.26)", "above", 0.0))
-    out.append(Claim("params-lenet", "SSA has fewer parameters than DFA (lenet)",
-                     "abstract, section 4.4 ('reducing parameters below DFA levels')", "above", 0.0,
-                     {"model": "lenet"}))
-    out.append(Claim("flops-lenet", "SSA's inference FLOPs lowest (lenet)",
-                     "Figure 5: 'SSA achieves lowest inference-time cost' (LeNet, SmallConv, VGG-13)", "above", 0.0,
-                     {"model": "lenet"}))
+    for model in ("lenet", "convnet"):
+        out.append(Claim(f"params-{model}", f"SSA has fewer parameters than DFA ({model})",
+                         "abstract, section 4.4 ('reducing parameters below DFA levels')", "above", 0.0,
+                         {"model": model}))
+    for model in ("lenet", "convnet"):
+        out.append(Claim(f"flops-{model}", f"SSA's inference FLOPs lowest ({model})",
+                         "Figure 5: 'SSA achieves lowest inference-time cost' (LeNet, SmallConv, VGG-13)", "above",
+                         0.0, {"model": model}))
     out.append(Claim("protocol", "Table 4's baselines were run under SSA's protocol",
                      "section 6 ('we benchmark SSA against baseline methods'); Table 4's BP / FA / DFA / uSF / brSF "
                      "cells", "none-equal"))
@@ -331,16 +333,18 @@ def measure(args) -> dict:
             _by_seed(runs(model, "dfa"), _mean_hidden_angle), _by_seed(runs(model, "ssa"), _mean_hidden_angle),
             "DFA", "SSA", "degrees (mean over hidden layers and epochs)")
     out["deep-align-lenet"] = need("lenet", "ssa", "dfa") or _deep_matrix(runs("lenet", "ssa"), runs("lenet", "dfa"))
-    out["params-lenet"] = need("lenet", "ssa", "dfa") or Paired(
-        _by_seed(runs("lenet", "dfa"), lambda r: r.params), _by_seed(runs("lenet", "ssa"), lambda r: r.params),
-        "DFA", "SSA", "parameters")
-    if need("lenet", "ssa", "dfa", "bp") is None:
-        bp, dfa = _by_seed(runs("lenet", "bp"), lambda r: r.flops), _by_seed(runs("lenet", "dfa"), lambda r: r.flops)
-        lowest = {s: min(bp[s], dfa[s]) for s in set(bp) & set(dfa)}
-        out["flops-lenet"] = Paired(lowest, _by_seed(runs("lenet", "ssa"), lambda r: r.flops), "min(BP, DFA)", "SSA",
-                                    "FLOPs per example")
-    else:
-        out["flops-lenet"] = need("lenet", "ssa", "dfa", "bp")
+    for model in ("lenet", "convnet"):
+        out[f"params-{model}"] = need(model, "ssa", "dfa") or Paired(
+            _by_seed(runs(model, "dfa"), lambda r: r.params), _by_seed(runs(model, "ssa"), lambda r: r.params),
+            "DFA", "SSA", "parameters")
+        missing = need(model, "ssa", "dfa", "bp")
+        if missing is None:
+            bp, dfa = _by_seed(runs(model, "bp"), lambda r: r.flops), _by_seed(runs(model, "dfa"), lambda r: r.flops)
+            lowest = {s: min(bp[s], dfa[s]) for s in set(bp) & set(dfa)}
+            out[f"flops-{model}"] = Paired(lowest, _by_seed(runs(model, "ssa"), lambda r: r.flops), "min(BP, DFA)",
+                                           "SSA", "FLOPs per example")
+        else:
+            out[f"flops-{model}"] = missing
     out.update(measure_ablation(args))
     out["protocol"] = Count(sum(1 for m, row in PAPER_TABLE4_BASELINES.items() for k, v in row.items()
                                 if REF24_ADAM.get(m, {}).get(k) == v),
