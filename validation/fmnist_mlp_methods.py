@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssaref.cli import nonnegative_int
 from ssaref.runlog import RunFileError, read_run
 from validation import _sweep as sw
 
@@ -163,29 +164,19 @@ def summarise(names, args, status=None):
         print(f"(no plot: {exc})")
 
 
-def _nonnegative_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def parse_args(argv=None):
     """Parse and check the command line (exit 2 with one ``error:`` line); ``args.extra`` = flags after ``--``."""
     argv, extra = sw.split_passthrough(argv)
     p = sw.ArgParser(prog="python -m validation.fmnist_mlp_methods", description=__doc__.splitlines()[0])
     p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
     p.add_argument("--epochs", type=sw.positive_int, default=10)
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="one seed (run files <method>.h5)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="one seed (run files <method>.h5)")
     p.add_argument("--seeds", default=None,
                    help="several seeds, e.g. 0-4 (run files <method>-seed<s>.h5; the table gives mean ± std); "
                         "the detail tables are the first seed's")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--align-every", type=_nonnegative_int, default=50, help="0: no alignment tables")
+    p.add_argument("--align-every", type=nonnegative_int, default=50, help="0: no alignment tables")
     p.add_argument("--out-dir", default="runs/fmnist_mlp")
     sw.add_mpi_options(p)
     args = p.parse_args(argv)
