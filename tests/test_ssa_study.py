@@ -70,7 +70,40 @@ def test_selection_uses_validation_accuracy_only():
     assert ssa_study.ssa(orthogonality="landing").flags() == ["--orthogonality", "landing"]
 
 
+def test_study_on_lenet_with_the_constrained_grid(tmp_path):
+    """The conv re-selection of issue 21: LeNet, the handlings of D4.16 (Riemannian Adam, the paper's penalty
+    only), two readings, no stage 2, no baselines, and the engine's defaults as a paired reference."""
+    out = tmp_path / "lenet"
+    argv = ["--quick", "--model", "lenet", "--orthogonalities", "retract-every,retract+transport,penalty",
+            "--readings", "none,relative", "--no-init", "--baselines", "none", "--compare-default", "--top", "1",
+            "--out-dir", str(out), "--no-plot"]
+    assert ssa_study.main(argv) == 0
+    text = (out / "results.md").read_text(encoding="utf-8")
+    assert "synthetic, lenet, Adam" in text and "Stage 2" not in text
+    screen = _table(text, "| rank | orthogonality | retraction | transport | rank_reading | beta | gamma | seeds")
+    assert len(screen) == 6                                            # 3 handlings x 2 readings (quick)
+    assert {(r[1], r[2], r[3]) for r in screen} == {("retract-every", "auto", "false"), ("retract", "auto", "true"),
+                                                    ("retract", "none", "false")}
+    final = _table(text, "| setting | seeds | test acc (%)")
+    labels = [r[0] for r in final]
+    best = screen[0]
+    reference = "SSA at the engine's defaults (reference)"
+    if (best[1], best[4]) == ("retract-every", "none"):               # the defaults won: no second row
+        assert labels == ["SSA #1: engine default"]
+    else:
+        assert labels[0].startswith("SSA #1:") and labels[1] == reference and len(labels) == 2
+        paired = _table(text, "| setting | seeds | Δ val acc")
+        assert len(paired) == 1 and paired[0][0] == labels[0]
+        assert re.fullmatch(r"[+-]\d+\.\d+ ± \d+\.\d+", paired[0][2])
+    runs = sorted(p.name for p in (out / "screen").glob("*.h5"))
+    assert "ssa-b_0.001-o_retract-r_relative-tr_true-seed0.h5" in runs
+    assert "ssa-b_0.001-o_retract-r_relative-rt_none-seed0.h5" in runs
+
+
 @pytest.mark.parametrize("argv, match", [
+    (["--orthogonalities", "retract,nope"], "--orthogonalities: unknown 'nope'"),
+    (["--readings", "none,none"], "--readings: repeated"),
+    (["--baselines", "bp,xx"], "--baselines: unknown 'xx'"),
     (["--val-split", "0"], "val-split"),
     (["--lrs", "abc"], "lrs"),
     (["--screen-seeds", "1,1"], "repeated"),

@@ -23,6 +23,11 @@ the final runs: accuracy, loss, angles, ranks and orthogonality error per epoch 
     python -m validation.ssa_study --stage screen                     # stage 1 only (its table)
     python -m validation.ssa_study --quick                            # smoke test: synthetic data, seconds
 
+The re-selection under the rank constraint on LeNet (issue 21, D4.18): ``--model lenet --lrs 3e-4``, the handlings
+of D4.16 (``--orthogonalities retract-every,retract,retract+transport,penalty``), ``--readings none,relative``,
+``--no-init --baselines none --compare-default`` (the other rules are in ``validation/conv_claims.py``; the
+engine's defaults run in the final stage as the paired reference).
+
 ``--quick``: synthetic data (128 training examples, 64 test, mlp 16-16), one seed, 1 screening and 2 final epochs,
 the screening grid with one beta (1e-3) and one gamma (1e-1): every stage and table, no meaningful number.
 
@@ -42,14 +47,24 @@ from pathlib import Path
 
 import numpy as np
 
+from ssaref.rank import READINGS as RANK_READINGS
 from ssaref.rules import build_rule
 from ssaref.runlog import RunFileError, read_run
 from validation import _sweep as sw
 
 SCRIPT = "ssa_study"
 STAGES = ("screen", "init", "final", "all")
-ORTHOGONALITY = ["retract", "landing", "retract-every"]
+# orthogonality handlings screened: name -> the options it sets (D4.12, D4.16)
+HANDLINGS = {
+    "retract": {"orthogonality": "retract"},
+    "landing": {"orthogonality": "landing"},
+    "retract-every": {"orthogonality": "retract-every"},
+    "retract+transport": {"orthogonality": "retract", "transport": "true"},   # Riemannian Adam (D4.16)
+    "penalty": {"orthogonality": "retract", "retraction": "none"},           # the paper's: eq. (9) only (5.2)
+}
+ORTHOGONALITY = ["retract", "landing", "retract-every"]   # the default screen (the MLP study of 0.2.0)
 READINGS = ["every", "once", "relative", "none"]
+MODELS = ["mlp", "lenet"]
 BETAS = [1e-3, 1e-2]
 GAMMAS = [1e-2, 1e-1]
 SVD_INITS = ["default", "kaiming_uniform_a5", "orthogonal"]
@@ -67,10 +82,10 @@ def _defaults(method: str) -> dict:
 
 
 # the option values of a setting that are the engine's defaults (left out of names and flags)
-DEFAULTS = {k: _defaults("ssa")[k] for k in ("orthogonality", "rank_reading", "beta", "gamma", "svd_init",
-                                              "bias_init", "align_last")}
-_SHORT = {"orthogonality": "o", "rank_reading": "r", "beta": "b", "gamma": "g", "lr": "lr", "svd_init": "i",
-          "bias_init": "bi", "align_last": "al"}
+DEFAULTS = {k: _defaults("ssa")[k] for k in ("orthogonality", "retraction", "transport", "rank_reading", "beta",
+                                              "gamma", "svd_init", "bias_init", "align_last")}
+_SHORT = {"orthogonality": "o", "retraction": "rt", "transport": "tr", "rank_reading": "r", "beta": "b",
+          "gamma": "g", "lr": "lr", "svd_init": "i", "bias_init": "bi", "align_last": "al"}
 
 
 @dataclass
@@ -124,6 +139,21 @@ def parse_args(argv=None):
     p.add_argument("--lrs", default="1e-3", help="learning rates screened, comma-separated (default 1e-3)")
     p.add_argument("--batch-size", type=sw.positive_int, default=128)
     p.add_argument("--top", type=sw.positive_int, default=3, help="SSA settings taken to the final stage")
+    p.add_argument("--model", default="mlp", choices=MODELS, help="default mlp (784-256-256-10)")
+    p.add_argument("--orthogonalities", default=",".join(ORTHOGONALITY),
+                   help="orthogonality handlings screened, comma-separated, from " + ", ".join(HANDLINGS) +
+                        f" (default {','.join(ORTHOGONALITY)}; retract+transport: Riemannian Adam, penalty: "
+                        "eq. (9) only, no retraction)")
+    p.add_argument("--readings", default=",".join(READINGS),
+                   help=f"rank readings screened, comma-separated (default {','.join(READINGS)})")
+    p.add_argument("--no-init", action="store_true",
+                   help="skip stage 2 (initialisation and classifier target stay at the engine's defaults)")
+    p.add_argument("--baselines", default=",".join(b[0] for b in BASELINES),
+                   help="rules of the final comparison besides SSA, comma-separated, or none (default "
+                        + ",".join(b[0] for b in BASELINES) + ")")
+    p.add_argument("--compare-default", action="store_true",
+                   help="final stage: also run SSA at the engine's defaults when it is not among the --top "
+                        "settings (the reference a change of default is judged against, paired by seed)")
     p.add_argument("--out-dir", default=None, help=f"default runs/{SCRIPT} (runs/{SCRIPT}_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke test: synthetic data, tiny runs, one seed")
     p.add_argument("--no-plot", action="store_true")
@@ -155,7 +185,22 @@ def parse_args(argv=None):
     if not args.lrs or not all(np.isfinite(v) and v > 0 for v in args.lrs):
         p.error(f"--lrs: learning rates must be finite and > 0, got {args.lrs}")
     args.out_dir = Path(args.out_dir or (f"runs/{SCRIPT}_quick" if q else f"runs/{SCRIPT}"))
+    args.orthogonalities = _choices(p, "--orthogonalities", args.orthogonalities, list(HANDLINGS))
+    valid_readings = list(RANK_READINGS)
+    args.readings = _choices(p, "--readings", args.readings, valid_readings)
+    known = [b[0] for b in BASELINES]
+    args.baselines = [] if args.baselines.strip() == "none" else _choices(p, "--baselines", args.baselines, known)
     return args
+
+
+def _choices(p, flag: str, text: str, valid: list[str]) -> list[str]:
+    """A comma-separated list of names from ``valid`` (no repeats), or the parser's one-line error."""
+    got = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in got if v not in valid]
+    if not got or bad or len(set(got)) != len(got):
+        why = f"unknown {bad[0]!r}" if bad else ("repeated names" if got else "empty")
+        p.error(f"{flag}: {why} in {text!r}; choose from {', '.join(valid)}")
+    return got
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -163,13 +208,14 @@ def train_argv(s: Setting, seed: int, epochs: int, args) -> list[str]:
     """The ``ssaref.train`` argv of one run (without ``--out`` / ``--resume``); ``--`` flags last."""
     opts = dict(s.options)
     lr = opts.pop("lr", args.lrs[0] if len(args.lrs) == 1 else 1e-3)
-    argv = ["--method", s.method, "--model", "mlp", "--dataset", args.dataset, "--epochs", str(epochs),
+    argv = ["--method", s.method, "--model", args.model, "--dataset", args.dataset, "--epochs", str(epochs),
             "--seed", str(seed), "--optimizer", "adam", "--lr", repr(float(lr)), "--batch-size", str(args.batch_size),
             "--backend", args.backend, "--val-split", repr(float(args.val_split)), "--no-progress"]
     if args.data_dir:
         argv += ["--data-dir", str(args.data_dir)]
     if args.quick:
-        argv += list(QUICK_FLAGS)
+        argv += list(QUICK_FLAGS) if args.model == "mlp" else list(sw.QUICK_FLAGS) + [
+            "--width-mult", str(sw.QUICK_WIDTH[args.model])]
     elif args.screen_train_limit and epochs == args.screen_epochs and epochs != args.final_epochs:
         argv += ["--train-limit", str(args.screen_train_limit)]   # stages 1-2 on the first N training examples
     return argv + Setting(s.method, opts).flags() + list(args.extra)
@@ -261,8 +307,8 @@ def screen_settings(args) -> list[Setting]:
     lrs = args.lrs if len(args.lrs) > 1 else [None]
     out = []
     betas, gammas = (BETAS[:1], GAMMAS[-1:]) if args.quick else (BETAS, GAMMAS)  # --quick: 12 settings
-    for o, r, b, g, lr in itertools.product(ORTHOGONALITY, READINGS, betas, gammas, lrs):
-        opts = {"orthogonality": o, "rank_reading": r, "beta": b, "gamma": g}
+    for o, r, b, g, lr in itertools.product(args.orthogonalities, args.readings, betas, gammas, lrs):
+        opts = {**HANDLINGS[o], "rank_reading": r, "beta": b, "gamma": g}
         if lr is not None:
             opts["lr"] = lr
         out.append(ssa(**opts))
@@ -275,11 +321,16 @@ def init_settings(best: Setting) -> list[Setting]:
             for i, b, a in itertools.product(SVD_INITS, BIAS_INITS, ALIGN_LAST)]
 
 
-def final_settings(top: list[Setting]) -> list[Setting]:
+def final_settings(top: list[Setting], baselines=tuple(b[0] for b in BASELINES),
+                   compare_default: bool = False) -> list[Setting]:
     out = [Setting("ssa", dict(s.options), label=f"SSA #{i + 1}: {s.describe() or 'engine default'}")
            for i, s in enumerate(top)]
+    if compare_default and not any(not {k: v for k, v in s.options.items() if k != "lr"} for s in top):
+        # the engine's defaults at the top setting's learning rate (when the screen chose one)
+        opts = {"lr": top[0].options["lr"]} if top and "lr" in top[0].options else {}
+        out.append(Setting("ssa", opts, label="SSA at the engine's defaults (reference)"))
     reading = {**DEFAULTS, **top[0].options}["rank_reading"] if top else None
-    for method, label, with_reading in BASELINES:
+    for method, label, with_reading in [b for b in BASELINES if b[0] in baselines]:
         out.append(Setting(method, {}, label=label))
         if with_reading and reading is not None and reading != _defaults(method)["rank_reading"]:
             out.append(Setting(method, {"rank_reading": reading}, label=f"{label} (rank reading {reading})"))
@@ -297,11 +348,12 @@ def run_all(args) -> dict:
                                                              args.screen_epochs, screen_dir))
     if not ranked:
         return status
-    args.plan["init"] = init_settings(ranked[0])
-    run_settings(args.plan["init"], args.init_seeds, args.screen_epochs, screen_dir, args, status)
+    if not args.no_init:
+        args.plan["init"] = init_settings(ranked[0])
+        run_settings(args.plan["init"], args.init_seeds, args.screen_epochs, screen_dir, args, status)
     if args.stage == "init":
         return status
-    args.plan["final"] = final_settings(_top(args))
+    args.plan["final"] = final_settings(_top(args), args.baselines, args.compare_default)
     run_settings(args.plan["final"], args.final_seeds, args.final_epochs, final_dir, args, status)
     return status
 
@@ -356,6 +408,36 @@ def _final_table(settings, results) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _paired_table(settings, results) -> str:
+    """Each SSA setting minus the reference row (SSA at the engine's defaults), paired by seed: validation and test
+    accuracy differences, mean ± std and the 95 % t interval (empty when there is no reference row)."""
+    from scipy.stats import t
+
+    ref = next((s for s in settings if s.label.startswith("SSA at the engine's defaults")), None)
+    if ref is None:
+        return ""
+    base = {r.seed: r for r in results.get(ref.name, [])}
+    lines = ["| setting | seeds | Δ val acc (points) | 95 % CI | Δ test acc (points) | 95 % CI |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for s in settings:
+        if s.method != "ssa" or s is ref:
+            continue
+        rs = [r for r in results.get(s.name, []) if r.seed in base]
+        if len(rs) < 2:
+            lines.append(f"| {s.describe()} | {','.join(str(r.seed) for r in rs) or '—'} | fewer than 2 paired "
+                         "seeds | | | |")
+            continue
+        cells = []
+        for key in ("val_acc", "test_acc"):
+            d = np.array([getattr(r, key) - getattr(base[r.seed], key) for r in rs])
+            m, sd = float(d.mean()), float(d.std(ddof=1))
+            half = float(t.ppf(0.975, len(d) - 1)) * sd / np.sqrt(len(d))
+            cells += [f"{m:+.2f} ± {sd:.2f}", f"[{m - half:+.2f}, {m + half:+.2f}]"]
+        lines.append(f"| {s.describe()} | {','.join(str(r.seed) for r in rs)} | " + " | ".join(cells) + " |")
+    return ("\nPaired by seed against SSA at the engine's defaults (setting minus reference):\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def _accuracy_vs_params(settings, results, path: Path) -> Path:
     plt = sw.pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -382,7 +464,9 @@ def report(args, status: dict) -> None:
         f"\n## Stage 1: screening ({args.screen_epochs} epochs, seeds {','.join(map(str, args.screen_seeds))})\n",
     ]
     plan = getattr(args, "plan", {"screen": screen_settings(args)})
-    cols = ["orthogonality", "rank_reading", "beta", "gamma"] + (["lr"] if len(args.lrs) > 1 else [])
+    extra_cols = [k for k in ("retraction", "transport") if any(k in HANDLINGS[o] for o in args.orthogonalities)]
+    cols = (["orthogonality"] + extra_cols + ["rank_reading", "beta", "gamma"]
+            + (["lr"] if len(args.lrs) > 1 else []))
     res1 = results_of(plan["screen"], args.screen_seeds, args.screen_epochs, screen_dir)
     sections.append(_screen_table(plan["screen"], res1, cols))
     if "init" in plan:
@@ -390,6 +474,7 @@ def report(args, status: dict) -> None:
         sections.append(f"\n## Stage 2: initialisation and classifier target at the best setting "
                         f"({args.screen_epochs} epochs, seeds {','.join(map(str, args.init_seeds))})\n")
         sections.append(_screen_table(plan["init"], res2, cols + ["svd_init", "bias_init", "align_last"]))
+    if "final" in plan or "init" in plan:
         top = _top(args)
         sections.append("\nChosen settings (stages 1-2 by mean validation accuracy): " +
                         "; ".join(f"#{i + 1} `{' '.join(s.flags()) or '(engine defaults)'}`"
@@ -399,6 +484,7 @@ def report(args, status: dict) -> None:
         sections.append(f"\n## Stage 3: final comparison ({args.final_epochs} epochs, seeds "
                         f"{','.join(map(str, args.final_seeds))})\n")
         sections.append(_final_table(plan["final"], res3))
+        sections.append(_paired_table(plan["final"], res3))
         sections.append("params / FLOPs: the SVD layers after rank reduction, r(m+n+1) (+ biases for params); "
                         "dense rules: every parameter / the multiply-adds m n of the weight matrices.\n")
         if not args.no_plot:
@@ -407,14 +493,15 @@ def report(args, status: dict) -> None:
                 figs.append(_accuracy_vs_params(plan["final"], res3, args.out_dir / "accuracy_vs_params.png").name)
                 paths = [r.path for s in plan["final"] for r in res3.get(s.name, [])]
                 out = plot_mod.plot_runs(paths, args.out_dir / "final_curves.png", overwrite=True,
-                                         title=f"{args.dataset}, mlp: final runs (mean ± std over seeds)")
+                                         title=f"{args.dataset}, {args.model}: final runs (mean ± std over seeds)")
                 figs.append(out.name)
             if figs:
                 sections.append("Figures: " + ", ".join(f"`{f}`" for f in figs) + "\n")
     failed = [f"{k[0]} seed {k[1]}: {st.error or st.rc}" for k, st in status.items() if st.rc != 0]
     if failed:
         sections.append("\nFailed runs: " + "; ".join(failed) + "\n")
-    settings = (f"{args.dataset}, mlp, Adam, batch {args.batch_size}, lr {','.join(f'{v:g}' for v in args.lrs)}, "
+    lrs = ",".join(f"{v:g}" for v in args.lrs)
+    settings = (f"{args.dataset}, {args.model}, Adam, batch {args.batch_size}, lr {lrs}, "
                 f"validation split {args.val_split:g} (every run)" + (", **--quick smoke test**" if args.quick else "")
                 + (", extra flags: `" + " ".join(args.extra) + "`" if args.extra else ""))
     text = f"# SSA study ({args.stage})\n\n{settings}\n\n" + "\n".join(s.rstrip() + "\n" for s in sections)
