@@ -5,8 +5,9 @@
 * A rule that declares ``RELEASES_CACHES`` frees each top-level forward cache once its layer's backward has run:
   checked by weak references to the cache arrays while the backward runs (and shown to find live ones without the
   release); its updates are the same bits as with the caches kept to the end.
-* The alignment tracker's BP pass and SSA, which read caches after their backward, are never handed releasable
-  caches.
+* The alignment tracker's BP pass is never handed releasable caches.  SSA (``Rule.caches_read_after``) keeps
+  only the caches and signals of the layers whose ``V^T g_V`` it takes from the batch, and every one on the steps
+  that measure eq. (4)'s angle and in the paper variant; its updates are the same bits as with everything kept.
 """
 from __future__ import annotations
 
@@ -77,11 +78,11 @@ def _arrays(obj, out):
     return out
 
 
-def _live_after_backward(run, x, y):
+def _live_after_backward(run, x, y, exempt=()):
     """Weak references to every array of every top-level forward cache; at the start of each top-level layer's
     backward, the arrays of the layers whose backward has already run that are still alive (those shared with a
     cache still to be used excepted).  Returns ``(live, ran)``: the count of such live arrays summed over the
-    backward, and the layers whose backward ran."""
+    backward, and the layers whose backward ran.  The layers in ``exempt`` are not counted."""
     model = run.model
     refs: dict = {}
     ids: dict = {}
@@ -100,8 +101,8 @@ def _live_after_backward(run, x, y):
             return out, cache
 
         def backward(dy, cache, *a, k=k, bwd=bwd, **kw):
-            pending = set().union(*(ids[j] for j in ids if j not in ran))
-            for j in ran:
+            pending = set().union(*(ids[j] for j in ids if j not in ran or j in exempt))  # still to be read
+            for j in (j for j in ran if j not in exempt):
                 live[0] += sum(1 for r in refs[j] if r() is not None and id(r()) not in pending)
             ran.append(k)
             return bwd(dy, cache, *a, **kw)
@@ -169,3 +170,35 @@ def test_tracker_gets_signals_on_its_recording_steps(rule_name):
     assert ev["align_step/step"] == [0, 2]
     S = np.asarray(ev["align_step/signal_deg"])
     assert np.isfinite(S).any(axis=1).all(), S
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "smallconv", "resnet20"])
+def test_ssa_keeps_only_the_caches_and_signals_it_reads(model_name):
+    """SSA's default variant reads, after its injection pass, only the signal and cache of the layers whose
+    ``V^T g_V`` comes from the batch (``_batch_VtG``); every other cache dies once its layer's backward has run,
+    and the updates are the same bits as a step that keeps everything."""
+    run, x, y = _run("ssa", model_name)
+    assert run.rule.caches_read_after(run.model, x) is None  # step 0 measures eq. (4)'s angle: it reads them all
+    run.rule._steps = 1
+    keep = run.rule.caches_read_after(run.model, x)
+    assert keep == run.rule._batch_layers(len(x), np)
+    live, ran, lean = _live_after_backward(run, x, y, exempt=keep)
+    assert len(ran) >= 3 and live == 0, (model_name, live, keep)
+    run, x, y = _run("ssa", model_name)
+    run.rule._steps = 1
+    run.rule.caches_read_after = lambda model, x: None  # the step as before: every cache kept to the end
+    live_all, _, full = _live_after_backward(run, x, y, exempt=keep)
+    assert live_all > 0, model_name  # the probe finds them without the release (it can fail)
+    _same(lean.updates, full.updates)
+
+
+def test_ssa_keeps_everything_where_it_reads_everything():
+    run, x, y = _run("ssa", "mlp", {"ssa_variant": "paper"})
+    run.rule._steps = 1
+    assert run.rule.caches_read_after(run.model, x) is None  # eqs. (11)-(13) read every layer's G
+    run, x, y = _run("ssa", "mlp", {"angle_every": 0})
+    run.rule._steps = 1
+    assert run.rule.caches_read_after(run.model, x) == {1}  # mlp 36-7-5-4 at batch 6: only the first (after flatten)
+    assert run.rule.step(run.model, x, y).signals == {}
+    run.rule.keep_signals = True
+    assert set(run.rule.step(run.model, x, y).signals) == {1, 2, 3, 4, 5}  # asked for: every top-level signal

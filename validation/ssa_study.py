@@ -420,7 +420,7 @@ def _paired_table(settings, results) -> str:
     lines = ["| setting | seeds | Δ val acc (points) | 95 % CI | Δ test acc (points) | 95 % CI |",
              "| --- | --- | --- | --- | --- | --- |"]
     for s in settings:
-        if s.method != "ssa" or s is ref:
+        if s.method != ref.method or s is ref:  # the SSA settings only
             continue
         rs = [r for r in results.get(s.name, []) if r.seed in base]
         if len(rs) < 2:

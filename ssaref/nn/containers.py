@@ -14,10 +14,20 @@ __all__ = ["Sequential", "ResidualBlock", "ReleasableCaches", "sub_dict", "leaf_
 
 class ReleasableCaches(list):
     """A forward pass's top-level caches that the backward may drop as it goes: ``Sequential.backward`` (and the
-    direct rules' injection pass, ``rules.feedback``) sets ``caches[i] = None`` once layer ``i``'s backward has
-    run, so each layer's cache is freed then instead of when the step ends (issue 26: the step's peak memory).
-    Only ``Rule.step`` hands these out, to a rule that declares it reads no cache afterwards
-    (``Rule.RELEASES_CACHES``); a plain list (the alignment tracker's BP pass, SSA's) is never changed."""
+    direct rules' injection pass, ``rules.feedback``) calls ``release(i)`` once layer ``i``'s backward has run, so
+    each layer's cache is freed then instead of when the step ends (issue 26: the step's peak memory), except the
+    indices in ``keep``, which the rule reads afterwards.  Only ``Rule.step`` hands these out, with the indices
+    the rule says it reads after the pass (``Rule.caches_read_after``); a plain list (the alignment tracker's BP
+    pass, a rule that may read any cache afterwards) is never changed."""
+
+    def __init__(self, caches, keep=()):
+        super().__init__(caches)
+        self.keep = frozenset(keep)
+
+    def release(self, i: int) -> None:
+        """Drop cache ``i`` (its layer's backward has run) unless the rule reads it afterwards."""
+        if i not in self.keep:
+            self[i] = None
 
 
 def sub_dict(d, prefix):
@@ -106,7 +116,7 @@ class Sequential(Layer):
                 signals[i] = dy
             cache = caches[i]
             if release:
-                caches[i] = None  # read by this layer's backward only (Rule.RELEASES_CACHES)
+                caches.release(i)  # read by this layer's backward only (Rule.caches_read_after)
             dy, g = self.layers[i].backward(dy, cache, need_dx=need_dx or i > stop, feedback=sub_dict(feedback, str(i)))
             del cache  # not held over the layers below
             grads.update({f"{i}.{k}": v for k, v in g.items()})

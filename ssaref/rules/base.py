@@ -307,10 +307,17 @@ class Rule:
     def step(self, model, x, y) -> StepResult:
         """One step's update directions (the parameters are not changed; the optimiser applies them)."""
         logits, caches, loss, e = self.forward_loss(model, x, y)
-        if self.RELEASES_CACHES:  # nothing but the backward reads them: each is freed once used
-            caches = ReleasableCaches(caches)
+        keep = self.caches_read_after(model, x)
+        if keep is not None:  # every other cache is freed once its layer's backward has used it
+            caches = ReleasableCaches(caches, keep)
         updates, signals = self.updates(model, caches, e, Batch(x, y))
         return StepResult(loss, logits, updates, signals if self.keep_signals else {})
+
+    def caches_read_after(self, model, x):
+        """The top-level layer indices whose forward caches ``updates`` reads after that layer's backward has run
+        (kept to the step's end; every other cache is freed once used), or None: it may read any of them (a plain
+        list, nothing freed).  Here: none for a rule that declares ``RELEASES_CACHES``, else None."""
+        return frozenset() if self.RELEASES_CACHES else None
 
     def updates(self, model, caches, e, batch):
         """Return ``(updates, signals)`` (see ``StepResult``) from the forward ``caches``, the output error

@@ -19,6 +19,7 @@ through the nested containers.  ``direct_updates`` is the one injection pass for
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 
@@ -389,14 +390,14 @@ def _container(model, caches, path):
     return seq, cs
 
 
-def _carry(model, caches, delta, route, updates, signals, frozen):
+def _carry(model, caches, delta, route, updates, signals, frozen, wanted=None):
     """Carry ``delta`` (at the output of layer ``hi`` of the container at ``path``) back to layer ``lo``.
 
     ``route = (path, hi, lo, enter)``.  Every layer from ``hi`` down to ``lo`` runs its own backward (the
     weight layer ``lo`` without an input gradient: no error passes between segments).  When ``enter`` is not
     None, layer ``lo`` is a ResidualBlock entered instead: the block's final ReLU, then the add hands the
     same ``dz`` to every sub-route in ``enter`` (one per branch, each with its path inside the block).
-    Only top-level layers get an entry in ``signals``.
+    Only top-level layers get an entry in ``signals``, and with ``wanted`` (a set of indices) only those.
     """
     path, hi, lo, enter = route
     seq, cs = _container(model, caches, path)
@@ -404,19 +405,19 @@ def _carry(model, caches, delta, route, updates, signals, frozen):
     release = not path and isinstance(caches, ReleasableCaches)  # top-level caches, each used by one segment
     for k in range(hi, lo - 1, -1):
         layer, cache = seq.layers[k], cs[k]
-        if not path and signals is not None:
+        if not path and signals is not None and (wanted is None or k in wanted):
             signals[k] = delta
         if k == lo and enter is not None:
             # y = relu(main(x) + shortcut(x)): dz = dy o relu'(z), passed unchanged to both branches
             dz, _ = layer.relu.backward(delta, cache[2])
             del cache
             for sub in enter:
-                _carry(model, caches, dz, sub, updates, signals, frozen)
+                _carry(model, caches, dz, sub, updates, signals, frozen, wanted)
             if release:
-                caches[k] = None
+                caches.release(k)
             return
         if release:
-            caches[k] = None  # read by this layer's backward only (Rule.RELEASES_CACHES)
+            caches.release(k)  # read by this layer's backward only (Rule.caches_read_after)
         # carried back locally; at the weight layer: delta W_i = [(B_i e) o f'(a_i)] h_{i-1}^T, eq. (3)
         delta, grads = layer.backward(delta, cache, need_dx=k > lo)
         del cache
@@ -425,7 +426,19 @@ def _carry(model, caches, delta, route, updates, signals, frozen):
         )
 
 
-def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=True, frozen=(), *, keep_signals=True):
+def direct_updates(
+    model,
+    caches,
+    e,
+    src,
+    segs,
+    feedback,
+    shapes,
+    train_output=True,
+    frozen=(),
+    *,
+    keep_signals: bool | Collection[int] = True,
+):
     """DFA's pass (eq. (3)): the output layer from ``e``, every hidden segment from ``B_i src``.
 
     Parameters
@@ -439,7 +452,8 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
     shapes : list of per-example output shapes of every top-level layer (``layer_output_shapes``).
     frozen : collection of flat parameter keys that get no update (their keys are absent from ``updates``);
         the signal still passes through their layers' backward.
-    keep_signals : collect ``signals`` (else it is empty, and each signal is freed once carried on).
+    keep_signals : collect ``signals`` (else it is empty, and each signal is freed once carried on); a set of
+        top-level layer indices: collect those only.
 
     Returns
     -------
@@ -455,7 +469,9 @@ def direct_updates(model, caches, e, src, segs, feedback, shapes, train_output=T
     return local_updates(model, caches, e, segs, signal, train_output, frozen, keep_signals=keep_signals)
 
 
-def local_updates(model, caches, e, segs, signal, train_output=True, frozen=(), *, keep_signals=True):
+def local_updates(
+    model, caches, e, segs, signal, train_output=True, frozen=(), *, keep_signals: bool | Collection[int] = True
+):
     """The one injection pass of the direct and local rules: the output layer from ``e`` (when ``train_output``),
     every hidden segment from ``signal(seg)``, an array of the batch's shape at the segment's injection point
     (DFA: ``B_i e``; PredSim/AugLocal: the gradient of the segment's own local loss), carried back through the
@@ -466,16 +482,17 @@ def local_updates(model, caches, e, segs, signal, train_output=True, frozen=(), 
     Returns ``(updates, signals)`` as ``direct_updates``.
     """
     updates: dict = {}
-    signals: dict | None = {} if keep_signals else None
+    wanted = None if isinstance(keep_signals, bool) else frozenset(keep_signals)
+    signals: dict | None = {} if (keep_signals if wanted is None else wanted) else None
     frozen = frozenset(frozen)
     N = len(model.layers) - 1
     if train_output:  # output layer: delta W_N = e h_{N-1}^T, as BP
-        if signals is not None:
+        if signals is not None and (wanted is None or N in wanted):
             signals[N] = e
         _, grads = model.layers[N].backward(e, caches[N], need_dx=False)
         if isinstance(caches, ReleasableCaches):
-            caches[N] = None
+            caches.release(N)
         updates.update({f"{N}.{k}": g for k, g in grads.items()})
     for seg in segs:
-        _carry(model, caches, signal(seg), seg.route, updates, signals, frozen)
+        _carry(model, caches, signal(seg), seg.route, updates, signals, frozen, wanted)
     return updates, signals or {}

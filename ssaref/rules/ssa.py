@@ -484,10 +484,38 @@ class SSA(SVDRule):
             if z:
                 self.__dict__.setdefault("_zero_masks", {})[(prefix, n)] = self.state[f"m{n}/{prefix}"]
 
-    def task_signals(self, model, caches, e):
-        """DFA pass: ``(task grads of every parameter, signal at every top-level layer's output)``."""
+    def task_signals(self, model, caches, e, keep_signals=True):
+        """DFA pass: ``(task grads of every parameter, signal at the top-level layers' outputs)``: every one, or
+        the indices in ``keep_signals``."""
         feedback = {seg.lead: self.state[f"B/{seg.key}"] for seg in self.segments}
-        return direct_updates(model, caches, e, e, self.segments, feedback, self.shapes)  # eq. (3), (7)
+        return direct_updates(
+            model,
+            caches,
+            e,
+            e,
+            self.segments,
+            feedback,
+            self.shapes,  # eq. (3), (7)
+            keep_signals=keep_signals,
+        )
+
+    def _reads_every_layer(self):
+        """Whether this step reads every layer's signal and cache after the pass: the paper variant (eqs. (11)-(13)
+        from each layer's ``G``) and the steps that measure eq. (4)'s angle (``angle_every``)."""
+        every = self.options["angle_every"]
+        return self.paper or bool(every and self._steps % every == 0)
+
+    def _batch_layers(self, B, xp):
+        """Top-level indices of the layers whose ``V^T g_V`` this step takes from the batch (``_batch_VtG``): the
+        only signals and caches the default variant reads after the pass."""
+        return frozenset(
+            int(p) for p, layer in self.layers if p.isdigit() and self.takes_VtG_from_batch(p, layer, B, xp)
+        )
+
+    def caches_read_after(self, model, x):
+        if self._reads_every_layer():
+            return None
+        return self._batch_layers(int(x.shape[0]), get_array_module(x))
 
     def layer_update(self, p, layer, task, dy=None, cache=None):
         """Update directions of one SVD layer.
@@ -536,7 +564,9 @@ class SSA(SVDRule):
         default variant retracts ``U``, ``V`` in ``after_step``."""
         if self.shapes is None:
             raise RuntimeError("SSA.setup must run before training")
-        updates, signals = self.task_signals(model, caches, e)
+        every_layer = self.keep_signals or self._reads_every_layer()
+        keep = True if every_layer else self._batch_layers(int(e.shape[0]), get_array_module(e))
+        updates, signals = self.task_signals(model, caches, e, keep)
         a = self.options["alpha"]
         top = {str(k) for k in range(len(model.layers))}
         for p, layer in self.layers:
@@ -544,7 +574,7 @@ class SSA(SVDRule):
             dy = cache = None
             if self.paper or p in top:  # the signal at the layer's output and its forward cache
                 k = int(p)
-                dy, cache = signals[k], caches[k]
+                dy, cache = signals.get(k), caches[k]  # None unless read here (caches_read_after)
             upd = self.layer_update(p, layer, task, dy, cache)
             for n, v in upd.items():
                 updates[f"{p}.{n}"] = v
