@@ -12,6 +12,7 @@ import torch
 from ssaref import bench
 from ssaref.nn import MODELS, build_model
 from ssaref.run import build_run
+from tests._cli import exit_code
 
 SHAPE = {"mlp": (1, 28, 28), "lenet": (1, 28, 28), "convnet": (1, 28, 28)}
 
@@ -179,10 +180,7 @@ def test_models_all_skips_a_model_that_does_not_fit(capsys):
 
 
 def _exit_code(argv):
-    try:
-        return bench.main(argv)
-    except SystemExit as exc:     # argparse's own one-line error
-        return exc.code
+    return exit_code(bench.main, argv)
 
 
 @pytest.mark.parametrize("argv, needle", [

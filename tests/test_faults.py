@@ -25,6 +25,7 @@ import pytest
 from ssaref import bench, train as train_mod
 from ssaref.audit.__main__ import main as audit_main
 from ssaref.runlog import read_run
+from tests._cli import run_main
 
 SYN = ["--dataset", "synthetic", "--train-limit", "256", "--test-limit", "64", "--batch-size", "64", "--hidden",
        "16", "--no-progress", "--no-download", "--epochs", "1"]
@@ -264,12 +265,7 @@ for _name, _needle in CRAFTED:
 
 
 def _run_entry(entry, argv, capsys):
-    try:
-        rc = ENTRY[entry](argv)
-    except SystemExit as exc:   # argparse's own one-line error
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_main(ENTRY[entry], argv, capsys)
 
 
 @pytest.mark.parametrize("entry, argv, needle", CASES, ids=[f"{c[0]}:{' '.join(c[1])[:60]}" for c in CASES])

@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ssaref import train as train_mod
 from ssaref.runlog import read_run
+from tests._cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = ["--dataset", "synthetic", "--train-limit", "128", "--test-limit", "32", "--batch-size", "64",
@@ -58,12 +59,7 @@ def _main(entry, argv, capsys):
         from validation import fig5_cost
 
         fn = fig5_cost.main
-    try:
-        rc = fn(argv)
-    except SystemExit as exc:
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return run_main(fn, argv, capsys)
 
 
 def _one_error_line(rc, err, needles=()):

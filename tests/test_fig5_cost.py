@@ -5,14 +5,12 @@ import pytest
 from ssaref import train as train_mod
 from ssaref.nn import build_model
 from ssaref.run import build_run
+from tests._cli import exit_code
 from validation import fig5_cost as f5
 
 
 def _code(argv):
-    try:
-        return f5.main(argv)
-    except SystemExit as exc:
-        return exc.code
+    return exit_code(f5.main, argv)
 
 
 def test_quick_writes_the_table_and_the_figure(tmp_path, capsys):

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from ssaref import vectors as V
 from ssaref.golden import check as C
+from tests._cli import run_main as _run
 
 CASE, MULTI = "bp__mlp__default", "bp__mlp__momentum3"
 CASES = (CASE, MULTI, "ssa__mlp__paper")
@@ -43,15 +44,6 @@ def _snapshot(root):
             p = os.path.join(dirpath, n)
             out[p] = (Path(p).read_bytes(), os.stat(p).st_mtime_ns)
     return out
-
-
-def _run(main, argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:   # argparse's one-line error
-        rc = exc.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 MAINS = {"vectors": V.main, "check.py": lambda a: C.main(a, prog="check.py")}

@@ -19,6 +19,7 @@ import pytest
 
 from ssaref import vectors as V
 from ssaref.golden import check as C
+from tests._cli import run_main as _run
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = "bp__mlp__default"
@@ -200,15 +201,6 @@ def _truncated(golden, d):
     d.mkdir(parents=True, exist_ok=True)
     (d / H5).write_bytes((golden / H5).read_bytes()[:3000])
     return d
-
-
-def _run(main, argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as exc:   # argparse's one-line error
-        rc = exc.code
-    cap = capsys.readouterr()
-    return rc, cap.out, cap.err
 
 
 def _assert_one_error(rc, out, err, needle):
