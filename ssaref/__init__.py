@@ -1,3 +1,3 @@
 """ssaref: a NumPy/CuPy reference engine for local learning rules (SSA and its baselines)."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

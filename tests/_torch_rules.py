@@ -419,8 +419,8 @@ def _ssa(g, P, outs, e, wrong):
     gradient w.r.t. the layer's matrix (a conv layer's K' in the (N kw, C kh) layout), no alpha."""
     o = g["options"]
     orthogonality = o.get("orthogonality", "retract")   # absent: 0.1.0's retract (docs/golden-vectors.md)
-    if orthogonality not in ("retract", "retract-every") or o["projection"] not in _WRONG_PROJECTION:
-        raise ValueError("candidate implements SSA's retract and retract-every orthogonality and the projections "
+    if orthogonality not in ("penalty", "retract", "retract-every") or o["projection"] not in _WRONG_PROJECTION:
+        raise ValueError("candidate implements SSA's penalty, retract and retract-every orthogonality and the projections "
                          f"{sorted(_WRONG_PROJECTION)} only")
     paper = o["ssa_variant"] == "paper"
     grads, signals = _direct(g, P, outs, e, e, wrong=wrong)

@@ -105,10 +105,12 @@ def test_ssa_paper_variant_and_old_runs_take_the_declared_history():
     assert {k: got[k] for k in paper} == paper
     assert ssa(ssa_variant="paper", beta=0.5).options["beta"] == 0.5
     assert earlier_defaults(ssa.OPTIONS, "0.1.0") == paper
-    assert earlier_defaults(ssa.OPTIONS, "0.2.0") == {"parity": False}
+    assert earlier_defaults(ssa.OPTIONS, "0.2.0") == {"parity": False, "beta": 1e-2, "orthogonality": "retract-every"}
+    assert earlier_defaults(ssa.OPTIONS, "0.3.0") == {"beta": 1e-2, "orthogonality": "retract-every"}   # D4.18
+    assert earlier_defaults(ssa.OPTIONS, "0.4.0") == {}
     assert earlier_defaults(RULES["brsf"].OPTIONS, "0.1.0") == {"brsf_rng": "host"}
     filled = config.filled_config({"method": "ssa", "ssaref_version": "0.2.0", "rule_beta": None})
-    assert filled["rule_parity"] is False and filled["rule_beta"] == ssa.OPTIONS["beta"][1]
+    assert filled["rule_parity"] is False and filled["rule_beta"] == 1e-2   # 0.2.0's default, not today's
 
 
 def test_rule_options_become_flags_and_toml_keys(tmp_path):

@@ -327,6 +327,8 @@ def test_resume_is_exact_with_the_new_options(opts, tmp_path, capsys):
     ({"landing_eps": 1.0}, "landing_eps"),
     ({"landing_eps": 0.0}, "landing_eps"),
     ({"orthogonality": "landing", "retraction": "polar"}, "landing does no retraction"),
+    ({"orthogonality": "penalty", "retraction": "qr"}, "penalty does no retraction"),
+    ({"orthogonality": "penalty", "transport": True}, "transport"),
     ({"projection": "skew"}, "projection"),
 ])
 def test_orthogonality_option_validation(opts, match):
@@ -336,8 +338,10 @@ def test_orthogonality_option_validation(opts, match):
 
 def test_resolved_orthogonality_choices():
     r = build_rule("ssa")
-    assert (r.orthogonality, r.retract_every, r.retraction, r.projection) == ("retract-every", 10, "polar", "tangent")
-    assert (r.options["beta"], r.options["gamma"], r.options["rank_reading"]) == (0.01, 0.1, "none")   # D4.15
+    assert (r.orthogonality, r.retraction, r.projection, r.retracts) == ("penalty", "none", "tangent", False)
+    assert (r.options["beta"], r.options["gamma"], r.options["rank_reading"]) == (1e-3, 0.1, "none")  # D4.15, D4.18
+    e = build_rule("ssa", orthogonality="retract-every")   # the default of 0.2.0-0.3.x
+    assert (e.orthogonality, e.retract_every, e.retraction, e.retracts) == ("retract-every", 10, "polar", True)
     p = build_rule("ssa", ssa_variant="paper")
     assert (p.orthogonality, p.retraction, p.projection) == ("retract", "none", "paper")
     assert (p.options["beta"], p.options["gamma"], p.options["rank_reading"]) == (1e-3, 1e-2, "every")
@@ -350,3 +354,24 @@ def test_resolved_orthogonality_choices():
     assert pe.retraction == "polar"
     land = build_rule("ssa", orthogonality="landing", projection="tangent")
     assert (land.retraction, land.projection) == ("none", "tangent")  # the issue's tangent-projected reading
+
+
+@pytest.mark.parametrize("model_name", ["mlp", "lenet"])
+def test_penalty_is_retract_without_retraction(model_name):
+    """``orthogonality penalty`` (the default since 0.4.0, D4.18: the paper's handling, no retraction) takes the same
+    steps, bit for bit, as ``orthogonality retract --retraction none``, the spelling the selection ran (e8a9a8b)."""
+    shape = (1, 28, 28)
+    x = np.random.default_rng(4).standard_normal((16,) + shape).astype(np.float32)
+    y = np.random.default_rng(5).integers(0, 10, 16)
+    params = []
+    for opts in ({}, {"orthogonality": "retract", "retraction": "none"}):
+        model = build_model(model_name, shape, 10, seed=0, width_mult=0.25)
+        run = build_run(model, "ssa", np.random.default_rng(2), options=opts, optimizer="adam", lr=1e-2)
+        for _ in range(5):
+            run.train_step(x, y)
+        run.rule.on_epoch_end(model, run.optimizer, 1, 3)
+        params.append({k: np.array(v) for k, v in model.params.items()})
+    assert build_rule("ssa").orthogonality == "penalty"
+    assert params[0].keys() == params[1].keys()
+    for k in params[0]:
+        assert np.array_equal(params[0][k], params[1][k]), k

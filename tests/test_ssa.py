@@ -285,12 +285,14 @@ def test_angle_metric_output_layer_task_angle_is_zero(rng):
 
 
 @pytest.mark.parametrize("variant, flags", [("default", ["--orthogonality", "retract"]),
-                                            ("default", ["--retract-every", "3"]), ("paper", [])])
+                                            ("default", ["--orthogonality", "retract-every", "--retract-every", "3"]),
+                                            ("default", []), ("paper", [])])
 def test_orthogonality_bounded_over_two_epochs(tmp_path, capsys, variant, flags):
     """Per-step retraction: ||U^T U - I||_F <= 1e-4 (float32) at every epoch end and the drift one Adam step causes
     stays below 0.5 (the Newton-Schulz range).  The default (retraction every K steps): the drift of K steps stays
     in that range too, and so does the error at the epoch ends (at most K - 1 steps after a retraction).  Paper
-    variant: logged, finite."""
+    variant and the default since 0.4.0 (no retraction, eq. (9)'s penalty only): logged, finite, and for the
+    default held below 0.5 by the penalty."""
     out = tmp_path / "run.h5"
     rc = train_mod.main(["--method", "ssa", "--ssa-variant", variant, "--dataset", "synthetic",
                          "--train-limit", "512", "--test-limit", "128", "--epochs", "2", "--hidden", "32,16",
@@ -301,6 +303,9 @@ def test_orthogonality_bounded_over_two_epochs(tmp_path, capsys, variant, flags)
     if variant == "default" and "retract" in flags:
         assert m["svd_ortho_U"].max() <= 1e-4 and m["svd_ortho_V"].max() <= 1e-4
         assert m["svd_drift_U"].max() < 0.5 and m["svd_drift_V"].max() < 0.5
+    elif variant == "default" and not flags:
+        assert "svd_drift_U" not in m and "svd_retract_jump" not in m      # nothing is retracted
+        assert 0 < m["svd_ortho_U"].max() < 0.5 and 0 < m["svd_ortho_V"].max() < 0.5
     elif variant == "default":
         assert m["svd_drift_U"].max() < 0.5 and m["svd_drift_V"].max() < 0.5
         assert 1e-4 < m["svd_ortho_U"].max() < 0.5 and m["svd_ortho_V"].max() < 0.5   # not retracted at epoch end

@@ -66,7 +66,7 @@ def test_selection_uses_validation_accuracy_only():
     res = {a.name: [R(0, 80.0, 99.0, 1, 1, 1, 3, Path("x")), R(1, 81.0, 99.0, 1, 1, 1, 3, Path("x"))],
            b.name: [R(0, 85.0, 10.0, 1, 1, 1, 3, Path("x"))]}
     assert [s.name for s in ssa_study.rank_settings([a, b], res)] == [b.name, a.name]
-    assert ssa_study.ssa(orthogonality="retract-every", beta=1e-2).name == "ssa"  # defaults: same run files
+    assert ssa_study.ssa(orthogonality="penalty", beta=1e-3).name == "ssa"  # defaults: same run files
     assert ssa_study.ssa(orthogonality="landing").flags() == ["--orthogonality", "landing"]
 
 
@@ -80,15 +80,14 @@ def test_study_on_lenet_with_the_constrained_grid(tmp_path):
     assert ssa_study.main(argv) == 0
     text = (out / "results.md").read_text(encoding="utf-8")
     assert "synthetic, lenet, Adam" in text and "Stage 2" not in text
-    screen = _table(text, "| rank | orthogonality | retraction | transport | rank_reading | beta | gamma | seeds")
+    screen = _table(text, "| rank | orthogonality | transport | rank_reading | beta | gamma | seeds")
     assert len(screen) == 6                                            # 3 handlings x 2 readings (quick)
-    assert {(r[1], r[2], r[3]) for r in screen} == {("retract-every", "auto", "false"), ("retract", "auto", "true"),
-                                                    ("retract", "none", "false")}
+    assert {(r[1], r[2]) for r in screen} == {("retract-every", "false"), ("retract", "true"), ("penalty", "false")}
     final = _table(text, "| setting | seeds | test acc (%)")
     labels = [r[0] for r in final]
     best = screen[0]
     reference = "SSA at the engine's defaults (reference)"
-    if (best[1], best[4]) == ("retract-every", "none"):               # the defaults won: no second row
+    if (best[1], best[3], best[4]) == ("penalty", "none", "0.001"):    # the defaults won: no second row
         assert labels == ["SSA #1: engine default"]
     else:
         assert labels[0].startswith("SSA #1:") and labels[1] == reference and len(labels) == 2
@@ -96,8 +95,8 @@ def test_study_on_lenet_with_the_constrained_grid(tmp_path):
         assert len(paired) == 1 and paired[0][0] == labels[0]
         assert re.fullmatch(r"[+-]\d+\.\d+ ± \d+\.\d+", paired[0][2])
     runs = sorted(p.name for p in (out / "screen").glob("*.h5"))
-    assert "ssa-b_0.001-o_retract-r_relative-tr_true-seed0.h5" in runs
-    assert "ssa-b_0.001-o_retract-r_relative-rt_none-seed0.h5" in runs
+    assert "ssa-o_retract-r_relative-tr_true-seed0.h5" in runs
+    assert "ssa-o_retract-every-r_relative-seed0.h5" in runs
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -162,7 +162,7 @@ def test_new_options_absent_from_resolved_options_at_default_present_when_set():
     model, rule = _setup("ssa")
     got = rule.resolved_options(model)
     assert set(LATER_OPTIONS) <= set(got)
-    assert (got["orthogonality"], got["retract_every"], got["rank_reading"]) == ("retract-every", 10, "none")
+    assert (got["orthogonality"], got["retraction"], got["rank_reading"]) == ("penalty", "none", "none")
     model, rule = _setup("ssa", orthogonality="landing", rank_reading="once", align_last=False,
                          svd_init="orthogonal", bias_init="zero", parity_last=False)
     got = rule.resolved_options(model)

@@ -63,7 +63,8 @@ VAL_SPLIT = 0.1
 SSA_VARIANTS = {
     "ssa": ("SSA (default)", []),
     "ssa-uncompressed": ("SSA uncompressed (0.2.0 default: no threshold phase, no parity cap)",
-                         ["--rank-reading", "none", "--parity", "false"]),
+                         ["--rank-reading", "none", "--parity", "false", "--beta", "0.01", "--orthogonality",
+                          "retract-every"]),
     "ssa-compact": ("SSA compact (parity cap r < mn/(m+n), rank reading every)",
                     ["--parity", "true", "--rank-reading", "every"]),
 }

@@ -60,7 +60,9 @@ HANDLINGS = {
     "landing": {"orthogonality": "landing"},
     "retract-every": {"orthogonality": "retract-every"},
     "retract+transport": {"orthogonality": "retract", "transport": "true"},   # Riemannian Adam (D4.16)
-    "penalty": {"orthogonality": "retract", "retraction": "none"},           # the paper's: eq. (9) only (5.2)
+    # the paper's: eq. (9) only (5.2); the default since 0.4.0 (D4.18), selected with the runs of e8a9a8b, which
+    # spelled it --orthogonality retract --retraction none (the same steps, test_penalty_is_retract_without_retraction)
+    "penalty": {"orthogonality": "penalty"},
 }
 ORTHOGONALITY = ["retract", "landing", "retract-every"]   # the default screen (the MLP study of 0.2.0)
 READINGS = ["every", "once", "relative", "none"]

@@ -19,13 +19,15 @@ Variants (``ssa_variant``):
     Euclidean gradients of ``LL_i`` (``dU = alpha G V S + 2 beta (U - T_U)`` ...) -- the task part is the true
     gradient of the local surrogate, *not* the printed ``G V S^-1`` -- projected onto the tangent space of the
     Stiefel manifold, ``P_U(X) = X - U sym(U^T X)``; the orthogonality gradient is added *after* the projection
-    (the tangent projection annihilates it to first order, so projecting it would switch it off); every
-    ``retract_every`` (10) optimiser steps ``U`` and ``V`` are retracted onto the manifold (polar factor; after
-    every step with ``orthogonality retract``, which together with the tangent projection is Riemannian gradient
-    descent, Absil et al. 2008, for SGD).  Defaults (D4.15, chosen on a validation split): ``beta`` 0.01,
-    ``gamma`` 0.1, ``orthogonality retract-every``, ``rank_reading none``; and (D4.17, since 0.3.0) ``parity``
-    true: section 4.4's ``r < mn/(m+n)`` caps every layer's rank at every epoch end, the classifier included
-    (``parity false`` is the uncompressed reading of 0.2.0).
+    (the tangent projection annihilates it to first order, so projecting it would switch it off); by default
+    (``orthogonality penalty``, section 5.2's own handling) nothing else holds ``U``, ``V`` near the manifold: no
+    retraction.  ``orthogonality retract`` retracts them after every optimiser step (polar factor; with the
+    tangent projection this is Riemannian gradient descent, Absil et al. 2008, for SGD), ``retract-every`` after
+    every ``retract_every`` (10) steps.  Defaults (chosen on validation splits): ``gamma`` 0.1 and ``rank_reading
+    none`` (D4.15, the MLP); ``parity`` true (D4.17, since 0.3.0: section 4.4's ``r < mn/(m+n)`` caps every
+    layer's rank at every epoch end, the classifier included; ``parity false`` is the uncompressed reading); and
+    (D4.18, since 0.4.0, re-selected under that constraint on LeNet) ``beta`` 0.001 and ``orthogonality
+    penalty`` (0.2.0-0.3.x: ``beta`` 0.01, ``orthogonality retract-every``).
 ``paper``
     Eqs. (11)-(13) as printed: ``ds = diag(U^T G V) + 2 beta (s - T_s)``;
     ``dU = (I - U U^T)[G V S^-1 + 2 beta (U - T_U) + 4 gamma U (U^T U - I)]``;
@@ -40,14 +42,16 @@ Variants (``ssa_variant``):
 
 Where the projection happens: ``updates`` returns the projected direction; the optimiser (SGD or Adam) applies
 its own transformation to it (momentum, Adam's per-entry scaling -- which leaves the tangent space); the
-retraction then runs in ``after_step`` (right after the optimiser step): with ``orthogonality retract`` after every
-step and again in ``on_epoch_end``, so every forward pass, evaluation and checkpoint sees orthonormal ``U``, ``V``;
-with the default ``retract-every`` after every ``retract_every``-th step only, so the factors in between (and at
-an epoch end) are near-orthonormal (``svd_drift_U/V`` logs how far they get).
+retraction, where there is one, then runs in ``after_step`` (right after the optimiser step): with ``orthogonality
+retract`` after every step and again in ``on_epoch_end``, so every forward pass, evaluation and checkpoint sees
+orthonormal ``U``, ``V``; with ``retract-every`` after every ``retract_every``-th step only, so the factors in
+between (and at an epoch end) are near-orthonormal (``svd_drift_U/V`` logs how far they get); with the default
+``penalty`` never (``svd_ortho_U/V`` logs the epoch-end ``||X^T X - I||_F``).
 
-Orthogonality handling (``orthogonality``, docs/decisions.md D4.12): ``retract`` (the above),
-``retract-every`` (the default since D4.15: the retraction after every ``retract_every``-th optimiser step only,
-none at the epoch end) or
+Orthogonality handling (``orthogonality``, docs/decisions.md D4.12, D4.18): ``penalty`` (the default since
+D4.18: the tangent projection and eq. (9)'s penalty only, as section 5.2 has it; ``retraction`` must be auto or
+none), ``retract`` (the above), ``retract-every`` (the default of 0.2.0-0.3.x, D4.15: the retraction after every
+``retract_every``-th optimiser step only, none at the epoch end) or
 ``landing`` (Ablin & Peyre 2022; Gao et al. 2022 for the Stiefel manifold): the direction of ``U`` / ``V`` is
 the landing field ``skew(G X^T) X + 4 gamma X (X^T X - I)`` (``projection`` auto -> ``relative``; ``G`` the
 Euclidean gradient of the task and alignment terms; eq. (9)'s unprojected gradient as the normal term, i.e.
@@ -111,7 +115,7 @@ __all__ = ["SSA"]
 
 _VARIANTS = ("default", "paper")
 _PROJECTIONS = ("auto", "tangent", "relative", "paper", "complement", "none")
-_ORTHOGONALITY = ("retract", "landing", "retract-every")  # D4.12
+_ORTHOGONALITY = ("penalty", "retract", "landing", "retract-every")  # D4.12, D4.18
 _RETRACTIONS = ("auto", "polar", "qr", "none")
 _TARGETS = ("auto", "feedback", "weight")
 _YESNO = ("auto", "true", "false")
@@ -159,8 +163,12 @@ class SSA(SVDRule):
     # variant keeps the engine's earlier defaults (DEFAULTS_OF), so ``--ssa-variant paper`` runs as before
     OPTIONS = {
         "alpha": (float, 1.0, "weight of the task (DFA cross-entropy) term of the local loss, eq. (6)"),
+        # D4.18 (0.4.0): beta 1e-3 and orthogonality penalty, chosen under the rank constraint on LeNet
         "beta": Option(
-            float, 1e-2, "weight of the alignment loss, eq. (8) (ssa_variant paper: 0.001)", before={"0.2.0": 1e-3}
+            float,
+            1e-3,
+            "weight of the alignment loss, eq. (8) (0.01 in 0.2.0-0.3.x; ssa_variant paper: 0.001)",
+            before={"0.2.0": 1e-3, "0.4.0": 1e-2},
         ),
         **RANK_OPTIONS,
         "gamma": Option(
@@ -212,13 +220,15 @@ class SSA(SVDRule):
         # D4.12: section 5.2 "avoids costly retractions" and cites the landing method [1]; eq. (9) is a penalty
         "orthogonality": Option(
             str,
-            "retract-every",
-            "orthogonality handling of U, V: retract (retraction after every optimiser step), landing (the "
+            "penalty",
+            "orthogonality handling of U, V: penalty (the paper's, section 5.2: the tangent projection and eq. "
+            "(9)'s penalty, no retraction; default since 0.4.0, D4.18), retract (retraction after every optimiser "
+            "step), landing (the "
             "landing field of Ablin & Peyre 2022: relative gradient of the task and alignment terms plus eq. "
             "(9)'s unprojected penalty gradient 4 gamma X (X^T X - I), i.e. lambda = 4 gamma; no retraction; "
             "every step shrunk so that ||X^T X - I||_F stays <= landing_eps), retract-every (the retraction "
             "after every retract_every-th optimiser step only) (ssa_variant paper: retract)",
-            before={"0.2.0": "retract"},
+            before={"0.2.0": "retract", "0.4.0": "retract-every"},
             added="0.2.0",
         ),
         # D4.12: the retraction of section 5.2's "costly retractions", applied every K-th step only
@@ -297,10 +307,11 @@ class SSA(SVDRule):
         self.retract_every = int(o["retract_every"])
         self.landing_eps = float(o["landing_eps"])
         landing = self.orthogonality == "landing"
-        if landing and o["retraction"] not in ("auto", "none"):
+        unretracted = landing or self.orthogonality == "penalty"  # no retraction by definition
+        if unretracted and o["retraction"] not in ("auto", "none"):
             raise ValueError(
-                f"method {self.name!r}: orthogonality=landing does no retraction; retraction={o['retraction']!r} "
-                f"contradicts it (use orthogonality retract or retract-every)"
+                f"method {self.name!r}: orthogonality={self.orthogonality} does no retraction; "
+                f"retraction={o['retraction']!r} contradicts it (use orthogonality retract or retract-every)"
             )
         # the resolved choices (``auto`` -> the variant's own); golden vectors record them (resolved_options)
         auto_proj = "paper" if paper else ("relative" if landing else "tangent")
@@ -310,7 +321,7 @@ class SSA(SVDRule):
         if o["retraction"] != "auto":
             self.retraction = o["retraction"]
         else:  # the paper variant has no retraction (eq. (9) is a soft penalty) unless retract-every asks for one
-            self.retraction = "none" if landing or (paper and self.orthogonality == "retract") else "polar"
+            self.retraction = "none" if unretracted or (paper and self.orthogonality == "retract") else "polar"
         self.transport = bool(o["transport"])
         if self.transport and (self.orthogonality not in ("retract", "retract-every") or self.retraction == "none"):
             raise ValueError(
