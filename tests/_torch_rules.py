@@ -420,8 +420,8 @@ def _ssa(g, P, outs, e, wrong):
     o = g["options"]
     orthogonality = o.get("orthogonality", "retract")   # absent: 0.1.0's retract (docs/golden-vectors.md)
     if orthogonality not in ("penalty", "retract", "retract-every") or o["projection"] not in _WRONG_PROJECTION:
-        raise ValueError("candidate implements SSA's penalty, retract and retract-every orthogonality and the projections "
-                         f"{sorted(_WRONG_PROJECTION)} only")
+        raise ValueError("candidate implements SSA's penalty, retract and retract-every orthogonality and the "
+                         f"projections {sorted(_WRONG_PROJECTION)} only")
     paper = o["ssa_variant"] == "paper"
     grads, signals = _direct(g, P, outs, e, e, wrong=wrong)
     if paper or _w(wrong, "s_inverse"):  # eqs. (11)-(13) need G = dL/dW of the reconstructed matrix
