@@ -250,3 +250,15 @@ def test_phases_run_only_their_own_runs(tmp_path):
     assert not (out / "final").exists()
     assert cc.main(base[:-len(TINY)] + ["--phase", "final"] + TINY) == 0
     assert len(list((out / "final").glob("*.h5"))) == 1
+
+
+def test_the_ablation_row_says_when_its_full_ssa_is_not_todays_default(monkeypatch, tmp_path):
+    """Table 3's "full SSA" is meant to be the default SSA; runs made before a default changed are named so."""
+    from ssaref.rules import build_rule
+
+    cfg = {"method": "ssa", "ssaref_version": "0.4.0",
+           **{f"rule_{k}": v for k, v in build_rule("ssa").options.items()}}
+    monkeypatch.setattr("ssaref.runlog.read_run", lambda path: (cfg, {}, None))
+    assert cl._not_todays_defaults(tmp_path / "full-seed0.h5") == {}
+    cfg.update(rule_beta=0.01, rule_orthogonality="retract-every")
+    assert cl._not_todays_defaults(tmp_path / "full-seed0.h5") == {"beta": 0.01, "orthogonality": "retract-every"}

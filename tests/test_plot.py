@@ -38,11 +38,11 @@ def test_runs_differing_only_in_seed_form_one_group(runs):
     assert [len(g.runs) for g in groups] == [2, 1, 1]
     assert sorted(groups[0].seeds) == [0, 1]
     assert groups[0].label.startswith("ssa") and "(2 seeds)" in groups[0].label
-    assert "orthogonality=retract" in groups[0].label and "orthogonality=landing" in groups[1].label
+    assert "orthogonality=penalty" in groups[0].label and "orthogonality=landing" in groups[1].label
     assert groups[2].label.startswith("bp") and "orthogonality" not in groups[2].label
     # an option given explicitly at its default value is the same setting as leaving it out
     c, m, _ = read_run(runs["ssa1"])
-    c2 = dict(c, rule_orthogonality="retract-every", rule_align_last="true", rule_gamma="0.1", seed=7, out="o.h5")
+    c2 = dict(c, rule_orthogonality="penalty", rule_align_last="true", rule_gamma="0.1", seed=7, out="o.h5")
     assert plot_mod.Run("x", c2, m).settings == plot_mod.Run("y", c, m).settings
 
 

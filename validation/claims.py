@@ -360,14 +360,34 @@ def measure_ablation(args) -> dict:
         return {r.seed: r.test_acc for r in rs if r is not None}
 
     full = seeds_of("full")
+    name = "full SSA"
+    if full:  # say so where the full row is not today's default SSA (a default changed after the runs)
+        stale = _not_todays_defaults(args.ablation / f"full-seed{min(full)}.h5")
+        if stale:
+            name += " (" + ", ".join(f"{k} {v}" for k, v in sorted(stale.items())) + ": not today's default)"
     out = {}
     for key, label in (("no-align", "without alignment"), ("no-ortho", "without orthogonality")):
         other = seeds_of(key)
         if not full or not other:
             out[key] = Missing(f"no finished ablation runs ({'full' if not full else key}) in {args.ablation}")
         else:
-            out[key] = Paired(full, other, "full SSA", label)
+            out[key] = Paired(full, other, name, label)
     return out
+
+
+def _not_todays_defaults(path: Path) -> dict:
+    """The rule options the run at ``path`` ran with that differ from the rule's defaults today (the ablation's
+    "full" row is meant to be the default SSA; a default changed since the runs shows here)."""
+    from ssaref import config
+    from ssaref.options import coerce
+    from ssaref.rules import RULES
+    from ssaref.runlog import read_run
+
+    cfg = config.filled_config(read_run(path)[0])
+    cls = RULES[str(cfg["method"])]
+    today = {k: spec[1] for k, spec in cls.OPTIONS.items()}
+    return {k: cfg[f"rule_{k}"] for k, spec in cls.OPTIONS.items()
+            if cfg.get(f"rule_{k}") is not None and coerce(spec[0], cfg[f"rule_{k}"]) != today[k]}
 
 
 # ------------------------------------------------------------------------------------------ command line
