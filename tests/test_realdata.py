@@ -29,8 +29,8 @@ def test_mlp_fashion_mnist_two_epochs(method, threshold, extra, tmp_path, capsys
     assert metrics["test_acc"].max() >= threshold, metrics["test_acc"]
     if method == "ssa":  # the rank schedule cut ranks and orthogonality held (decisions D4.5, D4.4)
         assert metrics["svd_rank"][0][0] < 256
-        # the default retracts every 10th step (D4.15): 10 Adam steps move the factors up to ~0.7 off the manifold
-        # in epoch 1 (D4.12 measured up to 1.4), less once training settles; every retraction pulls them back
-        drift = metrics["svd_drift_U"]
-        assert np.all(np.isfinite(drift)) and drift.max() < 1.5 and drift[-1].max() < drift[0].max()
-        assert np.max(metrics["svd_ortho_U"]) < 1.5
+        # the default since 0.4.0 (D4.18) never retracts: eq. (9)'s penalty alone holds the factors near the
+        # manifold (the MLP's 10-epoch runs end at ||X^T X - I||_F <= 0.3)
+        assert "svd_drift_U" not in metrics and "svd_retract_jump" not in metrics
+        ortho = np.concatenate([metrics["svd_ortho_U"].ravel(), metrics["svd_ortho_V"].ravel()])
+        assert np.all(np.isfinite(ortho)) and ortho.max() < 1.0

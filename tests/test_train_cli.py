@@ -264,8 +264,10 @@ def test_run_file_records_every_rule_option_and_old_runs_resume_with_their_defau
         f.attrs["config"] = json.dumps(c)
         f.attrs["ssaref_version"] = "0.1.0"
     assert config._earlier_defaults(c) == {f"rule_{k}": v for k, v in old.items()}
-    assert config._earlier_defaults(dict(c, ssaref_version="0.2.0")) == {"rule_parity": False}
-    assert config._earlier_defaults(dict(c, ssaref_version="0.3.0")) == {}
+    changed_in_0_4 = {"rule_beta": 1e-2, "rule_orthogonality": "retract-every"}   # D4.18
+    assert config._earlier_defaults(dict(c, ssaref_version="0.2.0")) == {"rule_parity": False, **changed_in_0_4}
+    assert config._earlier_defaults(dict(c, ssaref_version="0.3.0")) == changed_in_0_4
+    assert config._earlier_defaults(dict(c, ssaref_version="0.4.0")) == {}
     rc, _, err = run_cli(["--resume", str(part), "--epochs", "2", "--no-progress"], capsys)
     assert rc == 0, err
     np.testing.assert_array_equal(read_run(full)[1]["test_loss"], read_run(part)[1]["test_loss"])

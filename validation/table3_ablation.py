@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssaref.rules import build_rule
 from validation import _sweep as sw
 from validation.ssa_study import QUICK_FLAGS, read_result
 
@@ -65,8 +66,10 @@ class Row:
 
 
 def rows(base: list[str]) -> list[Row]:
-    landing = _last_value(base, "--orthogonality") == "landing"
-    held = "only the landing safeguard holds U, V" if landing else "the base's retraction remains"
+    handling = _last_value(base, "--orthogonality") or str(build_rule("ssa").options["orthogonality"])
+    held = {"landing": "only the landing safeguard holds U, V",
+            "penalty": "nothing else holds U, V: the base has no retraction"}.get(handling,
+                                                                                 "the base's retraction remains")
     no_handling = ["--orthogonality", "retract", "--retraction", "none"]
     return [
         Row("full", "full SSA (the base)", []),
