@@ -12,7 +12,7 @@ import torch
 from ssaref import bench
 from ssaref.nn import MODELS, build_model
 from ssaref.run import build_run
-from tests._cli import exit_code
+from _cli import exit_code
 
 SHAPE = {"mlp": (1, 28, 28), "lenet": (1, 28, 28), "convnet": (1, 28, 28)}
 

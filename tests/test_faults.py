@@ -25,7 +25,7 @@ import pytest
 from ssaref import bench, train as train_mod
 from ssaref.audit.__main__ import main as audit_main
 from ssaref.runlog import read_run
-from tests._cli import run_main
+from _cli import run_main
 
 SYN = ["--dataset", "synthetic", "--train-limit", "256", "--test-limit", "64", "--batch-size", "64", "--hidden",
        "16", "--no-progress", "--no-download", "--epochs", "1"]

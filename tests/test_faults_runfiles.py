@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ssaref import train as train_mod
 from ssaref.runlog import read_run
-from tests._cli import run_main
+from _cli import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = ["--dataset", "synthetic", "--train-limit", "128", "--test-limit", "32", "--batch-size", "64",

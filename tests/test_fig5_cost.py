@@ -5,7 +5,7 @@ import pytest
 from ssaref import train as train_mod
 from ssaref.nn import build_model
 from ssaref.run import build_run
-from tests._cli import exit_code
+from _cli import exit_code
 from validation import fig5_cost as f5
 
 

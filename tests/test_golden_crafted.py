@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from ssaref import vectors as V
 from ssaref.golden import check as C
-from tests._cli import run_main as _run
+from _cli import run_main as _run
 
 CASE, MULTI = "bp__mlp__default", "bp__mlp__momentum3"
 CASES = (CASE, MULTI, "ssa__mlp__paper")

@@ -329,6 +329,7 @@ def test_resume_is_exact_with_the_new_options(opts, tmp_path, capsys):
     ({"orthogonality": "landing", "retraction": "polar"}, "landing does no retraction"),
     ({"orthogonality": "penalty", "retraction": "qr"}, "penalty does no retraction"),
     ({"orthogonality": "penalty", "transport": True}, "transport"),
+    ({"retract_every": 3}, "retract_every=3 has no effect with orthogonality=penalty"),
     ({"projection": "skew"}, "projection"),
 ])
 def test_orthogonality_option_validation(opts, match):

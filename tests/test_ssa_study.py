@@ -60,6 +60,16 @@ def test_study_resumes_and_leaves_finished_runs_alone(study):
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
+def test_a_file_made_with_other_settings_is_not_read_as_this_setting(study):
+    """A name leaves out the options at their default, so after a default changes an old file can sit under a
+    setting's name; the tables do not count it (``launch`` refuses to run over it)."""
+    args = ssa_study.parse_args(["--quick", "--out-dir", str(study)])
+    s = ssa_study.screen_settings(args)[0]
+    assert ssa_study.results_of([s], args.screen_seeds, args.screen_epochs, study / "screen", args)[s.name]
+    args.lrs = [0.5]   # the same name, another learning rate (not part of the name with one --lrs value)
+    assert ssa_study.results_of([s], args.screen_seeds, args.screen_epochs, study / "screen", args)[s.name] == []
+
+
 def test_selection_uses_validation_accuracy_only():
     a, b = ssa_study.ssa(beta=1e-2), ssa_study.ssa(gamma=1e-1)
     R = ssa_study.Result

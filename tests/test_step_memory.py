@@ -182,7 +182,16 @@ def test_ssa_keeps_only_the_caches_and_signals_it_reads(model_name):
     run.rule._steps = 1
     keep = run.rule.caches_read_after(run.model, x)
     assert keep == run.rule._batch_layers(len(x), np)
+    seen: dict = {}
+    batch_VtG = run.rule._batch_VtG
+
+    def spy(p, layer, dy, cache):  # what the layers read after the pass get: their signal and their cache
+        seen[p] = (dy is not None, cache is not None)
+        return batch_VtG(p, layer, dy, cache)
+
+    run.rule._batch_VtG = spy
     live, ran, lean = _live_after_backward(run, x, y, exempt=keep)
+    assert all(seen[str(k)] == (True, True) for k in keep), (keep, seen)
     assert len(ran) >= 3 and live == 0, (model_name, live, keep)
     run, x, y = _run("ssa", model_name)
     run.rule._steps = 1

@@ -19,7 +19,7 @@ import pytest
 
 from ssaref import vectors as V
 from ssaref.golden import check as C
-from tests._cli import run_main as _run
+from _cli import run_main as _run
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = "bp__mlp__default"

@@ -285,11 +285,18 @@ def read_result(path: Path, epochs: int, seed: int) -> Result | None:
                   float(np.mean(secs[:epochs])) if secs is not None and len(secs) else float("nan"), epochs, path)
 
 
-def results_of(settings, seeds, epochs, folder: Path) -> dict:
-    """``{setting name: [Result, ...]}`` of the seeds that finished ``epochs``."""
+def results_of(settings, seeds, epochs, folder: Path, args) -> dict:
+    """``{setting name: [Result, ...]}`` of the seeds that finished ``epochs`` with the setting's own flags: a file
+    under the setting's name made with other settings (a default changed since: a name leaves out the options at
+    their default) is not counted (``launch`` refuses to run over it, naming the differences)."""
     out = {}
     for s in settings:
-        rs = [read_result(folder / f"{s.name}-seed{seed}.h5", epochs, seed) for seed in seeds]
+        rs = []
+        for seed in seeds:
+            path = folder / f"{s.name}-seed{seed}.h5"
+            if path.exists() and sw.settings_mismatch(path, train_argv(s, seed, epochs, args)):
+                continue
+            rs.append(read_result(path, epochs, seed))
         out[s.name] = [r for r in rs if r is not None]
     return out
 
@@ -347,7 +354,7 @@ def run_all(args) -> dict:
     if args.stage == "screen":
         return status
     ranked = rank_settings(args.plan["screen"], results_of(args.plan["screen"], args.screen_seeds,
-                                                             args.screen_epochs, screen_dir))
+                                                             args.screen_epochs, screen_dir, args))
     if not ranked:
         return status
     if not args.no_init:
@@ -368,7 +375,7 @@ def _candidates(args):
             seen.add(s.name)
             out.append(s)
     seeds = sorted(set(args.screen_seeds) | (set(args.init_seeds) if "init" in args.plan else set()))
-    return out, results_of(out, seeds, args.screen_epochs, args.out_dir / "screen")
+    return out, results_of(out, seeds, args.screen_epochs, args.out_dir / "screen", args)
 
 
 def _top(args) -> list[Setting]:
@@ -469,10 +476,10 @@ def report(args, status: dict) -> None:
     extra_cols = [k for k in ("retraction", "transport") if any(k in HANDLINGS[o] for o in args.orthogonalities)]
     cols = (["orthogonality"] + extra_cols + ["rank_reading", "beta", "gamma"]
             + (["lr"] if len(args.lrs) > 1 else []))
-    res1 = results_of(plan["screen"], args.screen_seeds, args.screen_epochs, screen_dir)
+    res1 = results_of(plan["screen"], args.screen_seeds, args.screen_epochs, screen_dir, args)
     sections.append(_screen_table(plan["screen"], res1, cols))
     if "init" in plan:
-        res2 = results_of(plan["init"], args.init_seeds, args.screen_epochs, screen_dir)
+        res2 = results_of(plan["init"], args.init_seeds, args.screen_epochs, screen_dir, args)
         sections.append(f"\n## Stage 2: initialisation and classifier target at the best setting "
                         f"({args.screen_epochs} epochs, seeds {','.join(map(str, args.init_seeds))})\n")
         sections.append(_screen_table(plan["init"], res2, cols + ["svd_init", "bias_init", "align_last"]))
@@ -482,7 +489,7 @@ def report(args, status: dict) -> None:
                         "; ".join(f"#{i + 1} `{' '.join(s.flags()) or '(engine defaults)'}`"
                                   for i, s in enumerate(top)) + "\n")
     if "final" in plan:
-        res3 = results_of(plan["final"], args.final_seeds, args.final_epochs, final_dir)
+        res3 = results_of(plan["final"], args.final_seeds, args.final_epochs, final_dir, args)
         sections.append(f"\n## Stage 3: final comparison ({args.final_epochs} epochs, seeds "
                         f"{','.join(map(str, args.final_seeds))})\n")
         sections.append(_final_table(plan["final"], res3))

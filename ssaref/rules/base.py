@@ -25,14 +25,17 @@ drives every rule through the same calls, in this order::
 * PEPITA: ``forward`` also keeps every layer's output; ``updates`` runs the second, modulated forward pass on
   ``batch.x + F e``.
 
-**What a step holds.**  A rule that declares ``RELEASES_CACHES`` (its ``updates`` reads each forward cache only in
-that layer's backward: BP, SVD-BP, the FA family, DFA, DRTP) gets its caches from ``step`` as
-``nn.containers.ReleasableCaches``, and the chain / injection pass frees each one once its layer has run; any
-other caller's plain list (the alignment tracker's BP pass) is left whole (docs/decisions.md D10).
+**What a step holds.**  ``caches_read_after(model, x)`` says which top-level forward caches a rule's ``updates``
+reads after that layer's backward: none for a rule that declares ``RELEASES_CACHES`` (BP, SVD-BP, the FA family,
+DFA, DRTP), SSA's batch ``V^T G`` layers (all of them on its angle steps and in its paper variant), None ("any",
+the default otherwise).  ``step`` then hands ``updates`` the caches as ``nn.containers.ReleasableCaches(caches,
+keep)``, and the chain / injection pass frees every other one once its layer has run; a plain list (the
+alignment tracker's BP pass, a rule that may read any cache) is left whole (docs/decisions.md D10).
 
 **What runs after the optimiser step.**  ``after_step(model, optimizer)``: nothing by default; SSA retracts
-``U``, ``V`` onto the Stiefel manifold there (``ssa_variant=default``), so every forward pass, evaluation and
-checkpoint sees orthonormal factors.  ``on_epoch_end`` runs after the epoch's last ``after_step``.
+``U``, ``V`` onto the Stiefel manifold there when its orthogonality handling asks for it (``retract`` after every
+step, ``retract-every``; not at its default ``penalty``, D4.18), or applies the landing safeguard.
+``on_epoch_end`` runs after the epoch's last ``after_step``.
 
 **What a rule exposes for measurement and export** (``metrics``, ``vectors`` and the audit use only these,
 never a rule's name or private attributes):
@@ -240,7 +243,7 @@ class Rule:
     # whether ``step`` returns the per-layer error signals (``StepResult.signals``).  Off for training, where nothing
     # reads them and each one would be held to the end of the backward (D10); whoever reads them sets it on the
     # rule first: the alignment tracker on its recording steps, the golden-vector export, tests.  A rule whose
-    # own updates use its signals (SSA) computes them either way.
+    # own updates use some signals (SSA) collects those either way, and the rest only when this is set.
     keep_signals = False
 
     def __init__(self, **options):

@@ -196,7 +196,8 @@ class SSA(SVDRule):
         "ssa_variant": (
             str,
             "default",
-            "default (sound gradients, tangent projection, retraction) or paper (eqs. (11)-(13) as printed)",
+            "default (sound gradients, tangent projection; orthogonality handling as chosen) or paper (eqs. "
+            "(11)-(13) as printed)",
         ),
         "projection": (
             str,
@@ -215,7 +216,8 @@ class SSA(SVDRule):
             str,
             "auto",
             "after the optimiser step map U, V back to the Stiefel manifold: polar, qr, "
-            "none; auto: polar (default), none (paper; orthogonality landing)",
+            "none; auto: polar with orthogonality retract or retract-every, none with orthogonality penalty "
+            "(the default) or landing, and in the paper variant with orthogonality retract",
         ),
         # D4.12: section 5.2 "avoids costly retractions" and cites the landing method [1]; eq. (9) is a penalty
         "orthogonality": Option(
@@ -295,6 +297,11 @@ class SSA(SVDRule):
         check_choice(self.name, "orthogonality", o["orthogonality"], _ORTHOGONALITY)
         if o["retract_every"] < 1:
             raise ValueError(f"method {self.name!r}: option retract_every={o['retract_every']} must be >= 1")
+        if o["retract_every"] != self.OPTIONS["retract_every"][1] and o["orthogonality"] != "retract-every":
+            raise ValueError(
+                f"method {self.name!r}: option retract_every={o['retract_every']} has no effect with "
+                f"orthogonality={o['orthogonality']} (it sets the period of orthogonality retract-every)"
+            )
         if not 0.0 < o["landing_eps"] < 1.0:
             raise ValueError(f"method {self.name!r}: option landing_eps={o['landing_eps']!r} must be in (0, 1)")
         for k in ("alpha", "beta"):

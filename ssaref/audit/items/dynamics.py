@@ -58,7 +58,8 @@ def _v_dyn_ortho(ev):
     [10, 12, 13],
     "updates in SVD space preserve the orthogonality of U and V^T "
     "throughout training (projection + soft penalty, no retraction)",
-    "ssa_variant=default: tangent projection + polar retraction (orthogonality to rounding)",
+    "ssa_variant=default with orthogonality retract (AUDITED_SSA): tangent projection + polar retraction "
+    "(orthogonality to rounding)",
     "--ssa-variant paper",
     judge=_v_dyn_ortho,
 )
@@ -141,7 +142,8 @@ def _dyn_ortho(ctx, variant="paper"):
             f"{e['paper_adam_final_loss']:.3g}.  At reduced rank (U tall, {r07['rank_frac']:g} r0) U moves and "
             f"drifts without a retraction (||U^T U - I|| = {e['paper_r07_sgd_final_ortho_U']:.3g} with SGD) "
             f"while V still cannot move under SGD (median change {e['paper_r07_sgd_median_change_V']:.2g}).  "
-            f"The engine default (tangent projection + polar retraction) keeps both at rounding level "
+            f"The default variant with orthogonality retract (tangent projection + polar retraction, "
+            f"AUDITED_SSA) keeps both at rounding level "
             f"({e['default_adam_final_ortho_U']:.1e}) while U, s, V all train.  (Orthogonality is lost above "
             f"||U^T U - I|| = {ORTHO_TOL:g}.)"
         )
