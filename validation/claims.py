@@ -32,7 +32,6 @@ Exit codes: 0 (the ledger was written, whatever its verdicts), 2 (bad arguments)
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,13 +147,6 @@ CLAIMS = _claims()
 
 
 # ------------------------------------------------------------------------------------------ the verdicts (pure)
-def t_quantile(n: int) -> float:
-    """t(0.975, n - 1), the two-sided 95 % quantile of Student's t with n - 1 degrees of freedom."""
-    from scipy.stats import t
-
-    return float(t.ppf(0.975, n - 1))
-
-
 def paired_stats(p: Paired):
     """``(seeds, d mean, d std, ci low, ci high, x values, y values)`` over the seeds both have, or Missing."""
     seeds = sorted(s for s in set(p.x) & set(p.y) if np.isfinite(p.x[s]) and np.isfinite(p.y[s]))
@@ -163,10 +155,8 @@ def paired_stats(p: Paired):
                        "needs 2")
     x = np.array([p.x[s] for s in seeds], dtype=np.float64)
     y = np.array([p.y[s] for s in seeds], dtype=np.float64)
-    d = x - y
-    m, sd = float(d.mean()), float(d.std(ddof=1))
-    half = t_quantile(len(d)) * sd / math.sqrt(len(d))
-    return seeds, m, sd, m - half, m + half, x, y
+    m, sd, lo, hi = sw.paired_interval(x - y)
+    return seeds, m, sd, lo, hi, x, y
 
 
 def _fmt(v, unit=""):

@@ -420,8 +420,6 @@ def _final_table(settings, results) -> str:
 def _paired_table(settings, results) -> str:
     """Each SSA setting minus the reference row (SSA at the engine's defaults), paired by seed: validation and test
     accuracy differences, mean ± std and the 95 % t interval (empty when there is no reference row)."""
-    from scipy.stats import t
-
     ref = next((s for s in settings if s.label.startswith("SSA at the engine's defaults")), None)
     if ref is None:
         return ""
@@ -438,10 +436,8 @@ def _paired_table(settings, results) -> str:
             continue
         cells = []
         for key in ("val_acc", "test_acc"):
-            d = np.array([getattr(r, key) - getattr(base[r.seed], key) for r in rs])
-            m, sd = float(d.mean()), float(d.std(ddof=1))
-            half = float(t.ppf(0.975, len(d) - 1)) * sd / np.sqrt(len(d))
-            cells += [f"{m:+.2f} ± {sd:.2f}", f"[{m - half:+.2f}, {m + half:+.2f}]"]
+            m, sd, lo, hi = sw.paired_interval([getattr(r, key) - getattr(base[r.seed], key) for r in rs])
+            cells += [f"{m:+.2f} ± {sd:.2f}", f"[{lo:+.2f}, {hi:+.2f}]"]
         lines.append(f"| {s.describe()} | {','.join(str(r.seed) for r in rs)} | " + " | ".join(cells) + " |")
     return ("\nPaired by seed against SSA at the engine's defaults (setting minus reference):\n\n"
             + "\n".join(lines) + "\n")

@@ -482,8 +482,9 @@ def local_updates(
     Returns ``(updates, signals)`` as ``direct_updates``.
     """
     updates: dict = {}
-    wanted = None if isinstance(keep_signals, bool) else frozenset(keep_signals)
-    signals: dict | None = {} if (keep_signals if wanted is None else wanted) else None
+    wanted = None if isinstance(keep_signals, bool) else frozenset(keep_signals)  # None: all or none
+    collect = keep_signals if wanted is None else bool(wanted)
+    signals: dict | None = {} if collect else None
     frozen = frozenset(frozen)
     N = len(model.layers) - 1
     if train_output:  # output layer: delta W_N = e h_{N-1}^T, as BP

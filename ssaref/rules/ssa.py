@@ -506,16 +506,8 @@ class SSA(SVDRule):
         """DFA pass: ``(task grads of every parameter, signal at the top-level layers' outputs)``: every one, or
         the indices in ``keep_signals``."""
         feedback = {seg.lead: self.state[f"B/{seg.key}"] for seg in self.segments}
-        return direct_updates(
-            model,
-            caches,
-            e,
-            e,
-            self.segments,
-            feedback,
-            self.shapes,  # eq. (3), (7)
-            keep_signals=keep_signals,
-        )
+        # eq. (3), (7): the DFA pass
+        return direct_updates(model, caches, e, e, self.segments, feedback, self.shapes, keep_signals=keep_signals)
 
     def _reads_every_layer(self):
         """Whether this step reads every layer's signal and cache after the pass: the paper variant (eqs. (11)-(13)

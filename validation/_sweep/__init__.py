@@ -44,8 +44,9 @@ from .arguments import (
     select_methods, split_passthrough, train_flags,
 )
 from .publishing import (
-    FIGURE_ONLY, SeedResult, _figure_only, fmt_mean_std, fmt_num, layer_series, mean_std, paper_values, publish,
-    pyplot, quiet, results_table, save_figure, settings_line, short_layer, summarise, write_atomic, write_results,
+    FIGURE_ONLY, SeedResult, _figure_only, fmt_mean_std, fmt_num, layer_series, mean_std, paired_interval,
+    paper_values, publish, pyplot, quiet, results_table, save_figure, settings_line, short_layer, summarise,
+    write_atomic, write_results,
 )
 from .running import (
     _THREADS, RunStatus, check_runs, exit_code, failed_runs, launch, map_runs, run_one, run_sweep, settings_mismatch,
@@ -56,7 +57,8 @@ __all__ = ["Config", "RunStatus", "SeedResult", "Script", "Sweep", "run_script",
            "QUICK_WIDTH", "build_parser", "parse_args", "parse_seeds", "split_passthrough", "pick_methods",
            "add_models_option", "pick_models", "grid", "select_methods", "train_flags", "run_one", "launch",
            "check_runs", "run_sweep",
-           "summarise", "mean_std", "fmt_mean_std", "fmt_num", "results_table", "write_atomic", "save_figure",
+           "summarise", "mean_std", "paired_interval", "fmt_mean_std", "fmt_num", "results_table", "write_atomic",
+           "save_figure",
            "short_layer", "run_path", "settings_line", "pyplot", "write_results", "layer_series", "ArgParser",
            "check_datasets", "failed_runs", "exit_code", "BACKENDS", "FIGURE_ONLY", "paper_values", "positive_int",
            "quiet", "map_runs", "add_mpi_options", "publish", "settings_mismatch", "PAPER_BATCH"]

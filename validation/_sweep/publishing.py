@@ -75,6 +75,17 @@ def mean_std(values) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float("nan"), int(v.size)
 
 
+def paired_interval(d) -> tuple[float, float, float, float]:
+    """``(mean, sample std, low, high)`` of paired differences ``d`` (one per seed) with the two-sided 95 %
+    Student t interval, n - 1 degrees of freedom (n >= 2)."""
+    from scipy.stats import t
+
+    d = np.asarray(d, dtype=np.float64)
+    m, sd = float(d.mean()), float(d.std(ddof=1))
+    half = float(t.ppf(0.975, d.size - 1)) * sd / np.sqrt(d.size)
+    return m, sd, m - half, m + half
+
+
 def fmt_num(v, digits=2) -> str:
     return "nan" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
 
