@@ -129,6 +129,35 @@ def test_cli_times_every_rule_writes_json_and_markdown(tmp_path, capsys):
     assert {o["op"] for o in lenet["profile"]["ops"]} >= {"conv.conv2d_forward", "optimiser step (Adam)"}
 
 
+def test_a_labelled_variant_is_its_rule_with_those_options_and_epoch_ends(tmp_path):
+    """``--method ssa:parity=false:epochs=2``: SSA built with ``parity=False`` and the step timed after two epoch
+    ends of a two-epoch run (the schedule's cuts), in its own row beside plain ``ssa``, and its memory probed
+    with the same options."""
+    assert bench.engines.method_spec("ssa") == ("ssa", {}, 0)
+    assert bench.engines.method_spec("ssa:beta=0.01:epochs=3") == ("ssa", {"beta": "0.01"}, 3)
+    model = lambda: build_model("mlp", (1, 28, 28), 10, dtype=np.float32, seed=0)
+    full = bench.engines.bench_run(model(), "ssa")
+    cut = bench.engines.bench_run(model(), "ssa:epochs=10")
+    free = bench.engines.bench_run(model(), "ssa:parity=false:epochs=10")
+    ranks = lambda run: [layer.rank for _, layer in run.rule.layers]
+    r0 = ranks(full)
+    assert r0 == [256, 256, 10] and full.rule.options["parity"] and not free.rule.options["parity"]
+    # the default schedule: ceil(0.7 r0), and below mn/(m+n) with parity; without it 0.7 r0 (the last exempt)
+    assert ranks(cut) == [180, 127, 9] and ranks(free) == [180, 180, 10]
+    for run in (cut, free):  # the optimiser follows the truncated factors: a step runs
+        x, y = bench.engines._batch((1, 28, 28), 8, 10, 0)
+        run.train_step(x, y)
+    j = tmp_path / "v.json"
+    argv = ["--models", "mlp", "--method", "ssa,ssa:epochs=10", "--batch-size", "8", "--repeats", "1", "--warmup",
+            "1", "--threads", "1", "--memory-steps", "1", "--no-sgemm", "--no-limit", "--profile", "none",
+            "--json", str(j)]
+    assert bench.main(argv) == 0
+    rows = json.loads(j.read_text())["configs"][0]["rows"]
+    assert [r["method"] for r in rows] == ["bp", "ssa", "ssa:epochs=10"]
+    assert all(r["status"] == "ok" and r["ssaref_ms"] > 0 and r["ssaref_mib"] > 0 for r in rows)
+    assert rows[2]["flops"] < rows[1]["flops"]  # counted at the cut ranks
+
+
 def test_mean_statistic_counts_every_step(monkeypatch):
     """``statistic="mean"``: the mean of the timed steps, so a rule's occasional expensive step (SSA's retraction)
     is counted; the median would skip it."""
@@ -193,6 +222,13 @@ def _exit_code(argv):
     (["--models", "vgg13", "--input", "1x28x28", "--no-memory"], "does not fit"),
     (["--conv-chunk", "-1"], "--conv-chunk"),
     (["--conv-chunk", "nan"], "--conv-chunk"),
+    (["--method", "ssa:parity"], "not key=value"),
+    (["--method", "ssa:parity=maybe"], "parity='maybe'"),
+    (["--method", "ssa:nope=1"], "nope"),
+    (["--method", "nope:beta=1"], "nope"),
+    (["--method", ":beta=1"], "--method"),
+    (["--method", "ssa:epochs=-1"], "epochs"),
+    (["--method", "ssa:epochs=1001"], "epochs"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert _exit_code(argv + ["--repeats", "1", "--warmup", "1", "--batch-size", "2"]) == 2

@@ -16,7 +16,7 @@ from ..backend import keep_large_allocations, resolve_backend
 from ..cli import OneLineParser, check_output_path, count, nonnegative_float, run_main
 from ..threads import apply_threads, default_threads, threads_arg
 from . import __doc__ as PACKAGE_DOC
-from .engines import CIFAR_INPUT, _input_for, set_tf32, torch_device
+from .engines import CIFAR_INPUT, _input_for, method_spec, set_tf32, torch_device
 from .limits import machine_limits, sgemm_peak, smallconv_gemms
 from .memory import measure_memory
 from .profile import op_profile
@@ -44,7 +44,7 @@ def _shape(text):
 
 def _parse(argv):
     from ..nn import MODELS
-    from ..rules import RULES
+    from ..rules import RULES, build_rule
 
     p = OneLineParser(prog="python -m ssaref.bench", description=PACKAGE_DOC.splitlines()[0])
     p.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"comma list or 'all' ({', '.join(MODELS)})")
@@ -55,7 +55,12 @@ def _parse(argv):
         "(1x28x28 for mlp, lenet, convnet; 3x32x32 for the others)",
     )
     p.add_argument(
-        "--method", default="bp", help=f"comma list of rules or 'all' ({', '.join(RULES)}); the torch side is BP"
+        "--method",
+        default="bp",
+        help=f"comma list of rules or 'all' ({', '.join(RULES)}); the torch side is BP; an entry "
+        "rule:key=value:... is a labelled variant, the rule built with those options (e.g. ssa:beta=0.01); the "
+        "key epochs=N times the step after the rule's N epoch ends of an N-epoch run (ssa:epochs=10: SSA at the "
+        "ranks its default schedule reaches; plain ssa runs at the untrained model's full rank)",
     )
     p.add_argument("--batch-size", type=count(MAX_BATCH, "one batch must fit in memory"), default=128)
     p.add_argument("--repeats", type=count(MAX_REPEATS, "timed steps per rule and model"), default=20)
@@ -149,11 +154,15 @@ def _parse(argv):
             f"{', '.join(sorted(MODELS))} or all"
         )
     rules = list(RULES) if args.method.strip() == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
-    bad = [m for m in rules if m not in RULES]
+    bad = [m for m in rules if method_spec(m)[0] not in RULES]
     if bad or not rules:
         raise ValueError(
             f"--method: unknown rule(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(RULES)} or all"
         )
+    for m in rules:  # a variant's options are checked before anything runs (unknown key, wrong type)
+        rule, options, _ = method_spec(m)
+        if options:
+            build_rule(rule, **options)
     args.names, args.rules = names, ["bp"] + [m for m in dict.fromkeys(rules) if m != "bp"]
     args.inputs = None if args.input.strip() == "auto" else [_shape(s) for s in args.input.split(",") if s.strip()]
     if args.inputs == []:

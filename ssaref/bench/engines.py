@@ -15,6 +15,7 @@ from .mirror import torch_mirror
 DATASET_INPUT = {"mlp": (1, 28, 28), "lenet": (1, 28, 28), "convnet": (1, 28, 28)}
 CIFAR_INPUT = (3, 32, 32)
 LR = 1e-4
+MAX_EPOCH_ENDS = 1000  # method_spec's epochs=N
 
 
 def _input_for(name, inputs):
@@ -26,15 +27,49 @@ def _batch(shape, batch, k, seed):
     return rng.standard_normal((batch,) + tuple(shape)).astype(np.float32), rng.integers(0, k, size=batch)
 
 
+def method_spec(label):
+    """``(rule, options, epochs)`` of a ``--method`` entry: a rule name, or a labelled variant
+    ``"rule:key=value:..."``, the rule built with those options (strings, converted by the rule's option types),
+    e.g. ``"ssa:parity=false"`` beside ``"ssa"``.  The key ``epochs=N`` is the bench's own: the step is timed after
+    the rule's ``N`` epoch ends of an ``N``-epoch run (``bench_run``), e.g. ``"ssa:epochs=10"``, SSA at the ranks
+    its default schedule reaches.  ValueError for an entry without a rule or a malformed pair."""
+    rule, *pairs = str(label).split(":")
+    options, epochs = {}, 0
+    for pair in pairs:
+        key, eq, value = (t.strip() for t in pair.partition("="))
+        if not eq or not key or not value:
+            raise ValueError(f"--method {label!r}: {pair!r} is not key=value (rule:key=value:...)")
+        if key == "epochs":
+            if not value.isdigit() or not 0 <= int(value) <= MAX_EPOCH_ENDS:
+                raise ValueError(f"--method {label!r}: epochs={value!r} is not an integer in 0..{MAX_EPOCH_ENDS}")
+            epochs = int(value)
+        else:
+            options[key] = value
+    if not rule.strip():
+        raise ValueError(f"--method {label!r}: no rule name before the options")
+    return rule.strip(), options, epochs
+
+
+def bench_run(model, label, seed=0):
+    """The ``Run`` of ``method_spec`` entry ``label`` on ``model`` with Adam (lr 1e-4), its rule's ``epochs`` epoch
+    ends applied (the rank schedule's cuts, on the untrained model's spectra)."""
+    rule, options, epochs = method_spec(label)
+    run = build_run(model, rule, np.random.default_rng(seed + 2), options=options, optimizer="adam", lr=LR)
+    for e in range(1, epochs + 1):
+        run.rule.on_epoch_end(run.model, run.optimizer, e, epochs)
+    return run
+
+
 def ssaref_engine(name, shape, rule, x, y, *, xp=np, seed=0, conv_save=None, conv_chunk=None, **options):
-    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``rule`` with Adam (lr 1e-4);
+    """``(run, step)``: model ``name`` (``build_model`` ``options``) trained by ``rule`` (a ``method_spec``
+    entry: a rule name or ``"rule:key=value:..."``) with Adam (lr 1e-4);
     ``step()`` is one ``Run.train_step(x, y)`` (synchronised on a GPU), with ``conv_save`` (``ops.conv.SAVE_MODES``;
     None: the current mode) what its convolutions keep for the backward and ``conv_chunk`` (MiB,
     ``ops.conv.set_conv_chunk``; None: the current bound) the bound on their transient column matrices."""
     from ..ops.conv import set_conv_chunk, set_conv_save
 
     model = build_model(name, shape, 10, xp=xp, dtype=np.float32, seed=seed, **options)
-    run = build_run(model, rule, np.random.default_rng(seed + 2), optimizer="adam", lr=LR)
+    run = bench_run(model, rule, seed)
 
     def step():
         old = set_conv_save(conv_save) if conv_save else None

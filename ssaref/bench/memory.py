@@ -10,9 +10,8 @@ import sys
 import numpy as np
 
 from ..nn import build_model
-from ..run import build_run
 from ..threads import apply_threads
-from .engines import LR, _batch
+from .engines import LR, _batch, bench_run
 from .mirror import torch_mirror
 
 
@@ -91,7 +90,7 @@ def _probe(spec):
             loss_fn(tmodel(tx), ty).backward()
             topt.step()
     else:
-        run = build_run(dense, engine, np.random.default_rng(2), optimizer="adam", lr=LR)
+        run = bench_run(dense, engine)
 
         def step():
             run.train_step(x, y)

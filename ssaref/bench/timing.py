@@ -12,7 +12,7 @@ from ..backend import resolve_backend
 from ..cost import roofline, step_cost, step_flops
 from ..nn import build_model
 from ..nn.containers import leaf_shapes
-from .engines import _batch, _torch_engine, ssaref_engine, torch_device
+from .engines import _batch, _torch_engine, method_spec, ssaref_engine, torch_device
 
 
 def bench_config(
@@ -55,7 +55,7 @@ def bench_config(
             run, engines[m] = ssaref_engine(
                 name, shape, m, x, y, xp=xp, seed=seed, conv_save=conv_save, conv_chunk=conv_chunk
             )
-            ops = step_cost(run.model, m, batch, shape, rule=run.rule)  # counted, for the limit column
+            ops = step_cost(run.model, method_spec(m)[0], batch, shape, rule=run.rule)  # counted, for the limit column
             rows[m] = {
                 "method": m,
                 "status": "ok",
