@@ -58,16 +58,17 @@ def positive(kind):
     return parse
 
 
-def count(hi, why):
-    """Argument type: an int in [1, ``hi``] (``why``: what the bound is, named in the error)."""
+def count(hi, why, zero=False):
+    """Argument type: an int in [1, ``hi``] ([0, ``hi``] with ``zero``; ``why``: what the bound is, named in the
+    error)."""
 
     def parse(s):
         try:
             v = int(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an int, got {s!r}") from None
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be a number > 0, got {s}")
+        if v < (0 if zero else 1):
+            raise argparse.ArgumentTypeError(f"must be a number {'>= 0' if zero else '> 0'}, got {s}")
         if v > hi:
             raise argparse.ArgumentTypeError(f"must be at most {hi} ({why}), got {s}")
         return v

@@ -142,8 +142,9 @@ def build_parser():
         default=DEFAULT_SAVE,
         help="what a convolution keeps for its weight gradient: input (its input, the backward rebuilds the "
         "columns, a kernel offset at a time: less memory, a few per cent slower), columns (the forward's im2col "
-        "matrix) or auto (default: input on the CPU, columns on a GPU); the same gradients up to round-off; "
-        "docs/decisions.md D8",
+        "matrix), recompute (input, and a factorised SSA/SVD-BP convolution keeps only its input: the backward "
+        "runs its first pass again, less memory for a slower step) or auto (default: input on the CPU, columns "
+        "on a GPU); the same gradients up to round-off; docs/decisions.md D8, D10",
         applies=("model", ("mlp",), True, "the conv models"),
     )
     a(

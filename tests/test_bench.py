@@ -158,6 +158,33 @@ def test_a_labelled_variant_is_its_rule_with_those_options_and_epoch_ends(tmp_pa
     assert rows[2]["flops"] < rows[1]["flops"]  # counted at the cut ranks
 
 
+def test_time_blocks_takes_turns_a_block_at_a_time_after_untimed_steps():
+    """``blocks.time_blocks``: warm-up steps first, then turns of ``block`` timed steps, each after
+    ``block_warmup`` untimed ones and as many more as fill ``settle`` seconds; every engine gets ``repeats``
+    timed steps, each its own step's duration on the clock."""
+    from ssaref.bench.blocks import time_blocks
+
+    now, log = [0.0], []
+    cost = {"a": 1.0, "b": 3.0}
+
+    def engine(label):
+        def step():
+            log.append(label)
+            now[0] += cost[label]
+        return step
+
+    t = time_blocks({k: engine(k) for k in "ab"}, repeats=3, warmup=1, block=2, block_warmup=1, settle=2.5,
+                    clock=lambda: now[0])
+    assert t == {"a": [1.0] * 3, "b": [3.0] * 3}
+    # warm-up a, b; turn a: 3 untimed (2.5 s of 1-s steps) + 2 timed; turn b: 1 untimed (3 s >= 2.5) + 2 timed;
+    # turn a: 3 + 1 timed (the third), turn b: 1 + 1
+    assert "".join(log) == "ab" + "aaaaa" + "bbb" + "aaaa" + "bb"
+    assert time_blocks({"a": engine("a")}, repeats=2, warmup=0, block=1, block_warmup=0, settle=9.0,
+                       clock=lambda: now[0]) == {"a": [1.0, 1.0]}      # single steps, nothing untimed
+    with pytest.raises(ValueError):
+        time_blocks({"a": engine("a")}, repeats=0)
+
+
 def test_mean_statistic_counts_every_step(monkeypatch):
     """``statistic="mean"``: the mean of the timed steps, so a rule's occasional expensive step (SSA's retraction)
     is counted; the median would skip it."""
@@ -502,7 +529,7 @@ def test_limit_column_in_the_cli(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ package layout
 # ssaref.bench, one idea a module; each imports only the modules before it, so nothing imports the command line
-BENCH_ORDER = ("mirror", "limits", "engines", "timing", "profile", "memory", "report", "cli")
+BENCH_ORDER = ("blocks", "mirror", "limits", "engines", "timing", "profile", "memory", "report", "cli")
 
 
 def _sibling_imports(source):

@@ -1,5 +1,7 @@
 """What a convolution keeps for its weight gradient (``ops.conv.set_conv_save``, ``--conv-save``): the column
-matrix or the input.  The gradients agree to round-off; input mode holds less memory during a step."""
+matrix, the input, or (recompute) the input of a factorised convolution only.  The gradients agree to round-off
+(recompute: bit for bit with input); input mode holds less memory during a step, recompute less again for the
+SVD rules."""
 import tracemalloc
 
 import numpy as np
@@ -65,11 +67,45 @@ def test_the_op_with_stride_and_padding(c_in, monkeypatch):
         conv.set_conv_save("both")
 
 
-def _step_peak(mode):
-    """tracemalloc peak (bytes) of one BP training step of a small conv net above what it holds before."""
+@pytest.mark.parametrize("name,shape,opts", [("lenet", (1, 28, 28), {}),
+                                             ("smallconv", (3, 32, 32), {"width_mult": 0.25}),
+                                             ("resnet20", (3, 32, 32), {"width_mult": 0.25})])
+@pytest.mark.parametrize("method", ["ssa", "svd-bp", "bp"])
+def test_recompute_gives_the_updates_of_input_mode_bit_for_bit(name, shape, opts, method):
+    """Save mode "recompute": a factorised convolution keeps only its input and the backward runs its height pass
+    again, the same op on the same ``x`` and ``V``: every update equal to input mode's to the last bit (the
+    plain convolutions of BP are input mode itself)."""
+    a = _updates(name, shape, method, "input", opts)
+    b = _updates(name, shape, method, "recompute", opts)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+
+
+def test_recompute_keeps_no_intermediate_and_makes_the_same_one_again():
+    from ssaref.nn.svd_layers import SVDConv2d
+
+    layer = SVDConv2d.from_dense(build_model("lenet", (1, 28, 28), 10, dtype=np.float64, seed=0).layers[0])
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28))
+    conv.set_conv_save("input")
+    y, cache = layer.forward(x)
+    conv.set_conv_save("recompute")
+    y2, cache2 = layer.forward(x)
+    assert np.array_equal(y, y2) and cache2[1] is None and cache2[2] is None and cache2[3] is x
+    remade = layer._width_cache(cache2)
+    assert np.array_equal(remade[0].x, cache[2]) and remade[1:] == cache[1][1:]
+    assert np.array_equal(remade[0].columns(), cache[1][0].columns())
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    (dx, g), (dx2, g2) = layer.backward(dy, cache), layer.backward(dy, cache2)
+    assert np.array_equal(dx, dx2) and all(np.array_equal(g[k], g2[k]) for k in g)
+    assert all(np.array_equal(a, b) for a, b in zip(layer.dense_products(dy, cache), layer.dense_products(dy, cache2)))
+
+
+def _step_peak(mode, method="bp"):
+    """tracemalloc peak (bytes) of one training step of a small conv net above what it holds before."""
     conv.set_conv_save(mode)
     model = build_model("smallconv", (3, 32, 32), 10, dtype=np.float32, seed=0, width_mult=0.25)
-    run = build_run(model, "bp", np.random.default_rng(0), optimizer="adam", lr=1e-4)
+    run = build_run(model, method, np.random.default_rng(0), optimizer="adam", lr=1e-4)
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((32, 3, 32, 32)).astype(np.float32), rng.integers(0, 10, 32)
     run.train_step(x, y)
@@ -87,6 +123,11 @@ def test_input_mode_holds_less_memory_in_a_step():
     assert inp < 0.8 * cols, (inp, cols)
 
 
+def test_recompute_holds_less_memory_in_an_ssa_step():
+    inp, rec = _step_peak("input", "ssa"), _step_peak("recompute", "ssa")
+    assert rec < 0.9 * inp, (rec, inp)
+
+
 def test_train_cli_takes_the_mode(capsys):
     from ssaref import train
 
@@ -94,6 +135,7 @@ def test_train_cli_takes_the_mode(capsys):
         train.main(["--conv-save", "bad", "--epochs", "1"])
     assert exc.value.code == 2 and "conv-save" in capsys.readouterr().err
     assert train.parse_args(["--model", "lenet", "--conv-save", "input"]).conv_save == "input"
+    assert train.parse_args(["--model", "lenet", "--conv-save", "recompute"]).conv_save == "recompute"
     with pytest.raises(SystemExit) as exc:   # no convolution to save for: refused like every flag without effect
         train.parse_args(["--conv-save", "input"])
     assert exc.value.code == 2 and "--conv-save has no effect with --model mlp" in capsys.readouterr().err

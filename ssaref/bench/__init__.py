@@ -23,10 +23,11 @@ asserted: speed is measured, not tested.
 
 The package, one idea a module, each importing only those above it (``__init__`` and ``__main__`` aside)::
 
+    blocks     the timing loop: engines in turn, a block of steps each (time_blocks; no ssaref imports)
     mirror     torch_mirror: the PyTorch module of an ssaref model (same graph, weights, buffers)
     limits     the machine's limits: sgemm rate of given GEMM shapes, copy bandwidth (machine_limits)
     engines    the step both sides run: batch, optimiser, the ssaref and torch engines, device, TF32
-    timing     the engines alternating step by step (bench_config), the limit column (add_limits)
+    timing     the engines' steps timed in turns (bench_config), the limit column (add_limits)
     profile    where ssaref's step goes, op by op (op_profile)
     memory     peak training memory in a fresh process (measure_memory, the probe _probe_main)
     report     the machine's description and the markdown report

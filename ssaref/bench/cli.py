@@ -42,6 +42,10 @@ def _shape(text):
     return shape
 
 
+# --conv-save both / all: the save modes timed beside columns mode, each rule's rows labelled <rule>@<mode>
+ALSO_SAVE = {"both": ("input",), "all": ("input", "recompute")}
+
+
 def _parse(argv):
     from ..nn import MODELS
     from ..rules import RULES, build_rule
@@ -66,6 +70,28 @@ def _parse(argv):
     p.add_argument("--repeats", type=count(MAX_REPEATS, "timed steps per rule and model"), default=20)
     p.add_argument("--warmup", type=count(MAX_WARMUP, "untimed steps per rule and model"), default=3)
     p.add_argument(
+        "--block",
+        type=count(MAX_REPEATS, "timed steps per engine and turn"),
+        default=5,
+        help="timed steps each engine runs per turn (default 5; 1 with --block-warmup 0: single steps in turn, "
+        "which on a machine with few cores times each engine beside the last one's spinning thread pool: "
+        "ssaref/bench/blocks.py)",
+    )
+    p.add_argument(
+        "--block-warmup",
+        type=count(MAX_WARMUP, "untimed steps per engine and turn", zero=True),
+        default=2,
+        help="untimed steps each engine runs at the start of its turn (default 2), and more until --settle "
+        "seconds have passed in them",
+    )
+    p.add_argument(
+        "--settle",
+        type=nonnegative_float,
+        default=0.25,
+        help="seconds of untimed steps at the start of each turn, at least (default 0.25: the last engine's "
+        "thread pool stops spinning; OpenBLAS's workers spin about 0.1 s)",
+    )
+    p.add_argument(
         "--statistic",
         default="median",
         choices=("median", "mean"),
@@ -89,10 +115,10 @@ def _parse(argv):
     p.add_argument(
         "--conv-save",
         default="auto",
-        choices=("auto", "columns", "input", "both"),
+        choices=("auto", "columns", "input", "recompute", "both", "all"),
         help="what ssaref's convolutions keep for the weight gradient (ssaref.train --conv-save; default "
         "auto, its default); both: every rule timed and its memory measured in columns and input "
-        "mode (conv models; the input-mode rows labelled <rule>@input)",
+        "mode (conv models; the input-mode rows labelled <rule>@input); all: columns, input and recompute",
     )
     p.add_argument(
         "--conv-chunk",
@@ -206,6 +232,9 @@ def _main(argv):
             "tf32": tf32,
             "torch_device": torch_device(args.backend),
             "warmup": args.warmup,
+            "block": args.block,
+            "block_warmup": args.block_warmup,
+            "settle": args.settle,
             "backend": args.backend,
             "methods": args.rules,
             "memory_steps": args.memory_steps,
@@ -233,7 +262,7 @@ def _main(argv):
     )
     for name, shape in configs:
         try:
-            primary = "columns" if args.conv_save == "both" else args.conv_save  # both: input rows beside
+            primary = "columns" if args.conv_save in ALSO_SAVE else args.conv_save  # both/all: rows beside
             c = bench_config(
                 name,
                 shape,
@@ -244,8 +273,11 @@ def _main(argv):
                 backend=args.backend,
                 statistic=args.statistic,
                 conv_save=primary,
-                also_save=("input",) if args.conv_save == "both" else (),
+                also_save=ALSO_SAVE.get(args.conv_save, ()),
                 conv_chunk=args.conv_chunk,
+                block=args.block,
+                block_warmup=args.block_warmup,
+                settle=args.settle,
             )
         except ValueError as exc:
             if len(configs) > 1 and "does not fit" in str(exc):

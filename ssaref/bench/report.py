@@ -10,6 +10,14 @@ import numpy as np
 from ..threads import blas_info, default_threads
 
 
+def _turns(s):
+    """How the engines took turns (``blocks.time_blocks``); files of a bench before the blocks alternated steps."""
+    block, bw = s.get("block", 1), s.get("block_warmup", 0)
+    if block == 1 and bw == 0:
+        return "engines alternating step by step"
+    return f"engines taking turns, {block} timed steps after {bw} untimed ones each turn"
+
+
 def machine_info(threads):
     import torch
 
@@ -79,7 +87,8 @@ def markdown(result):
         "",
         f"Batch {s['batch']}, float32, Adam, {s.get('statistic', 'median')} of {s['repeats']} steps after "
         f"{s['warmup']} warm-up steps, "
-        f"engines alternating step by step in one process (ssaref {s['backend']}); the torch side is always BP.  "
+        + _turns(s)
+        + f" in one process (ssaref {s['backend']}); the torch side is always BP.  "
         "`ratio` = ssaref step / torch BP step; `vs BP` = the rule's step / ssaref's BP step.  Memory (MiB, "
         "a fresh process per engine, malloc returning freed blocks to the kernel): `peak` = resident-set "
         f"high-water mark over optimiser set-up, one warm-up step and {s['memory_steps']} steps above the "
@@ -149,17 +158,18 @@ def markdown(result):
         lines += [
             "",
             "What a convolution keeps for its weight gradient (`--conv-save`): `columns` (the forward's "
-            "im2col matrix) or `input` (the backward rebuilds the columns a kernel offset at a time); the same "
-            "gradients up to round-off.  `vs columns` = step time / the same rule's step in columns mode "
-            "(timed in the same alternation); memory MiB peak/step.",
+            "im2col matrix), `input` (the backward rebuilds the columns a kernel offset at a time) or `recompute` "
+            "(input, and a factorised convolution keeps only its input: the backward runs its first pass again); "
+            "the same gradients up to round-off.  `vs columns` = step time / the same rule's step in columns mode "
+            "(timed in the same turns); memory MiB peak/step.",
             "",
-            "| model | input | rule | columns ms | input ms | vs columns | columns MiB | input MiB | torch MiB |",
-            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| model | input | rule | mode | columns ms | mode ms | vs columns | columns MiB | mode MiB | torch MiB |",
+            "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for c, r in saved:
             base = next(x for x in c["rows"] if x["method"] == r["rule"])
             lines.append(
-                f"| {c['model']} | {c['input']} | {r['rule']} | {base['ssaref_ms']:.1f} | "
+                f"| {c['model']} | {c['input']} | {r['rule']} | {r.get('conv_save')} | {base['ssaref_ms']:.1f} | "
                 f"{r['ssaref_ms']:.1f} | {r['ssaref_ms'] / base['ssaref_ms']:.2f} | "
                 f"{_mem(base.get('ssaref_mib'), base.get('step_mib'))} | "
                 f"{_mem(r.get('ssaref_mib'), r.get('step_mib'))} | "

@@ -1,10 +1,9 @@
-"""Timing of one training step: torch BP and ssaref with every rule, alternating step by step on the same batch
+"""Timing of one training step: torch BP and ssaref with every rule, in turns of a block of steps on the same batch
 (``bench_config``), and the limit column (``add_limits``)."""
 
 from __future__ import annotations
 
 import statistics
-import time
 
 import numpy as np
 
@@ -12,6 +11,7 @@ from ..backend import resolve_backend
 from ..cost import roofline, step_cost, step_flops
 from ..nn import build_model
 from ..nn.containers import leaf_shapes
+from .blocks import time_blocks
 from .engines import _batch, _torch_engine, method_spec, ssaref_engine, torch_device
 
 
@@ -30,9 +30,13 @@ def bench_config(
     conv_save=None,
     also_save=(),
     conv_chunk=None,
+    block=5,
+    block_warmup=2,
+    settle=0.25,
 ):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
-    rule of ``rules`` (BP always included, first), alternating step by step.
+    rule of ``rules`` (BP always included, first), taking turns a block of steps at a time (``blocks.time_blocks``:
+    ``block`` timed steps after ``block_warmup`` untimed ones, and ``settle`` seconds of them, per turn).
 
     Returns ``{"model", "input", "params", "torch_ms", "rows": [{"method", "ssaref_ms", "ratio", "vs_bp",
     "status", "flops", "bytes", "cost_ops", "aux_params"}]}`` (``params``: the model's; ``aux_params``: the
@@ -40,7 +44,7 @@ def bench_config(
     this model gets ``status`` "not supported: ..." and no times.  ``add_limits`` adds the limit column.
     ``conv_save``: what the convolutions keep (``ops.conv.SAVE_MODES``; None: the current mode); every mode of
     ``also_save`` adds a row per rule, ``"<rule>@<mode>"`` (``rule``, ``conv_save`` keys), timed in the same
-    alternation, its ``vs_bp`` against the primary BP row (models with a convolution only).  ``conv_chunk``: the
+    turns, its ``vs_bp`` against the primary BP row (models with a convolution only).  ``conv_chunk``: the
     bound on the convolutions' transient column matrices (MiB, ``ops.conv.set_conv_chunk``; None: the current one).
     """
     xp = resolve_backend(backend)
@@ -89,14 +93,14 @@ def bench_config(
         rows[m].setdefault("conv_save", conv_save)
     _, engines["torch"] = _torch_engine(dense, x_h, y_h, torch_device(backend))
     order = ["bp", "torch"] + [m for m in rules[1:] if m in engines] + extra
-    times: dict = {m: [] for m in order}
-    for i in range(warmup + repeats):
-        for label in order:
-            t0 = time.perf_counter()
-            engines[label]()
-            dt = time.perf_counter() - t0
-            if i >= warmup:
-                times[label].append(dt)
+    times = time_blocks(
+        {m: engines[m] for m in order},
+        repeats=repeats,
+        warmup=warmup,
+        block=block,
+        block_warmup=block_warmup,
+        settle=settle,
+    )
     # the median by default; "mean" counts every step (SSA's retraction on every 10th step, which a median skips)
     stat = statistics.mean if statistic == "mean" else statistics.median
     med = {m: stat(v) for m, v in times.items()}

@@ -270,10 +270,25 @@ class SVDConv2d(SVDLayer):
         ops = _conv_ops()
         (sy, sx), (ph, pw) = self.stride, self.padding
         K1, K2 = self.kernels()
-        z, c1 = ops.conv2d_forward(x, K1, None, (sy, 1), (ph, 0))  # (B, r, Ho, W): height pass
+        recompute = ops.resolved_save(get_array_module(x)) == "recompute"
+        save = "input" if recompute else None
+        z, c1 = ops.conv2d_forward(x, K1, None, (sy, 1), (ph, 0), save=save)  # (B, r, Ho, W): height pass
         K2s = K2 * self.params["s"][None, :, None, None]  # s folded into the 2nd kernel
-        y, c2 = ops.conv2d_forward(z, K2s, self.params.get("b"), (1, sx), (0, pw))  # width pass
+        y, c2 = ops.conv2d_forward(z, K2s, self.params.get("b"), (1, sx), (0, pw), save=save)  # width pass
+        if recompute:  # save mode "recompute": z is not kept, the backward makes it again (_width_cache)
+            return y, (c1, None, None, x)
         return y, (c1, c2, z, x)
+
+    def _width_cache(self, cache):
+        """The width pass's cache: the forward's, or in save mode "recompute" its input ``z`` made again by the
+        height pass (the same op on the same ``x`` and ``V``: the forward's ``z`` bit for bit)."""
+        c1, c2, _, x = cache
+        if c2 is not None:
+            return c2
+        ops = _conv_ops()
+        (sy, sx), (ph, pw) = self.stride, self.padding
+        z, _ = ops.conv2d_forward(x, self.kernels()[0], None, (sy, 1), (ph, 0), save="input")
+        return ops.input_cache(z, (1, self.kernel[1]), (1, sx), (0, pw), "b" in self.params)
 
     def _kernel_grad_to_U(self, dK2):
         r, kw = self.rank, self.kernel[1]
@@ -286,7 +301,7 @@ class SVDConv2d(SVDLayer):
         ``dx`` = its input gradient."""
         if feedback and "W" in feedback:
             raise ValueError("SVDConv2d does not take a feedback kernel (no FA-type rule runs on SVD layers)")
-        c1, c2, z, _ = cache
+        c1, c2 = cache[0], self._width_cache(cache)
         ops = _conv_ops()
         p = self.params
         K1, K2 = self.kernels()
@@ -304,7 +319,7 @@ class SVDConv2d(SVDLayer):
 
     def dense_products(self, dy, cache):
         """``(G V (N*kw, r), G^T U (C*kh, r))`` with ``G`` the gradient w.r.t. ``K'``, unformed."""
-        c1, c2, _, _ = cache
+        c1, c2 = cache[0], self._width_cache(cache)
         ops = _conv_ops()
         _, K2 = self.kernels()
         dK2s, _ = ops.conv2d_backward_params(dy, c2)

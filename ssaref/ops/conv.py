@@ -68,6 +68,8 @@ __all__ = [
     "conv2d_backward_params",
     "batch_innermost",
     "SAVE_MODES",
+    "resolved_save",
+    "input_cache",
     "DEFAULT_SAVE",
     "set_conv_save",
     "conv_save",
@@ -80,7 +82,9 @@ __all__ = [
 # what a convolution keeps for its weight gradient (``set_conv_save``): "columns", the im2col matrix of the forward
 # (C_in kh kw values per output position; the backward reads it), or "input", the input itself (C_in H W values,
 # often held by the layer before anyway) and the backward rebuilds the columns (one more im2col a step)
-SAVE_MODES = ("auto", "columns", "input")
+# "recompute" is "input" for every convolution, and a factorised one (``nn.SVDConv2d``, two convolutions) keeps only
+# its input, not the intermediate between its two passes: the backward runs the first pass again (D10)
+SAVE_MODES = ("auto", "columns", "input", "recompute")
 # input mode on NumPy: below this many input channels the weight gradient rebuilds the whole column matrix instead
 # of one kernel offset at a time (the per-offset GEMMs (C_out, M) x (M, C_in) are too thin: measured 4x slower at
 # C_in = 3, 0.98-1.11x the whole rebuild at C_in = 16-192; that matrix is small there anyway)
@@ -105,6 +109,28 @@ def set_conv_save(mode):
         raise ValueError(f"conv save mode must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
     old, _SAVE["mode"] = _SAVE["mode"], mode
     return old
+
+
+def resolved_save(xp, save=None):
+    """The save mode a convolution on array module ``xp`` uses: ``save``, else ``set_conv_save``'s mode, with
+    "auto" resolved ("input" on NumPy, "columns" on a device)."""
+    mode = save or _SAVE["mode"]
+    if mode == "auto":
+        mode = "input" if xp is np else "columns"
+    return mode
+
+
+def input_cache(x, kernel, stride, padding, has_bias):
+    """The cache ``conv2d_forward(x, W, b, stride, padding, save="input")`` returns, without running the
+    convolution: for a backward whose input was made again (``nn.SVDConv2d`` in save mode "recompute").  ``kernel``
+    is ``(kh, kw)``."""
+    kh, kw = kernel
+    sy, sx = as_pair(stride, "stride", 1)
+    ph, pw = as_pair(padding, "padding", 0)
+    N, C_in, H, Wd = x.shape
+    Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(Wd, kw, sx, pw)
+    kept = SavedInput(x, (kh, kw, sy, sx, ph, pw), (C_in, kh, kw, Ho, Wo, N))
+    return kept, tuple(x.shape), (sy, sx), (ph, pw), bool(has_bias)
 
 
 def conv_save():
@@ -216,9 +242,9 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, save=None):
     sy, sx = as_pair(stride, "stride", 1)
     ph, pw = as_pair(padding, "padding", 0)
     xp = get_array_module(x, W)
-    mode = save or _SAVE["mode"]
-    if mode == "auto":
-        mode = "input" if xp is np else "columns"
+    mode = resolved_save(xp, save)
+    if mode == "recompute":  # a single convolution has nothing to recompute: it keeps its input
+        mode = "input"
     if mode == "input":  # the columns are not kept: made a band of output rows at a time where they are large
         N, H, Wd = x.shape[0], x.shape[2], x.shape[3]
         Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(Wd, kw, sx, pw)
