@@ -46,6 +46,8 @@ SUITES = {
         "--repeats",
         "5",
     ],
+    # the local rules of issue 22 beside BP and DFA (the README's cost line)
+    "local": ["--models", SMALL, "--method", "bp,dfa,predsim,auglocal", "--repeats", "20"],
 }
 # the same suites for a checkout before issue 26 (``portable``): BP and the SVD rules at their build ranks, timed by
 # this checkout's loop (ssaref/bench/blocks.py) on that checkout's engines; memory by that checkout's probe
@@ -73,6 +75,7 @@ def portable(spec):
     from ssaref.nn import build_model
     from ssaref.threads import apply_threads
 
+    eng = getattr(bench, "engines", bench)  # a package since the bench's split, one module before it
     keep_large_allocations()
     apply_threads(spec["threads"])
     loader = importlib.util.spec_from_file_location("_blocks", spec["blocks"])
@@ -83,9 +86,9 @@ def portable(spec):
     out = {"machine": {"loadavg_start": load()}, "settings": {**spec, "block": 5, "block_warmup": 2}, "configs": []}
     for name in spec["models"]:
         shape = (1, 28, 28) if name in ("mlp", "lenet", "convnet") else (3, 32, 32)
-        x, y = bench._batch(shape, 128, 10, 0)
-        engines = {m: bench.ssaref_engine(name, shape, m, x, y)[1] for m in spec["methods"]}
-        engines["torch"] = bench._torch_engine(build_model(name, shape, 10, dtype=np.float32, seed=0), x, y)[1]
+        x, y = eng._batch(shape, 128, 10, 0)
+        engines = {m: eng.ssaref_engine(name, shape, m, x, y)[1] for m in spec["methods"]}
+        engines["torch"] = eng._torch_engine(build_model(name, shape, 10, dtype=np.float32, seed=0), x, y)[1]
         t0 = time.perf_counter()
         times = blocks.time_blocks(engines, repeats=spec["repeats"], warmup=3)
         med = {m: 1e3 * stat(v) for m, v in times.items()}
@@ -316,13 +319,38 @@ def _mem_table(runs):
     return lines
 
 
+def _local_table(runs):
+    after = [lab for lab in runs if lab.startswith("after") and "local" in runs[lab]]
+    if not after:
+        return []
+    res = runs[after[0]]["local"]
+    methods = [m for m in res["settings"]["methods"] if m != "bp"]
+    lines = [
+        "| model | BP ms (step MiB) | " + " | ".join(f"{m} vs BP (ms, step MiB)" for m in methods) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in methods) + " |",
+    ]
+    for c in res["configs"]:
+        rows = {r["method"]: r for r in c["rows"]}
+        bp = rows["bp"]
+        cells = [
+            f"**{_f(rows[m]['vs_bp'])}** ({_f(rows[m]['ssaref_ms'], '{:.1f}')}, {_mib(rows[m].get('step_mib'))})"
+            if rows.get(m, {}).get("status") == "ok"
+            else "—"
+            for m in methods
+        ]
+        lines.append(
+            f"| {c['model']} | {bp['ssaref_ms']:.1f} ({_mib(bp.get('step_mib'))}) | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def _profiles(res):
     out = []
     for c in (res or {}).get("configs", []):
         pr = c.get("profile")
         if pr:
-            ops = ", ".join(f"{o['op'].strip()} {o['ms']:.0f} ms ({100 * o['fraction']:.0f} %)" for o in pr["ops"][:9])
-            out.append(f"- {c['model']} {c['input']} ({pr['step_ms']:.0f} ms a step): {ops}.")
+            ops = ", ".join(f"{o['op'].strip()} {o['ms']:.1f} ms ({100 * o['fraction']:.0f} %)" for o in pr["ops"][:9])
+            out.append(f"- {c['model']} {c['input']} ({pr['step_ms']:.1f} ms a step): {ops}.")
     return out
 
 
@@ -363,6 +391,9 @@ def report(args):
     mem = _mem_table(runs)
     if mem:
         text += ["", "## 3. Convolution step memory: what a convolution keeps (`--conv-save`)", ""] + mem
+    local = _local_table(runs)
+    if local:
+        text += ["", "## 3b. The local rules against ssaref's BP (median)", ""] + local
     text += ["", "## 4. Where ssaref's BP step goes (per-op profile, run " + after[0] + ")", ""]
     for suite in ("bp-small", "bp-large"):
         text += _profiles(a.get(suite))

@@ -1,0 +1,58 @@
+"""validation/bench_cpu.py: a suite timed on a checkout by the portable loop, and the report written from the runs'
+JSON files (before/after tables)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from validation import bench_cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(d, suite, rows, model="mlp", inp="1x28x28", **extra):
+    d.mkdir(parents=True, exist_ok=True)
+    res = {"machine": {"cpu": "test cpu", "cores_available": 2, "numpy": "n", "torch": "t", "python": "p",
+                       "blas": [], "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 2.0, 2.0]},
+           "settings": {}, "limits": {"sgemm_gflops": 100.0, "stream_gbs": 10.0},
+           "configs": [{"model": model, "input": inp, "params": 10, "torch_ms": 2.0, "torch_step_mib": 4.0,
+                        "rows": rows, **extra}]}
+    (d / f"{suite}.json").write_text(json.dumps(res))
+
+
+def test_portable_times_this_checkout_in_the_bench_json_form(tmp_path):
+    out = tmp_path / "s.json"
+    spec = {"models": ["mlp"], "methods": ["bp", "dfa"], "repeats": 2, "statistic": "median", "threads": 1,
+            "memory": False, "blocks": str(bench_cpu.BLOCKS), "json": str(out)}
+    subprocess.run([sys.executable, str(ROOT / "validation" / "bench_cpu.py"), "portable", json.dumps(spec)],
+                   cwd=ROOT, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    res = json.loads(out.read_text())
+    (c,) = res["configs"]
+    assert c["model"] == "mlp" and c["torch_ms"] > 0 and [r["method"] for r in c["rows"]] == ["bp", "dfa"]
+    assert c["rows"][0]["vs_bp"] == 1.0 and c["rows"][1]["ssaref_ms"] > 0 and len(res["machine"]["loadavg_end"]) == 3
+
+
+def test_report_puts_before_and_after_side_by_side(tmp_path):
+    bp = lambda ms, **k: {"method": "bp", "status": "ok", "ssaref_ms": ms, "ratio": ms / 2.0, "vs_bp": 1.0,
+                          "flops": 100.0, "limit": 0.5, "step_mib": 3.0, **k}
+    _write(tmp_path / "after-1", "bp-small", [bp(3.0)])
+    _write(tmp_path / "after-2", "bp-small", [bp(2.4)])
+    _write(tmp_path / "before", "bp-small", [bp(5.0, step_mib=9.0)])
+    ssa = {"method": "ssa:epochs=10", "status": "ok", "ssaref_ms": 6.0, "ratio": 3.0, "vs_bp": 2.0, "flops": 230.0,
+           "limit": 0.25, "step_mib": 5.0}
+    _write(tmp_path / "after-1", "svd", [bp(3.0), ssa])
+    _write(tmp_path / "after-1", "convmem", [bp(3.0), dict(bp(3.3, step_mib=2.0), method="bp@input"),
+                                              dict(bp(3.3, step_mib=2.0), method="bp@recompute")],
+           model="lenet")
+    md = tmp_path / "r.md"
+    assert bench_cpu.main(["report", "--out", str(tmp_path), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "| mlp | 1x28x28 | 10 | 2.50 | **1.50** | **1.20** |" in text          # before, after-1, after-2 ratios
+    assert "| 9 | 3 | 4 |" in text                                                # step MiB before, after, torch
+    assert "| mlp | ssa:epochs=10 | schedule's (10 epochs) | — | **2.00** | — | 2.30 | 25 % (50 %) |" in text
+    assert "| lenet | bp | — | 3 | 2 | 2 | 4 | 0.50 | 0.50 | 1.10 | 1.00 |" in text
+    with pytest.raises(SystemExit):                                                 # no overwrite without asking
+        bench_cpu.main(["report", "--out", str(tmp_path), "--markdown", str(md)])
