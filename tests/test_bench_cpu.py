@@ -56,3 +56,30 @@ def test_report_puts_before_and_after_side_by_side(tmp_path):
     assert "| lenet | bp | — | 3 | 2 | 2 | 4 | 0.50 | 0.50 | 1.10 | 1.00 |" in text
     with pytest.raises(SystemExit):                                                 # no overwrite without asking
         bench_cpu.main(["report", "--out", str(tmp_path), "--markdown", str(md)])
+
+
+def test_shifted_view_convolution_matches_the_im2col_one():
+    """validation/conv_formulations.py's shifted-view 3x3 convolution (nine GEMMs on row-shifted views of the padded
+    channels-last grid): forward, weight and input gradient equal to ssaref's im2col convolution."""
+    import numpy as np
+
+    from ssaref.ops import conv
+    from validation.conv_formulations import Shifted
+
+    rng = np.random.default_rng(0)
+    B, C, H = 2, 3, 5
+    x = rng.standard_normal((B, C, H, H)).astype(np.float32)
+    W = rng.standard_normal((C, C, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((B, C, H, H)).astype(np.float32)
+    y, cache = conv.conv2d_forward(x, W, None, 1, 1)
+    dW, _ = conv.conv2d_backward_params(dy, cache)
+    dx = conv.conv2d_backward_input(dy, W, cache)
+    sh = Shifted(B, C, H, H)
+    Xg, Wk = sh.pad(x), np.ascontiguousarray(W.transpose(2, 3, 1, 0).reshape(9, C, C))
+    Y = sh.forward(Xg, Wk).reshape(B, H + 2, H + 2, C)[:, :H, :H, :].transpose(0, 3, 1, 2)
+    dYg = np.zeros((sh.M, C), np.float32)
+    dYg.reshape(B, H + 2, H + 2, C)[:, :H, :H, :] = dy.transpose(0, 2, 3, 1)
+    dWk, dX = sh.backward(Xg, Wk, dYg)
+    np.testing.assert_allclose(Y, y, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dWk.reshape(3, 3, C, C).transpose(3, 2, 0, 1), dW, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(sh.unpad(dX).transpose(0, 3, 1, 2), dx, rtol=1e-5, atol=1e-5)

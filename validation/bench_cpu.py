@@ -46,6 +46,21 @@ SUITES = {
         "--repeats",
         "5",
     ],
+    # the same at the ranks the default schedules reach (step memory; the times are 3 steps a turn)
+    "convmem-scheduled": [
+        "--models",
+        "smallconv,vgg13,resnet20",
+        "--method",
+        "bp,ssa:epochs=10,svd-bp:epochs=10",
+        "--conv-save",
+        "all",
+        "--repeats",
+        "3",
+        "--block",
+        "3",
+        "--block-warmup",
+        "1",
+    ],
     # the local rules of issue 22 beside BP and DFA (the README's cost line)
     "local": ["--models", SMALL, "--method", "bp,dfa,predsim,auglocal", "--repeats", "20"],
 }
@@ -291,11 +306,11 @@ def _svd_table(runs):
     return lines
 
 
-def _mem_table(runs):
-    after = [lab for lab in runs if lab.startswith("after") and "convmem" in runs[lab]]
+def _mem_table(runs, suite="convmem"):
+    after = [lab for lab in runs if lab.startswith("after") and suite in runs[lab]]
     if not after:
         return []
-    res = runs[after[0]]["convmem"]
+    res = runs[after[0]][suite]
     before = {**_rows(runs.get("before", {}).get("bp-large")), **_rows(runs.get("before", {}).get("svd"))}
     lines = [
         "| model | rule | step MiB before (columns) | columns | input (default) | recompute | torch | "
@@ -372,13 +387,16 @@ def report(args):
         f"(`python -m validation.bench_cpu run`; commands at the end).  Machine: {mach['cpu']}, "
         f"{mach['cores_available']} cores; BLAS {_blas(mach)}; "
         f"numpy {mach['numpy']}, torch {mach['torch']}, Python {mach['python']}.  Batch 128, float32, Adam (lr 1e-4), "
-        "2 threads, ssaref and torch BP alternating step by step in one process; `ratio` = ssaref step / torch's "
+        "2 threads, the engines (ssaref's rules, torch's BP) in one process taking turns, each turn a block of "
+        "timed steps after untimed ones that let the previous engine's threads go idle (`ssaref/bench/blocks.py`; "
+        "the before checkout's engines timed by the same loop); `ratio` = ssaref step / torch's "
         "BP step, `vs BP` = a rule's step / ssaref's BP step.  Limit column: the step's FLOPs and bytes counted "
         "from the layer shapes (`ssaref.cost.step_cost`), bound = max(FLOPs / measured GEMM rate, bytes / measured "
         f"copy bandwidth), limit = bound / measured step (run {after[0]}: GEMM "
         f"{_f(lim.get('sgemm_gflops'), '{:.0f}')} GFLOP/s, copy {_f(lim.get('stream_gbs'), '{:.1f}')} GB/s).  "
         "Step MiB: the resident-set high-water mark of a step above what persists between steps, a fresh process "
-        "per engine (it does not depend on the load).",
+        "per engine (it does not depend on the load).  What the numbers say against issue 26's goals: "
+        "docs/decisions.md D8 (time, the limit column) and D10 (memory).",
         "",
         "Each run had the machine to itself (nothing else was started during it); the load average at each "
         "suite's start and end (about 2: the benchmark's own two threads):",
@@ -391,6 +409,9 @@ def report(args):
     mem = _mem_table(runs)
     if mem:
         text += ["", "## 3. Convolution step memory: what a convolution keeps (`--conv-save`)", ""] + mem
+    mem = _mem_table(runs, "convmem-scheduled")
+    if mem:
+        text += ["", "At the ranks the default schedules reach (`rule:epochs=10`; 3 timed steps a turn):", ""] + mem
     local = _local_table(runs)
     if local:
         text += ["", "## 3b. The local rules against ssaref's BP (median)", ""] + local

@@ -18,7 +18,8 @@ the counting convention is ``step_cost``'s docstring and docs/internals.md, "Cos
 asserted: speed is measured, not tested.
 
     python -m ssaref.bench                                   # BP, the four small models, input of each model's data set
-    python -m ssaref.bench --models all --method all --json bench.json --markdown validation/results/bench_cpu.md
+    python -m ssaref.bench --models all --method all --json bench.json --markdown bench.md
+    python -m ssaref.bench --models mlp --method bp,ssa,ssa:epochs=10 --statistic mean   # labelled variants
     python -m ssaref.bench --models smallconv --input 1x28x28,3x32x32 --threads 1
 
 The package, one idea a module, each importing only those above it (``__init__`` and ``__main__`` aside)::
