@@ -159,12 +159,12 @@ def test_a_labelled_variant_is_its_rule_with_those_options_and_epoch_ends(tmp_pa
 
 
 def test_time_blocks_takes_turns_a_block_at_a_time_after_untimed_steps():
-    """``blocks.time_blocks``: warm-up steps first, then turns of ``block`` timed steps, each after
-    ``block_warmup`` untimed ones and as many more as fill ``settle`` seconds; every engine gets ``repeats``
-    timed steps, each its own step's duration on the clock."""
+    """``blocks.time_blocks``: warm-up steps first, then turns: ``settle`` seconds idle, ``block_warmup`` untimed
+    steps, ``block`` timed ones; every engine gets ``repeats`` timed steps, each its own step's duration on the
+    clock, and which steps are timed does not depend on the clock."""
     from ssaref.bench.blocks import time_blocks
 
-    now, log = [0.0], []
+    now, log, slept = [0.0], [], []
     cost = {"a": 1.0, "b": 3.0}
 
     def engine(label):
@@ -173,16 +173,23 @@ def test_time_blocks_takes_turns_a_block_at_a_time_after_untimed_steps():
             now[0] += cost[label]
         return step
 
-    t = time_blocks({k: engine(k) for k in "ab"}, repeats=3, warmup=1, block=2, block_warmup=1, settle=2.5,
-                    clock=lambda: now[0])
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+        log.append("|")
+
+    t = time_blocks({k: engine(k) for k in "ab"}, repeats=3, warmup=1, block=2, block_warmup=1, settle=0.5,
+                    clock=lambda: now[0], sleep=sleep)
     assert t == {"a": [1.0] * 3, "b": [3.0] * 3}
-    # warm-up a, b; turn a: 3 untimed (2.5 s of 1-s steps) + 2 timed; turn b: 1 untimed (3 s >= 2.5) + 2 timed;
-    # turn a: 3 + 1 timed (the third), turn b: 1 + 1
-    assert "".join(log) == "ab" + "aaaaa" + "bbb" + "aaaa" + "bb"
-    assert time_blocks({"a": engine("a")}, repeats=2, warmup=0, block=1, block_warmup=0, settle=9.0,
-                       clock=lambda: now[0]) == {"a": [1.0, 1.0]}      # single steps, nothing untimed
-    with pytest.raises(ValueError):
-        time_blocks({"a": engine("a")}, repeats=0)
+    # warm-up a, b; then turns: idle, 1 untimed + 2 timed (the last turn: 1 timed)
+    assert "".join(log) == "ab" + "|aaa" + "|bbb" + "|aa" + "|bb" and slept == [0.5] * 4
+    log.clear()
+    assert time_blocks({"a": engine("a")}, repeats=4, warmup=0, block=2, block_warmup=0, settle=0.0,
+                       clock=lambda: now[0], sleep=sleep) == {"a": [1.0] * 4}
+    assert "".join(log) == "aaaa"                       # every step timed, no idling
+    for bad in ({"repeats": 0}, {"repeats": 1, "settle": -1.0}, {"repeats": 1, "block_warmup": -1}):
+        with pytest.raises(ValueError):
+            time_blocks({"a": engine("a")}, **bad)
 
 
 def test_mean_statistic_counts_every_step(monkeypatch):
@@ -256,6 +263,10 @@ def _exit_code(argv):
     (["--method", ":beta=1"], "--method"),
     (["--method", "ssa:epochs=-1"], "epochs"),
     (["--method", "ssa:epochs=1001"], "epochs"),
+    (["--method", "ssa:beta=1:beta=2"], "twice"),
+    (["--method", "ssa:epochs=1:epochs=2"], "twice"),
+    (["--settle", "61"], "--settle"),
+    (["--settle", "-1"], "--settle"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys):
     assert _exit_code(argv + ["--repeats", "1", "--warmup", "1", "--batch-size", "2"]) == 2

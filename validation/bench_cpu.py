@@ -35,7 +35,19 @@ SVD_METHODS = "bp,ssa,ssa:epochs=10,svd-bp,svd-bp:epochs=10"
 SUITES = {
     "bp-small": ["--models", SMALL, "--method", "bp", "--repeats", "20"],
     "bp-large": ["--models", LARGE, "--method", "bp", "--repeats", "5"],
-    "svd": ["--models", SVD_MODELS, "--method", SVD_METHODS, "--statistic", "mean", "--repeats", "20"],
+    # the mean over every step after the warm-up (--block-warmup 0): periodic work counted in its true proportion
+    "svd": [
+        "--models",
+        SVD_MODELS,
+        "--method",
+        SVD_METHODS,
+        "--statistic",
+        "mean",
+        "--repeats",
+        "20",
+        "--block-warmup",
+        "0",
+    ],
     "convmem": [
         "--models",
         "smallconv,vgg13,resnet20",
@@ -69,7 +81,13 @@ SUITES = {
 BEFORE = {
     "bp-small": {"models": SMALL.split(","), "methods": ["bp"], "repeats": 20, "statistic": "median"},
     "bp-large": {"models": LARGE.split(","), "methods": ["bp"], "repeats": 5, "statistic": "median"},
-    "svd": {"models": SVD_MODELS.split(","), "methods": ["bp", "ssa", "svd-bp"], "repeats": 20, "statistic": "mean"},
+    "svd": {
+        "models": SVD_MODELS.split(","),
+        "methods": ["bp", "ssa", "svd-bp"],
+        "repeats": 20,
+        "statistic": "mean",
+        "block_warmup": 0,
+    },
 }
 HERE = Path(__file__).resolve()
 BLOCKS = HERE.parents[1] / "ssaref" / "bench" / "blocks.py"
@@ -98,14 +116,19 @@ def portable(spec):
     loader.loader.exec_module(blocks)
     stat = statistics.mean if spec["statistic"] == "mean" else statistics.median
     load = lambda: list(os.getloadavg())
-    out = {"machine": {"loadavg_start": load()}, "settings": {**spec, "block": 5, "block_warmup": 2}, "configs": []}
+    bw = spec.get("block_warmup", 2)
+    out = {
+        "machine": {"loadavg_start": load()},
+        "settings": {**spec, "block": 5, "block_warmup": bw, "settle": 0.25},
+        "configs": [],
+    }
     for name in spec["models"]:
         shape = (1, 28, 28) if name in ("mlp", "lenet", "convnet") else (3, 32, 32)
         x, y = eng._batch(shape, 128, 10, 0)
         engines = {m: eng.ssaref_engine(name, shape, m, x, y)[1] for m in spec["methods"]}
         engines["torch"] = eng._torch_engine(build_model(name, shape, 10, dtype=np.float32, seed=0), x, y)[1]
         t0 = time.perf_counter()
-        times = blocks.time_blocks(engines, repeats=spec["repeats"], warmup=3)
+        times = blocks.time_blocks(engines, repeats=spec["repeats"], warmup=3, block_warmup=spec.get("block_warmup", 2))
         med = {m: 1e3 * stat(v) for m, v in times.items()}
         c = {"model": name, "input": "x".join(map(str, shape)), "torch_ms": med["torch"], "rows": []}
         mem = bench.measure_memory("torch", name, shape, threads=spec["threads"]) if spec["memory"] else {}
@@ -118,7 +141,7 @@ def portable(spec):
                     "status": "ok",
                     "ssaref_ms": med[m],
                     "ratio": med[m] / med["torch"],
-                    "vs_bp": med[m] / med["bp"],
+                    "vs_bp": med[m] / med[spec["methods"][0]],
                     "step_mib": mm.get("step_mib"),
                 }
             )
@@ -213,6 +236,12 @@ def _rows(res):
     return out
 
 
+def _refs(res):
+    """``{(model, input): (config, row)}``: each configuration's reference row, its first (the bench puts BP first,
+    and ``portable`` the first of its methods)."""
+    return {(c["model"], c["input"]): (c, c["rows"][0]) for c in (res or {}).get("configs", [])}
+
+
 def _f(v, fmt="{:.2f}", none="—"):
     return none if v is None else fmt.format(v)
 
@@ -263,11 +292,9 @@ def _bp_table(runs):
     ]
     first = runs[after[0]]
     for suite in ("bp-small", "bp-large"):
-        for (model, inp, method), (c, r) in _rows(first.get(suite)).items():
-            if method != "bp":
-                continue
-            b = _rows(runs.get("before", {}).get(suite)).get((model, inp, "bp"))
-            ratios = [_rows(runs[lab].get(suite)).get((model, inp, "bp")) for lab in after]
+        for (model, inp), (c, r) in _refs(first.get(suite)).items():
+            b = _refs(runs.get("before", {}).get(suite)).get((model, inp))
+            ratios = [_refs(runs[lab].get(suite)).get((model, inp)) for lab in after]
             lines.append(
                 f"| {model} | {inp} | {c['params']:,} | {_f(b and b[1]['ratio'])} | "
                 + " | ".join(f"**{_f(x[1]['ratio'])}**" if x else "—" for x in ratios)
@@ -288,11 +315,15 @@ def _svd_table(runs):
         + " | counted FLOPs vs BP | limit (BP's) | step MiB (BP's) |",
         "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in after) + " | ---: | ---: | ---: |",
     ]
+    refs = _refs(runs[after[0]].get("svd"))
     for (model, inp, method), (c, r) in first.items():
-        if method == "bp" or r["status"] != "ok":
+        bp = refs[(model, inp)][1]
+        if r is bp or r["status"] != "ok":
             continue
-        bp = first[(model, inp, "bp")][1]
-        ranks = "schedule's (10 epochs)" if ":epochs=" in method else "full (untrained)"
+        from ssaref.bench.engines import method_spec  # this checkout's (the report runs here)
+
+        epochs = method_spec(method)[2]
+        ranks = f"schedule's ({epochs} epochs)" if epochs else "full (untrained)"
         b = before.get((model, inp, method))
         lines.append(
             f"| {model} | {method} | {ranks} | {_f(b and b[1]['vs_bp'])} | "
@@ -339,14 +370,14 @@ def _local_table(runs):
     if not after:
         return []
     res = runs[after[0]]["local"]
-    methods = [m for m in res["settings"]["methods"] if m != "bp"]
+    methods = res["settings"]["methods"][1:]  # the first is the reference
     lines = [
         "| model | BP ms (step MiB) | " + " | ".join(f"{m} vs BP (ms, step MiB)" for m in methods) + " |",
         "| --- | ---: | " + " | ".join("---:" for _ in methods) + " |",
     ]
     for c in res["configs"]:
         rows = {r["method"]: r for r in c["rows"]}
-        bp = rows["bp"]
+        bp = c["rows"][0]
         cells = [
             f"**{_f(rows[m]['vs_bp'])}** ({_f(rows[m]['ssaref_ms'], '{:.1f}')}, {_mib(rows[m].get('step_mib'))})"
             if rows.get(m, {}).get("status") == "ok"

@@ -4,6 +4,7 @@ in order and writes ``--json`` / ``--markdown``.  Nothing in the package imports
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -46,6 +47,16 @@ def _shape(text):
 ALSO_SAVE = {"both": ("input",), "all": ("input", "recompute")}
 
 
+MAX_SETTLE = 60.0  # seconds of idling before each turn (--settle)
+
+
+def bounded_seconds(text):
+    v = nonnegative_float(text)
+    if v > MAX_SETTLE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SETTLE:g} seconds, got {text}")
+    return v
+
+
 def _parse(argv):
     from ..nn import MODELS
     from ..rules import RULES, build_rule
@@ -73,22 +84,23 @@ def _parse(argv):
         "--block",
         type=count(MAX_REPEATS, "timed steps per engine and turn"),
         default=5,
-        help="timed steps each engine runs per turn (default 5; 1 with --block-warmup 0: single steps in turn, "
-        "which on a machine with few cores times each engine beside the last one's spinning thread pool: "
-        "ssaref/bench/blocks.py)",
+        help="timed steps each engine runs per turn (default 5; 1 with --block-warmup 0 and --settle 0: single "
+        "steps in turn, which on a machine with few cores times each engine beside the last one's spinning "
+        "thread pool: ssaref/bench/blocks.py)",
     )
     p.add_argument(
         "--block-warmup",
         type=count(MAX_WARMUP, "untimed steps per engine and turn", zero=True),
         default=2,
-        help="untimed steps each engine runs at the start of its turn (default 2), and more until --settle "
-        "seconds have passed in them",
+        help="untimed steps each engine runs at the start of its turn (default 2; 0: every step after --warmup is "
+        "timed, so that --statistic mean counts a rule's periodic work in its true proportion, each turn's first "
+        "step then cold)",
     )
     p.add_argument(
         "--settle",
-        type=nonnegative_float,
+        type=bounded_seconds,
         default=0.25,
-        help="seconds of untimed steps at the start of each turn, at least (default 0.25: the last engine's "
+        help=f"seconds the machine idles before each turn (default 0.25, at most {MAX_SETTLE:g}: the last engine's "
         "thread pool stops spinning; OpenBLAS's workers spin about 0.1 s)",
     )
     p.add_argument(

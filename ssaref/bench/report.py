@@ -15,7 +15,9 @@ def _turns(s):
     block, bw = s.get("block", 1), s.get("block_warmup", 0)
     if block == 1 and bw == 0:
         return "engines alternating step by step"
-    return f"engines taking turns, {block} timed steps after {bw} untimed ones each turn"
+    idle = s.get("settle")
+    wait = f"{idle:g} s idle, then " if idle else ""
+    return f"engines taking turns, each turn {wait}{bw} untimed and {block} timed steps"
 
 
 def machine_info(threads):
