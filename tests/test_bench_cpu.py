@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from validation import bench_cpu
 
@@ -54,8 +53,10 @@ def test_report_puts_before_and_after_side_by_side(tmp_path):
     assert "| 9 | 3 | 4 |" in text                                                # step MiB before, after, torch
     assert "| mlp | ssa:epochs=10 | schedule's (10 epochs) | — | **2.00** | — | 2.30 | 25 % (50 %) |" in text
     assert "| lenet | bp | — | 3 | 2 | 2 | 4 | 0.50 | 0.50 | 1.10 | 1.00 |" in text
-    with pytest.raises(SystemExit):                                                 # no overwrite without asking
-        bench_cpu.main(["report", "--out", str(tmp_path), "--markdown", str(md)])
+    before = md.read_text()                                                         # no overwrite without asking
+    assert bench_cpu.main(["report", "--out", str(tmp_path), "--markdown", str(md)]) == 2
+    assert md.read_text() == before
+    assert bench_cpu.main(["run", "--label", "x", "--out", str(tmp_path), "--suites", "nope"]) == 2
 
 
 def test_shifted_view_convolution_matches_the_im2col_one():

@@ -19,10 +19,10 @@ def _restore_mode():
     conv.set_conv_save(old)
 
 
-def _updates(name, shape, method, mode, opts, batch=4):
+def _updates(name, shape, method, mode, opts, batch=4, rule_opts=None):
     conv.set_conv_save(mode)
     run = build_run(build_model(name, shape, 10, dtype=np.float64, seed=0, **opts), method,
-                    np.random.default_rng(0), optimizer=None)
+                    np.random.default_rng(0), options=rule_opts, optimizer=None)
     rng = np.random.default_rng(1)
     return run.step(rng.standard_normal((batch,) + shape), rng.integers(0, 10, batch)).updates
 
@@ -70,13 +70,20 @@ def test_the_op_with_stride_and_padding(c_in, monkeypatch):
 @pytest.mark.parametrize("name,shape,opts", [("lenet", (1, 28, 28), {}),
                                              ("smallconv", (3, 32, 32), {"width_mult": 0.25}),
                                              ("resnet20", (3, 32, 32), {"width_mult": 0.25})])
-@pytest.mark.parametrize("method", ["ssa", "svd-bp", "bp"])
-def test_recompute_gives_the_updates_of_input_mode_bit_for_bit(name, shape, opts, method):
+@pytest.mark.parametrize("method,rule_opts,chunk", [("ssa", {}, None), ("svd-bp", {}, None),
+                                                   ("ssa", {"ssa_variant": "paper"}, None),  # dense_products
+                                                   ("ssa", {}, 0.001)])                       # banded columns
+def test_recompute_gives_the_updates_of_input_mode_bit_for_bit(name, shape, opts, method, rule_opts, chunk):
     """Save mode "recompute": a factorised convolution keeps only its input and the backward runs its height pass
-    again, the same op on the same ``x`` and ``V``: every update equal to input mode's to the last bit (the
-    plain convolutions of BP are input mode itself)."""
-    a = _updates(name, shape, method, "input", opts)
-    b = _updates(name, shape, method, "recompute", opts)
+    again, the same op on the same ``x`` and ``V``: every update equal to input mode's to the last bit, also
+    through the paper variant's ``dense_products`` and with the column matrices made in bands."""
+    old = conv.set_conv_chunk(chunk) if chunk is not None else ()
+    try:
+        a = _updates(name, shape, method, "input", opts, rule_opts=rule_opts)
+        b = _updates(name, shape, method, "recompute", opts, rule_opts=rule_opts)
+    finally:
+        if old != ():
+            conv.set_conv_chunk(old)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)

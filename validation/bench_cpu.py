@@ -163,7 +163,7 @@ def run(args):
     names = list(suites) if args.suites == "all" else args.suites.split(",")
     for name in names:
         if name not in suites:
-            raise SystemExit(f"error: --suites: unknown suite {name!r}; choose from {', '.join(suites)}")
+            raise ValueError(f"--suites: unknown suite {name!r}; choose from {', '.join(suites)}")
     for name in names:
         if args.before:
             spec = {
@@ -195,6 +195,13 @@ def run(args):
         (out / f"{name}.cmd").write_text(" ".join(["python", *cmd[1:]]) + "\n")
 
 
+def _positive(text):
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m validation.bench_cpu", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -204,7 +211,7 @@ def main(argv=None):
     r.add_argument("--checkout", default=".")
     r.add_argument("--before", action="store_true", help="the suites as a bench before issue 26 spells them")
     r.add_argument("--suites", default="all")
-    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--threads", type=_positive, default=2)
     r.add_argument("--no-memory", action="store_true")
     w = sub.add_parser("portable", help="(internal) one suite on the checkout on PYTHONPATH")
     w.add_argument("spec")
@@ -213,12 +220,16 @@ def main(argv=None):
     q.add_argument("--markdown", required=True)
     q.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
-    if args.what == "run":
-        run(args)
-    elif args.what == "portable":
-        portable(json.loads(args.spec))
-    else:
-        report(args)
+    try:
+        if args.what == "run":
+            run(args)
+        elif args.what == "portable":
+            portable(json.loads(args.spec))
+        else:
+            report(args)
+    except (ValueError, OSError, subprocess.CalledProcessError) as exc:  # one line, exit 2 (the house rule)
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
     return 0
 
 
@@ -403,11 +414,11 @@ def _profiles(res):
 def report(args):
     out, md = Path(args.out), Path(args.markdown)
     if md.exists() and not args.overwrite:
-        raise SystemExit(f"error: {md} exists; --overwrite replaces it")
+        raise ValueError(f"{md} exists; --overwrite replaces it")
     runs = _runs(out)
     after = [lab for lab in runs if lab.startswith("after")]
     if not after:
-        raise SystemExit(f"error: no after-* run under {out}")
+        raise ValueError(f"no after-* run under {out}")
     a = runs[after[0]]
     any_res = next(iter(a.values()))
     mach, lim = any_res["machine"], any_res.get("limits") or {}
