@@ -67,16 +67,20 @@ def test_the_op_with_stride_and_padding(c_in, monkeypatch):
         conv.set_conv_save("both")
 
 
-@pytest.mark.parametrize("name,shape,opts", [("lenet", (1, 28, 28), {}),
-                                             ("smallconv", (3, 32, 32), {"width_mult": 0.25}),
-                                             ("resnet20", (3, 32, 32), {"width_mult": 0.25})])
-@pytest.mark.parametrize("method,rule_opts,chunk", [("ssa", {}, None), ("svd-bp", {}, None),
-                                                   ("ssa", {"ssa_variant": "paper"}, None),  # dense_products
-                                                   ("ssa", {}, 0.001)])                       # banded columns
-def test_recompute_gives_the_updates_of_input_mode_bit_for_bit(name, shape, opts, method, rule_opts, chunk):
+_NETS = {"lenet": ((1, 28, 28), {}), "smallconv": ((3, 32, 32), {"width_mult": 0.25}),
+         "resnet20": ((3, 32, 32), {"width_mult": 0.25})}
+
+
+@pytest.mark.parametrize("name,method,rule_opts,chunk", [
+    *[(n, m, {}, None) for n in _NETS for m in ("ssa", "svd-bp")],
+    *[(n, "ssa", {"ssa_variant": "paper"}, None) for n in ("lenet", "smallconv")],  # dense_products (no residual
+    *[(n, "ssa", {}, 0.001) for n in _NETS],                                          # blocks); banded columns
+])
+def test_recompute_gives_the_updates_of_input_mode_bit_for_bit(name, method, rule_opts, chunk):
     """Save mode "recompute": a factorised convolution keeps only its input and the backward runs its height pass
     again, the same op on the same ``x`` and ``V``: every update equal to input mode's to the last bit, also
     through the paper variant's ``dense_products`` and with the column matrices made in bands."""
+    shape, opts = _NETS[name]
     old = conv.set_conv_chunk(chunk) if chunk is not None else ()
     try:
         a = _updates(name, shape, method, "input", opts, rule_opts=rule_opts)
