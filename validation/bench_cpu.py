@@ -360,7 +360,11 @@ def _mem_table(runs, suite="convmem"):
     if not after:
         return []
     res = runs[after[0]][suite]
-    before = {**_rows(runs.get("before", {}).get("bp-large")), **_rows(runs.get("before", {}).get("svd"))}
+    before = {}
+    for suite in ("bp-large", "svd"):  # the first that measured a configuration's memory
+        for key, (c, r) in _rows(runs.get("before", {}).get(suite)).items():
+            if r.get("step_mib") is not None:
+                before.setdefault(key, (c, r))
     lines = [
         "| model | rule | step MiB before (columns) | columns | input (default) | recompute | torch | "
         "input / torch | recompute / torch | time input / columns | time recompute / input |",
