@@ -2,7 +2,8 @@
 # One prepared GPU check (for a machine with cupy and a CUDA GPU), sized for a few minutes:
 #   0. the NVRTC compile test of every fused kernel (tests/test_kernels_nvrtc.py, no skip allowed);
 #   1. every test marked `gpu` (ops, optimisers, rules, linalg, data augmentation: cupy against numpy);
-#   2. the step benchmark with --backend cupy (ssaref on the GPU against PyTorch on CUDA, same process);
+#   2. the step benchmark with --backend cupy (ssaref on the GPU against PyTorch on CUDA, same process), and
+#      issue 26's SSA / SVD-BP rows (full and scheduled rank, device pool peak per --conv-save mode);
 #   3. a short SSA and DFA training run on the GPU (synthetic data: no dataset files needed).
 # Usage: bash validation/gpu_check.sh [--overwrite] [OUTDIR]   (logs go to OUTDIR, default gpu_check in the repo)
 # OUTDIR is the check's own folder (it writes a .gpu_check marker there): an existing one is refused unless
@@ -56,6 +57,10 @@ python -m pytest -q -rs -p no:cacheprovider tests/test_kernels_nvrtc.py 2>&1 | t
 python -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log"
 python -m ssaref.bench --backend cupy --repeats 10 --json "$out/bench_cupy.json" ${ow[@]+"${ow[@]}"} 2>&1 \
   | tee "$out/bench.log"
+# issue 26 on the device: SSA / SVD-BP at full and scheduled rank, and the pool peak in columns / input / recompute
+python -m ssaref.bench --backend cupy --models mlp,smallconv --method bp,ssa,ssa:epochs=10,svd-bp,svd-bp:epochs=10 \
+  --conv-save all --statistic mean --repeats 10 --json "$out/bench_cupy_svd.json" ${ow[@]+"${ow[@]}"} 2>&1 \
+  | tee "$out/bench_svd.log"
 for m in ssa dfa; do
   python -m ssaref.train --backend cupy --method "$m" --dataset synthetic --epochs 2 --no-progress \
     --out "$out/$m.h5" ${ow[@]+"${ow[@]}"} 2>&1 | tee "$out/train_$m.log"
