@@ -61,13 +61,6 @@ class Shifted:
             self.gemm(1.0, Wk[k].T, X[s : s + self.Mv].T, beta=1.0, c=Yt, overwrite_c=1)
         return Y
 
-    def mask(self, Y):
-        """Zero the grid rows that are not outputs (the window runs off the image)."""
-        g = Y.reshape(self.B, self.H + 2, self.W + 2, -1)
-        g[:, self.H :, :, :] = 0
-        g[:, :, self.W :, :] = 0
-        return Y
-
     def backward(self, X, Wk, dY):
         """``dY`` (M, C_out) on the grid, zero off the outputs: ``(dW (9, C_in, C_out), dX (M, C_in) on the padded
         grid)``."""
@@ -98,6 +91,7 @@ def main(argv=None):
     apply_threads(args.threads)
     from ssaref.bench.blocks import time_blocks
     from ssaref.bench.limits import machine_limits
+    from ssaref.cost import roofline
     from ssaref.ops import conv
 
     lim = machine_limits(np)
@@ -164,7 +158,7 @@ def main(argv=None):
         ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
         flops = 3 * 2 * 9 * B * H * H * C * C
         nbytes = 4 * 4 * B * H * H * C + 4 * 2 * 9 * C * C  # x, y, dy, dx once each; W, dW
-        bound = 1e3 * max(flops / (lim["sgemm_gflops"] * 1e9), nbytes / (lim["stream_gbs"] * 1e9))
+        bound = roofline([{"flops": flops, "bytes": nbytes}], lim["sgemm_gflops"], lim["stream_gbs"])["bound_ms"]
         print(
             f"| {C} x {H} | {ms['ssaref']:.2f} | {ms['shifted']:.2f} | {ms['torch']:.2f} | "
             f"{ms['shifted'] / ms['ssaref']:.2f} | {100 * bound / ms['ssaref']:.0f} % | "

@@ -107,8 +107,9 @@ def _parse(argv):
         "--statistic",
         default="median",
         choices=("median", "mean"),
-        help="per-step statistic: median (default) or mean (every step counted: rules whose cost varies "
-        "by step, e.g. SSA's retraction every 10th step, need --repeats a multiple of that period)",
+        help="per-step statistic: median (default) or mean of the timed steps (a rule whose cost varies by step, "
+        "e.g. a retraction every 10th step, is counted in its true proportion when the timed steps cover whole "
+        "periods: --block-warmup 0, or --block and --block-warmup that line up with the period)",
     )
     p.add_argument(
         "--threads",

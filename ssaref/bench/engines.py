@@ -34,15 +34,15 @@ def method_spec(label):
     the rule's ``N`` epoch ends of an ``N``-epoch run (``bench_run``), e.g. ``"ssa:epochs=10"``, SSA at the ranks
     its default schedule reaches.  ValueError for an entry without a rule or a malformed pair."""
     rule, *pairs = str(label).split(":")
-    options, epochs, epochs_given = {}, 0, False
+    options, epochs, seen = {}, 0, set()
     for pair in pairs:
         key, eq, value = (t.strip() for t in pair.partition("="))
         if not eq or not key or not value:
             raise ValueError(f"--method {label!r}: {pair!r} is not key=value (rule:key=value:...)")
-        if key in options or (key == "epochs" and epochs_given):
+        if key in seen:
             raise ValueError(f"--method {label!r}: {key} is given twice")
+        seen.add(key)
         if key == "epochs":
-            epochs_given = True
             if not value.isdigit() or not 0 <= int(value) <= MAX_EPOCH_ENDS:
                 raise ValueError(f"--method {label!r}: epochs={value!r} is not an integer in 0..{MAX_EPOCH_ENDS}")
             epochs = int(value)

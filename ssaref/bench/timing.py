@@ -36,7 +36,7 @@ def bench_config(
 ):
     """Median seconds of one training step (Adam) of ``name`` on input ``shape``: torch BP and ssaref with every
     rule of ``rules`` (BP always included, first), taking turns a block of steps at a time (``blocks.time_blocks``:
-    ``block`` timed steps after ``block_warmup`` untimed ones, and ``settle`` seconds of them, per turn).
+    each turn ``settle`` seconds idle, ``block_warmup`` untimed steps, ``block`` timed ones).
 
     Returns ``{"model", "input", "params", "torch_ms", "rows": [{"method", "ssaref_ms", "ratio", "vs_bp",
     "status", "flops", "bytes", "cost_ops", "aux_params"}]}`` (``params``: the model's; ``aux_params``: the
@@ -101,7 +101,8 @@ def bench_config(
         block_warmup=block_warmup,
         settle=settle,
     )
-    # the median by default; "mean" counts every step (SSA's retraction on every 10th step, which a median skips)
+    # the median by default; "mean" counts every timed step (a rule's periodic work, which a median skips, in its
+    # true proportion where the timed steps cover whole periods: --block-warmup 0, or blocks that line up with it)
     stat = statistics.mean if statistic == "mean" else statistics.median
     med = {m: stat(v) for m, v in times.items()}
     for m in order:

@@ -245,26 +245,28 @@ def conv2d_forward(x, W, b=None, stride=1, padding=0, save=None):
     mode = resolved_save(xp, save)
     if mode == "recompute":  # a single convolution has nothing to recompute: it keeps its input
         mode = "input"
-    if mode == "input":  # the columns are not kept: made a band of output rows at a time where they are large
-        N, H, Wd = x.shape[0], x.shape[2], x.shape[3]
-        Ho, Wo = conv_output_size(H, kh, sy, ph), conv_output_size(Wd, kw, sx, pw)
+    if mode not in ("columns", "input"):
+        raise ValueError(f"conv save mode must be one of {', '.join(SAVE_MODES)}, got {mode!r}")
+    cache = input_cache(x, (kh, kw), (sy, sx), (ph, pw), b is not None) if mode == "input" else None
+    if cache is not None:  # the columns are not kept: made a band of output rows at a time where they are large
+        _, _, _, Ho, Wo, N = cache[0].shape
         bands = _bands(Ho, C_in * kh * kw * Wo * N * x.dtype.itemsize, xp)
         if bands is not None:
-            kept = SavedInput(x, (kh, kw, sy, sx, ph, pw), (C_in, kh, kw, Ho, Wo, N))
-            return _forward_bands(x, W, b, kept, bands), (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+            return _forward_bands(x, W, b, cache[0], bands), cache
     col = im2col(x, kh, kw, sy, sx, ph, pw)  # (C_in, kh, kw, Ho, Wo, N)
     _, _, _, Ho, Wo, N = col.shape
-    kept = col if mode == "columns" else SavedInput(x, (kh, kw, sy, sx, ph, pw), col.shape)
+    if cache is None:  # "columns"
+        cache = (col, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
     if xp is not np:  # a device: the same GEMM as one call, the bias as one launch
         y4 = xp.tensordot(W, col, axes=3)  # (C_out, Ho, Wo, N)
         if b is not None:
             _add_bias(y4, b)
-        return y4.transpose(3, 0, 1, 2), (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+        return y4.transpose(3, 0, 1, 2), cache
     y2 = W.reshape(C_out, -1) @ col.reshape(C_in * kh * kw, -1)  # y2 = W2 @ col2, (C_out, M)
     if b is not None:
         _add_bias(y2.reshape(C_out, Ho, Wo, N), b)
     y = y2.reshape(C_out, Ho, Wo, N).transpose(3, 0, 1, 2)
-    return y, (kept, tuple(x.shape), (sy, sx), (ph, pw), b is not None)
+    return y, cache
 
 
 def _forward_bands(x, W, b, saved, bands):
